@@ -1,0 +1,557 @@
+//! Feeds: parse and validate the watched prefixes and the endpoint feed into
+//! typed sets. A bad file is refused whole, naming file, line and problem;
+//! duplicates and overlaps are kept and reported as warnings with counts.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    str::FromStr,
+};
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
+/// The watched range when none is given: North Korea's only APNIC
+/// delegation (see data/README.md).
+pub const DEFAULT_WATCHED: &str = "175.45.176.0/22";
+
+/// The bundled endpoint feed (see data/README.md for its provenance).
+pub const BUNDLED_ENDPOINTS: &str = include_str!("../../data/vpn-endpoints.csv");
+pub const BUNDLED_ENDPOINTS_NAME: &str = "bundled:data/vpn-endpoints.csv";
+
+/// Longest service name; names are lowercase slugs.
+pub const MAX_SERVICE_NAME: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FeedError {
+    #[error("{origin}: cannot read: {source}")]
+    Read {
+        origin: String,
+        source: std::io::Error,
+    },
+    #[error("{origin}: line {line}: {problem}")]
+    Line {
+        origin: String,
+        line: u64,
+        problem: LineProblem,
+    },
+    #[error("{origin}: {problem}")]
+    File { origin: String, problem: String },
+    #[error("--watch {value}: {problem}")]
+    WatchArgument { value: String, problem: LineProblem },
+}
+
+/// What is wrong with one line of a feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LineProblem {
+    BadCidr(String),
+    HostBitsSet { given: String, network: String },
+    UnknownFamily(String),
+    MissingField(&'static str),
+    BadServiceName(String),
+    Csv(String),
+}
+
+impl fmt::Display for LineProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::BadCidr(text) => write!(f, "bad CIDR {text:?}"),
+            Self::HostBitsSet { given, network } => {
+                write!(f, "host bits set in {given} (did you mean {network}?)")
+            }
+            Self::UnknownFamily(text) => {
+                write!(
+                    f,
+                    "unknown address family in {text:?} (neither IPv4 nor IPv6)"
+                )
+            }
+            Self::MissingField(name) => write!(f, "missing {name}"),
+            Self::BadServiceName(name) => write!(
+                f,
+                "bad service name {name:?} (use a lowercase slug of a-z, 0-9 and '-', at most {MAX_SERVICE_NAME} characters)"
+            ),
+            Self::Csv(message) => write!(f, "{message}"),
+        }
+    }
+}
+
+/// Parses one prefix. A bare address is a host prefix (/32 or /128).
+pub fn parse_prefix(text: &str) -> Result<IpNet, LineProblem> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(LineProblem::MissingField("cidr"));
+    }
+    let (address, length) = match text.split_once('/') {
+        Some((address, length)) => (address, Some(length)),
+        None => (text, None),
+    };
+    let address = IpAddr::from_str(address).map_err(|_| {
+        if address.contains(':') || address.contains('.') {
+            LineProblem::BadCidr(text.to_string())
+        } else {
+            LineProblem::UnknownFamily(text.to_string())
+        }
+    })?;
+    let max = if address.is_ipv4() { 32 } else { 128 };
+    let length = match length {
+        None => max,
+        Some(length) => length
+            .parse::<u8>()
+            .ok()
+            .filter(|length| *length <= max)
+            .ok_or_else(|| LineProblem::BadCidr(text.to_string()))?,
+    };
+    let net = IpNet::new(address, length).map_err(|_| LineProblem::BadCidr(text.to_string()))?;
+    if net.trunc() != net {
+        return Err(LineProblem::HostBitsSet {
+            given: text.to_string(),
+            network: net.trunc().to_string(),
+        });
+    }
+    Ok(net)
+}
+
+fn check_service_name(name: &str) -> Result<(), LineProblem> {
+    let valid = !name.is_empty()
+        && name.len() <= MAX_SERVICE_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if valid {
+        Ok(())
+    } else {
+        Err(LineProblem::BadServiceName(name.to_string()))
+    }
+}
+
+/// Where a feed came from, for reports and snapshots.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FeedOrigin {
+    pub name: String,
+    pub sha256: String,
+}
+
+fn read_file(path: &Path) -> Result<String, FeedError> {
+    std::fs::read_to_string(path).map_err(|source| FeedError::Read {
+        origin: path.display().to_string(),
+        source,
+    })
+}
+
+// ---- watched set ---------------------------------------------------------------
+
+/// The watched prefixes, per family, deduplicated and sorted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WatchedSet {
+    pub v4: Vec<Ipv4Net>,
+    pub v6: Vec<Ipv6Net>,
+}
+
+impl WatchedSet {
+    /// From `--watch` values and `--watch-file` paths; the default range when
+    /// both are empty.
+    pub fn from_arguments(values: &[String], files: &[PathBuf]) -> Result<Self, FeedError> {
+        let mut prefixes = Vec::new();
+        for value in values {
+            let net = parse_prefix(value).map_err(|problem| FeedError::WatchArgument {
+                value: value.clone(),
+                problem,
+            })?;
+            prefixes.push(net);
+        }
+        for path in files {
+            prefixes.extend(parse_prefix_list(
+                &path.display().to_string(),
+                &read_file(path)?,
+            )?);
+        }
+        if values.is_empty() && files.is_empty() {
+            prefixes.push(parse_prefix(DEFAULT_WATCHED).expect("the default range is valid"));
+        }
+        Ok(Self::from_prefixes(prefixes))
+    }
+
+    pub fn from_prefixes(prefixes: impl IntoIterator<Item = IpNet>) -> Self {
+        let mut v4 = BTreeSet::new();
+        let mut v6 = BTreeSet::new();
+        for net in prefixes {
+            match net {
+                IpNet::V4(net) => v4.insert(net),
+                IpNet::V6(net) => v6.insert(net),
+            };
+        }
+        Self {
+            v4: v4.into_iter().collect(),
+            v6: v6.into_iter().collect(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.v4.len() + self.v6.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A list of prefixes, one per line: `#` starts a comment, blank lines are
+/// skipped, and anything after the first comma or blank is ignored (so the
+/// `cidr,label,source` CSV shape works too, its header line included).
+pub fn parse_prefix_list(origin: &str, text: &str) -> Result<Vec<IpNet>, FeedError> {
+    let mut prefixes = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let content = line.split('#').next().unwrap_or("").trim();
+        if content.is_empty() {
+            continue;
+        }
+        let field = content
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .next()
+            .unwrap_or("");
+        if prefixes.is_empty() && field.eq_ignore_ascii_case("cidr") {
+            continue;
+        }
+        let net = parse_prefix(field).map_err(|problem| FeedError::Line {
+            origin: origin.to_string(),
+            line: index as u64 + 1,
+            problem,
+        })?;
+        prefixes.push(net);
+    }
+    Ok(prefixes)
+}
+
+// ---- endpoint feed ---------------------------------------------------------------
+
+/// One endpoint prefix and the service it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub net: IpNet,
+    pub service: String,
+}
+
+/// What loading a feed noticed but accepted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FeedWarnings {
+    /// The same prefix listed again for the same service (kept once).
+    pub duplicates: usize,
+    /// The same prefix listed for two services: the first one listed wins.
+    pub conflicts: usize,
+    /// Prefixes inside a shorter prefix of the feed (the longest prefix
+    /// wins at lookup).
+    pub nested: usize,
+    /// Of `nested`, those inside a prefix of another service.
+    pub nested_other_service: usize,
+}
+
+/// The endpoint feed: unique prefixes with their service, and service ids.
+#[derive(Debug, Clone, Default)]
+pub struct EndpointFeed {
+    pub endpoints: Vec<Endpoint>,
+    pub origins: Vec<FeedOrigin>,
+    pub warnings: FeedWarnings,
+}
+
+impl EndpointFeed {
+    /// From `--endpoints` paths, or the bundled feed when there are none.
+    pub fn from_arguments(files: &[PathBuf]) -> Result<Self, FeedError> {
+        if files.is_empty() {
+            return Self::from_sources(&[(
+                BUNDLED_ENDPOINTS_NAME.to_string(),
+                BUNDLED_ENDPOINTS.to_string(),
+            )]);
+        }
+        let mut sources = Vec::new();
+        for path in files {
+            sources.push((path.display().to_string(), read_file(path)?));
+        }
+        Self::from_sources(&sources)
+    }
+
+    /// From (origin name, CSV text) pairs, merged in order.
+    pub fn from_sources(sources: &[(String, String)]) -> Result<Self, FeedError> {
+        let mut rows = Vec::new();
+        let mut origins = Vec::new();
+        for (origin, text) in sources {
+            rows.extend(parse_endpoint_csv(origin, text)?);
+            origins.push(FeedOrigin {
+                name: origin.clone(),
+                sha256: sha256_hex(text.as_bytes()),
+            });
+        }
+        let mut feed = Self::from_endpoints(rows);
+        feed.origins = origins;
+        Ok(feed)
+    }
+
+    /// Deduplicates and counts overlaps; the first service listed for a
+    /// prefix keeps it.
+    pub fn from_endpoints(rows: impl IntoIterator<Item = Endpoint>) -> Self {
+        let mut warnings = FeedWarnings::default();
+        let mut by_prefix: BTreeMap<IpNet, String> = BTreeMap::new();
+        for row in rows {
+            match by_prefix.get(&row.net) {
+                Some(service) if *service == row.service => warnings.duplicates += 1,
+                Some(_) => warnings.conflicts += 1,
+                None => {
+                    by_prefix.insert(row.net, row.service);
+                }
+            }
+        }
+        let endpoints: Vec<Endpoint> = by_prefix
+            .into_iter()
+            .map(|(net, service)| Endpoint { net, service })
+            .collect();
+        count_nested(&endpoints, &mut warnings);
+        Self {
+            endpoints,
+            origins: Vec::new(),
+            warnings,
+        }
+    }
+
+    /// Service names in id order: id `n` is `services()[n - 1]`.
+    pub fn services(&self) -> Vec<String> {
+        let names: BTreeSet<&str> = self.endpoints.iter().map(|e| e.service.as_str()).collect();
+        names.into_iter().map(str::to_string).collect()
+    }
+
+    pub fn count(&self, v4: bool) -> usize {
+        self.endpoints
+            .iter()
+            .filter(|e| e.net.addr().is_ipv4() == v4)
+            .count()
+    }
+}
+
+/// Counts prefixes nested in a shorter one. `endpoints` is sorted by
+/// `IpNet`'s order: by family, network address, then prefix length, so a
+/// containing prefix always comes before what it contains.
+fn count_nested(endpoints: &[Endpoint], warnings: &mut FeedWarnings) {
+    let mut open: Vec<&Endpoint> = Vec::new();
+    for endpoint in endpoints {
+        while let Some(top) = open.last() {
+            if top.net.contains(&endpoint.net) {
+                break;
+            }
+            open.pop();
+        }
+        if let Some(parent) = open.last() {
+            warnings.nested += 1;
+            if parent.service != endpoint.service {
+                warnings.nested_other_service += 1;
+            }
+        }
+        open.push(endpoint);
+    }
+}
+
+/// A CSV feed whose header names a `cidr` and a `service` column (others are
+/// ignored). Lines starting with `#` are comments.
+pub fn parse_endpoint_csv(origin: &str, text: &str) -> Result<Vec<Endpoint>, FeedError> {
+    let mut reader = csv::ReaderBuilder::new()
+        .comment(Some(b'#'))
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(text.as_bytes());
+    let headers = reader.headers().map_err(|error| FeedError::File {
+        origin: origin.to_string(),
+        problem: format!("cannot read the header: {error}"),
+    })?;
+    let column = |name: &str| headers.iter().position(|h| h.eq_ignore_ascii_case(name));
+    let missing = |name: &str| FeedError::File {
+        origin: origin.to_string(),
+        problem: format!("the header has no {name:?} column (it needs \"cidr\" and \"service\")"),
+    };
+    let cidr_column = column("cidr").ok_or_else(|| missing("cidr"))?;
+    let service_column = column("service").ok_or_else(|| missing("service"))?;
+
+    let mut rows = Vec::new();
+    for record in reader.records() {
+        let record = record.map_err(|error| FeedError::Line {
+            origin: origin.to_string(),
+            line: error.position().map_or(0, csv::Position::line),
+            problem: LineProblem::Csv(error.to_string()),
+        })?;
+        let line = record.position().map_or(0, csv::Position::line);
+        let fail = |problem| FeedError::Line {
+            origin: origin.to_string(),
+            line,
+            problem,
+        };
+        let cidr = record
+            .get(cidr_column)
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| fail(LineProblem::MissingField("cidr")))?;
+        let service = record
+            .get(service_column)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| fail(LineProblem::MissingField("service")))?;
+        let net = parse_prefix(cidr).map_err(fail)?;
+        check_service_name(service).map_err(fail)?;
+        rows.push(Endpoint {
+            net,
+            service: service.to_string(),
+        });
+    }
+    Ok(rows)
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(bytes);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed_error(text: &str) -> String {
+        parse_endpoint_csv("feed.csv", text)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn endpoint_errors_name_file_line_and_problem() {
+        let cases = [
+            (
+                "cidr,service\n10.0.0.0/8,pia\n10.0.0.0/33,pia\n",
+                "feed.csv: line 3: bad CIDR \"10.0.0.0/33\"",
+            ),
+            (
+                "cidr,service\n1.2.3.4/24,pia\n",
+                "feed.csv: line 2: host bits set in 1.2.3.4/24 (did you mean 1.2.3.0/24?)",
+            ),
+            (
+                "cidr,service\nnot-an-address/8,pia\n",
+                "feed.csv: line 2: unknown address family in \"not-an-address/8\"",
+            ),
+            (
+                "cidr,service\n1.2.3.4.5/32,pia\n",
+                "feed.csv: line 2: bad CIDR \"1.2.3.4.5/32\"",
+            ),
+            (
+                "cidr,service\n2001:db8::/129,pia\n",
+                "feed.csv: line 2: bad CIDR \"2001:db8::/129\"",
+            ),
+            (
+                "cidr,service\n2001:db8::1/64,pia\n",
+                "feed.csv: line 2: host bits set in 2001:db8::1/64 (did you mean 2001:db8::/64?)",
+            ),
+            (
+                "cidr,service\n1.2.3.0/24,\n",
+                "feed.csv: line 2: missing service",
+            ),
+            (
+                "cidr,service\n1.2.3.0/24\n",
+                "feed.csv: line 2: missing service",
+            ),
+            ("cidr,service\n,pia\n", "feed.csv: line 2: missing cidr"),
+            (
+                "cidr,service\n1.2.3.0/24,Hot Spot\n",
+                "feed.csv: line 2: bad service name \"Hot Spot\"",
+            ),
+            (
+                "address,service\n1.2.3.0/24,pia\n",
+                "feed.csv: the header has no \"cidr\" column",
+            ),
+            (
+                "cidr,name\n1.2.3.0/24,pia\n",
+                "feed.csv: the header has no \"service\" column",
+            ),
+            (
+                "# comment\ncidr,service\n# another\n1.2.3.0/24,pia\n9.9.9.9/99,pia\n",
+                "feed.csv: line 5: bad CIDR",
+            ),
+        ];
+        for (text, expected) in cases {
+            let message = feed_error(text);
+            assert!(
+                message.starts_with(expected),
+                "{text:?}: got {message:?}, want {expected:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn endpoint_csv_accepts_extra_columns_hosts_and_both_families() {
+        let rows = parse_endpoint_csv(
+            "f",
+            "source,cidr,service\nx,1.2.3.0/24,pia\ny,5.6.7.8,expressvpn\nz,2001:db8::/32,mullvad\n",
+        )
+        .unwrap();
+        let nets: Vec<String> = rows
+            .iter()
+            .map(|r| format!("{} {}", r.net, r.service))
+            .collect();
+        assert_eq!(
+            nets,
+            [
+                "1.2.3.0/24 pia",
+                "5.6.7.8/32 expressvpn",
+                "2001:db8::/32 mullvad"
+            ]
+        );
+    }
+
+    #[test]
+    fn duplicates_conflicts_and_nesting_are_counted() {
+        let feed = EndpointFeed::from_sources(&[(
+            "f".into(),
+            "cidr,service\n10.0.0.0/8,a\n10.0.0.0/8,a\n10.0.0.0/8,b\n10.1.0.0/16,a\n10.1.2.3/32,b\n192.168.0.0/16,c\n"
+                .into(),
+        )])
+        .unwrap();
+        assert_eq!(
+            feed.warnings,
+            FeedWarnings {
+                duplicates: 1,
+                conflicts: 1,
+                nested: 2,
+                nested_other_service: 1
+            }
+        );
+        assert_eq!(feed.endpoints.len(), 4);
+        assert_eq!(feed.services(), ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn watched_defaults_and_lists() {
+        let default = WatchedSet::from_arguments(&[], &[]).unwrap();
+        assert_eq!(default.v4, ["175.45.176.0/22".parse::<Ipv4Net>().unwrap()]);
+        assert!(default.v6.is_empty());
+
+        let list = parse_prefix_list(
+            "w.txt",
+            "# KP\ncidr,label\n175.45.176.0/22,kp\n\n2001:db8::/32 # doc\n",
+        )
+        .unwrap();
+        assert_eq!(list.len(), 2);
+        let error = parse_prefix_list("w.txt", "175.45.176.0/22\n175.45.176.1/22\n").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "w.txt: line 2: host bits set in 175.45.176.1/22 (did you mean 175.45.176.0/22?)"
+        );
+        let error = WatchedSet::from_arguments(&["10.0.0.0/40".into()], &[]).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "--watch 10.0.0.0/40: bad CIDR \"10.0.0.0/40\""
+        );
+    }
+
+    #[test]
+    fn bundled_feed_loads_with_its_documented_shape() {
+        let feed = EndpointFeed::from_arguments(&[]).unwrap();
+        let services = feed.services();
+        assert_eq!(services.len(), 26, "{services:?}");
+        for service in ["hotspot-shield", "expressvpn", "pia"] {
+            assert!(services.iter().any(|s| s == service), "{service} missing");
+        }
+        assert!(feed.count(true) > 30_000);
+        assert!(feed.count(false) > 1_500);
+    }
+}

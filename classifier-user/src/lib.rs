@@ -1,0 +1,10 @@
+//! The classifier's userspace: feeds, loader, drain, report and the
+//! commands that wire them together. `main.rs` only parses arguments.
+
+pub mod cli;
+pub mod drain;
+pub mod feeds;
+pub mod loader;
+pub mod report;
+pub mod run;
+pub mod testrun;

@@ -1,0 +1,500 @@
+//! Loader: load the embedded XDP object, size and fill its maps from the
+//! validated feeds, attach it to interfaces and detach it again. Hands the
+//! loaded `Sensor` to `drain` and `testrun`.
+
+use std::collections::HashMap;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{
+        Array,
+        lpm_trie::{Key, LpmTrie},
+    },
+    programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
+};
+use classifier_common::{
+    EndpointValue, HINT_BITS, HINT_V4, HINT_V6, MAP_ENDPOINTS_V4, MAP_ENDPOINTS_V6, MAP_FLOWS,
+    MAP_WATCHED_HINT, MAP_WATCHED_V4, MAP_WATCHED_V6, MAX_SERVICES, PROGRAM_NAME, WatchedHint,
+    hint_index_v4, hint_index_v6,
+};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
+use crate::feeds::{EndpointFeed, WatchedSet};
+
+/// The XDP object, built by `cargo xtask build` (empty when the crate was
+/// built without it, e.g. by a plain `cargo check`).
+static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/classifier-ebpf.o"));
+
+/// Default flow-table capacity (keys; each holds one value per CPU).
+pub const DEFAULT_FLOW_CAPACITY: u32 = 65_536;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(
+        "this classifier binary was built without its XDP object; build it with `cargo xtask build`"
+    )]
+    NoObject,
+    #[error("cannot load the XDP object: {0}")]
+    Object(#[source] aya::EbpfError),
+    #[error("the XDP object has no map {0} (object and loader disagree)")]
+    MissingMap(&'static str),
+    #[error("the XDP object has no program {PROGRAM_NAME}")]
+    MissingProgram,
+    #[error("the kernel refused the XDP program: {0}")]
+    Program(#[source] ProgramError),
+    #[error("cannot fill map {map}: {source}")]
+    Fill {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("the endpoint feed has {services} services; at most {} fit", MAX_SERVICES - 1)]
+    TooManyServices { services: usize },
+    #[error(
+        "the endpoint feed has {prefixes} {family} prefixes but the capacity is {capacity} (raise --endpoint-capacity-{family})"
+    )]
+    OverCapacity {
+        family: &'static str,
+        prefixes: usize,
+        capacity: u32,
+    },
+    #[error("interface {iface}: {problem}")]
+    Attach { iface: String, problem: String },
+}
+
+/// How to attach: `auto` tries native (driver) mode and falls back to
+/// generic (skb) mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttachMode {
+    Auto,
+    Native,
+    Generic,
+}
+
+/// Map sizes; `None` sizes a map from the loaded feed.
+#[derive(Debug, Clone, Copy)]
+pub struct Capacities {
+    pub endpoints_v4: Option<u32>,
+    pub endpoints_v6: Option<u32>,
+    pub flows: u32,
+}
+
+impl Default for Capacities {
+    fn default() -> Self {
+        Self {
+            endpoints_v4: None,
+            endpoints_v6: None,
+            flows: DEFAULT_FLOW_CAPACITY,
+        }
+    }
+}
+
+/// Service names by the id the kernel counts them under.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServiceTable {
+    names: Vec<String>,
+}
+
+impl ServiceTable {
+    pub fn new(names: Vec<String>) -> Self {
+        Self { names }
+    }
+
+    /// Id 0 is never assigned.
+    pub fn name(&self, id: u32) -> Option<&str> {
+        let index = usize::try_from(id).ok()?.checked_sub(1)?;
+        self.names.get(index).map(String::as_str)
+    }
+
+    pub fn id(&self, name: &str) -> Option<u32> {
+        self.names
+            .iter()
+            .position(|n| n == name)
+            .and_then(|index| u32::try_from(index + 1).ok())
+    }
+
+    /// Name to id, for filling maps.
+    pub fn ids(&self) -> HashMap<&str, u32> {
+        self.names
+            .iter()
+            .enumerate()
+            .filter_map(|(index, name)| Some((name.as_str(), u32::try_from(index + 1).ok()?)))
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+}
+
+/// An interface the program is attached to.
+#[derive(Debug)]
+pub struct Attachment {
+    pub iface: String,
+    pub mode: &'static str,
+    link: XdpLinkId,
+}
+
+/// The loaded program, its maps, and where it is attached.
+pub struct Sensor {
+    pub(crate) ebpf: Ebpf,
+    pub services: ServiceTable,
+    pub attachments: Vec<Attachment>,
+}
+
+impl Sensor {
+    /// Loads the program with maps sized for the feeds, and fills them.
+    /// Nothing is attached yet.
+    pub fn load(
+        watched: &WatchedSet,
+        endpoints: &EndpointFeed,
+        capacities: Capacities,
+    ) -> Result<Self, LoadError> {
+        if EBPF_OBJECT.is_empty() {
+            return Err(LoadError::NoObject);
+        }
+        let services = ServiceTable::new(endpoints.services());
+        if services.len() >= MAX_SERVICES as usize {
+            return Err(LoadError::TooManyServices {
+                services: services.len(),
+            });
+        }
+        let v4_count = endpoints.count(true);
+        let v6_count = endpoints.count(false);
+        let v4_capacity = capacity("v4", v4_count, capacities.endpoints_v4)?;
+        let v6_capacity = capacity("v6", v6_count, capacities.endpoints_v6)?;
+
+        raise_memlock_limit();
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(MAP_ENDPOINTS_V4, v4_capacity)
+            .map_max_entries(MAP_ENDPOINTS_V6, v6_capacity)
+            .map_max_entries(MAP_WATCHED_V4, watched.v4.len().max(256) as u32)
+            .map_max_entries(MAP_WATCHED_V6, watched.v6.len().max(256) as u32)
+            .map_max_entries(MAP_FLOWS, capacities.flows.max(1))
+            .load(EBPF_OBJECT)
+            .map_err(LoadError::Object)?;
+
+        for name in classifier_common::ALL_MAPS {
+            if ebpf.map(name).is_none() {
+                return Err(LoadError::MissingMap(name_of(name)));
+            }
+        }
+        let program: &mut Xdp = ebpf
+            .program_mut(PROGRAM_NAME)
+            .ok_or(LoadError::MissingProgram)?
+            .try_into()
+            .map_err(LoadError::Program)?;
+        program.load().map_err(LoadError::Program)?;
+
+        let mut sensor = Self {
+            ebpf,
+            services,
+            attachments: Vec::new(),
+        };
+        sensor.fill_watched(watched)?;
+        sensor.fill_endpoints(endpoints)?;
+        Ok(sensor)
+    }
+
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, LoadError> {
+        self.ebpf.map_mut(name).ok_or(LoadError::MissingMap(name))
+    }
+
+    fn fill_watched(&mut self, watched: &WatchedSet) -> Result<(), LoadError> {
+        let v4 = watched
+            .v4
+            .iter()
+            .map(|net| (net.prefix_len(), net.network().octets(), 1u32));
+        fill_trie(&mut self.ebpf, MAP_WATCHED_V4, v4)?;
+        let v6 = watched
+            .v6
+            .iter()
+            .map(|net| (net.prefix_len(), net.network().octets(), 1u32));
+        fill_trie(&mut self.ebpf, MAP_WATCHED_V6, v6)?;
+
+        let mut hints: Array<_, WatchedHint> = Array::try_from(self.map_mut(MAP_WATCHED_HINT)?)
+            .map_err(|source| fill_error(MAP_WATCHED_HINT, source))?;
+        for (index, hint) in [
+            (HINT_V4, watched_hint_v4(&watched.v4)),
+            (HINT_V6, watched_hint_v6(&watched.v6)),
+        ] {
+            hints
+                .set(index, hint, 0)
+                .map_err(|source| fill_error(MAP_WATCHED_HINT, source))?;
+        }
+        Ok(())
+    }
+
+    fn fill_endpoints(&mut self, endpoints: &EndpointFeed) -> Result<(), LoadError> {
+        let ids = self.services.ids();
+        let value = |service: &str| EndpointValue {
+            service: ids[service],
+        };
+        let v4 = endpoints
+            .endpoints
+            .iter()
+            .filter_map(|endpoint| match endpoint.net {
+                IpNet::V4(net) => Some((
+                    net.prefix_len(),
+                    net.network().octets(),
+                    value(&endpoint.service),
+                )),
+                IpNet::V6(_) => None,
+            });
+        fill_trie(&mut self.ebpf, MAP_ENDPOINTS_V4, v4)?;
+        let v6 = endpoints
+            .endpoints
+            .iter()
+            .filter_map(|endpoint| match endpoint.net {
+                IpNet::V6(net) => Some((
+                    net.prefix_len(),
+                    net.network().octets(),
+                    value(&endpoint.service),
+                )),
+                IpNet::V4(_) => None,
+            });
+        fill_trie(&mut self.ebpf, MAP_ENDPOINTS_V6, v6)
+    }
+
+    pub(crate) fn program(&self) -> Result<&Xdp, LoadError> {
+        self.ebpf
+            .program(PROGRAM_NAME)
+            .ok_or(LoadError::MissingProgram)?
+            .try_into()
+            .map_err(LoadError::Program)
+    }
+
+    fn program_mut(&mut self) -> Result<&mut Xdp, LoadError> {
+        self.ebpf
+            .program_mut(PROGRAM_NAME)
+            .ok_or(LoadError::MissingProgram)?
+            .try_into()
+            .map_err(LoadError::Program)
+    }
+
+    /// Attaches to `iface`; returns the mode it got ("native" or "generic").
+    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<&'static str, LoadError> {
+        let attach_error = |problem: String| LoadError::Attach {
+            iface: iface.to_string(),
+            problem,
+        };
+        let if_index =
+            interface_index(iface).ok_or_else(|| attach_error("no such interface".into()))?;
+        let program = self.program_mut()?;
+        let tries: &[(XdpMode, &'static str)] = match mode {
+            AttachMode::Auto => &[(XdpMode::Driver, "native"), (XdpMode::Skb, "generic")],
+            AttachMode::Native => &[(XdpMode::Driver, "native")],
+            AttachMode::Generic => &[(XdpMode::Skb, "generic")],
+        };
+        let mut failures = Vec::new();
+        for (xdp_mode, name) in tries {
+            match program.attach_to_if_index(if_index, *xdp_mode) {
+                Ok(link) => {
+                    if !failures.is_empty() {
+                        log::warn!("{iface}: {}; fell back to {name} mode", failures.join("; "));
+                    }
+                    self.attachments.push(Attachment {
+                        iface: iface.to_string(),
+                        mode: name,
+                        link,
+                    });
+                    return Ok(name);
+                }
+                Err(error) => failures.push(format!("{name} mode failed: {}", error_chain(&error))),
+            }
+        }
+        Err(attach_error(format!(
+            "cannot attach XDP: {}",
+            failures.join("; ")
+        )))
+    }
+
+    /// Detaches from every interface; the maps stay readable.
+    pub fn detach_all(&mut self) {
+        let attachments = std::mem::take(&mut self.attachments);
+        let Ok(program) = self.program_mut() else {
+            return;
+        };
+        for attachment in attachments {
+            if let Err(error) = program.detach(attachment.link) {
+                log::error!(
+                    "{}: cannot detach: {}",
+                    attachment.iface,
+                    error_chain(&error)
+                );
+            }
+        }
+    }
+}
+
+impl Drop for Sensor {
+    fn drop(&mut self) {
+        self.detach_all();
+    }
+}
+
+fn fill_trie<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    entries: impl Iterator<Item = (u8, K, V)>,
+) -> Result<(), LoadError> {
+    let map = ebpf.map_mut(name).ok_or(LoadError::MissingMap(name))?;
+    let mut trie: LpmTrie<_, K, V> =
+        LpmTrie::try_from(map).map_err(|source| fill_error(name, source))?;
+    for (prefix_len, address, value) in entries {
+        trie.insert(&Key::new(u32::from(prefix_len), address), value, 0)
+            .map_err(|source| fill_error(name, source))?;
+    }
+    Ok(())
+}
+
+fn fill_error(map: &'static str, source: aya::maps::MapError) -> LoadError {
+    LoadError::Fill { map, source }
+}
+
+fn name_of(name: &str) -> &'static str {
+    classifier_common::ALL_MAPS
+        .iter()
+        .find(|n| **n == name)
+        .copied()
+        .unwrap_or("?")
+}
+
+fn capacity(family: &'static str, prefixes: usize, flag: Option<u32>) -> Result<u32, LoadError> {
+    let needed = u32::try_from(prefixes).unwrap_or(u32::MAX).max(1);
+    match flag {
+        Some(capacity) if (capacity as usize) < prefixes => Err(LoadError::OverCapacity {
+            family,
+            prefixes,
+            capacity,
+        }),
+        Some(capacity) => Ok(capacity.max(1)),
+        None => Ok(needed),
+    }
+}
+
+/// The prefilter bits for IPv4: every /16 that a watched prefix touches.
+pub fn watched_hint_v4(prefixes: &[Ipv4Net]) -> WatchedHint {
+    let mut hint = WatchedHint {
+        words: [0; classifier_common::HINT_WORDS],
+    };
+    for net in prefixes {
+        let first = hint_index_v4(net.network().octets());
+        let count = if net.prefix_len() >= 16 {
+            1
+        } else {
+            1usize << (16 - net.prefix_len())
+        };
+        for index in first..first + count {
+            set_bit(&mut hint, index);
+        }
+    }
+    hint
+}
+
+/// The prefilter bits for IPv6: the folded first 32 bits of every address a
+/// watched prefix covers; prefixes shorter than /16 set every bit.
+pub fn watched_hint_v6(prefixes: &[Ipv6Net]) -> WatchedHint {
+    let mut hint = WatchedHint {
+        words: [0; classifier_common::HINT_WORDS],
+    };
+    for net in prefixes {
+        if net.prefix_len() < 16 {
+            hint.words = [u64::MAX; classifier_common::HINT_WORDS];
+            break;
+        }
+        let base = u32::from_be_bytes(net.network().octets()[..4].try_into().expect("4 bytes"));
+        let variable_bits = 32u8.saturating_sub(net.prefix_len());
+        for low in 0..(1u32 << variable_bits) {
+            let mut octets = [0u8; 16];
+            octets[..4].copy_from_slice(&(base | low).to_be_bytes());
+            set_bit(&mut hint, hint_index_v6(&octets));
+        }
+    }
+    hint
+}
+
+fn set_bit(hint: &mut WatchedHint, index: usize) {
+    debug_assert!(index < HINT_BITS);
+    hint.words[index / 64] |= 1 << (index % 64);
+}
+
+fn interface_index(iface: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(iface).ok()?;
+    // SAFETY: `name` is a valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (index != 0).then_some(index)
+}
+
+/// Locked memory was the BPF map budget before Linux 5.11; harmless after.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit with a valid struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        log::debug!("cannot raise RLIMIT_MEMLOCK; fine on Linux 5.11 and later");
+    }
+}
+
+/// An error and its sources on one line.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bit(hint: &WatchedHint, index: usize) -> bool {
+        hint.words[index / 64] >> (index % 64) & 1 == 1
+    }
+
+    #[test]
+    fn v4_hint_covers_exactly_the_touched_slash16s() {
+        let hint = watched_hint_v4(&[
+            "175.45.176.0/22".parse().unwrap(),
+            "10.0.0.0/15".parse().unwrap(),
+        ]);
+        let set: Vec<usize> = (0..HINT_BITS).filter(|i| bit(&hint, *i)).collect();
+        assert_eq!(set, [10 << 8, (10 << 8) + 1, (175 << 8) + 45]);
+    }
+
+    #[test]
+    fn v6_hint_covers_every_address_of_a_prefix() {
+        let net: Ipv6Net = "2001:db8:40::/42".parse().unwrap();
+        let hint = watched_hint_v6(&[net]);
+        for addr in ["2001:db8:40::1", "2001:db8:7f:ffff::9"] {
+            let addr: std::net::Ipv6Addr = addr.parse().unwrap();
+            assert!(bit(&hint, hint_index_v6(&addr.octets())), "{addr}");
+        }
+        assert_eq!((0..HINT_BITS).filter(|i| bit(&hint, *i)).count(), 1);
+        let all = watched_hint_v6(&["2000::/3".parse().unwrap()]);
+        assert!((0..HINT_BITS).all(|i| bit(&all, i)));
+    }
+
+    #[test]
+    fn service_ids_start_at_one() {
+        let table = ServiceTable::new(vec!["expressvpn".into(), "pia".into()]);
+        assert_eq!(table.id("pia"), Some(2));
+        assert_eq!(table.name(1), Some("expressvpn"));
+        assert_eq!(table.name(0), None);
+        assert_eq!(table.name(3), None);
+    }
+}

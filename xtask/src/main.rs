@@ -1,0 +1,284 @@
+//! Project tasks: `setup` (toolchain pieces), `build` (eBPF object and the
+//! release binary), `lint`, and `test` (everything, unit and root-only
+//! integration tests). Every task runs `setup` first and is idempotent.
+
+use std::{
+    env, fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail, ensure};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "Build, set up and test the classifier")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what the eBPF build needs: nightly's rust-src and a
+    /// bpf-linker built against nightly's own LLVM.
+    Setup,
+    /// Build the eBPF object and `target/release/classifier` with it embedded.
+    Build,
+    /// cargo fmt --check and clippy -D warnings on every crate.
+    Lint,
+    /// Run every test: lint, unit tests, then the integration tests that
+    /// load the program into the kernel (needs root).
+    Test {
+        /// Extra arguments for the integration test binary (e.g. a filter).
+        #[arg(last = true)]
+        filter: Vec<String>,
+    },
+}
+
+const NIGHTLY: &str = "nightly";
+const EBPF_TARGET: &str = "bpfel-unknown-none";
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.task {
+        Task::Setup => setup(),
+        Task::Build => build().map(|_| ()),
+        Task::Lint => {
+            build()?;
+            lint()
+        }
+        Task::Test { filter } => test(&filter),
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn cargo_home() -> PathBuf {
+    env::var_os("CARGO_HOME").map_or_else(
+        || PathBuf::from(env::var_os("HOME").unwrap_or_default()).join(".cargo"),
+        PathBuf::from,
+    )
+}
+
+/// A command with the outer cargo's toolchain choice removed, so `rustup
+/// run nightly` and plain `cargo` pick their own.
+fn command(program: &str) -> Command {
+    let mut command = Command::new(program);
+    for variable in [
+        "RUSTUP_TOOLCHAIN",
+        "RUSTC",
+        "RUSTDOC",
+        "CARGO",
+        "RUSTC_WRAPPER",
+    ] {
+        command.env_remove(variable);
+    }
+    let path = env::var_os("PATH").unwrap_or_default();
+    let mut paths = vec![cargo_home().join("bin")];
+    paths.extend(env::split_paths(&path));
+    command.env(
+        "PATH",
+        env::join_paths(paths).expect("PATH entries are valid"),
+    );
+    command
+}
+
+fn run(command: &mut Command) -> Result<()> {
+    eprintln!("xtask: {command:?}");
+    let status = command
+        .status()
+        .with_context(|| format!("cannot start {command:?}"))?;
+    ensure!(status.success(), "{command:?} failed ({status})");
+    Ok(())
+}
+
+fn output(command: &mut Command) -> Result<String> {
+    let output = command
+        .output()
+        .with_context(|| format!("cannot start {command:?}"))?;
+    ensure!(
+        output.status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+// ---- setup -----------------------------------------------------------------
+
+fn setup() -> Result<()> {
+    let toolchains = output(command("rustup").args(["toolchain", "list"]))?;
+    if !toolchains.lines().any(|line| line.starts_with("nightly")) {
+        run(command("rustup").args(["toolchain", "install", NIGHTLY, "--profile", "minimal"]))?;
+    }
+    let components = output(command("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        NIGHTLY,
+    ]))?;
+    if !components.lines().any(|line| line.starts_with("rust-src")) {
+        run(command("rustup").args(["component", "add", "rust-src", "--toolchain", NIGHTLY]))?;
+    }
+    ensure_bpf_linker()
+}
+
+/// bpf-linker must use the LLVM of the nightly rustc that emits the bitcode.
+/// It is built against that toolchain's own libLLVM (no system LLVM needed)
+/// and remembered in a stamp file naming the toolchain it was built for.
+fn ensure_bpf_linker() -> Result<()> {
+    let version = output(command("rustc").args([&format!("+{NIGHTLY}"), "-vV"]))?;
+    let llvm_major = version
+        .lines()
+        .find_map(|line| line.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .context("rustc +nightly -vV prints no LLVM version")?
+        .to_string();
+    let sysroot = output(command("rustc").args([&format!("+{NIGHTLY}"), "--print", "sysroot"]))?;
+    let sysroot = PathBuf::from(sysroot.trim());
+
+    let prefix = cargo_home().join("classifier-llvm");
+    let stamp = prefix.join("bpf-linker.stamp");
+    let wanted = format!(
+        "llvm-{llvm_major} {}",
+        version.lines().next().unwrap_or_default()
+    );
+    let linker = cargo_home().join("bin").join("bpf-linker");
+    if linker.exists() && fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
+        return Ok(());
+    }
+
+    // The versioned libLLVM of the toolchain, e.g. libLLVM.so.22.1-rust-1.97.0-nightly.
+    let lib_dir = sysroot.join("lib");
+    let libllvm = fs::read_dir(&lib_dir)
+        .with_context(|| format!("cannot list {}", lib_dir.display()))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .find(|path| {
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("libLLVM.so.{llvm_major}")))
+        })
+        .with_context(|| format!("no libLLVM.so.{llvm_major}* in {}", lib_dir.display()))?;
+    let prefix_lib = prefix.join("lib");
+    fs::create_dir_all(&prefix_lib)?;
+    for name in [
+        PathBuf::from("libLLVM.so"),
+        PathBuf::from(libllvm.file_name().expect("a file")),
+    ] {
+        let link = prefix_lib.join(name);
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink(&libllvm, &link)
+            .with_context(|| format!("cannot link {}", link.display()))?;
+    }
+    run(command("cargo")
+        .args(["install", "bpf-linker", "--force", "--no-default-features"])
+        .args(["--features", &format!("llvm-{llvm_major}")])
+        .arg("--root")
+        .arg(cargo_home())
+        .env("LLVM_PREFIX", &prefix))?;
+    fs::write(&stamp, wanted)?;
+    Ok(())
+}
+
+// ---- build -------------------------------------------------------------------
+
+/// Builds the eBPF object (copied to `target/ebpf/` only when its bytes
+/// change, so cargo never embeds a stale one) and the release binary.
+fn build() -> Result<PathBuf> {
+    setup()?;
+    let root = workspace_root();
+    run(command("rustup")
+        .args(["run", NIGHTLY, "cargo", "build", "--release"])
+        .args(["--package", "classifier-ebpf", "--target", EBPF_TARGET])
+        .args(["-Z", "build-std=core"])
+        .current_dir(&root))?;
+    let built = root
+        .join("target")
+        .join(EBPF_TARGET)
+        .join("release/classifier-ebpf");
+    let object = root.join("target/ebpf/classifier-ebpf.o");
+    let bytes =
+        fs::read(&built).with_context(|| format!("no eBPF object at {}", built.display()))?;
+    if fs::read(&object).ok().as_deref() != Some(bytes.as_slice()) {
+        fs::create_dir_all(object.parent().expect("has a parent"))?;
+        fs::write(&object, &bytes)?;
+    }
+    run(command("cargo")
+        .args(["build", "--release", "--package", "classifier-user"])
+        .env("CLASSIFIER_EBPF_OBJECT", &object)
+        .current_dir(&root))?;
+    Ok(object)
+}
+
+// ---- lint and test ---------------------------------------------------------------
+
+fn lint() -> Result<()> {
+    let root = workspace_root();
+    run(command("cargo")
+        .args(["fmt", "--all", "--", "--check"])
+        .current_dir(&root))?;
+    run(command("cargo")
+        .args([
+            "clippy",
+            "--workspace",
+            "--exclude",
+            "classifier-ebpf",
+            "--all-targets",
+        ])
+        .args(["--", "-D", "warnings"])
+        .current_dir(&root))?;
+    run(command("rustup")
+        .args(["run", NIGHTLY, "cargo", "clippy", "--release"])
+        .args(["--package", "classifier-ebpf", "--target", EBPF_TARGET])
+        .args(["-Z", "build-std=core", "--", "-D", "warnings"])
+        .current_dir(&root))
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn test(filter: &[String]) -> Result<()> {
+    let object = build()?;
+    lint()?;
+    let root = workspace_root();
+    run(command("cargo")
+        .args([
+            "test",
+            "--workspace",
+            "--exclude",
+            "classifier-ebpf",
+            "--exclude",
+            "classifier-tests",
+        ])
+        .env("CLASSIFIER_EBPF_OBJECT", &object)
+        .current_dir(&root))?;
+
+    if !is_root() {
+        if env::var("CI").is_ok_and(|v| v == "true") {
+            bail!(
+                "the integration tests load BPF programs and need root; CI must run them as root"
+            );
+        }
+        eprintln!(
+            "xtask: not root: the integration tests (they load BPF) are left out; run as root"
+        );
+        return Ok(());
+    }
+    let binary = root.join("target/release/classifier");
+    run(command("cargo")
+        .args(["test", "--package", "classifier-tests", "--"])
+        .args(["--test-threads=1"])
+        .args(filter)
+        .env("CLASSIFIER_EBPF_OBJECT", &object)
+        .env("CLASSIFIER_BIN", &binary)
+        .current_dir(&root))
+}
