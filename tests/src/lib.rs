@@ -1,1 +1,53 @@
+//! Helpers for the root-only integration tests: frames built with
+//! etherparse, a privilege gate that fails in CI instead of skipping,
+//! network namespaces and veth pairs owned by guards that remove them on
+//! drop, and an AF_PACKET sender that writes frames from inside a namespace.
 
+pub mod frames;
+pub mod netns;
+
+use std::path::PathBuf;
+
+/// True when the tests may load BPF. Without root they skip with a note,
+/// except under `CI=true`, where a privileged test that cannot run fails.
+pub fn require_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "this test loads BPF programs and needs root; in CI it must not be skipped"
+    );
+    eprintln!("skipped: needs root (it loads BPF programs)");
+    false
+}
+
+/// The release `classifier` binary that `cargo xtask test` built.
+pub fn classifier_binary() -> PathBuf {
+    let path = std::env::var_os("CLASSIFIER_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/classifier"),
+        PathBuf::from,
+    );
+    assert!(
+        path.exists(),
+        "no classifier binary at {} (run the tests with `cargo xtask test`)",
+        path.display()
+    );
+    path
+}
+
+/// The endpoint feed the tests load: nested prefixes of different services
+/// in both families, so longest-prefix matching is exercised.
+pub const TEST_FEED: &str = "\
+cidr,service,note
+198.51.100.0/24,alpha,outer
+198.51.100.128/25,beta,nested in alpha
+198.51.100.200/32,gamma,host inside beta
+203.0.113.0/24,delta,
+2001:db8:e0::/48,alpha,
+2001:db8:e0:1::/64,beta,nested in alpha
+";
+
+/// Watched prefixes the tests use: the default range and one IPv6 range.
+pub const TEST_WATCHED: [&str; 2] = ["175.45.176.0/22", "2001:db8:aa::/48"];
