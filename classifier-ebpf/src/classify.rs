@@ -82,13 +82,11 @@ pub fn classify(packet: &Packet) -> Option<Watched> {
         port: packet.src_port,
         service: None,
     };
-    if src_watched {
-        if let Some(service) = endpoint_service(packet.family, &packet.dst) {
-            return Some(Watched {
-                service: Some(service),
-                ..outbound
-            });
-        }
+    if src_watched && let Some(service) = endpoint_service(packet.family, &packet.dst) {
+        return Some(Watched {
+            service: Some(service),
+            ..outbound
+        });
     }
     if dst_watched {
         if let Some(service) = endpoint_service(packet.family, &packet.src) {

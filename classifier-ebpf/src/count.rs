@@ -79,17 +79,17 @@ fn count_match(totals: &mut Totals, packet: &Packet, watched: &Watched, service:
 
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    if let Some(flow) = FLOWS.get_ptr_mut(&key) {
+    if let Some(flow) = FLOWS.get_ptr_mut(key) {
         // SAFETY: the value of an LRU per-CPU hash belongs to this CPU.
         update_flow(unsafe { &mut *flow }, packet, service, bytes, now);
         return;
     }
     let mut flow: FlowValue = Zeroable::zeroed();
     update_flow(&mut flow, packet, service, bytes, now);
-    match FLOWS.insert(&key, &flow, u64::from(BPF_NOEXIST)) {
+    match FLOWS.insert(key, flow, u64::from(BPF_NOEXIST)) {
         Ok(()) => totals.flow_inserts += 1,
         // Another CPU created the key between our lookup and insert.
-        Err(_) => match FLOWS.get_ptr_mut(&key) {
+        Err(_) => match FLOWS.get_ptr_mut(key) {
             // SAFETY: as above.
             Some(existing) => update_flow(unsafe { &mut *existing }, packet, service, bytes, now),
             None => totals.flow_insert_failures += 1,

@@ -25,6 +25,12 @@ enum Task {
     Setup,
     /// Build the eBPF object and `target/release/classifier` with it embedded.
     Build,
+    /// Build, then run `classifier` with the given arguments (as root), e.g.
+    /// `cargo xtask run -- run --iface eth1`.
+    Run {
+        #[arg(last = true, required = true)]
+        args: Vec<String>,
+    },
     /// cargo fmt --check and clippy -D warnings on every crate.
     Lint,
     /// Run every test: lint, unit tests, then the integration tests that
@@ -44,6 +50,15 @@ fn main() -> Result<()> {
     match cli.task {
         Task::Setup => setup(),
         Task::Build => build().map(|_| ()),
+        Task::Run { args } => {
+            build()?;
+            let binary = workspace_root().join("target/release/classifier");
+            let status = Command::new(&binary)
+                .args(&args)
+                .status()
+                .with_context(|| format!("cannot start {}", binary.display()))?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
         Task::Lint => {
             build()?;
             lint()
@@ -117,15 +132,30 @@ fn setup() -> Result<()> {
     if !toolchains.lines().any(|line| line.starts_with("nightly")) {
         run(command("rustup").args(["toolchain", "install", NIGHTLY, "--profile", "minimal"]))?;
     }
-    let components = output(command("rustup").args([
-        "component",
-        "list",
-        "--installed",
-        "--toolchain",
-        NIGHTLY,
-    ]))?;
-    if !components.lines().any(|line| line.starts_with("rust-src")) {
-        run(command("rustup").args(["component", "add", "rust-src", "--toolchain", NIGHTLY]))?;
+    // rust-src to build `core` for the BPF target; clippy and rustfmt for
+    // `lint` on both toolchains.
+    for (toolchain, wanted) in [
+        (NIGHTLY, &["rust-src", "clippy"][..]),
+        ("stable", &["clippy", "rustfmt"][..]),
+    ] {
+        let installed = output(command("rustup").args([
+            "component",
+            "list",
+            "--installed",
+            "--toolchain",
+            toolchain,
+        ]))?;
+        for component in wanted {
+            if !installed.lines().any(|line| line.starts_with(component)) {
+                run(command("rustup").args([
+                    "component",
+                    "add",
+                    component,
+                    "--toolchain",
+                    toolchain,
+                ]))?;
+            }
+        }
     }
     ensure_bpf_linker()
 }
@@ -275,7 +305,7 @@ fn test(filter: &[String]) -> Result<()> {
     }
     let binary = root.join("target/release/classifier");
     run(command("cargo")
-        .args(["test", "--package", "classifier-tests", "--"])
+        .args(["test", "--package", "classifier-tests", "--tests", "--"])
         .args(["--test-threads=1"])
         .args(filter)
         .env("CLASSIFIER_EBPF_OBJECT", &object)
