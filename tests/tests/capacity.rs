@@ -98,3 +98,27 @@ fn a_feed_larger_than_the_capacity_flag_is_refused_with_the_numbers() {
         "the endpoint feed has 10 v4 prefixes but the capacity is 5 (raise --endpoint-capacity-v4)"
     );
 }
+
+#[test]
+fn watched_sets_of_256_prefixes_per_family_load_and_match() {
+    if !require_root() {
+        return;
+    }
+    let mut watched: Vec<String> = (0..256).map(|i| format!("10.{i}.0.0/16")).collect();
+    watched.extend((0..256).map(|i| format!("2001:db8:{i:x}::/48")));
+    let watched = WatchedSet::from_arguments(&watched, &[]).expect("watched");
+    assert_eq!((watched.v4.len(), watched.v6.len()), (256, 256));
+    let feed = EndpointFeed::from_sources(&[("test".into(), classifier_tests::TEST_FEED.into())])
+        .expect("feed");
+    let sensor = Sensor::load(&watched, &feed, Capacities::default()).expect("loads");
+    for frame in [
+        FrameSpec::udp("10.255.1.2", "198.51.100.10", 1, 443).build(),
+        FrameSpec::udp("2001:db8:ff::9", "2001:db8:e0::5", 1, 443).build(),
+        FrameSpec::udp("11.0.0.1", "198.51.100.10", 1, 443).build(),
+    ] {
+        assert_eq!(run_frame(&sensor, &frame).expect("test run"), 2);
+    }
+    let reading = drain::read(&sensor).expect("drain");
+    assert_eq!(reading.totals.watched, 2);
+    assert_eq!(reading.totals.matched, 2);
+}

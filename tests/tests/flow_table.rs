@@ -1,0 +1,57 @@
+//! Flow-table pressure: with more flows than capacity, the least recently
+//! seen are evicted and counted, while totals and per-service counters stay
+//! exact (they never depend on the flow table).
+
+use classifier_tests::{TEST_FEED, frames::FrameSpec, require_root};
+use classifier_user::{
+    drain::{self, Ledger},
+    feeds::{EndpointFeed, WatchedSet},
+    loader::{Capacities, Sensor},
+    testrun::run_frame,
+};
+
+#[test]
+fn a_full_flow_table_evicts_counts_it_and_keeps_service_counts_exact() {
+    if !require_root() {
+        return;
+    }
+    const CAPACITY: u32 = 16;
+    const FLOWS: u16 = 100;
+    let feed = EndpointFeed::from_sources(&[("test".into(), TEST_FEED.into())]).expect("feed");
+    let capacities = Capacities {
+        flows: CAPACITY,
+        ..Capacities::default()
+    };
+    let sensor = Sensor::load(
+        &WatchedSet::from_arguments(&[], &[]).expect("default"),
+        &feed,
+        capacities,
+    )
+    .expect("loads");
+    let mut ledger = Ledger::default();
+    for port in 0..FLOWS {
+        let frame = FrameSpec::udp("175.45.176.1", "203.0.113.5", 40000, 1000 + port).build();
+        for _ in 0..3 {
+            assert_eq!(run_frame(&sensor, &frame).expect("test run"), 2);
+        }
+    }
+    ledger.absorb(drain::read(&sensor).expect("drain"), 0);
+
+    let delta = sensor.services.id("delta").expect("delta") as usize;
+    assert_eq!(ledger.services[delta].packets, [3 * u64::from(FLOWS), 0]);
+    assert_eq!(ledger.totals.matched, 3 * u64::from(FLOWS));
+    assert_eq!(ledger.totals.flow_inserts, u64::from(FLOWS));
+    assert!(
+        ledger.live_flows <= CAPACITY as usize,
+        "{} live flows",
+        ledger.live_flows
+    );
+    assert!(ledger.live_flows > 0);
+    assert_eq!(
+        ledger.flow_evictions(),
+        u64::from(FLOWS) - ledger.live_flows as u64
+    );
+    assert_eq!(ledger.totals.flow_insert_failures, 0);
+    // Every flow still in the table has all three of its packets.
+    assert!(ledger.flows.values().all(|flow| flow.packets == 3));
+}
