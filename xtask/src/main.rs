@@ -33,6 +33,16 @@ enum Task {
     },
     /// cargo fmt --check and clippy -D warnings on every crate.
     Lint,
+    /// Measure the program's per-packet cost against an empty XDP program
+    /// (needs root); writes BENCHMARKS.md.
+    Bench {
+        /// A short smoke run (CI): few repeats, one round, small feeds.
+        #[arg(long)]
+        quick: bool,
+        /// Also write the figures as JSON to this file.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+    },
     /// Run every test: lint, unit tests, then the integration tests that
     /// load the program into the kernel (needs root).
     Test {
@@ -64,6 +74,7 @@ fn main() -> Result<()> {
             lint()
         }
         Task::Test { filter } => test(&filter),
+        Task::Bench { quick, json } => bench(quick, json.as_deref()),
     }
 }
 
@@ -303,6 +314,9 @@ fn test(filter: &[String]) -> Result<()> {
         );
         return Ok(());
     }
+    // The benchmark is never a timed test; CI only checks that it runs and
+    // that its figures are sane numbers.
+    bench(true, None)?;
     let binary = root.join("target/release/classifier");
     run(command("cargo")
         .args(["test", "--package", "classifier-tests", "--tests", "--"])
@@ -311,4 +325,38 @@ fn test(filter: &[String]) -> Result<()> {
         .env("CLASSIFIER_EBPF_OBJECT", &object)
         .env("CLASSIFIER_BIN", &binary)
         .current_dir(&root))
+}
+
+fn bench(quick: bool, json: Option<&Path>) -> Result<()> {
+    let object = build()?;
+    ensure!(is_root(), "the benchmark loads BPF programs and needs root");
+    let root = workspace_root();
+    run(command("cargo")
+        .args([
+            "build",
+            "--release",
+            "--package",
+            "classifier-tests",
+            "--bin",
+            "classifier-bench",
+        ])
+        .env("CLASSIFIER_EBPF_OBJECT", &object)
+        .current_dir(&root))?;
+    let mut bench = command(
+        root.join("target/release/classifier-bench")
+            .to_str()
+            .expect("UTF-8 path"),
+    );
+    let mut shown = String::from("cargo xtask bench");
+    if quick {
+        bench.arg("--quick");
+        shown.push_str(" --quick");
+        // A smoke run must not overwrite the real figures.
+        bench.args(["--output", "target/BENCHMARKS-quick.md"]);
+    }
+    if let Some(json) = json {
+        bench.arg("--json").arg(json);
+        shown.push_str(" --json FILE");
+    }
+    run(bench.args(["--command", &shown]).current_dir(&root))
 }

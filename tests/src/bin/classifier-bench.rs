@@ -1,0 +1,424 @@
+//! `cargo xtask bench`: the classifier's in-kernel cost per packet, measured
+//! with BPF_PROG_TEST_RUN against an empty XDP_PASS program loaded by the
+//! bench itself, interleaved in the same process and pinned to one CPU,
+//! median of several rounds. Writes BENCHMARKS.md and, with --json, the
+//! figures machine-readably.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    net::{Ipv4Addr, Ipv6Addr},
+    os::fd::{AsFd, BorrowedFd},
+    path::PathBuf,
+    time::Instant,
+};
+
+use anyhow::{Context, Result, ensure};
+use classifier_tests::frames::{FrameSpec, TPID_8021AD, TPID_8021Q, patched};
+use classifier_user::{
+    feeds::{Endpoint, EndpointFeed, WatchedSet},
+    loader::{Capacities, Sensor},
+    testrun::{load_constant_xdp, program_fd, run_repeated},
+};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
+const XDP_PASS: u32 = 2;
+
+struct Options {
+    quick: bool,
+    rounds: usize,
+    repeat: u32,
+    output: PathBuf,
+    json: Option<PathBuf>,
+    command: String,
+}
+
+fn options() -> Result<Options> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    Ok(Options {
+        quick,
+        rounds: if quick { 1 } else { 5 },
+        repeat: if quick { 100_000 } else { 2_000_000 },
+        output: value("--output").map_or_else(|| PathBuf::from("BENCHMARKS.md"), PathBuf::from),
+        json: value("--json").map(PathBuf::from),
+        command: value("--command").unwrap_or_else(|| "cargo xtask bench".into()),
+    })
+}
+
+/// Deterministic pseudo-random numbers (splitmix64), so every run measures
+/// the same feeds.
+struct Random(u64);
+
+impl Random {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, bound: u64) -> u64 {
+        self.next() % bound
+    }
+}
+
+/// `v4` random IPv4 prefixes of lengths /8–/32 and `v6` random IPv6 /32–/128
+/// prefixes, 26 services, none inside the watched ranges; plus one known
+/// /32 (`203.0.113.77`) and /128 the match frames go to.
+fn random_feed(v4: usize, v6: usize, seed: u64) -> EndpointFeed {
+    let mut random = Random(seed);
+    let mut endpoints = Vec::with_capacity(v4 + v6 + 2);
+    let service = |random: &mut Random| format!("svc{:02}", random.below(26));
+    while endpoints.len() < v4 {
+        let length = 8 + u8::try_from(random.below(25)).expect("small");
+        let address = Ipv4Addr::from(u32::try_from(random.below(1 << 32)).expect("32 bits"));
+        let first = address.octets()[0];
+        if first == 175 || first == 203 || first >= 224 {
+            continue;
+        }
+        let net = Ipv4Net::new(address, length).expect("valid length").trunc();
+        endpoints.push(Endpoint {
+            net: IpNet::V4(net),
+            service: service(&mut random),
+        });
+    }
+    for _ in 0..v6 {
+        let length = 32 + u8::try_from(random.below(97)).expect("small");
+        let address = (0x2a00_u128 << 112)
+            | (u128::from(random.next()) << 48)
+            | u128::from(random.next() >> 16);
+        let net = Ipv6Net::new(Ipv6Addr::from(address), length)
+            .expect("valid length")
+            .trunc();
+        endpoints.push(Endpoint {
+            net: IpNet::V6(net),
+            service: service(&mut random),
+        });
+    }
+    endpoints.push(Endpoint {
+        net: "203.0.113.77/32".parse().expect("valid"),
+        service: "target".into(),
+    });
+    endpoints.push(Endpoint {
+        net: "2001:db8:e0::77/128".parse().expect("valid"),
+        service: "target".into(),
+    });
+    EndpointFeed::from_endpoints(endpoints)
+}
+
+fn watched(count: usize) -> WatchedSet {
+    let mut prefixes = vec![
+        "175.45.176.0/22".to_string(),
+        "2001:db8:aa::/48".to_string(),
+    ];
+    prefixes.extend((1..count).map(|i| format!("100.{}.{}.0/24", 64 + i / 256, i % 256)));
+    WatchedSet::from_arguments(&prefixes, &[]).expect("valid watched set")
+}
+
+/// The frames of each case, at a given size.
+fn cases(size: usize) -> Vec<(&'static str, Vec<u8>)> {
+    let sized = |spec: FrameSpec| {
+        let base = spec.clone().payload(0).build().len();
+        spec.payload(size.saturating_sub(base)).build()
+    };
+    let watched4 = "175.45.177.10";
+    let endpoint4 = "203.0.113.77";
+    vec![
+        (
+            "a non-watched",
+            sized(FrameSpec::udp("192.0.2.1", "198.18.0.1", 40000, 443)),
+        ),
+        (
+            "b watched -> non-endpoint",
+            sized(FrameSpec::udp(watched4, "198.18.0.1", 40000, 443)),
+        ),
+        (
+            "c watched -> endpoint",
+            sized(FrameSpec::udp(watched4, endpoint4, 40000, 443)),
+        ),
+        (
+            "d endpoint -> watched",
+            sized(FrameSpec::udp(endpoint4, watched4, 443, 40000)),
+        ),
+        (
+            "e VLAN watched -> endpoint",
+            sized(FrameSpec::udp(watched4, endpoint4, 40000, 443).vlans(&[TPID_8021Q])),
+        ),
+        (
+            "e QinQ watched -> endpoint",
+            sized(
+                FrameSpec::udp(watched4, endpoint4, 40000, 443).vlans(&[TPID_8021AD, TPID_8021Q]),
+            ),
+        ),
+        (
+            "e IPv6 watched -> endpoint",
+            sized(FrameSpec::udp(
+                "2001:db8:aa::10",
+                "2001:db8:e0::77",
+                40000,
+                443,
+            )),
+        ),
+        (
+            "e IPv6 non-watched",
+            sized(FrameSpec::udp(
+                "2001:db8:ff::1",
+                "2001:db8:e0::77",
+                40000,
+                443,
+            )),
+        ),
+        (
+            "f malformed (IPv4 version 5)",
+            patched(
+                sized(FrameSpec::udp(watched4, endpoint4, 1, 2)),
+                14,
+                &[0x55],
+            ),
+        ),
+    ]
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Median ns/packet of the floor and of ours, measured alternately.
+fn measure(
+    floor: BorrowedFd<'_>,
+    ours: BorrowedFd<'_>,
+    frame: &[u8],
+    options: &Options,
+) -> Result<(f64, f64)> {
+    let mut floor_ns = Vec::new();
+    let mut ours_ns = Vec::new();
+    // One unmeasured run warms caches, the flow entry and the JIT image.
+    run_repeated(ours, frame, 1000)?;
+    for _ in 0..options.rounds {
+        let (verdict, ns) = run_repeated(floor, frame, options.repeat)?;
+        ensure!(verdict == XDP_PASS, "the empty program returned {verdict}");
+        floor_ns.push(f64::from(ns));
+        let (verdict, ns) = run_repeated(ours, frame, options.repeat)?;
+        ensure!(verdict == XDP_PASS, "the classifier returned {verdict}");
+        ours_ns.push(f64::from(ns));
+    }
+    Ok((median(&mut floor_ns), median(&mut ours_ns)))
+}
+
+fn pin_to_cpu(cpu: usize) -> Result<()> {
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET sets one bit.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: pinning this thread with a valid set.
+    let result =
+        unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    ensure!(
+        result == 0,
+        "sched_setaffinity: {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(())
+}
+
+fn read_trimmed(path: &str) -> String {
+    std::fs::read_to_string(path).map_or_else(|_| "unknown".into(), |s| s.trim().to_string())
+}
+
+fn cpu_model() -> String {
+    read_trimmed("/proc/cpuinfo")
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("model name")
+                .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+struct Row {
+    group: String,
+    case: String,
+    bytes: usize,
+    floor_ns: f64,
+    ours_ns: f64,
+}
+
+impl Row {
+    fn ratio(&self) -> f64 {
+        self.ours_ns / self.floor_ns
+    }
+}
+
+fn main() -> Result<()> {
+    let options = options()?;
+    pin_to_cpu(0)?;
+    let floor = load_constant_xdp(XDP_PASS).context("load the empty XDP program")?;
+    let mut rows: Vec<Row> = Vec::new();
+    let mut figures: BTreeMap<&str, f64> = BTreeMap::new();
+
+    // Cases a–f on the bundled feed.
+    let bundled = EndpointFeed::from_arguments(&[]).context("bundled feed")?;
+    let mut with_target = bundled.endpoints.clone();
+    with_target.extend(random_feed(0, 0, 1).endpoints);
+    let bundled = EndpointFeed::from_endpoints(with_target);
+    let sensor = Sensor::load(&watched(1), &bundled, Capacities::default())?;
+    for size in [64, 1500] {
+        for (case, frame) in cases(size) {
+            let (floor_ns, ours_ns) =
+                measure(floor.as_fd(), program_fd(&sensor)?, &frame, &options)?;
+            rows.push(Row {
+                group: "bundled feed (33,401 prefixes), 1 watched prefix".into(),
+                case: case.into(),
+                bytes: frame.len(),
+                floor_ns,
+                ours_ns,
+            });
+        }
+    }
+    let ratio_of = |rows: &[Row], prefix: &str, bytes: usize| {
+        rows.iter()
+            .find(|r| r.case.starts_with(prefix) && r.bytes == bytes)
+            .map(Row::ratio)
+            .unwrap_or(f64::NAN)
+    };
+    figures.insert("nonwatched_ratio", ratio_of(&rows, "a ", 64));
+    figures.insert("watched_nonendpoint_ratio", ratio_of(&rows, "b ", 64));
+    drop(sensor);
+
+    // Feed sizes and watched-set sizes: the cost must stay flat.
+    let sizes: &[(usize, &str)] = if options.quick {
+        &[(1_000, "1k"), (100_000, "100k")]
+    } else {
+        &[(1_000, "1k"), (100_000, "100k"), (1_000_000, "1m")]
+    };
+    let mut match_cost: BTreeMap<&str, f64> = BTreeMap::new();
+    for (prefixes, label) in sizes {
+        let feed = random_feed(*prefixes, 100_000, 42);
+        for watched_count in [1, 256] {
+            let started = Instant::now();
+            let sensor = Sensor::load(&watched(watched_count), &feed, Capacities::default())?;
+            let load_s = started.elapsed().as_secs_f64();
+            if *label == "1m" && watched_count == 1 {
+                figures.insert("load_1m_s", load_s);
+            }
+            for (case, frame) in cases(64)
+                .into_iter()
+                .filter(|(c, _)| c.starts_with("a ") || c.starts_with("c "))
+            {
+                let (floor_ns, ours_ns) =
+                    measure(floor.as_fd(), program_fd(&sensor)?, &frame, &options)?;
+                if case.starts_with("c ") && watched_count == 1 {
+                    match_cost.insert(label, ours_ns);
+                    figures.insert(
+                        match *label {
+                            "1k" => "match_1k_ratio",
+                            "100k" => "match_100k_ratio",
+                            _ => "match_1m_ratio",
+                        },
+                        ours_ns / floor_ns,
+                    );
+                }
+                rows.push(Row {
+                    group: format!(
+                        "{prefixes} IPv4 + 100,000 IPv6 random prefixes, {watched_count} watched"
+                    ),
+                    case: case.into(),
+                    bytes: frame.len(),
+                    floor_ns,
+                    ours_ns,
+                });
+            }
+        }
+    }
+    let largest = if options.quick { "100k" } else { "1m" };
+    if let (Some(small), Some(large)) = (match_cost.get("1k"), match_cost.get(largest)) {
+        figures.insert(
+            if options.quick {
+                "flatness_100k_vs_1k"
+            } else {
+                "flatness_1m_vs_1k"
+            },
+            large / small,
+        );
+    }
+
+    let report = markdown(&options, &rows, &figures);
+    std::fs::write(&options.output, &report)
+        .with_context(|| format!("write {}", options.output.display()))?;
+    print!("{report}");
+    if let Some(path) = &options.json {
+        let json = serde_json::to_string_pretty(&figures)?;
+        std::fs::write(path, json + "\n").with_context(|| format!("write {}", path.display()))?;
+    }
+    for (name, value) in &figures {
+        ensure!(
+            value.is_finite() && *value > 0.0,
+            "{name} is {value}: not a sane figure"
+        );
+    }
+    Ok(())
+}
+
+fn markdown(options: &Options, rows: &[Row], figures: &BTreeMap<&str, f64>) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "# Benchmarks\n");
+    let _ = writeln!(
+        out,
+        "Written by `{}`{}. Rerun it to reproduce; numbers vary between machines, ratios less so.\n",
+        options.command,
+        if options.quick {
+            " (quick mode: too few rounds to quote)"
+        } else {
+            ""
+        }
+    );
+    // SAFETY: sysconf has no preconditions (the thread's affinity is one CPU,
+    // so available_parallelism would say 1).
+    let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    let _ = writeln!(out, "- CPU: {} ({online} online)", cpu_model());
+    let _ = writeln!(
+        out,
+        "- kernel: {}",
+        read_trimmed("/proc/sys/kernel/osrelease")
+    );
+    let _ = writeln!(
+        out,
+        "- BPF JIT: {} (`/proc/sys/net/core/bpf_jit_enable`)",
+        read_trimmed("/proc/sys/net/core/bpf_jit_enable")
+    );
+    let _ = writeln!(
+        out,
+        "- method: BPF_PROG_TEST_RUN, repeat {} per round, {} round(s), the empty XDP_PASS program and ours alternating in one process pinned to CPU 0, median reported; warm mode (the same frame repeated, so the flow entry exists)\n",
+        options.repeat, options.rounds
+    );
+    let _ = writeln!(
+        out,
+        "| setup | case | frame bytes | empty ns | ours ns | ratio |"
+    );
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|");
+    for row in rows {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {:.1} | {:.1} | {:.2} |",
+            row.group,
+            row.case,
+            row.bytes,
+            row.floor_ns,
+            row.ours_ns,
+            row.ratio()
+        );
+    }
+    let _ = writeln!(out, "\n## Figures\n");
+    for (name, value) in figures {
+        let _ = writeln!(out, "- `{name}`: {value:.3}");
+    }
+    out
+}
