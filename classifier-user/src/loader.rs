@@ -181,7 +181,7 @@ impl Sensor {
 
         for name in classifier_common::ALL_MAPS {
             if ebpf.map(name).is_none() {
-                return Err(LoadError::MissingMap(name_of(name)));
+                return Err(LoadError::MissingMap(name));
             }
         }
         let program: &mut Xdp = ebpf
@@ -355,14 +355,6 @@ fn fill_trie<K: aya::Pod, V: aya::Pod>(
 
 fn fill_error(map: &'static str, source: aya::maps::MapError) -> LoadError {
     LoadError::Fill { map, source }
-}
-
-fn name_of(name: &str) -> &'static str {
-    classifier_common::ALL_MAPS
-        .iter()
-        .find(|n| **n == name)
-        .copied()
-        .unwrap_or("?")
 }
 
 fn capacity(family: &'static str, prefixes: usize, flag: Option<u32>) -> Result<u32, LoadError> {

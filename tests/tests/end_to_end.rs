@@ -84,13 +84,13 @@ impl Daemon {
         );
     }
 
-    /// SIGTERM, then the JSON report it prints.
-    fn stop(mut self) -> Value {
+    /// `signal` (SIGTERM or SIGINT), then the JSON report it prints.
+    fn stop(mut self, signal: i32) -> Value {
         // Frames are processed in the receiving veth's NAPI poll; give it a moment.
         std::thread::sleep(Duration::from_millis(300));
         let pid = i32::try_from(self.child.id()).expect("pid");
         // SAFETY: signalling our own child.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
         let mut stdout = String::new();
         self.child
             .stdout
@@ -237,7 +237,7 @@ fn live_veth_counts_every_frame_exactly() {
     link.send(&frames).expect("send frames");
     let total_bytes: usize = frames.iter().map(Vec::len).sum();
 
-    let report = daemon.stop();
+    let report = daemon.stop(libc::SIGTERM);
     assert_eq!(report["schema"], "classifier.report.v1");
     assert_eq!(report["interfaces"][0], link.sensor_iface.as_str());
     let totals = &report["totals"];
@@ -312,7 +312,7 @@ fn attach_failure_names_the_interface_and_exits_non_zero() {
 }
 
 #[test]
-fn generic_mode_is_a_stated_fallback() {
+fn generic_mode_is_a_stated_fallback_and_sigint_stops_cleanly() {
     if !require_root() {
         return;
     }
@@ -328,7 +328,8 @@ fn generic_mode_is_a_stated_fallback() {
     );
     link.send(&[FrameSpec::udp("175.45.176.9", "203.0.113.1", 5, 6).build()])
         .expect("send");
-    let report = daemon.stop();
+    // Ctrl-C stops it the same way.
+    let report = daemon.stop(libc::SIGINT);
     assert_eq!(services(&report)["delta"]["packets"], 1);
     let _ = std::fs::remove_dir_all(dir);
 }
