@@ -68,36 +68,35 @@ pub fn classify(packet: &Packet) -> Option<Watched> {
     if !src_watched && !dst_watched {
         return None;
     }
-    let outbound = Watched {
-        direction: DIR_OUTBOUND,
-        watched: packet.src,
-        endpoint: packet.dst,
-        port: packet.dst_port,
-        service: None,
+    // Outbound when the source is watched and the destination a known
+    // endpoint; else inbound when the destination is watched and the source
+    // an endpoint; else unmatched, seen from the watched side.
+    let outbound_service = if src_watched {
+        endpoint_service(packet.family, &packet.dst)
+    } else {
+        None
     };
-    let inbound = Watched {
-        direction: DIR_INBOUND,
-        watched: packet.dst,
-        endpoint: packet.src,
-        port: packet.src_port,
-        service: None,
+    let inbound_service = if outbound_service.is_none() && dst_watched {
+        endpoint_service(packet.family, &packet.src)
+    } else {
+        None
     };
-    if src_watched && let Some(service) = endpoint_service(packet.family, &packet.dst) {
-        return Some(Watched {
-            service: Some(service),
-            ..outbound
-        });
-    }
-    if dst_watched {
-        if let Some(service) = endpoint_service(packet.family, &packet.src) {
-            return Some(Watched {
-                service: Some(service),
-                ..inbound
-            });
+    let outbound = outbound_service.is_some() || (src_watched && inbound_service.is_none());
+    Some(if outbound {
+        Watched {
+            direction: DIR_OUTBOUND,
+            watched: packet.src,
+            endpoint: packet.dst,
+            port: packet.dst_port,
+            service: outbound_service,
         }
-        if !src_watched {
-            return Some(inbound);
+    } else {
+        Watched {
+            direction: DIR_INBOUND,
+            watched: packet.dst,
+            endpoint: packet.src,
+            port: packet.src_port,
+            service: inbound_service,
         }
-    }
-    Some(outbound)
+    })
 }

@@ -416,7 +416,8 @@ fn set_bit(hint: &mut WatchedHint, index: usize) {
     hint.words[index / 64] |= 1 << (index % 64);
 }
 
-fn interface_index(iface: &str) -> Option<u32> {
+/// The interface's index, or `None` when it does not exist.
+pub fn interface_index(iface: &str) -> Option<u32> {
     let name = std::ffi::CString::new(iface).ok()?;
     // SAFETY: `name` is a valid NUL-terminated string.
     let index = unsafe { libc::if_nametoindex(name.as_ptr()) };

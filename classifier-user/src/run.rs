@@ -10,7 +10,7 @@ use crate::{
     cli::RunArgs,
     drain::{self, DrainError, Ledger},
     feeds::{EndpointFeed, FeedError, WatchedSet},
-    loader::{AttachMode, Capacities, LoadError, Sensor},
+    loader::{AttachMode, Capacities, LoadError, Sensor, interface_index},
     report::{Report, ReportContext, ReportFormat},
 };
 
@@ -44,7 +44,7 @@ impl RunConfig {
     pub fn from_args(args: &RunArgs) -> Result<Self, RunError> {
         let mut ifaces: Vec<String> = Vec::new();
         for iface in &args.ifaces {
-            if !interface_exists(iface) {
+            if interface_index(iface).is_none() {
                 return Err(RunError::NoInterface(iface.clone()));
             }
             if !ifaces.contains(iface) {
@@ -65,13 +65,6 @@ impl RunConfig {
             },
         })
     }
-}
-
-fn interface_exists(iface: &str) -> bool {
-    std::ffi::CString::new(iface)
-        // SAFETY: a valid NUL-terminated string.
-        .map(|name| unsafe { libc::if_nametoindex(name.as_ptr()) } != 0)
-        .unwrap_or(false)
 }
 
 pub fn sensor_name() -> String {

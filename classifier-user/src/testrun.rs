@@ -7,7 +7,6 @@ use std::{
     os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
 };
 
-use aya::programs::{TestRun, TestRunOptions};
 use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_prog_type};
 
 use crate::loader::{LoadError, Sensor, error_chain};
@@ -25,18 +24,11 @@ pub const MIN_TEST_FRAME: usize = 14;
 
 /// Runs the program once over `frame`; returns its XDP verdict.
 pub fn run_frame(sensor: &Sensor, frame: &[u8]) -> Result<u32, TestRunError> {
-    let program = sensor.program()?;
-    let options = TestRunOptions {
-        data_in: Some(frame),
-        repeat: 1,
-        ..Default::default()
-    };
-    program
-        .test_run(options)
-        .map(|result| result.return_value)
+    run_repeated(program_fd(sensor)?, frame, 1)
+        .map(|(verdict, _)| verdict)
         .map_err(|error| TestRunError::Run {
             len: frame.len(),
-            problem: error_chain(&error),
+            problem: error.to_string(),
         })
 }
 
