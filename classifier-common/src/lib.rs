@@ -16,34 +16,54 @@ use bytemuck::{Pod, Zeroable};
 pub const MAP_TOTALS: &str = "TOTALS";
 /// Per-CPU array of [`ServiceCounters`], indexed by service id.
 pub const MAP_SERVICES: &str = "SERVICES";
-/// LRU per-CPU hash of [`FlowKey`] to [`FlowValue`].
+/// LRU per-CPU hash of [`FlowKey`] to [`FlowValue`]: the flows that found
+/// their [`MAP_FLOW_CACHE`] slot taken.
 pub const MAP_FLOWS: &str = "FLOWS";
+/// Per-CPU array of [`FlowSlot`]s: a direct-mapped flow cache, slot
+/// `flow_slot(flow_check(key))`. A slot is claimed by the first flow that
+/// hashes to it and keeps it; the kernel never evicts from it.
+pub const MAP_FLOW_CACHE: &str = "FLOW_CACHE";
 /// Array, one [`WatchedHint`] per family (index [`HINT_V4`], [`HINT_V6`]).
 pub const MAP_WATCHED_HINT: &str = "WATCHED_HINT";
-/// LPM trie of IPv4 watched prefixes (`u32` value, always 1).
-pub const MAP_WATCHED_V4: &str = "WATCHED_V4";
+/// Array of [`V4Node`]s: the IPv4 table's first level (nodes
+/// `0..V4_TOP_NODES`) and its second-level nodes after them.
+pub const MAP_V4_NODES: &str = "V4_NODES";
+/// Array of [`V4Leaf`]s: the IPv4 table's /24 leaves.
+pub const MAP_V4_LEAVES: &str = "V4_LEAVES";
+/// Array of [`V4Runs`]: the values of the runs the leaves rank into.
+pub const MAP_V4_RUNS: &str = "V4_RUNS";
 /// LPM trie of IPv6 watched prefixes (`u32` value, always 1).
 pub const MAP_WATCHED_V6: &str = "WATCHED_V6";
-/// LPM trie of IPv4 endpoint prefixes to [`EndpointValue`].
-pub const MAP_ENDPOINTS_V4: &str = "ENDPOINTS_V4";
 /// LPM trie of IPv6 endpoint prefixes to [`EndpointValue`].
 pub const MAP_ENDPOINTS_V6: &str = "ENDPOINTS_V6";
 
 /// Every map the program declares, for checks that the object and the
 /// loader agree.
-pub const ALL_MAPS: [&str; 8] = [
+pub const ALL_MAPS: [&str; 10] = [
     MAP_TOTALS,
     MAP_SERVICES,
     MAP_FLOWS,
+    MAP_FLOW_CACHE,
     MAP_WATCHED_HINT,
-    MAP_WATCHED_V4,
+    MAP_V4_NODES,
+    MAP_V4_LEAVES,
+    MAP_V4_RUNS,
     MAP_WATCHED_V6,
-    MAP_ENDPOINTS_V4,
     MAP_ENDPOINTS_V6,
 ];
 
+/// `BPF_F_MMAPABLE`: the IPv4 table's arrays are filled through a mapping.
+pub const BPF_F_MMAPABLE: u32 = 1 << 10;
+
 /// The XDP program's name in the object.
 pub const PROGRAM_NAME: &str = "classifier";
+
+/// Load-time constants of the program (globals in `.rodata`, set by the
+/// loader): the flow cache's slot mask (slots − 1, slots a power of two)…
+pub const GLOBAL_FLOW_CACHE_MASK: &str = "FLOW_CACHE_MASK";
+/// …and the verdict after counting: `XDP_PASS` for a sensor, `XDP_DROP`
+/// only for benchmarks that measure the program without the stack behind it.
+pub const GLOBAL_VERDICT: &str = "VERDICT";
 
 // ---- numeric constants -----------------------------------------------------
 
@@ -95,6 +115,83 @@ pub const MALFORMED_REASON_NAMES: [&str; MALFORMED_REASONS] = [
     "l4_truncated",
 ];
 
+// ---- the IPv4 table -----------------------------------------------------------
+//
+// One lookup answers both questions about an IPv4 address: is it watched, and
+// which service's endpoint is it. A multibit trie with strides 18, 6 and 8:
+// the top 18 bits pick an entry of the first level (`V4_TOP_NODES` nodes of
+// `V4_NODE_WIDTH` entries), the next 6 an entry of a second-level node, the
+// last 8 an address in a /24 leaf. An entry holds either the value for its
+// whole block or the index of the node or leaf below. A leaf marks where runs
+// of equal values start in a 256-bit bitmap; an address's value is the run
+// its rank (set bits up to it) points at. Built in userspace, where a
+// reference longest-prefix match checks it.
+
+/// Entries per node (6 bits).
+pub const V4_NODE_WIDTH: usize = 64;
+/// First-level nodes: 18 bits = 12 bits of node, 6 of entry.
+pub const V4_TOP_NODES: u32 = 1 << 12;
+/// Entry kind, in the top two bits of an entry.
+pub const V4_ENTRY_KIND_SHIFT: u32 = 30;
+/// The low 16 bits are the block's [value](V4_VALUE_WATCHED).
+pub const V4_ENTRY_VALUE: u32 = 0;
+/// The low 30 bits index a second-level node (in [`MAP_V4_NODES`]).
+pub const V4_ENTRY_NODE: u32 = 1;
+/// The low 30 bits index a leaf (in [`MAP_V4_LEAVES`]).
+pub const V4_ENTRY_LEAF: u32 = 2;
+pub const V4_ENTRY_INDEX_MASK: u32 = (1 << V4_ENTRY_KIND_SHIFT) - 1;
+/// A value's bit for "watched"; its low bits are the endpoint service id
+/// (0: not an endpoint).
+pub const V4_VALUE_WATCHED: u16 = 1 << 15;
+pub const V4_VALUE_SERVICE_MASK: u16 = V4_VALUE_WATCHED - 1;
+/// Run values per [`V4Runs`] element.
+pub const V4_RUNS_PER_ELEMENT: usize = 4;
+
+/// A node of the IPv4 table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct V4Node {
+    pub entries: [u32; V4_NODE_WIDTH],
+}
+const _: () = assert!(size_of::<V4Node>() == 256);
+
+/// A /24 of the IPv4 table. Bit `i` of `starts` (word `i / 64`) is set when
+/// a new run starts at address `i` (never at 0). The value of address `i` is
+/// run number `active[i / 64]` plus the set bits of word `i / 64` up to and
+/// including bit `i % 64`, where `active[w]` is the run in effect just
+/// before word `w` (for `w = 0`: the leaf's first run).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct V4Leaf {
+    pub starts: [u64; 4],
+    pub active: [u32; 4],
+}
+const _: () = assert!(size_of::<V4Leaf>() == 48);
+
+/// Run values, packed four to an element (8-byte array elements).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct V4Runs {
+    pub values: [u16; V4_RUNS_PER_ELEMENT],
+}
+const _: () = assert!(size_of::<V4Runs>() == 8);
+
+/// Set bits of `word` up to and including bit `bit`.
+#[inline(always)]
+pub const fn rank_upto(word: u64, bit: u32) -> u32 {
+    let mask = (2u64 << (bit & 63)).wrapping_sub(1);
+    popcount(word & mask)
+}
+
+/// Population count without a popcount instruction (BPF has none).
+#[inline(always)]
+pub const fn popcount(word: u64) -> u32 {
+    let x = word - ((word >> 1) & 0x5555_5555_5555_5555);
+    let x = (x & 0x3333_3333_3333_3333) + ((x >> 2) & 0x3333_3333_3333_3333);
+    let x = (x + (x >> 4)) & 0x0f0f_0f0f_0f0f_0f0f;
+    (x.wrapping_mul(0x0101_0101_0101_0101) >> 56) as u32
+}
+
 /// Index of the IPv4 hint in [`MAP_WATCHED_HINT`].
 pub const HINT_V4: u32 = 0;
 /// Index of the IPv6 hint in [`MAP_WATCHED_HINT`].
@@ -140,8 +237,8 @@ pub struct ServiceCounters {
 const _: () = assert!(size_of::<ServiceCounters>() == 32);
 
 /// Flow-table key: (watched address, endpoint address, protocol, endpoint
-/// port, direction).
-#[repr(C)]
+/// port, direction). Aligned to 8 so it hashes and compares as five words.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct FlowKey {
     pub watched: [u8; 16],
@@ -170,6 +267,45 @@ pub struct FlowValue {
     pub _pad: [u8; 5],
 }
 const _: () = assert!(size_of::<FlowValue>() == 40);
+
+/// A flow-cache slot. Empty while `check` is 0; claimed by writing `key`
+/// and `value`, then `check` (= `flow_check(&key)`) last. A reader that
+/// finds `check` disagreeing with `key` saw a claim half-written and skips
+/// the slot until its next reading.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct FlowSlot {
+    pub check: u64,
+    pub key: FlowKey,
+    pub value: FlowValue,
+}
+const _: () = assert!(size_of::<FlowSlot>() == 88);
+
+/// A flow key's hash, never 0 (0 marks an empty [`FlowSlot`]).
+#[inline(always)]
+pub fn flow_check(key: &FlowKey) -> u64 {
+    let words: [u64; 5] = bytemuck::cast(*key);
+    let mut hash = 0x9e37_79b9_7f4a_7c15_u64;
+    for word in words {
+        hash = (hash ^ word).wrapping_mul(0xff51_afd7_ed55_8ccd);
+        hash ^= hash >> 32;
+    }
+    hash | 1
+}
+
+/// The flow-cache slot of a key with this check, under the slot mask.
+#[inline(always)]
+pub const fn flow_slot(check: u64, mask: u32) -> u32 {
+    ((check >> 8) as u32) & mask
+}
+
+/// Whether two keys are equal, word by word.
+#[inline(always)]
+pub fn same_flow(a: &FlowKey, b: &FlowKey) -> bool {
+    let a: [u64; 5] = bytemuck::cast(*a);
+    let b: [u64; 5] = bytemuck::cast(*b);
+    a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4]
+}
 
 /// Value of the endpoint tries.
 #[repr(C)]
@@ -206,7 +342,10 @@ pub const fn hint_index_v6(addr: &[u8; 16]) -> usize {
 
 #[cfg(feature = "user")]
 mod user {
-    use super::{EndpointValue, FlowKey, FlowValue, ServiceCounters, Totals, WatchedHint};
+    use super::{
+        EndpointValue, FlowKey, FlowSlot, FlowValue, ServiceCounters, Totals, V4Leaf, V4Node,
+        V4Runs, WatchedHint,
+    };
 
     // SAFETY: each type is `#[repr(C)]`, `Pod` (no padding, any bit pattern
     // valid), as bytemuck's derive has checked.
@@ -214,6 +353,10 @@ mod user {
     unsafe impl aya::Pod for ServiceCounters {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowValue {}
+    unsafe impl aya::Pod for FlowSlot {}
     unsafe impl aya::Pod for EndpointValue {}
     unsafe impl aya::Pod for WatchedHint {}
+    unsafe impl aya::Pod for V4Node {}
+    unsafe impl aya::Pod for V4Leaf {}
+    unsafe impl aya::Pod for V4Runs {}
 }

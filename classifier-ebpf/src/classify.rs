@@ -1,88 +1,172 @@
 //! Classification: is either address watched, and is the other end a known
-//! endpoint of which service. The watched check runs first and is a bit test
-//! for almost all traffic; only watched packets reach an endpoint lookup.
+//! endpoint of which service. The watched check runs first and is one bit
+//! test per address for almost all traffic; only addresses whose bit is set
+//! reach a lookup.
+//!
+//! IPv4: the hint, then the IPv4 table (layout in classifier-common), whose
+//! one walk answers both "watched?" and "which service?". IPv6: the hint,
+//! then LPM tries.
 
 use aya_ebpf::maps::lpm_trie::Key;
 use classifier_common::{
-    DIR_INBOUND, DIR_OUTBOUND, FAMILY_V4, HINT_V4, HINT_V6, hint_index_v4, hint_index_v6,
+    DIR_INBOUND, DIR_OUTBOUND, HINT_V4, HINT_V6, V4_ENTRY_INDEX_MASK, V4_ENTRY_KIND_SHIFT,
+    V4_ENTRY_LEAF, V4_ENTRY_NODE, V4_VALUE_SERVICE_MASK, V4_VALUE_WATCHED, WatchedHint,
+    hint_index_v6, rank_upto,
 };
 
-use crate::{ENDPOINTS_V4, ENDPOINTS_V6, WATCHED_HINT, WATCHED_V4, WATCHED_V6, parse::Packet};
+use crate::{ENDPOINTS_V6, V4_LEAVES, V4_NODES, V4_RUNS, WATCHED_HINT, WATCHED_V6, parse::Packet};
 
 /// A packet with a watched address, seen from that address's side.
-pub struct Watched {
+pub struct Watched<A> {
     pub direction: u8,
-    pub watched: [u8; 16],
-    pub endpoint: [u8; 16],
+    pub watched: A,
+    pub endpoint: A,
     /// The endpoint's port.
     pub port: u16,
-    /// The endpoint's service id, when the other end is a known endpoint.
-    pub service: Option<u32>,
+    /// The endpoint's service id; 0 when the other end is no known endpoint.
+    pub service: u32,
 }
 
 #[inline(always)]
-fn v4_part(addr: &[u8; 16]) -> [u8; 4] {
-    [addr[12], addr[13], addr[14], addr[15]]
-}
-
-#[inline(always)]
-fn is_watched(family: u8, addr: &[u8; 16]) -> bool {
-    let (hint, index) = if family == FAMILY_V4 {
-        (HINT_V4, hint_index_v4(v4_part(addr)))
-    } else {
-        (HINT_V6, hint_index_v6(addr))
-    };
-    let Some(hint) = WATCHED_HINT.get(hint) else {
-        return false;
-    };
-    let Some(word) = hint.words.get(index >> 6) else {
-        return false;
-    };
-    if (word >> (index & 63)) & 1 == 0 {
-        return false;
-    }
-    if family == FAMILY_V4 {
-        WATCHED_V4.get(Key::new(32, v4_part(addr))).is_some()
-    } else {
-        WATCHED_V6.get(Key::new(128, *addr)).is_some()
+fn hint_bit(hint: &WatchedHint, index: usize) -> bool {
+    match hint.words.get(index >> 6) {
+        Some(word) => (word >> (index & 63)) & 1 == 1,
+        None => false,
     }
 }
 
-/// The service of the longest endpoint prefix holding `addr`. The one place
-/// that knows how endpoints are stored.
+/// The IPv4 table's value for `addr`: [`V4_VALUE_WATCHED`] | service id.
 #[inline(always)]
-fn endpoint_service(family: u8, addr: &[u8; 16]) -> Option<u32> {
-    let value = if family == FAMILY_V4 {
-        ENDPOINTS_V4.get(Key::new(32, v4_part(addr)))
-    } else {
-        ENDPOINTS_V6.get(Key::new(128, *addr))
+fn v4_value(addr: u32) -> u16 {
+    let top = addr >> 14;
+    let Some(node) = V4_NODES.get(top >> 6) else {
+        return 0;
     };
-    value.map(|value| value.service)
+    let Some(&entry) = node.entries.get((top & 63) as usize) else {
+        return 0;
+    };
+    let mut entry = entry;
+    if entry >> V4_ENTRY_KIND_SHIFT == V4_ENTRY_NODE {
+        let Some(node) = V4_NODES.get(entry & V4_ENTRY_INDEX_MASK) else {
+            return 0;
+        };
+        let Some(&next) = node.entries.get(((addr >> 8) & 63) as usize) else {
+            return 0;
+        };
+        entry = next;
+    }
+    if entry >> V4_ENTRY_KIND_SHIFT != V4_ENTRY_LEAF {
+        return entry as u16;
+    }
+    let Some(leaf) = V4_LEAVES.get(entry & V4_ENTRY_INDEX_MASK) else {
+        return 0;
+    };
+    let offset = addr & 0xff;
+    let word = (offset >> 6) as usize;
+    let (Some(&active), Some(&starts)) = (leaf.active.get(word), leaf.starts.get(word)) else {
+        return 0;
+    };
+    let run = active + rank_upto(starts, offset & 63);
+    match V4_RUNS.get(run >> 2) {
+        Some(runs) => runs.values.get((run & 3) as usize).copied().unwrap_or(0),
+        None => 0,
+    }
 }
 
-/// `None` for traffic without a watched address (the common case).
+/// `None` for IPv4 traffic without a watched address (the common case).
 #[inline(always)]
-pub fn classify(packet: &Packet) -> Option<Watched> {
-    let src_watched = is_watched(packet.family, &packet.src);
-    let dst_watched = is_watched(packet.family, &packet.dst);
+pub fn classify_v4(packet: &Packet<u32>) -> Option<Watched<u32>> {
+    let hint = WATCHED_HINT.get(HINT_V4)?;
+    let src_hinted = hint_bit(hint, (packet.src >> 16) as usize);
+    let dst_hinted = hint_bit(hint, (packet.dst >> 16) as usize);
+    if !src_hinted && !dst_hinted {
+        return None;
+    }
+    let src = if src_hinted { v4_value(packet.src) } else { 0 };
+    let dst = if dst_hinted || src & V4_VALUE_WATCHED != 0 {
+        v4_value(packet.dst)
+    } else {
+        0
+    };
+    let src_watched = src & V4_VALUE_WATCHED != 0;
+    let dst_watched = dst & V4_VALUE_WATCHED != 0;
     if !src_watched && !dst_watched {
         return None;
     }
-    // Outbound when the source is watched and the destination a known
-    // endpoint; else inbound when the destination is watched and the source
-    // an endpoint; else unmatched, seen from the watched side.
-    let outbound_service = if src_watched {
-        endpoint_service(packet.family, &packet.dst)
+    // The source's value is only known when its hint bit was set, which it
+    // is whenever the source is watched; an inbound match needs that.
+    let src_service = if src_hinted || !dst_watched {
+        src
     } else {
-        None
+        v4_value(packet.src)
     };
-    let inbound_service = if outbound_service.is_none() && dst_watched {
-        endpoint_service(packet.family, &packet.src)
+    Some(orient(
+        packet,
+        src_watched,
+        u32::from(dst & V4_VALUE_SERVICE_MASK),
+        dst_watched,
+        u32::from(src_service & V4_VALUE_SERVICE_MASK),
+    ))
+}
+
+/// `None` for IPv6 traffic without a watched address.
+#[inline(always)]
+pub fn classify_v6(packet: &Packet<[u8; 16]>) -> Option<Watched<[u8; 16]>> {
+    let src_watched = is_watched_v6(&packet.src);
+    let dst_watched = is_watched_v6(&packet.dst);
+    if !src_watched && !dst_watched {
+        return None;
+    }
+    let dst_service = if src_watched {
+        endpoint_service_v6(&packet.dst)
     } else {
-        None
+        0
     };
-    let outbound = outbound_service.is_some() || (src_watched && inbound_service.is_none());
-    Some(if outbound {
+    let src_service = if dst_service == 0 && dst_watched {
+        endpoint_service_v6(&packet.src)
+    } else {
+        0
+    };
+    Some(orient(
+        packet,
+        src_watched,
+        dst_service,
+        dst_watched,
+        src_service,
+    ))
+}
+
+#[inline(always)]
+fn is_watched_v6(addr: &[u8; 16]) -> bool {
+    let Some(hint) = WATCHED_HINT.get(HINT_V6) else {
+        return false;
+    };
+    hint_bit(hint, hint_index_v6(addr)) && WATCHED_V6.get(Key::new(128, *addr)).is_some()
+}
+
+#[inline(always)]
+fn endpoint_service_v6(addr: &[u8; 16]) -> u32 {
+    ENDPOINTS_V6
+        .get(Key::new(128, *addr))
+        .map_or(0, |value| value.service)
+}
+
+/// Outbound when the source is watched and the destination a known
+/// endpoint; else inbound when the destination is watched and the source an
+/// endpoint; else unmatched, seen from the watched side (the source's when
+/// both are watched). Services count only towards a watched side.
+#[inline(always)]
+fn orient<A: Copy>(
+    packet: &Packet<A>,
+    src_watched: bool,
+    dst_service: u32,
+    dst_watched: bool,
+    src_service: u32,
+) -> Watched<A> {
+    let outbound_service = if src_watched { dst_service } else { 0 };
+    let inbound_service = if dst_watched { src_service } else { 0 };
+    let outbound = outbound_service != 0 || (src_watched && inbound_service == 0);
+    if outbound {
         Watched {
             direction: DIR_OUTBOUND,
             watched: packet.src,
@@ -98,5 +182,5 @@ pub fn classify(packet: &Packet) -> Option<Watched> {
             port: packet.src_port,
             service: inbound_service,
         }
-    })
+    }
 }

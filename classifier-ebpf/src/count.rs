@@ -4,15 +4,41 @@
 //! Totals and per-service counters never depend on the flow table, so they
 //! stay exact when it is full.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, programs::XdpContext};
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
 use bytemuck::Zeroable;
-use classifier_common::{FAMILY_V4, FAMILY_V6, FlowKey, FlowValue, Totals};
+use classifier_common::{
+    FAMILY_V4, FAMILY_V6, FlowKey, FlowValue, Totals, flow_check, flow_slot, same_flow,
+};
 
 use crate::{
-    FLOWS, SERVICES, TOTALS,
-    classify::{Watched, classify},
+    FLOW_CACHE, FLOW_CACHE_MASK, FLOWS, SERVICES, TOTALS,
+    classify::{Watched, classify_v4, classify_v6},
+    load_time,
     parse::{Packet, Parsed, parse},
 };
+
+/// An address as flow keys hold it: 16 bytes, IPv4 mapped.
+pub trait KeyAddress: Copy {
+    const FAMILY: u8;
+    fn key_bytes(self) -> [u8; 16];
+}
+
+impl KeyAddress for u32 {
+    const FAMILY: u8 = FAMILY_V4;
+    #[inline(always)]
+    fn key_bytes(self) -> [u8; 16] {
+        let [a, b, c, d] = self.to_be_bytes();
+        [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a, b, c, d]
+    }
+}
+
+impl KeyAddress for [u8; 16] {
+    const FAMILY: u8 = FAMILY_V6;
+    #[inline(always)]
+    fn key_bytes(self) -> [u8; 16] {
+        self
+    }
+}
 
 #[inline(always)]
 pub fn packet(ctx: &XdpContext) {
@@ -27,14 +53,16 @@ pub fn packet(ctx: &XdpContext) {
 
     match parse(ctx) {
         Ok(Parsed::NotIp) => totals.other += 1,
-        Ok(Parsed::Ip(packet)) => {
-            count_family(totals, packet.family);
-            if let Some(watched) = classify(&packet) {
-                totals.watched += 1;
-                if let Some(service) = watched.service {
-                    totals.matched += 1;
-                    count_match(totals, &packet, &watched, service, bytes);
-                }
+        Ok(Parsed::V4(packet)) => {
+            totals.ipv4 += 1;
+            if let Some(watched) = classify_v4(&packet) {
+                count_watched(totals, &packet, &watched, bytes);
+            }
+        }
+        Ok(Parsed::V6(packet)) => {
+            totals.ipv6 += 1;
+            if let Some(watched) = classify_v6(&packet) {
+                count_watched(totals, &packet, &watched, bytes);
             }
         }
         Err(malformed) => {
@@ -56,7 +84,18 @@ fn count_family(totals: &mut Totals, family: u8) {
 }
 
 #[inline(always)]
-fn count_match(totals: &mut Totals, packet: &Packet, watched: &Watched, service: u32, bytes: u64) {
+fn count_watched<A: KeyAddress>(
+    totals: &mut Totals,
+    packet: &Packet<A>,
+    watched: &Watched<A>,
+    bytes: u64,
+) {
+    totals.watched += 1;
+    let service = watched.service;
+    if service == 0 {
+        return;
+    }
+    totals.matched += 1;
     if let Some(counters) = SERVICES.get_ptr_mut(service) {
         // SAFETY: per-CPU slot, as above.
         let counters = unsafe { &mut *counters };
@@ -70,15 +109,45 @@ fn count_match(totals: &mut Totals, packet: &Packet, watched: &Watched, service:
     }
 
     let mut key: FlowKey = Zeroable::zeroed();
-    key.watched = watched.watched;
-    key.endpoint = watched.endpoint;
+    key.watched = watched.watched.key_bytes();
+    key.endpoint = watched.endpoint.key_bytes();
     key.port = watched.port;
-    key.family = packet.family;
+    key.family = A::FAMILY;
     key.protocol = packet.protocol;
     key.direction = watched.direction;
 
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    // Coarse (tick-resolution) CLOCK_MONOTONIC: a few ns cheaper than the
+    // exact clock, and flow times need no finer grain.
+    // SAFETY: bpf_ktime_get_coarse_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+
+    // The flow cache first: a known flow costs a hash, an array slot and a
+    // compare; a new one claims an empty slot.
+    let check = flow_check(&key);
+    if let Some(slot) = FLOW_CACHE.get_ptr_mut(flow_slot(check, load_time(&FLOW_CACHE_MASK))) {
+        // SAFETY: a per-CPU slot belongs to this CPU while the program runs.
+        let slot = unsafe { &mut *slot };
+        if slot.check == check && same_flow(&slot.key, &key) {
+            update_flow(&mut slot.value, packet, service, bytes, now);
+            return;
+        }
+        if slot.check == 0 {
+            let mut value: FlowValue = Zeroable::zeroed();
+            update_flow(&mut value, packet, service, bytes, now);
+            // Volatile writes keep their order: key and value, then the
+            // check that makes readers trust the slot.
+            // SAFETY: valid, exclusively borrowed fields.
+            unsafe {
+                core::ptr::write_volatile(&mut slot.key, key);
+                core::ptr::write_volatile(&mut slot.value, value);
+                core::ptr::write_volatile(&mut slot.check, check);
+            }
+            totals.flow_inserts += 1;
+            return;
+        }
+    }
+
+    // Taken by another flow: the LRU table.
     if let Some(flow) = FLOWS.get_ptr_mut(key) {
         // SAFETY: the value of an LRU per-CPU hash belongs to this CPU.
         update_flow(unsafe { &mut *flow }, packet, service, bytes, now);
@@ -98,7 +167,7 @@ fn count_match(totals: &mut Totals, packet: &Packet, watched: &Watched, service:
 }
 
 #[inline(always)]
-fn update_flow(flow: &mut FlowValue, packet: &Packet, service: u32, bytes: u64, now: u64) {
+fn update_flow<A>(flow: &mut FlowValue, packet: &Packet<A>, service: u32, bytes: u64, now: u64) {
     if flow.packets == 0 {
         flow.first_seen_ns = now;
     }

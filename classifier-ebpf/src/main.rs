@@ -15,7 +15,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use classifier_common::{
-    EndpointValue, FlowKey, FlowValue, MAX_SERVICES, ServiceCounters, Totals, WatchedHint,
+    BPF_F_MMAPABLE, EndpointValue, FlowKey, FlowSlot, FlowValue, MAX_SERVICES, ServiceCounters,
+    Totals, V4_TOP_NODES, V4Leaf, V4Node, V4Runs, WatchedHint,
 };
 
 // Map names must equal the `MAP_*` constants of classifier-common; the
@@ -28,20 +29,37 @@ static SERVICES: PerCpuArray<ServiceCounters> = PerCpuArray::with_max_entries(MA
 #[map]
 static FLOWS: LruPerCpuHashMap<FlowKey, FlowValue> = LruPerCpuHashMap::with_max_entries(65_536, 0);
 #[map]
+static FLOW_CACHE: PerCpuArray<FlowSlot> = PerCpuArray::with_max_entries(1, 0);
+#[map]
 static WATCHED_HINT: Array<WatchedHint> = Array::with_max_entries(2, 0);
 #[map]
-static WATCHED_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(256, 0);
+static V4_NODES: Array<V4Node> = Array::with_max_entries(V4_TOP_NODES, BPF_F_MMAPABLE);
+#[map]
+static V4_LEAVES: Array<V4Leaf> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+#[map]
+static V4_RUNS: Array<V4Runs> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 #[map]
 static WATCHED_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(256, 0);
 #[map]
-static ENDPOINTS_V4: LpmTrie<[u8; 4], EndpointValue> = LpmTrie::with_max_entries(1, 0);
-#[map]
 static ENDPOINTS_V6: LpmTrie<[u8; 16], EndpointValue> = LpmTrie::with_max_entries(1, 0);
+
+// Load-time constants (names in classifier-common's `GLOBAL_*`); read
+// through `load_time` so the compiler does not fold the defaults in.
+#[unsafe(no_mangle)]
+static FLOW_CACHE_MASK: u32 = 0;
+#[unsafe(no_mangle)]
+static VERDICT: u32 = xdp_action::XDP_PASS;
+
+#[inline(always)]
+fn load_time(global: &'static u32) -> u32 {
+    // SAFETY: a valid static; the loader may have rewritten its value.
+    unsafe { core::ptr::read_volatile(global) }
+}
 
 #[xdp]
 pub fn classifier(ctx: XdpContext) -> u32 {
     count::packet(&ctx);
-    xdp_action::XDP_PASS
+    load_time(&VERDICT)
 }
 
 #[cfg(not(test))]

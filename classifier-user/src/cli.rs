@@ -58,16 +58,28 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value = "table")]
     pub report_format: ReportFormat,
 
-    /// Flow-table capacity in flows (LRU: the least recently seen flow is
-    /// evicted when full; evictions are counted).
+    /// Flow-table capacity in flows: the LRU table behind the flow cache
+    /// (the least recently seen flow is evicted when full; evictions are
+    /// counted).
     #[arg(long, default_value_t = crate::loader::DEFAULT_FLOW_CAPACITY)]
     pub flow_capacity: u32,
 
-    /// IPv4 endpoint map capacity (default: the feed's size).
+    /// Flow-cache slots per CPU, rounded up to a power of two (88 bytes
+    /// each). The first flow hashed to a slot keeps it; later ones that
+    /// collide go to the LRU table.
+    #[arg(
+        long,
+        default_value_t = crate::loader::DEFAULT_FLOW_CACHE_SLOTS,
+        value_parser = clap::value_parser!(u32).range(1..=16_777_216)
+    )]
+    pub flow_cache_slots: u32,
+
+    /// Most IPv4 endpoint prefixes accepted (default: no limit).
     #[arg(long, value_name = "N")]
     pub endpoint_capacity_v4: Option<u32>,
 
-    /// IPv6 endpoint map capacity (default: the feed's size).
+    /// IPv6 endpoint map capacity, so most IPv6 prefixes accepted (default:
+    /// the feed's size).
     #[arg(long, value_name = "N")]
     pub endpoint_capacity_v6: Option<u32>,
 }

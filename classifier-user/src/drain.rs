@@ -11,7 +11,8 @@ use std::collections::HashMap;
 
 use aya::maps::{PerCpuArray, PerCpuHashMap, PerCpuValues};
 use classifier_common::{
-    FlowKey, FlowValue, MAP_FLOWS, MAP_SERVICES, MAP_TOTALS, MAX_SERVICES, ServiceCounters, Totals,
+    FlowKey, FlowSlot, FlowValue, MAP_FLOW_CACHE, MAP_FLOWS, MAP_SERVICES, MAP_TOTALS,
+    MAX_SERVICES, ServiceCounters, Totals, flow_check, flow_slot,
 };
 
 use crate::loader::{Sensor, error_chain};
@@ -48,7 +49,19 @@ pub struct KernelReading {
     pub totals: Totals,
     /// Indexed by service id.
     pub services: Vec<ServiceCounters>,
+    /// From the LRU table.
     pub flows: Vec<(FlowKey, FlowSample)>,
+    /// From the flow cache, summed over the CPUs that hold each key.
+    pub cached_flows: Vec<(FlowKey, FlowSample)>,
+    /// Flow-cache slots in use, over all CPUs.
+    pub cache_slots_used: usize,
+}
+
+impl KernelReading {
+    /// Flows from the LRU table, then from the cache (a key can be in both).
+    pub fn all_flows(&self) -> impl Iterator<Item = &(FlowKey, FlowSample)> {
+        self.flows.iter().chain(&self.cached_flows)
+    }
 }
 
 fn sum_totals(values: &PerCpuValues<Totals>) -> Totals {
@@ -81,9 +94,9 @@ fn sum_services(values: &PerCpuValues<ServiceCounters>) -> ServiceCounters {
     sum
 }
 
-fn sum_flow(values: &PerCpuValues<FlowValue>) -> Option<FlowSample> {
+fn sum_flow<'a>(values: impl Iterator<Item = &'a FlowValue>) -> Option<FlowSample> {
     let mut sample: Option<FlowSample> = None;
-    for cpu in values.iter().filter(|cpu| cpu.packets > 0) {
+    for cpu in values.filter(|cpu| cpu.packets > 0) {
         let sum = sample.get_or_insert(FlowSample {
             packets: 0,
             bytes: 0,
@@ -129,7 +142,7 @@ pub fn read(sensor: &Sensor) -> Result<KernelReading, DrainError> {
     for entry in flow_map.iter() {
         match entry {
             Ok((key, values)) => {
-                if let Some(sample) = sum_flow(&values) {
+                if let Some(sample) = sum_flow(values.iter()) {
                     flows.push((key, sample));
                 }
             }
@@ -138,11 +151,43 @@ pub fn read(sensor: &Sensor) -> Result<KernelReading, DrainError> {
             Err(error) => return Err(drain_error(MAP_FLOWS)(error)),
         }
     }
+    let (cached_flows, cache_slots_used) = read_flow_cache(sensor)?;
     Ok(KernelReading {
         totals,
         services,
         flows,
+        cached_flows,
+        cache_slots_used,
     })
+}
+
+/// The flow cache's claimed slots, grouped by key. A slot whose check does
+/// not match its key (or its position) was being claimed while we read it;
+/// it is left for the next reading.
+fn read_flow_cache(sensor: &Sensor) -> Result<(Vec<(FlowKey, FlowSample)>, usize), DrainError> {
+    let cache: PerCpuArray<_, FlowSlot> =
+        PerCpuArray::try_from(map(sensor, MAP_FLOW_CACHE)?).map_err(drain_error(MAP_FLOW_CACHE))?;
+    let mask = cache.len() - 1;
+    let mut by_key: HashMap<FlowKey, Vec<FlowValue>> = HashMap::new();
+    let mut used = 0;
+    for index in 0..cache.len() {
+        let slots = cache.get(&index, 0).map_err(drain_error(MAP_FLOW_CACHE))?;
+        for slot in slots.iter() {
+            let trusted = slot.check != 0
+                && slot.check == flow_check(&slot.key)
+                && flow_slot(slot.check, mask) == index
+                && slot.value.packets > 0;
+            if trusted {
+                used += 1;
+                by_key.entry(slot.key).or_default().push(slot.value);
+            }
+        }
+    }
+    let flows = by_key
+        .into_iter()
+        .filter_map(|(key, values)| Some((key, sum_flow(values.iter())?)))
+        .collect();
+    Ok((flows, used))
 }
 
 /// A flow as the ledger keeps it. Times are Unix nanoseconds.
@@ -154,8 +199,19 @@ pub struct FlowRecord {
     pub last_seen_unix_ns: i128,
     pub service: u16,
     pub tcp_flags: u8,
-    /// The kernel's values at the last drain, to take deltas against.
-    kernel: FlowSample,
+    /// The LRU table's and the flow cache's values at the last drain, to
+    /// take deltas against.
+    table: FlowSample,
+    cache: FlowSample,
+}
+
+/// Where a flow sample came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// Entries can be evicted and come back from zero.
+    Table,
+    /// Claimed slots are never cleared: values only grow.
+    Cache,
 }
 
 /// Cumulative counts since the program was loaded.
@@ -164,7 +220,8 @@ pub struct Ledger {
     pub totals: Totals,
     pub services: Vec<ServiceCounters>,
     pub flows: HashMap<FlowKey, FlowRecord>,
-    /// Flow-table keys alive at the last drain.
+    /// Flow keys alive in the kernel at the last drain (LRU table entries
+    /// plus claimed cache slots).
     pub live_flows: usize,
     pub drains: u64,
 }
@@ -181,15 +238,29 @@ impl Default for Ledger {
     }
 }
 
+const EMPTY_SAMPLE: FlowSample = FlowSample {
+    packets: 0,
+    bytes: 0,
+    first_seen_ns: 0,
+    last_seen_ns: 0,
+    service: 0,
+    tcp_flags: 0,
+};
+
 impl Ledger {
     /// Folds in a reading; `monotonic_to_unix_ns` is added to kernel times.
     pub fn absorb(&mut self, reading: KernelReading, monotonic_to_unix_ns: i128) {
         self.totals = reading.totals;
         self.services = reading.services;
-        self.live_flows = reading.flows.len();
+        self.live_flows = reading.flows.len() + reading.cache_slots_used;
         self.drains += 1;
-        let to_unix = |ns: u64| i128::from(ns) + monotonic_to_unix_ns;
-        for (key, sample) in reading.flows {
+        let table = reading.flows.into_iter().map(|flow| (Source::Table, flow));
+        let cache = reading
+            .cached_flows
+            .into_iter()
+            .map(|flow| (Source::Cache, flow));
+        for (source, (key, sample)) in table.chain(cache) {
+            let to_unix = |ns: u64| i128::from(ns) + monotonic_to_unix_ns;
             let record = self.flows.entry(key).or_insert(FlowRecord {
                 packets: 0,
                 bytes: 0,
@@ -197,29 +268,22 @@ impl Ledger {
                 last_seen_unix_ns: to_unix(sample.last_seen_ns),
                 service: sample.service,
                 tcp_flags: 0,
-                kernel: FlowSample {
-                    packets: 0,
-                    bytes: 0,
-                    ..sample
-                },
+                table: EMPTY_SAMPLE,
+                cache: EMPTY_SAMPLE,
             });
-            let recreated = sample.packets < record.kernel.packets
-                || sample.first_seen_ns != record.kernel.first_seen_ns;
-            let base = if recreated {
-                FlowSample {
-                    packets: 0,
-                    bytes: 0,
-                    ..sample
-                }
-            } else {
-                record.kernel
+            let last = match source {
+                Source::Table => &mut record.table,
+                Source::Cache => &mut record.cache,
             };
-            record.packets += sample.packets - base.packets;
-            record.bytes += sample.bytes.saturating_sub(base.bytes);
+            let (packets, bytes, baseline) = gained(source, last, &sample);
+            *last = baseline;
+            record.packets += packets;
+            record.bytes += bytes;
+            record.first_seen_unix_ns =
+                record.first_seen_unix_ns.min(to_unix(sample.first_seen_ns));
             record.last_seen_unix_ns = record.last_seen_unix_ns.max(to_unix(sample.last_seen_ns));
             record.service = sample.service;
             record.tcp_flags |= sample.tcp_flags;
-            record.kernel = sample;
         }
     }
 
@@ -229,6 +293,28 @@ impl Ledger {
         self.totals
             .flow_inserts
             .saturating_sub(self.live_flows as u64)
+    }
+}
+
+/// Packets and bytes a flow gained since the last sample from the same
+/// source. A table entry whose packets went down or whose first-seen time
+/// changed was evicted and created again: all of it is new. Cache sums only
+/// grow; one that looks lower missed a slot being claimed and gains nothing.
+fn gained(source: Source, last: &FlowSample, sample: &FlowSample) -> (u64, u64, FlowSample) {
+    let recreated = source == Source::Table
+        && last.packets != 0
+        && (sample.packets < last.packets || sample.first_seen_ns != last.first_seen_ns);
+    if recreated {
+        (sample.packets, sample.bytes, *sample)
+    } else if sample.packets < last.packets {
+        // Keep the higher baseline, so nothing is counted twice.
+        (0, 0, *last)
+    } else {
+        (
+            sample.packets - last.packets,
+            sample.bytes.saturating_sub(last.bytes),
+            *sample,
+        )
     }
 }
 
@@ -258,10 +344,19 @@ mod tests {
     }
 
     fn reading(flows: Vec<(FlowKey, FlowSample)>) -> KernelReading {
+        cached_reading(flows, Vec::new())
+    }
+
+    fn cached_reading(
+        flows: Vec<(FlowKey, FlowSample)>,
+        cached_flows: Vec<(FlowKey, FlowSample)>,
+    ) -> KernelReading {
         KernelReading {
             totals: bytemuck::Zeroable::zeroed(),
             services: Vec::new(),
+            cache_slots_used: cached_flows.len(),
             flows,
+            cached_flows,
         }
     }
 
@@ -291,5 +386,40 @@ mod tests {
         assert_eq!(record.first_seen_unix_ns, 1_010);
         assert_eq!(record.last_seen_unix_ns, 1_070);
         assert_eq!(ledger.drains, 4);
+    }
+
+    #[test]
+    fn a_flow_in_both_the_cache_and_the_table_adds_up_without_double_counting() {
+        let mut ledger = Ledger::default();
+        ledger.absorb(
+            cached_reading(
+                vec![(key(1), sample(2, 30, 40))],
+                vec![(key(1), sample(4, 10, 20))],
+            ),
+            0,
+        );
+        // The cache sum grows; the table entry is evicted and comes back.
+        ledger.absorb(
+            cached_reading(
+                vec![(key(1), sample(1, 50, 60))],
+                vec![(key(1), sample(7, 10, 55))],
+            ),
+            0,
+        );
+        // A cache sum that looks lower (a slot missed mid-claim) adds nothing
+        // and does not lower the baseline.
+        ledger.absorb(
+            cached_reading(Vec::new(), vec![(key(1), sample(5, 10, 55))]),
+            0,
+        );
+        ledger.absorb(
+            cached_reading(Vec::new(), vec![(key(1), sample(8, 10, 70))]),
+            0,
+        );
+        let record = ledger.flows[&key(1)];
+        assert_eq!(record.packets, 2 + 1 + 8);
+        assert_eq!(record.first_seen_unix_ns, 10);
+        assert_eq!(record.last_seen_unix_ns, 70);
+        assert_eq!(ledger.live_flows, 1);
     }
 }

@@ -8,3 +8,4 @@ pub mod loader;
 pub mod report;
 pub mod run;
 pub mod testrun;
+pub mod v4_table;

@@ -2,24 +2,34 @@
 //! validated feeds, attach it to interfaces and detach it again. Hands the
 //! loaded `Sensor` to `drain` and `testrun`.
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    os::fd::{AsFd, AsRawFd},
+};
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{
-        Array,
+        Array, Map,
         lpm_trie::{Key, LpmTrie},
     },
     programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use classifier_common::{
-    EndpointValue, HINT_BITS, HINT_V4, HINT_V6, MAP_ENDPOINTS_V4, MAP_ENDPOINTS_V6, MAP_FLOWS,
-    MAP_WATCHED_HINT, MAP_WATCHED_V4, MAP_WATCHED_V6, MAX_SERVICES, PROGRAM_NAME, WatchedHint,
-    hint_index_v4, hint_index_v6,
+    EndpointValue, GLOBAL_FLOW_CACHE_MASK, GLOBAL_VERDICT, HINT_BITS, HINT_V4, HINT_V6,
+    MAP_ENDPOINTS_V6, MAP_FLOW_CACHE, MAP_FLOWS, MAP_V4_LEAVES, MAP_V4_NODES, MAP_V4_RUNS,
+    MAP_WATCHED_HINT, MAP_WATCHED_V6, MAX_SERVICES, PROGRAM_NAME, WatchedHint, hint_index_v4,
+    hint_index_v6,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use crate::feeds::{EndpointFeed, WatchedSet};
+use crate::{
+    feeds::{EndpointFeed, WatchedSet},
+    v4_table::V4Table,
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
 
 /// The XDP object, built by `cargo xtask build` (empty when the crate was
 /// built without it, e.g. by a plain `cargo check`).
@@ -28,6 +38,8 @@ static EBPF_OBJECT: &[u8] =
 
 /// Default flow-table capacity (keys; each holds one value per CPU).
 pub const DEFAULT_FLOW_CAPACITY: u32 = 65_536;
+/// Default flow-cache slots per CPU (88 bytes each).
+pub const DEFAULT_FLOW_CACHE_SLOTS: u32 = 16_384;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -48,6 +60,12 @@ pub enum LoadError {
         map: &'static str,
         #[source]
         source: aya::maps::MapError,
+    },
+    #[error("cannot map {map} into memory to fill it: {source}")]
+    Mmap {
+        map: &'static str,
+        #[source]
+        source: std::io::Error,
     },
     #[error("the endpoint feed has {services} services; at most {} fit", MAX_SERVICES - 1)]
     TooManyServices { services: usize },
@@ -78,6 +96,8 @@ pub struct Capacities {
     pub endpoints_v4: Option<u32>,
     pub endpoints_v6: Option<u32>,
     pub flows: u32,
+    /// Rounded up to a power of two.
+    pub flow_cache_slots: u32,
 }
 
 impl Default for Capacities {
@@ -86,8 +106,18 @@ impl Default for Capacities {
             endpoints_v4: None,
             endpoints_v6: None,
             flows: DEFAULT_FLOW_CAPACITY,
+            flow_cache_slots: DEFAULT_FLOW_CACHE_SLOTS,
         }
     }
+}
+
+/// How the program ends after counting a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// A sensor: every packet goes on to the stack.
+    Pass,
+    /// Benchmarks only: measures the program without the stack behind it.
+    Drop,
 }
 
 /// Service names by the id the kernel counts them under.
@@ -155,6 +185,16 @@ impl Sensor {
         endpoints: &EndpointFeed,
         capacities: Capacities,
     ) -> Result<Self, LoadError> {
+        Self::load_with_verdict(watched, endpoints, capacities, Verdict::Pass)
+    }
+
+    /// [`Sensor::load`], choosing the verdict (benchmarks drop).
+    pub fn load_with_verdict(
+        watched: &WatchedSet,
+        endpoints: &EndpointFeed,
+        capacities: Capacities,
+        verdict: Verdict,
+    ) -> Result<Self, LoadError> {
         if EBPF_OBJECT.is_empty() {
             return Err(LoadError::NoObject);
         }
@@ -166,14 +206,28 @@ impl Sensor {
         }
         let v4_count = endpoints.count(true);
         let v6_count = endpoints.count(false);
-        let v4_capacity = capacity("v4", v4_count, capacities.endpoints_v4)?;
+        capacity("v4", v4_count, capacities.endpoints_v4)?;
         let v6_capacity = capacity("v6", v6_count, capacities.endpoints_v6)?;
+        let table = v4_table(watched, endpoints, &services);
+        let cache_slots = capacities
+            .flow_cache_slots
+            .clamp(1, 1 << 24)
+            .next_power_of_two();
+        let cache_mask = cache_slots - 1;
+        let verdict = match verdict {
+            Verdict::Pass => XDP_PASS,
+            Verdict::Drop => XDP_DROP,
+        };
 
         raise_memlock_limit();
         let mut ebpf = EbpfLoader::new()
-            .map_max_entries(MAP_ENDPOINTS_V4, v4_capacity)
+            .override_global(GLOBAL_FLOW_CACHE_MASK, &cache_mask, true)
+            .override_global(GLOBAL_VERDICT, &verdict, true)
+            .map_max_entries(MAP_FLOW_CACHE, cache_slots)
+            .map_max_entries(MAP_V4_NODES, table.nodes.len() as u32)
+            .map_max_entries(MAP_V4_LEAVES, table.leaves.len().max(1) as u32)
+            .map_max_entries(MAP_V4_RUNS, table.runs.len().max(1) as u32)
             .map_max_entries(MAP_ENDPOINTS_V6, v6_capacity)
-            .map_max_entries(MAP_WATCHED_V4, watched.v4.len().max(256) as u32)
             .map_max_entries(MAP_WATCHED_V6, watched.v6.len().max(256) as u32)
             .map_max_entries(MAP_FLOWS, capacities.flows.max(1))
             .load(EBPF_OBJECT)
@@ -197,7 +251,14 @@ impl Sensor {
             attachments: Vec::new(),
         };
         sensor.fill_watched(watched)?;
-        sensor.fill_endpoints(endpoints)?;
+        sensor.fill_endpoints_v6(endpoints)?;
+        for (name, bytes) in [
+            (MAP_V4_NODES, bytemuck::cast_slice(&table.nodes)),
+            (MAP_V4_LEAVES, bytemuck::cast_slice(&table.leaves)),
+            (MAP_V4_RUNS, bytemuck::cast_slice(&table.runs)),
+        ] {
+            fill_mmapable_array(sensor.ebpf.map(name), name, bytes)?;
+        }
         Ok(sensor)
     }
 
@@ -206,11 +267,6 @@ impl Sensor {
     }
 
     fn fill_watched(&mut self, watched: &WatchedSet) -> Result<(), LoadError> {
-        let v4 = watched
-            .v4
-            .iter()
-            .map(|net| (net.prefix_len(), net.network().octets(), 1u32));
-        fill_trie(&mut self.ebpf, MAP_WATCHED_V4, v4)?;
         let v6 = watched
             .v6
             .iter()
@@ -230,23 +286,11 @@ impl Sensor {
         Ok(())
     }
 
-    fn fill_endpoints(&mut self, endpoints: &EndpointFeed) -> Result<(), LoadError> {
+    fn fill_endpoints_v6(&mut self, endpoints: &EndpointFeed) -> Result<(), LoadError> {
         let ids = self.services.ids();
         let value = |service: &str| EndpointValue {
             service: ids[service],
         };
-        let v4 = endpoints
-            .endpoints
-            .iter()
-            .filter_map(|endpoint| match endpoint.net {
-                IpNet::V4(net) => Some((
-                    net.prefix_len(),
-                    net.network().octets(),
-                    value(&endpoint.service),
-                )),
-                IpNet::V6(_) => None,
-            });
-        fill_trie(&mut self.ebpf, MAP_ENDPOINTS_V4, v4)?;
         let v6 = endpoints
             .endpoints
             .iter()
@@ -336,6 +380,60 @@ impl Drop for Sensor {
     fn drop(&mut self) {
         self.detach_all();
     }
+}
+
+/// The IPv4 table for the watched set and the feed's IPv4 endpoints.
+fn v4_table(watched: &WatchedSet, endpoints: &EndpointFeed, services: &ServiceTable) -> V4Table {
+    let ids = services.ids();
+    let v4_endpoints: Vec<(Ipv4Net, u16)> = endpoints
+        .endpoints
+        .iter()
+        .filter_map(|endpoint| match endpoint.net {
+            // Ids are below MAX_SERVICES, checked above.
+            IpNet::V4(net) => Some((net, ids[endpoint.service.as_str()] as u16)),
+            IpNet::V6(_) => None,
+        })
+        .collect();
+    V4Table::build(&watched.v4, &v4_endpoints)
+}
+
+/// Copies `bytes` into a `BPF_F_MMAPABLE` array through a shared mapping:
+/// one copy instead of a syscall per element. The map was sized to fit.
+fn fill_mmapable_array(
+    map: Option<&Map>,
+    name: &'static str,
+    bytes: &[u8],
+) -> Result<(), LoadError> {
+    let Some(Map::Array(data)) = map else {
+        return Err(LoadError::MissingMap(name));
+    };
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    let mmap_error = |source| LoadError::Mmap { map: name, source };
+    // SAFETY: a fresh shared mapping of the map's fd, as long as `bytes`;
+    // the kernel refuses (and we report) a map smaller than that.
+    let address = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            bytes.len(),
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            data.fd().as_fd().as_raw_fd(),
+            0,
+        )
+    };
+    if address == libc::MAP_FAILED {
+        return Err(mmap_error(std::io::Error::last_os_error()));
+    }
+    // SAFETY: the mapping is `bytes.len()` long and writable; unmapped once.
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), address.cast::<u8>(), bytes.len());
+        if libc::munmap(address, bytes.len()) != 0 {
+            return Err(mmap_error(std::io::Error::last_os_error()));
+        }
+    }
+    Ok(())
 }
 
 fn fill_trie<K: aya::Pod, V: aya::Pod>(

@@ -62,6 +62,7 @@ impl RunConfig {
                 endpoints_v4: args.endpoint_capacity_v4,
                 endpoints_v6: args.endpoint_capacity_v6,
                 flows: args.flow_capacity,
+                flow_cache_slots: args.flow_cache_slots,
             },
         })
     }

@@ -51,3 +51,19 @@ cidr,service,note
 
 /// Watched prefixes the tests use: the default range and one IPv6 range.
 pub const TEST_WATCHED: [&str; 2] = ["175.45.176.0/22", "2001:db8:aa::/48"];
+
+/// Pins the calling thread to one CPU, so per-CPU maps see one CPU's view
+/// (and measurements one CPU's caches).
+pub fn pin_to_cpu(cpu: usize) -> std::io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET sets one bit of it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: pins this thread with a valid set of the size given.
+    let result =
+        unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
