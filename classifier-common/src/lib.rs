@@ -211,7 +211,6 @@ pub const HINT_WORDS: usize = HINT_BITS / 64;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct Totals {
-    pub packets: u64,
     pub bytes: u64,
     pub ipv4: u64,
     pub ipv6: u64,
@@ -225,7 +224,15 @@ pub struct Totals {
     pub flow_insert_failures: u64,
     pub malformed: [u64; MALFORMED_SLOTS],
 }
-const _: () = assert!(size_of::<Totals>() == 9 * 8 + MALFORMED_SLOTS * 8);
+const _: () = assert!(size_of::<Totals>() == 8 * 8 + MALFORMED_SLOTS * 8);
+
+impl Totals {
+    /// Every packet: each counts in exactly one family, so the kernel keeps
+    /// no separate counter (one add fewer per packet).
+    pub const fn packets(&self) -> u64 {
+        self.ipv4 + self.ipv6 + self.other
+    }
+}
 
 /// Per-service counters, indexed by direction ([`DIR_OUTBOUND`], [`DIR_INBOUND`]).
 #[repr(C)]
@@ -326,10 +333,19 @@ pub struct WatchedHint {
 }
 const _: () = assert!(size_of::<WatchedHint>() == 8192);
 
-/// Hint bit of an IPv4 address: its /16.
+/// Hint bit of an IPv4 address: its /16, first octet in the low byte. That is
+/// the low 16 bits of the address loaded from the frame as a little-endian
+/// `u32` (see [`hint_index_v4_loaded`]), so the hot path needs no byte swap.
 #[inline(always)]
 pub const fn hint_index_v4(addr: [u8; 4]) -> usize {
-    ((addr[0] as usize) << 8) | addr[1] as usize
+    ((addr[1] as usize) << 8) | addr[0] as usize
+}
+
+/// [`hint_index_v4`] of an address loaded from packet memory as a native
+/// (little-endian, as on BPF's `bpfel` target) `u32`.
+#[inline(always)]
+pub const fn hint_index_v4_loaded(addr: u32) -> usize {
+    (addr & 0xffff) as usize
 }
 
 /// Hint bit of an IPv6 address: its first two 16-bit groups folded together.

@@ -11,7 +11,7 @@ use aya_ebpf::maps::lpm_trie::Key;
 use classifier_common::{
     DIR_INBOUND, DIR_OUTBOUND, HINT_V4, HINT_V6, V4_ENTRY_INDEX_MASK, V4_ENTRY_KIND_SHIFT,
     V4_ENTRY_LEAF, V4_ENTRY_NODE, V4_VALUE_SERVICE_MASK, V4_VALUE_WATCHED, WatchedHint,
-    hint_index_v6, rank_upto,
+    hint_index_v4_loaded, hint_index_v6, rank_upto,
 };
 
 use crate::{ENDPOINTS_V6, V4_LEAVES, V4_NODES, V4_RUNS, WATCHED_HINT, WATCHED_V6, parse::Packet};
@@ -73,12 +73,24 @@ fn v4_value(addr: u32) -> u16 {
     }
 }
 
+/// Whether either address, as loaded from the frame, has its hint bit set:
+/// the fast path's only question.
+#[inline(always)]
+pub fn either_hinted_v4(src: u32, dst: u32) -> bool {
+    match WATCHED_HINT.get(HINT_V4) {
+        Some(hint) => {
+            hint_bit(hint, hint_index_v4_loaded(src)) || hint_bit(hint, hint_index_v4_loaded(dst))
+        }
+        None => true,
+    }
+}
+
 /// `None` for IPv4 traffic without a watched address (the common case).
 #[inline(always)]
 pub fn classify_v4(packet: &Packet<u32>) -> Option<Watched<u32>> {
     let hint = WATCHED_HINT.get(HINT_V4)?;
-    let src_hinted = hint_bit(hint, (packet.src >> 16) as usize);
-    let dst_hinted = hint_bit(hint, (packet.dst >> 16) as usize);
+    let src_hinted = hint_bit(hint, hint_index_v4_loaded(packet.src.to_be()));
+    let dst_hinted = hint_bit(hint, hint_index_v4_loaded(packet.dst.to_be()));
     if !src_hinted && !dst_hinted {
         return None;
     }

@@ -12,9 +12,9 @@ use classifier_common::{
 
 use crate::{
     FLOW_CACHE, FLOW_CACHE_MASK, FLOWS, SERVICES, TOTALS,
-    classify::{Watched, classify_v4, classify_v6},
+    classify::{Watched, classify_v4, classify_v6, either_hinted_v4},
     load_time,
-    parse::{Packet, Parsed, parse},
+    parse::{Packet, Parsed, parse, plain_ipv4},
 };
 
 /// An address as flow keys hold it: 16 bytes, IPv4 mapped.
@@ -48,8 +48,14 @@ pub fn packet(ctx: &XdpContext) {
     // SAFETY: a per-CPU array slot belongs to this CPU while the program runs.
     let totals = unsafe { &mut *totals };
     let bytes = (ctx.data_end() - ctx.data()) as u64;
-    totals.packets += 1;
     totals.bytes += bytes;
+
+    if let Some(plain) = plain_ipv4(ctx)
+        && !either_hinted_v4(plain.src, plain.dst)
+    {
+        totals.ipv4 += 1;
+        return;
+    }
 
     match parse(ctx) {
         Ok(Parsed::NotIp) => totals.other += 1,

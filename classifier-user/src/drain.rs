@@ -67,7 +67,6 @@ impl KernelReading {
 fn sum_totals(values: &PerCpuValues<Totals>) -> Totals {
     let mut sum: Totals = bytemuck::Zeroable::zeroed();
     for cpu in values.iter() {
-        sum.packets += cpu.packets;
         sum.bytes += cpu.bytes;
         sum.ipv4 += cpu.ipv4;
         sum.ipv6 += cpu.ipv6;

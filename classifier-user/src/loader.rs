@@ -474,14 +474,10 @@ pub fn watched_hint_v4(prefixes: &[Ipv4Net]) -> WatchedHint {
         words: [0; classifier_common::HINT_WORDS],
     };
     for net in prefixes {
-        let first = hint_index_v4(net.network().octets());
-        let count = if net.prefix_len() >= 16 {
-            1
-        } else {
-            1usize << (16 - net.prefix_len())
-        };
-        for index in first..first + count {
-            set_bit(&mut hint, index);
+        let first = u32::from(net.network()) >> 16;
+        let count = 1u32 << 16u8.saturating_sub(net.prefix_len());
+        for sixteen in first..first + count {
+            set_bit(&mut hint, hint_index_v4((sixteen << 16).to_be_bytes()));
         }
     }
     hint
@@ -564,7 +560,8 @@ mod tests {
             "10.0.0.0/15".parse().unwrap(),
         ]);
         let set: Vec<usize> = (0..HINT_BITS).filter(|i| bit(&hint, *i)).collect();
-        assert_eq!(set, [10 << 8, (10 << 8) + 1, (175 << 8) + 45]);
+        // The first octet is the low byte (the frame's byte order).
+        assert_eq!(set, [10, (1 << 8) + 10, (45 << 8) + 175]);
     }
 
     #[test]

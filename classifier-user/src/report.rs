@@ -135,7 +135,7 @@ impl Report {
             .map(|(name, count)| ((*name).to_string(), *count))
             .collect();
         let totals = Totals {
-            packets: kernel.packets,
+            packets: kernel.packets(),
             bytes: kernel.bytes,
             ipv4: kernel.ipv4,
             ipv6: kernel.ipv6,

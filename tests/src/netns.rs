@@ -63,6 +63,12 @@ impl Namespace {
         ip(&args)
     }
 
+    /// Moves the calling thread (only it) into the namespace: interface
+    /// names and attachments then refer to the namespace's interfaces.
+    pub fn enter_on_this_thread(&self) -> io::Result<()> {
+        enter_namespace(&self.name)
+    }
+
     /// A command that will run inside the namespace.
     pub fn command(&self, program: &std::path::Path) -> Command {
         let mut command = Command::new("ip");
@@ -135,17 +141,22 @@ impl VethLink {
     }
 }
 
+/// setns changes the namespace of the calling thread only.
+fn enter_namespace(name: &str) -> io::Result<()> {
+    let handle = File::open(format!("/run/netns/{name}"))?;
+    // SAFETY: a valid namespace fd; affects this thread only.
+    if unsafe { libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 fn send_in_namespace(namespace: &str, iface: &str, frames: &[Vec<u8>]) -> io::Result<()> {
     let namespace = namespace.to_string();
     let iface = iface.to_string();
     let frames = frames.to_vec();
-    // setns changes the namespace of the calling thread only.
     std::thread::spawn(move || -> io::Result<()> {
-        let handle = File::open(format!("/run/netns/{namespace}"))?;
-        // SAFETY: a valid namespace fd; affects this thread only.
-        if unsafe { libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        enter_namespace(&namespace)?;
         let name = CString::new(iface.clone()).map_err(io::Error::other)?;
         // SAFETY: a valid NUL-terminated name.
         let index = unsafe { libc::if_nametoindex(name.as_ptr()) };

@@ -521,7 +521,7 @@ fn check(case: &Case) -> Vec<String> {
         Expect::Malformed(family, reason) => (family, Some(reason), 0, None),
     };
     let len = case.frame.len() as u64;
-    want("packets", t.packets, 1);
+    want("packets", t.packets(), 1);
     want("bytes", t.bytes, len);
     want("ipv4", t.ipv4, u64::from(family == Family::V4));
     want("ipv6", t.ipv6, u64::from(family == Family::V6));
@@ -636,7 +636,7 @@ fn counts_accumulate_over_many_frames_and_flows() {
         }
     }
     let reading = drain::read(&sensor).expect("drain");
-    assert_eq!(reading.totals.packets, 60);
+    assert_eq!(reading.totals.packets(), 60);
     assert_eq!(reading.totals.watched, 50);
     assert_eq!(reading.totals.matched, 50);
     let alpha = sensor.services.id("alpha").expect("alpha") as usize;
