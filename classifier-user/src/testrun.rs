@@ -7,7 +7,9 @@ use std::{
     os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
 };
 
-use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_prog_type};
+use aya_obj::generated::{
+    BPF_F_TEST_XDP_LIVE_FRAMES, bpf_attach_type, bpf_attr, bpf_cmd, bpf_prog_type,
+};
 
 use crate::loader::{LoadError, Sensor, error_chain};
 
@@ -61,6 +63,52 @@ pub fn run_repeated(fd: BorrowedFd<'_>, frame: &[u8], repeat: u32) -> io::Result
     // SAFETY: the kernel filled the `test` member.
     let test = unsafe { &attr.test };
     Ok((test.retval, test.duration))
+}
+
+/// Sends `frame` `repeat` times out of interface `if_index` (of the calling
+/// thread's network namespace) with BPF_F_TEST_XDP_LIVE_FRAMES: the kernel
+/// runs `fd`, which must return XDP_TX, on each copy and transmits it. A
+/// traffic generator for benchmarks, several million frames a second.
+pub fn transmit_live(
+    fd: BorrowedFd<'_>,
+    frame: &[u8],
+    repeat: u32,
+    if_index: u32,
+) -> io::Result<()> {
+    // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
+    // rx_queue_index, egress_ifindex. The kernel wants data_end to be the
+    // frame's length.
+    let len = u32::try_from(frame.len()).map_err(io::Error::other)?;
+    let context: [u32; 6] = [0, len, 0, if_index, 0, 0];
+    // SAFETY: as above.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: writing the `test` member of a zeroed union.
+    let test = unsafe { &mut attr.test };
+    test.prog_fd = u32::try_from(fd.as_raw_fd()).map_err(io::Error::other)?;
+    test.data_in = frame.as_ptr() as u64;
+    test.data_size_in = len;
+    test.ctx_in = context.as_ptr() as u64;
+    test.ctx_size_in = u32::try_from(std::mem::size_of_val(&context)).map_err(io::Error::other)?;
+    test.repeat = repeat;
+    test.flags = BPF_F_TEST_XDP_LIVE_FRAMES;
+    bpf(bpf_cmd::BPF_PROG_TEST_RUN, &mut attr)?;
+    Ok(())
+}
+
+/// Attaches XDP program `fd` to interface `if_index` (of the calling
+/// thread's network namespace) in driver mode with a BPF link; it stays
+/// attached until the returned descriptor is closed.
+pub fn attach_xdp_link(fd: BorrowedFd<'_>, if_index: u32) -> io::Result<OwnedFd> {
+    // SAFETY: as above.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: writing the link-create member of a zeroed union.
+    let link = unsafe { &mut attr.link_create };
+    link.__bindgen_anon_1.prog_fd = u32::try_from(fd.as_raw_fd()).map_err(io::Error::other)?;
+    link.__bindgen_anon_2.target_ifindex = if_index;
+    link.attach_type = bpf_attach_type::BPF_XDP as u32;
+    let fd = bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr)?;
+    // SAFETY: BPF_LINK_CREATE returned a new file descriptor we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Loads a two-instruction XDP program that returns `verdict`: the floor

@@ -97,6 +97,13 @@ pub struct VethLink {
 
 impl VethLink {
     pub fn create(test: &str) -> io::Result<Self> {
+        Self::create_with_queues(test, 1)
+    }
+
+    /// A pair whose ends have `queues` receive and transmit queues each, so
+    /// senders on different CPUs fill different receive rings.
+    pub fn create_with_queues(test: &str, queues: usize) -> io::Result<Self> {
+        let queues = queues.to_string();
         let base = test_name(test);
         let sensor = Namespace::create(&format!("{base}-s"))?;
         let peer = Namespace::create(&format!("{base}-p"))?;
@@ -115,6 +122,10 @@ impl VethLink {
             &sensor_iface,
             "netns",
             &sensor.name,
+            "numtxqueues",
+            &queues,
+            "numrxqueues",
+            &queues,
             "type",
             "veth",
             "peer",
@@ -122,6 +133,10 @@ impl VethLink {
             &peer_iface,
             "netns",
             &peer.name,
+            "numtxqueues",
+            &queues,
+            "numrxqueues",
+            &queues,
         ])?;
         ip(&["-n", &sensor.name, "link", "set", &sensor_iface, "up"])?;
         ip(&["-n", &peer.name, "link", "set", &peer_iface, "up"])?;

@@ -13,15 +13,22 @@ use std::{
     time::Instant,
 };
 
+mod live;
+mod stream;
+
 use anyhow::{Context, Result, ensure};
-use classifier_tests::frames::{FrameSpec, TPID_8021AD, TPID_8021Q, patched};
+use classifier_tests::{
+    frames::{FrameSpec, TPID_8021AD, TPID_8021Q, patched},
+    netns::VethLink,
+};
 use classifier_user::{
     feeds::{Endpoint, EndpointFeed, WatchedSet},
-    loader::{Capacities, Sensor},
-    testrun::{load_constant_xdp, program_fd, run_repeated},
+    loader::{AttachMode, Capacities, Sensor, Verdict, interface_index},
+    testrun::{attach_xdp_link, load_constant_xdp, program_fd, run_repeated},
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
+const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 
 struct Options {
@@ -198,6 +205,104 @@ fn cases(size: usize) -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
+/// Frames for stream mode, one stream per round, each frame 64 bytes:
+/// non-watched random addresses; a watched source to random addresses of
+/// the feed's IPv4 prefixes (cold table, a new flow almost every frame);
+/// and a watched source to one known endpoint, a new flow every frame.
+fn stream_cases(options: &Options, feed: &EndpointFeed) -> Vec<(&'static str, Vec<Vec<Vec<u8>>>)> {
+    let per_round = if options.quick { 2_000 } else { 100_000 };
+    let rounds = if options.quick { 1 } else { 5 };
+    let v4: Vec<Ipv4Net> = feed
+        .endpoints
+        .iter()
+        .filter_map(|endpoint| match endpoint.net {
+            IpNet::V4(net) => Some(net),
+            IpNet::V6(_) => None,
+        })
+        .collect();
+    let sized = |spec: FrameSpec| {
+        let base = spec.clone().payload(0).build().len();
+        spec.payload(64usize.saturating_sub(base)).build()
+    };
+    let mut random = Random(7);
+    let mut next_flow = 0u32;
+    let mut streams = vec![
+        ("a non-watched (cold: random addresses)", Vec::new()),
+        (
+            "c watched -> endpoint (cold: random feed addresses)",
+            Vec::new(),
+        ),
+        ("c new flow (one known endpoint)", Vec::new()),
+    ];
+    for _ in 0..rounds {
+        let mut cold_a = Vec::with_capacity(per_round);
+        let mut cold_c = Vec::with_capacity(per_round);
+        let mut new_flows = Vec::with_capacity(per_round);
+        for _ in 0..per_round {
+            let mut address =
+                || Ipv4Addr::from(u32::try_from(random.below(1 << 32)).expect("32 bits"));
+            let (src, dst) = (address(), address());
+            if src.octets()[0] != 175 && dst.octets()[0] != 175 {
+                cold_a.push(sized(FrameSpec::udp(
+                    &src.to_string(),
+                    &dst.to_string(),
+                    40000,
+                    443,
+                )));
+            }
+            let net = v4[random.below(v4.len() as u64) as usize];
+            let host =
+                u32::try_from(random.below(1u64 << (32 - net.prefix_len()))).expect("32 bits");
+            let endpoint = Ipv4Addr::from(u32::from(net.network()) | host);
+            let watched =
+                Ipv4Addr::from(0xaf2d_b000 | u32::try_from(random.below(1024)).expect("small"));
+            cold_c.push(sized(FrameSpec::udp(
+                &watched.to_string(),
+                &endpoint.to_string(),
+                40000,
+                443,
+            )));
+            // The flow key is the watched address, the endpoint and its port.
+            let watched = Ipv4Addr::from(0xaf2d_b000 | (next_flow >> 16));
+            let port = (next_flow & 0xffff) as u16;
+            next_flow += 1;
+            new_flows.push(sized(FrameSpec::udp(
+                &watched.to_string(),
+                "203.0.113.77",
+                40000,
+                port,
+            )));
+        }
+        streams[0].1.push(cold_a);
+        streams[1].1.push(cold_c);
+        streams[2].1.push(new_flows);
+    }
+    streams
+}
+
+/// Attaches `program` to the peer side of `link` (from a thread in the peer
+/// namespace); attached until the descriptor is dropped. Keeps the empty
+/// program in the XDP dispatcher for stream mode.
+fn attach_on_peer(link: &VethLink, program: BorrowedFd<'_>) -> Result<std::os::fd::OwnedFd> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| -> Result<std::os::fd::OwnedFd> {
+                link.peer.enter_on_this_thread()?;
+                let peer_if = interface_index(&link.peer_iface).context("no peer interface")?;
+                Ok(attach_xdp_link(program, peer_if)?)
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("attaching thread panicked"))?
+    })
+}
+
+fn online_cpus() -> usize {
+    // SAFETY: sysconf has no preconditions (the thread's affinity is one CPU,
+    // so available_parallelism would say 1).
+    let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    usize::try_from(online).unwrap_or(1).max(1)
+}
+
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
@@ -322,6 +427,33 @@ fn main() -> Result<()> {
     };
     figures.insert("nonwatched_ratio", ratio_of(&rows, "a ", 64));
     figures.insert("watched_nonendpoint_ratio", ratio_of(&rows, "b ", 64));
+
+    // Everything attached lives on a veth pair in two namespaces of our own.
+    let link = VethLink::create_with_queues("bench", online_cpus())
+        .context("create the bench's veth pair")?;
+    link.sensor
+        .enter_on_this_thread()
+        .context("enter the sensor namespace")?;
+    let mut notes = Vec::new();
+    let mut sensor = sensor;
+    if options.only.is_none() {
+        let cpus = online_cpus();
+        let frame = cases(64).swap_remove(0).1;
+        let frames_per_cpu = if options.quick { 100_000 } else { 2_000_000 };
+        let live_rounds = if options.quick { 1 } else { 5 };
+        let bench = live::LiveBench::new(&link, frame, frames_per_cpu, cpus)?;
+        let empty_drop = load_constant_xdp(XDP_DROP).context("load the empty XDP_DROP program")?;
+        let mut dropping =
+            Sensor::load_with_verdict(&watched(1), &bundled, Capacities::default(), Verdict::Drop)?;
+        let drop = bench.compare(empty_drop.as_fd(), &mut dropping, live_rounds)?;
+        let pass = bench.compare(floor.as_fd(), &mut sensor, live_rounds)?;
+        figures.insert("live_drop_ratio", drop.ratio);
+        figures.insert("live_pass_mpps", pass.ours_mpps);
+        notes.push(format!(
+            "Live, {cpus} sender(s) x {frames_per_cpu} 64-byte non-watched frames, {live_rounds} round(s): dropping, empty {:.2} Mpps, ours {:.2} Mpps (ratio {:.3}); passing to the stack, empty {:.2} Mpps, ours {:.2} Mpps (ratio {:.3}). Every frame sent was counted.",
+            drop.empty_mpps, drop.ours_mpps, drop.ratio, pass.empty_mpps, pass.ours_mpps, pass.ratio
+        ));
+    }
     drop(sensor);
 
     // Feed sizes and watched-set sizes: the cost must stay flat.
@@ -332,15 +464,36 @@ fn main() -> Result<()> {
     } else {
         &[(1_000, "1k"), (100_000, "100k"), (1_000_000, "1m")]
     };
+    let largest = if options.quick { "100k" } else { "1m" };
+    let _floor_on_peer = attach_on_peer(&link, floor.as_fd())?;
     let mut match_cost: BTreeMap<&str, f64> = BTreeMap::new();
     for (prefixes, label) in sizes {
         let feed = random_feed(*prefixes, 100_000, 42);
         for watched_count in [1, 256] {
             let started = Instant::now();
-            let sensor = Sensor::load(&watched(watched_count), &feed, Capacities::default())?;
+            let mut sensor = Sensor::load(&watched(watched_count), &feed, Capacities::default())?;
             let load_s = started.elapsed().as_secs_f64();
             if *label == "1m" && watched_count == 1 {
                 figures.insert("load_1m_s", load_s);
+            }
+            if *label == largest && watched_count == 1 {
+                sensor.attach(&link.sensor_iface, AttachMode::Native)?;
+                for (case, streams) in stream_cases(&options, &feed) {
+                    let cost =
+                        stream::compare_stream(floor.as_fd(), program_fd(&sensor)?, &streams)?;
+                    if case.starts_with("c new flow") {
+                        figures.insert("new_flow_ratio", cost.ratio);
+                    }
+                    rows.push(Row {
+                        group: format!(
+                            "{prefixes} IPv4 + 100,000 IPv6 random prefixes, 1 watched, stream mode"
+                        ),
+                        case: case.into(),
+                        bytes: streams[0][0].len(),
+                        cost,
+                    });
+                }
+                sensor.detach_all();
             }
             for (case, frame) in cases(64)
                 .into_iter()
@@ -369,7 +522,6 @@ fn main() -> Result<()> {
             }
         }
     }
-    let largest = if options.quick { "100k" } else { "1m" };
     if let (Some(small), Some(large)) = (match_cost.get("1k"), match_cost.get(largest)) {
         figures.insert(
             if options.quick {
@@ -381,7 +533,7 @@ fn main() -> Result<()> {
         );
     }
 
-    let report = markdown(&options, &rows, &figures);
+    let report = markdown(&options, &rows, &figures, &notes);
     std::fs::write(&options.output, &report)
         .with_context(|| format!("write {}", options.output.display()))?;
     print!("{report}");
@@ -398,7 +550,12 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-fn markdown(options: &Options, rows: &[Row], figures: &BTreeMap<&str, f64>) -> String {
+fn markdown(
+    options: &Options,
+    rows: &[Row],
+    figures: &BTreeMap<&str, f64>,
+    notes: &[String],
+) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "# Benchmarks\n");
     let _ = writeln!(
@@ -411,10 +568,7 @@ fn markdown(options: &Options, rows: &[Row], figures: &BTreeMap<&str, f64>) -> S
             ""
         }
     );
-    // SAFETY: sysconf has no preconditions (the thread's affinity is one CPU,
-    // so available_parallelism would say 1).
-    let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
-    let _ = writeln!(out, "- CPU: {} ({online} online)", cpu_model());
+    let _ = writeln!(out, "- CPU: {} ({} online)", cpu_model(), online_cpus());
     let _ = writeln!(
         out,
         "- kernel: {}",
@@ -441,6 +595,12 @@ fn markdown(options: &Options, rows: &[Row], figures: &BTreeMap<&str, f64>) -> S
             "| {} | {} | {} | {:.0} | {:.0} | {:.3} |",
             row.group, row.case, row.bytes, row.cost.floor_ns, row.cost.ours_ns, row.cost.ratio
         );
+    }
+    if !notes.is_empty() {
+        let _ = writeln!(out, "\n## Live, userspace and peers\n");
+        for note in notes {
+            let _ = writeln!(out, "- {note}");
+        }
     }
     let _ = writeln!(out, "\n## Figures\n");
     for (name, value) in figures {
