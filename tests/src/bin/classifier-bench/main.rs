@@ -13,7 +13,9 @@ use std::{
     time::Instant,
 };
 
+mod host;
 mod live;
+mod peers;
 mod stream;
 
 use anyhow::{Context, Result, ensure};
@@ -203,6 +205,103 @@ fn cases(size: usize) -> Vec<(&'static str, Vec<u8>)> {
             ),
         ),
     ]
+}
+
+/// xdp-filter's program against ours on the same non-matching frame, and
+/// ndpiReader against our in-kernel packets per second on one stream of
+/// random non-watched frames.
+fn compare_peers(
+    options: &Options,
+    link: &VethLink,
+    floor: BorrowedFd<'_>,
+    sensor: &mut Sensor,
+    feed: &EndpointFeed,
+    figures: &mut BTreeMap<&str, f64>,
+    notes: &mut Vec<String>,
+) -> Result<()> {
+    let frames = stream_cases(options, feed).swap_remove(0).1.swap_remove(0);
+    sensor.attach(&link.sensor_iface, AttachMode::Native)?;
+    let ours = stream::compare_stream(floor, program_fd(sensor)?, &[frames.clone()]);
+    sensor.detach_all();
+    let ours_pps = 1e9 / ours?.ours_ns;
+    let pcap = std::env::temp_dir().join(format!("classifier-bench-{}.pcap", std::process::id()));
+    peers::write_pcap(&pcap, &frames)?;
+    let ndpi = peers::ndpi_pps(&pcap);
+    let _ = std::fs::remove_file(&pcap);
+    let ndpi_pps = ndpi?;
+    figures.insert("vs_ndpi_speedup", ours_pps / ndpi_pps);
+    notes.push(format!(
+        "ndpiReader on a pcap of {} random non-watched 64-byte frames, one core: {:.0} packets/s; ours in the kernel on the same frames (stream mode): {:.0} packets/s per core, {:.1} x.",
+        frames.len(),
+        ndpi_pps,
+        ours_pps,
+        ours_pps / ndpi_pps
+    ));
+
+    let frame = cases(64).swap_remove(0).1;
+    let filter = peers::XdpFilter::load(&link.sensor_iface)?;
+    let theirs = filter.program()?;
+    let vs_theirs = measure(theirs.as_fd(), program_fd(sensor)?, &frame, options)?;
+    let theirs_vs_empty = measure(floor, theirs.as_fd(), &frame, options)?;
+    drop(filter);
+    figures.insert("vs_xdp_filter_ratio", vs_theirs.ratio);
+    notes.push(format!(
+        "xdp-filter (xdpfilt_alw_all, one IP and one port rule) on the same 64-byte non-matching frame: {:.1} ns/packet ({:.3} x the empty program); ours {:.1} ns/packet, {:.3} x xdp-filter.",
+        vs_theirs.floor_ns, theirs_vs_empty.ratio, vs_theirs.ours_ns, vs_theirs.ratio
+    ));
+    Ok(())
+}
+
+/// Draining a full flow table into a report, and the daemon's load time and
+/// memory with the largest feed. Runs in the sensor namespace.
+fn userspace(
+    options: &Options,
+    link: &VethLink,
+    figures: &mut BTreeMap<&str, f64>,
+    notes: &mut Vec<String>,
+) -> Result<()> {
+    let (prefixes, flows) = if options.quick {
+        (100_000, 20_000)
+    } else {
+        (1_000_000, 1_000_000)
+    };
+    let capacity = flows + flows / 4;
+    let capacities = Capacities {
+        flows: capacity,
+        ..Capacities::default()
+    };
+    let mut sensor = Sensor::load(&watched(1), &random_feed(0, 0, 1), capacities)?;
+    sensor.attach(&link.sensor_iface, AttachMode::Native)?;
+    host::fill_flows(program_fd(&sensor)?, flows)?;
+    sensor.detach_all();
+    let (drain_s, drained) = host::drain_and_report(&sensor)?;
+    ensure!(
+        drained == flows as usize,
+        "{flows} flows created but the report holds {drained}"
+    );
+    drop(sensor);
+    figures.insert("drain_1m_s", drain_s);
+    notes.push(format!(
+        "Drain {flows} flows (flow capacity {capacity}) and build the report: {drain_s:.2} s."
+    ));
+
+    let feed = random_feed(prefixes, 100_000, 42);
+    let csv = std::env::temp_dir().join(format!("classifier-bench-{}.csv", std::process::id()));
+    let mut text = String::from("cidr,service\n");
+    for endpoint in &feed.endpoints {
+        let _ = writeln!(text, "{},{}", endpoint.net, endpoint.service);
+    }
+    std::fs::write(&csv, text).with_context(|| format!("write {}", csv.display()))?;
+    let daemon = host::daemon(link, &csv, flows, capacity);
+    let _ = std::fs::remove_file(&csv);
+    let daemon = daemon?;
+    figures.insert("rss_full_mb", daemon.full_mb);
+    figures.insert("daemon_load_s", daemon.load_s);
+    notes.push(format!(
+        "`classifier run` with {prefixes} IPv4 + 100,000 IPv6 prefixes from a CSV file: counting after {:.2} s (read, build, fill, attach), peak RSS {:.0} MB while loading, {:.0} MB at rest, {:.0} MB with {flows} flows in its table and ledger.",
+        daemon.load_s, daemon.peak_mb, daemon.rest_mb, daemon.full_mb
+    ));
+    Ok(())
 }
 
 /// Frames for stream mode, one stream per round, each frame 64 bytes:
@@ -434,6 +533,7 @@ fn main() -> Result<()> {
     link.sensor
         .enter_on_this_thread()
         .context("enter the sensor namespace")?;
+    let _floor_on_peer = attach_on_peer(&link, floor.as_fd())?;
     let mut notes = Vec::new();
     let mut sensor = sensor;
     if options.only.is_none() {
@@ -454,6 +554,17 @@ fn main() -> Result<()> {
             drop.empty_mpps, drop.ours_mpps, drop.ratio, pass.empty_mpps, pass.ours_mpps, pass.ratio
         ));
     }
+    if options.only.is_none() {
+        compare_peers(
+            &options,
+            &link,
+            floor.as_fd(),
+            &mut sensor,
+            &bundled,
+            &mut figures,
+            &mut notes,
+        )?;
+    }
     drop(sensor);
 
     // Feed sizes and watched-set sizes: the cost must stay flat.
@@ -465,7 +576,6 @@ fn main() -> Result<()> {
         &[(1_000, "1k"), (100_000, "100k"), (1_000_000, "1m")]
     };
     let largest = if options.quick { "100k" } else { "1m" };
-    let _floor_on_peer = attach_on_peer(&link, floor.as_fd())?;
     let mut match_cost: BTreeMap<&str, f64> = BTreeMap::new();
     for (prefixes, label) in sizes {
         let feed = random_feed(*prefixes, 100_000, 42);
@@ -531,6 +641,10 @@ fn main() -> Result<()> {
             },
             large / small,
         );
+    }
+
+    if options.only.is_none() {
+        userspace(&options, &link, &mut figures, &mut notes)?;
     }
 
     let report = markdown(&options, &rows, &figures, &notes);

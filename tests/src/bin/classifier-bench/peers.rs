@@ -1,0 +1,177 @@
+//! Peers on the same frames in the same run: xdp-filter (Debian's
+//! xdp-tools), whose XDP program is test-run exactly like ours, and
+//! ndpiReader (libndpi-bin) classifying a pcap of the frames on one core.
+//! Missing tools are installed with apt-get, as `cargo xtask setup` does
+//! for the toolchain.
+
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail, ensure};
+use pcap_file::pcap::{PcapPacket, PcapWriter};
+
+/// Makes sure `program` is on PATH, installing `package` if not.
+pub fn require_tool(program: &str, package: &str) -> Result<()> {
+    let found = |program: &str| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {program}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
+    };
+    if found(program) {
+        return Ok(());
+    }
+    eprintln!("bench: {program} is missing; installing {package} with apt-get");
+    for args in [&["update", "-q"][..], &["install", "-y", "-q", package][..]] {
+        let status = Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(Stdio::null())
+            .status()
+            .with_context(|| format!("run apt-get {}", args.join(" ")))?;
+        ensure!(
+            status.success(),
+            "apt-get {} failed ({status})",
+            args.join(" ")
+        );
+    }
+    ensure!(
+        found(program),
+        "{package} installed but {program} is still not on PATH"
+    );
+    Ok(())
+}
+
+/// xdp-filter keeps its maps pinned in the BPF filesystem; mounts it at
+/// /sys/fs/bpf where no system manager has (the usual place).
+pub fn require_bpffs() -> Result<()> {
+    let mounts = std::fs::read_to_string("/proc/mounts")?;
+    if mounts
+        .lines()
+        .any(|line| line.split_whitespace().nth(1) == Some("/sys/fs/bpf"))
+    {
+        return Ok(());
+    }
+    run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
+}
+
+/// xdp-filter loaded on `iface` (of the calling thread's network
+/// namespace) as a plain XDP program, so it can be test-run, with one IP
+/// and one port rule so its lookups run; unloaded on drop.
+pub struct XdpFilter {
+    iface: String,
+}
+
+impl XdpFilter {
+    pub fn load(iface: &str) -> Result<Self> {
+        require_tool("xdp-filter", "xdp-tools")?;
+        require_bpffs()?;
+        // Without libxdp's dispatcher the program is a plain XDP program (a
+        // dispatcher's component is an extension, which cannot be test-run).
+        run(Command::new("xdp-filter")
+            .args(["load", "-m", "skb", iface])
+            .env("LIBXDP_SKIP_DISPATCHER", "1"))?;
+        let filter = Self {
+            iface: iface.to_string(),
+        };
+        run(Command::new("xdp-filter").args(["ip", "192.0.2.200"]))?;
+        run(Command::new("xdp-filter").args(["port", "9"]))?;
+        Ok(filter)
+    }
+
+    /// Its program (all features, allow policy: frames that match no rule
+    /// pass, as ours do).
+    pub fn program(&self) -> Result<aya::programs::ProgramFd> {
+        let mut newest = None;
+        for info in aya::programs::loaded_programs() {
+            let info = info?;
+            if info.name_as_str() == Some("xdpfilt_alw_all")
+                && newest.as_ref().is_none_or(|(id, _)| info.id() > *id)
+            {
+                newest = Some((info.id(), info));
+            }
+        }
+        let (_, info) = newest.context("xdp-filter's program xdpfilt_alw_all is not loaded")?;
+        Ok(info.fd()?)
+    }
+}
+
+impl Drop for XdpFilter {
+    fn drop(&mut self) {
+        if let Err(error) = run(Command::new("xdp-filter").args(["unload", &self.iface])) {
+            eprintln!(
+                "bench: cannot unload xdp-filter from {}: {error}",
+                self.iface
+            );
+        }
+    }
+}
+
+/// Writes `frames` to a pcap at `path`, one microsecond apart.
+pub fn write_pcap(path: &Path, frames: &[Vec<u8>]) -> Result<()> {
+    let file = std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
+    let mut writer = PcapWriter::new(std::io::BufWriter::new(file))?;
+    for (number, frame) in frames.iter().enumerate() {
+        let timestamp = Duration::from_micros(number as u64);
+        let len = u32::try_from(frame.len())?;
+        writer.write_packet(&PcapPacket::new(timestamp, len, frame))?;
+    }
+    Ok(())
+}
+
+/// ndpiReader's own throughput figure over `pcap`, packets per second; it
+/// runs on this thread's CPU (its affinity is inherited).
+pub fn ndpi_pps(pcap: &Path) -> Result<f64> {
+    require_tool("ndpiReader", "libndpi-bin")?;
+    let output = Command::new("ndpiReader")
+        .arg("-i")
+        .arg(pcap)
+        .stdin(Stdio::null())
+        .output()
+        .context("run ndpiReader")?;
+    ensure!(
+        output.status.success(),
+        "ndpiReader failed ({})",
+        output.status
+    );
+    let text = String::from_utf8_lossy(&output.stdout);
+    // "nDPI throughput:       69.61 K pps / 44.61 Mb/sec"
+    let line = text
+        .lines()
+        .find(|line| line.contains("nDPI throughput:"))
+        .context("no 'nDPI throughput' line in ndpiReader's output")?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let pps_at = words
+        .iter()
+        .position(|word| *word == "pps")
+        .context("no pps in ndpiReader's throughput line")?;
+    let (number, scale) = match words.get(pps_at - 1) {
+        Some(&"K") => (words[pps_at - 2], 1e3),
+        Some(&"M") => (words[pps_at - 2], 1e6),
+        Some(&"G") => (words[pps_at - 2], 1e9),
+        Some(number) => (*number, 1.0),
+        None => bail!("unexpected throughput line: {line}"),
+    };
+    let value: f64 = number
+        .parse()
+        .with_context(|| format!("unexpected throughput line: {line}"))?;
+    Ok(value * scale)
+}
+
+fn run(command: &mut Command) -> Result<()> {
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("run {command:?}"))?;
+    ensure!(
+        output.status.success(),
+        "{command:?} failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(())
+}
