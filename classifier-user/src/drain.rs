@@ -7,15 +7,18 @@
 //! flow and adds only what the kernel gained since, treating a value that
 //! went down (or a changed first-seen time) as a new entry.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, os::fd::AsFd};
 
-use aya::maps::{PerCpuArray, PerCpuHashMap, PerCpuValues};
+use aya::maps::{IterableMap, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use classifier_common::{
     FlowKey, FlowSlot, FlowValue, MAP_FLOW_CACHE, MAP_FLOWS, MAP_SERVICES, MAP_TOTALS,
     MAX_SERVICES, ServiceCounters, Totals, flow_check, flow_slot,
 };
 
-use crate::loader::{Sensor, error_chain};
+use crate::{
+    bpf_sys::lookup_batch_per_cpu,
+    loader::{Sensor, error_chain},
+};
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot read map {map}: {problem}")]
@@ -137,6 +140,37 @@ pub fn read(sensor: &Sensor) -> Result<KernelReading, DrainError> {
 
     let flow_map: PerCpuHashMap<_, FlowKey, FlowValue> =
         PerCpuHashMap::try_from(map(sensor, MAP_FLOWS)?).map_err(drain_error(MAP_FLOWS))?;
+    let cpus = aya::util::nr_cpus().map_err(|(path, error)| DrainError {
+        map: MAP_FLOWS,
+        problem: format!("{path}: {error}"),
+    })?;
+    let batched = lookup_batch_per_cpu::<FlowKey, FlowValue>(flow_map.map().fd().as_fd(), cpus)
+        .map_err(|error| DrainError {
+            map: MAP_FLOWS,
+            problem: format!("batch lookup: {error}"),
+        })?;
+    let flows = match batched {
+        Some(entries) => entries
+            .iter()
+            .filter_map(|(key, values)| Some((*key, sum_flow(values.iter())?)))
+            .collect(),
+        None => read_flow_table_by_key(&flow_map)?,
+    };
+    let (cached_flows, cache_slots_used) = read_flow_cache(sensor)?;
+    Ok(KernelReading {
+        totals,
+        services,
+        flows,
+        cached_flows,
+        cache_slots_used,
+    })
+}
+
+/// The flow table one key at a time (two syscalls per entry), for kernels
+/// without batch operations on it.
+fn read_flow_table_by_key(
+    flow_map: &PerCpuHashMap<&aya::maps::MapData, FlowKey, FlowValue>,
+) -> Result<Vec<(FlowKey, FlowSample)>, DrainError> {
     let mut flows = Vec::new();
     for entry in flow_map.iter() {
         match entry {
@@ -150,14 +184,7 @@ pub fn read(sensor: &Sensor) -> Result<KernelReading, DrainError> {
             Err(error) => return Err(drain_error(MAP_FLOWS)(error)),
         }
     }
-    let (cached_flows, cache_slots_used) = read_flow_cache(sensor)?;
-    Ok(KernelReading {
-        totals,
-        services,
-        flows,
-        cached_flows,
-        cache_slots_used,
-    })
+    Ok(flows)
 }
 
 /// The flow cache's claimed slots, grouped by key. A slot whose check does

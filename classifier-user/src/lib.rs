@@ -1,6 +1,7 @@
 //! The classifier's userspace: feeds, loader, drain, report and the
 //! commands that wire them together. `main.rs` only parses arguments.
 
+pub mod bpf_sys;
 pub mod cli;
 pub mod drain;
 pub mod feeds;

@@ -11,7 +11,10 @@ use aya_obj::generated::{
     BPF_F_TEST_XDP_LIVE_FRAMES, bpf_attach_type, bpf_attr, bpf_cmd, bpf_prog_type,
 };
 
-use crate::loader::{LoadError, Sensor, error_chain};
+use crate::{
+    bpf_sys::bpf,
+    loader::{LoadError, Sensor, error_chain},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TestRunError {
@@ -128,21 +131,4 @@ pub fn load_constant_xdp(verdict: u32) -> io::Result<OwnedFd> {
     let fd = bpf(bpf_cmd::BPF_PROG_LOAD, &mut attr)?;
     // SAFETY: BPF_PROG_LOAD returned a new file descriptor we now own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn bpf(command: bpf_cmd, attr: &mut bpf_attr) -> io::Result<i32> {
-    // SAFETY: `attr` is a valid, fully initialised bpf_attr of the size given.
-    let result = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            command as libc::c_long,
-            std::ptr::from_mut(attr),
-            std::mem::size_of::<bpf_attr>(),
-        )
-    };
-    if result < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        i32::try_from(result).map_err(io::Error::other)
-    }
 }

@@ -1,0 +1,105 @@
+//! The raw bpf(2) calls aya 0.14 does not wrap: test runs, links for
+//! programs loaded outside aya, and batched map reads.
+
+use std::{
+    io,
+    os::fd::{AsRawFd, BorrowedFd},
+};
+
+use aya_obj::generated::{bpf_attr, bpf_cmd};
+use bytemuck::Pod;
+
+pub(crate) fn bpf(command: bpf_cmd, attr: &mut bpf_attr) -> io::Result<i32> {
+    // SAFETY: `attr` is a valid, fully initialised bpf_attr of the size given.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            command as libc::c_long,
+            std::ptr::from_mut(attr),
+            std::mem::size_of::<bpf_attr>(),
+        )
+    };
+    if result < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        i32::try_from(result).map_err(io::Error::other)
+    }
+}
+
+/// A map's entries: each key with its value on every possible CPU.
+pub type PerCpuEntries<K, V> = Vec<(K, Vec<V>)>;
+
+/// Entries read per BPF_MAP_LOOKUP_BATCH call.
+const BATCH: usize = 8192;
+
+/// Every entry of a per-CPU hash or array map (`K` → one `V` per possible CPU) with
+/// BPF_MAP_LOOKUP_BATCH: thousands of entries per call instead of two calls
+/// per entry. `Ok(None)` when the kernel has no batch operations for it.
+/// Entries created or deleted while reading may or may not be seen, as with
+/// any walk of a live map.
+pub fn lookup_batch_per_cpu<K: Pod, V: Pod>(
+    map: BorrowedFd<'_>,
+    cpus: usize,
+) -> io::Result<Option<PerCpuEntries<K, V>>> {
+    // Per-CPU values come 8-byte aligned, one per possible CPU.
+    let value_stride = size_of::<V>().next_multiple_of(8);
+    let mut capacity = BATCH;
+    let mut entries = Vec::new();
+    let mut token = [0u8; 8];
+    let mut first = true;
+    loop {
+        let mut keys = vec![0u8; capacity * size_of::<K>()];
+        let mut values = vec![0u8; capacity * cpus * value_stride];
+        let mut next_token = [0u8; 8];
+        // SAFETY: bpf_attr is plain old data; all zeroes is valid.
+        let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+        // SAFETY: writing the `batch` member of a zeroed union.
+        let batch = unsafe { &mut attr.batch };
+        batch.in_batch = if first { 0 } else { token.as_ptr() as u64 };
+        batch.out_batch = next_token.as_mut_ptr() as u64;
+        batch.keys = keys.as_mut_ptr() as u64;
+        batch.values = values.as_mut_ptr() as u64;
+        batch.count = u32::try_from(capacity).map_err(io::Error::other)?;
+        batch.map_fd = u32::try_from(map.as_raw_fd()).map_err(io::Error::other)?;
+        let result = bpf(bpf_cmd::BPF_MAP_LOOKUP_BATCH, &mut attr);
+        // SAFETY: the kernel wrote `count` back.
+        let count = unsafe { attr.batch.count } as usize;
+        let done = match result {
+            Ok(_) => false,
+            Err(error) if error.raw_os_error() == Some(libc::ENOENT) => true,
+            // A bucket holds more entries than the buffer: grow it and retry.
+            Err(error) if error.raw_os_error() == Some(libc::ENOSPC) && count == 0 => {
+                capacity *= 2;
+                continue;
+            }
+            Err(error)
+                if first
+                    && matches!(
+                        error.raw_os_error(),
+                        // 524 is the kernel's own ENOTSUPP.
+                        Some(libc::EINVAL | libc::EOPNOTSUPP | 524)
+                    ) =>
+            {
+                return Ok(None);
+            }
+            Err(error) => return Err(error),
+        };
+        for index in 0..count {
+            let key: K = bytemuck::pod_read_unaligned(
+                &keys[index * size_of::<K>()..(index + 1) * size_of::<K>()],
+            );
+            let per_cpu = (0..cpus)
+                .map(|cpu| {
+                    let start = (index * cpus + cpu) * value_stride;
+                    bytemuck::pod_read_unaligned(&values[start..start + size_of::<V>()])
+                })
+                .collect();
+            entries.push((key, per_cpu));
+        }
+        if done {
+            return Ok(Some(entries));
+        }
+        token = next_token;
+        first = false;
+    }
+}
