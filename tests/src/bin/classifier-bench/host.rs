@@ -45,12 +45,33 @@ pub fn fill_flows(program: BorrowedFd<'_>, count: u32) -> Result<()> {
     Ok(())
 }
 
-/// Seconds to drain the sensor's maps and build the report, and the flows
-/// the report holds.
-pub fn drain_and_report(sensor: &Sensor) -> Result<(f64, usize)> {
+/// Draining a full flow table into a report, in seconds per step.
+pub struct DrainFigures {
+    /// Reading every map from the kernel.
+    pub read_s: f64,
+    /// Folding the reading into the ledger (per-flow deltas).
+    pub absorb_s: f64,
+    /// Building the report from the ledger.
+    pub report_s: f64,
+    /// Flows in the report.
+    pub flows: usize,
+}
+
+impl DrainFigures {
+    pub fn total_s(&self) -> f64 {
+        self.read_s + self.absorb_s + self.report_s
+    }
+}
+
+pub fn drain_and_report(sensor: &Sensor) -> Result<DrainFigures> {
+    let started = Instant::now();
+    let reading = drain::read(sensor)?;
+    let read_s = started.elapsed().as_secs_f64();
     let started = Instant::now();
     let mut ledger = Ledger::default();
-    ledger.absorb(drain::read(sensor)?, drain::monotonic_to_unix_ns());
+    ledger.absorb(reading, drain::monotonic_to_unix_ns());
+    let absorb_s = started.elapsed().as_secs_f64();
+    let started = Instant::now();
     let now = OffsetDateTime::now_utc();
     let report = Report::build(
         &ledger,
@@ -63,8 +84,13 @@ pub fn drain_and_report(sensor: &Sensor) -> Result<(f64, usize)> {
             feeds: Vec::new(),
         },
     );
-    let seconds = started.elapsed().as_secs_f64();
-    Ok((seconds, report.flows.len()))
+    let report_s = started.elapsed().as_secs_f64();
+    Ok(DrainFigures {
+        read_s,
+        absorb_s,
+        report_s,
+        flows: report.flows.len(),
+    })
 }
 
 pub struct DaemonFigures {
