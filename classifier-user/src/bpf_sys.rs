@@ -26,30 +26,32 @@ pub(crate) fn bpf(command: bpf_cmd, attr: &mut bpf_attr) -> io::Result<i32> {
     }
 }
 
-/// A map's entries: each key with its value on every possible CPU.
-pub type PerCpuEntries<K, V> = Vec<(K, Vec<V>)>;
-
 /// Entries read per BPF_MAP_LOOKUP_BATCH call.
 const BATCH: usize = 8192;
 
-/// Every entry of a per-CPU hash or array map (`K` → one `V` per possible CPU) with
-/// BPF_MAP_LOOKUP_BATCH: thousands of entries per call instead of two calls
-/// per entry. `Ok(None)` when the kernel has no batch operations for it.
-/// Entries created or deleted while reading may or may not be seen, as with
-/// any walk of a live map.
-pub fn lookup_batch_per_cpu<K: Pod, V: Pod>(
+/// Visits every entry of a per-CPU hash or array map (`K` → one `V` per
+/// possible CPU) with BPF_MAP_LOOKUP_BATCH: thousands of entries per call
+/// instead of two calls per entry, decoded in place. `Ok(false)` when the
+/// kernel has no batch operations for the map (nothing was visited), or
+/// `V`'s size is not a multiple of 8 (the kernel's per-CPU stride). Entries
+/// created or deleted while reading may or may not be seen, as with any walk
+/// of a live map.
+pub fn visit_per_cpu_batched<K: Pod, V: Pod>(
     map: BorrowedFd<'_>,
     cpus: usize,
-) -> io::Result<Option<PerCpuEntries<K, V>>> {
-    // Per-CPU values come 8-byte aligned, one per possible CPU.
-    let value_stride = size_of::<V>().next_multiple_of(8);
+    mut visit: impl FnMut(&K, &[V]),
+) -> io::Result<bool> {
+    if !size_of::<V>().is_multiple_of(8) || cpus == 0 {
+        return Ok(false);
+    }
     let mut capacity = BATCH;
-    let mut entries = Vec::new();
     let mut token = [0u8; 8];
     let mut first = true;
+    let mut keys: Vec<K> = Vec::new();
+    let mut values: Vec<V> = Vec::new();
     loop {
-        let mut keys = vec![0u8; capacity * size_of::<K>()];
-        let mut values = vec![0u8; capacity * cpus * value_stride];
+        keys.resize(capacity, K::zeroed());
+        values.resize(capacity * cpus, V::zeroed());
         let mut next_token = [0u8; 8];
         // SAFETY: bpf_attr is plain old data; all zeroes is valid.
         let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
@@ -80,24 +82,15 @@ pub fn lookup_batch_per_cpu<K: Pod, V: Pod>(
                         Some(libc::EINVAL | libc::EOPNOTSUPP | 524)
                     ) =>
             {
-                return Ok(None);
+                return Ok(false);
             }
             Err(error) => return Err(error),
         };
-        for index in 0..count {
-            let key: K = bytemuck::pod_read_unaligned(
-                &keys[index * size_of::<K>()..(index + 1) * size_of::<K>()],
-            );
-            let per_cpu = (0..cpus)
-                .map(|cpu| {
-                    let start = (index * cpus + cpu) * value_stride;
-                    bytemuck::pod_read_unaligned(&values[start..start + size_of::<V>()])
-                })
-                .collect();
-            entries.push((key, per_cpu));
+        for (key, per_cpu) in keys.iter().zip(values.chunks_exact(cpus)).take(count) {
+            visit(key, per_cpu);
         }
         if done {
-            return Ok(Some(entries));
+            return Ok(true);
         }
         token = next_token;
         first = false;

@@ -16,7 +16,7 @@ use classifier_common::{
 };
 
 use crate::{
-    bpf_sys::lookup_batch_per_cpu,
+    bpf_sys::visit_per_cpu_batched,
     loader::{Sensor, error_chain},
 };
 
@@ -140,22 +140,24 @@ pub fn read(sensor: &Sensor) -> Result<KernelReading, DrainError> {
 
     let flow_map: PerCpuHashMap<_, FlowKey, FlowValue> =
         PerCpuHashMap::try_from(map(sensor, MAP_FLOWS)?).map_err(drain_error(MAP_FLOWS))?;
-    let cpus = aya::util::nr_cpus().map_err(|(path, error)| DrainError {
+    let cpus = possible_cpus(MAP_FLOWS)?;
+    let mut flows = Vec::new();
+    let batched = visit_per_cpu_batched::<FlowKey, FlowValue>(
+        flow_map.map().fd().as_fd(),
+        cpus,
+        |key, values| {
+            if let Some(sample) = sum_flow(values.iter()) {
+                flows.push((*key, sample));
+            }
+        },
+    )
+    .map_err(|error| DrainError {
         map: MAP_FLOWS,
-        problem: format!("{path}: {error}"),
+        problem: format!("batch lookup: {error}"),
     })?;
-    let batched = lookup_batch_per_cpu::<FlowKey, FlowValue>(flow_map.map().fd().as_fd(), cpus)
-        .map_err(|error| DrainError {
-            map: MAP_FLOWS,
-            problem: format!("batch lookup: {error}"),
-        })?;
-    let flows = match batched {
-        Some(entries) => entries
-            .iter()
-            .filter_map(|(key, values)| Some((*key, sum_flow(values.iter())?)))
-            .collect(),
-        None => read_flow_table_by_key(&flow_map)?,
-    };
+    if !batched {
+        flows = read_flow_table_by_key(&flow_map)?;
+    }
     let (cached_flows, cache_slots_used) = read_flow_cache(sensor)?;
     Ok(KernelReading {
         totals,
@@ -163,6 +165,13 @@ pub fn read(sensor: &Sensor) -> Result<KernelReading, DrainError> {
         flows,
         cached_flows,
         cache_slots_used,
+    })
+}
+
+fn possible_cpus(map: &'static str) -> Result<usize, DrainError> {
+    aya::util::nr_cpus().map_err(|(path, error)| DrainError {
+        map,
+        problem: format!("{path}: {error}"),
     })
 }
 
@@ -196,9 +205,8 @@ fn read_flow_cache(sensor: &Sensor) -> Result<(Vec<(FlowKey, FlowSample)>, usize
     let mask = cache.len() - 1;
     let mut by_key: HashMap<FlowKey, Vec<FlowValue>> = HashMap::new();
     let mut used = 0;
-    for index in 0..cache.len() {
-        let slots = cache.get(&index, 0).map_err(drain_error(MAP_FLOW_CACHE))?;
-        for slot in slots.iter() {
+    let mut take = |index: u32, slots: &[FlowSlot]| {
+        for slot in slots {
             let trusted = slot.check != 0
                 && slot.check == flow_check(&slot.key)
                 && flow_slot(slot.check, mask) == index
@@ -207,6 +215,21 @@ fn read_flow_cache(sensor: &Sensor) -> Result<(Vec<(FlowKey, FlowSample)>, usize
                 used += 1;
                 by_key.entry(slot.key).or_default().push(slot.value);
             }
+        }
+    };
+    let cpus = possible_cpus(MAP_FLOW_CACHE)?;
+    let batched =
+        visit_per_cpu_batched::<u32, FlowSlot>(cache.map().fd().as_fd(), cpus, |index, slots| {
+            take(*index, slots)
+        })
+        .map_err(|error| DrainError {
+            map: MAP_FLOW_CACHE,
+            problem: format!("batch lookup: {error}"),
+        })?;
+    if !batched {
+        for index in 0..cache.len() {
+            let slots = cache.get(&index, 0).map_err(drain_error(MAP_FLOW_CACHE))?;
+            take(index, &slots);
         }
     }
     let flows = by_key
@@ -221,14 +244,34 @@ fn read_flow_cache(sensor: &Sensor) -> Result<(Vec<(FlowKey, FlowSample)>, usize
 pub struct FlowRecord {
     pub packets: u64,
     pub bytes: u64,
-    pub first_seen_unix_ns: i128,
-    pub last_seen_unix_ns: i128,
+    pub first_seen_unix_ns: i64,
+    pub last_seen_unix_ns: i64,
     pub service: u16,
     pub tcp_flags: u8,
     /// The LRU table's and the flow cache's values at the last drain, to
     /// take deltas against.
-    table: FlowSample,
-    cache: FlowSample,
+    table: Baseline,
+    cache: Baseline,
+}
+
+/// What a delta is taken against: a source's counts at the last drain, and
+/// the first-seen time that tells a recreated table entry from the old one.
+/// (The ledger holds one record per flow ever seen, so records stay small.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Baseline {
+    packets: u64,
+    bytes: u64,
+    first_seen_ns: u64,
+}
+
+impl From<&FlowSample> for Baseline {
+    fn from(sample: &FlowSample) -> Self {
+        Self {
+            packets: sample.packets,
+            bytes: sample.bytes,
+            first_seen_ns: sample.first_seen_ns,
+        }
+    }
 }
 
 /// Where a flow sample came from.
@@ -264,13 +307,10 @@ impl Default for Ledger {
     }
 }
 
-const EMPTY_SAMPLE: FlowSample = FlowSample {
+const EMPTY_BASELINE: Baseline = Baseline {
     packets: 0,
     bytes: 0,
     first_seen_ns: 0,
-    last_seen_ns: 0,
-    service: 0,
-    tcp_flags: 0,
 };
 
 impl Ledger {
@@ -279,14 +319,17 @@ impl Ledger {
         self.totals = reading.totals;
         self.services = reading.services;
         self.live_flows = reading.flows.len() + reading.cache_slots_used;
+        let live = reading.flows.len() + reading.cached_flows.len();
         self.drains += 1;
         let table = reading.flows.into_iter().map(|flow| (Source::Table, flow));
         let cache = reading
             .cached_flows
             .into_iter()
             .map(|flow| (Source::Cache, flow));
+        self.flows.reserve(live.saturating_sub(self.flows.len()));
         for (source, (key, sample)) in table.chain(cache) {
-            let to_unix = |ns: u64| i128::from(ns) + monotonic_to_unix_ns;
+            let to_unix =
+                |ns: u64| i64::try_from(i128::from(ns) + monotonic_to_unix_ns).unwrap_or(i64::MAX);
             let record = self.flows.entry(key).or_insert(FlowRecord {
                 packets: 0,
                 bytes: 0,
@@ -294,8 +337,8 @@ impl Ledger {
                 last_seen_unix_ns: to_unix(sample.last_seen_ns),
                 service: sample.service,
                 tcp_flags: 0,
-                table: EMPTY_SAMPLE,
-                cache: EMPTY_SAMPLE,
+                table: EMPTY_BASELINE,
+                cache: EMPTY_BASELINE,
             });
             let last = match source {
                 Source::Table => &mut record.table,
@@ -326,12 +369,12 @@ impl Ledger {
 /// source. A table entry whose packets went down or whose first-seen time
 /// changed was evicted and created again: all of it is new. Cache sums only
 /// grow; one that looks lower missed a slot being claimed and gains nothing.
-fn gained(source: Source, last: &FlowSample, sample: &FlowSample) -> (u64, u64, FlowSample) {
+fn gained(source: Source, last: &Baseline, sample: &FlowSample) -> (u64, u64, Baseline) {
     let recreated = source == Source::Table
         && last.packets != 0
         && (sample.packets < last.packets || sample.first_seen_ns != last.first_seen_ns);
     if recreated {
-        (sample.packets, sample.bytes, *sample)
+        (sample.packets, sample.bytes, sample.into())
     } else if sample.packets < last.packets {
         // Keep the higher baseline, so nothing is counted twice.
         (0, 0, *last)
@@ -339,7 +382,7 @@ fn gained(source: Source, last: &FlowSample, sample: &FlowSample) -> (u64, u64, 
         (
             sample.packets - last.packets,
             sample.bytes.saturating_sub(last.bytes),
-            *sample,
+            sample.into(),
         )
     }
 }

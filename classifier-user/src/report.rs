@@ -2,7 +2,7 @@
 //! drained ledger, and its renderings as a table and as JSON.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, HashMap, HashSet},
     fmt::Write as _,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
@@ -78,8 +78,8 @@ pub struct ServiceRow {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowRow {
-    pub watched: String,
-    pub endpoint: String,
+    pub watched: IpAddr,
+    pub endpoint: IpAddr,
     pub protocol: u8,
     pub port: u16,
     pub service: String,
@@ -152,7 +152,8 @@ impl Report {
                 .to_string()
         };
         let mut flows: Vec<(&FlowKey, _)> = ledger.flows.iter().collect();
-        flows.sort_by(|(a, ra), (b, rb)| {
+        // Keys are unique, so an unstable sort gives the same order.
+        flows.sort_unstable_by(|(a, ra), (b, rb)| {
             ra.first_seen_unix_ns
                 .cmp(&rb.first_seen_unix_ns)
                 .then_with(|| a.watched.cmp(&b.watched))
@@ -162,7 +163,8 @@ impl Report {
         });
 
         let mut flow_counts: BTreeMap<u16, u64> = BTreeMap::new();
-        let mut sources: BTreeMap<u16, BTreeSet<[u8; 16]>> = BTreeMap::new();
+        // Only the number of unique sources per service is reported.
+        let mut sources: HashMap<u16, HashSet<[u8; 16]>> = HashMap::new();
         for (key, record) in &flows {
             *flow_counts.entry(record.service).or_default() += 1;
             sources
@@ -207,16 +209,16 @@ impl Report {
         let flow_rows = flows
             .into_iter()
             .map(|(key, record)| FlowRow {
-                watched: key_address(key.family, key.watched).to_string(),
-                endpoint: key_address(key.family, key.endpoint).to_string(),
+                watched: key_address(key.family, key.watched),
+                endpoint: key_address(key.family, key.endpoint),
                 protocol: key.protocol,
                 port: key.port,
                 service: service_name(record.service),
                 direction: direction_name(key.direction).to_string(),
                 packets: record.packets,
                 bytes: record.bytes,
-                first_seen: unix_ns_to_rfc3339(record.first_seen_unix_ns),
-                last_seen: unix_ns_to_rfc3339(record.last_seen_unix_ns),
+                first_seen: unix_ns_to_rfc3339(record.first_seen_unix_ns.into()),
+                last_seen: unix_ns_to_rfc3339(record.last_seen_unix_ns.into()),
                 tcp_flags: record.tcp_flags,
             })
             .collect();

@@ -105,14 +105,22 @@ fn log_feeds(config: &RunConfig) {
 
 pub fn run(args: &RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     let config = RunConfig::from_args(args)?;
-    let report = run_config(&config)?;
-    print!("{}", report.render(config.format));
+    let format = config.format;
+    let report = run_config(config)?;
+    print!("{}", report.render(format));
     Ok(())
 }
 
+/// Returns freed heap memory to the system (glibc keeps it otherwise), so
+/// the daemon's resident size reflects what it holds.
+fn release_free_memory() {
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe { libc::malloc_trim(0) };
+}
+
 /// Loads, attaches, counts until a signal, and returns the final report.
-pub fn run_config(config: &RunConfig) -> Result<Report, RunError> {
-    log_feeds(config);
+pub fn run_config(mut config: RunConfig) -> Result<Report, RunError> {
+    log_feeds(&config);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -123,6 +131,10 @@ pub fn run_config(config: &RunConfig) -> Result<Report, RunError> {
         let mut interrupt = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
 
         let mut sensor = Sensor::load(&config.watched, &config.endpoints, config.capacities)?;
+        // The kernel holds the feed now; only its origins go in the report.
+        // Give the memory back (a feed of a million prefixes is ~100 MB).
+        config.endpoints.endpoints = Vec::new();
+        release_free_memory();
         let start = OffsetDateTime::now_utc();
         for iface in &config.ifaces {
             let mode = sensor.attach(iface, config.mode)?;
@@ -137,7 +149,10 @@ pub fn run_config(config: &RunConfig) -> Result<Report, RunError> {
             tokio::select! {
                 _ = ticker.tick() => {
                     match drain::read(&sensor) {
-                        Ok(reading) => ledger.absorb(reading, drain::monotonic_to_unix_ns()),
+                        Ok(reading) => {
+                            ledger.absorb(reading, drain::monotonic_to_unix_ns());
+                            release_free_memory();
+                        }
                         Err(error) => log::error!("drain failed (will retry): {error}"),
                     }
                 }
