@@ -348,12 +348,18 @@ pub const fn hint_index_v4_loaded(addr: u32) -> usize {
     (addr & 0xffff) as usize
 }
 
-/// Hint bit of an IPv6 address: its first two 16-bit groups folded together.
+/// Hint bit of an IPv6 address: its first two 16-bit groups folded together,
+/// each taken in the frame's byte order (see [`hint_index_v6_loaded`]).
 #[inline(always)]
 pub const fn hint_index_v6(addr: &[u8; 16]) -> usize {
-    let hi = ((addr[0] as usize) << 8) | addr[1] as usize;
-    let lo = ((addr[2] as usize) << 8) | addr[3] as usize;
-    hi ^ lo
+    hint_index_v6_loaded(u32::from_le_bytes([addr[0], addr[1], addr[2], addr[3]]))
+}
+
+/// [`hint_index_v6`] of an address whose first four bytes were loaded from
+/// packet memory as a native (little-endian) `u32`.
+#[inline(always)]
+pub const fn hint_index_v6_loaded(first_word: u32) -> usize {
+    ((first_word & 0xffff) ^ (first_word >> 16)) as usize
 }
 
 #[cfg(feature = "user")]

@@ -11,7 +11,7 @@ use aya_ebpf::maps::lpm_trie::Key;
 use classifier_common::{
     DIR_INBOUND, DIR_OUTBOUND, HINT_V4, HINT_V6, V4_ENTRY_INDEX_MASK, V4_ENTRY_KIND_SHIFT,
     V4_ENTRY_LEAF, V4_ENTRY_NODE, V4_VALUE_SERVICE_MASK, V4_VALUE_WATCHED, WatchedHint,
-    hint_index_v4_loaded, hint_index_v6, rank_upto,
+    hint_index_v4_loaded, hint_index_v6, hint_index_v6_loaded, rank_upto,
 };
 
 use crate::{ENDPOINTS_V6, V4_LEAVES, V4_NODES, V4_RUNS, WATCHED_HINT, WATCHED_V6, parse::Packet};
@@ -80,6 +80,19 @@ pub fn either_hinted_v4(src: u32, dst: u32) -> bool {
     match WATCHED_HINT.get(HINT_V4) {
         Some(hint) => {
             hint_bit(hint, hint_index_v4_loaded(src)) || hint_bit(hint, hint_index_v4_loaded(dst))
+        }
+        None => true,
+    }
+}
+
+/// Whether either IPv6 address (its first four bytes as loaded from the
+/// frame) has its hint bit set.
+#[inline(always)]
+pub fn either_hinted_v6(src_first_word: u32, dst_first_word: u32) -> bool {
+    match WATCHED_HINT.get(HINT_V6) {
+        Some(hint) => {
+            hint_bit(hint, hint_index_v6_loaded(src_first_word))
+                || hint_bit(hint, hint_index_v6_loaded(dst_first_word))
         }
         None => true,
     }

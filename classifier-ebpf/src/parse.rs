@@ -193,6 +193,48 @@ pub fn plain_ipv4(ctx: &XdpContext) -> Option<PlainIpv4> {
     })
 }
 
+/// The first four bytes of each address of an untagged IPv6 packet without
+/// extension headers (what the hint needs), when [`parse`] would accept
+/// the frame as well-formed; like [`plain_ipv4`], anything else is `None`.
+pub struct PlainIpv6 {
+    pub src_first_word: u32,
+    pub dst_first_word: u32,
+}
+
+#[inline(always)]
+pub fn plain_ipv6(ctx: &XdpContext) -> Option<PlainIpv6> {
+    const ETH_LEN: usize = 14;
+    const IP_LEN: usize = 40;
+    let data = ctx.data();
+    let data_end = ctx.data_end();
+    if data + ETH_LEN + IP_LEN > data_end
+        || load::<u16>(data + 12) != ETH_P_IPV6.to_be()
+        || load::<u8>(data + ETH_LEN) >> 4 != 6
+    {
+        return None;
+    }
+    let ip = data + ETH_LEN;
+    let payload_len = load_be16(ip + 4) as usize;
+    // What `parse_l4` takes; extension headers go to the full parser.
+    let l4_len = match load::<u8>(ip + 6) {
+        PROTO_TCP => 20,
+        PROTO_UDP => 8,
+        PROTO_ICMPV6 => 4,
+        PROTO_HOPOPTS | PROTO_ROUTING | PROTO_FRAGMENT | PROTO_AH | PROTO_DSTOPTS => {
+            return None;
+        }
+        _ => 0,
+    };
+    // A zero payload length (a jumbogram) also goes to the full parser.
+    if payload_len == 0 || payload_len < l4_len || ip + IP_LEN + payload_len > data_end {
+        return None;
+    }
+    Some(PlainIpv6 {
+        src_first_word: load::<u32>(ip + 8),
+        dst_first_word: load::<u32>(ip + 24),
+    })
+}
+
 #[inline(always)]
 fn parse_ipv4(cursor: &mut Cursor) -> Result<Packet<u32>, Malformed> {
     let bad = malformed(FAMILY_V4, MALFORMED_IPV4_BAD_HEADER);

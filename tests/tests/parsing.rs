@@ -490,7 +490,11 @@ fn cases() -> Vec<Case> {
 }
 
 fn load_sensor() -> Sensor {
-    let watched: Vec<String> = TEST_WATCHED.iter().map(ToString::to_string).collect();
+    load_sensor_watching(&TEST_WATCHED)
+}
+
+fn load_sensor_watching(prefixes: &[&str]) -> Sensor {
+    let watched: Vec<String> = prefixes.iter().map(ToString::to_string).collect();
     let watched = WatchedSet::from_arguments(&watched, &[]).expect("valid watched set");
     let feed =
         EndpointFeed::from_sources(&[("test-feed".into(), TEST_FEED.into())]).expect("valid feed");
@@ -500,21 +504,25 @@ fn load_sensor() -> Sensor {
 /// Every difference between what the kernel counted for `case` and what it
 /// should have, as text.
 fn check(case: &Case) -> Vec<String> {
+    check_with(&load_sensor(), case.expect, case)
+}
+
+/// [`check`] against `sensor`, expecting `expect`.
+fn check_with(sensor: &Sensor, expect: Expect, case: &Case) -> Vec<String> {
     let mut problems = Vec::new();
-    let sensor = load_sensor();
-    match run_frame(&sensor, &case.frame) {
+    match run_frame(sensor, &case.frame) {
         Ok(XDP_PASS) => {}
         Ok(verdict) => problems.push(format!("verdict {verdict}, want XDP_PASS")),
         Err(error) => return vec![error.to_string()],
     }
-    let reading = drain::read(&sensor).expect("maps drain");
+    let reading = drain::read(sensor).expect("maps drain");
     let t = reading.totals;
     let mut want = |what: &str, got: u64, wanted: u64| {
         if got != wanted {
             problems.push(format!("{what} = {got}, want {wanted}"));
         }
     };
-    let (family, malformed, watched, matched) = match case.expect {
+    let (family, malformed, watched, matched) = match expect {
         Expect::Unwatched(family) => (family, None, 0, None),
         Expect::WatchedOnly(family) => (family, None, 1, None),
         Expect::Matched(family, m) => (family, None, 1, Some(m)),
@@ -560,7 +568,7 @@ fn check(case: &Case) -> Vec<String> {
 
     let flows: Vec<String> = reading
         .all_flows()
-        .map(|(key, sample)| describe(key, sample.packets, sample.bytes, &sensor, sample.service))
+        .map(|(key, sample)| describe(key, sample.packets, sample.bytes, sensor, sample.service))
         .collect();
     let expected_flows: Vec<String> = matched
         .map(|m| {
@@ -603,6 +611,36 @@ fn every_parse_path_and_malformed_case_counts_exactly() {
     let mut failures = Vec::new();
     for case in &cases {
         let problems = check(case);
+        if !problems.is_empty() {
+            failures.push(format!("{}:\n    {}", case.name, problems.join("\n    ")));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
+
+/// The same frames with nothing watched: every frame is then unwatched, so
+/// untagged IPv4 and IPv6 ones take the fast paths, which must count the
+/// family and every malformed reason exactly as the full parser does.
+#[test]
+fn the_fast_paths_count_every_case_as_the_full_parser_does() {
+    if !require_root() {
+        return;
+    }
+    let cases = cases();
+    let mut failures = Vec::new();
+    for case in &cases {
+        let sensor = load_sensor_watching(&["10.255.255.0/24", "fd00:ffff::/32"]);
+        let expect = match case.expect {
+            Expect::WatchedOnly(family) | Expect::Matched(family, _) => Expect::Unwatched(family),
+            other => other,
+        };
+        let problems = check_with(&sensor, expect, case);
         if !problems.is_empty() {
             failures.push(format!("{}:\n    {}", case.name, problems.join("\n    ")));
         }

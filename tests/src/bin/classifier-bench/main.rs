@@ -190,6 +190,15 @@ fn cases(size: usize) -> Vec<(&'static str, Vec<u8>)> {
         (
             "e IPv6 non-watched",
             sized(FrameSpec::udp(
+                "2a00:1450:4001::1",
+                "2a03:2880:f000::1",
+                40000,
+                443,
+            )),
+        ),
+        (
+            "e IPv6 non-watched, in the watched /32 (prefilter passes, trie says no)",
+            sized(FrameSpec::udp(
                 "2001:db8:ff::1",
                 "2001:db8:e0::77",
                 40000,
