@@ -13,7 +13,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use classifier_tests::{frames::FrameSpec, netns::VethLink, require_root};
+use classifier_tests::{Random, frames::FrameSpec, netns::VethLink, require_root};
 use classifier_user::{
     drain,
     feeds::{Endpoint, EndpointFeed, WatchedSet},
@@ -23,23 +23,6 @@ use classifier_user::{
 use ipnet::{IpNet, Ipv4Net};
 
 const SERVICES: u64 = 6;
-
-/// Deterministic pseudo-random numbers (splitmix64).
-struct Random(u64);
-
-impl Random {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, bound: u64) -> u64 {
-        self.next() % bound
-    }
-}
 
 /// A reference longest-prefix match: one hash probe per prefix length,
 /// longest first. Independent of the kernel's structures on purpose.
@@ -127,7 +110,7 @@ fn nested_feed(
         }
     };
     let random_address = |random: &mut Random| -> u128 {
-        let wide = (u128::from(random.next()) << 64) | u128::from(random.next());
+        let wide = (u128::from(random.next_u64()) << 64) | u128::from(random.next_u64());
         if width == 32 { wide >> 96 } else { wide }
     };
     let mut reference = ReferenceLpm::new(width);

@@ -602,11 +602,8 @@ fn describe(key: &FlowKey, packets: u64, bytes: u64, sensor: &Sensor, service: u
     )
 }
 
-#[test]
-fn every_parse_path_and_malformed_case_counts_exactly() {
-    if !require_root() {
-        return;
-    }
+/// Runs `check` on every case; fails listing every case with problems.
+fn assert_every_case(check: impl Fn(&Case) -> Vec<String>) {
     let cases = cases();
     let mut failures = Vec::new();
     for case in &cases {
@@ -624,6 +621,14 @@ fn every_parse_path_and_malformed_case_counts_exactly() {
     );
 }
 
+#[test]
+fn every_parse_path_and_malformed_case_counts_exactly() {
+    if !require_root() {
+        return;
+    }
+    assert_every_case(check);
+}
+
 /// The same frames with nothing watched: every frame is then unwatched, so
 /// untagged IPv4 and IPv6 ones take the fast paths, which must count the
 /// family and every malformed reason exactly as the full parser does.
@@ -632,26 +637,14 @@ fn the_fast_paths_count_every_case_as_the_full_parser_does() {
     if !require_root() {
         return;
     }
-    let cases = cases();
-    let mut failures = Vec::new();
-    for case in &cases {
+    assert_every_case(|case| {
         let sensor = load_sensor_watching(&["10.255.255.0/24", "fd00:ffff::/32"]);
         let expect = match case.expect {
             Expect::WatchedOnly(family) | Expect::Matched(family, _) => Expect::Unwatched(family),
             other => other,
         };
-        let problems = check_with(&sensor, expect, case);
-        if !problems.is_empty() {
-            failures.push(format!("{}:\n    {}", case.name, problems.join("\n    ")));
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} of {} cases failed:\n{}",
-        failures.len(),
-        cases.len(),
-        failures.join("\n")
-    );
+        check_with(&sensor, expect, case)
+    });
 }
 
 #[test]

@@ -20,6 +20,7 @@ mod stream;
 
 use anyhow::{Context, Result, ensure};
 use classifier_tests::{
+    Random,
     frames::{FrameSpec, TPID_8021AD, TPID_8021Q, patched},
     netns::VethLink,
 };
@@ -72,24 +73,6 @@ fn options() -> Result<Options> {
     })
 }
 
-/// Deterministic pseudo-random numbers (splitmix64), so every run measures
-/// the same feeds.
-struct Random(u64);
-
-impl Random {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, bound: u64) -> u64 {
-        self.next() % bound
-    }
-}
-
 /// `v4` random IPv4 prefixes of lengths /8–/32 and `v6` random IPv6 /32–/128
 /// prefixes, 26 services, none inside the watched ranges; plus one known
 /// /32 (`203.0.113.77`) and /128 the match frames go to.
@@ -113,8 +96,8 @@ fn random_feed(v4: usize, v6: usize, seed: u64) -> EndpointFeed {
     for _ in 0..v6 {
         let length = 32 + u8::try_from(random.below(97)).expect("small");
         let address = (0x2a00_u128 << 112)
-            | (u128::from(random.next()) << 48)
-            | u128::from(random.next() >> 16);
+            | (u128::from(random.next_u64()) << 48)
+            | u128::from(random.next_u64() >> 16);
         let net = Ipv6Net::new(Ipv6Addr::from(address), length)
             .expect("valid length")
             .trunc();
