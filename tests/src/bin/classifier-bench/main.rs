@@ -4,32 +4,32 @@
 //! median of several rounds. Writes BENCHMARKS.md and, with --json, the
 //! figures machine-readably.
 
-use std::{
-    collections::BTreeMap,
-    fmt::Write as _,
-    net::{Ipv4Addr, Ipv6Addr},
-    os::fd::{AsFd, BorrowedFd},
-    path::PathBuf,
-    time::Instant,
-};
+//! Modules: `workload` (feeds and frames), `stream` (stream mode), `live`
+//! (veth frames per second), `host` (drain, daemon memory), `peers`
+//! (xdp-filter, ndpiReader).
 
 mod host;
 mod live;
 mod peers;
 mod stream;
+mod workload;
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    os::fd::{AsFd, BorrowedFd},
+    path::PathBuf,
+    time::Instant,
+};
 
 use anyhow::{Context, Result, ensure};
-use classifier_tests::{
-    Random,
-    frames::{FrameSpec, TPID_8021AD, TPID_8021Q, patched},
-    netns::VethLink,
-};
+use classifier_tests::netns::VethLink;
 use classifier_user::{
-    feeds::{Endpoint, EndpointFeed, WatchedSet},
+    feeds::EndpointFeed,
     loader::{AttachMode, Capacities, Sensor, Verdict, interface_index},
     testrun::{attach_xdp_link, load_constant_xdp, program_fd, run_repeated},
 };
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use workload::{cases, random_feed, stream_cases, watched};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -71,132 +71,6 @@ fn options() -> Result<Options> {
         command: value("--command").unwrap_or_else(|| "cargo xtask bench".into()),
         only: value("--only"),
     })
-}
-
-/// `v4` random IPv4 prefixes of lengths /8–/32 and `v6` random IPv6 /32–/128
-/// prefixes, 26 services, none inside the watched ranges; plus one known
-/// /32 (`203.0.113.77`) and /128 the match frames go to.
-fn random_feed(v4: usize, v6: usize, seed: u64) -> EndpointFeed {
-    let mut random = Random(seed);
-    let mut endpoints = Vec::with_capacity(v4 + v6 + 2);
-    let service = |random: &mut Random| format!("svc{:02}", random.below(26));
-    while endpoints.len() < v4 {
-        let length = 8 + u8::try_from(random.below(25)).expect("small");
-        let address = Ipv4Addr::from(u32::try_from(random.below(1 << 32)).expect("32 bits"));
-        let first = address.octets()[0];
-        if first == 175 || first == 203 || first >= 224 {
-            continue;
-        }
-        let net = Ipv4Net::new(address, length).expect("valid length").trunc();
-        endpoints.push(Endpoint {
-            net: IpNet::V4(net),
-            service: service(&mut random),
-        });
-    }
-    for _ in 0..v6 {
-        let length = 32 + u8::try_from(random.below(97)).expect("small");
-        let address = (0x2a00_u128 << 112)
-            | (u128::from(random.next_u64()) << 48)
-            | u128::from(random.next_u64() >> 16);
-        let net = Ipv6Net::new(Ipv6Addr::from(address), length)
-            .expect("valid length")
-            .trunc();
-        endpoints.push(Endpoint {
-            net: IpNet::V6(net),
-            service: service(&mut random),
-        });
-    }
-    endpoints.push(Endpoint {
-        net: "203.0.113.77/32".parse().expect("valid"),
-        service: "target".into(),
-    });
-    endpoints.push(Endpoint {
-        net: "2001:db8:e0::77/128".parse().expect("valid"),
-        service: "target".into(),
-    });
-    EndpointFeed::from_endpoints(endpoints)
-}
-
-fn watched(count: usize) -> WatchedSet {
-    let mut prefixes = vec![
-        "175.45.176.0/22".to_string(),
-        "2001:db8:aa::/48".to_string(),
-    ];
-    prefixes.extend((1..count).map(|i| format!("100.{}.{}.0/24", 64 + i / 256, i % 256)));
-    WatchedSet::from_arguments(&prefixes, &[]).expect("valid watched set")
-}
-
-/// The frames of each case, at a given size.
-fn cases(size: usize) -> Vec<(&'static str, Vec<u8>)> {
-    let sized = |spec: FrameSpec| {
-        let base = spec.clone().payload(0).build().len();
-        spec.payload(size.saturating_sub(base)).build()
-    };
-    let watched4 = "175.45.177.10";
-    let endpoint4 = "203.0.113.77";
-    vec![
-        (
-            "a non-watched",
-            sized(FrameSpec::udp("192.0.2.1", "198.18.0.1", 40000, 443)),
-        ),
-        (
-            "b watched -> non-endpoint",
-            sized(FrameSpec::udp(watched4, "198.18.0.1", 40000, 443)),
-        ),
-        (
-            "c watched -> endpoint",
-            sized(FrameSpec::udp(watched4, endpoint4, 40000, 443)),
-        ),
-        (
-            "d endpoint -> watched",
-            sized(FrameSpec::udp(endpoint4, watched4, 443, 40000)),
-        ),
-        (
-            "e VLAN watched -> endpoint",
-            sized(FrameSpec::udp(watched4, endpoint4, 40000, 443).vlans(&[TPID_8021Q])),
-        ),
-        (
-            "e QinQ watched -> endpoint",
-            sized(
-                FrameSpec::udp(watched4, endpoint4, 40000, 443).vlans(&[TPID_8021AD, TPID_8021Q]),
-            ),
-        ),
-        (
-            "e IPv6 watched -> endpoint",
-            sized(FrameSpec::udp(
-                "2001:db8:aa::10",
-                "2001:db8:e0::77",
-                40000,
-                443,
-            )),
-        ),
-        (
-            "e IPv6 non-watched",
-            sized(FrameSpec::udp(
-                "2a00:1450:4001::1",
-                "2a03:2880:f000::1",
-                40000,
-                443,
-            )),
-        ),
-        (
-            "e IPv6 non-watched, in the watched /32 (prefilter passes, trie says no)",
-            sized(FrameSpec::udp(
-                "2001:db8:ff::1",
-                "2001:db8:e0::77",
-                40000,
-                443,
-            )),
-        ),
-        (
-            "f malformed (IPv4 version 5)",
-            patched(
-                sized(FrameSpec::udp(watched4, endpoint4, 1, 2)),
-                14,
-                &[0x55],
-            ),
-        ),
-    ]
 }
 
 /// xdp-filter's program against ours on the same non-matching frame, and
@@ -299,81 +173,6 @@ fn userspace(
         daemon.load_s, daemon.peak_mb, daemon.rest_mb, daemon.full_mb
     ));
     Ok(())
-}
-
-/// Frames for stream mode, one stream per round, each frame 64 bytes:
-/// non-watched random addresses; a watched source to random addresses of
-/// the feed's IPv4 prefixes (cold table, a new flow almost every frame);
-/// and a watched source to one known endpoint, a new flow every frame.
-fn stream_cases(options: &Options, feed: &EndpointFeed) -> Vec<(&'static str, Vec<Vec<Vec<u8>>>)> {
-    let per_round = if options.quick { 2_000 } else { 100_000 };
-    let rounds = if options.quick { 1 } else { 5 };
-    let v4: Vec<Ipv4Net> = feed
-        .endpoints
-        .iter()
-        .filter_map(|endpoint| match endpoint.net {
-            IpNet::V4(net) => Some(net),
-            IpNet::V6(_) => None,
-        })
-        .collect();
-    let sized = |spec: FrameSpec| {
-        let base = spec.clone().payload(0).build().len();
-        spec.payload(64usize.saturating_sub(base)).build()
-    };
-    let mut random = Random(7);
-    let mut next_flow = 0u32;
-    let mut streams = vec![
-        ("a non-watched (cold: random addresses)", Vec::new()),
-        (
-            "c watched -> endpoint (cold: random feed addresses)",
-            Vec::new(),
-        ),
-        ("c new flow (one known endpoint)", Vec::new()),
-    ];
-    for _ in 0..rounds {
-        let mut cold_a = Vec::with_capacity(per_round);
-        let mut cold_c = Vec::with_capacity(per_round);
-        let mut new_flows = Vec::with_capacity(per_round);
-        for _ in 0..per_round {
-            let mut address =
-                || Ipv4Addr::from(u32::try_from(random.below(1 << 32)).expect("32 bits"));
-            let (src, dst) = (address(), address());
-            if src.octets()[0] != 175 && dst.octets()[0] != 175 {
-                cold_a.push(sized(FrameSpec::udp(
-                    &src.to_string(),
-                    &dst.to_string(),
-                    40000,
-                    443,
-                )));
-            }
-            let net = v4[random.below(v4.len() as u64) as usize];
-            let host =
-                u32::try_from(random.below(1u64 << (32 - net.prefix_len()))).expect("32 bits");
-            let endpoint = Ipv4Addr::from(u32::from(net.network()) | host);
-            let watched =
-                Ipv4Addr::from(0xaf2d_b000 | u32::try_from(random.below(1024)).expect("small"));
-            cold_c.push(sized(FrameSpec::udp(
-                &watched.to_string(),
-                &endpoint.to_string(),
-                40000,
-                443,
-            )));
-            // The flow key is the watched address, the endpoint and its port.
-            let watched = Ipv4Addr::from(0xaf2d_b000 | (next_flow >> 16));
-            let port = (next_flow & 0xffff) as u16;
-            next_flow += 1;
-            new_flows.push(sized(FrameSpec::udp(
-                &watched.to_string(),
-                "203.0.113.77",
-                40000,
-                port,
-            )));
-        }
-        streams[0].1.push(cold_a);
-        streams[1].1.push(cold_c);
-        streams[2].1.push(new_flows);
-    }
-    streams
 }
 
 /// Attaches `program` to the peer side of `link` (from a thread in the peer
