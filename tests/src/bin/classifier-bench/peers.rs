@@ -46,17 +46,35 @@ pub fn require_tool(program: &str, package: &str) -> Result<()> {
     Ok(())
 }
 
-/// xdp-filter keeps its maps pinned in the BPF filesystem; mounts it at
-/// /sys/fs/bpf where no system manager has (the usual place).
-pub fn require_bpffs() -> Result<()> {
-    let mounts = std::fs::read_to_string("/proc/mounts")?;
-    if mounts
-        .lines()
-        .any(|line| line.split_whitespace().nth(1) == Some("/sys/fs/bpf"))
-    {
-        return Ok(());
+/// The BPF filesystem at /sys/fs/bpf, where xdp-filter pins its maps:
+/// mounted for the bench if nothing had mounted it, and unmounted on drop.
+pub struct BpfFs {
+    mounted_here: bool,
+}
+
+impl BpfFs {
+    pub fn require() -> Result<Self> {
+        let mounts = std::fs::read_to_string("/proc/mounts")?;
+        let mounted = mounts
+            .lines()
+            .any(|line| line.split_whitespace().nth(1) == Some("/sys/fs/bpf"));
+        if !mounted {
+            run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
+        }
+        Ok(Self {
+            mounted_here: !mounted,
+        })
     }
-    run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
+}
+
+impl Drop for BpfFs {
+    fn drop(&mut self) {
+        if self.mounted_here
+            && let Err(error) = run(Command::new("umount").arg("/sys/fs/bpf"))
+        {
+            eprintln!("bench: cannot unmount /sys/fs/bpf: {error}");
+        }
+    }
 }
 
 /// xdp-filter loaded on `iface` (of the calling thread's network
@@ -64,12 +82,14 @@ pub fn require_bpffs() -> Result<()> {
 /// and one port rule so its lookups run; unloaded on drop.
 pub struct XdpFilter {
     iface: String,
+    /// Dropped after the unload (fields drop after `Drop::drop`).
+    _bpffs: BpfFs,
 }
 
 impl XdpFilter {
     pub fn load(iface: &str) -> Result<Self> {
         require_tool("xdp-filter", "xdp-tools")?;
-        require_bpffs()?;
+        let bpffs = BpfFs::require()?;
         // Without libxdp's dispatcher the program is a plain XDP program (a
         // dispatcher's component is an extension, which cannot be test-run).
         run(Command::new("xdp-filter")
@@ -77,6 +97,7 @@ impl XdpFilter {
             .env("LIBXDP_SKIP_DISPATCHER", "1"))?;
         let filter = Self {
             iface: iface.to_string(),
+            _bpffs: bpffs,
         };
         run(Command::new("xdp-filter").args(["ip", "192.0.2.200"]))?;
         run(Command::new("xdp-filter").args(["port", "9"]))?;
