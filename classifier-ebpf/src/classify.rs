@@ -9,12 +9,15 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use classifier_common::{
-    DIR_INBOUND, DIR_OUTBOUND, HINT_V4, HINT_V6, V4_ENTRY_INDEX_MASK, V4_ENTRY_KIND_SHIFT,
-    V4_ENTRY_LEAF, V4_ENTRY_NODE, V4_VALUE_SERVICE_MASK, V4_VALUE_WATCHED, WatchedHint,
-    hint_index_v4_loaded, hint_index_v6, hint_index_v6_loaded, rank_upto,
+    DIR_INBOUND, DIR_OUTBOUND, FAMILY_V4, HINT_V4, HINT_V6, V4_ENTRY_INDEX_MASK,
+    V4_ENTRY_KIND_SHIFT, V4_ENTRY_LEAF, V4_ENTRY_NODE, V4_VALUE_SERVICE_MASK, V4_VALUE_WATCHED,
+    WatchedHint, hint_index_v4_loaded, hint_index_v6, rank_upto,
 };
 
-use crate::{ENDPOINTS_V6, V4_LEAVES, V4_NODES, V4_RUNS, WATCHED_HINT, WATCHED_V6, parse::Packet};
+use crate::{
+    ENDPOINTS_V6, V4_LEAVES, V4_NODES, V4_RUNS, WATCHED_HINT, WATCHED_V6,
+    parse::{Packet, Plain},
+};
 
 /// A packet with a watched address, seen from that address's side.
 pub struct Watched<A> {
@@ -73,27 +76,17 @@ fn v4_value(addr: u32) -> u16 {
     }
 }
 
-/// Whether either address, as loaded from the frame, has its hint bit set:
-/// the fast path's only question.
+/// Whether either address of a fast-path frame has its hint bit set: the
+/// fast path's only question.
 #[inline(always)]
-pub fn either_hinted_v4(src: u32, dst: u32) -> bool {
-    match WATCHED_HINT.get(HINT_V4) {
-        Some(hint) => {
-            hint_bit(hint, hint_index_v4_loaded(src)) || hint_bit(hint, hint_index_v4_loaded(dst))
-        }
-        None => true,
-    }
-}
-
-/// Whether either IPv6 address (its first four bytes as loaded from the
-/// frame) has its hint bit set.
-#[inline(always)]
-pub fn either_hinted_v6(src_first_word: u32, dst_first_word: u32) -> bool {
-    match WATCHED_HINT.get(HINT_V6) {
-        Some(hint) => {
-            hint_bit(hint, hint_index_v6_loaded(src_first_word))
-                || hint_bit(hint, hint_index_v6_loaded(dst_first_word))
-        }
+pub fn either_hinted(plain: &Plain) -> bool {
+    let family_hint = if plain.family == FAMILY_V4 {
+        HINT_V4
+    } else {
+        HINT_V6
+    };
+    match WATCHED_HINT.get(family_hint) {
+        Some(hint) => hint_bit(hint, plain.src_hint) || hint_bit(hint, plain.dst_hint),
         None => true,
     }
 }

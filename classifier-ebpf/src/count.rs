@@ -12,9 +12,9 @@ use classifier_common::{
 
 use crate::{
     FLOW_CACHE, FLOW_CACHE_MASK, FLOWS, SERVICES, TOTALS,
-    classify::{Watched, classify_v4, classify_v6, either_hinted_v4, either_hinted_v6},
+    classify::{Watched, classify_v4, classify_v6, either_hinted},
     load_time,
-    parse::{Packet, Parsed, parse, plain_ipv4, plain_ipv6},
+    parse::{Packet, Parsed, parse, plain},
 };
 
 /// An address as flow keys hold it: 16 bytes, IPv4 mapped.
@@ -50,16 +50,10 @@ pub fn packet(ctx: &XdpContext) {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     totals.bytes += bytes;
 
-    if let Some(plain) = plain_ipv4(ctx)
-        && !either_hinted_v4(plain.src, plain.dst)
+    if let Some(plain) = plain(ctx)
+        && !either_hinted(&plain)
     {
-        totals.ipv4 += 1;
-        return;
-    }
-    if let Some(plain) = plain_ipv6(ctx)
-        && !either_hinted_v6(plain.src_first_word, plain.dst_first_word)
-    {
-        totals.ipv6 += 1;
+        count_family(totals, plain.family);
         return;
     }
 

@@ -13,12 +13,20 @@ use classifier_common::{
     MALFORMED_IPV4_TRUNCATED, MALFORMED_IPV6_BAD_HEADER, MALFORMED_IPV6_EXT_TOO_DEEP,
     MALFORMED_IPV6_EXT_TRUNCATED, MALFORMED_IPV6_TRUNCATED, MALFORMED_L4_TRUNCATED,
     MALFORMED_VLAN_TOO_DEEP, MALFORMED_VLAN_TRUNCATED, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS,
+    hint_index_v4_loaded, hint_index_v6_loaded,
 };
 
 const ETH_P_IPV4: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
+
+const ETH_HEADER_LEN: usize = 14;
+const IPV4_HEADER_LEN: usize = 20;
+const IPV6_HEADER_LEN: usize = 40;
+const TCP_HEADER_LEN: usize = 20;
+const UDP_HEADER_LEN: usize = 8;
+const ICMP_HEADER_LEN: usize = 4;
 
 const PROTO_HOPOPTS: u8 = 0;
 const PROTO_ICMP: u8 = 1;
@@ -129,7 +137,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Malformed> {
     };
 
     let eth = cursor
-        .take(14)
+        .take(ETH_HEADER_LEN)
         .ok_or(malformed(0, MALFORMED_ETHERNET_TRUNCATED))?;
     let mut ethertype = load_be16(eth + 12);
 
@@ -151,87 +159,80 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Malformed> {
     }
 }
 
-/// The addresses of the most common frame, as loaded from it (network byte
-/// order in a native `u32`): untagged IPv4 with a 20-byte header, which
-/// [`parse`] would accept as well-formed. Checking that takes a handful of
-/// instructions, so traffic between unwatched addresses skips the full parse;
-/// any other frame gives `None` and goes to [`parse`].
-pub struct PlainIpv4 {
-    pub src: u32,
-    pub dst: u32,
+/// The prefilter bits of the commonest frames, untagged IPv4 with a 20-byte
+/// header and untagged IPv6 without extension headers, when [`parse`] would
+/// accept the frame as well-formed (the same length rules). Checking that
+/// takes a handful of instructions, so traffic between unwatched addresses
+/// skips the full parse; any other frame gives `None` and goes to [`parse`].
+pub struct Plain {
+    pub family: u8,
+    /// The source's and the destination's bit in the family's hint
+    /// (`classifier_common::hint_index_v4`, `hint_index_v6`).
+    pub src_hint: usize,
+    pub dst_hint: usize,
 }
 
 #[inline(always)]
-pub fn plain_ipv4(ctx: &XdpContext) -> Option<PlainIpv4> {
-    const ETH_LEN: usize = 14;
-    const IP_LEN: usize = 20;
+pub fn plain(ctx: &XdpContext) -> Option<Plain> {
     let data = ctx.data();
     let data_end = ctx.data_end();
-    if data + ETH_LEN + IP_LEN > data_end
-        || load::<u16>(data + 12) != ETH_P_IPV4.to_be()
-        || load::<u8>(data + ETH_LEN) != 0x45
-    {
+    if data + ETH_HEADER_LEN > data_end {
         return None;
     }
-    let ip = data + ETH_LEN;
+    let ethertype = load::<u16>(data + 12);
+    let ip = data + ETH_HEADER_LEN;
+    if ethertype == ETH_P_IPV4.to_be() {
+        plain_ipv4(ip, data_end)
+    } else if ethertype == ETH_P_IPV6.to_be() {
+        plain_ipv6(ip, data_end)
+    } else {
+        None
+    }
+}
+
+#[inline(always)]
+fn plain_ipv4(ip: usize, data_end: usize) -> Option<Plain> {
+    if ip + IPV4_HEADER_LEN > data_end || load::<u8>(ip) != 0x45 {
+        return None;
+    }
     let total_len = load_be16(ip + 2) as usize;
-    let first_fragment = load_be16(ip + 6) & 0x1fff == 0;
-    // What `parse_l4` takes of a first fragment.
-    let l4_len = match load::<u8>(ip + 9) {
-        _ if !first_fragment => 0,
-        PROTO_TCP => 20,
-        PROTO_UDP => 8,
-        PROTO_ICMP => 4,
-        _ => 0,
+    // Later fragments carry no transport header.
+    let l4_len = if load_be16(ip + 6) & 0x1fff == 0 {
+        l4_header_len(FAMILY_V4, load::<u8>(ip + 9))
+    } else {
+        0
     };
-    if total_len < IP_LEN + l4_len || ip + total_len > data_end {
+    if total_len < IPV4_HEADER_LEN + l4_len || ip + total_len > data_end {
         return None;
     }
-    Some(PlainIpv4 {
-        src: load::<u32>(ip + 12),
-        dst: load::<u32>(ip + 16),
+    Some(Plain {
+        family: FAMILY_V4,
+        src_hint: hint_index_v4_loaded(load::<u32>(ip + 12)),
+        dst_hint: hint_index_v4_loaded(load::<u32>(ip + 16)),
     })
 }
 
-/// The first four bytes of each address of an untagged IPv6 packet without
-/// extension headers (what the hint needs), when [`parse`] would accept
-/// the frame as well-formed; like [`plain_ipv4`], anything else is `None`.
-pub struct PlainIpv6 {
-    pub src_first_word: u32,
-    pub dst_first_word: u32,
-}
-
 #[inline(always)]
-pub fn plain_ipv6(ctx: &XdpContext) -> Option<PlainIpv6> {
-    const ETH_LEN: usize = 14;
-    const IP_LEN: usize = 40;
-    let data = ctx.data();
-    let data_end = ctx.data_end();
-    if data + ETH_LEN + IP_LEN > data_end
-        || load::<u16>(data + 12) != ETH_P_IPV6.to_be()
-        || load::<u8>(data + ETH_LEN) >> 4 != 6
+fn plain_ipv6(ip: usize, data_end: usize) -> Option<Plain> {
+    if ip + IPV6_HEADER_LEN > data_end || load::<u8>(ip) >> 4 != 6 {
+        return None;
+    }
+    let payload_len = load_be16(ip + 4) as usize;
+    let next_header = load::<u8>(ip + 6);
+    // Extension headers and jumbograms (payload length 0) take the full parser.
+    if matches!(
+        next_header,
+        PROTO_HOPOPTS | PROTO_ROUTING | PROTO_FRAGMENT | PROTO_AH | PROTO_DSTOPTS
+    ) || payload_len == 0
+        || payload_len < l4_header_len(FAMILY_V6, next_header)
+        || ip + IPV6_HEADER_LEN + payload_len > data_end
     {
         return None;
     }
-    let ip = data + ETH_LEN;
-    let payload_len = load_be16(ip + 4) as usize;
-    // What `parse_l4` takes; extension headers go to the full parser.
-    let l4_len = match load::<u8>(ip + 6) {
-        PROTO_TCP => 20,
-        PROTO_UDP => 8,
-        PROTO_ICMPV6 => 4,
-        PROTO_HOPOPTS | PROTO_ROUTING | PROTO_FRAGMENT | PROTO_AH | PROTO_DSTOPTS => {
-            return None;
-        }
-        _ => 0,
-    };
-    // A zero payload length (a jumbogram) also goes to the full parser.
-    if payload_len == 0 || payload_len < l4_len || ip + IP_LEN + payload_len > data_end {
-        return None;
-    }
-    Some(PlainIpv6 {
-        src_first_word: load::<u32>(ip + 8),
-        dst_first_word: load::<u32>(ip + 24),
+    Some(Plain {
+        family: FAMILY_V6,
+        src_hint: hint_index_v6_loaded(load::<u32>(ip + 8)),
+        dst_hint: hint_index_v6_loaded(load::<u32>(ip + 24)),
     })
 }
 
@@ -240,13 +241,13 @@ fn parse_ipv4(cursor: &mut Cursor) -> Result<Packet<u32>, Malformed> {
     let bad = malformed(FAMILY_V4, MALFORMED_IPV4_BAD_HEADER);
     let truncated = malformed(FAMILY_V4, MALFORMED_IPV4_TRUNCATED);
     let ip_start = cursor.offset;
-    let header = cursor.take(20).ok_or(truncated)?;
+    let header = cursor.take(IPV4_HEADER_LEN).ok_or(truncated)?;
     let version_ihl = load::<u8>(header);
     if version_ihl >> 4 != 4 {
         return Err(bad);
     }
     let header_len = ((version_ihl & 0x0f) as usize) * 4;
-    if header_len < 20 {
+    if header_len < IPV4_HEADER_LEN {
         return Err(bad);
     }
     let total_len = load_be16(header + 2) as usize;
@@ -258,7 +259,9 @@ fn parse_ipv4(cursor: &mut Cursor) -> Result<Packet<u32>, Malformed> {
     }
     cursor.limit = ip_start + total_len;
     // Options: header_len is at most 60, so at most 40 bytes.
-    cursor.skip((header_len - 20) & 0x3f).ok_or(truncated)?;
+    cursor
+        .skip((header_len - IPV4_HEADER_LEN) & 0x3f)
+        .ok_or(truncated)?;
 
     let mut packet = Packet {
         protocol: load::<u8>(header + 9),
@@ -279,7 +282,7 @@ fn parse_ipv4(cursor: &mut Cursor) -> Result<Packet<u32>, Malformed> {
 fn parse_ipv6(cursor: &mut Cursor) -> Result<Packet<[u8; 16]>, Malformed> {
     let ip_start = cursor.offset;
     let header = cursor
-        .take(40)
+        .take(IPV6_HEADER_LEN)
         .ok_or(malformed(FAMILY_V6, MALFORMED_IPV6_TRUNCATED))?;
     if load::<u8>(header) >> 4 != 6 {
         return Err(malformed(FAMILY_V6, MALFORMED_IPV6_BAD_HEADER));
@@ -287,10 +290,10 @@ fn parse_ipv6(cursor: &mut Cursor) -> Result<Packet<[u8; 16]>, Malformed> {
     let payload_len = load_be16(header + 4) as usize;
     // A zero payload length is a jumbogram's (RFC 2675); it has no limit here.
     if payload_len != 0 {
-        if header + 40 + payload_len > cursor.data_end {
+        if header + IPV6_HEADER_LEN + payload_len > cursor.data_end {
             return Err(malformed(FAMILY_V6, MALFORMED_IPV6_TRUNCATED));
         }
-        cursor.limit = ip_start + 40 + payload_len;
+        cursor.limit = ip_start + IPV6_HEADER_LEN + payload_len;
     }
 
     let mut packet = Packet {
@@ -345,26 +348,40 @@ fn parse_ipv6(cursor: &mut Cursor) -> Result<Packet<[u8; 16]>, Malformed> {
     }
 }
 
+/// Bytes of the transport header [`parse_l4`] takes for `protocol` (0: it
+/// takes none); the fast path requires the same.
+#[inline(always)]
+const fn l4_header_len(family: u8, protocol: u8) -> usize {
+    match protocol {
+        PROTO_TCP => TCP_HEADER_LEN,
+        PROTO_UDP => UDP_HEADER_LEN,
+        PROTO_ICMP if family == FAMILY_V4 => ICMP_HEADER_LEN,
+        PROTO_ICMPV6 if family == FAMILY_V6 => ICMP_HEADER_LEN,
+        _ => 0,
+    }
+}
+
 #[inline(always)]
 fn parse_l4<A>(cursor: &mut Cursor, family: u8, packet: &mut Packet<A>) -> Result<(), Malformed> {
     let truncated = malformed(family, MALFORMED_L4_TRUNCATED);
+    // Constant lengths per arm: the verifier needs them to bound the loads.
     match packet.protocol {
         PROTO_TCP => {
-            let tcp = cursor.take(20).ok_or(truncated)?;
+            let tcp = cursor.take(TCP_HEADER_LEN).ok_or(truncated)?;
             packet.src_port = load_be16(tcp);
             packet.dst_port = load_be16(tcp + 2);
             packet.tcp_flags = load::<u8>(tcp + 13);
         }
         PROTO_UDP => {
-            let udp = cursor.take(8).ok_or(truncated)?;
+            let udp = cursor.take(UDP_HEADER_LEN).ok_or(truncated)?;
             packet.src_port = load_be16(udp);
             packet.dst_port = load_be16(udp + 2);
         }
         PROTO_ICMP if family == FAMILY_V4 => {
-            cursor.take(4).ok_or(truncated)?;
+            cursor.take(ICMP_HEADER_LEN).ok_or(truncated)?;
         }
         PROTO_ICMPV6 if family == FAMILY_V6 => {
-            cursor.take(4).ok_or(truncated)?;
+            cursor.take(ICMP_HEADER_LEN).ok_or(truncated)?;
         }
         _ => {}
     }

@@ -1,5 +1,5 @@
-//! The raw bpf(2) calls aya 0.14 does not wrap: test runs, links for
-//! programs loaded outside aya, and batched map reads.
+//! The bpf(2) syscall for what aya 0.14 does not wrap (`testrun` builds test
+//! runs, links and a constant program on it), and batched map reads.
 
 use std::{
     io,

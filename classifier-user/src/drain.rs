@@ -140,7 +140,10 @@ pub fn read(sensor: &Sensor) -> Result<KernelReading, DrainError> {
 
     let flow_map: PerCpuHashMap<_, FlowKey, FlowValue> =
         PerCpuHashMap::try_from(map(sensor, MAP_FLOWS)?).map_err(drain_error(MAP_FLOWS))?;
-    let cpus = possible_cpus(MAP_FLOWS)?;
+    let cpus = aya::util::nr_cpus().map_err(|(path, error)| DrainError {
+        map: MAP_FLOWS,
+        problem: format!("{path}: {error}"),
+    })?;
     let mut flows = Vec::new();
     let batched = visit_per_cpu_batched::<FlowKey, FlowValue>(
         flow_map.map().fd().as_fd(),
@@ -151,14 +154,11 @@ pub fn read(sensor: &Sensor) -> Result<KernelReading, DrainError> {
             }
         },
     )
-    .map_err(|error| DrainError {
-        map: MAP_FLOWS,
-        problem: format!("batch lookup: {error}"),
-    })?;
+    .map_err(batch_error(MAP_FLOWS))?;
     if !batched {
         flows = read_flow_table_by_key(&flow_map)?;
     }
-    let (cached_flows, cache_slots_used) = read_flow_cache(sensor)?;
+    let (cached_flows, cache_slots_used) = read_flow_cache(sensor, cpus)?;
     Ok(KernelReading {
         totals,
         services,
@@ -168,11 +168,11 @@ pub fn read(sensor: &Sensor) -> Result<KernelReading, DrainError> {
     })
 }
 
-fn possible_cpus(map: &'static str) -> Result<usize, DrainError> {
-    aya::util::nr_cpus().map_err(|(path, error)| DrainError {
+fn batch_error(map: &'static str) -> impl Fn(std::io::Error) -> DrainError {
+    move |error| DrainError {
         map,
-        problem: format!("{path}: {error}"),
-    })
+        problem: format!("batch lookup: {error}"),
+    }
 }
 
 /// The flow table one key at a time (two syscalls per entry), for kernels
@@ -199,7 +199,10 @@ fn read_flow_table_by_key(
 /// The flow cache's claimed slots, grouped by key. A slot whose check does
 /// not match its key (or its position) was being claimed while we read it;
 /// it is left for the next reading.
-fn read_flow_cache(sensor: &Sensor) -> Result<(Vec<(FlowKey, FlowSample)>, usize), DrainError> {
+fn read_flow_cache(
+    sensor: &Sensor,
+    cpus: usize,
+) -> Result<(Vec<(FlowKey, FlowSample)>, usize), DrainError> {
     let cache: PerCpuArray<_, FlowSlot> =
         PerCpuArray::try_from(map(sensor, MAP_FLOW_CACHE)?).map_err(drain_error(MAP_FLOW_CACHE))?;
     let mask = cache.len() - 1;
@@ -217,15 +220,11 @@ fn read_flow_cache(sensor: &Sensor) -> Result<(Vec<(FlowKey, FlowSample)>, usize
             }
         }
     };
-    let cpus = possible_cpus(MAP_FLOW_CACHE)?;
     let batched =
         visit_per_cpu_batched::<u32, FlowSlot>(cache.map().fd().as_fd(), cpus, |index, slots| {
             take(*index, slots)
         })
-        .map_err(|error| DrainError {
-            map: MAP_FLOW_CACHE,
-            problem: format!("batch lookup: {error}"),
-        })?;
+        .map_err(batch_error(MAP_FLOW_CACHE))?;
     if !batched {
         for index in 0..cache.len() {
             let slots = cache.get(&index, 0).map_err(drain_error(MAP_FLOW_CACHE))?;
@@ -319,14 +318,15 @@ impl Ledger {
         self.totals = reading.totals;
         self.services = reading.services;
         self.live_flows = reading.flows.len() + reading.cache_slots_used;
-        let live = reading.flows.len() + reading.cached_flows.len();
+        let incoming = reading.flows.len() + reading.cached_flows.len();
         self.drains += 1;
         let table = reading.flows.into_iter().map(|flow| (Source::Table, flow));
         let cache = reading
             .cached_flows
             .into_iter()
             .map(|flow| (Source::Cache, flow));
-        self.flows.reserve(live.saturating_sub(self.flows.len()));
+        self.flows
+            .reserve(incoming.saturating_sub(self.flows.len()));
         for (source, (key, sample)) in table.chain(cache) {
             let to_unix =
                 |ns: u64| i64::try_from(i128::from(ns) + monotonic_to_unix_ns).unwrap_or(i64::MAX);

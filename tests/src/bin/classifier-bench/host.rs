@@ -148,7 +148,7 @@ fn measure_daemon(child: &mut Child, started: Instant, flows: u32) -> Result<Dae
     let load_s = started.elapsed().as_secs_f64();
     let rest_mb = memory_mb(child.id(), "VmRSS")?;
     let peak_mb = memory_mb(child.id(), "VmHWM")?;
-    let program = daemon_program()?;
+    let program = crate::newest_loaded_program(classifier_common::PROGRAM_NAME)?;
     fill_flows(program.as_fd(), flows)?;
     // Two drains, so its ledger holds every flow.
     std::thread::sleep(Duration::from_millis(2500));
@@ -158,21 +158,6 @@ fn measure_daemon(child: &mut Child, started: Instant, flows: u32) -> Result<Dae
         rest_mb,
         full_mb: memory_mb(child.id(), "VmRSS")?,
     })
-}
-
-/// The daemon's program: the newest loaded program named `classifier`.
-fn daemon_program() -> Result<aya::programs::ProgramFd> {
-    let mut newest = None;
-    for info in aya::programs::loaded_programs() {
-        let info = info?;
-        if info.name_as_str() == Some(classifier_common::PROGRAM_NAME)
-            && newest.as_ref().is_none_or(|(id, _)| info.id() > *id)
-        {
-            newest = Some((info.id(), info));
-        }
-    }
-    let (_, info) = newest.context("the daemon's program is not loaded")?;
-    Ok(info.fd()?)
 }
 
 fn memory_mb(pid: u32, field: &str) -> Result<f64> {

@@ -107,17 +107,7 @@ impl XdpFilter {
     /// Its program (all features, allow policy: frames that match no rule
     /// pass, as ours do).
     pub fn program(&self) -> Result<aya::programs::ProgramFd> {
-        let mut newest = None;
-        for info in aya::programs::loaded_programs() {
-            let info = info?;
-            if info.name_as_str() == Some("xdpfilt_alw_all")
-                && newest.as_ref().is_none_or(|(id, _)| info.id() > *id)
-            {
-                newest = Some((info.id(), info));
-            }
-        }
-        let (_, info) = newest.context("xdp-filter's program xdpfilt_alw_all is not loaded")?;
-        Ok(info.fd()?)
+        crate::newest_loaded_program("xdpfilt_alw_all")
     }
 }
 

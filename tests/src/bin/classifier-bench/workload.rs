@@ -64,12 +64,16 @@ pub fn watched(count: usize) -> WatchedSet {
     WatchedSet::from_arguments(&prefixes, &[]).expect("valid watched set")
 }
 
+/// `spec` built with its payload padded so the frame is `size` bytes (or
+/// its headers alone, when they are longer).
+fn built_at(spec: FrameSpec, size: usize) -> Vec<u8> {
+    let base = spec.clone().payload(0).build().len();
+    spec.payload(size.saturating_sub(base)).build()
+}
+
 /// The frames of each case, at a given size.
 pub fn cases(size: usize) -> Vec<(&'static str, Vec<u8>)> {
-    let sized = |spec: FrameSpec| {
-        let base = spec.clone().payload(0).build().len();
-        spec.payload(size.saturating_sub(base)).build()
-    };
+    let sized = |spec: FrameSpec| built_at(spec, size);
     let watched4 = "175.45.177.10";
     let endpoint4 = "203.0.113.77";
     vec![
@@ -137,6 +141,29 @@ pub fn cases(size: usize) -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
+/// A 64-byte UDP frame between two random addresses, neither in the
+/// watched 175.0.0.0/8.
+fn random_unwatched_frame(random: &mut Random) -> Vec<u8> {
+    loop {
+        let mut address = || Ipv4Addr::from(u32::try_from(random.below(1 << 32)).expect("32 bits"));
+        let (src, dst) = (address(), address());
+        if src.octets()[0] != 175 && dst.octets()[0] != 175 {
+            return built_at(
+                FrameSpec::udp(&src.to_string(), &dst.to_string(), 40000, 443),
+                64,
+            );
+        }
+    }
+}
+
+/// `count` frames of [`random_unwatched_frame`].
+pub fn random_unwatched_frames(count: usize, seed: u64) -> Vec<Vec<u8>> {
+    let mut random = Random(seed);
+    (0..count)
+        .map(|_| random_unwatched_frame(&mut random))
+        .collect()
+}
+
 /// Frames for stream mode, one stream per round, each frame 64 bytes:
 /// non-watched random addresses; a watched source to random addresses of
 /// the feed's IPv4 prefixes (cold table, a new flow almost every frame);
@@ -145,8 +172,8 @@ pub fn stream_cases(
     options: &Options,
     feed: &EndpointFeed,
 ) -> Vec<(&'static str, Vec<Vec<Vec<u8>>>)> {
-    let per_round = if options.quick { 2_000 } else { 100_000 };
     let rounds = if options.quick { 1 } else { 5 };
+    let per_round = stream_length(options);
     let v4: Vec<Ipv4Net> = feed
         .endpoints
         .iter()
@@ -155,10 +182,6 @@ pub fn stream_cases(
             IpNet::V6(_) => None,
         })
         .collect();
-    let sized = |spec: FrameSpec| {
-        let base = spec.clone().payload(0).build().len();
-        spec.payload(64usize.saturating_sub(base)).build()
-    };
     let mut random = Random(7);
     let mut next_flow = 0u32;
     let mut streams = vec![
@@ -174,43 +197,34 @@ pub fn stream_cases(
         let mut cold_c = Vec::with_capacity(per_round);
         let mut new_flows = Vec::with_capacity(per_round);
         for _ in 0..per_round {
-            let mut address =
-                || Ipv4Addr::from(u32::try_from(random.below(1 << 32)).expect("32 bits"));
-            let (src, dst) = (address(), address());
-            if src.octets()[0] != 175 && dst.octets()[0] != 175 {
-                cold_a.push(sized(FrameSpec::udp(
-                    &src.to_string(),
-                    &dst.to_string(),
-                    40000,
-                    443,
-                )));
-            }
+            cold_a.push(random_unwatched_frame(&mut random));
             let net = v4[random.below(v4.len() as u64) as usize];
             let host =
                 u32::try_from(random.below(1u64 << (32 - net.prefix_len()))).expect("32 bits");
             let endpoint = Ipv4Addr::from(u32::from(net.network()) | host);
             let watched =
                 Ipv4Addr::from(0xaf2d_b000 | u32::try_from(random.below(1024)).expect("small"));
-            cold_c.push(sized(FrameSpec::udp(
-                &watched.to_string(),
-                &endpoint.to_string(),
-                40000,
-                443,
-            )));
+            cold_c.push(built_at(
+                FrameSpec::udp(&watched.to_string(), &endpoint.to_string(), 40000, 443),
+                64,
+            ));
             // The flow key is the watched address, the endpoint and its port.
             let watched = Ipv4Addr::from(0xaf2d_b000 | (next_flow >> 16));
             let port = (next_flow & 0xffff) as u16;
             next_flow += 1;
-            new_flows.push(sized(FrameSpec::udp(
-                &watched.to_string(),
-                "203.0.113.77",
-                40000,
-                port,
-            )));
+            new_flows.push(built_at(
+                FrameSpec::udp(&watched.to_string(), "203.0.113.77", 40000, port),
+                64,
+            ));
         }
         streams[0].1.push(cold_a);
         streams[1].1.push(cold_c);
         streams[2].1.push(new_flows);
     }
     streams
+}
+
+/// Frames per stream-mode round.
+pub fn stream_length(options: &Options) -> usize {
+    if options.quick { 2_000 } else { 100_000 }
 }
