@@ -20,9 +20,22 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Attach to interfaces and count until SIGINT or SIGTERM, then detach
-    /// and print the report.
+    /// and print the report. Pins the program under --pin-path, serves
+    /// Prometheus metrics and writes snapshots.
     Run(RunArgs),
+    /// Live counters of a running sensor, read from its pinned maps (from
+    /// another process; the daemon keeps running).
+    Stats(StatsArgs),
+    /// Aggregate snapshot files over any time range into the study's table
+    /// (per service: unique watched sources, flows, packets, bytes, share,
+    /// first and last seen), or check their chain with --verify.
+    Report(ReportArgs),
 }
+
+/// Where pins live by default: one sub-folder per interface set.
+pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/classifier";
+/// Where metrics are served by default.
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9477";
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -82,6 +95,126 @@ pub struct RunArgs {
     /// the feed's size).
     #[arg(long, value_name = "N")]
     pub endpoint_capacity_v6: Option<u32>,
+
+    /// BPF filesystem folder for the pinned maps and XDP links; each
+    /// interface set gets a sub-folder (e.g. `eth1+eth2`). A program already
+    /// pinned there is adopted (no reload, no gap) instead of loading a new
+    /// one.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_PATH)]
+    pub pin_path: PathBuf,
+
+    /// On SIGTERM/SIGINT leave the program attached and counting (its pins
+    /// stay) so the next `classifier run` adopts it. Default: detach and
+    /// remove the pins.
+    #[arg(long)]
+    pub keep_attached: bool,
+
+    /// Address of the Prometheus metrics endpoint (`/metrics`), or `off`.
+    #[arg(long, value_name = "ADDR|off", default_value = DEFAULT_METRICS_ADDR,
+          value_parser = parse_metrics_addr)]
+    pub metrics_addr: MetricsAddr,
+
+    /// Folder for snapshot files: one JSON report per interval, named by
+    /// its start (`classifier-20261124T190000Z.json`), chained by SHA-256.
+    #[arg(long, value_name = "DIR")]
+    pub snapshot_dir: Option<PathBuf>,
+
+    /// Snapshot interval, aligned to the wall clock (UTC): 1h snapshots
+    /// cover 19:00:00-20:00:00. Whole seconds: 10s, 5m, 1h, 1d.
+    #[arg(long, value_name = "D", default_value = "1h", value_parser = parse_whole_seconds)]
+    pub snapshot_interval: Duration,
+
+    /// Replace watched addresses in snapshots and reports by keyed
+    /// pseudonyms (HMAC-SHA256 with the file's bytes as key; see README).
+    #[arg(long, value_name = "FILE")]
+    pub pseudonymize_key: Option<PathBuf>,
+}
+
+/// `--metrics-addr`: where to serve, or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsAddr {
+    Off,
+    On(std::net::SocketAddr),
+}
+
+pub fn parse_metrics_addr(text: &str) -> Result<MetricsAddr, String> {
+    if text == "off" {
+        return Ok(MetricsAddr::Off);
+    }
+    text.parse().map(MetricsAddr::On).map_err(|_| {
+        format!("{text:?} is not an address and port (e.g. 127.0.0.1:9477, [::1]:9477) or `off`")
+    })
+}
+
+pub fn parse_whole_seconds(text: &str) -> Result<Duration, String> {
+    let duration = parse_duration(text)?;
+    if duration.subsec_nanos() != 0 {
+        return Err("must be whole seconds (e.g. 10s, 5m, 1h)".into());
+    }
+    Ok(duration)
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// Where `classifier run` pinned its maps (the folder or one interface
+    /// set's sub-folder).
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_PATH)]
+    pub pin_path: PathBuf,
+
+    /// Print the JSON report (classifier.report.v1), cumulative since the
+    /// program was attached.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Refresh every SECS seconds until interrupted (rates are over the
+    /// refresh interval; without --watch, over one second).
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+    pub watch: Option<Duration>,
+
+    /// Show watched addresses as keyed pseudonyms (as snapshots do).
+    #[arg(long, value_name = "FILE")]
+    pub pseudonymize_key: Option<PathBuf>,
+}
+
+pub fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    if !(seconds > 0.0 && seconds <= 86_400.0) {
+        return Err("must be more than 0 and at most 86400 seconds".into());
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Snapshot files, or folders whose `classifier-*.json` files are read.
+    #[arg(value_name = "PATH", required = true)]
+    pub paths: Vec<PathBuf>,
+
+    /// Only snapshots that start at or after this time (RFC 3339, e.g.
+    /// 2026-11-24T19:00:00Z, or a date 2026-11-24).
+    #[arg(long, value_name = "T")]
+    pub from: Option<String>,
+
+    /// Only snapshots that end at or before this time.
+    #[arg(long, value_name = "T")]
+    pub to: Option<String>,
+
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: HistoryFormat,
+
+    /// Check each folder's SHA-256 chain and name the first break (a
+    /// missing, reordered or edited snapshot); exit 1 when broken.
+    #[arg(long)]
+    pub verify: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HistoryFormat {
+    Table,
+    Json,
+    Csv,
 }
 
 pub fn parse_duration(text: &str) -> Result<Duration, String> {

@@ -130,6 +130,20 @@ fn check_service_name(name: &str) -> Result<(), LineProblem> {
 pub struct FeedOrigin {
     pub name: String,
     pub sha256: String,
+    /// Prefixes the file lists, per service and family (before duplicates
+    /// across files are merged).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub prefixes: BTreeMap<String, FamilyCounts>,
+    /// When the daemon loaded it into the kernel (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loaded_at: Option<String>,
+}
+
+/// Prefix counts of one service in one feed file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FamilyCounts {
+    pub ipv4: u64,
+    pub ipv6: u64,
 }
 
 fn read_file(path: &Path) -> Result<String, FeedError> {
@@ -275,10 +289,22 @@ impl EndpointFeed {
         let mut rows = Vec::new();
         let mut origins = Vec::new();
         for (origin, text) in sources {
-            rows.extend(parse_endpoint_csv(origin, text)?);
+            let parsed = parse_endpoint_csv(origin, text)?;
+            let mut prefixes: BTreeMap<String, FamilyCounts> = BTreeMap::new();
+            for endpoint in &parsed {
+                let counts = prefixes.entry(endpoint.service.clone()).or_default();
+                if endpoint.net.addr().is_ipv4() {
+                    counts.ipv4 += 1;
+                } else {
+                    counts.ipv6 += 1;
+                }
+            }
+            rows.extend(parsed);
             origins.push(FeedOrigin {
                 name: origin.clone(),
                 sha256: sha256_hex(text.as_bytes()),
+                prefixes,
+                loaded_at: None,
             });
         }
         let mut feed = Self::from_endpoints(rows);

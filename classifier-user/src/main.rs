@@ -3,8 +3,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use classifier_user::{
     cli::{Cli, Command},
+    history,
     loader::error_chain,
-    run,
+    run, stats,
 };
 
 fn main() -> ExitCode {
@@ -14,6 +15,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run::run(&args),
+        Command::Stats(args) => stats::stats(&args),
+        Command::Report(args) => history::report(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

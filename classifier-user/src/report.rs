@@ -2,7 +2,7 @@
 //! drained ledger, and its renderings as a table and as JSON.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     fmt::Write as _,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
@@ -37,6 +37,72 @@ pub struct Report {
     pub feeds: Vec<FeedOrigin>,
     pub services: Vec<ServiceRow>,
     pub flows: Vec<FlowRow>,
+    /// The watched addresses with the most matched packets.
+    #[serde(default)]
+    pub top_sources: Vec<TopRow>,
+    /// The endpoints with the most matched packets.
+    #[serde(default)]
+    pub top_endpoints: Vec<TopRow>,
+    /// Present in snapshot files: the interval, provenance and coverage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotInfo>,
+}
+
+/// How many rows `top_sources` and `top_endpoints` keep.
+pub const TOP_ROWS: usize = 10;
+
+/// One address in a top list: its matched traffic over the report's flows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopRow {
+    pub address: IpAddr,
+    pub packets: u64,
+    pub bytes: u64,
+    pub flows: u64,
+    /// Services it was seen with, sorted.
+    pub services: Vec<String>,
+}
+
+/// What a snapshot file adds to the report shape: which interval it covers,
+/// what produced it, and the chain link to the file before it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotInfo {
+    /// The configured interval (`--snapshot-interval`); `start`/`end` are
+    /// this snapshot's real bounds (a partial interval is shorter).
+    pub interval_seconds: u64,
+    /// Identifies the loaded XDP program whose counters this drained; it
+    /// stays the same across daemon restarts that adopt the program.
+    pub instance: String,
+    pub program_attached_at: String,
+    /// The watched prefixes in force.
+    pub watched: Vec<String>,
+    /// The previous snapshot file in the same folder and its SHA-256; null
+    /// for the first one.
+    pub previous: Option<PreviousSnapshot>,
+    pub coverage: Coverage,
+    /// Set when watched addresses are keyed pseudonyms: the first 16 hex
+    /// digits of the key's SHA-256 (so reports never mix keys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pseudonym_key_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviousSnapshot {
+    pub file: String,
+    pub sha256: String,
+}
+
+/// Coverage beyond `flow_table` (whose drains, evictions and failed
+/// inserts are this interval's).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Coverage {
+    /// Daemon starts within this interval that followed an earlier
+    /// snapshot in the folder (adopting the program or loading a new one).
+    pub restarts: u64,
+    /// Seconds between the previous snapshot's end and this one's start in
+    /// which no program was counting (0 when the program kept counting).
+    pub gap_before_seconds: f64,
+    /// True when the interval was cut short (daemon start or stop).
+    pub partial: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +140,11 @@ pub struct ServiceRow {
     pub unique_sources: u64,
     /// This service's fraction of all matched flows.
     pub share: f64,
+    /// Earliest first-seen and latest last-seen of its flows.
+    #[serde(default)]
+    pub first_seen: Option<String>,
+    #[serde(default)]
+    pub last_seen: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -151,7 +222,12 @@ impl Report {
                 .unwrap_or("unknown")
                 .to_string()
         };
-        let mut flows: Vec<(&FlowKey, _)> = ledger.flows.iter().collect();
+        // Records with nothing counted yet (resumed baselines) are not flows.
+        let mut flows: Vec<(&FlowKey, _)> = ledger
+            .flows
+            .iter()
+            .filter(|(_, record)| record.packets > 0)
+            .collect();
         // Keys are unique, so an unstable sort gives the same order.
         flows.sort_unstable_by(|(a, ra), (b, rb)| {
             ra.first_seen_unix_ns
@@ -162,51 +238,7 @@ impl Report {
                 .then_with(|| a.direction.cmp(&b.direction))
         });
 
-        let mut flow_counts: BTreeMap<u16, u64> = BTreeMap::new();
-        // Only the number of unique sources per service is reported.
-        let mut sources: HashMap<u16, HashSet<[u8; 16]>> = HashMap::new();
-        for (key, record) in &flows {
-            *flow_counts.entry(record.service).or_default() += 1;
-            sources
-                .entry(record.service)
-                .or_default()
-                .insert(key.watched);
-        }
-        let matched_flows: u64 = flow_counts.values().sum();
-
-        let mut rows = Vec::new();
-        for (id, counters) in ledger.services.iter().enumerate().skip(1) {
-            let packets = counters.packets.iter().sum::<u64>();
-            let Ok(id) = u16::try_from(id) else { continue };
-            let flow_count = flow_counts.get(&id).copied().unwrap_or(0);
-            if packets == 0 && flow_count == 0 {
-                continue;
-            }
-            rows.push(ServiceRow {
-                service: service_name(id),
-                packets,
-                bytes: counters.bytes.iter().sum(),
-                packets_outbound: counters.packets[DIR_OUTBOUND as usize],
-                packets_inbound: counters.packets[DIR_INBOUND as usize],
-                bytes_outbound: counters.bytes[DIR_OUTBOUND as usize],
-                bytes_inbound: counters.bytes[DIR_INBOUND as usize],
-                flows: flow_count,
-                unique_sources: sources.get(&id).map_or(0, |s| s.len() as u64),
-                share: if matched_flows == 0 {
-                    0.0
-                } else {
-                    flow_count as f64 / matched_flows as f64
-                },
-            });
-        }
-        rows.sort_by(|a, b| {
-            b.flows
-                .cmp(&a.flows)
-                .then_with(|| b.packets.cmp(&a.packets))
-                .then_with(|| a.service.cmp(&b.service))
-        });
-
-        let flow_rows = flows
+        let flow_rows: Vec<FlowRow> = flows
             .into_iter()
             .map(|(key, record)| FlowRow {
                 watched: key_address(key.family, key.watched),
@@ -222,6 +254,27 @@ impl Report {
                 tcp_flags: record.tcp_flags,
             })
             .collect();
+        let by_service = FlowSummary::of(&flow_rows);
+
+        let mut rows = Vec::new();
+        for (id, counters) in ledger.services.iter().enumerate().skip(1) {
+            let Ok(id) = u16::try_from(id) else { continue };
+            rows.push(ServiceRow {
+                service: service_name(id),
+                packets: counters.packets.iter().sum(),
+                bytes: counters.bytes.iter().sum(),
+                packets_outbound: counters.packets[DIR_OUTBOUND as usize],
+                packets_inbound: counters.packets[DIR_INBOUND as usize],
+                bytes_outbound: counters.bytes[DIR_OUTBOUND as usize],
+                bytes_inbound: counters.bytes[DIR_INBOUND as usize],
+                flows: 0,
+                unique_sources: 0,
+                share: 0.0,
+                first_seen: None,
+                last_seen: None,
+            });
+        }
+        let rows = by_service.fill_service_rows(rows);
 
         Self {
             schema: SCHEMA.to_string(),
@@ -239,7 +292,10 @@ impl Report {
             },
             feeds: context.feeds,
             services: rows,
+            top_sources: top_rows(&flow_rows, |flow| flow.watched),
+            top_endpoints: top_rows(&flow_rows, |flow| flow.endpoint),
             flows: flow_rows,
+            snapshot: None,
         }
     }
 
@@ -314,4 +370,126 @@ impl Report {
         );
         out
     }
+}
+
+/// Per-service flow facts (flows, unique watched sources, first and last
+/// seen) computed from flow rows, so a report built from a ledger and one
+/// merged from snapshots agree.
+#[derive(Debug, Default)]
+pub struct FlowSummary {
+    services: HashMap<String, ServiceFlows>,
+}
+
+#[derive(Debug, Default)]
+struct ServiceFlows {
+    flows: u64,
+    sources: HashSet<IpAddr>,
+    first_seen: Option<String>,
+    last_seen: Option<String>,
+}
+
+impl FlowSummary {
+    /// `flows` must hold each flow key once.
+    pub fn of(flows: &[FlowRow]) -> Self {
+        let mut summary = Self::default();
+        for flow in flows {
+            let entry = summary.services.entry(flow.service.clone()).or_default();
+            entry.flows += 1;
+            entry.sources.insert(flow.watched);
+            // RFC 3339 UTC times of one format sort as text.
+            if entry.first_seen.as_ref().is_none_or(|t| flow.first_seen < *t) {
+                entry.first_seen = Some(flow.first_seen.clone());
+            }
+            if entry.last_seen.as_ref().is_none_or(|t| flow.last_seen > *t) {
+                entry.last_seen = Some(flow.last_seen.clone());
+            }
+        }
+        summary
+    }
+
+    /// Fills flows, unique sources, share and times into `rows` (adding a
+    /// row for a service that has flows but no counters), drops rows with
+    /// neither, and sorts by flows, packets, then name.
+    pub fn fill_service_rows(mut self, mut rows: Vec<ServiceRow>) -> Vec<ServiceRow> {
+        let matched_flows: u64 = self.services.values().map(|s| s.flows).sum();
+        for name in self.services.keys() {
+            if !rows.iter().any(|row| row.service == *name) {
+                rows.push(ServiceRow {
+                    service: name.clone(),
+                    packets: 0,
+                    bytes: 0,
+                    packets_outbound: 0,
+                    packets_inbound: 0,
+                    bytes_outbound: 0,
+                    bytes_inbound: 0,
+                    flows: 0,
+                    unique_sources: 0,
+                    share: 0.0,
+                    first_seen: None,
+                    last_seen: None,
+                });
+            }
+        }
+        for row in &mut rows {
+            if let Some(flows) = self.services.remove(&row.service) {
+                row.flows = flows.flows;
+                row.unique_sources = flows.sources.len() as u64;
+                row.first_seen = flows.first_seen;
+                row.last_seen = flows.last_seen;
+            }
+            row.share = if matched_flows == 0 {
+                0.0
+            } else {
+                row.flows as f64 / matched_flows as f64
+            };
+        }
+        rows.retain(|row| row.packets > 0 || row.flows > 0);
+        rows.sort_by(|a, b| {
+            b.flows
+                .cmp(&a.flows)
+                .then_with(|| b.packets.cmp(&a.packets))
+                .then_with(|| a.service.cmp(&b.service))
+        });
+        rows
+    }
+}
+
+/// The [`TOP_ROWS`] addresses with the most packets over `flows`, grouped
+/// by `address_of`.
+pub fn top_rows(flows: &[FlowRow], address_of: impl Fn(&FlowRow) -> IpAddr) -> Vec<TopRow> {
+    let mut by_address: HashMap<IpAddr, (TopRow, BTreeSet<&str>)> = HashMap::new();
+    for flow in flows {
+        let address = address_of(flow);
+        let (row, services) = by_address.entry(address).or_insert_with(|| {
+            (
+                TopRow {
+                    address,
+                    packets: 0,
+                    bytes: 0,
+                    flows: 0,
+                    services: Vec::new(),
+                },
+                BTreeSet::new(),
+            )
+        });
+        row.packets += flow.packets;
+        row.bytes += flow.bytes;
+        row.flows += 1;
+        services.insert(&flow.service);
+    }
+    let mut rows: Vec<TopRow> = by_address
+        .into_values()
+        .map(|(mut row, services)| {
+            row.services = services.into_iter().map(str::to_string).collect();
+            row
+        })
+        .collect();
+    rows.sort_by(|a, b| {
+        b.packets
+            .cmp(&a.packets)
+            .then_with(|| b.bytes.cmp(&a.bytes))
+            .then_with(|| a.address.cmp(&b.address))
+    });
+    rows.truncate(TOP_ROWS);
+    rows
 }
