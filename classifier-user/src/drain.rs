@@ -9,7 +9,7 @@
 
 use std::{collections::HashMap, os::fd::AsFd};
 
-use aya::maps::{IterableMap, PerCpuArray, PerCpuHashMap, PerCpuValues};
+use aya::maps::{IterableMap, Map, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use classifier_common::{
     FlowKey, FlowSlot, FlowValue, MAP_FLOW_CACHE, MAP_FLOWS, MAP_SERVICES, MAP_TOTALS,
     MAX_SERVICES, ServiceCounters, Totals, flow_check, flow_slot,
@@ -116,22 +116,57 @@ fn sum_flow<'a>(values: impl Iterator<Item = &'a FlowValue>) -> Option<FlowSampl
     sample
 }
 
-fn map<'a>(sensor: &'a Sensor, name: &'static str) -> Result<&'a aya::maps::Map, DrainError> {
-    sensor.ebpf.map(name).ok_or(DrainError {
-        map: name,
-        problem: "missing from the object".into(),
-    })
+/// The maps the program counts into, taken out of the loaded object or
+/// opened from their pins: all a drain needs.
+#[derive(Debug)]
+pub struct CounterMaps {
+    pub(crate) totals: Map,
+    pub(crate) services: Map,
+    pub(crate) flows: Map,
+    pub(crate) flow_cache: Map,
 }
 
-/// Reads every counter map once.
+impl CounterMaps {
+    /// Their names in the object (and their pins' file names).
+    pub const NAMES: [&'static str; 4] = [MAP_TOTALS, MAP_SERVICES, MAP_FLOWS, MAP_FLOW_CACHE];
+
+    /// Takes the counter maps out of a loaded object (the program keeps
+    /// using them; the object keeps the feed maps).
+    pub(crate) fn take_from(ebpf: &mut aya::Ebpf) -> Option<Self> {
+        Some(Self {
+            totals: ebpf.take_map(MAP_TOTALS)?,
+            services: ebpf.take_map(MAP_SERVICES)?,
+            flows: ebpf.take_map(MAP_FLOWS)?,
+            flow_cache: ebpf.take_map(MAP_FLOW_CACHE)?,
+        })
+    }
+
+    /// In [`Self::NAMES`] order.
+    pub fn all(&self) -> [(&'static str, &Map); 4] {
+        [
+            (MAP_TOTALS, &self.totals),
+            (MAP_SERVICES, &self.services),
+            (MAP_FLOWS, &self.flows),
+            (MAP_FLOW_CACHE, &self.flow_cache),
+        ]
+    }
+}
+
+/// Reads every counter map of a loaded sensor once.
 pub fn read(sensor: &Sensor) -> Result<KernelReading, DrainError> {
+    read_counters(&sensor.counters, sensor.services.len())
+}
+
+/// Reads every counter map once; `services` is how many services the
+/// program was loaded with.
+pub fn read_counters(maps: &CounterMaps, services: usize) -> Result<KernelReading, DrainError> {
     let totals: PerCpuArray<_, Totals> =
-        PerCpuArray::try_from(map(sensor, MAP_TOTALS)?).map_err(drain_error(MAP_TOTALS))?;
+        PerCpuArray::try_from(&maps.totals).map_err(drain_error(MAP_TOTALS))?;
     let totals = sum_totals(&totals.get(&0, 0).map_err(drain_error(MAP_TOTALS))?);
 
     let service_map: PerCpuArray<_, ServiceCounters> =
-        PerCpuArray::try_from(map(sensor, MAP_SERVICES)?).map_err(drain_error(MAP_SERVICES))?;
-    let service_count = u32::try_from(sensor.services.len() + 1).unwrap_or(MAX_SERVICES);
+        PerCpuArray::try_from(&maps.services).map_err(drain_error(MAP_SERVICES))?;
+    let service_count = u32::try_from(services + 1).unwrap_or(MAX_SERVICES);
     let mut services = Vec::with_capacity(service_count as usize);
     for id in 0..service_count.min(MAX_SERVICES) {
         let values = service_map.get(&id, 0).map_err(drain_error(MAP_SERVICES))?;
@@ -139,7 +174,7 @@ pub fn read(sensor: &Sensor) -> Result<KernelReading, DrainError> {
     }
 
     let flow_map: PerCpuHashMap<_, FlowKey, FlowValue> =
-        PerCpuHashMap::try_from(map(sensor, MAP_FLOWS)?).map_err(drain_error(MAP_FLOWS))?;
+        PerCpuHashMap::try_from(&maps.flows).map_err(drain_error(MAP_FLOWS))?;
     let cpus = aya::util::nr_cpus().map_err(|(path, error)| DrainError {
         map: MAP_FLOWS,
         problem: format!("{path}: {error}"),
@@ -158,7 +193,7 @@ pub fn read(sensor: &Sensor) -> Result<KernelReading, DrainError> {
     if !batched {
         flows = read_flow_table_by_key(&flow_map)?;
     }
-    let (cached_flows, cache_slots_used) = read_flow_cache(sensor, cpus)?;
+    let (cached_flows, cache_slots_used) = read_flow_cache(&maps.flow_cache, cpus)?;
     Ok(KernelReading {
         totals,
         services,
@@ -200,11 +235,11 @@ fn read_flow_table_by_key(
 /// not match its key (or its position) was being claimed while we read it;
 /// it is left for the next reading.
 fn read_flow_cache(
-    sensor: &Sensor,
+    cache: &Map,
     cpus: usize,
 ) -> Result<(Vec<(FlowKey, FlowSample)>, usize), DrainError> {
     let cache: PerCpuArray<_, FlowSlot> =
-        PerCpuArray::try_from(map(sensor, MAP_FLOW_CACHE)?).map_err(drain_error(MAP_FLOW_CACHE))?;
+        PerCpuArray::try_from(cache).map_err(drain_error(MAP_FLOW_CACHE))?;
     let mask = cache.len() - 1;
     let mut by_key: HashMap<FlowKey, Vec<FlowValue>> = HashMap::new();
     let mut used = 0;
@@ -241,6 +276,7 @@ fn read_flow_cache(
 /// A flow as the ledger keeps it. Times are Unix nanoseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlowRecord {
+    /// Counted since the ledger's base.
     pub packets: u64,
     pub bytes: u64,
     pub first_seen_unix_ns: i64,
@@ -251,12 +287,18 @@ pub struct FlowRecord {
     /// take deltas against.
     table: Baseline,
     cache: Baseline,
+    /// `packets` and `bytes` when the last snapshot was cut.
+    marked_packets: u64,
+    marked_bytes: u64,
+    /// The drain that last saw the flow in the kernel.
+    seen_in_drain: u64,
 }
 
 /// What a delta is taken against: a source's counts at the last drain, and
 /// the first-seen time that tells a recreated table entry from the old one.
 /// (The ledger holds one record per flow ever seen, so records stay small.)
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 struct Baseline {
     packets: u64,
     bytes: u64,
@@ -282,7 +324,18 @@ enum Source {
     Cache,
 }
 
-/// Cumulative counts since the program was loaded.
+/// Counts drained from the kernel since a base: zero (the program's
+/// attachment) or a [`Checkpoint`] a snapshot was cut at.
+///
+/// How the drain loses no increment: the kernel's counters only ever grow
+/// (nothing is reset or swapped), so a reading taken while traffic flows
+/// is a consistent lower bound of every counter, and whatever a CPU adds
+/// after it is read shows up in the next reading's difference. Counts are
+/// always `reading - base`; a snapshot is `counts now - counts at the last
+/// cut`, so consecutive snapshots add up to exactly what the kernel counted.
+/// A flow's packets land in the interval whose closing drain first saw
+/// them: a flow spanning a boundary is split at that drain (its first- and
+/// last-seen times stay the flow's own).
 #[derive(Debug, Clone)]
 pub struct Ledger {
     pub totals: Totals,
@@ -291,7 +344,41 @@ pub struct Ledger {
     /// Flow keys alive in the kernel at the last drain (LRU table entries
     /// plus claimed cache slots).
     pub live_flows: usize,
+    /// Flow-table entries the kernel evicted to make room, since the base.
+    pub flow_evictions: u64,
     pub drains: u64,
+    /// The kernel's own counters at the last drain: since the program was
+    /// attached (metrics show these; they never go down).
+    pub kernel_totals: Totals,
+    pub kernel_services: Vec<ServiceCounters>,
+    pub kernel_evictions: u64,
+    base: KernelCounters,
+    mark: Mark,
+}
+
+/// Kernel counters summed over CPUs, as a base or a mark.
+#[derive(Debug, Clone)]
+struct KernelCounters {
+    totals: Totals,
+    services: Vec<ServiceCounters>,
+    evictions: u64,
+}
+
+impl Default for KernelCounters {
+    fn default() -> Self {
+        Self {
+            totals: bytemuck::Zeroable::zeroed(),
+            services: Vec::new(),
+            evictions: 0,
+        }
+    }
+}
+
+/// The ledger's counts when the last snapshot was cut.
+#[derive(Debug, Clone, Default)]
+struct Mark {
+    counts: KernelCounters,
+    drains: u64,
 }
 
 impl Default for Ledger {
@@ -301,7 +388,13 @@ impl Default for Ledger {
             services: Vec::new(),
             flows: HashMap::new(),
             live_flows: 0,
+            flow_evictions: 0,
             drains: 0,
+            kernel_totals: bytemuck::Zeroable::zeroed(),
+            kernel_services: Vec::new(),
+            kernel_evictions: 0,
+            base: KernelCounters::default(),
+            mark: Mark::default(),
         }
     }
 }
@@ -312,14 +405,86 @@ const EMPTY_BASELINE: Baseline = Baseline {
     first_seen_ns: 0,
 };
 
+/// `a - b`, field by field (never below zero).
+pub fn totals_minus(a: &Totals, b: &Totals) -> Totals {
+    let mut out = *a;
+    {
+        let out: &mut [u64] = bytemuck::cast_slice_mut(std::slice::from_mut(&mut out));
+        let b: &[u64] = bytemuck::cast_slice(std::slice::from_ref(b));
+        for (value, minus) in out.iter_mut().zip(b) {
+            *value = value.saturating_sub(*minus);
+        }
+    }
+    out
+}
+
+/// `a - b` per service and field; services missing from `b` count from zero.
+pub fn services_minus(a: &[ServiceCounters], b: &[ServiceCounters]) -> Vec<ServiceCounters> {
+    a.iter()
+        .enumerate()
+        .map(|(id, counters)| {
+            let mut out = *counters;
+            if let Some(minus) = b.get(id) {
+                for direction in 0..classifier_common::DIRECTIONS {
+                    out.packets[direction] =
+                        out.packets[direction].saturating_sub(minus.packets[direction]);
+                    out.bytes[direction] =
+                        out.bytes[direction].saturating_sub(minus.bytes[direction]);
+                }
+            }
+            out
+        })
+        .collect()
+}
+
 impl Ledger {
+    /// A ledger that counts from a checkpoint: what was already reported
+    /// (by a snapshot another daemon wrote) is not counted again.
+    pub fn resume(checkpoint: &Checkpoint) -> Self {
+        let mut ledger = Self {
+            base: KernelCounters {
+                totals: checkpoint.totals,
+                services: checkpoint.services.clone(),
+                evictions: checkpoint.evictions,
+            },
+            ..Self::default()
+        };
+        for flow in &checkpoint.flows {
+            ledger.flows.insert(
+                flow.key,
+                FlowRecord {
+                    packets: 0,
+                    bytes: 0,
+                    first_seen_unix_ns: i64::MAX,
+                    last_seen_unix_ns: i64::MIN,
+                    service: 0,
+                    tcp_flags: 0,
+                    table: flow.table,
+                    cache: flow.cache,
+                    marked_packets: 0,
+                    marked_bytes: 0,
+                    seen_in_drain: 0,
+                },
+            );
+        }
+        ledger
+    }
+
     /// Folds in a reading; `monotonic_to_unix_ns` is added to kernel times.
     pub fn absorb(&mut self, reading: KernelReading, monotonic_to_unix_ns: i128) {
-        self.totals = reading.totals;
-        self.services = reading.services;
         self.live_flows = reading.flows.len() + reading.cache_slots_used;
+        self.kernel_evictions = reading
+            .totals
+            .flow_inserts
+            .saturating_sub(self.live_flows as u64);
+        self.flow_evictions = self.kernel_evictions.saturating_sub(self.base.evictions);
+        self.totals = totals_minus(&reading.totals, &self.base.totals);
+        self.services = services_minus(&reading.services, &self.base.services);
+        self.kernel_totals = reading.totals;
+        self.kernel_services = reading.services;
         let incoming = reading.flows.len() + reading.cached_flows.len();
         self.drains += 1;
+        let drain = self.drains;
         let table = reading.flows.into_iter().map(|flow| (Source::Table, flow));
         let cache = reading
             .cached_flows
@@ -339,6 +504,9 @@ impl Ledger {
                 tcp_flags: 0,
                 table: EMPTY_BASELINE,
                 cache: EMPTY_BASELINE,
+                marked_packets: 0,
+                marked_bytes: 0,
+                seen_in_drain: drain,
             });
             let last = match source {
                 Source::Table => &mut record.table,
@@ -346,22 +514,167 @@ impl Ledger {
             };
             let (packets, bytes, baseline) = gained(source, last, &sample);
             *last = baseline;
+            record.seen_in_drain = drain;
+            record.service = sample.service;
+            if packets == 0 {
+                continue;
+            }
             record.packets += packets;
             record.bytes += bytes;
             record.first_seen_unix_ns =
                 record.first_seen_unix_ns.min(to_unix(sample.first_seen_ns));
             record.last_seen_unix_ns = record.last_seen_unix_ns.max(to_unix(sample.last_seen_ns));
-            record.service = sample.service;
             record.tcp_flags |= sample.tcp_flags;
         }
     }
 
-    /// Flow-table entries the kernel evicted to make room (keys it created
-    /// that are no longer there).
-    pub fn flow_evictions(&self) -> u64 {
-        self.totals
-            .flow_inserts
-            .saturating_sub(self.live_flows as u64)
+    /// The counts since the last cut (or the base), as a ledger of their
+    /// own: what one snapshot reports.
+    pub fn since_mark(&self) -> Ledger {
+        let mark = &self.mark.counts;
+        let flows = self
+            .flows
+            .iter()
+            .filter(|(_, record)| record.packets > record.marked_packets)
+            .map(|(key, record)| {
+                let mut interval = *record;
+                interval.packets = record.packets - record.marked_packets;
+                interval.bytes = record.bytes.saturating_sub(record.marked_bytes);
+                (*key, interval)
+            })
+            .collect();
+        Ledger {
+            totals: totals_minus(&self.totals, &mark.totals),
+            services: services_minus(&self.services, &mark.services),
+            flows,
+            live_flows: self.live_flows,
+            flow_evictions: self.flow_evictions.saturating_sub(mark.evictions),
+            drains: self.drains - self.mark.drains,
+            kernel_totals: self.kernel_totals,
+            kernel_services: self.kernel_services.clone(),
+            kernel_evictions: self.kernel_evictions,
+            base: KernelCounters::default(),
+            mark: Mark::default(),
+        }
+    }
+
+    /// Cuts here: the next [`Self::since_mark`] starts from now. Returns
+    /// the checkpoint a later daemon resumes from (the kernel's counters
+    /// and the live flows' baselines as of the last drain).
+    pub fn cut(&mut self) -> Checkpoint {
+        self.mark = Mark {
+            counts: KernelCounters {
+                totals: self.totals,
+                services: self.services.clone(),
+                evictions: self.flow_evictions,
+            },
+            drains: self.drains,
+        };
+        let drain = self.drains;
+        let mut flows = Vec::new();
+        for (key, record) in &mut self.flows {
+            record.marked_packets = record.packets;
+            record.marked_bytes = record.bytes;
+            if record.seen_in_drain == drain {
+                flows.push(CheckpointFlow {
+                    key: *key,
+                    table: record.table,
+                    cache: record.cache,
+                });
+            }
+        }
+        Checkpoint {
+            totals: self.kernel_totals,
+            services: self.kernel_services.clone(),
+            evictions: self.kernel_evictions,
+            flows,
+        }
+    }
+}
+
+/// The kernel's counters at a snapshot cut, and the baselines of the flows
+/// alive then: a later daemon adopting the same program counts from here.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    pub totals: Totals,
+    pub services: Vec<ServiceCounters>,
+    pub evictions: u64,
+    pub flows: Vec<CheckpointFlow>,
+}
+
+/// One live flow's baselines in a [`Checkpoint`].
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct CheckpointFlow {
+    key: FlowKey,
+    table: Baseline,
+    cache: Baseline,
+}
+
+/// A [`Checkpoint`] as JSON: the kernel structures as hex of their bytes.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct CheckpointText {
+    pub totals: String,
+    pub services: String,
+    pub evictions: u64,
+    pub flows: String,
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        text.push(char::from(b"0123456789abcdef"[usize::from(byte >> 4)]));
+        text.push(char::from(b"0123456789abcdef"[usize::from(byte & 15)]));
+    }
+    text
+}
+
+fn from_hex(text: &str) -> Option<Vec<u8>> {
+    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    text.as_bytes()
+        .chunks(2)
+        .map(|pair| match pair {
+            [high, low] => Some(digit(*high)? << 4 | digit(*low)?),
+            _ => None,
+        })
+        .collect()
+}
+
+fn pod_vec<T: bytemuck::Pod>(text: &str) -> Option<Vec<T>> {
+    let bytes = from_hex(text)?;
+    if bytes.len() % std::mem::size_of::<T>() != 0 {
+        return None;
+    }
+    Some(
+        bytes
+            .chunks_exact(std::mem::size_of::<T>())
+            .map(bytemuck::pod_read_unaligned)
+            .collect(),
+    )
+}
+
+impl Checkpoint {
+    pub fn to_text(&self) -> CheckpointText {
+        CheckpointText {
+            totals: to_hex(bytemuck::bytes_of(&self.totals)),
+            services: to_hex(bytemuck::cast_slice(&self.services)),
+            evictions: self.evictions,
+            flows: to_hex(bytemuck::cast_slice(&self.flows)),
+        }
+    }
+
+    /// `None` when the text is not a checkpoint of this build's layout.
+    pub fn from_text(text: &CheckpointText) -> Option<Self> {
+        let totals = pod_vec::<Totals>(&text.totals)?;
+        let [totals] = totals.as_slice() else {
+            return None;
+        };
+        Some(Self {
+            totals: *totals,
+            services: pod_vec(&text.services)?,
+            evictions: text.evictions,
+            flows: pod_vec(&text.flows)?,
+        })
     }
 }
 
@@ -490,5 +803,71 @@ mod tests {
         assert_eq!(record.first_seen_unix_ns, 10);
         assert_eq!(record.last_seen_unix_ns, 70);
         assert_eq!(ledger.live_flows, 1);
+    }
+
+    fn totals_with(ipv4: u64, inserts: u64) -> Totals {
+        let mut totals: Totals = bytemuck::Zeroable::zeroed();
+        totals.ipv4 = ipv4;
+        totals.flow_inserts = inserts;
+        totals
+    }
+
+    fn full_reading(ipv4: u64, flows: Vec<(FlowKey, FlowSample)>) -> KernelReading {
+        let mut reading = reading(flows);
+        reading.totals = totals_with(ipv4, reading.flows.len() as u64);
+        reading
+    }
+
+    #[test]
+    fn cuts_split_counts_exactly_and_a_resumed_ledger_counts_only_what_came_after() {
+        let mut ledger = Ledger::default();
+        ledger.absorb(full_reading(10, vec![(key(1), sample(4, 10, 20))]), 0);
+        let first = ledger.since_mark();
+        let checkpoint = ledger.cut();
+        assert_eq!(first.totals.ipv4, 10);
+        assert_eq!(first.flows[&key(1)].packets, 4);
+
+        // The flow spans the cut: its later packets land in the next interval.
+        ledger.absorb(
+            full_reading(
+                25,
+                vec![(key(1), sample(9, 10, 40)), (key(2), sample(2, 30, 35))],
+            ),
+            0,
+        );
+        let second = ledger.since_mark();
+        assert_eq!(second.totals.ipv4, 15);
+        assert_eq!(second.flows[&key(1)].packets, 5);
+        assert_eq!(second.flows[&key(2)].packets, 2);
+        assert_eq!(second.drains, 1);
+
+        // Another daemon resumes from the first cut's checkpoint, through text.
+        let text = serde_json::to_string(&checkpoint.to_text()).unwrap();
+        let checkpoint = Checkpoint::from_text(&serde_json::from_str(&text).unwrap()).unwrap();
+        let mut resumed = Ledger::resume(&checkpoint);
+        resumed.absorb(
+            full_reading(
+                25,
+                vec![(key(1), sample(9, 10, 40)), (key(2), sample(2, 30, 35))],
+            ),
+            0,
+        );
+        let interval = resumed.since_mark();
+        assert_eq!(interval.totals.ipv4, 15);
+        assert_eq!(interval.flows[&key(1)].packets, 5);
+        assert_eq!(interval.flows[&key(1)].first_seen_unix_ns, 10);
+        assert_eq!(interval.flows[&key(2)].packets, 2);
+        assert_eq!(interval.flows.len(), 2);
+    }
+
+    #[test]
+    fn a_checkpoint_of_another_layout_is_refused() {
+        let text = CheckpointText {
+            totals: "00ff".into(),
+            services: String::new(),
+            evictions: 0,
+            flows: String::new(),
+        };
+        assert!(Checkpoint::from_text(&text).is_none());
     }
 }

@@ -201,6 +201,12 @@ impl WatchedSet {
         }
     }
 
+    /// IPv4 prefixes, then IPv6.
+    pub fn all(&self) -> impl Iterator<Item = IpNet> + '_ {
+        let v4 = self.v4.iter().map(|net| IpNet::V4(*net));
+        v4.chain(self.v6.iter().map(|net| IpNet::V6(*net)))
+    }
+
     pub fn len(&self) -> usize {
         self.v4.len() + self.v6.len()
     }

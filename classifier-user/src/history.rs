@@ -2,10 +2,1593 @@
 //! `--from`/`--to`, drops duplicates and overlaps, merges them into one
 //! report, and checks the SHA-256 chain with `--verify`.
 
-use crate::cli::ReportArgs;
+use std::{
+    cmp::{Ordering, Reverse},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet, btree_map::Entry},
+    fmt,
+    io::{self, Write as _},
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use time::{
+    Date, OffsetDateTime, PrimitiveDateTime, UtcOffset, format_description::well_known::Rfc3339,
+    macros::format_description,
+};
+
+use crate::{
+    cli::{HistoryFormat, ReportArgs},
+    feeds::{FeedOrigin, sha256_hex},
+    report::{
+        FlowRow, FlowSummary, FlowTable, Report, ReportFormat, SCHEMA, ServiceRow, Totals, top_rows,
+    },
+};
+
+/// The header of `--format csv`: one row per service.
+pub const CSV_HEADER: [&str; 12] = [
+    "service",
+    "flows",
+    "share",
+    "unique_sources",
+    "packets",
+    "bytes",
+    "packets_outbound",
+    "packets_inbound",
+    "bytes_outbound",
+    "bytes_inbound",
+    "first_seen",
+    "last_seen",
+];
+
+/// Why `classifier report` could not produce a report.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error("{path}: cannot read: {source}")]
+    ReadPath { path: PathBuf, source: io::Error },
+    #[error("{file}: {problem}")]
+    File {
+        file: PathBuf,
+        #[source]
+        problem: FileProblem,
+    },
+    #[error("no snapshot files (classifier-*.json) found in {paths}")]
+    NoSnapshots { paths: String },
+    #[error(
+        "--{flag} {value:?}: expected an RFC 3339 time (e.g. 2026-11-24T19:00:00Z) \
+         or a date (2026-11-24, meaning midnight UTC)"
+    )]
+    BadBound { flag: &'static str, value: String },
+    #[error("--from {from} is after --to {to}")]
+    EmptyRange { from: String, to: String },
+    #[error(
+        "none of the {found} snapshots in {paths} lies wholly within --from/--to \
+         ({partial} only partly; a snapshot cannot be split)"
+    )]
+    NothingInRange {
+        paths: String,
+        found: usize,
+        partial: usize,
+    },
+    #[error(
+        "{first} and {second} use different pseudonym keys ({first_key} vs {second_key}); \
+         reports never mix keys"
+    )]
+    MixedPseudonymKeys {
+        first: PathBuf,
+        first_key: String,
+        second: PathBuf,
+        second_key: String,
+    },
+    #[error("cannot write CSV: {0}")]
+    Csv(#[from] csv::Error),
+    #[error("snapshot chain broken in {broken} of {folders} folder(s)")]
+    ChainBroken { broken: usize, folders: usize },
+}
+
+/// What is wrong with one snapshot file (the file is named by the caller).
+#[derive(Debug, thiserror::Error)]
+pub enum FileProblem {
+    #[error("cannot read: {0}")]
+    Read(#[source] io::Error),
+    /// serde_json's message carries the line and column.
+    #[error("not a valid report: {0}")]
+    Json(#[source] serde_json::Error),
+    #[error("schema is {found:?}, expected {SCHEMA:?}")]
+    Schema { found: String },
+    #[error("{field} {value:?} is not an RFC 3339 time")]
+    Time { field: String, value: String },
+}
 
 /// `classifier report`: prints the merged report (or the chain check).
 pub fn report(args: &ReportArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let _ = args;
-    Err("not yet implemented".into())
+    if args.verify {
+        if args.from.is_some() || args.to.is_some() {
+            log::warn!("--from/--to are ignored with --verify: whole chains are checked");
+        }
+        let chains = verify_paths(&args.paths)?;
+        let text: String = chains.iter().map(|chain| format!("{chain}\n")).collect();
+        write_stdout(&text)?;
+        let broken = chains.iter().filter(|chain| chain.is_broken()).count();
+        if broken > 0 {
+            return Err(HistoryError::ChainBroken {
+                broken,
+                folders: chains.len(),
+            }
+            .into());
+        }
+        return Ok(());
+    }
+
+    let range = TimeRange::parse(args.from.as_deref(), args.to.as_deref())?;
+    let merged = merge_paths(&args.paths, &range)?;
+    let text = match args.format {
+        HistoryFormat::Table => format!(
+            "{}\n{}\n",
+            merged.report.render(ReportFormat::Table),
+            merged.counts.coverage_line()
+        ),
+        HistoryFormat::Json => merged.report.render(ReportFormat::Json),
+        HistoryFormat::Csv => services_csv(&merged.report)?,
+    };
+    write_stdout(&text)?;
+    Ok(())
+}
+
+/// Writes without panicking when stdout is closed (e.g. piped to `head`).
+fn write_stdout(text: &str) -> io::Result<()> {
+    let mut stdout = io::stdout().lock();
+    stdout.write_all(text.as_bytes())?;
+    stdout.flush()
+}
+
+// ---------------------------------------------------------------------------
+// Time range
+
+/// The `--from`/`--to` bounds; `None` is open.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TimeRange {
+    pub from: Option<OffsetDateTime>,
+    pub to: Option<OffsetDateTime>,
+}
+
+impl TimeRange {
+    /// Parses both flags (RFC 3339 or `YYYY-MM-DD`, midnight UTC).
+    pub fn parse(from: Option<&str>, to: Option<&str>) -> Result<Self, HistoryError> {
+        let range = Self {
+            from: from.map(|text| parse_bound("from", text)).transpose()?,
+            to: to.map(|text| parse_bound("to", text)).transpose()?,
+        };
+        if let (Some(from), Some(to)) = (range.from, range.to)
+            && from > to
+        {
+            return Err(HistoryError::EmptyRange {
+                from: crate::report::rfc3339(from),
+                to: crate::report::rfc3339(to),
+            });
+        }
+        Ok(range)
+    }
+
+    /// True when `[start, end]` lies wholly within the range.
+    fn contains(&self, start: OffsetDateTime, end: OffsetDateTime) -> bool {
+        self.from.is_none_or(|from| start >= from) && self.to.is_none_or(|to| end <= to)
+    }
+
+    /// True when `[start, end]` shares some time with the range.
+    fn overlaps(&self, start: OffsetDateTime, end: OffsetDateTime) -> bool {
+        self.from.is_none_or(|from| end > from) && self.to.is_none_or(|to| start < to)
+    }
+}
+
+fn parse_bound(flag: &'static str, text: &str) -> Result<OffsetDateTime, HistoryError> {
+    if let Ok(time) = OffsetDateTime::parse(text, &Rfc3339) {
+        return Ok(time);
+    }
+    Date::parse(text, format_description!("[year]-[month]-[day]"))
+        .map(|date| date.midnight().assume_utc())
+        .map_err(|_| HistoryError::BadBound {
+            flag,
+            value: text.to_string(),
+        })
+}
+
+fn parse_time(text: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(text, &Rfc3339).ok()
+}
+
+/// Orders two RFC 3339 times by the instant they name (as text when one
+/// does not parse; loading has checked they do).
+fn compare_times(a: &str, b: &str) -> Ordering {
+    match (parse_time(a), parse_time(b)) {
+        (Some(a), Some(b)) => a.cmp(&b),
+        _ => a.cmp(b),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// File names
+
+/// The parts of a snapshot file name `classifier-20261124T190000Z-2.json`:
+/// the start it names (UTC, whole seconds) and the collision counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct SnapshotName {
+    start: OffsetDateTime,
+    counter: u32,
+}
+
+impl SnapshotName {
+    fn parse(file_name: &str) -> Option<Self> {
+        let stem = file_name
+            .strip_prefix("classifier-")?
+            .strip_suffix(".json")?;
+        let (stamp, counter) = match stem.split_once('-') {
+            Some((stamp, counter)) if counter.bytes().all(|b| b.is_ascii_digit()) => {
+                (stamp, counter.parse().ok()?)
+            }
+            Some(_) => return None,
+            None => (stem, 0),
+        };
+        let start = PrimitiveDateTime::parse(
+            stamp,
+            format_description!("[year][month][day]T[hour][minute][second]Z"),
+        )
+        .ok()?
+        .assume_utc();
+        Some(Self { start, counter })
+    }
+}
+
+/// Sort key of snapshot file names: by the start they name, then the
+/// counter (`…Z.json` before `…Z-1.json`, `-2` before `-10`); names that
+/// do not parse last, by text.
+fn name_order(file_name: &str) -> (bool, Option<SnapshotName>, String) {
+    let parsed = SnapshotName::parse(file_name);
+    (parsed.is_none(), parsed, file_name.to_string())
+}
+
+fn is_snapshot_file_name(file_name: &str) -> bool {
+    !file_name.starts_with('.')
+        && file_name.starts_with("classifier-")
+        && file_name.ends_with(".json")
+}
+
+fn file_name_of(path: &Path) -> String {
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |name| name.to_string_lossy().into_owned(),
+    )
+}
+
+fn join_paths(paths: &[PathBuf]) -> String {
+    let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    names.join(", ")
+}
+
+// ---------------------------------------------------------------------------
+// Loading
+
+/// One loaded report file.
+#[derive(Debug)]
+struct Snapshot {
+    path: PathBuf,
+    /// The file name, without the folder.
+    name: String,
+    /// SHA-256 of the file's exact bytes (lowercase hex).
+    sha256: String,
+    report: Report,
+    start: OffsetDateTime,
+    end: OffsetDateTime,
+}
+
+impl Snapshot {
+    fn pseudonym_key_id(&self) -> Option<&str> {
+        self.report
+            .snapshot
+            .as_ref()
+            .and_then(|info| info.pseudonym_key_id.as_deref())
+    }
+}
+
+/// The files named by `paths`: files as given, folders expanded to their
+/// `classifier-*.json` files (not recursively; hidden and temp files
+/// skipped). Each path once, in the order given (folders by name).
+fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, HistoryError> {
+    let mut files = Vec::new();
+    for path in paths {
+        let metadata = std::fs::metadata(path).map_err(|source| HistoryError::ReadPath {
+            path: path.clone(),
+            source,
+        })?;
+        if !metadata.is_dir() {
+            files.push(path.clone());
+            continue;
+        }
+        let read_error = |source| HistoryError::ReadPath {
+            path: path.clone(),
+            source,
+        };
+        let mut in_folder = Vec::new();
+        for entry in std::fs::read_dir(path).map_err(read_error)? {
+            let entry = entry.map_err(read_error)?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if is_snapshot_file_name(&name) && entry.path().is_file() {
+                in_folder.push((name_order(&name), entry.path()));
+            }
+        }
+        if in_folder.is_empty() {
+            log::warn!("{}: no snapshot files (classifier-*.json)", path.display());
+        }
+        in_folder.sort();
+        files.extend(in_folder.into_iter().map(|(_, file)| file));
+    }
+    let mut seen = HashSet::new();
+    files.retain(|file| seen.insert(file.clone()));
+    if files.is_empty() {
+        return Err(HistoryError::NoSnapshots {
+            paths: join_paths(paths),
+        });
+    }
+    Ok(files)
+}
+
+/// Reads and checks one report file: valid JSON, our schema, RFC 3339
+/// times.
+fn load_snapshot(path: &Path) -> Result<Snapshot, FileProblem> {
+    let bytes = std::fs::read(path).map_err(FileProblem::Read)?;
+    let report: Report = serde_json::from_slice(&bytes).map_err(FileProblem::Json)?;
+    if report.schema != SCHEMA {
+        return Err(FileProblem::Schema {
+            found: report.schema,
+        });
+    }
+    let time_of = |field: &str, value: &str| {
+        parse_time(value).ok_or_else(|| FileProblem::Time {
+            field: field.to_string(),
+            value: value.to_string(),
+        })
+    };
+    let start = time_of("start", &report.start)?;
+    let end = time_of("end", &report.end)?;
+    for (index, flow) in report.flows.iter().enumerate() {
+        time_of(&format!("flows[{index}].first_seen"), &flow.first_seen)?;
+        time_of(&format!("flows[{index}].last_seen"), &flow.last_seen)?;
+    }
+    Ok(Snapshot {
+        path: path.to_path_buf(),
+        name: file_name_of(path),
+        sha256: sha256_hex(&bytes),
+        report,
+        start,
+        end,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Selection
+
+/// What the selection kept and skipped, and the coverage of what it kept.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SelectionCounts {
+    /// Snapshots merged.
+    pub used: usize,
+    /// Byte-identical copies skipped.
+    pub duplicates: usize,
+    /// Different files of the same sensor and interfaces whose time
+    /// overlaps one kept, skipped.
+    pub overlapping: usize,
+    /// Snapshots wholly outside `--from`/`--to`.
+    pub outside: usize,
+    /// Snapshots only partly inside `--from`/`--to` (skipped: a snapshot
+    /// cannot be split).
+    pub partial: usize,
+    /// Daemon restarts summed over the snapshots used.
+    pub restarts: u64,
+    /// Seconds without a counting program, summed over the snapshots used.
+    pub gap_seconds: f64,
+}
+
+impl SelectionCounts {
+    /// One line for the table: what was used, skipped, and the coverage.
+    pub fn coverage_line(&self) -> String {
+        format!(
+            "snapshots: {} used; skipped {} identical, {} overlapping, {} outside the range, \
+             {} partly inside; restarts {}, gaps {:.1} s",
+            self.used,
+            self.duplicates,
+            self.overlapping,
+            self.outside,
+            self.partial,
+            self.restarts,
+            self.gap_seconds
+        )
+    }
+}
+
+/// A merged report and what went into it.
+#[derive(Debug, Clone)]
+pub struct MergedHistory {
+    pub report: Report,
+    pub counts: SelectionCounts,
+}
+
+/// Loads the snapshots under `paths`, keeps those within `range` once
+/// each, and merges them.
+pub fn merge_paths(paths: &[PathBuf], range: &TimeRange) -> Result<MergedHistory, HistoryError> {
+    let snapshots = collect_files(paths)?
+        .into_iter()
+        .map(|file| load_snapshot(&file).map_err(|problem| HistoryError::File { file, problem }))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (used, counts) = select(snapshots, range, paths)?;
+    Ok(MergedHistory {
+        report: merge(&used),
+        counts,
+    })
+}
+
+/// Keeps the snapshots within `range`, each file's bytes once, and of
+/// overlapping files of one sensor the one that starts first. Returns them
+/// ordered by start.
+fn select(
+    snapshots: Vec<Snapshot>,
+    range: &TimeRange,
+    paths: &[PathBuf],
+) -> Result<(Vec<Snapshot>, SelectionCounts), HistoryError> {
+    let found = snapshots.len();
+    let mut counts = SelectionCounts::default();
+    let mut in_range = Vec::new();
+    for snapshot in snapshots {
+        if range.contains(snapshot.start, snapshot.end) {
+            in_range.push(snapshot);
+        } else if range.overlaps(snapshot.start, snapshot.end) {
+            counts.partial += 1;
+        } else {
+            counts.outside += 1;
+        }
+    }
+    if counts.partial > 0 {
+        log::warn!(
+            "skipped {} snapshot(s) only partly within --from/--to: a snapshot cannot be split",
+            counts.partial
+        );
+    }
+    if in_range.is_empty() {
+        return Err(HistoryError::NothingInRange {
+            paths: join_paths(paths),
+            found,
+            partial: counts.partial,
+        });
+    }
+
+    let unique = drop_identical(in_range, &mut counts);
+    check_pseudonym_keys(&unique)?;
+    let used = drop_overlapping(unique, &mut counts);
+
+    counts.used = used.len();
+    for info in used.iter().filter_map(|s| s.report.snapshot.as_ref()) {
+        counts.restarts += info.coverage.restarts;
+        counts.gap_seconds += info.coverage.gap_before_seconds;
+    }
+    Ok((used, counts))
+}
+
+/// Keeps the first of files with the same SHA-256.
+fn drop_identical(snapshots: Vec<Snapshot>, counts: &mut SelectionCounts) -> Vec<Snapshot> {
+    let mut first_with_hash: HashMap<String, PathBuf> = HashMap::new();
+    let mut unique = Vec::new();
+    for snapshot in snapshots {
+        if let Some(kept) = first_with_hash.get(&snapshot.sha256) {
+            log::info!(
+                "{} is byte-identical to {}: counted once",
+                snapshot.path.display(),
+                kept.display()
+            );
+            counts.duplicates += 1;
+        } else {
+            first_with_hash.insert(snapshot.sha256.clone(), snapshot.path.clone());
+            unique.push(snapshot);
+        }
+    }
+    unique
+}
+
+/// Refuses snapshots whose watched addresses are pseudonyms under
+/// different keys (or pseudonyms mixed with addresses).
+fn check_pseudonym_keys(snapshots: &[Snapshot]) -> Result<(), HistoryError> {
+    let Some(first) = snapshots.first() else {
+        return Ok(());
+    };
+    let key_name = |key: Option<&str>| key.unwrap_or("none").to_string();
+    match snapshots
+        .iter()
+        .find(|other| other.pseudonym_key_id() != first.pseudonym_key_id())
+    {
+        Some(other) => Err(HistoryError::MixedPseudonymKeys {
+            first: first.path.clone(),
+            first_key: key_name(first.pseudonym_key_id()),
+            second: other.path.clone(),
+            second_key: key_name(other.pseudonym_key_id()),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Of files of one sensor and interface set whose times overlap, keeps the
+/// one that starts first (ties: the longer, then by file name). Touching
+/// bounds (one ends when the next starts) are not an overlap. Returns the
+/// kept ones ordered by start.
+fn drop_overlapping(mut snapshots: Vec<Snapshot>, counts: &mut SelectionCounts) -> Vec<Snapshot> {
+    snapshots
+        .sort_by_cached_key(|s| (s.start, Reverse(s.end), name_order(&s.name), s.path.clone()));
+    // Per sensor and interface set: the latest end kept so far and its file.
+    let mut latest: HashMap<(String, Vec<String>), (OffsetDateTime, PathBuf)> = HashMap::new();
+    let mut kept = Vec::new();
+    for snapshot in snapshots {
+        let mut interfaces = snapshot.report.interfaces.clone();
+        interfaces.sort();
+        interfaces.dedup();
+        let group = (snapshot.report.sensor.clone(), interfaces);
+        if let Some((end, kept_file)) = latest.get(&group)
+            && snapshot.start < *end
+        {
+            log::warn!(
+                "{} overlaps {} (sensor {}, interfaces {}): skipped so nothing is counted twice",
+                snapshot.path.display(),
+                kept_file.display(),
+                group.0,
+                group.1.join(",")
+            );
+            counts.overlapping += 1;
+            continue;
+        }
+        let later_end = latest
+            .get(&group)
+            .is_none_or(|(end, _)| snapshot.end > *end);
+        if later_end {
+            latest.insert(group, (snapshot.end, snapshot.path.clone()));
+        }
+        kept.push(snapshot);
+    }
+    kept
+}
+
+// ---------------------------------------------------------------------------
+// Merge
+
+/// A flow's identity across snapshots: watched, endpoint, protocol, port,
+/// direction, service.
+type FlowId = (IpAddr, IpAddr, u8, u16, String, String);
+
+/// Merges snapshots (already free of duplicates and overlaps) into one
+/// report without a `snapshot` section.
+fn merge(snapshots: &[Snapshot]) -> Report {
+    let mut sensors = BTreeSet::new();
+    let mut interfaces = BTreeSet::new();
+    let mut totals = Totals::default();
+    let mut malformed: BTreeMap<String, u64> = BTreeMap::new();
+    let mut flow_table = FlowTable::default();
+    let mut feeds: Vec<FeedOrigin> = Vec::new();
+    let mut services: BTreeMap<String, ServiceRow> = BTreeMap::new();
+    let mut flows: BTreeMap<FlowId, FlowRow> = BTreeMap::new();
+
+    for snapshot in snapshots {
+        let report = &snapshot.report;
+        sensors.insert(report.sensor.clone());
+        interfaces.extend(report.interfaces.iter().cloned());
+        add_totals(&mut totals, &report.totals);
+        for (reason, count) in &report.malformed {
+            *malformed.entry(reason.clone()).or_default() += count;
+        }
+        flow_table.inserts += report.flow_table.inserts;
+        flow_table.evictions += report.flow_table.evictions;
+        flow_table.insert_failures += report.flow_table.insert_failures;
+        flow_table.drains += report.flow_table.drains;
+        for feed in &report.feeds {
+            let known = feeds
+                .iter()
+                .any(|seen| seen.name == feed.name && seen.sha256 == feed.sha256);
+            if !known {
+                feeds.push(feed.clone());
+            }
+        }
+        for row in &report.services {
+            add_service_counters(&mut services, row);
+        }
+        for flow in &report.flows {
+            add_flow(&mut flows, flow);
+        }
+    }
+
+    let mut flows: Vec<FlowRow> = flows.into_values().collect();
+    flows.sort_by_cached_key(|flow| {
+        (
+            parse_time(&flow.first_seen),
+            flow.watched,
+            flow.endpoint,
+            flow.port,
+            flow.direction.clone(),
+        )
+    });
+    let services = FlowSummary::of(&flows).fill_service_rows(services.into_values().collect());
+    let start = snapshots.iter().map(|s| s.start).min();
+    let end = snapshots.iter().map(|s| s.end).max();
+    let sensors: Vec<String> = sensors.into_iter().collect();
+
+    Report {
+        schema: SCHEMA.to_string(),
+        start: start.map_or_else(String::new, crate::report::rfc3339),
+        end: end.map_or_else(String::new, crate::report::rfc3339),
+        sensor: sensors.join(","),
+        interfaces: interfaces.into_iter().collect(),
+        totals,
+        malformed,
+        flow_table,
+        feeds,
+        services,
+        top_sources: top_rows(&flows, |flow| flow.watched),
+        top_endpoints: top_rows(&flows, |flow| flow.endpoint),
+        flows,
+        snapshot: None,
+    }
+}
+
+fn add_totals(sum: &mut Totals, add: &Totals) {
+    sum.packets += add.packets;
+    sum.bytes += add.bytes;
+    sum.ipv4 += add.ipv4;
+    sum.ipv6 += add.ipv6;
+    sum.other += add.other;
+    sum.malformed += add.malformed;
+    sum.watched += add.watched;
+    sum.matched += add.matched;
+}
+
+/// Sums a service's packet and byte counters; flows, sources, share and
+/// times are recomputed from the merged flows.
+fn add_service_counters(services: &mut BTreeMap<String, ServiceRow>, row: &ServiceRow) {
+    let sum = services
+        .entry(row.service.clone())
+        .or_insert_with(|| ServiceRow {
+            service: row.service.clone(),
+            packets: 0,
+            bytes: 0,
+            packets_outbound: 0,
+            packets_inbound: 0,
+            bytes_outbound: 0,
+            bytes_inbound: 0,
+            flows: 0,
+            unique_sources: 0,
+            share: 0.0,
+            first_seen: None,
+            last_seen: None,
+        });
+    sum.packets += row.packets;
+    sum.bytes += row.bytes;
+    sum.packets_outbound += row.packets_outbound;
+    sum.packets_inbound += row.packets_inbound;
+    sum.bytes_outbound += row.bytes_outbound;
+    sum.bytes_inbound += row.bytes_inbound;
+}
+
+/// Adds one snapshot's flow: counts summed, earliest first seen, latest
+/// last seen, TCP flags OR-ed.
+fn add_flow(flows: &mut BTreeMap<FlowId, FlowRow>, flow: &FlowRow) {
+    let id = (
+        flow.watched,
+        flow.endpoint,
+        flow.protocol,
+        flow.port,
+        flow.direction.clone(),
+        flow.service.clone(),
+    );
+    match flows.entry(id) {
+        Entry::Vacant(entry) => {
+            entry.insert(flow.clone());
+        }
+        Entry::Occupied(mut entry) => {
+            let sum = entry.get_mut();
+            sum.packets += flow.packets;
+            sum.bytes += flow.bytes;
+            if compare_times(&flow.first_seen, &sum.first_seen).is_lt() {
+                sum.first_seen = flow.first_seen.clone();
+            }
+            if compare_times(&flow.last_seen, &sum.last_seen).is_gt() {
+                sum.last_seen = flow.last_seen.clone();
+            }
+            sum.tcp_flags |= flow.tcp_flags;
+        }
+    }
+}
+
+/// `--format csv`: one row per service, under [`CSV_HEADER`].
+pub fn services_csv(report: &Report) -> Result<String, HistoryError> {
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    writer.write_record(CSV_HEADER)?;
+    for row in &report.services {
+        writer.write_record([
+            row.service.clone(),
+            row.flows.to_string(),
+            row.share.to_string(),
+            row.unique_sources.to_string(),
+            row.packets.to_string(),
+            row.bytes.to_string(),
+            row.packets_outbound.to_string(),
+            row.packets_inbound.to_string(),
+            row.bytes_outbound.to_string(),
+            row.bytes_inbound.to_string(),
+            row.first_seen.clone().unwrap_or_default(),
+            row.last_seen.clone().unwrap_or_default(),
+        ])?;
+    }
+    let bytes = writer
+        .into_inner()
+        .map_err(|error| csv::Error::from(error.into_error()))?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+// ---------------------------------------------------------------------------
+// Chain verification
+
+/// The outcome of checking one folder's chain.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChainCheck {
+    /// Every link holds. `notes` says what was not a break (a first file
+    /// whose predecessor was pruned).
+    Intact {
+        snapshots: usize,
+        start: String,
+        end: String,
+        notes: Vec<String>,
+    },
+    /// The first break: the file (name only) and what is wrong.
+    Broken { file: String, problem: String },
+}
+
+/// One folder and the outcome of its chain check.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FolderChain {
+    pub folder: PathBuf,
+    pub check: ChainCheck,
+}
+
+impl FolderChain {
+    /// True when the folder's chain has a break.
+    pub fn is_broken(&self) -> bool {
+        matches!(self.check, ChainCheck::Broken { .. })
+    }
+}
+
+impl fmt::Display for FolderChain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let folder = self.folder.display();
+        match &self.check {
+            ChainCheck::Intact {
+                snapshots,
+                start,
+                end,
+                notes,
+            } => {
+                write!(
+                    f,
+                    "chain intact: {snapshots} snapshots in {folder}, {start} .. {end}"
+                )?;
+                for note in notes {
+                    write!(f, "\n  note: {note}")?;
+                }
+                Ok(())
+            }
+            ChainCheck::Broken { file, problem } => {
+                write!(f, "chain broken in {folder}: {file}: {problem}")
+            }
+        }
+    }
+}
+
+/// Checks the chain of the snapshot files under `paths`, per folder: a
+/// folder path checks all its `classifier-*.json` files, file paths check
+/// the files given (grouped by the folder holding them).
+pub fn verify_paths(paths: &[PathBuf]) -> Result<Vec<FolderChain>, HistoryError> {
+    let mut by_folder: BTreeMap<PathBuf, Vec<PathBuf>> = BTreeMap::new();
+    for file in collect_files(paths)? {
+        let folder = file
+            .parent()
+            .filter(|parent| !parent.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        by_folder.entry(folder).or_default().push(file);
+    }
+    Ok(by_folder
+        .into_iter()
+        .map(|(folder, files)| FolderChain {
+            check: check_chain(files),
+            folder,
+        })
+        .collect())
+}
+
+/// Checks one folder's files, in name order, and stops at the first break.
+fn check_chain(mut files: Vec<PathBuf>) -> ChainCheck {
+    files.sort_by_cached_key(|file| name_order(&file_name_of(file)));
+    let names: HashSet<String> = files.iter().map(|file| file_name_of(file)).collect();
+    let mut notes = Vec::new();
+    let mut previous: Option<Snapshot> = None;
+    let mut first_start = String::new();
+    for file in &files {
+        let snapshot = match load_snapshot(file) {
+            Ok(snapshot) => snapshot,
+            Err(problem) => {
+                return ChainCheck::Broken {
+                    file: file_name_of(file),
+                    problem: problem.to_string(),
+                };
+            }
+        };
+        let link = check_name(&snapshot).and_then(|()| match &previous {
+            None => check_first_link(&snapshot, &names),
+            Some(previous) => check_link(&snapshot, previous, &names).map(|()| None),
+        });
+        match link {
+            Ok(note) => notes.extend(note),
+            Err(problem) => {
+                return ChainCheck::Broken {
+                    file: snapshot.name,
+                    problem,
+                };
+            }
+        }
+        if previous.is_none() {
+            first_start = snapshot.report.start.clone();
+        }
+        previous = Some(snapshot);
+    }
+    ChainCheck::Intact {
+        snapshots: files.len(),
+        start: first_start,
+        end: previous.map(|last| last.report.end).unwrap_or_default(),
+        notes,
+    }
+}
+
+/// The file name must be a snapshot name naming its start (to the second).
+fn check_name(snapshot: &Snapshot) -> Result<(), String> {
+    if snapshot.report.snapshot.is_none() {
+        return Err("not a snapshot file (no snapshot section)".to_string());
+    }
+    let Some(name) = SnapshotName::parse(&snapshot.name) else {
+        return Err("name is not classifier-YYYYMMDDTHHMMSSZ[-N].json".to_string());
+    };
+    let start = snapshot.start.to_offset(UtcOffset::UTC);
+    let whole_second = start - time::Duration::nanoseconds(i64::from(start.nanosecond()));
+    if name.start != whole_second {
+        return Err(format!(
+            "its name says {} but it starts at {} (renamed?)",
+            crate::report::rfc3339(name.start),
+            snapshot.report.start
+        ));
+    }
+    Ok(())
+}
+
+/// The first file may follow a pruned predecessor (a note), but not one
+/// that sorts after it.
+fn check_first_link(
+    snapshot: &Snapshot,
+    names: &HashSet<String>,
+) -> Result<Option<String>, String> {
+    let Some(link) = snapshot
+        .report
+        .snapshot
+        .as_ref()
+        .and_then(|info| info.previous.as_ref())
+    else {
+        return Ok(None);
+    };
+    if names.contains(&link.file) {
+        return Err(format!(
+            "its previous snapshot {} sorts after it (reordered)",
+            link.file
+        ));
+    }
+    Ok(Some(format!(
+        "{} follows {}, which is not here (older snapshots pruned?)",
+        snapshot.name, link.file
+    )))
+}
+
+/// Every later file must name the file just before it with that file's
+/// SHA-256, and start no earlier than it ends.
+fn check_link(
+    snapshot: &Snapshot,
+    previous: &Snapshot,
+    names: &HashSet<String>,
+) -> Result<(), String> {
+    let expected = format!(
+        "previous snapshot should be {} with sha256 {}",
+        previous.name, previous.sha256
+    );
+    let link = snapshot
+        .report
+        .snapshot
+        .as_ref()
+        .and_then(|info| info.previous.as_ref());
+    let Some(link) = link else {
+        return Err(format!(
+            "{expected}, found none (a new chain starts here: edited, or files of another chain mixed in)"
+        ));
+    };
+    if link.file != previous.name || link.sha256 != previous.sha256 {
+        let why = if link.file == previous.name {
+            format!("{} was edited: its bytes no longer match", previous.name)
+        } else if names.contains(&link.file) {
+            format!("{} is here but out of order: reordered", link.file)
+        } else {
+            format!("{} is missing", link.file)
+        };
+        return Err(format!(
+            "{expected}, found {} with sha256 {} ({why})",
+            link.file, link.sha256
+        ));
+    }
+    if snapshot.start < previous.end {
+        return Err(format!(
+            "starts at {}, before {} ends at {} (out of time order)",
+            snapshot.report.start, previous.name, previous.report.end
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::{Coverage, PreviousSnapshot, SnapshotInfo};
+
+    /// A fresh folder under the system temp folder, removed when dropped.
+    struct TempFolder(PathBuf);
+
+    impl TempFolder {
+        fn new(name: &str) -> Self {
+            let path = std::env::temp_dir()
+                .join(format!("classifier-history-{}-{name}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&path);
+            std::fs::create_dir_all(&path).unwrap();
+            Self(path)
+        }
+
+        fn file(&self, name: &str) -> PathBuf {
+            self.0.join(name)
+        }
+    }
+
+    impl Drop for TempFolder {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    const NORDVPN: &str = "nordvpn";
+    const TOR: &str = "tor";
+
+    fn flow(
+        watched: &str,
+        endpoint: &str,
+        service: &str,
+        packets: u64,
+        first_seen: &str,
+        last_seen: &str,
+    ) -> FlowRow {
+        FlowRow {
+            watched: watched.parse().unwrap(),
+            endpoint: endpoint.parse().unwrap(),
+            protocol: 6,
+            port: 443,
+            service: service.to_string(),
+            direction: "outbound".to_string(),
+            packets,
+            bytes: packets * 100,
+            first_seen: first_seen.to_string(),
+            last_seen: last_seen.to_string(),
+            tcp_flags: 0x02,
+        }
+    }
+
+    /// A snapshot of sensor `s1` on `eth1` whose counters are its flows'.
+    fn snapshot(start: &str, end: &str, flows: Vec<FlowRow>) -> Report {
+        let mut services: BTreeMap<String, ServiceRow> = BTreeMap::new();
+        for flow in &flows {
+            add_service_counters(
+                &mut services,
+                &ServiceRow {
+                    service: flow.service.clone(),
+                    packets: flow.packets,
+                    bytes: flow.bytes,
+                    packets_outbound: flow.packets,
+                    packets_inbound: 0,
+                    bytes_outbound: flow.bytes,
+                    bytes_inbound: 0,
+                    flows: 0,
+                    unique_sources: 0,
+                    share: 0.0,
+                    first_seen: None,
+                    last_seen: None,
+                },
+            );
+        }
+        let packets: u64 = flows.iter().map(|f| f.packets).sum();
+        let bytes: u64 = flows.iter().map(|f| f.bytes).sum();
+        Report {
+            schema: SCHEMA.to_string(),
+            start: start.to_string(),
+            end: end.to_string(),
+            sensor: "s1".to_string(),
+            interfaces: vec!["eth1".to_string()],
+            totals: Totals {
+                packets: packets + 10,
+                bytes: bytes + 1000,
+                ipv4: packets + 10,
+                ipv6: 0,
+                other: 0,
+                malformed: 1,
+                watched: packets,
+                matched: packets,
+            },
+            malformed: BTreeMap::from([("ipv4_truncated".to_string(), 1)]),
+            flow_table: FlowTable {
+                inserts: flows.len() as u64,
+                evictions: 0,
+                insert_failures: 0,
+                drains: 60,
+            },
+            feeds: vec![FeedOrigin {
+                name: "bundled".to_string(),
+                sha256: "ab".repeat(32),
+                prefixes: BTreeMap::new(),
+                loaded_at: None,
+            }],
+            services: services.into_values().collect(),
+            flows,
+            top_sources: Vec::new(),
+            top_endpoints: Vec::new(),
+            snapshot: Some(SnapshotInfo {
+                interval_seconds: 3600,
+                instance: "test".to_string(),
+                program_attached_at: start.to_string(),
+                watched: vec!["175.45.176.0/22".to_string()],
+                previous: None,
+                coverage: Coverage {
+                    restarts: 0,
+                    gap_before_seconds: 0.0,
+                    partial: false,
+                },
+                pseudonym_key_id: None,
+            }),
+        }
+    }
+
+    /// `classifier-20261124T190000Z.json` for a start of 2026-11-24T19:00:00Z.
+    fn name_for(start: &str) -> String {
+        let stamp: String = start
+            .chars()
+            .take(19)
+            .filter(|c| c.is_ascii_digit() || *c == 'T')
+            .collect();
+        format!("classifier-{stamp}Z.json")
+    }
+
+    fn write_report(path: &Path, report: &Report) -> String {
+        let bytes = serde_json::to_vec_pretty(report).unwrap();
+        std::fs::write(path, &bytes).unwrap();
+        sha256_hex(&bytes)
+    }
+
+    /// Writes `reports` into `folder` as a chain, named by their starts.
+    fn write_chain(folder: &TempFolder, reports: Vec<Report>) -> Vec<PathBuf> {
+        let mut previous: Option<PreviousSnapshot> = None;
+        let mut paths = Vec::new();
+        for mut report in reports {
+            let name = name_for(&report.start);
+            if let Some(info) = report.snapshot.as_mut() {
+                info.previous = previous.clone();
+            }
+            let path = folder.file(&name);
+            let sha256 = write_report(&path, &report);
+            previous = Some(PreviousSnapshot { file: name, sha256 });
+            paths.push(path);
+        }
+        paths
+    }
+
+    /// Three hourly snapshots, 19:00 to 22:00.
+    fn three_hours() -> Vec<Report> {
+        vec![
+            snapshot(
+                "2026-11-24T19:00:00Z",
+                "2026-11-24T20:00:00Z",
+                vec![flow(
+                    "175.45.176.1",
+                    "198.51.100.1",
+                    NORDVPN,
+                    5,
+                    "2026-11-24T19:10:00.25Z",
+                    "2026-11-24T19:59:59Z",
+                )],
+            ),
+            snapshot(
+                "2026-11-24T20:00:00Z",
+                "2026-11-24T21:00:00Z",
+                vec![flow(
+                    "175.45.176.2",
+                    "198.51.100.2",
+                    TOR,
+                    7,
+                    "2026-11-24T20:05:00Z",
+                    "2026-11-24T20:06:00Z",
+                )],
+            ),
+            snapshot(
+                "2026-11-24T21:00:00Z",
+                "2026-11-24T22:00:00Z",
+                vec![flow(
+                    "175.45.176.3",
+                    "198.51.100.3",
+                    TOR,
+                    11,
+                    "2026-11-24T21:05:00Z",
+                    "2026-11-24T21:06:00Z",
+                )],
+            ),
+        ]
+    }
+
+    fn service<'a>(report: &'a Report, name: &str) -> &'a ServiceRow {
+        report
+            .services
+            .iter()
+            .find(|row| row.service == name)
+            .unwrap()
+    }
+
+    fn merge_folder(folder: &TempFolder, range: &TimeRange) -> MergedHistory {
+        merge_paths(std::slice::from_ref(&folder.0), range).unwrap()
+    }
+
+    fn broken(chains: &[FolderChain]) -> (String, String) {
+        match &chains[0].check {
+            ChainCheck::Broken { file, problem } => (file.clone(), problem.clone()),
+            intact => panic!("expected a break, got {intact:?}"),
+        }
+    }
+
+    #[test]
+    fn merge_sums_counts_and_counts_spanning_flows_and_sources_once() {
+        let folder = TempFolder::new("merge");
+        let spanning = |packets, first: &str, last: &str| {
+            flow(
+                "175.45.176.1",
+                "198.51.100.1",
+                NORDVPN,
+                packets,
+                first,
+                last,
+            )
+        };
+        let mut late = spanning(4, "2026-11-24T20:00:01Z", "2026-11-24T20:30:00Z");
+        late.tcp_flags = 0x10;
+        write_chain(
+            &folder,
+            vec![
+                snapshot(
+                    "2026-11-24T19:00:00Z",
+                    "2026-11-24T20:00:00Z",
+                    vec![
+                        spanning(3, "2026-11-24T19:03:00.5Z", "2026-11-24T19:59:00Z"),
+                        flow(
+                            "175.45.176.2",
+                            "198.51.100.9",
+                            TOR,
+                            2,
+                            "2026-11-24T19:30:00Z",
+                            "2026-11-24T19:31:00Z",
+                        ),
+                    ],
+                ),
+                snapshot(
+                    "2026-11-24T20:00:00Z",
+                    "2026-11-24T21:00:00Z",
+                    vec![
+                        late,
+                        // The same source with another endpoint: a new flow.
+                        flow(
+                            "175.45.176.1",
+                            "198.51.100.5",
+                            NORDVPN,
+                            1,
+                            "2026-11-24T20:10:00Z",
+                            "2026-11-24T20:41:00Z",
+                        ),
+                    ],
+                ),
+            ],
+        );
+
+        let merged = merge_folder(&folder, &TimeRange::default());
+        let report = &merged.report;
+        assert_eq!(report.start, "2026-11-24T19:00:00Z");
+        assert_eq!(report.end, "2026-11-24T21:00:00Z");
+        assert_eq!(report.sensor, "s1");
+        assert_eq!(report.interfaces, ["eth1"]);
+        assert!(report.snapshot.is_none());
+        assert_eq!(report.totals.matched, 3 + 2 + 4 + 1);
+        assert_eq!(report.totals.packets, 10 + 20);
+        assert_eq!(report.malformed["ipv4_truncated"], 2);
+        assert_eq!(report.flow_table.drains, 120);
+        assert_eq!(report.feeds.len(), 1, "the same feed is listed once");
+
+        assert_eq!(report.flows.len(), 3, "the spanning flow counts once");
+        let spanned = &report.flows[0];
+        assert_eq!(spanned.endpoint.to_string(), "198.51.100.1");
+        assert_eq!(spanned.packets, 7);
+        assert_eq!(spanned.bytes, 700);
+        assert_eq!(spanned.first_seen, "2026-11-24T19:03:00.5Z");
+        assert_eq!(spanned.last_seen, "2026-11-24T20:30:00Z");
+        assert_eq!(spanned.tcp_flags, 0x12);
+
+        let nordvpn = service(report, NORDVPN);
+        assert_eq!(nordvpn.flows, 2);
+        assert_eq!(nordvpn.unique_sources, 1, "one source in two snapshots");
+        assert_eq!(nordvpn.packets, 8);
+        assert_eq!(nordvpn.packets_outbound, 8);
+        assert_eq!(
+            nordvpn.first_seen.as_deref(),
+            Some("2026-11-24T19:03:00.5Z")
+        );
+        assert_eq!(nordvpn.last_seen.as_deref(), Some("2026-11-24T20:41:00Z"));
+        assert!((nordvpn.share - 2.0 / 3.0).abs() < 1e-9);
+        assert_eq!(service(report, TOR).unique_sources, 1);
+
+        assert_eq!(report.top_sources[0].address.to_string(), "175.45.176.1");
+        assert_eq!(report.top_sources[0].packets, 8);
+        assert_eq!(report.top_sources[0].flows, 2);
+        assert_eq!(report.top_endpoints[0].address.to_string(), "198.51.100.1");
+        assert_eq!(merged.counts.used, 2);
+
+        let table = report.render(ReportFormat::Table);
+        assert!(table.contains("2026-11-24 19:03 .. 20:41"), "{table}");
+        assert!(table.contains("top watched sources"), "{table}");
+        assert!(table.contains("top endpoints"), "{table}");
+    }
+
+    #[test]
+    fn from_to_keeps_whole_snapshots_and_skips_partial_overlaps() {
+        let folder = TempFolder::new("range");
+        write_chain(&folder, three_hours());
+
+        let range =
+            TimeRange::parse(Some("2026-11-24T19:30:00Z"), Some("2026-11-24T22:00:00Z")).unwrap();
+        let merged = merge_folder(&folder, &range);
+        assert_eq!(merged.report.start, "2026-11-24T20:00:00Z");
+        assert_eq!(merged.report.end, "2026-11-24T22:00:00Z");
+        assert_eq!(merged.report.totals.matched, 7 + 11);
+        assert_eq!(merged.counts.used, 2);
+        assert_eq!(merged.counts.partial, 1);
+        assert_eq!(merged.counts.outside, 0);
+
+        let range = TimeRange::parse(Some("2026-11-24"), Some("2026-11-24T20:00:00Z")).unwrap();
+        let merged = merge_folder(&folder, &range);
+        assert_eq!(merged.report.totals.matched, 5);
+        assert_eq!(merged.counts.outside, 2);
+
+        let error = TimeRange::parse(Some("yesterday"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("--from \"yesterday\""), "{error}");
+        assert!(
+            error.contains("RFC 3339") && error.contains("2026-11-24"),
+            "{error}"
+        );
+        let error = TimeRange::parse(None, Some("2026-13-01"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.starts_with("--to"), "{error}");
+        let range =
+            TimeRange::parse(Some("2026-11-25"), Some("2026-11-26T00:00:00+01:00")).unwrap();
+        assert_eq!(
+            range.from,
+            Some(time::macros::datetime!(2026-11-25 0:00 UTC))
+        );
+        assert_eq!(
+            range.to,
+            Some(time::macros::datetime!(2026-11-25 23:00 UTC))
+        );
+
+        let error = merge_paths(
+            std::slice::from_ref(&folder.0),
+            &TimeRange::parse(Some("2026-11-24T19:30:00Z"), Some("2026-11-24T20:30:00Z")).unwrap(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("none of the 3 snapshots"), "{error}");
+    }
+
+    #[test]
+    fn identical_copies_and_overlapping_files_are_not_counted_twice() {
+        let chain = TempFolder::new("dup-chain");
+        let paths = write_chain(&chain, three_hours());
+        let other = TempFolder::new("dup-other");
+        // A byte-identical copy under another name.
+        std::fs::copy(&paths[0], other.file("copy-of-first.json")).unwrap();
+        // The same sensor and interface, 19:30-20:30: overlaps, starts later.
+        let overlapping = snapshot(
+            "2026-11-24T19:30:00Z",
+            "2026-11-24T20:30:00Z",
+            vec![flow(
+                "175.45.176.9",
+                "198.51.100.9",
+                TOR,
+                1000,
+                "2026-11-24T19:40:00Z",
+                "2026-11-24T19:41:00Z",
+            )],
+        );
+        write_report(
+            &other.file("classifier-20261124T193000Z.json"),
+            &overlapping,
+        );
+        // Another sensor at the same time: a fleet, counted.
+        let mut fleet = overlapping.clone();
+        fleet.sensor = "s2".to_string();
+        fleet.flows[0].packets = 100;
+        fleet.services[0].packets = 100;
+        write_report(&other.file("classifier-20261124T193000Z-1.json"), &fleet);
+
+        let merged = merge_paths(
+            &[
+                chain.0.clone(),
+                other.file("copy-of-first.json"),
+                other.0.clone(),
+            ],
+            &TimeRange::default(),
+        )
+        .unwrap();
+        assert_eq!(merged.counts.duplicates, 1);
+        assert_eq!(merged.counts.overlapping, 1);
+        assert_eq!(merged.counts.used, 4);
+        assert_eq!(merged.report.sensor, "s1,s2");
+        assert_eq!(service(&merged.report, NORDVPN).packets, 5);
+        assert_eq!(service(&merged.report, TOR).packets, 7 + 11 + 100);
+        let line = merged.counts.coverage_line();
+        assert!(
+            line.contains("4 used") && line.contains("1 identical"),
+            "{line}"
+        );
+        assert!(line.contains("1 overlapping"), "{line}");
+    }
+
+    #[test]
+    fn overlap_keeps_the_earlier_then_the_longer_snapshot() {
+        let folder = TempFolder::new("overlap-ties");
+        let short = snapshot("2026-11-24T19:00:00Z", "2026-11-24T19:30:00Z", Vec::new());
+        let mut long = snapshot("2026-11-24T19:00:00Z", "2026-11-24T20:00:00Z", Vec::new());
+        long.totals.packets = 999;
+        write_report(&folder.file("classifier-20261124T190000Z.json"), &short);
+        write_report(&folder.file("classifier-20261124T190000Z-1.json"), &long);
+        let merged = merge_folder(&folder, &TimeRange::default());
+        assert_eq!(merged.report.totals.packets, 999);
+        assert_eq!(merged.counts.overlapping, 1);
+    }
+
+    #[test]
+    fn mixed_pseudonym_keys_are_refused() {
+        let folder = TempFolder::new("keys");
+        let mut reports = three_hours();
+        for report in &mut reports[1..] {
+            if let Some(info) = report.snapshot.as_mut() {
+                info.pseudonym_key_id = Some("0123456789abcdef".to_string());
+            }
+        }
+        write_chain(&folder, reports);
+        let error = merge_paths(std::slice::from_ref(&folder.0), &TimeRange::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("classifier-20261124T190000Z.json"),
+            "{error}"
+        );
+        assert!(
+            error.contains("classifier-20261124T200000Z.json"),
+            "{error}"
+        );
+        assert!(
+            error.contains("pseudonym keys (none vs 0123456789abcdef)"),
+            "{error}"
+        );
+
+        // Within one key the range merges.
+        let range = TimeRange::parse(Some("2026-11-24T20:00:00Z"), None).unwrap();
+        assert_eq!(merge_folder(&folder, &range).counts.used, 2);
+    }
+
+    #[test]
+    fn verify_passes_on_an_intact_chain_and_notes_a_pruned_start() {
+        let folder = TempFolder::new("verify-intact");
+        let paths = write_chain(&folder, three_hours());
+        let chains = verify_paths(std::slice::from_ref(&folder.0)).unwrap();
+        assert_eq!(chains.len(), 1);
+        assert_eq!(
+            chains[0].check,
+            ChainCheck::Intact {
+                snapshots: 3,
+                start: "2026-11-24T19:00:00Z".to_string(),
+                end: "2026-11-24T22:00:00Z".to_string(),
+                notes: Vec::new(),
+            }
+        );
+        assert!(
+            chains[0]
+                .to_string()
+                .starts_with("chain intact: 3 snapshots in ")
+        );
+
+        // Pruning the oldest file leaves a note, not a break.
+        std::fs::remove_file(&paths[0]).unwrap();
+        let chains = verify_paths(std::slice::from_ref(&folder.0)).unwrap();
+        let ChainCheck::Intact {
+            snapshots, notes, ..
+        } = &chains[0].check
+        else {
+            panic!("expected intact, got {:?}", chains[0].check);
+        };
+        assert_eq!(*snapshots, 2);
+        assert!(notes[0].contains("pruned"), "{notes:?}");
+    }
+
+    #[test]
+    fn verify_names_the_file_after_an_edited_one() {
+        let folder = TempFolder::new("verify-edited");
+        let paths = write_chain(&folder, three_hours());
+        let mut edited: Report =
+            serde_json::from_slice(&std::fs::read(&paths[1]).unwrap()).unwrap();
+        edited.totals.packets += 1;
+        let edited_sha = write_report(&paths[1], &edited);
+
+        let chains = verify_paths(std::slice::from_ref(&folder.0)).unwrap();
+        assert!(chains[0].is_broken());
+        let (file, problem) = broken(&chains);
+        assert_eq!(file, "classifier-20261124T210000Z.json");
+        assert!(
+            problem.starts_with(&format!(
+                "previous snapshot should be classifier-20261124T200000Z.json with sha256 {edited_sha}, found classifier-20261124T200000Z.json with sha256 "
+            )),
+            "{problem}"
+        );
+        assert!(problem.contains("edited"), "{problem}");
+    }
+
+    #[test]
+    fn verify_names_the_file_after_a_deleted_one() {
+        let folder = TempFolder::new("verify-deleted");
+        let paths = write_chain(&folder, three_hours());
+        std::fs::remove_file(&paths[1]).unwrap();
+        let (file, problem) = broken(&verify_paths(std::slice::from_ref(&folder.0)).unwrap());
+        assert_eq!(file, "classifier-20261124T210000Z.json");
+        assert!(
+            problem.contains("should be classifier-20261124T190000Z.json"),
+            "{problem}"
+        );
+        assert!(
+            problem.contains("classifier-20261124T200000Z.json is missing"),
+            "{problem}"
+        );
+    }
+
+    #[test]
+    fn verify_names_a_renamed_or_reordered_file() {
+        let folder = TempFolder::new("verify-renamed");
+        let paths = write_chain(&folder, three_hours());
+        std::fs::rename(&paths[2], folder.file("classifier-20261124T183000Z.json")).unwrap();
+        let (file, problem) = broken(&verify_paths(std::slice::from_ref(&folder.0)).unwrap());
+        assert_eq!(file, "classifier-20261124T183000Z.json");
+        assert!(problem.contains("renamed"), "{problem}");
+
+        // A snapshot whose name matches its start but that starts before
+        // its predecessor ends.
+        let folder = TempFolder::new("verify-order");
+        let mut reports = three_hours();
+        reports[2].start = "2026-11-24T20:30:00Z".to_string();
+        write_chain(&folder, reports);
+        let (file, problem) = broken(&verify_paths(std::slice::from_ref(&folder.0)).unwrap());
+        assert_eq!(file, "classifier-20261124T203000Z.json");
+        assert!(problem.contains("out of time order"), "{problem}");
+    }
+
+    #[test]
+    fn verify_refuses_a_second_chain_start() {
+        let folder = TempFolder::new("verify-restart");
+        let paths = write_chain(&folder, three_hours());
+        let mut restarted: Report =
+            serde_json::from_slice(&std::fs::read(&paths[2]).unwrap()).unwrap();
+        if let Some(info) = restarted.snapshot.as_mut() {
+            info.previous = None;
+        }
+        write_report(&paths[2], &restarted);
+        let (file, problem) = broken(&verify_paths(std::slice::from_ref(&folder.0)).unwrap());
+        assert_eq!(file, "classifier-20261124T210000Z.json");
+        assert!(problem.contains("found none"), "{problem}");
+    }
+
+    #[test]
+    fn snapshot_names_sort_by_start_then_counter() {
+        let mut names = vec![
+            "classifier-20261124T190000Z-10.json",
+            "classifier-20261124T190000Z-2.json",
+            "classifier-20261124T200000Z.json",
+            "classifier-20261124T190000Z.json",
+        ];
+        names.sort_by_key(|name| name_order(name));
+        assert_eq!(
+            names,
+            [
+                "classifier-20261124T190000Z.json",
+                "classifier-20261124T190000Z-2.json",
+                "classifier-20261124T190000Z-10.json",
+                "classifier-20261124T200000Z.json",
+            ]
+        );
+        assert!(SnapshotName::parse("classifier-2026-11-24.json").is_none());
+        assert!(!is_snapshot_file_name(
+            ".classifier-20261124T190000Z.json.tmp"
+        ));
+    }
+
+    #[test]
+    fn csv_has_the_header_and_one_row_per_service() {
+        let folder = TempFolder::new("csv");
+        write_chain(&folder, three_hours());
+        let merged = merge_folder(&folder, &TimeRange::default());
+        let text = services_csv(&merged.report).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "service,flows,share,unique_sources,packets,bytes,packets_outbound,\
+             packets_inbound,bytes_outbound,bytes_inbound,first_seen,last_seen"
+        );
+        assert_eq!(lines.len(), 3);
+        assert_eq!(
+            lines[1],
+            "tor,2,0.6666666666666666,2,18,1800,18,0,1800,0,\
+             2026-11-24T20:05:00Z,2026-11-24T21:06:00Z"
+        );
+    }
+
+    #[test]
+    fn bad_files_are_named_with_line_and_column() {
+        let folder = TempFolder::new("bad-json");
+        write_chain(&folder, three_hours());
+        let bad = folder.file("classifier-20261124T220000Z.json");
+        std::fs::write(
+            &bad,
+            "{\n  \"schema\": \"classifier.report.v1\",\n  oops\n}\n",
+        )
+        .unwrap();
+        let error = merge_paths(std::slice::from_ref(&folder.0), &TimeRange::default())
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains(&bad.display().to_string()), "{error}");
+        assert!(error.contains("line 3 column 3"), "{error}");
+
+        let mut other = three_hours().remove(0);
+        other.schema = "classifier.report.v0".to_string();
+        write_report(&bad, &other);
+        let error = merge_paths(std::slice::from_ref(&bad), &TimeRange::default())
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains(&bad.display().to_string()), "{error}");
+        assert!(error.contains("classifier.report.v0"), "{error}");
+
+        let empty = TempFolder::new("bad-empty");
+        let error = merge_paths(std::slice::from_ref(&empty.0), &TimeRange::default())
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("no snapshot files"), "{error}");
+        assert!(error.contains(&empty.0.display().to_string()), "{error}");
+    }
 }

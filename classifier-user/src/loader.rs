@@ -24,6 +24,7 @@ use classifier_common::{
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::{
+    drain::CounterMaps,
     feeds::{EndpointFeed, WatchedSet},
     v4_table::V4Table,
 };
@@ -167,14 +168,18 @@ impl ServiceTable {
 pub struct Attachment {
     pub iface: String,
     pub mode: &'static str,
-    link: XdpLinkId,
+    pub(crate) link: XdpLinkId,
 }
 
 /// The loaded program, its maps, and where it is attached.
 pub struct Sensor {
     pub(crate) ebpf: Ebpf,
+    /// Taken out of `ebpf` once filled; `ebpf` keeps the feed maps.
+    pub(crate) counters: CounterMaps,
     pub services: ServiceTable,
     pub attachments: Vec<Attachment>,
+    /// Flow-cache slots per CPU (a power of two).
+    pub flow_cache_slots: u32,
 }
 
 impl Sensor {
@@ -245,10 +250,14 @@ impl Sensor {
             .map_err(LoadError::Program)?;
         program.load().map_err(LoadError::Program)?;
 
+        let counters =
+            CounterMaps::take_from(&mut ebpf).ok_or(LoadError::MissingMap("counters"))?;
         let mut sensor = Self {
             ebpf,
+            counters,
             services,
             attachments: Vec::new(),
+            flow_cache_slots: cache_slots,
         };
         sensor.fill_watched(watched)?;
         sensor.fill_endpoints_v6(endpoints)?;
@@ -313,7 +322,7 @@ impl Sensor {
             .map_err(LoadError::Program)
     }
 
-    fn program_mut(&mut self) -> Result<&mut Xdp, LoadError> {
+    pub(crate) fn program_mut(&mut self) -> Result<&mut Xdp, LoadError> {
         self.ebpf
             .program_mut(PROGRAM_NAME)
             .ok_or(LoadError::MissingProgram)?

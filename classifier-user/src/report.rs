@@ -172,6 +172,12 @@ pub struct ReportContext {
     pub feeds: Vec<FeedOrigin>,
 }
 
+/// An RFC 3339 time as a comparable value (text compares wrongly when
+/// fractions have different lengths); unparsable text sorts first.
+pub fn parse_time(text: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(text, &Rfc3339).ok()
+}
+
 pub fn rfc3339(time: OffsetDateTime) -> String {
     time.format(&Rfc3339).unwrap_or_else(|_| time.to_string())
 }
@@ -286,7 +292,7 @@ impl Report {
             malformed,
             flow_table: FlowTable {
                 inserts: kernel.flow_inserts,
-                evictions: ledger.flow_evictions(),
+                evictions: ledger.flow_evictions,
                 insert_failures: kernel.flow_insert_failures,
                 drains: ledger.drains,
             },
@@ -329,13 +335,13 @@ impl Report {
         let _ = writeln!(out);
         let _ = writeln!(
             out,
-            "{:<18} {:>7} {:>7} {:>8} {:>10} {:>12} {:>10} {:>10}",
+            "{:<18} {:>7} {:>7} {:>8} {:>10} {:>12} {:>10} {:>10} seen (UTC)",
             "service", "flows", "share", "sources", "packets", "bytes", "out pkts", "in pkts"
         );
         for row in &self.services {
             let _ = writeln!(
                 out,
-                "{:<18} {:>7} {:>6.1}% {:>8} {:>10} {:>12} {:>10} {:>10}",
+                "{:<18} {:>7} {:>6.1}% {:>8} {:>10} {:>12} {:>10} {:>10} {}",
                 row.service,
                 row.flows,
                 row.share * 100.0,
@@ -343,12 +349,15 @@ impl Report {
                 row.packets,
                 row.bytes,
                 row.packets_outbound,
-                row.packets_inbound
+                row.packets_inbound,
+                seen_span(row.first_seen.as_deref(), row.last_seen.as_deref())
             );
         }
         if self.services.is_empty() {
             let _ = writeln!(out, "(no watched traffic reached a known endpoint)");
         }
+        write_top_rows(&mut out, "top watched sources", &self.top_sources);
+        write_top_rows(&mut out, "top endpoints", &self.top_endpoints);
         let reasons: Vec<String> = self
             .malformed
             .iter()
@@ -369,6 +378,65 @@ impl Report {
             f.drains
         );
         out
+    }
+}
+
+/// A compact first..last seen span in UTC to the minute, e.g.
+/// `2026-11-24 19:03 .. 20:41` (the end's date shown only when it differs:
+/// `11-25 02:10`, or in full across years); `-` without flows.
+fn seen_span(first: Option<&str>, last: Option<&str>) -> String {
+    let (Some(first), Some(last)) = (first, last) else {
+        return "-".to_string();
+    };
+    let utc = |text: &str| {
+        OffsetDateTime::parse(text, &Rfc3339)
+            .ok()
+            .map(|time| time.to_offset(time::UtcOffset::UTC))
+    };
+    let (Some(first_time), Some(last_time)) = (utc(first), utc(last)) else {
+        return format!("{first} .. {last}");
+    };
+    let minute = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]");
+    let last_format = if last_time.date() == first_time.date() {
+        time::macros::format_description!("[hour]:[minute]")
+    } else if last_time.year() == first_time.year() {
+        time::macros::format_description!("[month]-[day] [hour]:[minute]")
+    } else {
+        minute
+    };
+    match (first_time.format(minute), last_time.format(last_format)) {
+        (Ok(first_text), Ok(last_text)) => format!("{first_text} .. {last_text}"),
+        _ => format!("{first} .. {last}"),
+    }
+}
+
+/// Appends a top list (address, packets, bytes, flows, services) under
+/// `title`; nothing when `rows` is empty.
+fn write_top_rows(out: &mut String, title: &str, rows: &[TopRow]) {
+    if rows.is_empty() {
+        return;
+    }
+    let width = rows
+        .iter()
+        .map(|row| row.address.to_string().len())
+        .chain([title.len()])
+        .max()
+        .unwrap_or(title.len());
+    let _ = writeln!(
+        out,
+        "\n{title:<width$} {:>10} {:>12} {:>7} services",
+        "packets", "bytes", "flows"
+    );
+    for row in rows {
+        let _ = writeln!(
+            out,
+            "{:<width$} {:>10} {:>12} {:>7} {}",
+            row.address.to_string(),
+            row.packets,
+            row.bytes,
+            row.flows,
+            row.services.join(",")
+        );
     }
 }
 
@@ -396,11 +464,19 @@ impl FlowSummary {
             let entry = summary.services.entry(flow.service.clone()).or_default();
             entry.flows += 1;
             entry.sources.insert(flow.watched);
-            // RFC 3339 UTC times of one format sort as text.
-            if entry.first_seen.as_ref().is_none_or(|t| flow.first_seen < *t) {
+            let earlier = |a: &str, b: &str| parse_time(a) < parse_time(b);
+            if entry
+                .first_seen
+                .as_ref()
+                .is_none_or(|t| earlier(&flow.first_seen, t))
+            {
                 entry.first_seen = Some(flow.first_seen.clone());
             }
-            if entry.last_seen.as_ref().is_none_or(|t| flow.last_seen > *t) {
+            if entry
+                .last_seen
+                .as_ref()
+                .is_none_or(|t| earlier(t, &flow.last_seen))
+            {
                 entry.last_seen = Some(flow.last_seen.clone());
             }
         }

@@ -1,17 +1,26 @@
-//! `classifier run`: validate every input, load and attach, drain on an
-//! interval until SIGINT/SIGTERM, detach, print the report.
+//! `classifier run`: validate every input, load, attach and pin (or adopt
+//! a program a previous daemon left attached), drain on an interval, serve
+//! metrics, write snapshots, and on SIGINT/SIGTERM detach (unless
+//! `--keep-attached`) and print the report.
 
-use std::time::Duration;
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
-use time::OffsetDateTime;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    cli::RunArgs,
+    cli::{MetricsAddr, RunArgs},
     drain::{self, DrainError, Ledger},
     feeds::{EndpointFeed, FeedError, WatchedSet},
     loader::{AttachMode, Capacities, LoadError, Sensor, interface_index},
+    metrics::{self, MetricsState},
+    pins::{self, PinError, PinnedSensor, SensorMeta},
+    pseudonym::{PseudonymError, Pseudonymizer},
     report::{Report, ReportContext, ReportFormat},
+    snapshot::{self, SnapshotError, Snapshotter, unix_ns_to_time},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +35,24 @@ pub enum RunError {
     Drain(#[from] DrainError),
     #[error("cannot set up signal handling: {0}")]
     Signals(#[source] std::io::Error),
+    #[error(transparent)]
+    Pin(#[from] PinError),
+    #[error(transparent)]
+    Pseudonym(#[from] PseudonymError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error(
+        "cannot serve metrics on {addr}: {source} (choose another --metrics-addr, or --metrics-addr off)"
+    )]
+    Metrics {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{0} snapshot(s) could not be written before exit (see the errors above); the report on stdout still holds every count"
+    )]
+    SnapshotsLost(usize),
 }
 
 /// Everything `run` needs, validated before anything touches the kernel.
@@ -38,6 +65,12 @@ pub struct RunConfig {
     pub interval: Duration,
     pub format: ReportFormat,
     pub capacities: Capacities,
+    pub pin_path: PathBuf,
+    pub keep_attached: bool,
+    pub metrics_addr: MetricsAddr,
+    /// Folder and interval.
+    pub snapshots: Option<(PathBuf, Duration)>,
+    pub pseudonymizer: Option<Pseudonymizer>,
 }
 
 impl RunConfig {
@@ -51,6 +84,10 @@ impl RunConfig {
                 ifaces.push(iface.clone());
             }
         }
+        let pseudonymizer = match &args.pseudonymize_key {
+            Some(path) => Some(Pseudonymizer::from_file(path)?),
+            None => None,
+        };
         Ok(Self {
             ifaces,
             mode: args.xdp_mode,
@@ -64,6 +101,14 @@ impl RunConfig {
                 flows: args.flow_capacity,
                 flow_cache_slots: args.flow_cache_slots,
             },
+            pin_path: args.pin_path.clone(),
+            keep_attached: args.keep_attached,
+            metrics_addr: args.metrics_addr,
+            snapshots: args
+                .snapshot_dir
+                .clone()
+                .map(|dir| (dir, args.snapshot_interval)),
+            pseudonymizer,
         })
     }
 }
@@ -118,7 +163,183 @@ fn release_free_memory() {
     unsafe { libc::malloc_trim(0) };
 }
 
-/// Loads, attaches, counts until a signal, and returns the final report.
+/// The program this daemon counts with: adopted from pins a previous
+/// daemon left, or loaded, attached and pinned now.
+fn adopt_or_load(config: &mut RunConfig) -> Result<PinnedSensor, RunError> {
+    let dir = pins::interface_set_dir(&config.pin_path, &config.ifaces);
+    pins::prepare_bpf_fs(&dir)?;
+    if let Some(sensor) = PinnedSensor::adopt(&dir, &config.ifaces)? {
+        let meta = &sensor.meta;
+        log::info!(
+            "adopting the program attached to {} since {} (instance {}): no reload, no gap",
+            meta.interfaces.join(","),
+            crate::report::rfc3339(unix_ns_to_time(meta.attached_at_unix_ns)),
+            meta.instance
+        );
+        let theirs: Vec<&str> = meta.feeds.iter().map(|f| f.sha256.as_str()).collect();
+        let ours: Vec<&str> = config
+            .endpoints
+            .origins
+            .iter()
+            .map(|f| f.sha256.as_str())
+            .collect();
+        let watched: Vec<String> = config.watched.all().map(|net| net.to_string()).collect();
+        if theirs != ours || watched != meta.watched {
+            log::warn!(
+                "the adopted program counts with the feeds it was loaded with ({}); the feeds given now differ and are not loaded",
+                meta.feeds
+                    .iter()
+                    .map(|f| f.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        return Ok(sensor);
+    }
+
+    let mut sensor = Sensor::load(&config.watched, &config.endpoints, config.capacities)?;
+    let mut modes = Vec::new();
+    for iface in &config.ifaces {
+        let mode = sensor.attach(iface, config.mode)?;
+        log::info!("attached to {iface} in {mode} mode");
+        modes.push(mode.to_string());
+    }
+    let attached_at_unix_ns = snapshot::now_unix_ns();
+    let loaded_at = crate::report::rfc3339(unix_ns_to_time(attached_at_unix_ns));
+    let mut feeds = config.endpoints.origins.clone();
+    for feed in &mut feeds {
+        feed.loaded_at = Some(loaded_at.clone());
+    }
+    let meta = SensorMeta {
+        schema: "classifier.pins.v1".into(),
+        instance: pins::new_instance_id(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        layout: pins::layout(),
+        attached_at_unix_ns,
+        interfaces: config.ifaces.clone(),
+        modes,
+        services: config.endpoints.services(),
+        feeds,
+        watched: config.watched.all().map(|net| net.to_string()).collect(),
+        endpoint_prefixes_v4: config.endpoints.count(true) as u64,
+        endpoint_prefixes_v6: config.endpoints.count(false) as u64,
+        flow_capacity: u64::from(config.capacities.flows),
+        flow_cache_slots: u64::from(sensor.flow_cache_slots)
+            * aya::util::nr_cpus().map_or(1, |cpus| cpus as u64),
+    };
+    match PinnedSensor::pin(sensor, &dir, meta) {
+        Ok(pinned) => {
+            log::info!("pinned under {}", dir.display());
+            Ok(pinned)
+        }
+        Err(error) => {
+            // The loader's handles are gone: removing what was pinned detaches.
+            if dir.exists()
+                && let Err(cleanup) = pins::remove_pins(&dir)
+            {
+                log::error!("cannot clean up after a failed pin: {cleanup}");
+            }
+            Err(error.into())
+        }
+    }
+}
+
+fn metrics_state(sensor: &PinnedSensor, ledger: &Ledger) -> MetricsState {
+    let meta = &sensor.meta;
+    let services = meta
+        .services
+        .iter()
+        .enumerate()
+        .map(|(index, name)| {
+            let counters = ledger
+                .kernel_services
+                .get(index + 1)
+                .copied()
+                .unwrap_or_else(bytemuck::Zeroable::zeroed);
+            (name.clone(), counters)
+        })
+        .collect();
+    MetricsState {
+        totals: (ledger.drains > 0).then_some(ledger.kernel_totals),
+        services,
+        flow_evictions: ledger.kernel_evictions,
+        flow_entries: ledger.live_flows as u64,
+        flow_capacity: meta.flow_capacity + meta.flow_cache_slots,
+        drains: ledger.drains,
+        feed_prefixes: vec![
+            (
+                "ipv4",
+                "watched",
+                meta.watched.iter().filter(|w| !w.contains(':')).count() as u64,
+            ),
+            (
+                "ipv6",
+                "watched",
+                meta.watched.iter().filter(|w| w.contains(':')).count() as u64,
+            ),
+            ("ipv4", "endpoints", meta.endpoint_prefixes_v4),
+            ("ipv6", "endpoints", meta.endpoint_prefixes_v6),
+        ],
+        program_attached_unix_seconds: meta.attached_at_unix_ns as f64 / 1e9,
+        adopted: sensor.adopted,
+        ..MetricsState::default()
+    }
+}
+
+/// The daemon's drain loop state.
+struct Daemon {
+    sensor: PinnedSensor,
+    ledger: Ledger,
+    snapshots: Option<Snapshotter>,
+    metrics: Arc<Mutex<MetricsState>>,
+    drain_failures: u64,
+}
+
+impl Daemon {
+    /// Drains once; a failure is logged and counted (the next drain
+    /// catches up: kernel counters are cumulative).
+    fn drain(&mut self) -> Result<(), DrainError> {
+        let started = std::time::Instant::now();
+        let services = self.sensor.meta.services.len();
+        let result = drain::read_counters(&self.sensor.counters, services).map(|reading| {
+            self.ledger.absorb(reading, drain::monotonic_to_unix_ns());
+            release_free_memory();
+        });
+        if let Err(error) = &result {
+            self.drain_failures += 1;
+            log::error!("drain failed (will retry): {error}");
+        }
+        self.publish(started.elapsed());
+        result
+    }
+
+    fn publish(&self, drain_time: Duration) {
+        let mut state = metrics_state(&self.sensor, &self.ledger);
+        state.drain_failures = self.drain_failures;
+        state.last_drain_seconds = drain_time.as_secs_f64();
+        if let Some(snapshots) = &self.snapshots {
+            state.snapshot_writes = snapshots.writes;
+            state.snapshot_write_failures = snapshots.write_failures;
+            state.last_snapshot_unix_seconds = snapshots.last_write_unix_seconds;
+            state.snapshots_pending = snapshots.pending() as u64;
+        }
+        if let Ok(mut shared) = self.metrics.lock() {
+            *shared = state;
+        }
+    }
+
+    fn cut_snapshot(&mut self, end_unix_ns: i64) {
+        if let Some(snapshots) = &mut self.snapshots {
+            snapshots.cut(&mut self.ledger, end_unix_ns);
+            snapshots.write_pending(true);
+        }
+        self.publish(Duration::ZERO);
+    }
+}
+
+/// Loads (or adopts), attaches, counts until a signal, and returns the
+/// final report: the counts since this daemon's start point (the program's
+/// attachment, or the last snapshot a previous daemon wrote).
 pub fn run_config(mut config: RunConfig) -> Result<Report, RunError> {
     log_feeds(&config);
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -129,50 +350,133 @@ pub fn run_config(mut config: RunConfig) -> Result<Report, RunError> {
         // Handlers first: a signal that arrives once attached must detach.
         let mut terminate = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
         let mut interrupt = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
+        let listener = match config.metrics_addr {
+            MetricsAddr::Off => None,
+            MetricsAddr::On(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| RunError::Metrics { addr, source })?,
+            ),
+        };
 
-        let mut sensor = Sensor::load(&config.watched, &config.endpoints, config.capacities)?;
+        let sensor = adopt_or_load(&mut config)?;
         // The kernel holds the feed now; only its origins go in the report.
         // Give the memory back (a feed of a million prefixes is ~100 MB).
         config.endpoints.endpoints = Vec::new();
         release_free_memory();
-        let start = OffsetDateTime::now_utc();
-        for iface in &config.ifaces {
-            let mode = sensor.attach(iface, config.mode)?;
-            log::info!("attached to {iface} in {mode} mode");
+
+        let (ledger, snapshots, start_unix_ns) = match &config.snapshots {
+            Some((dir, interval)) => {
+                let resumed = Snapshotter::resume(
+                    dir,
+                    *interval,
+                    &sensor.meta,
+                    sensor.adopted,
+                    sensor_name(),
+                    config.pseudonymizer.clone(),
+                )?;
+                (
+                    resumed.ledger,
+                    Some(resumed.snapshotter),
+                    resumed.start_unix_ns,
+                )
+            }
+            None if sensor.adopted => (Ledger::default(), None, sensor.meta.attached_at_unix_ns),
+            None => (Ledger::default(), None, snapshot::now_unix_ns()),
+        };
+        let metrics = Arc::new(Mutex::new(MetricsState::default()));
+        let mut daemon = Daemon {
+            sensor,
+            ledger,
+            snapshots,
+            metrics: metrics.clone(),
+            drain_failures: 0,
+        };
+        daemon.publish(Duration::ZERO);
+        if let Some(listener) = listener {
+            if let Ok(addr) = listener.local_addr() {
+                log::info!("serving metrics at http://{addr}/metrics");
+            }
+            tokio::spawn(async move {
+                if let Err(error) =
+                    metrics::serve(listener, metrics, env!("CARGO_PKG_VERSION")).await
+                {
+                    log::error!("metrics server stopped: {error}");
+                }
+            });
         }
         log::info!("counting; SIGINT or SIGTERM stops and prints the report");
 
-        let mut ledger = Ledger::default();
         let mut ticker = tokio::time::interval(config.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut boundary = daemon
+            .snapshots
+            .as_ref()
+            .map(|s| s.next_boundary(snapshot::now_unix_ns()));
         loop {
+            let until_boundary = boundary.map_or(Duration::from_secs(3600), |at| {
+                Duration::from_nanos(u64::try_from(at - snapshot::now_unix_ns()).unwrap_or(0))
+            });
             tokio::select! {
                 _ = ticker.tick() => {
-                    match drain::read(&sensor) {
-                        Ok(reading) => {
-                            ledger.absorb(reading, drain::monotonic_to_unix_ns());
-                            release_free_memory();
-                        }
-                        Err(error) => log::error!("drain failed (will retry): {error}"),
+                    let _ = daemon.drain();
+                    if let Some(snapshots) = &mut daemon.snapshots {
+                        snapshots.write_pending(false);
+                    }
+                }
+                _ = tokio::time::sleep(until_boundary), if boundary.is_some() => {
+                    let _ = daemon.drain();
+                    if let Some(at) = boundary {
+                        daemon.cut_snapshot(at);
+                        let after = at.max(snapshot::now_unix_ns());
+                        boundary = daemon.snapshots.as_ref().map(|s| s.next_boundary(after));
                     }
                 }
                 _ = terminate.recv() => break,
                 _ = interrupt.recv() => break,
             }
         }
-        sensor.detach_all();
-        log::info!("detached; final drain");
-        ledger.absorb(drain::read(&sensor)?, drain::monotonic_to_unix_ns());
-        Ok(Report::build(
-            &ledger,
-            &sensor.services,
-            ReportContext {
-                start,
-                end: OffsetDateTime::now_utc(),
-                sensor: sensor_name(),
-                interfaces: config.ifaces.clone(),
-                feeds: config.endpoints.origins.clone(),
-            },
-        ))
+        finish(daemon, &config, start_unix_ns)
     })
+}
+
+/// Stops counting: detaches (unless kept attached), drains a last time,
+/// writes the partial snapshot, removes the pins, builds the report.
+fn finish(mut daemon: Daemon, config: &RunConfig, start_unix_ns: i64) -> Result<Report, RunError> {
+    if config.keep_attached {
+        log::info!(
+            "leaving the program attached and pinned under {} (the next run adopts it); final drain",
+            daemon.sensor.dir.display()
+        );
+    } else {
+        daemon.sensor.detach();
+        log::info!("detached; final drain");
+    }
+    daemon.drain()?;
+    let end_unix_ns = snapshot::now_unix_ns();
+    daemon.cut_snapshot(end_unix_ns);
+    let unwritten = daemon.snapshots.as_ref().map_or(0, Snapshotter::pending);
+    if !config.keep_attached {
+        daemon.sensor.remove_pins()?;
+    }
+    let meta = &daemon.sensor.meta;
+    let mut report = Report::build(
+        &daemon.ledger,
+        &meta.service_table(),
+        ReportContext {
+            start: unix_ns_to_time(start_unix_ns),
+            end: unix_ns_to_time(end_unix_ns),
+            sensor: sensor_name(),
+            interfaces: meta.interfaces.clone(),
+            feeds: meta.feeds.clone(),
+        },
+    );
+    if let Some(pseudonymizer) = &config.pseudonymizer {
+        pseudonymizer.apply(&mut report);
+    }
+    if unwritten > 0 {
+        print!("{}", report.render(config.format));
+        return Err(RunError::SnapshotsLost(unwritten));
+    }
+    Ok(report)
 }

@@ -1,9 +1,237 @@
 //! `classifier stats`: live counters of a running sensor, read from the
-//! maps `classifier run` pinned, from another process.
+//! maps `classifier run` pinned, from another process (reading never
+//! changes a counter, so the daemon's counts are unaffected).
+//!
+//! Counts are the kernel's own, cumulative since the program was attached;
+//! rates are the difference between two readings over the time between
+//! them. Flows (and so unique sources and top sources) are those the
+//! kernel's flow table holds now.
 
-use crate::cli::StatsArgs;
+use std::{
+    fmt::Write as _,
+    io::Write as _,
+    time::{Duration, Instant},
+};
+
+use classifier_common::{DIR_INBOUND, DIR_OUTBOUND, ServiceCounters, Totals};
+
+use crate::{
+    cli::StatsArgs,
+    drain::{self, Ledger},
+    pins::{self, PinnedCounters},
+    pseudonym::Pseudonymizer,
+    report::{Report, ReportContext, rfc3339},
+    run::sensor_name,
+    snapshot::{now_unix_ns, unix_ns_to_time},
+};
+
+/// One reading of the pinned counters.
+struct Sample {
+    ledger: Ledger,
+    taken: Instant,
+}
+
+fn sample(pinned: &PinnedCounters) -> Result<Sample, drain::DrainError> {
+    let reading = drain::read_counters(&pinned.counters, pinned.meta.services.len())?;
+    let mut ledger = Ledger::default();
+    ledger.absorb(reading, drain::monotonic_to_unix_ns());
+    Ok(Sample {
+        ledger,
+        taken: Instant::now(),
+    })
+}
+
+fn report(pinned: &PinnedCounters, sample: &Sample, key: Option<&Pseudonymizer>) -> Report {
+    let meta = &pinned.meta;
+    let mut report = Report::build(
+        &sample.ledger,
+        &meta.service_table(),
+        ReportContext {
+            start: unix_ns_to_time(meta.attached_at_unix_ns),
+            end: unix_ns_to_time(now_unix_ns()),
+            sensor: sensor_name(),
+            interfaces: meta.interfaces.clone(),
+            feeds: meta.feeds.clone(),
+        },
+    );
+    if let Some(key) = key {
+        key.apply(&mut report);
+    }
+    report
+}
 
 pub fn stats(args: &StatsArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let _ = args;
-    Err("not yet implemented".into())
+    let pinned = pins::open_counters_at(&args.pin_path)?;
+    let key = match &args.pseudonymize_key {
+        Some(path) => Some(Pseudonymizer::from_file(path)?),
+        None => None,
+    };
+    let mut previous = sample(&pinned)?;
+    if args.json && args.watch.is_none() {
+        print!(
+            "{}",
+            report(&pinned, &previous, key.as_ref()).render(crate::report::ReportFormat::Json)
+        );
+        return Ok(());
+    }
+    let period = args.watch.unwrap_or(Duration::from_secs(1));
+    let mut stdout = std::io::stdout();
+    loop {
+        std::thread::sleep(period);
+        let current = sample(&pinned)?;
+        let report = report(&pinned, &current, key.as_ref());
+        let text = if args.json {
+            let mut line = serde_json::to_string(&report)?;
+            line.push('\n');
+            line
+        } else {
+            let view = view(&pinned, &report, &previous, &current);
+            if args.watch.is_some() {
+                // Clear the terminal and draw from the top.
+                format!("\x1b[2J\x1b[H{view}")
+            } else {
+                view
+            }
+        };
+        stdout.write_all(text.as_bytes())?;
+        stdout.flush()?;
+        if args.watch.is_none() {
+            return Ok(());
+        }
+        previous = current;
+    }
+}
+
+/// Per second over the time between two readings.
+fn rate(now: u64, before: u64, seconds: f64) -> f64 {
+    now.saturating_sub(before) as f64 / seconds
+}
+
+/// 1234567 → "1.23 M"; small numbers as they are.
+fn human(value: f64) -> String {
+    for (scale, unit) in [(1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")] {
+        if value >= scale {
+            return format!("{:.2} {unit}", value / scale);
+        }
+    }
+    format!("{value:.0} ")
+}
+
+fn service_sums(counters: &ServiceCounters) -> (u64, u64) {
+    (counters.packets.iter().sum(), counters.bytes.iter().sum())
+}
+
+fn view(pinned: &PinnedCounters, report: &Report, before: &Sample, now: &Sample) -> String {
+    let meta = &pinned.meta;
+    let seconds = now
+        .taken
+        .duration_since(before.taken)
+        .as_secs_f64()
+        .max(1e-3);
+    let (t, b): (&Totals, &Totals) = (&now.ledger.kernel_totals, &before.ledger.kernel_totals);
+    let mut out = String::new();
+    let modes: Vec<String> = meta
+        .interfaces
+        .iter()
+        .zip(&meta.modes)
+        .map(|(iface, mode)| format!("{iface} ({mode})"))
+        .collect();
+    let _ = writeln!(
+        out,
+        "classifier stats  {}  sensor {}  interfaces {}",
+        rfc3339(unix_ns_to_time(now_unix_ns())),
+        report.sensor,
+        modes.join(", ")
+    );
+    let _ = writeln!(
+        out,
+        "attached since {} (instance {}); rates over {seconds:.1} s",
+        report.start, meta.instance
+    );
+    let _ = writeln!(
+        out,
+        "\npackets {:>14}  {:>10}pkt/s   bytes {:>16}  {:>10}bit/s",
+        t.packets(),
+        human(rate(t.packets(), b.packets(), seconds)),
+        t.bytes,
+        human(rate(t.bytes, b.bytes, seconds) * 8.0)
+    );
+    let _ = writeln!(
+        out,
+        "ipv4 {}  ipv6 {}  other {}  malformed {}",
+        t.ipv4, t.ipv6, t.other, report.totals.malformed
+    );
+    let _ = writeln!(
+        out,
+        "watched {:>14}  {:>10}pkt/s   matched {:>14}  {:>10}pkt/s",
+        t.watched,
+        human(rate(t.watched, b.watched, seconds)),
+        t.matched,
+        human(rate(t.matched, b.matched, seconds))
+    );
+    let _ = writeln!(
+        out,
+        "\n{:<18} {:>12} {:>11} {:>14} {:>12} {:>10} {:>10} {:>6} {:>7}",
+        "service", "packets", "pkt/s", "bytes", "bit/s", "out pkts", "in pkts", "flows", "sources"
+    );
+    let zero: ServiceCounters = bytemuck::Zeroable::zeroed();
+    let mut rows = 0;
+    for (index, name) in meta.services.iter().enumerate() {
+        let current = now.ledger.kernel_services.get(index + 1).unwrap_or(&zero);
+        let earlier = before
+            .ledger
+            .kernel_services
+            .get(index + 1)
+            .unwrap_or(&zero);
+        let (packets, bytes) = service_sums(current);
+        if packets == 0 {
+            continue;
+        }
+        let (packets_before, bytes_before) = service_sums(earlier);
+        let row = report.services.iter().find(|row| row.service == *name);
+        let _ = writeln!(
+            out,
+            "{:<18} {:>12} {:>10}/s {:>14} {:>10}/s {:>10} {:>10} {:>6} {:>7}",
+            name,
+            packets,
+            human(rate(packets, packets_before, seconds)),
+            bytes,
+            human(rate(bytes, bytes_before, seconds) * 8.0),
+            current.packets[DIR_OUTBOUND as usize],
+            current.packets[DIR_INBOUND as usize],
+            row.map_or(0, |row| row.flows),
+            row.map_or(0, |row| row.unique_sources)
+        );
+        rows += 1;
+    }
+    if rows == 0 {
+        let _ = writeln!(out, "(no watched traffic has reached a known endpoint yet)");
+    }
+    if !report.top_sources.is_empty() {
+        let _ = writeln!(
+            out,
+            "\ntop watched sources (flows in the kernel's table now)"
+        );
+        for row in &report.top_sources {
+            let _ = writeln!(
+                out,
+                "  {:<40} {:>12} packets {:>6} flows  {}",
+                row.address.to_string(),
+                row.packets,
+                row.flows,
+                row.services.join(",")
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\nflow table: {} live of {} ({} table + {} cache slots), {} evictions, {} failed inserts",
+        now.ledger.live_flows,
+        meta.flow_capacity + meta.flow_cache_slots,
+        meta.flow_capacity,
+        meta.flow_cache_slots,
+        now.ledger.kernel_evictions,
+        t.flow_insert_failures
+    );
+    out
 }

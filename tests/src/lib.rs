@@ -3,6 +3,7 @@
 //! network namespaces and veth pairs owned by guards that remove them on
 //! drop, and an AF_PACKET sender that writes frames from inside a namespace.
 
+pub mod daemon;
 pub mod frames;
 pub mod netns;
 

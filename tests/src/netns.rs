@@ -1,5 +1,6 @@
 //! Network namespaces and veth pairs for live tests. Everything is created
-//! by the test, has no address and no route (nothing can leave it), has IPv6
+//! by the test, has no address but loopback's and no route (nothing can
+//! leave it), has IPv6
 //! off (so the kernel sends no neighbour discovery of its own), and is
 //! removed by a guard on drop, also when the test fails.
 
@@ -46,6 +47,8 @@ impl Namespace {
         let _ = ip(&["netns", "del", name]);
         ip(&["netns", "add", name])?;
         let namespace = Self { name: name.into() };
+        // Loopback only (for the metrics endpoint); nothing routes out.
+        ip(&["-n", name, "link", "set", "lo", "up"])?;
         for key in ["all", "default"] {
             namespace.exec_quiet(&[
                 "sysctl",

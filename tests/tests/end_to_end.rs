@@ -2,141 +2,15 @@
 //! frames written with AF_PACKET from the peer side, SIGTERM, and the JSON
 //! report checked for exact per-service packets, bytes and unique sources.
 
-use std::{
-    collections::BTreeMap,
-    io::{BufRead, BufReader, Read},
-    path::Path,
-    process::{Child, Stdio},
-    sync::mpsc,
-    time::{Duration, Instant},
-};
+use std::collections::BTreeMap;
 
 use classifier_tests::{
-    TEST_FEED, TEST_WATCHED, classifier_binary,
+    classifier_binary,
+    daemon::{Daemon, services, temp_dir, write_feed},
     frames::{FrameSpec, TPID_8021Q, arp, truncated},
     netns::{Namespace, VethLink},
     require_root,
 };
-use serde_json::Value;
-
-/// A running `classifier run`, killed on drop if a test fails before it ends.
-struct Daemon {
-    child: Child,
-    stderr_lines: mpsc::Receiver<String>,
-    stderr_seen: Vec<String>,
-}
-
-impl Daemon {
-    fn start(link: &VethLink, feed: &Path, extra: &[&str]) -> Self {
-        let mut command = link.sensor.command(&classifier_binary());
-        command
-            .args([
-                "run",
-                "--iface",
-                &link.sensor_iface,
-                "--report-format",
-                "json",
-            ])
-            .args(["--interval", "100ms", "--endpoints"])
-            .arg(feed)
-            .args(TEST_WATCHED.iter().flat_map(|w| ["--watch", w]))
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = command.spawn().expect("start classifier");
-        let stderr = child.stderr.take().expect("piped");
-        let (sender, stderr_lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("classifier: {line}");
-                if sender.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut daemon = Self {
-            child,
-            stderr_lines,
-            stderr_seen: Vec::new(),
-        };
-        daemon.wait_for("counting;");
-        daemon
-    }
-
-    fn wait_for(&mut self, text: &str) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            match self.stderr_lines.recv_timeout(Duration::from_millis(200)) {
-                Ok(line) => {
-                    let found = line.contains(text);
-                    self.stderr_seen.push(line);
-                    if found {
-                        return;
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            }
-        }
-        panic!(
-            "classifier never said {text:?}; it said:\n{}",
-            self.stderr_seen.join("\n")
-        );
-    }
-
-    /// `signal` (SIGTERM or SIGINT), then the JSON report it prints.
-    fn stop(mut self, signal: i32) -> Value {
-        // Frames are processed in the receiving veth's NAPI poll; give it a moment.
-        std::thread::sleep(Duration::from_millis(300));
-        let pid = i32::try_from(self.child.id()).expect("pid");
-        // SAFETY: signalling our own child.
-        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
-        let mut stdout = String::new();
-        self.child
-            .stdout
-            .take()
-            .expect("piped")
-            .read_to_string(&mut stdout)
-            .expect("read report");
-        let status = self.child.wait().expect("wait");
-        assert!(status.success(), "classifier exited with {status}");
-        serde_json::from_str(&stdout)
-            .unwrap_or_else(|error| panic!("report is not JSON ({error}):\n{stdout}"))
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn write_feed(dir: &Path) -> std::path::PathBuf {
-    let path = dir.join("endpoints.csv");
-    std::fs::write(&path, TEST_FEED).expect("write feed");
-    path
-}
-
-fn temp_dir(test: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("classifier-{test}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
-
-fn services(report: &Value) -> BTreeMap<String, Value> {
-    report["services"]
-        .as_array()
-        .expect("services array")
-        .iter()
-        .map(|row| {
-            (
-                row["service"].as_str().expect("name").to_string(),
-                row.clone(),
-            )
-        })
-        .collect()
-}
 
 #[test]
 fn live_veth_counts_every_frame_exactly() {
@@ -237,7 +111,7 @@ fn live_veth_counts_every_frame_exactly() {
     link.send(&frames).expect("send frames");
     let total_bytes: usize = frames.iter().map(Vec::len).sum();
 
-    let report = daemon.stop(libc::SIGTERM);
+    let (report, _) = daemon.stop(libc::SIGTERM);
     assert_eq!(report["schema"], "classifier.report.v1");
     assert_eq!(report["interfaces"][0], link.sensor_iface.as_str());
     let totals = &report["totals"];
@@ -329,7 +203,7 @@ fn generic_mode_is_a_stated_fallback_and_sigint_stops_cleanly() {
     link.send(&[FrameSpec::udp("175.45.176.9", "203.0.113.1", 5, 6).build()])
         .expect("send");
     // Ctrl-C stops it the same way.
-    let report = daemon.stop(libc::SIGINT);
+    let (report, _) = daemon.stop(libc::SIGINT);
     assert_eq!(services(&report)["delta"]["packets"], 1);
     let _ = std::fs::remove_dir_all(dir);
 }

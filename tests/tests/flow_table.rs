@@ -59,7 +59,7 @@ fn a_full_flow_table_evicts_counts_it_and_keeps_service_counts_exact() {
         ledger.live_flows
     );
     assert_eq!(
-        ledger.flow_evictions(),
+        ledger.flow_evictions,
         u64::from(FLOWS) - ledger.live_flows as u64
     );
     assert_eq!(ledger.totals.flow_insert_failures, 0);

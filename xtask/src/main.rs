@@ -287,9 +287,44 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// Whether `program` is a file in one of PATH's folders.
+fn on_path(program: &str) -> bool {
+    env::var_os("PATH")
+        .is_some_and(|path| env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+}
+
+/// Makes sure `program` is on PATH, installing the Debian `package` that
+/// provides it if not (needs root). Refreshes the package lists only if the
+/// first install fails.
+fn ensure_tool(program: &str, package: &str) -> Result<()> {
+    if on_path(program) {
+        return Ok(());
+    }
+    let install = || {
+        run(Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends", package])
+            .env("DEBIAN_FRONTEND", "noninteractive"))
+    };
+    install()
+        .or_else(|_| run(Command::new("apt-get").arg("update")).and_then(|()| install()))
+        .with_context(|| {
+            format!("{program} is missing and installing Debian's {package} package failed")
+        })?;
+    ensure!(
+        on_path(program),
+        "installed Debian's {package} package, but {program} is still not on PATH"
+    );
+    Ok(())
+}
+
 fn test(filter: &[String]) -> Result<()> {
     let object = build()?;
     lint()?;
+    if is_root() {
+        // promtool checks the metrics exposition, in a unit test and in
+        // the integration tests; installing it needs root.
+        ensure_tool("promtool", "prometheus")?;
+    }
     let root = workspace_root();
     run(command("cargo")
         .args([

@@ -1,0 +1,472 @@
+//! Pins: a running sensor's maps, program and XDP links (as bpf_links) on
+//! the BPF filesystem under `--pin-path/<interface set>/`, with a
+//! description of what was loaded (`META`). `classifier stats` reads the
+//! counters through them from another process; a `classifier run` that
+//! finds them adopts the program (no reload, no detach, no gap).
+//!
+//! Layout of one interface set's folder (`eth1+eth2`):
+//! `maps/<MAP>` for every map, `program`, `link-<iface>` per interface and
+//! `META` (an array map holding [`SensorMeta`] as JSON), pinned last: a
+//! folder with `META` is complete; one without it is a start that died
+//! half-way and is cleaned up.
+//!
+//! A pinned link keeps the program attached after its daemon exits (or is
+//! killed); removing the link's pin and closing its last fd detaches it.
+
+use std::{
+    os::unix::ffi::OsStrExt,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{Array, Map, MapData},
+    programs::links::{FdLink, PinnedLink},
+};
+use classifier_common::{FlowKey, FlowSlot, FlowValue, ServiceCounters, Totals};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    drain::CounterMaps,
+    feeds::FeedOrigin,
+    loader::{Sensor, ServiceTable, error_chain},
+};
+
+/// `statfs` magic of the BPF filesystem.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+/// Where distributions mount the BPF filesystem (and where we mount it
+/// when nothing has).
+const SYSTEM_BPF_FS: &str = "/sys/fs/bpf";
+const META: &str = "META";
+const META_SCHEMA: &str = "classifier.pins.v1";
+/// The description is stored in chunks of this many bytes.
+const META_CHUNK: usize = 4096;
+const LINK_PREFIX: &str = "link-";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PinError {
+    #[error(
+        "{0} is not on a BPF filesystem (mount one there: mount -t bpf bpf DIR, or choose --pin-path)"
+    )]
+    NotBpfFs(PathBuf),
+    #[error("cannot mount the BPF filesystem at {SYSTEM_BPF_FS}: {0}")]
+    Mount(#[source] std::io::Error),
+    #[error("{path}: {problem}")]
+    Path { path: PathBuf, problem: String },
+    #[error(
+        "nothing is pinned at {0}: is `classifier run` running (it pins under --pin-path, default /sys/fs/bpf/classifier)?"
+    )]
+    NothingPinned(PathBuf),
+    #[error("{dir} holds several interface sets ({sets}); choose one with --pin-path {dir}/SET")]
+    SeveralSets { dir: PathBuf, sets: String },
+    #[error(
+        "{dir} was pinned by a classifier whose kernel data layout differs (theirs {theirs}, ours {ours}); stop it and remove the folder (detaching it) before starting this version"
+    )]
+    Layout {
+        dir: PathBuf,
+        theirs: String,
+        ours: String,
+    },
+    #[error(
+        "the program pinned at {dir} is not attached to {iface} ({LINK_PREFIX}{iface} is missing); remove the folder to start afresh"
+    )]
+    MissingLink { dir: PathBuf, iface: String },
+}
+
+fn path_error(path: &Path, problem: impl std::fmt::Display) -> PinError {
+    PinError::Path {
+        path: path.to_path_buf(),
+        problem: problem.to_string(),
+    }
+}
+
+/// What a pinned program was loaded with: enough for another process to
+/// name its counters and for a later daemon to carry on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SensorMeta {
+    pub schema: String,
+    /// Random, set at load: tells one loaded program from the next.
+    pub instance: String,
+    /// The classifier version that loaded it.
+    pub version: String,
+    /// Sizes of the kernel structures; a daemon adopts only its own layout.
+    pub layout: String,
+    pub attached_at_unix_ns: i64,
+    pub interfaces: Vec<String>,
+    /// Attach mode per interface ("native" or "generic").
+    pub modes: Vec<String>,
+    /// Service names in id order (id n is `services[n - 1]`).
+    pub services: Vec<String>,
+    pub feeds: Vec<FeedOrigin>,
+    pub watched: Vec<String>,
+    pub endpoint_prefixes_v4: u64,
+    pub endpoint_prefixes_v6: u64,
+    /// LRU flow-table capacity, and flow-cache slots over all CPUs.
+    pub flow_capacity: u64,
+    pub flow_cache_slots: u64,
+}
+
+impl SensorMeta {
+    pub fn service_table(&self) -> ServiceTable {
+        ServiceTable::new(self.services.clone())
+    }
+}
+
+/// The sizes of everything userspace reads from the kernel.
+pub fn layout() -> String {
+    use std::mem::size_of;
+    format!(
+        "totals{}-services{}-flowkey{}-flowvalue{}-flowslot{}",
+        size_of::<Totals>(),
+        size_of::<ServiceCounters>(),
+        size_of::<FlowKey>(),
+        size_of::<FlowValue>(),
+        size_of::<FlowSlot>()
+    )
+}
+
+/// A random instance id (16 hex digits).
+pub fn new_instance_id() -> String {
+    let mut bytes = [0u8; 8];
+    // SAFETY: getrandom writes at most `bytes.len()` bytes into `bytes`.
+    let filled = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if filled != bytes.len() as isize {
+        // Practically never; time and pid still make a unique id here.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        bytes = (now ^ u64::from(std::process::id()) << 40).to_be_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The folder of one interface set: names sorted and joined with `+`.
+pub fn interface_set_dir(pin_path: &Path, ifaces: &[String]) -> PathBuf {
+    let mut names = ifaces.to_vec();
+    names.sort();
+    names.dedup();
+    pin_path.join(names.join("+"))
+}
+
+fn is_bpf_fs(path: &Path) -> Result<bool, PinError> {
+    let name = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| path_error(path, "path contains a NUL byte"))?;
+    // SAFETY: statfs fills a zeroed struct; `name` is NUL-terminated.
+    let mut stats: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(name.as_ptr(), &mut stats) } != 0 {
+        return Err(path_error(path, std::io::Error::last_os_error()));
+    }
+    #[allow(clippy::unnecessary_cast)] // f_type's width differs between libcs
+    Ok(stats.f_type as i64 == BPF_FS_MAGIC)
+}
+
+/// Makes sure `dir` can hold pins: its nearest existing ancestor must be on
+/// a BPF filesystem. When the path is under /sys/fs/bpf and nothing is
+/// mounted there, mounts it (as systemd does on most distributions).
+pub fn prepare_bpf_fs(dir: &Path) -> Result<(), PinError> {
+    let existing = dir
+        .ancestors()
+        .find(|path| path.exists())
+        .unwrap_or(Path::new("/"));
+    if !is_bpf_fs(existing)? {
+        let system = Path::new(SYSTEM_BPF_FS);
+        if !(dir.starts_with(system) && system.is_dir() && !is_bpf_fs(system)?) {
+            return Err(PinError::NotBpfFs(dir.to_path_buf()));
+        }
+        mount_bpf_fs(system)?;
+        log::info!("mounted the BPF filesystem at {SYSTEM_BPF_FS}");
+    }
+    std::fs::create_dir_all(dir).map_err(|error| path_error(dir, error))
+}
+
+fn mount_bpf_fs(at: &Path) -> Result<(), PinError> {
+    let target = std::ffi::CString::new(at.as_os_str().as_bytes())
+        .map_err(|_| path_error(at, "path contains a NUL byte"))?;
+    // SAFETY: valid NUL-terminated strings; no data argument.
+    let result = unsafe {
+        libc::mount(
+            c"bpf".as_ptr(),
+            target.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if result != 0 {
+        return Err(PinError::Mount(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+fn write_meta(dir: &Path, meta: &SensorMeta) -> Result<(), PinError> {
+    let json = serde_json::to_vec(meta).map_err(|error| path_error(dir, error))?;
+    let mut bytes = (json.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(&json);
+    let chunks = bytes.len().div_ceil(META_CHUNK);
+    let meta_error =
+        |error: &dyn std::error::Error| path_error(&dir.join(META), error_chain(error));
+    let mut array = Array::<MapData, [u8; META_CHUNK]>::create(chunks as u32, 0)
+        .map_err(|error| meta_error(&error))?;
+    for (index, chunk) in bytes.chunks(META_CHUNK).enumerate() {
+        let mut value = [0u8; META_CHUNK];
+        value[..chunk.len()].copy_from_slice(chunk);
+        array
+            .set(index as u32, value, 0)
+            .map_err(|error| meta_error(&error))?;
+    }
+    array
+        .pin(dir.join(META))
+        .map_err(|error| meta_error(&error))
+}
+
+/// Reads the description pinned in `dir`; `None` when there is none.
+pub fn read_meta(dir: &Path) -> Result<Option<SensorMeta>, PinError> {
+    let path = dir.join(META);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let meta_error = |error: &dyn std::error::Error| path_error(&path, error_chain(error));
+    let data = MapData::from_pin(&path).map_err(|error| meta_error(&error))?;
+    let array: Array<MapData, [u8; META_CHUNK]> =
+        Array::try_from(Map::Array(data)).map_err(|error| meta_error(&error))?;
+    let mut bytes = Vec::new();
+    for index in 0..array.len() {
+        bytes.extend_from_slice(&array.get(&index, 0).map_err(|error| meta_error(&error))?);
+    }
+    let len = bytes
+        .get(..8)
+        .and_then(|head| head.try_into().ok())
+        .map(u64::from_le_bytes)
+        .and_then(|len| usize::try_from(len).ok())
+        .filter(|len| 8 + len <= bytes.len())
+        .ok_or_else(|| path_error(&path, "truncated description"))?;
+    let meta: SensorMeta =
+        serde_json::from_slice(&bytes[8..8 + len]).map_err(|error| path_error(&path, error))?;
+    if meta.schema != META_SCHEMA {
+        return Err(path_error(
+            &path,
+            format!("unknown description schema {}", meta.schema),
+        ));
+    }
+    Ok(Some(meta))
+}
+
+fn open_counters(dir: &Path) -> Result<CounterMaps, PinError> {
+    let open = |name: &str| {
+        let path = dir.join("maps").join(name);
+        let data =
+            MapData::from_pin(&path).map_err(|error| path_error(&path, error_chain(&error)))?;
+        Map::from_map_data(data).map_err(|error| path_error(&path, error_chain(&error)))
+    };
+    let [totals, services, flows, flow_cache] = CounterMaps::NAMES;
+    Ok(CounterMaps {
+        totals: open(totals)?,
+        services: open(services)?,
+        flows: open(flows)?,
+        flow_cache: open(flow_cache)?,
+    })
+}
+
+/// The counters and description of a pinned sensor, opened read-only in
+/// spirit (for `stats`): no links are held.
+pub struct PinnedCounters {
+    pub dir: PathBuf,
+    pub meta: SensorMeta,
+    pub counters: CounterMaps,
+}
+
+/// Opens what `classifier run` pinned under `pin_path` (an interface set's
+/// folder, or the folder above it when it holds exactly one set).
+pub fn open_counters_at(pin_path: &Path) -> Result<PinnedCounters, PinError> {
+    let dir = find_set(pin_path)?;
+    let meta = read_meta(&dir)?.ok_or_else(|| PinError::NothingPinned(pin_path.to_path_buf()))?;
+    check_layout(&dir, &meta)?;
+    let counters = open_counters(&dir)?;
+    Ok(PinnedCounters {
+        dir,
+        meta,
+        counters,
+    })
+}
+
+fn find_set(pin_path: &Path) -> Result<PathBuf, PinError> {
+    if pin_path.join(META).exists() {
+        return Ok(pin_path.to_path_buf());
+    }
+    let Ok(entries) = std::fs::read_dir(pin_path) else {
+        return Err(PinError::NothingPinned(pin_path.to_path_buf()));
+    };
+    let mut sets: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| path.join(META).exists())
+        .collect();
+    sets.sort();
+    match sets.len() {
+        0 => Err(PinError::NothingPinned(pin_path.to_path_buf())),
+        1 => Ok(sets.remove(0)),
+        _ => Err(PinError::SeveralSets {
+            dir: pin_path.to_path_buf(),
+            sets: sets
+                .iter()
+                .filter_map(|path| path.file_name())
+                .map(|name| name.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }),
+    }
+}
+
+fn check_layout(dir: &Path, meta: &SensorMeta) -> Result<(), PinError> {
+    let ours = layout();
+    if meta.layout == ours {
+        Ok(())
+    } else {
+        Err(PinError::Layout {
+            dir: dir.to_path_buf(),
+            theirs: meta.layout.clone(),
+            ours,
+        })
+    }
+}
+
+/// A sensor whose program is attached through pinned links: freshly
+/// loaded and pinned, or adopted from pins a previous daemon left.
+pub struct PinnedSensor {
+    pub dir: PathBuf,
+    pub meta: SensorMeta,
+    pub counters: CounterMaps,
+    pub adopted: bool,
+    links: Vec<(String, PinnedLink)>,
+}
+
+impl PinnedSensor {
+    /// Pins a loaded and attached sensor into `dir` (which must be empty
+    /// of pins) and lets go of the loader's handles: from here on the pins
+    /// keep the program, its maps and its attachments alive.
+    pub fn pin(mut sensor: Sensor, dir: &Path, meta: SensorMeta) -> Result<Self, PinError> {
+        let maps_dir = dir.join("maps");
+        std::fs::create_dir_all(&maps_dir).map_err(|error| path_error(&maps_dir, error))?;
+        let pin_map = |name: &str, map: &Map| {
+            let path = maps_dir.join(name);
+            map.pin(&path)
+                .map_err(|error| path_error(&path, error_chain(&error)))
+        };
+        for (name, map) in sensor.counters.all() {
+            pin_map(name, map)?;
+        }
+        for (name, map) in sensor.ebpf.maps() {
+            // Globals (.rodata) are part of the program, not worth a pin.
+            if !name.starts_with('.') {
+                pin_map(name, map)?;
+            }
+        }
+        let program_path = dir.join("program");
+        let attachments = std::mem::take(&mut sensor.attachments);
+        let program = sensor
+            .program_mut()
+            .map_err(|error| path_error(&program_path, error_chain(&error)))?;
+        program
+            .pin(&program_path)
+            .map_err(|error| path_error(&program_path, error_chain(&error)))?;
+        let mut links = Vec::new();
+        for attachment in attachments {
+            let path = dir.join(format!("{LINK_PREFIX}{}", attachment.iface));
+            let link_error = |error: &dyn std::error::Error| path_error(&path, error_chain(error));
+            let link = program
+                .take_link(attachment.link)
+                .map_err(|error| link_error(&error))?;
+            let fd_link = FdLink::try_from(link).map_err(|error| link_error(&error))?;
+            let pinned = fd_link.pin(&path).map_err(|error| link_error(&error))?;
+            links.push((attachment.iface, pinned));
+        }
+        write_meta(dir, &meta)?;
+        drop(sensor);
+        let counters = open_counters(dir)?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            meta,
+            counters,
+            adopted: false,
+            links,
+        })
+    }
+
+    /// Adopts the program pinned in `dir` when there is one, attached to
+    /// every interface of `ifaces`. A folder without `META` (a start that
+    /// died half-way) is cleaned up and `None` returned.
+    pub fn adopt(dir: &Path, ifaces: &[String]) -> Result<Option<Self>, PinError> {
+        let Some(meta) = read_meta(dir)? else {
+            let leftovers =
+                std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some());
+            if leftovers {
+                log::warn!(
+                    "{}: removing the pins of a start that did not finish",
+                    dir.display()
+                );
+                remove_pins(dir)?;
+                std::fs::create_dir_all(dir).map_err(|error| path_error(dir, error))?;
+            }
+            return Ok(None);
+        };
+        check_layout(dir, &meta)?;
+        let mut links = Vec::new();
+        for iface in ifaces {
+            let path = dir.join(format!("{LINK_PREFIX}{iface}"));
+            if !path.exists() {
+                return Err(PinError::MissingLink {
+                    dir: dir.to_path_buf(),
+                    iface: iface.clone(),
+                });
+            }
+            let link = PinnedLink::from_pin(&path)
+                .map_err(|error| path_error(&path, error_chain(&error)))?;
+            links.push((iface.clone(), link));
+        }
+        let counters = open_counters(dir)?;
+        Ok(Some(Self {
+            dir: dir.to_path_buf(),
+            meta,
+            counters,
+            adopted: true,
+            links,
+        }))
+    }
+
+    /// Detaches from every interface: removes each link's pin and closes
+    /// it. The counter maps stay readable for a final drain.
+    pub fn detach(&mut self) {
+        for (iface, link) in self.links.drain(..) {
+            match link.unpin() {
+                Ok(fd_link) => drop(fd_link),
+                Err(error) => log::error!("{iface}: cannot remove the link's pin: {error}"),
+            }
+        }
+    }
+
+    /// Removes every pin and the folder (after [`Self::detach`]).
+    pub fn remove_pins(&self) -> Result<(), PinError> {
+        remove_pins(&self.dir)
+    }
+}
+
+/// Removes a folder of pins (links first, so the program is detached
+/// before its maps lose their names).
+pub fn remove_pins(dir: &Path) -> Result<(), PinError> {
+    let entries = std::fs::read_dir(dir).map_err(|error| path_error(dir, error))?;
+    let mut paths: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
+    paths.sort_by_key(|path| {
+        let is_link = path
+            .file_name()
+            .is_some_and(|name| name.as_bytes().starts_with(LINK_PREFIX.as_bytes()));
+        !is_link
+    });
+    for path in paths {
+        let removed = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        removed.map_err(|error| path_error(&path, error))?;
+    }
+    std::fs::remove_dir(dir).map_err(|error| path_error(dir, error))
+}

@@ -1,0 +1,157 @@
+//! Keyed pseudonyms for watched addresses (`--pseudonymize-key FILE`), so
+//! snapshots and reports can be shared without exposing residents'
+//! addresses.
+//!
+//! A watched address becomes HMAC-SHA256(key, "classifier-pseudonym-v1" ||
+//! address octets), truncated into a range no real host uses, so tools that
+//! parse addresses still parse it and the same key always gives the same
+//! pseudonym:
+//! - IPv4 → 240.0.0.0/4 (reserved, RFC 1112) with the HMAC's first 28 bits;
+//! - IPv6 → 100::/64 (discard-only, RFC 6666) with its first 64 bits.
+//!
+//! Counts of unique sources in one report are taken before the addresses
+//! are replaced; a report merged from pseudonymized snapshots counts
+//! pseudonyms, and two IPv4 sources share one with probability about
+//! n² / 2²⁹ for n sources (0.2 % for 1,000). Endpoints are not replaced.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+};
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::{feeds::sha256_hex, report::Report};
+
+/// Shortest key accepted, in bytes.
+pub const MIN_KEY_BYTES: usize = 16;
+const DOMAIN: &[u8] = b"classifier-pseudonym-v1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PseudonymError {
+    #[error("pseudonymize key {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "pseudonymize key {path}: {len} bytes; use at least {MIN_KEY_BYTES} random bytes (e.g. head -c 32 /dev/urandom > key)"
+    )]
+    TooShort { path: PathBuf, len: usize },
+}
+
+/// Maps watched addresses to their pseudonyms under one key.
+#[derive(Clone)]
+pub struct Pseudonymizer {
+    key: Vec<u8>,
+    /// First 16 hex digits of the key's SHA-256: which key was used,
+    /// without revealing it.
+    pub key_id: String,
+}
+
+impl std::fmt::Debug for Pseudonymizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pseudonymizer")
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pseudonymizer {
+    /// The key is the file's bytes, as they are.
+    pub fn from_file(path: &Path) -> Result<Self, PseudonymError> {
+        let key = std::fs::read(path).map_err(|source| PseudonymError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if key.len() < MIN_KEY_BYTES {
+            return Err(PseudonymError::TooShort {
+                path: path.to_path_buf(),
+                len: key.len(),
+            });
+        }
+        Ok(Self::from_key(key))
+    }
+
+    pub fn from_key(key: Vec<u8>) -> Self {
+        let key_id = sha256_hex(&key)[..16].to_string();
+        Self { key, key_id }
+    }
+
+    pub fn address(&self, address: IpAddr) -> IpAddr {
+        let octets: Vec<u8> = match address {
+            IpAddr::V4(v4) => v4.octets().to_vec(),
+            IpAddr::V6(v6) => v6.octets().to_vec(),
+        };
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key size");
+        mac.update(DOMAIN);
+        mac.update(&octets);
+        let digest = mac.finalize().into_bytes();
+        match address {
+            IpAddr::V4(_) => {
+                let bits = u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]);
+                IpAddr::V4(Ipv4Addr::from(0xf000_0000 | bits >> 4))
+            }
+            IpAddr::V6(_) => {
+                let mut pseudonym = [0u8; 16];
+                pseudonym[0] = 0x01; // 100::/64
+                pseudonym[8..].copy_from_slice(&digest[..8]);
+                IpAddr::V6(Ipv6Addr::from(pseudonym))
+            }
+        }
+    }
+
+    /// Replaces every watched address in `report` (flows and top sources)
+    /// and records the key id in its snapshot section, if any.
+    pub fn apply(&self, report: &mut Report) {
+        for flow in &mut report.flows {
+            flow.watched = self.address(flow.watched);
+        }
+        for row in &mut report.top_sources {
+            row.address = self.address(row.address);
+        }
+        if let Some(snapshot) = &mut report.snapshot {
+            snapshot.pseudonym_key_id = Some(self.key_id.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pseudonyms_are_stable_keyed_and_in_reserved_ranges() {
+        let one = Pseudonymizer::from_key(b"0123456789abcdef0123".to_vec());
+        let other = Pseudonymizer::from_key(b"another key, also long".to_vec());
+        let v4: IpAddr = "175.45.176.9".parse().unwrap();
+        let v6: IpAddr = "2001:db8:aa::9".parse().unwrap();
+        assert_eq!(one.address(v4), one.address(v4));
+        assert_ne!(one.address(v4), other.address(v4));
+        assert_ne!(
+            one.address(v4),
+            one.address("175.45.176.10".parse().unwrap())
+        );
+        let IpAddr::V4(p4) = one.address(v4) else {
+            panic!("IPv4 stays IPv4")
+        };
+        assert_eq!(p4.octets()[0] >> 4, 0xf, "{p4} is in 240.0.0.0/4");
+        let IpAddr::V6(p6) = one.address(v6) else {
+            panic!("IPv6 stays IPv6")
+        };
+        assert_eq!(p6.segments()[..4], [0x100, 0, 0, 0], "{p6} is in 100::/64");
+        assert_eq!(one.key_id.len(), 16);
+    }
+
+    #[test]
+    fn a_short_key_file_is_refused_with_its_name() {
+        let path = std::env::temp_dir().join(format!("short-key-{}", std::process::id()));
+        std::fs::write(&path, b"short").unwrap();
+        let error = Pseudonymizer::from_file(&path).unwrap_err().to_string();
+        std::fs::remove_file(&path).unwrap();
+        assert!(error.contains(&path.display().to_string()), "{error}");
+        assert!(error.contains("5 bytes"), "{error}");
+    }
+}

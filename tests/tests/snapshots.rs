@@ -1,0 +1,488 @@
+//! Pinning, live counters, metrics and snapshots of `classifier run` on a
+//! live veth pair: traffic across several snapshot boundaries, a SIGTERM
+//! with `--keep-attached` and a SIGKILL each followed by a daemon that
+//! adopts the program, `stats` and `/metrics` from other processes, and a
+//! full disk. The sum of the snapshots must equal exactly what was sent.
+
+use std::{
+    collections::BTreeMap,
+    io::{Read, Write},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use classifier_tests::{
+    classifier_binary,
+    daemon::{Daemon, TestMount, services, temp_dir, write_feed},
+    frames::FrameSpec,
+    netns::{Namespace, VethLink},
+    require_root,
+};
+use serde_json::Value;
+
+/// What the tests sent: all frames, and per service.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Sent {
+    packets: u64,
+    bytes: u64,
+    services: BTreeMap<String, (u64, u64)>,
+}
+
+impl Sent {
+    fn add(
+        &mut self,
+        frames: &mut Vec<Vec<u8>>,
+        service: Option<&str>,
+        frame: Vec<u8>,
+        copies: u64,
+    ) {
+        let len = frame.len() as u64;
+        self.packets += copies;
+        self.bytes += len * copies;
+        if let Some(service) = service {
+            let entry = self.services.entry(service.to_string()).or_default();
+            entry.0 += copies;
+            entry.1 += len * copies;
+        }
+        for _ in 0..copies {
+            frames.push(frame.clone());
+        }
+    }
+
+    /// One round of traffic: alpha outbound (IPv4 and IPv6), beta inbound,
+    /// and unwatched frames; hosts differ per round.
+    fn round(&mut self, round: u8) -> Vec<Vec<u8>> {
+        let mut frames = Vec::new();
+        let watched = format!("175.45.176.{round}");
+        let watched6 = format!("2001:db8:aa::{round}");
+        self.add(
+            &mut frames,
+            Some("alpha"),
+            FrameSpec::udp(&watched, "198.51.100.10", 40000, 443).build(),
+            3 + u64::from(round),
+        );
+        self.add(
+            &mut frames,
+            Some("alpha"),
+            FrameSpec::udp(&watched6, "2001:db8:e0::1", 40001, 443).build(),
+            2,
+        );
+        self.add(
+            &mut frames,
+            Some("beta"),
+            FrameSpec::udp("198.51.100.130", &watched, 1194, 40002)
+                .payload(300)
+                .build(),
+            4,
+        );
+        self.add(
+            &mut frames,
+            None,
+            FrameSpec::udp("192.0.2.1", "198.51.100.10", 1, 443).build(),
+            5,
+        );
+        frames
+    }
+}
+
+/// The counts a report (or a sum of snapshots) holds, as `Sent`.
+fn counted(reports: &[Value]) -> Sent {
+    let mut sum = Sent::default();
+    for report in reports {
+        sum.packets += report["totals"]["packets"].as_u64().expect("packets");
+        sum.bytes += report["totals"]["bytes"].as_u64().expect("bytes");
+        for (name, row) in services(report) {
+            let entry = sum.services.entry(name).or_default();
+            entry.0 += row["packets"].as_u64().expect("service packets");
+            entry.1 += row["bytes"].as_u64().expect("service bytes");
+        }
+    }
+    sum
+}
+
+/// Snapshot files in time order (two partial snapshots can start within
+/// one second: `…Z.json` then `…Z-1.json`).
+fn snapshot_files(dir: &Path) -> Vec<PathBuf> {
+    let start_of = |path: &PathBuf| {
+        let text = std::fs::read_to_string(path).expect("read snapshot");
+        let report: Value = serde_json::from_str(&text).expect("snapshot is JSON");
+        let start = report["start"].as_str().expect("start").to_string();
+        time::OffsetDateTime::parse(&start, &time::format_description::well_known::Rfc3339)
+            .expect("RFC 3339 start")
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("snapshot folder")
+        .map(|entry| entry.expect("entry").path())
+        .filter(|path| {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            name.starts_with("classifier-") && name.ends_with(".json")
+        })
+        .collect();
+    files.sort_by_cached_key(start_of);
+    files
+}
+
+fn read_snapshots(dir: &Path) -> Vec<Value> {
+    snapshot_files(dir)
+        .iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(path).expect("read snapshot");
+            serde_json::from_str(&text).expect("snapshot is JSON")
+        })
+        .collect()
+}
+
+fn classifier(args: &[&str]) -> std::process::Output {
+    Command::new(classifier_binary())
+        .args(args)
+        .output()
+        .expect("run classifier")
+}
+
+fn text(path: &Path) -> &str {
+    path.to_str().expect("UTF-8 path")
+}
+
+#[test]
+fn snapshots_add_up_exactly_across_boundaries_a_kept_attachment_and_a_kill() {
+    if !require_root() {
+        return;
+    }
+    let dir = temp_dir("snap");
+    let feed = write_feed(&dir);
+    let pins = TestMount::bpf(&dir.join("bpf"));
+    let snapshots = dir.join("snapshots");
+    let link = VethLink::create("snap").expect("namespaces and veth");
+    let set_pins = pins.path.join(&link.sensor_iface);
+    let args = [
+        "--pin-path",
+        text(&pins.path),
+        "--snapshot-dir",
+        text(&snapshots),
+        "--snapshot-interval",
+        "2s",
+    ];
+    let mut sent = Sent::default();
+
+    // First daemon: traffic on both sides of two boundaries, then SIGTERM
+    // with --keep-attached: the program stays attached and counting.
+    let mut first = Daemon::start(&link, &feed, &[&args[..], &["--keep-attached"]].concat());
+    link.send(&sent.round(1)).expect("send");
+    first.wait_for("wrote snapshot");
+    link.send(&sent.round(2)).expect("send");
+    first.wait_for("wrote snapshot");
+    link.send(&sent.round(3)).expect("send");
+    let (_, log) = first.stop(libc::SIGTERM);
+    assert!(
+        log.iter()
+            .any(|l| l.contains("leaving the program attached"))
+    );
+    assert!(set_pins.join("META").exists(), "pins kept");
+    // Counted by the kernel while no daemon runs.
+    link.send(&sent.round(4)).expect("send");
+
+    // Second daemon adopts, sees a boundary, and is killed.
+    let mut second = Daemon::start(&link, &feed, &args);
+    assert!(
+        second.said("adopting the program"),
+        "{:?}",
+        second.stderr_seen
+    );
+    assert!(second.said("resuming after snapshot"));
+    link.send(&sent.round(5)).expect("send");
+    second.wait_for("wrote snapshot");
+    link.send(&sent.round(6)).expect("send");
+    std::thread::sleep(Duration::from_millis(300));
+    second.kill();
+    link.send(&sent.round(7)).expect("send");
+
+    // Third daemon adopts again and stops for good: detach, pins removed.
+    let third = Daemon::start(&link, &feed, &args);
+    assert!(third.said("adopting the program"));
+    link.send(&sent.round(8)).expect("send");
+    let (_, log) = third.stop(libc::SIGTERM);
+    assert!(log.iter().any(|l| l.contains("detached; final drain")));
+    assert!(!set_pins.exists(), "pins removed after a plain SIGTERM");
+
+    let files = snapshot_files(&snapshots);
+    let reports = read_snapshots(&snapshots);
+    assert!(files.len() >= 5, "{files:?}");
+    assert_eq!(
+        counted(&reports),
+        sent,
+        "the snapshots add up to what was sent"
+    );
+    let restarts: u64 = reports
+        .iter()
+        .map(|r| {
+            r["snapshot"]["coverage"]["restarts"]
+                .as_u64()
+                .expect("restarts")
+        })
+        .sum();
+    assert_eq!(restarts, 2);
+    for (report, file) in reports.iter().zip(&files) {
+        assert_eq!(
+            report["snapshot"]["coverage"]["gap_before_seconds"], 0.0,
+            "{file:?}"
+        );
+    }
+    // Each snapshot starts where the one before ended.
+    for pair in reports.windows(2) {
+        assert_eq!(pair[0]["end"], pair[1]["start"]);
+    }
+
+    // `report` merges them into the same numbers, and the chain holds.
+    let output = classifier(&["report", text(&snapshots), "--format", "json"]);
+    assert!(output.status.success(), "{output:?}");
+    let merged: Value = serde_json::from_slice(&output.stdout).expect("report JSON");
+    assert_eq!(counted(std::slice::from_ref(&merged)), sent);
+    let alpha = &services(&merged)["alpha"];
+    // Eight IPv4 and eight IPv6 watched hosts, one flow each.
+    assert_eq!(alpha["unique_sources"], 16);
+    assert_eq!(alpha["flows"], 16);
+    let output = classifier(&["report", text(&snapshots), "--verify"]);
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && said.contains("chain intact"),
+        "{output:?}"
+    );
+
+    // An edited snapshot breaks the chain at the file after it.
+    let edited = &files[1];
+    let original = std::fs::read_to_string(edited).expect("read");
+    std::fs::write(edited, original.replacen("\"packets\"", "\"packets\" ", 1)).expect("edit");
+    let output = classifier(&["report", text(&snapshots), "--verify"]);
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let next = files[2].file_name().and_then(|n| n.to_str()).expect("name");
+    assert!(said.contains(next), "{said}");
+    drop(pins);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `GET path` over HTTP/1.1 from inside `namespace`.
+fn http_get(namespace: &Namespace, address: &str, path: &str) -> String {
+    let namespace_name = namespace.name.clone();
+    let address = address.to_string();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: sensor\r\nConnection: close\r\n\r\n");
+    std::thread::spawn(move || {
+        let handle = std::fs::File::open(format!("/run/netns/{namespace_name}")).expect("netns");
+        // SAFETY: a valid namespace fd; affects this thread only.
+        let entered =
+            unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&handle), libc::CLONE_NEWNET) };
+        assert_eq!(entered, 0, "setns");
+        let mut stream = std::net::TcpStream::connect(&address).expect("connect to metrics");
+        stream.write_all(request.as_bytes()).expect("request");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("response");
+        response
+    })
+    .join()
+    .expect("HTTP thread")
+}
+
+#[test]
+fn stats_and_metrics_from_other_processes_match_the_traffic() {
+    if !require_root() {
+        return;
+    }
+    let dir = temp_dir("stats");
+    let feed = write_feed(&dir);
+    let pins = TestMount::bpf(&dir.join("bpf"));
+    let link = VethLink::create("stats").expect("namespaces and veth");
+    let daemon = Daemon::start(
+        &link,
+        &feed,
+        &[
+            "--pin-path",
+            text(&pins.path),
+            "--metrics-addr",
+            "127.0.0.1:9477",
+        ],
+    );
+    let mut sent = Sent::default();
+    link.send(&sent.round(1)).expect("send");
+    link.send(&sent.round(2)).expect("send");
+    // Two drain intervals.
+    std::thread::sleep(Duration::from_millis(400));
+
+    let output = classifier(&["stats", "--pin-path", text(&pins.path), "--json"]);
+    assert!(output.status.success(), "{output:?}");
+    let live: Value = serde_json::from_slice(&output.stdout).expect("stats JSON");
+    assert_eq!(live["schema"], "classifier.report.v1");
+    assert_eq!(counted(std::slice::from_ref(&live)), sent);
+    assert_eq!(services(&live)["alpha"]["unique_sources"], 4);
+
+    let output = classifier(&["stats", "--pin-path", text(&pins.path)]);
+    let view = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    assert!(
+        view.contains("alpha") && view.contains("top watched sources"),
+        "{view}"
+    );
+
+    let output = classifier(&["stats", "--pin-path", text(&dir.join("nothing"))]);
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(error.contains("nothing is pinned at"), "{error}");
+
+    let response = http_get(&link.sensor, "127.0.0.1:9477", "/metrics");
+    let (head, body) = response.split_once("\r\n\r\n").expect("HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let (alpha_packets, alpha_bytes) = sent.services["alpha"];
+    for line in [
+        format!("classifier_packets_total {}", sent.packets),
+        format!("classifier_bytes_total {}", sent.bytes),
+        format!(
+            "classifier_service_packets_total{{service=\"alpha\",direction=\"outbound\"}} {alpha_packets}"
+        ),
+        format!(
+            "classifier_service_bytes_total{{service=\"alpha\",direction=\"outbound\"}} {alpha_bytes}"
+        ),
+        format!(
+            "classifier_service_packets_total{{service=\"beta\",direction=\"inbound\"}} {}",
+            sent.services["beta"].0
+        ),
+        "classifier_build_info{version=".to_string(),
+        "classifier_malformed_packets_total{reason=\"ipv4_truncated\"} 0".to_string(),
+    ] {
+        assert!(body.contains(&line), "missing {line:?} in:\n{body}");
+    }
+    assert!(!body.contains("175.45.176"), "no address labels");
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus; `cargo xtask test` installs it)");
+    promtool
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(body.as_bytes())
+        .expect("feed promtool");
+    let checked = promtool.wait_with_output().expect("promtool");
+    assert!(
+        checked.status.success() && checked.stdout.is_empty() && checked.stderr.is_empty(),
+        "promtool check metrics: {checked:?}"
+    );
+
+    let (report, _) = daemon.stop(libc::SIGTERM);
+    assert_eq!(counted(&[report]), sent);
+    drop(pins);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_full_disk_delays_snapshots_and_loses_no_count() {
+    if !require_root() {
+        return;
+    }
+    let dir = temp_dir("full");
+    let feed = write_feed(&dir);
+    let disk = TestMount::tmpfs(&dir.join("disk"), 256 * 1024);
+    let link = VethLink::create("full").expect("namespaces and veth");
+    let mut daemon = Daemon::start(
+        &link,
+        &feed,
+        &[
+            "--snapshot-dir",
+            text(&disk.path),
+            "--snapshot-interval",
+            "1s",
+        ],
+    );
+    let mut sent = Sent::default();
+    link.send(&sent.round(1)).expect("send");
+    daemon.wait_for("wrote snapshot");
+
+    // Fill the disk to the last byte.
+    let filler = disk.path.join("filler");
+    let mut file = std::fs::File::create(&filler).expect("filler");
+    let block = vec![0u8; 4096];
+    while file.write_all(&block).is_ok() {}
+    drop(file);
+    link.send(&sent.round(2)).expect("send");
+    daemon.wait_for("cannot write a snapshot");
+    daemon.wait_for("cannot write a snapshot");
+    link.send(&sent.round(3)).expect("send");
+
+    std::fs::remove_file(&filler).expect("free the disk");
+    daemon.wait_for("wrote snapshot");
+    link.send(&sent.round(4)).expect("send");
+    let (report, _) = daemon.stop(libc::SIGTERM);
+    assert_eq!(counted(&[report]), sent);
+    assert_eq!(counted(&read_snapshots(&disk.path)), sent);
+    let output = classifier(&["report", text(&disk.path), "--verify"]);
+    assert!(output.status.success(), "{output:?}");
+    drop(disk);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn snapshots_cut_while_traffic_flows_lose_nothing_and_carry_pseudonyms() {
+    if !require_root() {
+        return;
+    }
+    let dir = temp_dir("race");
+    let feed = write_feed(&dir);
+    let key = dir.join("key");
+    std::fs::write(&key, b"a test key of thirty-two bytes!!").expect("key");
+    let snapshots = dir.join("snapshots");
+    let link = VethLink::create("race").expect("namespaces and veth");
+    let mut daemon = Daemon::start(
+        &link,
+        &feed,
+        &[
+            "--snapshot-dir",
+            text(&snapshots),
+            "--snapshot-interval",
+            "1s",
+            "--interval",
+            "10ms",
+            "--pseudonymize-key",
+            text(&key),
+        ],
+    );
+    // Rounds sent back to back for over three seconds, so drains (every
+    // 10 ms) and three or more cuts happen while frames arrive.
+    let mut sent = Sent::default();
+    let started = std::time::Instant::now();
+    let mut round = 1u8;
+    while started.elapsed() < Duration::from_millis(3_300) {
+        link.send(&sent.round(round)).expect("send");
+        round = round % 200 + 1;
+    }
+    daemon.wait_for("wrote snapshot");
+    let (report, _) = daemon.stop(libc::SIGTERM);
+    assert_eq!(counted(&[report]), sent);
+    let reports = read_snapshots(&snapshots);
+    assert!(reports.len() >= 4, "{} snapshots", reports.len());
+    assert_eq!(counted(&reports), sent);
+
+    // Watched addresses are pseudonyms in the reserved ranges; endpoints
+    // stay real; the key is named by its id.
+    let key_id = &reports[0]["snapshot"]["pseudonym_key_id"];
+    assert_eq!(key_id.as_str().map(str::len), Some(16));
+    for report in &reports {
+        assert_eq!(&report["snapshot"]["pseudonym_key_id"], key_id);
+        for flow in report["flows"].as_array().expect("flows") {
+            let watched: std::net::IpAddr = flow["watched"]
+                .as_str()
+                .expect("watched")
+                .parse()
+                .expect("an address");
+            let reserved = match watched {
+                std::net::IpAddr::V4(v4) => v4.octets()[0] >= 240,
+                std::net::IpAddr::V6(v6) => v6.segments()[..4] == [0x100, 0, 0, 0],
+            };
+            assert!(reserved, "{watched} is not a pseudonym");
+            let endpoint = flow["endpoint"].as_str().expect("endpoint");
+            assert!(endpoint.starts_with("198.51.100.") || endpoint.starts_with("2001:db8:e0"));
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
