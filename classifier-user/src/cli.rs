@@ -201,6 +201,8 @@ pub struct ReportArgs {
     #[arg(long, value_name = "T")]
     pub to: Option<String>,
 
+    /// table: the study's table; json: the classifier.report.v1 report;
+    /// csv: one row per service.
     #[arg(long, value_enum, default_value = "table")]
     pub format: HistoryFormat,
 

@@ -647,20 +647,7 @@ fn add_totals(sum: &mut Totals, add: &Totals) {
 fn add_service_counters(services: &mut BTreeMap<String, ServiceRow>, row: &ServiceRow) {
     let sum = services
         .entry(row.service.clone())
-        .or_insert_with(|| ServiceRow {
-            service: row.service.clone(),
-            packets: 0,
-            bytes: 0,
-            packets_outbound: 0,
-            packets_inbound: 0,
-            bytes_outbound: 0,
-            bytes_inbound: 0,
-            flows: 0,
-            unique_sources: 0,
-            share: 0.0,
-            first_seen: None,
-            last_seen: None,
-        });
+        .or_insert_with(|| ServiceRow::empty(row.service.clone()));
     sum.packets += row.packets;
     sum.bytes += row.bytes;
     sum.packets_outbound += row.packets_outbound;

@@ -67,6 +67,10 @@ pub enum PinError {
         ours: String,
     },
     #[error(
+        "another classifier run is using the pins in {0}; stop it first, or choose another --pin-path"
+    )]
+    Busy(PathBuf),
+    #[error(
         "the program pinned at {dir} is not attached to {iface} ({LINK_PREFIX}{iface} is missing); remove the folder to start afresh"
     )]
     MissingLink { dir: PathBuf, iface: String },
@@ -403,8 +407,7 @@ impl PinnedSensor {
                     "{}: removing the pins of a start that did not finish",
                     dir.display()
                 );
-                remove_pins(dir)?;
-                std::fs::create_dir_all(dir).map_err(|error| path_error(dir, error))?;
+                remove_contents(dir)?;
             }
             return Ok(None);
         };
@@ -449,9 +452,38 @@ impl PinnedSensor {
     }
 }
 
-/// Removes a folder of pins (links first, so the program is detached
-/// before its maps lose their names).
+/// Takes the interface set's folder for this daemon alone (an exclusive
+/// `flock` on the folder, held while the returned file is open): two
+/// daemons draining one program would write each other's snapshots.
+pub fn lock_set(dir: &Path) -> Result<std::fs::File, PinError> {
+    let folder = std::fs::File::open(dir).map_err(|error| path_error(dir, error))?;
+    // SAFETY: flock on a valid, open fd.
+    let locked = unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&folder),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    };
+    if locked != 0 {
+        let error = std::io::Error::last_os_error();
+        return Err(if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            PinError::Busy(dir.to_path_buf())
+        } else {
+            path_error(dir, error)
+        });
+    }
+    Ok(folder)
+}
+
+/// Removes a folder of pins and the folder.
 pub fn remove_pins(dir: &Path) -> Result<(), PinError> {
+    remove_contents(dir)?;
+    std::fs::remove_dir(dir).map_err(|error| path_error(dir, error))
+}
+
+/// Removes every pin in a folder (links first, so the program is detached
+/// before its maps lose their names).
+fn remove_contents(dir: &Path) -> Result<(), PinError> {
     let entries = std::fs::read_dir(dir).map_err(|error| path_error(dir, error))?;
     let mut paths: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
     paths.sort_by_key(|path| {
@@ -468,5 +500,5 @@ pub fn remove_pins(dir: &Path) -> Result<(), PinError> {
         };
         removed.map_err(|error| path_error(&path, error))?;
     }
-    std::fs::remove_dir(dir).map_err(|error| path_error(dir, error))
+    Ok(())
 }

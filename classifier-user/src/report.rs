@@ -147,6 +147,26 @@ pub struct ServiceRow {
     pub last_seen: Option<String>,
 }
 
+impl ServiceRow {
+    /// A row with every count zero.
+    pub fn empty(service: String) -> Self {
+        Self {
+            service,
+            packets: 0,
+            bytes: 0,
+            packets_outbound: 0,
+            packets_inbound: 0,
+            bytes_outbound: 0,
+            bytes_inbound: 0,
+            flows: 0,
+            unique_sources: 0,
+            share: 0.0,
+            first_seen: None,
+            last_seen: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowRow {
     pub watched: IpAddr,
@@ -266,18 +286,13 @@ impl Report {
         for (id, counters) in ledger.services.iter().enumerate().skip(1) {
             let Ok(id) = u16::try_from(id) else { continue };
             rows.push(ServiceRow {
-                service: service_name(id),
                 packets: counters.packets.iter().sum(),
                 bytes: counters.bytes.iter().sum(),
                 packets_outbound: counters.packets[DIR_OUTBOUND as usize],
                 packets_inbound: counters.packets[DIR_INBOUND as usize],
                 bytes_outbound: counters.bytes[DIR_OUTBOUND as usize],
                 bytes_inbound: counters.bytes[DIR_INBOUND as usize],
-                flows: 0,
-                unique_sources: 0,
-                share: 0.0,
-                first_seen: None,
-                last_seen: None,
+                ..ServiceRow::empty(service_name(id))
             });
         }
         let rows = by_service.fill_service_rows(rows);
@@ -490,20 +505,7 @@ impl FlowSummary {
         let matched_flows: u64 = self.services.values().map(|s| s.flows).sum();
         for name in self.services.keys() {
             if !rows.iter().any(|row| row.service == *name) {
-                rows.push(ServiceRow {
-                    service: name.clone(),
-                    packets: 0,
-                    bytes: 0,
-                    packets_outbound: 0,
-                    packets_inbound: 0,
-                    bytes_outbound: 0,
-                    bytes_inbound: 0,
-                    flows: 0,
-                    unique_sources: 0,
-                    share: 0.0,
-                    first_seen: None,
-                    last_seen: None,
-                });
+                rows.push(ServiceRow::empty(name.clone()));
             }
         }
         for row in &mut rows {

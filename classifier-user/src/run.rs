@@ -165,9 +165,10 @@ fn release_free_memory() {
 
 /// The program this daemon counts with: adopted from pins a previous
 /// daemon left, or loaded, attached and pinned now.
-fn adopt_or_load(config: &mut RunConfig) -> Result<PinnedSensor, RunError> {
+fn adopt_or_load(config: &mut RunConfig) -> Result<(PinnedSensor, std::fs::File), RunError> {
     let dir = pins::interface_set_dir(&config.pin_path, &config.ifaces);
     pins::prepare_bpf_fs(&dir)?;
+    let lock = pins::lock_set(&dir)?;
     if let Some(sensor) = PinnedSensor::adopt(&dir, &config.ifaces)? {
         let meta = &sensor.meta;
         log::info!(
@@ -194,7 +195,7 @@ fn adopt_or_load(config: &mut RunConfig) -> Result<PinnedSensor, RunError> {
                     .join(", ")
             );
         }
-        return Ok(sensor);
+        return Ok((sensor, lock));
     }
 
     let mut sensor = Sensor::load(&config.watched, &config.endpoints, config.capacities)?;
@@ -230,7 +231,7 @@ fn adopt_or_load(config: &mut RunConfig) -> Result<PinnedSensor, RunError> {
     match PinnedSensor::pin(sensor, &dir, meta) {
         Ok(pinned) => {
             log::info!("pinned under {}", dir.display());
-            Ok(pinned)
+            Ok((pinned, lock))
         }
         Err(error) => {
             // The loader's handles are gone: removing what was pinned detaches.
@@ -359,7 +360,8 @@ pub fn run_config(mut config: RunConfig) -> Result<Report, RunError> {
             ),
         };
 
-        let sensor = adopt_or_load(&mut config)?;
+        // The lock is held until the daemon ends (dropped with `_lock`).
+        let (sensor, _lock) = adopt_or_load(&mut config)?;
         // The kernel holds the feed now; only its origins go in the report.
         // Give the memory back (a feed of a million prefixes is ~100 MB).
         config.endpoints.endpoints = Vec::new();

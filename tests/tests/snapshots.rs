@@ -323,6 +323,28 @@ fn stats_and_metrics_from_other_processes_match_the_traffic() {
         "{view}"
     );
 
+    // A second daemon on the same pins is refused (it would drain the same
+    // program into a second set of snapshots).
+    let output = link
+        .sensor
+        .command(&classifier_binary())
+        .args([
+            "run",
+            "--iface",
+            &link.sensor_iface,
+            "--metrics-addr",
+            "off",
+        ])
+        .args(["--pin-path", text(&pins.path)])
+        .output()
+        .expect("second classifier run");
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{error}");
+    assert!(
+        error.contains("another classifier run is using the pins in"),
+        "{error}"
+    );
+
     let output = classifier(&["stats", "--pin-path", text(&dir.join("nothing"))]);
     let error = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1));
