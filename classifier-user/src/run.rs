@@ -476,7 +476,14 @@ fn finish(mut daemon: Daemon, config: &RunConfig, start_unix_ns: i64) -> Result<
     if let Some(pseudonymizer) = &config.pseudonymizer {
         pseudonymizer.apply(&mut report);
     }
-    if unwritten > 0 {
+    if unwritten > 0 && config.keep_attached {
+        // The program keeps counting and the state file still holds the
+        // last written checkpoint: the next daemon's first snapshot holds
+        // these counts.
+        log::warn!(
+            "{unwritten} snapshot(s) could not be written; the next `classifier run` adopting the program resumes after the last one written, so their counts land in its first snapshot"
+        );
+    } else if unwritten > 0 {
         print!("{}", report.render(config.format));
         return Err(RunError::SnapshotsLost(unwritten));
     }

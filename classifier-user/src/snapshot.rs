@@ -19,8 +19,9 @@
 //!   again, even when a pipeline moves the files out of the folder.
 //! - Both files are written atomically: a temporary file, fsync, rename,
 //!   fsync of the folder. A reader never sees half a file.
-//! - A failed write (disk full, folder removed) is logged, retried with
-//!   back-off, and its snapshot kept in memory (in order) until it lands.
+//! - A failed write (disk full, folder removed: it is created again) is
+//!   logged, retried with back-off, and its snapshot kept in memory (in
+//!   order) until it lands.
 
 use std::{
     collections::VecDeque,
@@ -442,6 +443,10 @@ fn write_one(
         checkpoint: pending.checkpoint.to_text(),
     };
     let state = serde_json::to_vec(&state).map_err(std::io::Error::other)?;
+    if !dir.is_dir() {
+        std::fs::create_dir_all(dir)?;
+        log::warn!("{}: the folder was gone; created it again", dir.display());
+    }
     write_atomically(dir, STATE_FILE, &state)?;
     write_atomically(dir, &name, text.as_bytes())?;
     write_atomically(dir, WRITTEN_MARKER, name.as_bytes())?;

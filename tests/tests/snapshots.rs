@@ -1,8 +1,9 @@
 //! Pinning, live counters, metrics and snapshots of `classifier run` on a
 //! live veth pair: traffic across several snapshot boundaries, a SIGTERM
 //! with `--keep-attached` and a SIGKILL each followed by a daemon that
-//! adopts the program, `stats` and `/metrics` from other processes, and a
-//! full disk. The sum of the snapshots must equal exactly what was sent.
+//! adopts the program, `stats` and `/metrics` from other processes, a
+//! full disk and a removed folder, traffic during cuts, and pseudonyms.
+//! The sum of the snapshots must equal exactly what was sent.
 
 use std::{
     collections::BTreeMap,
@@ -399,20 +400,21 @@ fn stats_and_metrics_from_other_processes_match_the_traffic() {
 }
 
 #[test]
-fn a_full_disk_delays_snapshots_and_loses_no_count() {
+fn a_full_disk_or_a_removed_folder_delays_snapshots_and_loses_no_count() {
     if !require_root() {
         return;
     }
     let dir = temp_dir("full");
     let feed = write_feed(&dir);
     let disk = TestMount::tmpfs(&dir.join("disk"), 256 * 1024);
+    let snapshots = disk.path.join("snapshots");
     let link = VethLink::create("full").expect("namespaces and veth");
     let mut daemon = Daemon::start(
         &link,
         &feed,
         &[
             "--snapshot-dir",
-            text(&disk.path),
+            text(&snapshots),
             "--snapshot-interval",
             "1s",
         ],
@@ -421,7 +423,7 @@ fn a_full_disk_delays_snapshots_and_loses_no_count() {
     link.send(&sent.round(1)).expect("send");
     daemon.wait_for("wrote snapshot");
 
-    // Fill the disk to the last byte.
+    // Fill the disk to the last byte: writes fail and are retried.
     let filler = disk.path.join("filler");
     let mut file = std::fs::File::create(&filler).expect("filler");
     let block = vec![0u8; 4096];
@@ -431,15 +433,26 @@ fn a_full_disk_delays_snapshots_and_loses_no_count() {
     daemon.wait_for("cannot write a snapshot");
     daemon.wait_for("cannot write a snapshot");
     link.send(&sent.round(3)).expect("send");
-
     std::fs::remove_file(&filler).expect("free the disk");
     daemon.wait_for("wrote snapshot");
+
+    // The folder goes away (moved by a pipeline): the daemon creates it
+    // again and carries on.
+    let moved = disk.path.join("moved");
+    std::fs::rename(&snapshots, &moved).expect("move the folder away");
     link.send(&sent.round(4)).expect("send");
+    daemon.wait_for("created it again");
+    daemon.wait_for("wrote snapshot");
+    link.send(&sent.round(5)).expect("send");
     let (report, _) = daemon.stop(libc::SIGTERM);
     assert_eq!(counted(&[report]), sent);
-    assert_eq!(counted(&read_snapshots(&disk.path)), sent);
-    let output = classifier(&["report", text(&disk.path), "--verify"]);
-    assert!(output.status.success(), "{output:?}");
+    let mut reports = read_snapshots(&moved);
+    reports.extend(read_snapshots(&snapshots));
+    assert_eq!(counted(&reports), sent);
+    for folder in [&moved, &snapshots] {
+        let output = classifier(&["report", text(folder), "--verify"]);
+        assert!(output.status.success(), "{output:?}");
+    }
     drop(disk);
     let _ = std::fs::remove_dir_all(dir);
 }
