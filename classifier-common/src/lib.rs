@@ -36,10 +36,14 @@ pub const MAP_V4_RUNS: &str = "V4_RUNS";
 pub const MAP_WATCHED_V6: &str = "WATCHED_V6";
 /// LPM trie of IPv6 endpoint prefixes to [`EndpointValue`].
 pub const MAP_ENDPOINTS_V6: &str = "ENDPOINTS_V6";
+/// Array (mmapable), one `u64`: the time flows are stamped with when the
+/// program was loaded with [`GLOBAL_CAPTURE_CLOCK`] set (a capture's frame
+/// time in Unix ns, written by `classifier pcap` before each frame).
+pub const MAP_CAPTURE_CLOCK: &str = "CAPTURE_CLOCK";
 
 /// Every map the program declares, for checks that the object and the
 /// loader agree.
-pub const ALL_MAPS: [&str; 10] = [
+pub const ALL_MAPS: [&str; 11] = [
     MAP_TOTALS,
     MAP_SERVICES,
     MAP_FLOWS,
@@ -50,6 +54,7 @@ pub const ALL_MAPS: [&str; 10] = [
     MAP_V4_RUNS,
     MAP_WATCHED_V6,
     MAP_ENDPOINTS_V6,
+    MAP_CAPTURE_CLOCK,
 ];
 
 /// `BPF_F_MMAPABLE`: the IPv4 table's arrays are filled through a mapping.
@@ -64,6 +69,10 @@ pub const GLOBAL_FLOW_CACHE_MASK: &str = "FLOW_CACHE_MASK";
 /// …and the verdict after counting: `XDP_PASS` for a sensor, `XDP_DROP`
 /// only for benchmarks that measure the program without the stack behind it.
 pub const GLOBAL_VERDICT: &str = "VERDICT";
+/// …and the clock: 0 stamps flows with the kernel's monotonic clock (a
+/// sensor); 1 with the time in [`MAP_CAPTURE_CLOCK`] (replaying a capture).
+/// A load-time constant, so the verifier removes the branch not taken.
+pub const GLOBAL_CAPTURE_CLOCK: &str = "CAPTURE_CLOCK_ON";
 
 // ---- numeric constants -----------------------------------------------------
 

@@ -11,7 +11,7 @@ use classifier_common::{
 };
 
 use crate::{
-    FLOW_CACHE, FLOW_CACHE_MASK, FLOWS, SERVICES, TOTALS,
+    CAPTURE_CLOCK, CAPTURE_CLOCK_ON, FLOW_CACHE, FLOW_CACHE_MASK, FLOWS, SERVICES, TOTALS,
     classify::{Watched, classify_v4, classify_v6, either_hinted},
     load_time,
     parse::{Packet, Parsed, parse, plain},
@@ -123,9 +123,15 @@ fn count_watched<A: KeyAddress>(
     key.direction = watched.direction;
 
     // Coarse (tick-resolution) CLOCK_MONOTONIC: a few ns cheaper than the
-    // exact clock, and flow times need no finer grain.
-    // SAFETY: bpf_ktime_get_coarse_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // exact clock, and flow times need no finer grain. A capture replayed
+    // by `classifier pcap` stamps flows with the frame's own time instead
+    // (a load-time constant: the branch not taken is removed).
+    let now = if load_time(&CAPTURE_CLOCK_ON) != 0 {
+        CAPTURE_CLOCK.get(0).copied().unwrap_or(0)
+    } else {
+        // SAFETY: bpf_ktime_get_coarse_ns has no preconditions.
+        unsafe { bpf_ktime_get_coarse_ns() }
+    };
 
     // The flow cache first: a known flow costs a hash, an array slot and a
     // compare; a new one claims an empty slot.

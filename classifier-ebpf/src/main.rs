@@ -42,6 +42,8 @@ static V4_RUNS: Array<V4Runs> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 static WATCHED_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(256, 0);
 #[map]
 static ENDPOINTS_V6: LpmTrie<[u8; 16], EndpointValue> = LpmTrie::with_max_entries(1, 0);
+#[map]
+static CAPTURE_CLOCK: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
 // Load-time constants (names in classifier-common's `GLOBAL_*`); read
 // through `load_time` so the compiler does not fold the defaults in.
@@ -49,6 +51,8 @@ static ENDPOINTS_V6: LpmTrie<[u8; 16], EndpointValue> = LpmTrie::with_max_entrie
 static FLOW_CACHE_MASK: u32 = 0;
 #[unsafe(no_mangle)]
 static VERDICT: u32 = xdp_action::XDP_PASS;
+#[unsafe(no_mangle)]
+static CAPTURE_CLOCK_ON: u32 = 0;
 
 #[inline(always)]
 fn load_time(global: &'static u32) -> u32 {

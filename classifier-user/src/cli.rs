@@ -26,6 +26,14 @@ pub enum Command {
     /// Live counters of a running sensor, read from its pinned maps (from
     /// another process; the daemon keeps running).
     Stats(StatsArgs),
+    /// Run the same XDP program over every frame of pcap or pcapng files
+    /// (BPF_PROG_TEST_RUN; no NIC, same privileges as `run`) and print the
+    /// same report, timed by the capture.
+    Pcap(PcapArgs),
+    /// Generate a traffic mix shaped like the 2024 study (deterministic
+    /// under --seed) onto an interface with AF_PACKET, or into a pcap file.
+    /// Only for interfaces of a test or demo network: it writes raw frames.
+    Generate(GenerateArgs),
     /// Aggregate snapshot files over any time range into the study's table
     /// (per service: unique watched sources, flows, packets, bytes, share,
     /// first and last seen), or check their chain with --verify.
@@ -37,17 +45,9 @@ pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/classifier";
 /// Where metrics are served by default.
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9477";
 
+/// The watched set and endpoint feeds (`run` and `pcap`).
 #[derive(Debug, Args)]
-pub struct RunArgs {
-    /// Interface to attach to (repeatable).
-    #[arg(long = "iface", value_name = "IFACE", required = true)]
-    pub ifaces: Vec<String>,
-
-    /// XDP attach mode: auto tries native (driver) mode and falls back to
-    /// generic (skb) mode.
-    #[arg(long, value_enum, default_value = "auto")]
-    pub xdp_mode: AttachMode,
-
+pub struct FeedArgs {
     /// Watched prefix, IPv4 or IPv6 (repeatable). When given (or with
     /// --watch-file), replaces the default 175.45.176.0/22.
     #[arg(long = "watch", value_name = "CIDR")]
@@ -62,6 +62,21 @@ pub struct RunArgs {
     /// (repeatable). Default: the bundled feed of 26 services.
     #[arg(long = "endpoints", value_name = "FILE")]
     pub endpoint_files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Interface to attach to (repeatable).
+    #[arg(long = "iface", value_name = "IFACE", required = true)]
+    pub ifaces: Vec<String>,
+
+    /// XDP attach mode: auto tries native (driver) mode and falls back to
+    /// generic (skb) mode.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub xdp_mode: AttachMode,
+
+    #[command(flatten)]
+    pub feeds: FeedArgs,
 
     /// How often the per-CPU maps are drained (e.g. 500ms, 1s, 1m).
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
@@ -155,6 +170,76 @@ pub fn parse_whole_seconds(text: &str) -> Result<Duration, String> {
 }
 
 #[derive(Debug, Args)]
+pub struct PcapArgs {
+    /// Capture files (classic pcap in either byte order, micro- or
+    /// nanosecond; pcapng), read in the order given. Link types: Ethernet,
+    /// raw IP, Linux cooked (SLL, SLL2).
+    #[arg(value_name = "FILE", required = true)]
+    pub files: Vec<PathBuf>,
+
+    #[command(flatten)]
+    pub feeds: FeedArgs,
+
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: ReportFormat,
+
+    /// Write snapshots by capture time, as `run --snapshot-dir` does live.
+    #[arg(long, value_name = "DIR")]
+    pub snapshot_dir: Option<PathBuf>,
+
+    /// Snapshot interval by capture time, aligned to UTC.
+    #[arg(long, value_name = "D", default_value = "1h", value_parser = parse_whole_seconds)]
+    pub snapshot_interval: Duration,
+
+    /// Replace watched addresses in the report and snapshots by keyed
+    /// pseudonyms (see README).
+    #[arg(long, value_name = "FILE")]
+    pub pseudonymize_key: Option<PathBuf>,
+
+    /// Flow-table capacity (as for `run`).
+    #[arg(long, default_value_t = crate::loader::DEFAULT_FLOW_CAPACITY)]
+    pub flow_capacity: u32,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("output").required(true).args(["iface", "pcap"])))]
+pub struct GenerateArgs {
+    /// Write the frames onto this interface (AF_PACKET), spread over
+    /// --duration.
+    #[arg(long, value_name = "IFACE")]
+    pub iface: Option<String>,
+
+    /// Write the frames into this pcap file (Ethernet, nanosecond
+    /// timestamps spread over --duration from now).
+    #[arg(long, value_name = "FILE")]
+    pub pcap: Option<PathBuf>,
+
+    /// The same seed gives the same frames.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+
+    /// Conversations of the 31 watched hosts (each gives an outbound and an
+    /// inbound flow).
+    #[arg(long, default_value_t = 1000)]
+    pub conversations: usize,
+
+    /// Ordinary (unwatched) frames per watched frame.
+    #[arg(long, default_value_t = 4.0)]
+    pub background_ratio: f64,
+
+    /// How long sending takes (or the span of the pcap's timestamps).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+
+    /// Also write the plan (what each service should show) as JSON here.
+    #[arg(long, value_name = "FILE")]
+    pub plan: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub feeds: FeedArgs,
+}
+
+#[derive(Debug, Args)]
 pub struct StatsArgs {
     /// Where `classifier run` pinned its maps (the folder or one interface
     /// set's sub-folder).
@@ -166,8 +251,9 @@ pub struct StatsArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// Refresh every SECS seconds until interrupted (rates are over the
-    /// refresh interval; without --watch, over one second).
+    /// Refresh every SECS seconds until interrupted or the sensor stops
+    /// (rates are over the refresh interval; without --watch, over one
+    /// second). On a terminal the view is redrawn in place.
     #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
     pub watch: Option<Duration>,
 

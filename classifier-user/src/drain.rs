@@ -2,10 +2,12 @@
 //! counts in userspace (`Ledger`). Hands the ledger to `report`.
 //!
 //! Kernel counters only ever grow, so totals and per-service counters are
-//! simply the latest reading. Flow-table entries can vanish (LRU eviction)
-//! and come back from zero: the ledger keeps what it already drained for a
-//! flow and adds only what the kernel gained since, treating a value that
-//! went down (or a changed first-seen time) as a new entry.
+//! the latest reading minus a base. Flow-table entries can vanish (LRU
+//! eviction) and come back from zero: the ledger keeps what it already
+//! drained for a flow and adds only what the kernel gained since, treating
+//! a table value that went down (or a changed first-seen time) as a new
+//! entry; flow-cache slots are never cleared, so a cache value that looks
+//! lower (a slot read mid-claim) keeps its baseline.
 
 use std::{collections::HashMap, os::fd::AsFd};
 
@@ -354,6 +356,9 @@ pub struct Ledger {
     pub kernel_evictions: u64,
     base: KernelCounters,
     mark: Mark,
+    /// Frames counted in userspace because the kernel cannot run them
+    /// (`classifier pcap`: frames shorter than an Ethernet header).
+    outside_kernel: Totals,
 }
 
 /// Kernel counters summed over CPUs, as a base or a mark.
@@ -395,6 +400,7 @@ impl Default for Ledger {
             kernel_evictions: 0,
             base: KernelCounters::default(),
             mark: Mark::default(),
+            outside_kernel: bytemuck::Zeroable::zeroed(),
         }
     }
 }
@@ -413,6 +419,19 @@ pub fn totals_minus(a: &Totals, b: &Totals) -> Totals {
         let b: &[u64] = bytemuck::cast_slice(std::slice::from_ref(b));
         for (value, minus) in out.iter_mut().zip(b) {
             *value = value.saturating_sub(*minus);
+        }
+    }
+    out
+}
+
+/// `a + b`, field by field.
+fn totals_plus(a: &Totals, b: &Totals) -> Totals {
+    let mut out = *a;
+    {
+        let out: &mut [u64] = bytemuck::cast_slice_mut(std::slice::from_mut(&mut out));
+        let b: &[u64] = bytemuck::cast_slice(std::slice::from_ref(b));
+        for (value, plus) in out.iter_mut().zip(b) {
+            *value += *plus;
         }
     }
     out
@@ -441,12 +460,17 @@ impl Ledger {
     /// A ledger that counts from a checkpoint: what was already reported
     /// (by a snapshot another daemon wrote) is not counted again.
     pub fn resume(checkpoint: &Checkpoint) -> Self {
+        // The kernel's counters start at the checkpoint's, so a cut before
+        // any drain succeeds checkpoints the same place again (not zero).
         let mut ledger = Self {
             base: KernelCounters {
                 totals: checkpoint.totals,
                 services: checkpoint.services.clone(),
                 evictions: checkpoint.evictions,
             },
+            kernel_totals: checkpoint.totals,
+            kernel_services: checkpoint.services.clone(),
+            kernel_evictions: checkpoint.evictions,
             ..Self::default()
         };
         for flow in &checkpoint.flows {
@@ -473,12 +497,19 @@ impl Ledger {
     /// Folds in a reading; `monotonic_to_unix_ns` is added to kernel times.
     pub fn absorb(&mut self, reading: KernelReading, monotonic_to_unix_ns: i128) {
         self.live_flows = reading.flows.len() + reading.cache_slots_used;
-        self.kernel_evictions = reading
-            .totals
-            .flow_inserts
-            .saturating_sub(self.live_flows as u64);
+        // Inserts are read before the flow table, so flows created between
+        // the two reads could make this dip: it never goes down.
+        self.kernel_evictions = self.kernel_evictions.max(
+            reading
+                .totals
+                .flow_inserts
+                .saturating_sub(self.live_flows as u64),
+        );
         self.flow_evictions = self.kernel_evictions.saturating_sub(self.base.evictions);
-        self.totals = totals_minus(&reading.totals, &self.base.totals);
+        self.totals = totals_plus(
+            &totals_minus(&reading.totals, &self.base.totals),
+            &self.outside_kernel,
+        );
         self.services = services_minus(&reading.services, &self.base.services);
         self.kernel_totals = reading.totals;
         self.kernel_services = reading.services;
@@ -528,6 +559,16 @@ impl Ledger {
         }
     }
 
+    /// Counts a frame too short to have an Ethernet header, which the kernel
+    /// cannot be given (BPF_PROG_TEST_RUN refuses it): as the program would,
+    /// `other` and `ethernet_truncated`. Shows from the next [`Self::absorb`].
+    pub fn count_runt(&mut self, frame_len: u64) {
+        let runt = &mut self.outside_kernel;
+        runt.other += 1;
+        runt.bytes += frame_len;
+        runt.malformed[classifier_common::MALFORMED_ETHERNET_TRUNCATED] += 1;
+    }
+
     /// The counts since the last cut (or the base), as a ledger of their
     /// own: what one snapshot reports.
     pub fn since_mark(&self) -> Ledger {
@@ -555,6 +596,7 @@ impl Ledger {
             kernel_evictions: self.kernel_evictions,
             base: KernelCounters::default(),
             mark: Mark::default(),
+            outside_kernel: bytemuck::Zeroable::zeroed(),
         }
     }
 

@@ -2,14 +2,17 @@
 //! commands that wire them together. `main.rs` only parses arguments.
 
 pub mod bpf_sys;
+pub mod capture;
 pub mod cli;
 pub mod drain;
 pub mod feeds;
+pub mod generate;
 pub mod history;
 pub mod loader;
 pub mod metrics;
 pub mod pins;
 pub mod pseudonym;
+pub mod replay;
 pub mod report;
 pub mod run;
 pub mod snapshot;

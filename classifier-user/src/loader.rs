@@ -16,10 +16,10 @@ use aya::{
     programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use classifier_common::{
-    EndpointValue, GLOBAL_FLOW_CACHE_MASK, GLOBAL_VERDICT, HINT_BITS, HINT_V4, HINT_V6,
-    MAP_ENDPOINTS_V6, MAP_FLOW_CACHE, MAP_FLOWS, MAP_V4_LEAVES, MAP_V4_NODES, MAP_V4_RUNS,
-    MAP_WATCHED_HINT, MAP_WATCHED_V6, MAX_SERVICES, PROGRAM_NAME, WatchedHint, hint_index_v4,
-    hint_index_v6,
+    EndpointValue, GLOBAL_CAPTURE_CLOCK, GLOBAL_FLOW_CACHE_MASK, GLOBAL_VERDICT, HINT_BITS,
+    HINT_V4, HINT_V6, MAP_CAPTURE_CLOCK, MAP_ENDPOINTS_V6, MAP_FLOW_CACHE, MAP_FLOWS,
+    MAP_V4_LEAVES, MAP_V4_NODES, MAP_V4_RUNS, MAP_WATCHED_HINT, MAP_WATCHED_V6, MAX_SERVICES,
+    PROGRAM_NAME, WatchedHint, hint_index_v4, hint_index_v6,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
@@ -121,6 +121,43 @@ pub enum Verdict {
     Drop,
 }
 
+/// What flows are stamped with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+enum Clock {
+    /// The kernel's monotonic clock: a sensor.
+    Kernel = 0,
+    /// The time userspace writes into the capture clock: a replay.
+    Capture = 1,
+}
+
+/// The capture clock of a sensor loaded with [`Sensor::load_for_capture`],
+/// mapped into memory: setting it costs a store, not a syscall.
+pub struct CaptureClock {
+    address: *mut u64,
+}
+
+impl CaptureClock {
+    /// Flows the program counts from now on are stamped `unix_ns`.
+    pub fn set(&mut self, unix_ns: i64) {
+        // SAFETY: `address` is a live shared mapping of the map's one u64;
+        // the program only reads it while a test run we start is running.
+        unsafe { std::ptr::write_volatile(self.address, unix_ns as u64) };
+    }
+}
+
+impl Drop for CaptureClock {
+    fn drop(&mut self) {
+        // SAFETY: unmapping the page mapped in `Sensor::capture_clock`.
+        unsafe { libc::munmap(self.address.cast(), page_size()) };
+    }
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
+}
+
 /// Service names by the id the kernel counts them under.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ServiceTable {
@@ -200,6 +237,32 @@ impl Sensor {
         capacities: Capacities,
         verdict: Verdict,
     ) -> Result<Self, LoadError> {
+        Self::load_with(watched, endpoints, capacities, verdict, Clock::Kernel)
+    }
+
+    /// [`Sensor::load`] for replaying a capture: flows are stamped with the
+    /// time written through [`Sensor::capture_clock`] (each frame's own).
+    pub fn load_for_capture(
+        watched: &WatchedSet,
+        endpoints: &EndpointFeed,
+        capacities: Capacities,
+    ) -> Result<Self, LoadError> {
+        Self::load_with(
+            watched,
+            endpoints,
+            capacities,
+            Verdict::Pass,
+            Clock::Capture,
+        )
+    }
+
+    fn load_with(
+        watched: &WatchedSet,
+        endpoints: &EndpointFeed,
+        capacities: Capacities,
+        verdict: Verdict,
+        clock: Clock,
+    ) -> Result<Self, LoadError> {
         if EBPF_OBJECT.is_empty() {
             return Err(LoadError::NoObject);
         }
@@ -228,6 +291,7 @@ impl Sensor {
         let mut ebpf = EbpfLoader::new()
             .override_global(GLOBAL_FLOW_CACHE_MASK, &cache_mask, true)
             .override_global(GLOBAL_VERDICT, &verdict, true)
+            .override_global(GLOBAL_CAPTURE_CLOCK, &(clock as u32), true)
             .map_max_entries(MAP_FLOW_CACHE, cache_slots)
             .map_max_entries(MAP_V4_NODES, table.nodes.len() as u32)
             .map_max_entries(MAP_V4_LEAVES, table.leaves.len().max(1) as u32)
@@ -328,6 +392,35 @@ impl Sensor {
             .ok_or(LoadError::MissingProgram)?
             .try_into()
             .map_err(LoadError::Program)
+    }
+
+    /// Maps the capture clock (see [`Sensor::load_for_capture`]).
+    pub fn capture_clock(&self) -> Result<CaptureClock, LoadError> {
+        let name = MAP_CAPTURE_CLOCK;
+        let Some(Map::Array(data)) = self.ebpf.map(name) else {
+            return Err(LoadError::MissingMap(name));
+        };
+        // SAFETY: a fresh shared mapping of the map's fd (one page holds
+        // its one u64); unmapped by `CaptureClock`'s drop.
+        let address = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                page_size(),
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                data.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if address == libc::MAP_FAILED {
+            return Err(LoadError::Mmap {
+                map: name,
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(CaptureClock {
+            address: address.cast(),
+        })
     }
 
     /// Attaches to `iface`; returns the mode it got ("native" or "generic").

@@ -3,9 +3,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use classifier_user::{
     cli::{Cli, Command},
-    history,
+    generate, history,
     loader::error_chain,
-    run, stats,
+    replay, run, stats,
 };
 
 fn main() -> ExitCode {
@@ -16,6 +16,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run::run(&args),
         Command::Stats(args) => stats::stats(&args),
+        Command::Pcap(args) => replay::pcap(&args),
+        Command::Generate(args) => generate::generate(&args),
         Command::Report(args) => history::report(&args),
     };
     match result {

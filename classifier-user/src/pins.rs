@@ -241,7 +241,7 @@ pub fn read_meta(dir: &Path) -> Result<Option<SensorMeta>, PinError> {
         .and_then(|head| head.try_into().ok())
         .map(u64::from_le_bytes)
         .and_then(|len| usize::try_from(len).ok())
-        .filter(|len| 8 + len <= bytes.len())
+        .filter(|len| len.checked_add(8).is_some_and(|end| end <= bytes.len()))
         .ok_or_else(|| path_error(&path, "truncated description"))?;
     let meta: SensorMeta =
         serde_json::from_slice(&bytes[8..8 + len]).map_err(|error| path_error(&path, error))?;

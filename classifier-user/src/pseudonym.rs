@@ -103,8 +103,9 @@ impl Pseudonymizer {
         }
     }
 
-    /// Replaces every watched address in `report` (flows and top sources)
-    /// and records the key id in its snapshot section, if any.
+    /// Replaces every watched address in `report` (flows, top sources, and
+    /// watched host prefixes) and records the key id in its snapshot
+    /// section, if any.
     pub fn apply(&self, report: &mut Report) {
         for flow in &mut report.flows {
             flow.watched = self.address(flow.watched);
@@ -114,6 +115,14 @@ impl Pseudonymizer {
         }
         if let Some(snapshot) = &mut report.snapshot {
             snapshot.pseudonym_key_id = Some(self.key_id.clone());
+            // A watched host prefix names a resident too.
+            for prefix in &mut snapshot.watched {
+                if let Ok(net) = prefix.parse::<ipnet::IpNet>()
+                    && net.prefix_len() == net.max_prefix_len()
+                {
+                    *prefix = format!("{}/{}", self.address(net.addr()), net.prefix_len());
+                }
+            }
         }
     }
 }

@@ -55,6 +55,9 @@ pub enum RunError {
     SnapshotsLost(usize),
 }
 
+/// A boundary drain this late (ns) cuts at the drain's time instead.
+const LATE_BOUNDARY_NS: i64 = 1_000_000_000;
+
 /// Everything `run` needs, validated before anything touches the kernel.
 #[derive(Debug)]
 pub struct RunConfig {
@@ -84,6 +87,11 @@ impl RunConfig {
                 ifaces.push(iface.clone());
             }
         }
+        if let Some(dir) = &args.snapshot_dir {
+            // A folder that cannot be made is refused before loading.
+            std::fs::create_dir_all(dir)
+                .map_err(|source| RunError::Snapshot(SnapshotError::new(dir, source)))?;
+        }
         let pseudonymizer = match &args.pseudonymize_key {
             Some(path) => Some(Pseudonymizer::from_file(path)?),
             None => None,
@@ -91,8 +99,8 @@ impl RunConfig {
         Ok(Self {
             ifaces,
             mode: args.xdp_mode,
-            watched: WatchedSet::from_arguments(&args.watch, &args.watch_files)?,
-            endpoints: EndpointFeed::from_arguments(&args.endpoint_files)?,
+            watched: WatchedSet::from_arguments(&args.feeds.watch, &args.feeds.watch_files)?,
+            endpoints: EndpointFeed::from_arguments(&args.feeds.endpoint_files)?,
             interval: args.interval,
             format: args.report_format,
             capacities: Capacities {
@@ -376,15 +384,23 @@ pub fn run_config(mut config: RunConfig) -> Result<Report, RunError> {
                     sensor.adopted,
                     sensor_name(),
                     config.pseudonymizer.clone(),
-                )?;
+                );
+                let resumed = match resumed {
+                    Ok(resumed) => resumed,
+                    Err(error) => {
+                        abandon(sensor, &config);
+                        return Err(error.into());
+                    }
+                };
                 (
                     resumed.ledger,
                     Some(resumed.snapshotter),
                     resumed.start_unix_ns,
                 )
             }
-            None if sensor.adopted => (Ledger::default(), None, sensor.meta.attached_at_unix_ns),
-            None => (Ledger::default(), None, snapshot::now_unix_ns()),
+            // Counting starts at the attachment (now, for a program just
+            // loaded): the ledger drains everything the kernel has.
+            None => (Ledger::default(), None, sensor.meta.attached_at_unix_ns),
         };
         let metrics = Arc::new(Mutex::new(MetricsState::default()));
         let mut daemon = Daemon {
@@ -429,9 +445,13 @@ pub fn run_config(mut config: RunConfig) -> Result<Report, RunError> {
                 _ = tokio::time::sleep(until_boundary), if boundary.is_some() => {
                     let _ = daemon.drain();
                     if let Some(at) = boundary {
-                        daemon.cut_snapshot(at);
-                        let after = at.max(snapshot::now_unix_ns());
-                        boundary = daemon.snapshots.as_ref().map(|s| s.next_boundary(after));
+                        // Woken late (a stalled process, a clock stepped
+                        // forward): the interval ends now, marked partial,
+                        // rather than holding counts from after its end.
+                        let now = snapshot::now_unix_ns();
+                        let end = if now - at > LATE_BOUNDARY_NS { now } else { at };
+                        daemon.cut_snapshot(end);
+                        boundary = daemon.snapshots.as_ref().map(|s| s.next_boundary(end.max(at)));
                     }
                 }
                 _ = terminate.recv() => break,
@@ -440,6 +460,19 @@ pub fn run_config(mut config: RunConfig) -> Result<Report, RunError> {
         }
         finish(daemon, &config, start_unix_ns)
     })
+}
+
+/// Gives up before counting: a program this daemon loaded is detached and
+/// its pins removed (unless `--keep-attached`); an adopted one is left as
+/// it was found.
+fn abandon(mut sensor: PinnedSensor, config: &RunConfig) {
+    if sensor.adopted || config.keep_attached {
+        return;
+    }
+    sensor.detach();
+    if let Err(error) = sensor.remove_pins() {
+        log::error!("cannot remove the pins: {error}");
+    }
 }
 
 /// Stops counting: detaches (unless kept attached), drains a last time,
@@ -452,14 +485,21 @@ fn finish(mut daemon: Daemon, config: &RunConfig, start_unix_ns: i64) -> Result<
         );
     } else {
         daemon.sensor.detach();
+        // Runs that started before the detach may still be counting on
+        // other CPUs; they finish within microseconds.
+        std::thread::sleep(Duration::from_millis(20));
         log::info!("detached; final drain");
     }
-    daemon.drain()?;
+    // A failed final drain is logged (by `drain`); the last snapshot and
+    // the report then hold the counts up to the last good drain.
+    let _ = daemon.drain();
     let end_unix_ns = snapshot::now_unix_ns();
     daemon.cut_snapshot(end_unix_ns);
     let unwritten = daemon.snapshots.as_ref().map_or(0, Snapshotter::pending);
-    if !config.keep_attached {
-        daemon.sensor.remove_pins()?;
+    if !config.keep_attached
+        && let Err(error) = daemon.sensor.remove_pins()
+    {
+        log::error!("cannot remove the pins: {error}");
     }
     let meta = &daemon.sensor.meta;
     let mut report = Report::build(
@@ -477,9 +517,9 @@ fn finish(mut daemon: Daemon, config: &RunConfig, start_unix_ns: i64) -> Result<
         pseudonymizer.apply(&mut report);
     }
     if unwritten > 0 && config.keep_attached {
-        // The program keeps counting and the state file still holds the
-        // last written checkpoint: the next daemon's first snapshot holds
-        // these counts.
+        // The program keeps counting; the state file holds the first cut
+        // not written (the next daemon writes it first) or the last one
+        // written (it resumes from there): either way nothing is lost.
         log::warn!(
             "{unwritten} snapshot(s) could not be written; the next `classifier run` adopting the program resumes after the last one written, so their counts land in its first snapshot"
         );

@@ -58,6 +58,15 @@ pub struct SnapshotError {
     source: std::io::Error,
 }
 
+impl SnapshotError {
+    pub fn new(path: &Path, source: std::io::Error) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
 fn io_error(path: &Path) -> impl Fn(std::io::Error) -> SnapshotError + '_ {
     move |source| SnapshotError {
         path: path.to_path_buf(),
@@ -80,10 +89,14 @@ struct StateFile {
 
 /// A snapshot cut but not yet written.
 struct Pending {
-    report: Report,
+    /// The report until its first write attempt fixes name and text.
+    report: Option<Report>,
+    /// File name and text, fixed at the first attempt so a retry writes
+    /// the same bytes under the same name.
+    prepared: Option<(String, String)>,
     start_unix_ns: i64,
     end_unix_ns: i64,
-    checkpoint: Checkpoint,
+    checkpoint: CheckpointText,
 }
 
 /// What every snapshot of this daemon says about its source.
@@ -115,6 +128,8 @@ pub struct Snapshotter {
     pub writes: u64,
     pub write_failures: u64,
     pub last_write_unix_seconds: Option<f64>,
+    /// Held while the daemon runs: one writer per folder.
+    _lock: std::fs::File,
 }
 
 /// How a daemon starts counting: the ledger to drain into and when its
@@ -241,10 +256,12 @@ impl Snapshotter {
         pseudonymizer: Option<Pseudonymizer>,
     ) -> Result<Resumed, SnapshotError> {
         std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+        let lock = lock_folder(dir)?;
+        remove_stale_temporaries(dir);
         let state = read_state(dir);
-        if let Some(state) = &state {
-            complete_interrupted_write(dir, state)?;
-        }
+        let interrupted = state
+            .as_ref()
+            .and_then(|state| interrupted_write(dir, state));
         // The chain continues from the last snapshot written here, even if
         // a pipeline has moved it away since.
         let link = match &state {
@@ -303,7 +320,9 @@ impl Snapshotter {
             restarts: u64::from(link.is_some()),
             gap_before_seconds,
             previous: link.map(|(previous, _)| previous),
-            pending: VecDeque::new(),
+            // A cut the previous daemon did not finish writing goes first.
+            pending: interrupted.into_iter().collect(),
+            _lock: lock,
             retry_at: None,
             backoff: Duration::from_secs(1),
             writes: 0,
@@ -324,7 +343,7 @@ impl Snapshotter {
         i64::try_from(next).unwrap_or(i64::MAX)
     }
 
-    fn is_boundary(&self, unix_ns: i64) -> bool {
+    pub fn is_boundary(&self, unix_ns: i64) -> bool {
         i128::from(unix_ns).rem_euclid(self.interval_ns) == 0
     }
 
@@ -336,6 +355,8 @@ impl Snapshotter {
     /// Cuts the ledger at `end_unix_ns` (just drained) into a snapshot and
     /// queues it for writing.
     pub fn cut(&mut self, ledger: &mut Ledger, end_unix_ns: i64) {
+        // A clock stepped back never makes an interval end before it began.
+        let end_unix_ns = end_unix_ns.max(self.start_unix_ns);
         let interval = ledger.since_mark();
         let checkpoint = ledger.cut();
         let start_unix_ns = self.start_unix_ns;
@@ -360,7 +381,9 @@ impl Snapshotter {
             coverage: Coverage {
                 restarts: self.restarts,
                 gap_before_seconds: self.gap_before_seconds,
-                partial: !self.is_boundary(start_unix_ns) || !self.is_boundary(end_unix_ns),
+                // Anything but exactly one aligned interval.
+                partial: !self.is_boundary(start_unix_ns)
+                    || i128::from(end_unix_ns) - i128::from(start_unix_ns) != self.interval_ns,
             },
             pseudonym_key_id: None,
         });
@@ -368,10 +391,11 @@ impl Snapshotter {
             pseudonymizer.apply(&mut report);
         }
         self.pending.push_back(Pending {
-            report,
+            report: Some(report),
+            prepared: None,
             start_unix_ns,
             end_unix_ns,
-            checkpoint,
+            checkpoint: checkpoint.to_text(),
         });
         self.start_unix_ns = end_unix_ns;
         self.restarts = 0;
@@ -413,26 +437,43 @@ impl Snapshotter {
     }
 }
 
-/// Writes one snapshot: the state record first, then the file.
+/// Writes one snapshot: the state record first, then the file, then the
+/// marker. A retry writes the same bytes under the same name, and skips a
+/// file that is already there with them.
 fn write_one(
     dir: &Path,
     instance: &str,
     previous: &Option<PreviousSnapshot>,
     pending: &mut Pending,
 ) -> std::io::Result<PreviousSnapshot> {
-    if let Some(snapshot) = &mut pending.report.snapshot {
-        snapshot.previous = previous.clone();
+    if !dir.is_dir() {
+        std::fs::create_dir_all(dir)?;
+        log::warn!("{}: the folder was gone; created it again", dir.display());
     }
-    let mut text = serde_json::to_string_pretty(&pending.report).map_err(std::io::Error::other)?;
-    text.push('\n');
+    let (name, text) = match &pending.prepared {
+        Some(prepared) => prepared.clone(),
+        None => {
+            let mut report = pending
+                .report
+                .take()
+                .ok_or_else(|| std::io::Error::other("nothing to write"))?;
+            if let Some(snapshot) = &mut report.snapshot {
+                snapshot.previous = previous.clone();
+            }
+            let mut text = serde_json::to_string_pretty(&report).map_err(std::io::Error::other)?;
+            text.push('\n');
+            let base = file_name(unix_ns_to_time(pending.start_unix_ns));
+            let mut name = base.clone();
+            let mut suffix = 0;
+            while dir.join(&name).exists() {
+                suffix += 1;
+                name = base.replace(FILE_SUFFIX, &format!("-{suffix}{FILE_SUFFIX}"));
+            }
+            pending.prepared = Some((name.clone(), text.clone()));
+            (name, text)
+        }
+    };
     let sha256 = sha256_hex(text.as_bytes());
-    let base = file_name(unix_ns_to_time(pending.start_unix_ns));
-    let mut name = base.clone();
-    let mut suffix = 0;
-    while dir.join(&name).exists() {
-        suffix += 1;
-        name = base.replace(FILE_SUFFIX, &format!("-{suffix}{FILE_SUFFIX}"));
-    }
     let state = StateFile {
         schema: STATE_SCHEMA.to_string(),
         instance: instance.to_string(),
@@ -440,34 +481,82 @@ fn write_one(
         snapshot_sha256: sha256.clone(),
         snapshot_end_unix_ns: pending.end_unix_ns,
         snapshot: text.clone(),
-        checkpoint: pending.checkpoint.to_text(),
+        checkpoint: pending.checkpoint.clone(),
     };
     let state = serde_json::to_vec(&state).map_err(std::io::Error::other)?;
-    if !dir.is_dir() {
-        std::fs::create_dir_all(dir)?;
-        log::warn!("{}: the folder was gone; created it again", dir.display());
-    }
     write_atomically(dir, STATE_FILE, &state)?;
-    write_atomically(dir, &name, text.as_bytes())?;
+    write_snapshot_once(dir, &name, &text)?;
     write_atomically(dir, WRITTEN_MARKER, name.as_bytes())?;
     Ok(PreviousSnapshot { file: name, sha256 })
 }
 
-/// Writes the snapshot the state file holds when the marker says it was
-/// never written (the daemon died between the two writes).
-fn complete_interrupted_write(dir: &Path, state: &StateFile) -> Result<(), SnapshotError> {
-    let marker = std::fs::read_to_string(dir.join(WRITTEN_MARKER)).unwrap_or_default();
-    if marker == state.snapshot_file {
+/// Writes `text` as `dir/name` unless that file already holds it.
+fn write_snapshot_once(dir: &Path, name: &str, text: &str) -> std::io::Result<()> {
+    if std::fs::read(dir.join(name)).is_ok_and(|bytes| bytes == text.as_bytes()) {
         return Ok(());
     }
-    let path = dir.join(&state.snapshot_file);
-    write_atomically(dir, &state.snapshot_file, state.snapshot.as_bytes())
-        .map_err(io_error(&path))?;
-    write_atomically(dir, WRITTEN_MARKER, state.snapshot_file.as_bytes())
-        .map_err(io_error(&dir.join(WRITTEN_MARKER)))?;
+    write_atomically(dir, name, text.as_bytes())
+}
+
+/// The snapshot the state file holds, when the marker says it was never
+/// written (the daemon died between the writes): to be written first.
+/// Delivery is at least once: if a pipeline had already taken the file
+/// away, it gets the same bytes again (`classifier report` counts
+/// byte-identical files once).
+fn interrupted_write(dir: &Path, state: &StateFile) -> Option<Pending> {
+    let marker = std::fs::read_to_string(dir.join(WRITTEN_MARKER)).unwrap_or_default();
+    if marker == state.snapshot_file {
+        return None;
+    }
     log::warn!(
-        "wrote snapshot {} that the previous daemon had cut but not written",
+        "snapshot {} was cut by the previous daemon but not (fully) written; writing it first",
         state.snapshot_file
     );
-    Ok(())
+    Some(Pending {
+        report: None,
+        prepared: Some((state.snapshot_file.clone(), state.snapshot.clone())),
+        start_unix_ns: 0,
+        end_unix_ns: state.snapshot_end_unix_ns,
+        checkpoint: state.checkpoint.clone(),
+    })
+}
+
+/// Removes temporary files a killed daemon left (`.NAME.tmp-PID`).
+fn remove_stale_temporaries(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') && name.contains(".tmp-") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Takes the snapshot folder for this daemon alone (an exclusive `flock`,
+/// held while the file is open): two daemons would overwrite each other's
+/// state file.
+fn lock_folder(dir: &Path) -> Result<std::fs::File, SnapshotError> {
+    let folder = std::fs::File::open(dir).map_err(io_error(dir))?;
+    // SAFETY: flock on a valid, open fd.
+    let locked = unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&folder),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    };
+    if locked != 0 {
+        let error = std::io::Error::last_os_error();
+        let error = if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            std::io::Error::other(
+                "another classifier is writing snapshots here; give each sensor its own folder",
+            )
+        } else {
+            error
+        };
+        return Err(io_error(dir)(error));
+    }
+    Ok(folder)
 }

@@ -9,7 +9,7 @@
 
 use std::{
     fmt::Write as _,
-    io::Write as _,
+    io::{IsTerminal, Write as _},
     time::{Duration, Instant},
 };
 
@@ -86,7 +86,7 @@ pub fn stats(args: &StatsArgs) -> Result<(), Box<dyn std::error::Error>> {
             line
         } else {
             let view = view(&pinned, &report, &previous, &current);
-            if args.watch.is_some() {
+            if args.watch.is_some() && std::io::stdout().is_terminal() {
                 // Clear the terminal and draw from the top.
                 format!("\x1b[2J\x1b[H{view}")
             } else {
@@ -96,6 +96,15 @@ pub fn stats(args: &StatsArgs) -> Result<(), Box<dyn std::error::Error>> {
         stdout.write_all(text.as_bytes())?;
         stdout.flush()?;
         if args.watch.is_none() {
+            return Ok(());
+        }
+        if !pinned.dir.join("META").exists() {
+            // The maps stay readable through our handles, but nothing
+            // counts into them any more.
+            log::info!(
+                "the sensor at {} stopped (its pins are gone)",
+                pinned.dir.display()
+            );
             return Ok(());
         }
         previous = current;

@@ -29,18 +29,23 @@ impl Daemon {
     /// and watched set and a JSON report; a 100 ms drain interval and
     /// metrics off unless `extra` says otherwise. Waits until it counts.
     pub fn start(link: &VethLink, feed: &Path, extra: &[&str]) -> Self {
+        let mut args = vec!["--endpoints", feed.to_str().expect("UTF-8 path")];
+        args.extend(TEST_WATCHED.iter().flat_map(|w| ["--watch", w]));
+        args.extend_from_slice(extra);
+        Self::start_bundled(link, &args)
+    }
+
+    /// [`Self::start`] with the bundled feed and the default watched range
+    /// (unless `extra` names others).
+    pub fn start_bundled(link: &VethLink, extra: &[&str]) -> Self {
         let mut command = link.sensor.command(&classifier_binary());
-        command
-            .args([
-                "run",
-                "--iface",
-                &link.sensor_iface,
-                "--report-format",
-                "json",
-            ])
-            .arg("--endpoints")
-            .arg(feed)
-            .args(TEST_WATCHED.iter().flat_map(|w| ["--watch", w]));
+        command.args([
+            "run",
+            "--iface",
+            &link.sensor_iface,
+            "--report-format",
+            "json",
+        ]);
         if !extra.contains(&"--interval") {
             command.args(["--interval", "100ms"]);
         }

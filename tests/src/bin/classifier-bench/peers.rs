@@ -134,6 +134,27 @@ pub fn write_pcap(path: &Path, frames: &[Vec<u8>]) -> Result<()> {
     Ok(())
 }
 
+/// `classifier pcap`'s own throughput over `pcap` (the frames-per-second
+/// figure it logs: reading and running every frame, not loading the feed).
+pub fn classifier_pcap_pps(pcap: &Path) -> Result<f64> {
+    let output = Command::new(classifier_tests::classifier_binary())
+        .args(["pcap", "--format", "json"])
+        .arg(pcap)
+        .output()
+        .context("run classifier pcap")?;
+    let log = String::from_utf8_lossy(&output.stderr);
+    anyhow::ensure!(output.status.success(), "classifier pcap failed: {log}");
+    let line = log
+        .lines()
+        .find(|line| line.contains("frames per second"))
+        .context("no 'frames per second' line in classifier pcap's log")?;
+    line.split(": ")
+        .last()
+        .and_then(|tail| tail.split_whitespace().next())
+        .and_then(|number| number.parse().ok())
+        .context("no number in classifier pcap's throughput line")
+}
+
 /// ndpiReader's own throughput figure over `pcap`, packets per second; it
 /// runs on this thread's CPU (its affinity is inherited).
 pub fn ndpi_pps(pcap: &Path) -> Result<f64> {

@@ -1,0 +1,306 @@
+//! `classifier pcap FILE…`: the very same XDP object over every frame of
+//! capture files, one BPF_PROG_TEST_RUN per frame, drained into the same
+//! ledger and report as `classifier run` (and snapshots by capture time).
+//!
+//! Time is the capture's: the program is loaded with its capture clock on,
+//! and each frame's timestamp is written into it before the frame runs, so
+//! flows' first and last seen are the frames' own times; the report's
+//! `start`/`end` are the first and last frame's; snapshot intervals are cut
+//! when a frame's time passes a boundary (an idle stretch of the capture
+//! yields empty snapshots, as a live sensor would write).
+
+use std::{io::IsTerminal, path::Path, time::Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::{
+    capture::{CaptureError, CaptureReader},
+    cli::PcapArgs,
+    drain::{self, Ledger},
+    feeds::{EndpointFeed, WatchedSet},
+    loader::{Capacities, CaptureClock, Sensor},
+    pins::{self, SensorMeta},
+    pseudonym::Pseudonymizer,
+    report::{Report, ReportContext, ReportFormat},
+    run::sensor_name,
+    snapshot::{Snapshotter, unix_ns_to_time},
+    testrun::{self, MIN_TEST_FRAME},
+};
+
+/// Drain at least this often (in frames), so flows are read before a full
+/// flow table evicts them, as the live daemon drains every second.
+const DRAIN_EVERY_FRAMES: u64 = 200_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error(transparent)]
+    Capture(#[from] CaptureError),
+    #[error("{file}: frame {frame}: BPF_PROG_TEST_RUN failed: {source}")]
+    Run {
+        file: String,
+        frame: u64,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}: no frames")]
+    Empty(String),
+}
+
+/// What the replay counted outside the report.
+#[derive(Debug, Default)]
+struct Progress {
+    frames: u64,
+    /// Captured shorter than they were on the wire (snap length).
+    cut_short: u64,
+    first_ns: Option<i64>,
+    last_ns: i64,
+}
+
+/// Everything replaying needs besides the frames.
+struct Replay {
+    sensor: Sensor,
+    clock: CaptureClock,
+    ledger: Ledger,
+    meta: SensorMeta,
+    snapshots: Option<(std::path::PathBuf, std::time::Duration)>,
+    snapshotter: Option<Snapshotter>,
+    boundary: Option<i64>,
+    pseudonymizer: Option<Pseudonymizer>,
+    progress: Progress,
+}
+
+impl Replay {
+    fn drain(&mut self) -> Result<(), drain::DrainError> {
+        let reading = drain::read(&self.sensor)?;
+        // The capture clock is Unix time already.
+        self.ledger.absorb(reading, 0);
+        Ok(())
+    }
+
+    /// Starts snapshots at the first frame's time.
+    fn start(&mut self, first_ns: i64) -> Result<(), Box<dyn std::error::Error>> {
+        self.progress.first_ns = Some(first_ns);
+        self.meta.attached_at_unix_ns = first_ns;
+        if let Some((dir, interval)) = &self.snapshots {
+            let resumed = Snapshotter::resume(
+                dir,
+                *interval,
+                &self.meta,
+                false,
+                sensor_name(),
+                self.pseudonymizer.clone(),
+            )?;
+            self.boundary = Some(resumed.snapshotter.next_boundary(first_ns));
+            self.snapshotter = Some(resumed.snapshotter);
+        }
+        Ok(())
+    }
+
+    /// Cuts every boundary the capture's time has passed.
+    fn cut_passed_boundaries(&mut self, now_ns: i64) -> Result<(), drain::DrainError> {
+        while let (Some(boundary), Some(_)) = (self.boundary, &self.snapshotter) {
+            if now_ns < boundary {
+                break;
+            }
+            self.drain()?;
+            if let Some(snapshotter) = &mut self.snapshotter {
+                snapshotter.cut(&mut self.ledger, boundary);
+                snapshotter.write_pending(true);
+                self.boundary = Some(snapshotter.next_boundary(boundary));
+            }
+        }
+        Ok(())
+    }
+
+    fn frame(
+        &mut self,
+        file: &str,
+        number: u64,
+        time_ns: i64,
+        data: &[u8],
+        original_len: u32,
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        if self.progress.first_ns.is_none() {
+            self.start(time_ns)?;
+        }
+        self.cut_passed_boundaries(time_ns)?;
+        let progress = &mut self.progress;
+        progress.frames += 1;
+        progress.last_ns = progress.last_ns.max(time_ns);
+        if (data.len() as u64) < u64::from(original_len) {
+            progress.cut_short += 1;
+        }
+        if data.len() < MIN_TEST_FRAME {
+            self.ledger.count_runt(data.len() as u64);
+        } else {
+            self.clock.set(time_ns);
+            let fd = testrun::program_fd(&self.sensor)?;
+            testrun::run_repeated(fd, data, 1).map_err(|source| ReplayError::Run {
+                file: file.to_string(),
+                frame: number,
+                source,
+            })?;
+        }
+        if self.progress.frames.is_multiple_of(DRAIN_EVERY_FRAMES) {
+            self.drain()?;
+        }
+        Ok(())
+    }
+}
+
+fn progress_bar(files: &[std::path::PathBuf], format: ReportFormat) -> ProgressBar {
+    let total: u64 = files
+        .iter()
+        .filter_map(|path| std::fs::metadata(path).ok())
+        .map(|meta| meta.len())
+        .sum();
+    if format == ReportFormat::Json || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total);
+    if let Ok(style) = ProgressStyle::with_template(
+        "{msg} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta} left)",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}
+
+pub fn pcap(args: &PcapArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let watched = WatchedSet::from_arguments(&args.feeds.watch, &args.feeds.watch_files)?;
+    let endpoints = EndpointFeed::from_arguments(&args.feeds.endpoint_files)?;
+    let pseudonymizer = match &args.pseudonymize_key {
+        Some(path) => Some(Pseudonymizer::from_file(path)?),
+        None => None,
+    };
+    // Open every file first: a bad one is refused before anything runs.
+    let mut readers = Vec::new();
+    for path in &args.files {
+        readers.push((path, CaptureReader::open(path)?));
+    }
+    let capacities = Capacities {
+        flows: args.flow_capacity,
+        ..Capacities::default()
+    };
+    let sensor = Sensor::load_for_capture(&watched, &endpoints, capacities)?;
+    let clock = sensor.capture_clock()?;
+    let names: Vec<String> = args
+        .files
+        .iter()
+        .map(|p| format!("pcap:{}", p.display()))
+        .collect();
+    let meta = SensorMeta {
+        schema: String::new(),
+        instance: pins::new_instance_id(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        layout: pins::layout(),
+        attached_at_unix_ns: 0,
+        interfaces: names.clone(),
+        modes: Vec::new(),
+        services: endpoints.services(),
+        feeds: endpoints.origins.clone(),
+        watched: watched.all().map(|net| net.to_string()).collect(),
+        endpoint_prefixes_v4: endpoints.count(true) as u64,
+        endpoint_prefixes_v6: endpoints.count(false) as u64,
+        flow_capacity: u64::from(args.flow_capacity),
+        flow_cache_slots: 0,
+    };
+    let mut replay = Replay {
+        sensor,
+        clock,
+        ledger: Ledger::default(),
+        meta,
+        snapshots: args
+            .snapshot_dir
+            .clone()
+            .map(|dir| (dir, args.snapshot_interval)),
+        snapshotter: None,
+        boundary: None,
+        pseudonymizer,
+        progress: Progress::default(),
+    };
+
+    let bar = progress_bar(&args.files, args.format);
+    let started = Instant::now();
+    let mut done_bytes = 0;
+    for (path, reader) in readers {
+        let file = path.display().to_string();
+        bar.set_message(file_name(path));
+        let mut reader = reader;
+        while let Some(frame) = reader.next() {
+            let frame = frame?;
+            replay.frame(
+                &file,
+                frame.number,
+                frame.timestamp_ns,
+                &frame.data,
+                frame.original_len,
+            )?;
+            if frame.number.is_multiple_of(4096) {
+                bar.set_position(done_bytes + reader.bytes_read());
+            }
+        }
+        done_bytes += reader.file_len();
+        bar.set_position(done_bytes);
+    }
+    bar.finish_and_clear();
+    let elapsed = started.elapsed().as_secs_f64();
+
+    let Some(first_ns) = replay.progress.first_ns else {
+        return Err(ReplayError::Empty(
+            args.files
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        )
+        .into());
+    };
+    let last_ns = replay.progress.last_ns;
+    replay.drain()?;
+    if let Some(snapshotter) = &mut replay.snapshotter {
+        snapshotter.cut(&mut replay.ledger, last_ns.max(first_ns));
+        if !snapshotter.write_pending(true) {
+            return Err(format!(
+                "{} snapshot(s) could not be written (see above)",
+                snapshotter.pending()
+            )
+            .into());
+        }
+    }
+    let progress = &replay.progress;
+    log::info!(
+        "{} frames in {elapsed:.2} s: {:.0} frames per second",
+        progress.frames,
+        progress.frames as f64 / elapsed.max(1e-9)
+    );
+    if progress.cut_short > 0 {
+        log::warn!(
+            "{} frames were captured shorter than on the wire (snap length); the program saw, and the report counts, what was captured",
+            progress.cut_short
+        );
+    }
+    let mut report = Report::build(
+        &replay.ledger,
+        &replay.sensor.services,
+        ReportContext {
+            start: unix_ns_to_time(first_ns),
+            end: unix_ns_to_time(last_ns.max(first_ns)),
+            sensor: sensor_name(),
+            interfaces: names,
+            feeds: endpoints.origins.clone(),
+        },
+    );
+    if let Some(pseudonymizer) = &replay.pseudonymizer {
+        pseudonymizer.apply(&mut report);
+    }
+    print!("{}", report.render(args.format));
+    Ok(())
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |name| name.to_string_lossy().into_owned(),
+    )
+}
