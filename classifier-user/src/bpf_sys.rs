@@ -96,3 +96,28 @@ pub fn visit_per_cpu_batched<K: Pod, V: Pod>(
         first = false;
     }
 }
+
+/// Opens a pinned BPF object (map, program or link) by its path.
+pub fn obj_get(path: &std::path::Path) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::{fd::FromRawFd, unix::ffi::OsStrExt};
+    let name = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: bpf_attr is plain old data; all zeroes is valid.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    attr.__bindgen_anon_4.pathname = name.as_ptr() as u64;
+    let fd = bpf(bpf_cmd::BPF_OBJ_GET, &mut attr)?;
+    // SAFETY: BPF_OBJ_GET returned a new file descriptor we now own.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// Points a bpf_link at another program, atomically: packets that arrive
+/// after the call run `program`, none runs half of each.
+pub fn link_update(link: BorrowedFd<'_>, program: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: bpf_attr is plain old data; all zeroes is valid.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: writing the link-update member of a zeroed union.
+    let update = unsafe { &mut attr.link_update };
+    update.link_fd = u32::try_from(link.as_raw_fd()).map_err(io::Error::other)?;
+    update.__bindgen_anon_1.new_prog_fd =
+        u32::try_from(program.as_raw_fd()).map_err(io::Error::other)?;
+    bpf(bpf_cmd::BPF_LINK_UPDATE, &mut attr).map(|_| ())
+}

@@ -26,6 +26,9 @@ pub enum Command {
     /// Live counters of a running sensor, read from its pinned maps (from
     /// another process; the daemon keeps running).
     Stats(StatsArgs),
+    /// Ask the running `classifier run` to re-read its feeds and swap them
+    /// in without a gap (as SIGHUP does); waits for the outcome.
+    Reload(ReloadArgs),
     /// Run the same XDP program over every frame of pcap or pcapng files
     /// (BPF_PROG_TEST_RUN; no NIC, same privileges as `run`) and print the
     /// same report, timed by the capture.
@@ -46,7 +49,7 @@ pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/classifier";
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9477";
 
 /// The watched set and endpoint feeds (`run` and `pcap`).
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct FeedArgs {
     /// Watched prefix, IPv4 or IPv6 (repeatable). When given (or with
     /// --watch-file), replaces the default 175.45.176.0/22.
@@ -237,6 +240,18 @@ pub struct GenerateArgs {
 
     #[command(flatten)]
     pub feeds: FeedArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ReloadArgs {
+    /// Where `classifier run` pinned its maps (the folder or one interface
+    /// set's sub-folder).
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_PATH)]
+    pub pin_path: PathBuf,
+
+    /// How long to wait for the daemon to report the outcome.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Args)]

@@ -1045,6 +1045,7 @@ mod tests {
                     restarts: 0,
                     gap_before_seconds: 0.0,
                     partial: false,
+                    counter_reset: false,
                 },
                 pseudonym_key_id: None,
             }),

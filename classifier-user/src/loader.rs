@@ -5,6 +5,7 @@
 use std::{
     collections::HashMap,
     os::fd::{AsFd, AsRawFd},
+    path::Path,
 };
 
 use aya::{
@@ -182,6 +183,24 @@ impl ServiceTable {
             .and_then(|index| u32::try_from(index + 1).ok())
     }
 
+    /// The names in id order.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// This table with the services of `names` it lacks appended: ids that
+    /// counters already hold keep their meaning across a feed reload (a
+    /// service dropped from the feed keeps its id and its counts).
+    pub fn extended_with(&self, names: Vec<String>) -> Self {
+        let mut extended = self.names.clone();
+        for name in names {
+            if !extended.contains(&name) {
+                extended.push(name);
+            }
+        }
+        Self { names: extended }
+    }
+
     /// Name to id, for filling maps.
     pub fn ids(&self) -> HashMap<&str, u32> {
         self.names
@@ -237,7 +256,39 @@ impl Sensor {
         capacities: Capacities,
         verdict: Verdict,
     ) -> Result<Self, LoadError> {
-        Self::load_with(watched, endpoints, capacities, verdict, Clock::Kernel)
+        let services = ServiceTable::new(endpoints.services());
+        Self::load_with(
+            watched,
+            endpoints,
+            capacities,
+            verdict,
+            Clock::Kernel,
+            services,
+            None,
+        )
+    }
+
+    /// [`Sensor::load`] whose counter maps live at `maps_dir/NAME` on a BPF
+    /// filesystem: created and pinned there when absent, and reused when a
+    /// running sensor already pinned them, so a new program (a feed reload)
+    /// counts on in the same counters. `services` keeps the ids of the
+    /// services the counters already hold (new ones are appended).
+    pub fn load_pinned(
+        watched: &WatchedSet,
+        endpoints: &EndpointFeed,
+        capacities: Capacities,
+        services: ServiceTable,
+        maps_dir: &Path,
+    ) -> Result<Self, LoadError> {
+        Self::load_with(
+            watched,
+            endpoints,
+            capacities,
+            Verdict::Pass,
+            Clock::Kernel,
+            services,
+            Some(maps_dir),
+        )
     }
 
     /// [`Sensor::load`] for replaying a capture: flows are stamped with the
@@ -253,6 +304,8 @@ impl Sensor {
             capacities,
             Verdict::Pass,
             Clock::Capture,
+            ServiceTable::new(endpoints.services()),
+            None,
         )
     }
 
@@ -262,11 +315,12 @@ impl Sensor {
         capacities: Capacities,
         verdict: Verdict,
         clock: Clock,
+        services: ServiceTable,
+        counters_pin_dir: Option<&Path>,
     ) -> Result<Self, LoadError> {
         if EBPF_OBJECT.is_empty() {
             return Err(LoadError::NoObject);
         }
-        let services = ServiceTable::new(endpoints.services());
         if services.len() >= MAX_SERVICES as usize {
             return Err(LoadError::TooManyServices {
                 services: services.len(),
@@ -288,7 +342,13 @@ impl Sensor {
         };
 
         raise_memlock_limit();
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        if let Some(dir) = counters_pin_dir {
+            for name in CounterMaps::NAMES {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        }
+        let mut ebpf = loader
             .override_global(GLOBAL_FLOW_CACHE_MASK, &cache_mask, true)
             .override_global(GLOBAL_VERDICT, &verdict, true)
             .override_global(GLOBAL_CAPTURE_CLOCK, &(clock as u32), true)

@@ -16,6 +16,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run::run(&args),
         Command::Stats(args) => stats::stats(&args),
+        Command::Reload(args) => stats::reload(&args),
         Command::Pcap(args) => replay::pcap(&args),
         Command::Generate(args) => generate::generate(&args),
         Command::Report(args) => history::report(&args),

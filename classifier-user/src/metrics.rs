@@ -44,6 +44,11 @@ pub struct MetricsState {
     pub snapshots_pending: u64,
     /// Prefixes loaded, as (family `ipv4`/`ipv6`, set `watched`/`endpoints`, count).
     pub feed_prefixes: Vec<(&'static str, &'static str, u64)>,
+    /// Feed reloads swapped in and refused (since the program was loaded).
+    pub feed_reloads: u64,
+    pub feed_reload_failures: u64,
+    /// Unix time the feeds in force were loaded.
+    pub feeds_loaded_unix_seconds: f64,
     /// Unix time the program was attached.
     pub program_attached_unix_seconds: f64,
     /// Daemon starts that adopted an already-attached program.
@@ -307,6 +312,22 @@ fn register_daemon_metrics(registry: &mut Registry, state: &MetricsState) {
     );
 
     registry.register(
+        "feed_reloads",
+        "Feed reloads swapped in (SIGHUP or classifier reload) since the program was loaded",
+        counter(state.feed_reloads),
+    );
+    registry.register(
+        "feed_reload_failures",
+        "Feed reloads refused (a bad feed, or a program the kernel refused); the old feeds \
+         kept serving",
+        counter(state.feed_reload_failures),
+    );
+    registry.register(
+        "feeds_loaded_timestamp_seconds",
+        "Unix time the feeds in force were loaded (the attachment or the last successful reload)",
+        gauge(state.feeds_loaded_unix_seconds),
+    );
+    registry.register(
         "program_attached_timestamp_seconds",
         "Unix time the XDP program was attached; the kernel's counters count from then",
         gauge(state.program_attached_unix_seconds),
@@ -413,6 +434,9 @@ mod tests {
                 ("ipv4", "endpoints", 2_000),
                 ("ipv6", "endpoints", 30),
             ],
+            feed_reloads: 2,
+            feed_reload_failures: 1,
+            feeds_loaded_unix_seconds: 1_699_999_500.0,
             program_attached_unix_seconds: 1_699_999_000.0,
             adopted: true,
         }
@@ -486,6 +510,8 @@ mod tests {
             "classifier_drain_duration_seconds 0.25",
             "classifier_snapshot_writes_total 3",
             "classifier_snapshot_write_failures_total 1",
+            "classifier_feed_reloads_total 2",
+            "classifier_feed_reload_failures_total 1",
             "classifier_snapshots_pending 1",
             "classifier_last_snapshot_timestamp_seconds 1700000000.5",
             r#"classifier_feed_prefixes{family="ipv4",set="watched"} 120"#,

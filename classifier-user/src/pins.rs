@@ -14,7 +14,7 @@
 //! killed); removing the link's pin and closing its last fd detaches it.
 
 use std::{
-    os::unix::ffi::OsStrExt,
+    os::{fd::AsFd, unix::ffi::OsStrExt},
     path::{Path, PathBuf},
 };
 
@@ -107,6 +107,17 @@ pub struct SensorMeta {
     /// LRU flow-table capacity, and flow-cache slots over all CPUs.
     pub flow_capacity: u64,
     pub flow_cache_slots: u64,
+    /// Feed reloads swapped in, and refused (with the last reason).
+    #[serde(default)]
+    pub reloads: u64,
+    #[serde(default)]
+    pub reload_failures: u64,
+    #[serde(default)]
+    pub last_reload_error: Option<String>,
+    /// When the feeds in force were loaded (the attachment, or the last
+    /// reload).
+    #[serde(default)]
+    pub feeds_loaded_at_unix_ns: i64,
 }
 
 impl SensorMeta {
@@ -292,7 +303,9 @@ pub fn open_counters_at(pin_path: &Path) -> Result<PinnedCounters, PinError> {
     })
 }
 
-fn find_set(pin_path: &Path) -> Result<PathBuf, PinError> {
+/// The interface set's folder `pin_path` names (itself, or the one set
+/// folder under it).
+pub fn find_set(pin_path: &Path) -> Result<PathBuf, PinError> {
     if pin_path.join(META).exists() {
         return Ok(pin_path.to_path_buf());
     }
@@ -350,20 +363,8 @@ impl PinnedSensor {
     pub fn pin(mut sensor: Sensor, dir: &Path, meta: SensorMeta) -> Result<Self, PinError> {
         let maps_dir = dir.join("maps");
         std::fs::create_dir_all(&maps_dir).map_err(|error| path_error(&maps_dir, error))?;
-        let pin_map = |name: &str, map: &Map| {
-            let path = maps_dir.join(name);
-            map.pin(&path)
-                .map_err(|error| path_error(&path, error_chain(&error)))
-        };
-        for (name, map) in sensor.counters.all() {
-            pin_map(name, map)?;
-        }
-        for (name, map) in sensor.ebpf.maps() {
-            // Globals (.rodata) are part of the program, not worth a pin.
-            if !name.starts_with('.') {
-                pin_map(name, map)?;
-            }
-        }
+        // The counters were pinned by the loader (`Sensor::load_pinned`).
+        pin_feed_maps(&sensor, &maps_dir)?;
         let program_path = dir.join("program");
         let attachments = std::mem::take(&mut sensor.attachments);
         let program = sensor
@@ -435,6 +436,48 @@ impl PinnedSensor {
         }))
     }
 
+    /// Swaps in a program loaded with [`Sensor::load_pinned`] on this
+    /// sensor's counter maps (a feed reload): every link is pointed at it
+    /// atomically (BPF_LINK_UPDATE; a packet runs the old program or the
+    /// new one, both counting into the same maps), then its feed maps,
+    /// program and description replace the old pins. The old program and
+    /// feed maps go when their last reference does.
+    pub fn swap_program(&mut self, mut sensor: Sensor, meta: SensorMeta) -> Result<(), PinError> {
+        let program_path = self.dir.join("program");
+        let pin_error =
+            |error: &dyn std::error::Error| path_error(&program_path, error_chain(error));
+        {
+            let program = sensor.program().map_err(|error| pin_error(&error))?;
+            let program_fd = program.fd().map_err(|error| pin_error(&error))?;
+            for (iface, _) in &self.links {
+                let path = self.dir.join(format!("{LINK_PREFIX}{iface}"));
+                let link =
+                    crate::bpf_sys::obj_get(&path).map_err(|error| path_error(&path, error))?;
+                crate::bpf_sys::link_update(link.as_fd(), program_fd.as_fd()).map_err(|error| {
+                    path_error(&path, format!("cannot swap the program: {error}"))
+                })?;
+            }
+        }
+        pin_feed_maps(&sensor, &self.dir.join("maps"))?;
+        std::fs::remove_file(&program_path).map_err(|error| path_error(&program_path, error))?;
+        sensor
+            .program_mut()
+            .map_err(|error| pin_error(&error))?
+            .pin(&program_path)
+            .map_err(|error| pin_error(&error))?;
+        self.update_meta(meta)
+    }
+
+    /// Rewrites the pinned description (after a reload, or to record a
+    /// failed one).
+    pub fn update_meta(&mut self, meta: SensorMeta) -> Result<(), PinError> {
+        let path = self.dir.join(META);
+        std::fs::remove_file(&path).map_err(|error| path_error(&path, error))?;
+        write_meta(&self.dir, &meta)?;
+        self.meta = meta;
+        Ok(())
+    }
+
     /// Detaches from every interface: removes each link's pin and closes
     /// it. The counter maps stay readable for a final drain.
     pub fn detach(&mut self) {
@@ -473,6 +516,41 @@ pub fn lock_set(dir: &Path) -> Result<std::fs::File, PinError> {
         });
     }
     Ok(folder)
+}
+
+/// Pins (or re-pins, replacing the previous pins) a sensor's feed maps:
+/// every map but the counters, which the loader pinned.
+fn pin_feed_maps(sensor: &Sensor, maps_dir: &Path) -> Result<(), PinError> {
+    for (name, map) in sensor.ebpf.maps() {
+        // Globals (.rodata) are part of the program, not worth a pin.
+        if name.starts_with('.') {
+            continue;
+        }
+        let path = maps_dir.join(name);
+        if path.exists() {
+            std::fs::remove_file(&path).map_err(|error| path_error(&path, error))?;
+        }
+        map.pin(&path)
+            .map_err(|error| path_error(&path, error_chain(&error)))?;
+    }
+    Ok(())
+}
+
+/// The process holding [`lock_set`]'s lock on `dir` (the running daemon),
+/// from /proc/locks.
+pub fn lock_holder(dir: &Path) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(dir).ok()?;
+    let dev = meta.dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let wanted = format!("{major:02x}:{minor:02x}:{}", meta.ino());
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    locks.lines().find_map(|line| {
+        // "1: FLOCK  ADVISORY  WRITE 4242 00:2b:17 0 EOF"
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (kind, pid, file) = (fields.get(1)?, fields.get(4)?, fields.get(5)?);
+        (*kind == "FLOCK" && *file == wanted).then(|| pid.parse().ok())?
+    })
 }
 
 /// Removes a folder of pins and the folder.

@@ -204,6 +204,10 @@ pub fn pcap(args: &PcapArgs) -> Result<(), Box<dyn std::error::Error>> {
         endpoint_prefixes_v6: endpoints.count(false) as u64,
         flow_capacity: u64::from(args.flow_capacity),
         flow_cache_slots: 0,
+        reloads: 0,
+        reload_failures: 0,
+        last_reload_error: None,
+        feeds_loaded_at_unix_ns: 0,
     };
     let mut replay = Replay {
         sensor,

@@ -103,6 +103,11 @@ pub struct Coverage {
     pub gap_before_seconds: f64,
     /// True when the interval was cut short (daemon start or stop).
     pub partial: bool,
+    /// True when the counters restarted from zero before this interval: a
+    /// new program was loaded (not adopted) after the previous snapshot,
+    /// e.g. after an upgrade or a detach. Deltas are never negative.
+    #[serde(default)]
+    pub counter_reset: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

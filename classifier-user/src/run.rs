@@ -4,7 +4,7 @@
 //! `--keep-attached`) and print the report.
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -12,10 +12,12 @@ use std::{
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    cli::{MetricsAddr, RunArgs},
+    cli::{FeedArgs, MetricsAddr, RunArgs},
     drain::{self, DrainError, Ledger},
     feeds::{EndpointFeed, FeedError, WatchedSet},
-    loader::{AttachMode, Capacities, LoadError, Sensor, interface_index},
+    loader::{
+        AttachMode, Capacities, LoadError, Sensor, ServiceTable, error_chain, interface_index,
+    },
     metrics::{self, MetricsState},
     pins::{self, PinError, PinnedSensor, SensorMeta},
     pseudonym::{PseudonymError, Pseudonymizer},
@@ -74,6 +76,8 @@ pub struct RunConfig {
     /// Folder and interval.
     pub snapshots: Option<(PathBuf, Duration)>,
     pub pseudonymizer: Option<Pseudonymizer>,
+    /// Where the feeds came from: a reload reads them again.
+    pub feed_args: FeedArgs,
 }
 
 impl RunConfig {
@@ -117,6 +121,7 @@ impl RunConfig {
                 .clone()
                 .map(|dir| (dir, args.snapshot_interval)),
             pseudonymizer,
+            feed_args: args.feeds.clone(),
         })
     }
 }
@@ -195,7 +200,7 @@ fn adopt_or_load(config: &mut RunConfig) -> Result<(PinnedSensor, std::fs::File)
         let watched: Vec<String> = config.watched.all().map(|net| net.to_string()).collect();
         if theirs != ours || watched != meta.watched {
             log::warn!(
-                "the adopted program counts with the feeds it was loaded with ({}); the feeds given now differ and are not loaded",
+                "the adopted program counts with the feeds it was loaded with ({}); the feeds given now differ: SIGHUP (or `classifier reload`) swaps them in",
                 meta.feeds
                     .iter()
                     .map(|f| f.name.as_str())
@@ -206,13 +211,18 @@ fn adopt_or_load(config: &mut RunConfig) -> Result<(PinnedSensor, std::fs::File)
         return Ok((sensor, lock));
     }
 
-    let mut sensor = Sensor::load(&config.watched, &config.endpoints, config.capacities)?;
-    let mut modes = Vec::new();
-    for iface in &config.ifaces {
-        let mode = sensor.attach(iface, config.mode)?;
-        log::info!("attached to {iface} in {mode} mode");
-        modes.push(mode.to_string());
-    }
+    let (sensor, modes) = match load_and_attach(config, &dir) {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            // The loader pinned the counter maps; a refused program (the
+            // verifier's log is in the error) or a failed attach leaves no
+            // pin and no attachment behind.
+            if let Err(cleanup) = pins::remove_pins(&dir) {
+                log::error!("cannot clean up after a failed start: {cleanup}");
+            }
+            return Err(error);
+        }
+    };
     let attached_at_unix_ns = snapshot::now_unix_ns();
     let loaded_at = crate::report::rfc3339(unix_ns_to_time(attached_at_unix_ns));
     let mut feeds = config.endpoints.origins.clone();
@@ -235,6 +245,10 @@ fn adopt_or_load(config: &mut RunConfig) -> Result<(PinnedSensor, std::fs::File)
         flow_capacity: u64::from(config.capacities.flows),
         flow_cache_slots: u64::from(sensor.flow_cache_slots)
             * aya::util::nr_cpus().map_or(1, |cpus| cpus as u64),
+        reloads: 0,
+        reload_failures: 0,
+        last_reload_error: None,
+        feeds_loaded_at_unix_ns: attached_at_unix_ns,
     };
     match PinnedSensor::pin(sensor, &dir, meta) {
         Ok(pinned) => {
@@ -251,6 +265,33 @@ fn adopt_or_load(config: &mut RunConfig) -> Result<(PinnedSensor, std::fs::File)
             Err(error.into())
         }
     }
+}
+
+/// Loads the program with its counters pinned under `dir/maps` and attaches
+/// it to every interface; returns the attach modes.
+fn load_and_attach(config: &RunConfig, dir: &Path) -> Result<(Sensor, Vec<String>), RunError> {
+    let maps_dir = dir.join("maps");
+    std::fs::create_dir_all(&maps_dir).map_err(|error| {
+        RunError::Pin(PinError::Path {
+            path: maps_dir.clone(),
+            problem: error.to_string(),
+        })
+    })?;
+    let services = ServiceTable::new(config.endpoints.services());
+    let mut sensor = Sensor::load_pinned(
+        &config.watched,
+        &config.endpoints,
+        config.capacities,
+        services,
+        &maps_dir,
+    )?;
+    let mut modes = Vec::new();
+    for iface in &config.ifaces {
+        let mode = sensor.attach(iface, config.mode)?;
+        log::info!("attached to {iface} in {mode} mode");
+        modes.push(mode.to_string());
+    }
+    Ok((sensor, modes))
 }
 
 fn metrics_state(sensor: &PinnedSensor, ledger: &Ledger) -> MetricsState {
@@ -289,6 +330,9 @@ fn metrics_state(sensor: &PinnedSensor, ledger: &Ledger) -> MetricsState {
             ("ipv4", "endpoints", meta.endpoint_prefixes_v4),
             ("ipv6", "endpoints", meta.endpoint_prefixes_v6),
         ],
+        feed_reloads: meta.reloads,
+        feed_reload_failures: meta.reload_failures,
+        feeds_loaded_unix_seconds: meta.feeds_loaded_at_unix_ns as f64 / 1e9,
         program_attached_unix_seconds: meta.attached_at_unix_ns as f64 / 1e9,
         adopted: sensor.adopted,
         ..MetricsState::default()
@@ -337,6 +381,83 @@ impl Daemon {
         }
     }
 
+    /// Re-reads the feeds and swaps them in (SIGHUP). A bad feed or a
+    /// program the kernel refuses leaves the old one serving; either way
+    /// the outcome is recorded in the pinned description and the metrics.
+    fn reload(&mut self, config: &RunConfig) {
+        let result = self.swap_in_feeds(&config.feed_args, config.capacities);
+        let mut meta = self.sensor.meta.clone();
+        match result {
+            Ok(()) => return self.publish(Duration::ZERO),
+            Err(error) => {
+                let reason = error_chain(&error);
+                log::error!("feed reload refused; the old feeds keep serving: {reason}");
+                meta.reload_failures += 1;
+                meta.last_reload_error = Some(reason);
+            }
+        }
+        if let Err(error) = self.sensor.update_meta(meta) {
+            log::error!("cannot record the failed reload: {error}");
+        }
+        self.publish(Duration::ZERO);
+    }
+
+    fn swap_in_feeds(
+        &mut self,
+        feed_args: &FeedArgs,
+        capacities: Capacities,
+    ) -> Result<(), RunError> {
+        let watched = WatchedSet::from_arguments(&feed_args.watch, &feed_args.watch_files)?;
+        let endpoints = EndpointFeed::from_arguments(&feed_args.endpoint_files)?;
+        let old = &self.sensor.meta;
+        let services = old.service_table().extended_with(endpoints.services());
+        let cpus = aya::util::nr_cpus().map_or(1, |cpus| cpus as u64).max(1);
+        let capacities = Capacities {
+            // The counters are reused: their sizes stay.
+            flows: u32::try_from(old.flow_capacity).unwrap_or(capacities.flows),
+            flow_cache_slots: u32::try_from(old.flow_cache_slots / cpus)
+                .unwrap_or(capacities.flow_cache_slots),
+            ..capacities
+        };
+        let sensor = Sensor::load_pinned(
+            &watched,
+            &endpoints,
+            capacities,
+            services.clone(),
+            &self.sensor.dir.join("maps"),
+        )?;
+        let now = snapshot::now_unix_ns();
+        let loaded_at = crate::report::rfc3339(unix_ns_to_time(now));
+        let mut feeds = endpoints.origins.clone();
+        for feed in &mut feeds {
+            feed.loaded_at = Some(loaded_at.clone());
+        }
+        let meta = SensorMeta {
+            services: services.names().to_vec(),
+            feeds,
+            watched: watched.all().map(|net| net.to_string()).collect(),
+            endpoint_prefixes_v4: endpoints.count(true) as u64,
+            endpoint_prefixes_v6: endpoints.count(false) as u64,
+            reloads: old.reloads + 1,
+            last_reload_error: None,
+            feeds_loaded_at_unix_ns: now,
+            ..old.clone()
+        };
+        self.sensor.swap_program(sensor, meta)?;
+        if let Some(snapshots) = &mut self.snapshots {
+            snapshots.update_source(&self.sensor.meta);
+        }
+        let meta = &self.sensor.meta;
+        log::info!(
+            "feeds reloaded: {} IPv4 and {} IPv6 endpoint prefixes of {} services, {} watched prefixes; the program was swapped on every interface",
+            meta.endpoint_prefixes_v4,
+            meta.endpoint_prefixes_v6,
+            endpoints.services().len(),
+            meta.watched.len()
+        );
+        Ok(())
+    }
+
     fn cut_snapshot(&mut self, end_unix_ns: i64) {
         if let Some(snapshots) = &mut self.snapshots {
             snapshots.cut(&mut self.ledger, end_unix_ns);
@@ -359,6 +480,7 @@ pub fn run_config(mut config: RunConfig) -> Result<Report, RunError> {
         // Handlers first: a signal that arrives once attached must detach.
         let mut terminate = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
         let mut interrupt = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
+        let mut hangup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
         let listener = match config.metrics_addr {
             MetricsAddr::Off => None,
             MetricsAddr::On(addr) => Some(
@@ -453,6 +575,13 @@ pub fn run_config(mut config: RunConfig) -> Result<Report, RunError> {
                         daemon.cut_snapshot(end);
                         boundary = daemon.snapshots.as_ref().map(|s| s.next_boundary(end.max(at)));
                     }
+                }
+                _ = hangup.recv() => {
+                    log::info!("SIGHUP: reloading the feeds");
+                    // Counts up to now were drained with the old feeds'
+                    // service names; the swap keeps every id.
+                    let _ = daemon.drain();
+                    daemon.reload(&config);
                 }
                 _ = terminate.recv() => break,
                 _ = interrupt.recv() => break,

@@ -121,6 +121,7 @@ pub struct Snapshotter {
     /// Coverage of the interval being counted.
     restarts: u64,
     gap_before_seconds: f64,
+    counter_reset: bool,
     previous: Option<PreviousSnapshot>,
     pending: VecDeque<Pending>,
     retry_at: Option<Instant>,
@@ -277,6 +278,10 @@ impl Snapshotter {
         let resumable = state
             .as_ref()
             .filter(|state| adopted && state.instance == meta.instance);
+        // A snapshot before this one drained another program's counters.
+        let counter_reset = state
+            .as_ref()
+            .is_some_and(|state| state.instance != meta.instance);
         let checkpoint = resumable.and_then(|state| {
             let checkpoint = Checkpoint::from_text(&state.checkpoint);
             if checkpoint.is_none() {
@@ -318,6 +323,7 @@ impl Snapshotter {
             },
             start_unix_ns,
             restarts: u64::from(link.is_some()),
+            counter_reset,
             gap_before_seconds,
             previous: link.map(|(previous, _)| previous),
             // A cut the previous daemon did not finish writing goes first.
@@ -334,6 +340,14 @@ impl Snapshotter {
             ledger,
             start_unix_ns,
         })
+    }
+
+    /// What later snapshots say about their source after a feed reload:
+    /// the feeds, services and watched set now in force.
+    pub fn update_source(&mut self, meta: &SensorMeta) {
+        self.source.feeds = meta.feeds.clone();
+        self.source.services = meta.service_table();
+        self.source.watched = meta.watched.clone();
     }
 
     /// The first interval boundary after `after_unix_ns`.
@@ -381,6 +395,7 @@ impl Snapshotter {
             coverage: Coverage {
                 restarts: self.restarts,
                 gap_before_seconds: self.gap_before_seconds,
+                counter_reset: self.counter_reset,
                 // Anything but exactly one aligned interval.
                 partial: !self.is_boundary(start_unix_ns)
                     || i128::from(end_unix_ns) - i128::from(start_unix_ns) != self.interval_ns,
@@ -400,6 +415,7 @@ impl Snapshotter {
         self.start_unix_ns = end_unix_ns;
         self.restarts = 0;
         self.gap_before_seconds = 0.0;
+        self.counter_reset = false;
     }
 
     /// Writes queued snapshots in order, unless a failed write's back-off

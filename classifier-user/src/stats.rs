@@ -16,7 +16,7 @@ use std::{
 use classifier_common::{DIR_INBOUND, DIR_OUTBOUND, ServiceCounters, Totals};
 
 use crate::{
-    cli::StatsArgs,
+    cli::{ReloadArgs, StatsArgs},
     drain::{self, Ledger},
     pins::{self, PinnedCounters},
     pseudonym::Pseudonymizer,
@@ -243,4 +243,60 @@ fn view(pinned: &PinnedCounters, report: &Report, before: &Sample, now: &Sample)
         t.flow_insert_failures
     );
     out
+}
+
+/// `classifier reload`: signals the daemon holding the pins (SIGHUP) and
+/// waits until its pinned description records the reload or its refusal.
+pub fn reload(args: &ReloadArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let dir = pins::find_set(&args.pin_path)?;
+    let before =
+        pins::read_meta(&dir)?.ok_or_else(|| pins::PinError::NothingPinned(dir.clone()))?;
+    let pid = pins::lock_holder(&dir).ok_or_else(|| {
+        format!(
+            "no classifier run is using {} (the program may be attached with --keep-attached and no daemon running; start one)",
+            dir.display()
+        )
+    })?;
+    let target = i32::try_from(pid)?;
+    // SAFETY: kill with a pid read from /proc/locks and a valid signal.
+    if unsafe { libc::kill(target, libc::SIGHUP) } != 0 {
+        return Err(format!(
+            "cannot signal classifier run (pid {pid}): {}",
+            std::io::Error::last_os_error()
+        )
+        .into());
+    }
+    let deadline = Instant::now() + args.timeout;
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        let Some(now) = pins::read_meta(&dir)? else {
+            return Err(format!("{}: the sensor stopped", dir.display()).into());
+        };
+        if now.reloads > before.reloads {
+            println!(
+                "reloaded: {} IPv4 and {} IPv6 endpoint prefixes of {} services, {} watched prefixes (classifier run, pid {pid})",
+                now.endpoint_prefixes_v4,
+                now.endpoint_prefixes_v6,
+                now.feeds
+                    .iter()
+                    .flat_map(|f| f.prefixes.keys())
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .len(),
+                now.watched.len()
+            );
+            return Ok(());
+        }
+        if now.reload_failures > before.reload_failures {
+            return Err(format!(
+                "reload refused; the old feeds keep serving: {}",
+                now.last_reload_error.unwrap_or_default()
+            )
+            .into());
+        }
+    }
+    Err(format!(
+        "classifier run (pid {pid}) did not report within {}",
+        humantime::format_duration(args.timeout)
+    )
+    .into())
 }

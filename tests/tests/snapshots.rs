@@ -206,6 +206,14 @@ fn snapshots_add_up_exactly_across_boundaries_a_kept_attachment_and_a_kill() {
     assert!(log.iter().any(|l| l.contains("detached; final drain")));
     assert!(!set_pins.exists(), "pins removed after a plain SIGTERM");
 
+    // A fourth daemon loads a new program: its counters start from zero,
+    // and its first snapshot says so (and how long nothing counted).
+    std::thread::sleep(Duration::from_millis(500));
+    let fourth = Daemon::start(&link, &feed, &args);
+    assert!(!fourth.said("adopting the program"));
+    link.send(&sent.round(9)).expect("send");
+    let _ = fourth.stop(libc::SIGTERM);
+
     let files = snapshot_files(&snapshots);
     let reports = read_snapshots(&snapshots);
     assert!(files.len() >= 5, "{files:?}");
@@ -214,24 +222,29 @@ fn snapshots_add_up_exactly_across_boundaries_a_kept_attachment_and_a_kill() {
         sent,
         "the snapshots add up to what was sent"
     );
+    let coverage = |report: &Value| report["snapshot"]["coverage"].clone();
     let restarts: u64 = reports
         .iter()
-        .map(|r| {
-            r["snapshot"]["coverage"]["restarts"]
-                .as_u64()
-                .expect("restarts")
-        })
+        .map(|r| coverage(r)["restarts"].as_u64().expect("restarts"))
         .sum();
-    assert_eq!(restarts, 2);
-    for (report, file) in reports.iter().zip(&files) {
-        assert_eq!(
-            report["snapshot"]["coverage"]["gap_before_seconds"], 0.0,
-            "{file:?}"
-        );
+    assert_eq!(restarts, 3);
+    // Only the fourth daemon's first snapshot follows a gap and a reset.
+    let resets: Vec<usize> = (0..reports.len())
+        .filter(|i| coverage(&reports[*i])["counter_reset"] == true)
+        .collect();
+    assert_eq!(resets.len(), 1, "{files:?}");
+    let reset = resets[0];
+    assert!(coverage(&reports[reset])["gap_before_seconds"].as_f64() > Some(0.4));
+    for (index, (report, file)) in reports.iter().zip(&files).enumerate() {
+        if index != reset {
+            assert_eq!(coverage(report)["gap_before_seconds"], 0.0, "{file:?}");
+        }
     }
-    // Each snapshot starts where the one before ended.
-    for pair in reports.windows(2) {
-        assert_eq!(pair[0]["end"], pair[1]["start"]);
+    // Each snapshot starts where the one before ended (but after the gap).
+    for (index, pair) in reports.windows(2).enumerate() {
+        if index + 1 != reset {
+            assert_eq!(pair[0]["end"], pair[1]["start"]);
+        }
     }
 
     // `report` merges them into the same numbers, and the chain holds.
@@ -240,9 +253,9 @@ fn snapshots_add_up_exactly_across_boundaries_a_kept_attachment_and_a_kill() {
     let merged: Value = serde_json::from_slice(&output.stdout).expect("report JSON");
     assert_eq!(counted(std::slice::from_ref(&merged)), sent);
     let alpha = &services(&merged)["alpha"];
-    // Eight IPv4 and eight IPv6 watched hosts, one flow each.
-    assert_eq!(alpha["unique_sources"], 16);
-    assert_eq!(alpha["flows"], 16);
+    // Nine IPv4 and nine IPv6 watched hosts, one flow each.
+    assert_eq!(alpha["unique_sources"], 18);
+    assert_eq!(alpha["flows"], 18);
     let output = classifier(&["report", text(&snapshots), "--verify"]);
     let said = String::from_utf8_lossy(&output.stdout);
     assert!(

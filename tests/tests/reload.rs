@@ -1,0 +1,161 @@
+//! Hot reload on a live veth pair: `classifier reload` swaps a new feed in
+//! while traffic flows (totals exact across the swap, the program stays
+//! attached), and a bad feed is refused whole while the old one serves on.
+
+use std::{
+    io::{Read, Write},
+    path::Path,
+    process::Command,
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    time::Duration,
+};
+
+use classifier_tests::{
+    TEST_FEED, classifier_binary,
+    daemon::{Daemon, TestMount, services, temp_dir, write_feed},
+    frames::FrameSpec,
+    netns::VethLink,
+    require_root,
+};
+use serde_json::Value;
+
+fn text(path: &Path) -> &str {
+    path.to_str().expect("UTF-8 path")
+}
+
+fn service_packets(report: &Value, name: &str) -> u64 {
+    services(report)
+        .get(name)
+        .and_then(|row| row["packets"].as_u64())
+        .unwrap_or(0)
+}
+
+fn stats(pins: &Path) -> Value {
+    let output = Command::new(classifier_binary())
+        .args(["stats", "--json", "--pin-path", text(pins)])
+        .output()
+        .expect("stats");
+    assert!(output.status.success(), "{output:?}");
+    serde_json::from_slice(&output.stdout).expect("stats JSON")
+}
+
+fn metrics(link: &VethLink) -> String {
+    let namespace = link.sensor.name.clone();
+    std::thread::spawn(move || {
+        let handle = std::fs::File::open(format!("/run/netns/{namespace}")).expect("netns");
+        // SAFETY: a valid namespace fd; affects this thread only.
+        let entered =
+            unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&handle), libc::CLONE_NEWNET) };
+        assert_eq!(entered, 0);
+        let mut stream = std::net::TcpStream::connect("127.0.0.1:9477").expect("connect");
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: s\r\nConnection: close\r\n\r\n")
+            .expect("request");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("response");
+        response
+    })
+    .join()
+    .expect("metrics thread")
+}
+
+#[test]
+fn a_reload_swaps_feeds_without_a_gap_and_a_bad_feed_leaves_the_old_one() {
+    if !require_root() {
+        return;
+    }
+    let dir = temp_dir("reload");
+    let feed = write_feed(&dir);
+    let pins = TestMount::bpf(&dir.join("bpf"));
+    let link = VethLink::create("reload").expect("namespaces and veth");
+    let mut daemon = Daemon::start(
+        &link,
+        &feed,
+        &[
+            "--pin-path",
+            text(&pins.path),
+            "--metrics-addr",
+            "127.0.0.1:9477",
+        ],
+    );
+
+    // Traffic to alpha and to 203.0.113.5 (delta now, epsilon after the
+    // reload) flows in a loop while the feed is swapped.
+    let to_alpha = FrameSpec::udp("175.45.176.1", "198.51.100.10", 40000, 443).build();
+    let to_moved = FrameSpec::udp("175.45.176.2", "203.0.113.5", 40001, 443).build();
+    let stop = AtomicBool::new(false);
+    let rounds = AtomicU64::new(0);
+    let reload_output = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !stop.load(Ordering::SeqCst) {
+                link.send(&[to_alpha.clone(), to_moved.clone()])
+                    .expect("send");
+                rounds.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        std::thread::sleep(Duration::from_millis(700));
+        let moved = TEST_FEED.replace("203.0.113.0/24,delta,", "203.0.113.0/24,epsilon,");
+        std::fs::write(&feed, moved).expect("new feed");
+        let output = Command::new(classifier_binary())
+            .args(["reload", "--pin-path", text(&pins.path)])
+            .output()
+            .expect("classifier reload");
+        std::thread::sleep(Duration::from_millis(700));
+        stop.store(true, Ordering::SeqCst);
+        output
+    });
+    let said = String::from_utf8_lossy(&reload_output.stdout);
+    assert!(
+        reload_output.status.success() && said.starts_with("reloaded:"),
+        "{reload_output:?}"
+    );
+    daemon.wait_for("feeds reloaded");
+    let rounds = rounds.load(Ordering::SeqCst);
+    assert!(rounds > 10, "{rounds} rounds");
+
+    // A bad feed is refused whole; the old (reloaded) one keeps serving.
+    std::fs::write(&feed, format!("{TEST_FEED}198.51.100.77/24,zeta,\n")).expect("bad feed");
+    let output = Command::new(classifier_binary())
+        .args(["reload", "--pin-path", text(&pins.path)])
+        .output()
+        .expect("classifier reload");
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{error}");
+    assert!(
+        error.contains("reload refused") && error.contains("host bits set"),
+        "{error}"
+    );
+    daemon.wait_for("feed reload refused");
+    std::thread::sleep(Duration::from_millis(300));
+    let before = stats(&pins.path);
+    link.send(&vec![to_moved.clone(); 25]).expect("send");
+    std::thread::sleep(Duration::from_millis(300));
+    let after = stats(&pins.path);
+    assert_eq!(
+        service_packets(&after, "epsilon") - service_packets(&before, "epsilon"),
+        25,
+        "the reloaded feed still serves after a refused one"
+    );
+    let body = metrics(&link);
+    assert!(body.contains("classifier_feed_reloads_total 1"), "{body}");
+    assert!(
+        body.contains("classifier_feed_reload_failures_total 1"),
+        "{body}"
+    );
+
+    let (report, _) = daemon.stop(libc::SIGTERM);
+    // Exact across the swap: every frame counted once, by one program.
+    let frames = rounds * 2 + 25;
+    assert_eq!(report["totals"]["packets"].as_u64(), Some(frames));
+    assert_eq!(report["totals"]["matched"].as_u64(), Some(frames));
+    assert_eq!(service_packets(&report, "alpha"), rounds);
+    let delta = service_packets(&report, "delta");
+    let epsilon = service_packets(&report, "epsilon");
+    assert_eq!(delta + epsilon, rounds + 25);
+    assert!(
+        delta > 0 && epsilon > 25,
+        "delta {delta}, epsilon {epsilon}"
+    );
+    drop(pins);
+    let _ = std::fs::remove_dir_all(dir);
+}
