@@ -19,7 +19,9 @@ use crate::{
         AttachMode, Capacities, LoadError, Sensor, ServiceTable, error_chain, interface_index,
     },
     metrics::{self, MetricsState},
+    notify::Notifier,
     pins::{self, PinError, PinnedSensor, SensorMeta},
+    privileges,
     pseudonym::{PseudonymError, Pseudonymizer},
     report::{Report, ReportContext, ReportFormat},
     snapshot::{self, SnapshotError, Snapshotter, unix_ns_to_time},
@@ -341,6 +343,7 @@ fn metrics_state(sensor: &PinnedSensor, ledger: &Ledger) -> MetricsState {
 
 /// The daemon's drain loop state.
 struct Daemon {
+    notifier: Notifier,
     sensor: PinnedSensor,
     ledger: Ledger,
     snapshots: Option<Snapshotter>,
@@ -357,6 +360,8 @@ impl Daemon {
         let result = drain::read_counters(&self.sensor.counters, services).map(|reading| {
             self.ledger.absorb(reading, drain::monotonic_to_unix_ns());
             release_free_memory();
+            // Only a drain that worked feeds the watchdog.
+            self.notifier.drained();
         });
         if let Err(error) = &result {
             self.drain_failures += 1;
@@ -385,7 +390,9 @@ impl Daemon {
     /// program the kernel refuses leaves the old one serving; either way
     /// the outcome is recorded in the pinned description and the metrics.
     fn reload(&mut self, config: &RunConfig) {
+        self.notifier.reloading();
         let result = self.swap_in_feeds(&config.feed_args, config.capacities);
+        self.notifier.ready("counting (feeds reloaded or kept)");
         let mut meta = self.sensor.meta.clone();
         match result {
             Ok(()) => return self.publish(Duration::ZERO),
@@ -526,6 +533,7 @@ pub fn run_config(mut config: RunConfig) -> Result<Report, RunError> {
         };
         let metrics = Arc::new(Mutex::new(MetricsState::default()));
         let mut daemon = Daemon {
+            notifier: Notifier::from_env(),
             sensor,
             ledger,
             snapshots,
@@ -533,6 +541,16 @@ pub fn run_config(mut config: RunConfig) -> Result<Report, RunError> {
             drain_failures: 0,
         };
         daemon.publish(Duration::ZERO);
+        match privileges::drop_all_but_kept() {
+            Ok(left) => log::info!(
+                "dropped every capability but {} (what a feed reload needs)",
+                match privileges::kept_names(left.effective) {
+                    names if names.is_empty() => "none".to_string(),
+                    names => names.join(", "),
+                }
+            ),
+            Err(error) => log::warn!("cannot drop capabilities: {error}"),
+        }
         if let Some(listener) = listener {
             if let Ok(addr) = listener.local_addr() {
                 log::info!("serving metrics at http://{addr}/metrics");
@@ -546,6 +564,10 @@ pub fn run_config(mut config: RunConfig) -> Result<Report, RunError> {
             });
         }
         log::info!("counting; SIGINT or SIGTERM stops and prints the report");
+        daemon.notifier.ready(&format!(
+            "counting on {}",
+            daemon.sensor.meta.interfaces.join(",")
+        ));
 
         let mut ticker = tokio::time::interval(config.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -607,6 +629,7 @@ fn abandon(mut sensor: PinnedSensor, config: &RunConfig) {
 /// Stops counting: detaches (unless kept attached), drains a last time,
 /// writes the partial snapshot, removes the pins, builds the report.
 fn finish(mut daemon: Daemon, config: &RunConfig, start_unix_ns: i64) -> Result<Report, RunError> {
+    daemon.notifier.stopping();
     if config.keep_attached {
         log::info!(
             "leaving the program attached and pinned under {} (the next run adopts it); final drain",

@@ -38,7 +38,18 @@ impl Daemon {
     /// [`Self::start`] with the bundled feed and the default watched range
     /// (unless `extra` names others).
     pub fn start_bundled(link: &VethLink, extra: &[&str]) -> Self {
-        let mut command = link.sensor.command(&classifier_binary());
+        Self::start_wrapped(link, &[], extra)
+    }
+
+    /// [`Self::start_bundled`], run through `wrapper` (a program and its
+    /// arguments that execs the rest, e.g. `setpriv … --`) inside the
+    /// sensor namespace.
+    pub fn start_wrapped(link: &VethLink, wrapper: &[&str], extra: &[&str]) -> Self {
+        let mut command = std::process::Command::new("ip");
+        command
+            .args(["netns", "exec", &link.sensor.name])
+            .args(wrapper)
+            .arg(classifier_binary());
         command.args([
             "run",
             "--iface",
@@ -102,6 +113,11 @@ impl Daemon {
     /// Whether any line read so far contains `text`.
     pub fn said(&self, text: &str) -> bool {
         self.stderr_seen.iter().any(|line| line.contains(text))
+    }
+
+    /// The daemon's process id (the wrapper execs it, so it is the same).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     fn signal(&self, signal: i32) {

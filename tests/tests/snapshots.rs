@@ -508,7 +508,8 @@ fn snapshots_cut_while_traffic_flows_lose_nothing_and_carry_pseudonyms() {
     let (report, _) = daemon.stop(libc::SIGTERM);
     assert_eq!(counted(&[report]), sent);
     let reports = read_snapshots(&snapshots);
-    assert!(reports.len() >= 4, "{} snapshots", reports.len());
+    // At least two cuts while frames arrived (more on a quiet machine).
+    assert!(reports.len() >= 3, "{} snapshots", reports.len());
     assert_eq!(counted(&reports), sent);
 
     // Watched addresses are pseudonyms in the reserved ranges; endpoints
@@ -532,5 +533,68 @@ fn snapshots_cut_while_traffic_flows_lose_nothing_and_carry_pseudonyms() {
             assert!(endpoint.starts_with("198.51.100.") || endpoint.starts_with("2001:db8:e0"));
         }
     }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_full_flow_table_keeps_counts_exact_and_shows_evictions_in_metrics_and_snapshots() {
+    if !require_root() {
+        return;
+    }
+    let dir = temp_dir("evict");
+    let feed = write_feed(&dir);
+    let snapshots = dir.join("snapshots");
+    let link = VethLink::create("evict").expect("namespaces and veth");
+    let daemon = Daemon::start(
+        &link,
+        &feed,
+        &[
+            "--flow-capacity",
+            "16",
+            "--flow-cache-slots",
+            "1",
+            "--metrics-addr",
+            "127.0.0.1:9477",
+            "--snapshot-dir",
+            text(&snapshots),
+            "--snapshot-interval",
+            "1s",
+        ],
+    );
+    // 100 flows (one per watched host) into a table of 16 (and one cache
+    // slot per CPU): most are evicted before a drain sees them.
+    let frames: Vec<Vec<u8>> = (0..100u8)
+        .map(|host| {
+            FrameSpec::udp(&format!("175.45.177.{host}"), "198.51.100.10", 40000, 443).build()
+        })
+        .collect();
+    link.send(&frames).expect("send");
+    std::thread::sleep(Duration::from_millis(400));
+    let body = http_get(&link.sensor, "127.0.0.1:9477", "/metrics");
+    let metric = |name: &str| -> u64 {
+        body.lines()
+            .find_map(|line| line.strip_prefix(&format!("{name} ")))
+            .and_then(|value| value.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{body}"))
+    };
+    let evictions = metric("classifier_flow_table_evictions_total");
+    assert!(evictions >= 80, "{evictions} evictions");
+    assert_eq!(metric("classifier_matched_packets_total"), 100);
+    let (report, _) = daemon.stop(libc::SIGTERM);
+    assert_eq!(
+        services(&report)["alpha"]["packets"],
+        100,
+        "counts stay exact"
+    );
+    let reports = read_snapshots(&snapshots);
+    let snapshot_evictions: u64 = reports
+        .iter()
+        .map(|r| r["flow_table"]["evictions"].as_u64().expect("evictions"))
+        .sum();
+    assert_eq!(
+        snapshot_evictions, evictions,
+        "the snapshots carry the evictions"
+    );
+    assert_eq!(counted(&reports).services["alpha"].0, 100);
     let _ = std::fs::remove_dir_all(dir);
 }

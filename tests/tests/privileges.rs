@@ -1,0 +1,185 @@
+//! Least privilege: after attaching, the daemon keeps only the
+//! capabilities a feed reload needs; it runs, counts and cleans up as an
+//! unprivileged user with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON; and
+//! without CAP_PERFMON the verifier refuses the program (it computes the
+//! frame length as `data_end - data`, a pointer subtraction the verifier
+//! allows only with CAP_PERFMON): the daemon exits non-zero with the
+//! verifier's log, leaving no pin and no attachment.
+
+use std::{os::unix::fs::PermissionsExt, path::Path};
+
+use classifier_tests::{
+    daemon::{Daemon, TestMount, services, temp_dir, write_feed},
+    frames::FrameSpec,
+    netns::VethLink,
+    require_root,
+};
+
+const CAP_NET_ADMIN: u64 = 1 << 12;
+const CAP_PERFMON: u64 = 1 << 38;
+const CAP_BPF: u64 = 1 << 39;
+
+fn text(path: &Path) -> &str {
+    path.to_str().expect("UTF-8 path")
+}
+
+/// A field of /proc/PID/status ("CapEff", "Uid", …).
+fn status(pid: u32, field: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{field}:")))
+        .map(|value| value.trim().to_string())
+        .unwrap_or_else(|| panic!("no {field} in status"))
+}
+
+fn mask(pid: u32, field: &str) -> u64 {
+    u64::from_str_radix(&status(pid, field), 16).expect("hex mask")
+}
+
+#[test]
+fn a_root_daemon_drops_every_capability_but_what_reloads_need() {
+    if !require_root() {
+        return;
+    }
+    let dir = temp_dir("caps-root");
+    let feed = write_feed(&dir);
+    let pins = TestMount::bpf(&dir.join("bpf"));
+    let link = VethLink::create("capsroot").expect("namespaces and veth");
+    let daemon = Daemon::start(&link, &feed, &["--pin-path", text(&pins.path)]);
+    let pid = daemon.pid();
+    let kept = CAP_BPF | CAP_NET_ADMIN | CAP_PERFMON;
+    assert_eq!(mask(pid, "CapEff"), kept, "effective set after attach");
+    assert_eq!(mask(pid, "CapPrm"), kept, "permitted set after attach");
+    assert_eq!(mask(pid, "CapInh"), 0);
+    assert!(daemon.said("dropped every capability but CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON"));
+    link.send(&[FrameSpec::udp("175.45.176.1", "198.51.100.10", 1, 443).build()])
+        .expect("send");
+    let (report, log) = daemon.stop(libc::SIGTERM);
+    assert_eq!(services(&report)["alpha"]["packets"], 1);
+    assert!(
+        log.iter().all(|line| !line.contains("cannot remove")),
+        "{log:?}"
+    );
+    drop(pins);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// setpriv arguments: user nobody with exactly `caps` (e.g. "+bpf,+net_admin").
+fn unprivileged(caps: &str) -> Vec<String> {
+    vec![
+        "setpriv".into(),
+        "--reuid=65534".into(),
+        "--regid=65534".into(),
+        "--clear-groups".into(),
+        format!("--inh-caps=-all,{caps}"),
+        format!("--ambient-caps=-all,{caps}"),
+        format!("--bounding-set=-all,{caps}"),
+        "--".into(),
+    ]
+}
+
+/// A folder every user may write into.
+fn open_to_all(path: &Path) {
+    std::fs::create_dir_all(path).expect("folder");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+}
+
+#[test]
+fn an_unprivileged_user_with_cap_bpf_cap_net_admin_and_cap_perfmon_runs_the_sensor() {
+    if !require_root() {
+        return;
+    }
+    let dir = temp_dir("caps-user");
+    let feed = write_feed(&dir);
+    let pins = TestMount::bpf(&dir.join("bpf"));
+    let snapshots = dir.join("snapshots");
+    for folder in [&dir, &pins.path, &snapshots] {
+        open_to_all(folder);
+    }
+    let link = VethLink::create("capsuser").expect("namespaces and veth");
+    let wrapper = unprivileged("+bpf,+net_admin,+perfmon");
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let daemon = Daemon::start_wrapped(
+        &link,
+        &wrapper,
+        &[
+            "--endpoints",
+            text(&feed),
+            "--watch",
+            "175.45.176.0/22",
+            "--pin-path",
+            text(&pins.path),
+            "--snapshot-dir",
+            text(&snapshots),
+            "--snapshot-interval",
+            "1s",
+        ],
+    );
+    let pid = daemon.pid();
+    assert!(
+        status(pid, "Uid").starts_with("65534"),
+        "{}",
+        status(pid, "Uid")
+    );
+    let kept = CAP_BPF | CAP_NET_ADMIN | CAP_PERFMON;
+    assert_eq!(mask(pid, "CapEff"), kept);
+    assert_eq!(mask(pid, "CapPrm"), kept);
+    let frames: Vec<Vec<u8>> = (0..10)
+        .map(|_| FrameSpec::udp("175.45.176.9", "198.51.100.200", 5, 443).build())
+        .collect();
+    link.send(&frames).expect("send");
+    let (report, _) = daemon.stop(libc::SIGTERM);
+    assert_eq!(services(&report)["gamma"]["packets"], 10);
+    let written = std::fs::read_dir(&snapshots).expect("snapshots").count();
+    assert!(written >= 2, "{written} files in the snapshot folder");
+    assert!(!pins.path.join(&link.sensor_iface).exists(), "pins removed");
+    drop(pins);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_program_the_verifier_refuses_leaves_no_pin_and_no_attachment() {
+    if !require_root() {
+        return;
+    }
+    let dir = temp_dir("caps-verifier");
+    let feed = write_feed(&dir);
+    let pins = TestMount::bpf(&dir.join("bpf"));
+    open_to_all(&dir);
+    open_to_all(&pins.path);
+    let link = VethLink::create("capsverif").expect("namespaces and veth");
+    let output = std::process::Command::new("ip")
+        .args(["netns", "exec", &link.sensor.name])
+        .args(unprivileged("+bpf,+net_admin"))
+        .arg(classifier_tests::classifier_binary())
+        .args([
+            "run",
+            "--iface",
+            &link.sensor_iface,
+            "--metrics-addr",
+            "off",
+        ])
+        .args(["--endpoints", text(&feed), "--pin-path", text(&pins.path)])
+        .output()
+        .expect("run classifier");
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{error}");
+    assert!(
+        error.contains("the kernel refused the XDP program") && error.contains("Verifier output"),
+        "{error}"
+    );
+    assert!(error.contains("pointer -= pointer prohibited"), "{error}");
+    assert!(
+        !pins.path.join(&link.sensor_iface).exists(),
+        "no pin left behind"
+    );
+    let shown = std::process::Command::new("ip")
+        .args(["-n", &link.sensor.name, "link", "show", &link.sensor_iface])
+        .output()
+        .expect("ip link show");
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(!shown.contains("xdp"), "no XDP program attached: {shown}");
+    drop(pins);
+    let _ = std::fs::remove_dir_all(dir);
+}
