@@ -41,6 +41,9 @@ pub enum Command {
     /// (per service: unique watched sources, flows, packets, bytes, share,
     /// first and last seen), or check their chain with --verify.
     Report(ReportArgs),
+    /// Check feeds without loading anything (`feeds check`).
+    #[command(subcommand)]
+    Feeds(FeedsCommand),
 }
 
 /// Where pins live by default: one sub-folder per interface set.
@@ -164,6 +167,21 @@ pub fn parse_metrics_addr(text: &str) -> Result<MetricsAddr, String> {
     })
 }
 
+pub fn parse_ratio(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(ratio) if (0.0..=100.0).contains(&ratio) => Ok(ratio),
+        _ => Err(format!("{text:?} is not a number from 0 to 100")),
+    }
+}
+
+pub fn parse_span(text: &str) -> Result<Duration, String> {
+    let duration = parse_duration(text)?;
+    if duration > Duration::from_secs(30 * 86_400) {
+        return Err("must be at most 30 days".into());
+    }
+    Ok(duration)
+}
+
 pub fn parse_whole_seconds(text: &str) -> Result<Duration, String> {
     let duration = parse_duration(text)?;
     if duration.subsec_nanos() != 0 {
@@ -226,12 +244,13 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 1000)]
     pub conversations: usize,
 
-    /// Ordinary (unwatched) frames per watched frame.
-    #[arg(long, default_value_t = 4.0)]
+    /// Ordinary (unwatched) frames per watched frame (0 to 100).
+    #[arg(long, default_value_t = 4.0, value_parser = parse_ratio)]
     pub background_ratio: f64,
 
-    /// How long sending takes (or the span of the pcap's timestamps).
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    /// How long sending takes (or the span of the pcap's timestamps; at
+    /// most 30 days).
+    #[arg(long, default_value = "10s", value_parser = parse_span)]
     pub duration: Duration,
 
     /// Also write the plan (what each service should show) as JSON here.
@@ -318,6 +337,91 @@ pub enum HistoryFormat {
     Table,
     Json,
     Csv,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FeedsCommand {
+    /// Validate watched and endpoint feeds as `run` would load them (same
+    /// refusals, with file and line; exit 1), then report per service and
+    /// family counts, duplicates, conflicts and nested prefixes with the one
+    /// that wins, the map capacity needed, and health warnings: services
+    /// that vanished or shrank against --against, prefixes shared by two
+    /// services, very broad prefixes, prefixes in --shared-hosting ranges.
+    /// Without endpoint files it checks the bundled feed.
+    Check(FeedsCheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FeedsCheckArgs {
+    /// Endpoint feeds (CSV with `cidr` and `service` columns), read before
+    /// the --endpoints files.
+    #[arg(value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+
+    #[command(flatten)]
+    pub feeds: FeedArgs,
+
+    /// Plain list of one service's prefixes (one per line, '#' comments),
+    /// read after the CSV feeds; each --list pairs with a --service, in
+    /// order.
+    #[arg(long = "list", value_name = "FILE", requires = "list_services")]
+    pub lists: Vec<PathBuf>,
+
+    /// The service of the --list at the same position.
+    #[arg(long = "service", value_name = "NAME", requires = "lists")]
+    pub list_services: Vec<String>,
+
+    /// An earlier endpoint feed (CSV, repeatable): warn about services with
+    /// no prefixes now or far fewer than in it.
+    #[arg(long = "against", value_name = "OLD")]
+    pub against: Vec<PathBuf>,
+
+    /// With --against: warn when a service keeps less than this share of
+    /// its earlier prefix count.
+    #[arg(long, value_name = "SHARE", default_value_t = 0.5, value_parser = parse_share)]
+    pub min_kept: f64,
+
+    /// Ranges of large shared-hosting or CDN networks: `cidr[,name]` per
+    /// line ('#' comments, an optional `cidr,name` header); endpoint
+    /// prefixes overlapping them are warned about.
+    #[arg(long = "shared-hosting", value_name = "FILE")]
+    pub shared_hosting: Vec<PathBuf>,
+
+    /// Warn about IPv4 prefixes shorter than this.
+    #[arg(long, value_name = "LEN", default_value_t = 12,
+          value_parser = clap::value_parser!(u8).range(0..=32))]
+    pub broad_prefix: u8,
+
+    /// Warn about IPv6 prefixes shorter than this.
+    #[arg(long, value_name = "LEN", default_value_t = 32,
+          value_parser = clap::value_parser!(u8).range(0..=128))]
+    pub broad_prefix_v6: u8,
+
+    /// Check against this IPv4 endpoint capacity (as `run`).
+    #[arg(long, value_name = "N")]
+    pub endpoint_capacity_v4: Option<u32>,
+
+    /// Check against this IPv6 endpoint capacity (as `run`).
+    #[arg(long, value_name = "N")]
+    pub endpoint_capacity_v6: Option<u32>,
+
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: ReportFormat,
+
+    /// Exit 1 when there is any warning.
+    #[arg(long)]
+    pub strict: bool,
+}
+
+/// A share above 0 and at most 1 (e.g. 0.5).
+pub fn parse_share(text: &str) -> Result<f64, String> {
+    let share: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number (e.g. 0.5)"))?;
+    if !(share > 0.0 && share <= 1.0) {
+        return Err("must be more than 0 and at most 1 (e.g. 0.5)".into());
+    }
+    Ok(share)
 }
 
 pub fn parse_duration(text: &str) -> Result<Duration, String> {

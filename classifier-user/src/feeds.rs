@@ -103,6 +103,7 @@ pub fn parse_prefix(text: &str) -> Result<IpNet, LineProblem> {
             .ok_or_else(|| LineProblem::BadCidr(text.to_string()))?,
     };
     let net = IpNet::new(address, length).map_err(|_| LineProblem::BadCidr(text.to_string()))?;
+    let net = normalize_ipv4_mapped(net);
     if net.trunc() != net {
         return Err(LineProblem::HostBitsSet {
             given: text.to_string(),
@@ -112,7 +113,24 @@ pub fn parse_prefix(text: &str) -> Result<IpNet, LineProblem> {
     Ok(net)
 }
 
-fn check_service_name(name: &str) -> Result<(), LineProblem> {
+/// An IPv4-mapped IPv6 prefix (`::ffff:a.b.c.d/n`, n ≥ 96) as the IPv4
+/// prefix it stands for (`a.b.c.d/(n - 96)`): the sensor sees such
+/// addresses as IPv4. Every other prefix is returned unchanged.
+pub fn normalize_ipv4_mapped(net: IpNet) -> IpNet {
+    let IpNet::V6(v6) = net else {
+        return net;
+    };
+    match v6.addr().to_ipv4_mapped() {
+        Some(v4) if v6.prefix_len() >= 96 => {
+            Ipv4Net::new(v4, v6.prefix_len() - 96).map_or(net, IpNet::V4)
+        }
+        _ => net,
+    }
+}
+
+/// Checks that a service name is a lowercase slug (`a-z`, `0-9`, `-`, at
+/// most [`MAX_SERVICE_NAME`] characters).
+pub fn check_service_name(name: &str) -> Result<(), LineProblem> {
     let valid = !name.is_empty()
         && name.len() <= MAX_SERVICE_NAME
         && name
@@ -146,7 +164,8 @@ pub struct FamilyCounts {
     pub ipv6: u64,
 }
 
-fn read_file(path: &Path) -> Result<String, FeedError> {
+/// Reads a feed file as text; the error names the file.
+pub fn read_file(path: &Path) -> Result<String, FeedError> {
     std::fs::read_to_string(path).map_err(|source| FeedError::Read {
         origin: path.display().to_string(),
         source,
@@ -220,6 +239,12 @@ impl WatchedSet {
 /// skipped, and anything after the first comma or blank is ignored (so the
 /// `cidr,label,source` CSV shape works too, its header line included).
 pub fn parse_prefix_list(origin: &str, text: &str) -> Result<Vec<IpNet>, FeedError> {
+    let lines = parse_prefix_list_lines(origin, text)?;
+    Ok(lines.into_iter().map(|(_, net)| net).collect())
+}
+
+/// [`parse_prefix_list`], each prefix with its line number (from 1).
+pub fn parse_prefix_list_lines(origin: &str, text: &str) -> Result<Vec<(u64, IpNet)>, FeedError> {
     let mut prefixes = Vec::new();
     for (index, line) in text.lines().enumerate() {
         let content = line.split('#').next().unwrap_or("").trim();
@@ -233,12 +258,13 @@ pub fn parse_prefix_list(origin: &str, text: &str) -> Result<Vec<IpNet>, FeedErr
         if prefixes.is_empty() && field.eq_ignore_ascii_case("cidr") {
             continue;
         }
+        let line = index as u64 + 1;
         let net = parse_prefix(field).map_err(|problem| FeedError::Line {
             origin: origin.to_string(),
-            line: index as u64 + 1,
+            line,
             problem,
         })?;
-        prefixes.push(net);
+        prefixes.push((line, net));
     }
     Ok(prefixes)
 }
@@ -383,6 +409,19 @@ fn count_nested(endpoints: &[Endpoint], warnings: &mut FeedWarnings) {
 /// A CSV feed whose header names a `cidr` and a `service` column (others are
 /// ignored). Lines starting with `#` are comments.
 pub fn parse_endpoint_csv(origin: &str, text: &str) -> Result<Vec<Endpoint>, FeedError> {
+    let rows = parse_endpoint_rows(origin, text)?;
+    Ok(rows.into_iter().map(|row| row.endpoint).collect())
+}
+
+/// One row of a feed file and the line it is on (from 1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedRow {
+    pub line: u64,
+    pub endpoint: Endpoint,
+}
+
+/// [`parse_endpoint_csv`], each row with its line number.
+pub fn parse_endpoint_rows(origin: &str, text: &str) -> Result<Vec<FeedRow>, FeedError> {
     let mut reader = csv::ReaderBuilder::new()
         .comment(Some(b'#'))
         .flexible(true)
@@ -401,13 +440,14 @@ pub fn parse_endpoint_csv(origin: &str, text: &str) -> Result<Vec<Endpoint>, Fee
     let service_column = column("service").ok_or_else(|| missing("service"))?;
 
     let mut rows = Vec::new();
+    let mut lines = LineCounter::new(text);
     for record in reader.records() {
         let record = record.map_err(|error| FeedError::Line {
             origin: origin.to_string(),
-            line: error.position().map_or(0, csv::Position::line),
+            line: lines.line_of(error.position()),
             problem: LineProblem::Csv(error.to_string()),
         })?;
-        let line = record.position().map_or(0, csv::Position::line);
+        let line = lines.line_of(record.position());
         let fail = |problem| FeedError::Line {
             origin: origin.to_string(),
             line,
@@ -423,12 +463,85 @@ pub fn parse_endpoint_csv(origin: &str, text: &str) -> Result<Vec<Endpoint>, Fee
             .ok_or_else(|| fail(LineProblem::MissingField("service")))?;
         let net = parse_prefix(cidr).map_err(fail)?;
         check_service_name(service).map_err(fail)?;
-        rows.push(Endpoint {
-            net,
-            service: service.to_string(),
+        rows.push(FeedRow {
+            line,
+            endpoint: Endpoint {
+                net,
+                service: service.to_string(),
+            },
         });
     }
     Ok(rows)
+}
+
+/// Line numbers (from 1) of CSV records, counted in the text itself: the
+/// csv crate's own count is off for the first record after blank lines
+/// (BurntSushi/rust-csv#208), and its byte offset points at the start of
+/// the blank and comment lines it skipped, so those are skipped here.
+/// Records are asked for in order, so each byte is counted once.
+struct LineCounter<'a> {
+    text: &'a str,
+    offset: usize,
+    line: u64,
+}
+
+impl<'a> LineCounter<'a> {
+    fn new(text: &'a str) -> Self {
+        Self {
+            text,
+            offset: 0,
+            line: 1,
+        }
+    }
+
+    /// The line of the record at `position`; 0 when unknown.
+    fn line_of(&mut self, position: Option<&csv::Position>) -> u64 {
+        let Some(position) = position else {
+            return 0;
+        };
+        let text = self.text;
+        let mut target = usize::try_from(position.byte())
+            .unwrap_or(text.len())
+            .min(text.len());
+        while let Some(rest) = text.get(target..) {
+            let end = rest.find('\n').map_or(rest.len(), |end| end + 1);
+            let line = &rest[..end];
+            let skipped = line.trim_end_matches(['\r', '\n']).is_empty() || line.starts_with('#');
+            if end == 0 || !skipped {
+                break;
+            }
+            target += end;
+        }
+        if target < self.offset {
+            self.offset = 0;
+            self.line = 1;
+        }
+        let between = text.as_bytes().get(self.offset..target).unwrap_or_default();
+        self.line += between.iter().filter(|&&byte| byte == b'\n').count() as u64;
+        self.offset = target;
+        self.line
+    }
+}
+
+/// A plain list of one service's prefixes: one per line, `#` comments and
+/// blank lines skipped, as [`parse_prefix_list`] reads it. `service` must
+/// pass [`check_service_name`].
+pub fn parse_service_list(
+    origin: &str,
+    text: &str,
+    service: &str,
+) -> Result<Vec<FeedRow>, FeedError> {
+    let lines = parse_prefix_list_lines(origin, text)?;
+    Ok(lines
+        .into_iter()
+        .map(|(line, net)| FeedRow {
+            line,
+            endpoint: Endpoint {
+                net,
+                service: service.to_string(),
+            },
+        })
+        .collect())
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -572,6 +685,70 @@ mod tests {
         assert_eq!(
             error.to_string(),
             "--watch 10.0.0.0/40: bad CIDR \"10.0.0.0/40\""
+        );
+    }
+
+    #[test]
+    fn ipv4_mapped_ipv6_prefixes_are_read_as_ipv4() {
+        let cases = [
+            ("::ffff:198.51.100.7", "198.51.100.7/32"),
+            ("::ffff:198.51.100.0/120", "198.51.100.0/24"),
+            ("::ffff:0.0.0.0/96", "0.0.0.0/0"),
+            ("::ffff:c633:6400/120", "198.51.100.0/24"),
+            // Not mapped, or shorter than the mapped /96: IPv6 as before.
+            ("2001:db8::/32", "2001:db8::/32"),
+            ("::/80", "::/80"),
+            ("::198.51.100.7", "::c633:6407/128"),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(parse_prefix(text).unwrap().to_string(), expected, "{text}");
+        }
+        assert_eq!(
+            parse_prefix("::ffff:198.51.100.7/120").unwrap_err(),
+            LineProblem::HostBitsSet {
+                given: "::ffff:198.51.100.7/120".into(),
+                network: "198.51.100.0/24".into()
+            }
+        );
+        // `run` reads feeds and watched lists with the same rule.
+        let rows = parse_endpoint_csv("f", "cidr,service\n::ffff:192.0.2.1,pia\n").unwrap();
+        assert_eq!(rows[0].net.to_string(), "192.0.2.1/32");
+        let watched = WatchedSet::from_arguments(&["::ffff:175.45.176.0/118".into()], &[]).unwrap();
+        assert_eq!(watched.v4, ["175.45.176.0/22".parse::<Ipv4Net>().unwrap()]);
+    }
+
+    #[test]
+    fn rows_and_plain_lists_keep_their_line_numbers() {
+        let rows = parse_endpoint_rows(
+            "f",
+            "# c\ncidr,service\n\n1.2.3.0/24,pia\n\n\n# x\n\n5.0.0.0/8,a\n# y\n6.0.0.0/8,b\n\r\n7.0.0.0/8,c\n",
+        )
+        .unwrap();
+        let lines: Vec<u64> = rows.iter().map(|row| row.line).collect();
+        assert_eq!(lines, [4, 9, 11, 13]);
+        // Blank lines before the header, and an error after blank lines.
+        let rows = parse_endpoint_rows("f", "\n\ncidr,service\n1.0.0.0/8,a\n").unwrap();
+        assert_eq!(rows[0].line, 4);
+        assert_eq!(
+            feed_error("cidr,service\n\n\n# old\n\n1.2.3.4/24,pia\n"),
+            "feed.csv: line 6: host bits set in 1.2.3.4/24 (did you mean 1.2.3.0/24?)"
+        );
+        let rows = parse_service_list("l", "# pia\n\n1.2.3.0/24\n5.6.7.8 # host\n", "pia").unwrap();
+        let lines: Vec<(u64, String)> = rows
+            .iter()
+            .map(|row| {
+                (
+                    row.line,
+                    format!("{} {}", row.endpoint.net, row.endpoint.service),
+                )
+            })
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                (3, "1.2.3.0/24 pia".to_string()),
+                (4, "5.6.7.8/32 pia".to_string())
+            ]
         );
     }
 

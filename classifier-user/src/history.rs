@@ -5,8 +5,7 @@
 use std::{
     cmp::{Ordering, Reverse},
     collections::{BTreeMap, BTreeSet, HashMap, HashSet, btree_map::Entry},
-    fmt,
-    io::{self, Write as _},
+    fmt, io,
     net::IpAddr,
     path::{Path, PathBuf},
 };
@@ -136,9 +135,7 @@ pub fn report(args: &ReportArgs) -> Result<(), Box<dyn std::error::Error>> {
 
 /// Writes without panicking when stdout is closed (e.g. piped to `head`).
 fn write_stdout(text: &str) -> io::Result<()> {
-    let mut stdout = io::stdout().lock();
-    stdout.write_all(text.as_bytes())?;
-    stdout.flush()
+    crate::report::write_stdout(text)
 }
 
 // ---------------------------------------------------------------------------

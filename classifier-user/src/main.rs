@@ -20,6 +20,7 @@ fn main() -> ExitCode {
         Command::Pcap(args) => replay::pcap(&args),
         Command::Generate(args) => generate::generate(&args),
         Command::Report(args) => history::report(&args),
+        Command::Feeds(command) => classifier_user::feedcheck::feeds(&command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

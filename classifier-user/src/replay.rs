@@ -298,7 +298,7 @@ pub fn pcap(args: &PcapArgs) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(pseudonymizer) = &replay.pseudonymizer {
         pseudonymizer.apply(&mut report);
     }
-    print!("{}", report.render(args.format));
+    crate::report::write_stdout(&report.render(args.format))?;
     Ok(())
 }
 

@@ -197,6 +197,20 @@ pub struct ReportContext {
     pub feeds: Vec<FeedOrigin>,
 }
 
+/// Writes command output to stdout. A reader that went away (`| head`)
+/// ends the output quietly: that is not an error of ours.
+pub fn write_stdout(text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
+}
+
 /// An RFC 3339 time as a comparable value (text compares wrongly when
 /// fractions have different lengths); unparsable text sorts first.
 pub fn parse_time(text: &str) -> Option<OffsetDateTime> {

@@ -93,20 +93,23 @@ impl RunConfig {
                 ifaces.push(iface.clone());
             }
         }
-        if let Some(dir) = &args.snapshot_dir {
-            // A folder that cannot be made is refused before loading.
-            std::fs::create_dir_all(dir)
-                .map_err(|source| RunError::Snapshot(SnapshotError::new(dir, source)))?;
-        }
         let pseudonymizer = match &args.pseudonymize_key {
             Some(path) => Some(Pseudonymizer::from_file(path)?),
             None => None,
         };
+        let watched = WatchedSet::from_arguments(&args.feeds.watch, &args.feeds.watch_files)?;
+        let endpoints = EndpointFeed::from_arguments(&args.feeds.endpoint_files)?;
+        if let Some(dir) = &args.snapshot_dir {
+            // A folder that cannot be made is refused before loading (and
+            // only once the feeds were accepted).
+            std::fs::create_dir_all(dir)
+                .map_err(|source| RunError::Snapshot(SnapshotError::new(dir, source)))?;
+        }
         Ok(Self {
             ifaces,
             mode: args.xdp_mode,
-            watched: WatchedSet::from_arguments(&args.feeds.watch, &args.feeds.watch_files)?,
-            endpoints: EndpointFeed::from_arguments(&args.feeds.endpoint_files)?,
+            watched,
+            endpoints,
             interval: args.interval,
             format: args.report_format,
             capacities: Capacities {
@@ -167,7 +170,7 @@ pub fn run(args: &RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     let config = RunConfig::from_args(args)?;
     let format = config.format;
     let report = run_config(config)?;
-    print!("{}", report.render(format));
+    crate::report::write_stdout(&report.render(format))?;
     Ok(())
 }
 
@@ -676,7 +679,7 @@ fn finish(mut daemon: Daemon, config: &RunConfig, start_unix_ns: i64) -> Result<
             "{unwritten} snapshot(s) could not be written; the next `classifier run` adopting the program resumes after the last one written, so their counts land in its first snapshot"
         );
     } else if unwritten > 0 {
-        print!("{}", report.render(config.format));
+        let _ = crate::report::write_stdout(&report.render(config.format));
         return Err(RunError::SnapshotsLost(unwritten));
     }
     Ok(report)

@@ -68,10 +68,9 @@ pub fn stats(args: &StatsArgs) -> Result<(), Box<dyn std::error::Error>> {
     };
     let mut previous = sample(&pinned)?;
     if args.json && args.watch.is_none() {
-        print!(
-            "{}",
-            report(&pinned, &previous, key.as_ref()).render(crate::report::ReportFormat::Json)
-        );
+        let json =
+            report(&pinned, &previous, key.as_ref()).render(crate::report::ReportFormat::Json);
+        crate::report::write_stdout(&json)?;
         return Ok(());
     }
     let period = args.watch.unwrap_or(Duration::from_secs(1));
@@ -93,8 +92,14 @@ pub fn stats(args: &StatsArgs) -> Result<(), Box<dyn std::error::Error>> {
                 view
             }
         };
-        stdout.write_all(text.as_bytes())?;
-        stdout.flush()?;
+        match stdout
+            .write_all(text.as_bytes())
+            .and_then(|()| stdout.flush())
+        {
+            // The reader went away (`| head`): done.
+            Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            result => result?,
+        }
         if args.watch.is_none() {
             return Ok(());
         }

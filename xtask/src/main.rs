@@ -58,6 +58,17 @@ enum Task {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// Differential fuzzing, longer than the integration tests' fixed run
+    /// (needs root): random and mutated frames through the XDP program and
+    /// an independent etherparse-based oracle (tests/tests/fuzz.rs).
+    Fuzz {
+        /// How many frames.
+        #[arg(long, default_value_t = 2_000_000)]
+        frames: u64,
+        /// The generator's seed (default: the test's fixed seed).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// Run every test: lint, unit tests, then the integration tests that
     /// load the program into the kernel (needs root).
     Test {
@@ -89,6 +100,7 @@ fn main() -> Result<()> {
             lint()
         }
         Task::Test { filter } => test(&filter),
+        Task::Fuzz { frames, seed } => fuzz(frames, seed),
         Task::Bench { quick, json } => bench(quick, json.as_deref()),
         Task::Demo { duration, seed } => {
             build()?;
@@ -391,6 +403,26 @@ fn test(filter: &[String]) -> Result<()> {
         demo_check(&binary)?;
     }
     Ok(())
+}
+
+/// The fuzz test of the integration tests with `frames` frames (and
+/// `seed`, if given) instead of its fixed run.
+fn fuzz(frames: u64, seed: Option<u64>) -> Result<()> {
+    let object = build()?;
+    ensure!(is_root(), "fuzzing loads BPF programs and needs root");
+    let root = workspace_root();
+    let mut cargo = command("cargo");
+    cargo
+        .args(["test", "--package", "classifier-tests", "--test", "fuzz"])
+        .args(["--", "--nocapture"])
+        .env("CLASSIFIER_EBPF_OBJECT", &object)
+        .env("CLASSIFIER_BIN", root.join("target/release/classifier"))
+        .env("FUZZ_FRAMES", frames.to_string())
+        .current_dir(&root);
+    if let Some(seed) = seed {
+        cargo.env("FUZZ_SEED", seed.to_string());
+    }
+    run(&mut cargo)
 }
 
 /// The demo as a test: short, non-interactive, its report checked against
