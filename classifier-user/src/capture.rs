@@ -835,28 +835,7 @@ mod tests {
     /// outside the repository, so tests using them skip when it is missing.
     const SHARED_CAPTURES: &str = "/work/shared/data/pcap";
 
-    /// A fresh folder under the system temp folder, removed when dropped.
-    struct TempFolder(PathBuf);
-
-    impl TempFolder {
-        fn new(name: &str) -> Self {
-            let path = std::env::temp_dir()
-                .join(format!("classifier-capture-{}-{name}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&path);
-            std::fs::create_dir_all(&path).unwrap();
-            Self(path)
-        }
-
-        fn file(&self, name: &str) -> PathBuf {
-            self.0.join(name)
-        }
-    }
-
-    impl Drop for TempFolder {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::test_support::TempFolder;
 
     /// A 20-byte IPv4 header (192.0.2.1 -> 198.51.100.2, UDP) and `payload_len` zeros.
     fn ipv4_packet(payload_len: usize) -> Vec<u8> {

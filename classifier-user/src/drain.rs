@@ -70,21 +70,11 @@ impl KernelReading {
 }
 
 fn sum_totals(values: &PerCpuValues<Totals>) -> Totals {
-    let mut sum: Totals = bytemuck::Zeroable::zeroed();
-    for cpu in values.iter() {
-        sum.bytes += cpu.bytes;
-        sum.ipv4 += cpu.ipv4;
-        sum.ipv6 += cpu.ipv6;
-        sum.other += cpu.other;
-        sum.watched += cpu.watched;
-        sum.matched += cpu.matched;
-        sum.flow_inserts += cpu.flow_inserts;
-        sum.flow_insert_failures += cpu.flow_insert_failures;
-        for (total, count) in sum.malformed.iter_mut().zip(cpu.malformed) {
-            *total += count;
-        }
-    }
-    sum
+    values
+        .iter()
+        .fold(bytemuck::Zeroable::zeroed(), |sum, cpu| {
+            totals_plus(&sum, cpu)
+        })
 }
 
 fn sum_services(values: &PerCpuValues<ServiceCounters>) -> ServiceCounters {
@@ -411,30 +401,25 @@ const EMPTY_BASELINE: Baseline = Baseline {
     first_seen_ns: 0,
 };
 
-/// `a - b`, field by field (never below zero).
-pub fn totals_minus(a: &Totals, b: &Totals) -> Totals {
+/// `op` applied to every counter of `a` and `b` (Totals is all u64s).
+fn totals_fieldwise(a: &Totals, b: &Totals, op: impl Fn(u64, u64) -> u64) -> Totals {
     let mut out = *a;
-    {
-        let out: &mut [u64] = bytemuck::cast_slice_mut(std::slice::from_mut(&mut out));
-        let b: &[u64] = bytemuck::cast_slice(std::slice::from_ref(b));
-        for (value, minus) in out.iter_mut().zip(b) {
-            *value = value.saturating_sub(*minus);
-        }
+    let fields: &mut [u64] = bytemuck::cast_slice_mut(std::slice::from_mut(&mut out));
+    let others: &[u64] = bytemuck::cast_slice(std::slice::from_ref(b));
+    for (value, other) in fields.iter_mut().zip(others) {
+        *value = op(*value, *other);
     }
     out
 }
 
+/// `a - b`, field by field (never below zero).
+pub fn totals_minus(a: &Totals, b: &Totals) -> Totals {
+    totals_fieldwise(a, b, u64::saturating_sub)
+}
+
 /// `a + b`, field by field.
 fn totals_plus(a: &Totals, b: &Totals) -> Totals {
-    let mut out = *a;
-    {
-        let out: &mut [u64] = bytemuck::cast_slice_mut(std::slice::from_mut(&mut out));
-        let b: &[u64] = bytemuck::cast_slice(std::slice::from_ref(b));
-        for (value, plus) in out.iter_mut().zip(b) {
-            *value += *plus;
-        }
-    }
-    out
+    totals_fieldwise(a, b, u64::wrapping_add)
 }
 
 /// `a - b` per service and field; services missing from `b` count from zero.

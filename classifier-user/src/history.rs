@@ -926,28 +926,7 @@ mod tests {
     use super::*;
     use crate::report::{Coverage, PreviousSnapshot, SnapshotInfo};
 
-    /// A fresh folder under the system temp folder, removed when dropped.
-    struct TempFolder(PathBuf);
-
-    impl TempFolder {
-        fn new(name: &str) -> Self {
-            let path = std::env::temp_dir()
-                .join(format!("classifier-history-{}-{name}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&path);
-            std::fs::create_dir_all(&path).unwrap();
-            Self(path)
-        }
-
-        fn file(&self, name: &str) -> PathBuf {
-            self.0.join(name)
-        }
-    }
-
-    impl Drop for TempFolder {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::test_support::TempFolder;
 
     const NORDVPN: &str = "nordvpn";
     const TOR: &str = "tor";

@@ -20,5 +20,7 @@ pub mod report;
 pub mod run;
 pub mod snapshot;
 pub mod stats;
+#[cfg(test)]
+mod test_support;
 pub mod testrun;
 pub mod v4_table;

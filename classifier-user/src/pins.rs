@@ -499,7 +499,17 @@ impl PinnedSensor {
 /// `flock` on the folder, held while the returned file is open): two
 /// daemons draining one program would write each other's snapshots.
 pub fn lock_set(dir: &Path) -> Result<std::fs::File, PinError> {
-    let folder = std::fs::File::open(dir).map_err(|error| path_error(dir, error))?;
+    match try_lock_folder(dir) {
+        Ok(Some(folder)) => Ok(folder),
+        Ok(None) => Err(PinError::Busy(dir.to_path_buf())),
+        Err(error) => Err(path_error(dir, error)),
+    }
+}
+
+/// An exclusive, non-blocking `flock` on a folder, held while the returned
+/// file is open; `None` when another process holds it.
+pub fn try_lock_folder(dir: &Path) -> std::io::Result<Option<std::fs::File>> {
+    let folder = std::fs::File::open(dir)?;
     // SAFETY: flock on a valid, open fd.
     let locked = unsafe {
         libc::flock(
@@ -507,15 +517,15 @@ pub fn lock_set(dir: &Path) -> Result<std::fs::File, PinError> {
             libc::LOCK_EX | libc::LOCK_NB,
         )
     };
-    if locked != 0 {
-        let error = std::io::Error::last_os_error();
-        return Err(if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            PinError::Busy(dir.to_path_buf())
-        } else {
-            path_error(dir, error)
-        });
+    if locked == 0 {
+        return Ok(Some(folder));
     }
-    Ok(folder)
+    let error = std::io::Error::last_os_error();
+    if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(None)
+    } else {
+        Err(error)
+    }
 }
 
 /// Pins (or re-pins, replacing the previous pins) a sensor's feed maps:

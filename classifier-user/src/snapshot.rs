@@ -555,24 +555,13 @@ fn remove_stale_temporaries(dir: &Path) {
 /// held while the file is open): two daemons would overwrite each other's
 /// state file.
 fn lock_folder(dir: &Path) -> Result<std::fs::File, SnapshotError> {
-    let folder = std::fs::File::open(dir).map_err(io_error(dir))?;
-    // SAFETY: flock on a valid, open fd.
-    let locked = unsafe {
-        libc::flock(
-            std::os::fd::AsRawFd::as_raw_fd(&folder),
-            libc::LOCK_EX | libc::LOCK_NB,
-        )
-    };
-    if locked != 0 {
-        let error = std::io::Error::last_os_error();
-        let error = if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            std::io::Error::other(
-                "another classifier is writing snapshots here; give each sensor its own folder",
-            )
-        } else {
-            error
-        };
-        return Err(io_error(dir)(error));
-    }
-    Ok(folder)
+    crate::pins::try_lock_folder(dir)
+        .and_then(|folder| {
+            folder.ok_or_else(|| {
+                std::io::Error::other(
+                    "another classifier is writing snapshots here; give each sensor its own folder",
+                )
+            })
+        })
+        .map_err(io_error(dir))
 }

@@ -39,6 +39,19 @@ pub fn classifier_binary() -> PathBuf {
     path
 }
 
+/// A path as the `&str` a command-line argument needs.
+pub fn path_str(path: &std::path::Path) -> &str {
+    path.to_str().expect("UTF-8 path")
+}
+
+/// `classifier ARGS…` run to completion (no namespace).
+pub fn run_classifier(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(classifier_binary())
+        .args(args)
+        .output()
+        .expect("run classifier")
+}
+
 /// The endpoint feed the tests load: nested prefixes of different services
 /// in both families, so longest-prefix matching is exercised.
 pub const TEST_FEED: &str = "\

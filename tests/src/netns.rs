@@ -72,6 +72,25 @@ impl Namespace {
         enter_namespace(&self.name)
     }
 
+    /// `GET path` over HTTP/1.1 to `address` from inside the namespace;
+    /// the whole response, head and body.
+    pub fn http_get(&self, address: &str, path: &str) -> String {
+        use std::io::{Read, Write};
+        let name = self.name.clone();
+        let address = address.to_string();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: sensor\r\nConnection: close\r\n\r\n");
+        std::thread::spawn(move || {
+            enter_namespace(&name).expect("enter the namespace");
+            let mut stream = std::net::TcpStream::connect(&address).expect("connect");
+            stream.write_all(request.as_bytes()).expect("request");
+            let mut response = String::new();
+            stream.read_to_string(&mut response).expect("response");
+            response
+        })
+        .join()
+        .expect("HTTP thread")
+    }
+
     /// A command that will run inside the namespace.
     pub fn command(&self, program: &std::path::Path) -> Command {
         let mut command = Command::new("ip");

@@ -3,26 +3,15 @@
 //! (raw IP, pcapng) are read and classified; snapshots follow the capture's
 //! clock; bad files are refused with file and frame named.
 
-use std::{path::Path, process::Command};
+use std::path::Path;
 
 use classifier_tests::{
     classifier_binary,
     daemon::{Daemon, services, temp_dir},
     netns::VethLink,
-    require_root,
+    path_str as text, require_root, run_classifier as classifier,
 };
 use serde_json::Value;
-
-fn text(path: &Path) -> &str {
-    path.to_str().expect("UTF-8 path")
-}
-
-fn classifier(args: &[&str]) -> std::process::Output {
-    Command::new(classifier_binary())
-        .args(args)
-        .output()
-        .expect("run classifier")
-}
 
 fn pcap_report(args: &[&str]) -> Value {
     let mut all = vec!["pcap", "--format", "json"];

@@ -12,16 +12,12 @@ use classifier_tests::{
     daemon::{Daemon, TestMount, services, temp_dir, write_feed},
     frames::FrameSpec,
     netns::VethLink,
-    require_root,
+    path_str as text, require_root,
 };
 
 const CAP_NET_ADMIN: u64 = 1 << 12;
 const CAP_PERFMON: u64 = 1 << 38;
 const CAP_BPF: u64 = 1 << 39;
-
-fn text(path: &Path) -> &str {
-    path.to_str().expect("UTF-8 path")
-}
 
 /// A field of /proc/PID/status ("CapEff", "Uid", …).
 fn status(pid: u32, field: &str) -> String {

@@ -3,7 +3,6 @@
 //! attached), and a bad feed is refused whole while the old one serves on.
 
 use std::{
-    io::{Read, Write},
     path::Path,
     process::Command,
     sync::atomic::{AtomicBool, AtomicU64, Ordering},
@@ -15,13 +14,9 @@ use classifier_tests::{
     daemon::{Daemon, TestMount, services, temp_dir, write_feed},
     frames::FrameSpec,
     netns::VethLink,
-    require_root,
+    path_str as text, require_root,
 };
 use serde_json::Value;
-
-fn text(path: &Path) -> &str {
-    path.to_str().expect("UTF-8 path")
-}
 
 fn service_packets(report: &Value, name: &str) -> u64 {
     services(report)
@@ -37,26 +32,6 @@ fn stats(pins: &Path) -> Value {
         .expect("stats");
     assert!(output.status.success(), "{output:?}");
     serde_json::from_slice(&output.stdout).expect("stats JSON")
-}
-
-fn metrics(link: &VethLink) -> String {
-    let namespace = link.sensor.name.clone();
-    std::thread::spawn(move || {
-        let handle = std::fs::File::open(format!("/run/netns/{namespace}")).expect("netns");
-        // SAFETY: a valid namespace fd; affects this thread only.
-        let entered =
-            unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&handle), libc::CLONE_NEWNET) };
-        assert_eq!(entered, 0);
-        let mut stream = std::net::TcpStream::connect("127.0.0.1:9477").expect("connect");
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: s\r\nConnection: close\r\n\r\n")
-            .expect("request");
-        let mut response = String::new();
-        stream.read_to_string(&mut response).expect("response");
-        response
-    })
-    .join()
-    .expect("metrics thread")
 }
 
 #[test]
@@ -136,7 +111,7 @@ fn a_reload_swaps_feeds_without_a_gap_and_a_bad_feed_leaves_the_old_one() {
         25,
         "the reloaded feed still serves after a refused one"
     );
-    let body = metrics(&link);
+    let body = link.sensor.http_get("127.0.0.1:9477", "/metrics");
     assert!(body.contains("classifier_feed_reloads_total 1"), "{body}");
     assert!(
         body.contains("classifier_feed_reload_failures_total 1"),

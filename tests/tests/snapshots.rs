@@ -7,7 +7,7 @@
 
 use std::{
     collections::BTreeMap,
-    io::{Read, Write},
+    io::Write,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::Duration,
@@ -17,8 +17,8 @@ use classifier_tests::{
     classifier_binary,
     daemon::{Daemon, TestMount, services, temp_dir, write_feed},
     frames::FrameSpec,
-    netns::{Namespace, VethLink},
-    require_root,
+    netns::VethLink,
+    path_str as text, require_root, run_classifier as classifier,
 };
 use serde_json::Value;
 
@@ -132,17 +132,6 @@ fn read_snapshots(dir: &Path) -> Vec<Value> {
             serde_json::from_str(&text).expect("snapshot is JSON")
         })
         .collect()
-}
-
-fn classifier(args: &[&str]) -> std::process::Output {
-    Command::new(classifier_binary())
-        .args(args)
-        .output()
-        .expect("run classifier")
-}
-
-fn text(path: &Path) -> &str {
-    path.to_str().expect("UTF-8 path")
 }
 
 #[test]
@@ -276,27 +265,6 @@ fn snapshots_add_up_exactly_across_boundaries_a_kept_attachment_and_a_kill() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// `GET path` over HTTP/1.1 from inside `namespace`.
-fn http_get(namespace: &Namespace, address: &str, path: &str) -> String {
-    let namespace_name = namespace.name.clone();
-    let address = address.to_string();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: sensor\r\nConnection: close\r\n\r\n");
-    std::thread::spawn(move || {
-        let handle = std::fs::File::open(format!("/run/netns/{namespace_name}")).expect("netns");
-        // SAFETY: a valid namespace fd; affects this thread only.
-        let entered =
-            unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&handle), libc::CLONE_NEWNET) };
-        assert_eq!(entered, 0, "setns");
-        let mut stream = std::net::TcpStream::connect(&address).expect("connect to metrics");
-        stream.write_all(request.as_bytes()).expect("request");
-        let mut response = String::new();
-        stream.read_to_string(&mut response).expect("response");
-        response
-    })
-    .join()
-    .expect("HTTP thread")
-}
-
 #[test]
 fn stats_and_metrics_from_other_processes_match_the_traffic() {
     if !require_root() {
@@ -364,7 +332,7 @@ fn stats_and_metrics_from_other_processes_match_the_traffic() {
     assert_eq!(output.status.code(), Some(1));
     assert!(error.contains("nothing is pinned at"), "{error}");
 
-    let response = http_get(&link.sensor, "127.0.0.1:9477", "/metrics");
+    let response = link.sensor.http_get("127.0.0.1:9477", "/metrics");
     let (head, body) = response.split_once("\r\n\r\n").expect("HTTP response");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     let (alpha_packets, alpha_bytes) = sent.services["alpha"];
@@ -570,7 +538,7 @@ fn a_full_flow_table_keeps_counts_exact_and_shows_evictions_in_metrics_and_snaps
         .collect();
     link.send(&frames).expect("send");
     std::thread::sleep(Duration::from_millis(400));
-    let body = http_get(&link.sensor, "127.0.0.1:9477", "/metrics");
+    let body = link.sensor.http_get("127.0.0.1:9477", "/metrics");
     let metric = |name: &str| -> u64 {
         body.lines()
             .find_map(|line| line.strip_prefix(&format!("{name} ")))

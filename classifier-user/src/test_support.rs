@@ -1,0 +1,25 @@
+//! Helpers for unit tests.
+
+use std::path::PathBuf;
+
+/// A fresh folder under the system temp folder, removed when dropped.
+pub struct TempFolder(pub PathBuf);
+
+impl TempFolder {
+    pub fn new(name: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("classifier-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("temp folder");
+        Self(path)
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempFolder {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
