@@ -202,6 +202,11 @@ fn plain_ipv4(ip: usize, data_end: usize) -> Option<Plain> {
     } else {
         0
     };
+    let l4_len = if l4_len == TCP_HEADER_LEN {
+        tcp_header_len_at(ip + IPV4_HEADER_LEN, data_end)?
+    } else {
+        l4_len
+    };
     if total_len < IPV4_HEADER_LEN + l4_len || ip + total_len > data_end {
         return None;
     }
@@ -219,12 +224,17 @@ fn plain_ipv6(ip: usize, data_end: usize) -> Option<Plain> {
     }
     let payload_len = load_be16(ip + 4) as usize;
     let next_header = load::<u8>(ip + 6);
+    let l4_len = if next_header == PROTO_TCP {
+        tcp_header_len_at(ip + IPV6_HEADER_LEN, data_end)?
+    } else {
+        l4_header_len(FAMILY_V6, next_header)
+    };
     // Extension headers and jumbograms (payload length 0) take the full parser.
     if matches!(
         next_header,
         PROTO_HOPOPTS | PROTO_ROUTING | PROTO_FRAGMENT | PROTO_AH | PROTO_DSTOPTS
     ) || payload_len == 0
-        || payload_len < l4_header_len(FAMILY_V6, next_header)
+        || payload_len < l4_len
         || ip + IPV6_HEADER_LEN + payload_len > data_end
     {
         return None;
@@ -234,6 +244,30 @@ fn plain_ipv6(ip: usize, data_end: usize) -> Option<Plain> {
         src_hint: hint_index_v6_loaded(load::<u32>(ip + 8)),
         dst_hint: hint_index_v6_loaded(load::<u32>(ip + 24)),
     })
+}
+
+/// The length of the TCP header at `tcp` (options included), `None` when
+/// its fixed 20 bytes are not in the frame. Checked against the frame's end
+/// before the IP length checks: after them LLVM would prove this check
+/// redundant and drop it, and the verifier would refuse the load.
+#[inline(always)]
+fn tcp_header_len_at(tcp: usize, data_end: usize) -> Option<usize> {
+    if tcp + TCP_HEADER_LEN > data_end {
+        return None;
+    }
+    Some(tcp_header_len(load::<u8>(tcp + 12)))
+}
+
+/// The TCP header's length from its data offset byte: the 4-byte words it
+/// names, at least the fixed 20 bytes, at most 60.
+#[inline(always)]
+const fn tcp_header_len(data_offset_byte: u8) -> usize {
+    let len = (data_offset_byte >> 4) as usize * 4;
+    if len < TCP_HEADER_LEN {
+        TCP_HEADER_LEN
+    } else {
+        len
+    }
 }
 
 #[inline(always)]
@@ -371,6 +405,9 @@ fn parse_l4<A>(cursor: &mut Cursor, family: u8, packet: &mut Packet<A>) -> Resul
             packet.src_port = load_be16(tcp);
             packet.dst_port = load_be16(tcp + 2);
             packet.tcp_flags = load::<u8>(tcp + 13);
+            // Options: at most 40 bytes, within the IP packet.
+            let options_len = tcp_header_len(load::<u8>(tcp + 12)) - TCP_HEADER_LEN;
+            cursor.skip(options_len & 0x3f).ok_or(truncated)?;
         }
         PROTO_UDP => {
             let udp = cursor.take(UDP_HEADER_LEN).ok_or(truncated)?;

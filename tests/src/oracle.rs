@@ -401,19 +401,12 @@ fn transport_ports(protocol: IpNumber, payload: &[u8], icmp: IpNumber) -> Result
                 dst: tcp.destination_port(),
                 tcp_flags: tcp_flags(&tcp),
             }),
-            // A data offset below 5, or options that run past the packet's
-            // end: the program reads the fixed 20 bytes only (the second is
-            // a documented limit, README "What the XDP program parses",
-            // found by this fuzzer).
-            Err(tcp::HeaderSliceError::Content(_) | tcp::HeaderSliceError::Len(_))
-                if payload.len() >= 20 =>
-            {
-                Ok(Ports {
-                    src: u16::from_be_bytes([payload[0], payload[1]]),
-                    dst: u16::from_be_bytes([payload[2], payload[3]]),
-                    tcp_flags: payload[13],
-                })
-            }
+            // A data offset below 5: the fixed 20 bytes are the header.
+            Err(tcp::HeaderSliceError::Content(_)) if payload.len() >= 20 => Ok(Ports {
+                src: u16::from_be_bytes([payload[0], payload[1]]),
+                dst: u16::from_be_bytes([payload[2], payload[3]]),
+                tcp_flags: payload[13],
+            }),
             Err(_) => Err(()),
         },
         IpNumber::UDP => {

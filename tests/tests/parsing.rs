@@ -424,6 +424,33 @@ fn cases() -> Vec<Case> {
             Malformed(V4, MALFORMED_L4_TRUNCATED),
         ),
         case(
+            "v4 tcp options (data offset 15) past the packet's end",
+            patched(
+                tcp(W4, ALPHA4, 40000, 443).payload(16).build(),
+                ip4 + IPV4_HEADER + 12,
+                &[0xf0],
+            ),
+            Malformed(V4, MALFORMED_L4_TRUNCATED),
+        ),
+        case(
+            "v4 tcp options (data offset 15) within the packet",
+            patched(
+                tcp(W4, ALPHA4, 40000, 443).payload(40).build(),
+                ip4 + IPV4_HEADER + 12,
+                &[0xf0],
+            ),
+            Matched(V4, out("alpha", ALPHA4, 6, 443)),
+        ),
+        case(
+            "v4 tcp data offset 2: the fixed 20 bytes are the header",
+            patched(
+                tcp(W4, ALPHA4, 40000, 443).payload(0).build(),
+                ip4 + IPV4_HEADER + 12,
+                &[0x20],
+            ),
+            Matched(V4, out("alpha", ALPHA4, 6, 443)),
+        ),
+        case(
             "v4 icmp header cut short",
             total_len(
                 truncated(icmp(W4, ALPHA4).payload(0).build(), ip4 + IPV4_HEADER + 2),
@@ -441,6 +468,24 @@ fn cases() -> Vec<Case> {
                 ETH_HEADER + 2 * VLAN_TAG + 8,
             ),
             Malformed(V4, MALFORMED_IPV4_TRUNCATED),
+        ),
+        case(
+            "v6 tcp options (data offset 6) past the packet's end",
+            patched(
+                tcp(W6, ALPHA6, 40000, 443).payload(2).build(),
+                ip6 + IPV6_HEADER + 12,
+                &[0x60],
+            ),
+            Malformed(V6, MALFORMED_L4_TRUNCATED),
+        ),
+        case(
+            "v6 tcp options (data offset 6) within the packet",
+            patched(
+                tcp(W6, ALPHA6, 40000, 443).payload(4).build(),
+                ip6 + IPV6_HEADER + 12,
+                &[0x60],
+            ),
+            Matched(V6, out6("alpha", ALPHA6, 6, 443)),
         ),
         case(
             "v6 header cut short",
