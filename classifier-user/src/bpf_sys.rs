@@ -121,3 +121,59 @@ pub fn link_update(link: BorrowedFd<'_>, program: BorrowedFd<'_>) -> io::Result<
         u32::try_from(program.as_raw_fd()).map_err(io::Error::other)?;
     bpf(bpf_cmd::BPF_LINK_UPDATE, &mut attr).map(|_| ())
 }
+
+/// The bpf_link through which XDP program `program_id` is attached to
+/// interface `if_index`, if it is attached through one (`ip link set xdp`
+/// and libxdp attach through netlink instead).
+pub fn xdp_link_on(if_index: u32, program_id: u32) -> io::Result<Option<std::os::fd::OwnedFd>> {
+    use aya_obj::generated::{bpf_link_info, bpf_link_type};
+    use std::os::fd::FromRawFd;
+    let mut id = 0u32;
+    loop {
+        // SAFETY: bpf_attr is plain old data; all zeroes is valid.
+        let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+        attr.__bindgen_anon_6.__bindgen_anon_1.start_id = id;
+        match bpf(bpf_cmd::BPF_LINK_GET_NEXT_ID, &mut attr) {
+            Ok(_) => {}
+            Err(error) if error.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+            Err(error) => return Err(error),
+        }
+        // SAFETY: the kernel wrote the next id.
+        id = unsafe { attr.__bindgen_anon_6.next_id };
+        // SAFETY: as above.
+        let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+        attr.__bindgen_anon_6.__bindgen_anon_1.link_id = id;
+        let fd = match bpf(bpf_cmd::BPF_LINK_GET_FD_BY_ID, &mut attr) {
+            Ok(fd) => fd,
+            // Gone since it was listed.
+            Err(error) if error.raw_os_error() == Some(libc::ENOENT) => continue,
+            Err(error) => return Err(error),
+        };
+        // SAFETY: BPF_LINK_GET_FD_BY_ID returned a new descriptor we own.
+        let link = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        // SAFETY: bpf_link_info is plain old data; all zeroes is valid.
+        let mut info: bpf_link_info = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+        attr.info.bpf_fd = u32::try_from(link.as_raw_fd()).map_err(io::Error::other)?;
+        attr.info.info_len = u32::try_from(size_of::<bpf_link_info>()).map_err(io::Error::other)?;
+        attr.info.info = std::ptr::from_mut(&mut info) as u64;
+        bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+        // SAFETY: the xdp member is the one an XDP link's info fills.
+        if info.type_ == bpf_link_type::BPF_LINK_TYPE_XDP as u32
+            && info.prog_id == program_id
+            && unsafe { info.__bindgen_anon_1.xdp.ifindex } == if_index
+        {
+            return Ok(Some(link));
+        }
+    }
+}
+
+/// Detaches a bpf_link from whatever it attaches to; the program lives on
+/// while something else holds it.
+pub fn link_detach(link: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: bpf_attr is plain old data; all zeroes is valid.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    attr.link_detach.link_fd = u32::try_from(link.as_raw_fd()).map_err(io::Error::other)?;
+    bpf(bpf_cmd::BPF_LINK_DETACH, &mut attr).map(|_| ())
+}

@@ -130,6 +130,13 @@ pub struct RunArgs {
     #[arg(long)]
     pub keep_attached: bool,
 
+    /// Remove an XDP program another tool attached to an interface (named
+    /// in the refusal without this flag) and attach ours in its place. An
+    /// interface runs one XDP program per mode: without the flag `run`
+    /// refuses to take a DDoS filter's or another sensor's place.
+    #[arg(long)]
+    pub replace: bool,
+
     /// Address of the Prometheus metrics endpoint (`/metrics`), or `off`.
     #[arg(long, value_name = "ADDR|off", default_value = DEFAULT_METRICS_ADDR,
           value_parser = parse_metrics_addr)]

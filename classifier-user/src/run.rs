@@ -41,6 +41,20 @@ pub enum RunError {
     Signals(#[source] std::io::Error),
     #[error(transparent)]
     Pin(#[from] PinError),
+    #[error(
+        "interface {iface}: {program} is already attached; classifier run would take its place (stop the tool that attached it, or pass --replace to remove it)"
+    )]
+    Occupied {
+        iface: String,
+        program: crate::interface_xdp::AttachedProgram,
+    },
+    #[error("interface {iface}: cannot {action} its XDP programs: {source}")]
+    InterfaceXdp {
+        iface: String,
+        action: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Pseudonym(#[from] PseudonymError),
     #[error(transparent)]
@@ -74,6 +88,8 @@ pub struct RunConfig {
     pub capacities: Capacities,
     pub pin_path: PathBuf,
     pub keep_attached: bool,
+    /// Remove another XDP program from the interfaces instead of refusing.
+    pub replace: bool,
     pub metrics_addr: MetricsAddr,
     /// Folder and interval.
     pub snapshots: Option<(PathBuf, Duration)>,
@@ -120,6 +136,7 @@ impl RunConfig {
             },
             pin_path: args.pin_path.clone(),
             keep_attached: args.keep_attached,
+            replace: args.replace,
             metrics_addr: args.metrics_addr,
             snapshots: args
                 .snapshot_dir
@@ -275,6 +292,9 @@ fn adopt_or_load(config: &mut RunConfig) -> Result<(PinnedSensor, std::fs::File)
 /// Loads the program with its counters pinned under `dir/maps` and attaches
 /// it to every interface; returns the attach modes.
 fn load_and_attach(config: &RunConfig, dir: &Path) -> Result<(Sensor, Vec<String>), RunError> {
+    for iface in &config.ifaces {
+        clear_interface(iface, config.replace)?;
+    }
     let maps_dir = dir.join("maps");
     std::fs::create_dir_all(&maps_dir).map_err(|error| {
         RunError::Pin(PinError::Path {
@@ -297,6 +317,30 @@ fn load_and_attach(config: &RunConfig, dir: &Path) -> Result<(Sensor, Vec<String
         modes.push(mode.to_string());
     }
     Ok((sensor, modes))
+}
+
+/// Refuses an interface where another XDP program is attached, naming it,
+/// or with `replace` removes it.
+fn clear_interface(iface: &str, replace: bool) -> Result<(), RunError> {
+    let if_index = interface_index(iface).ok_or_else(|| RunError::NoInterface(iface.into()))?;
+    let failed = |action| {
+        move |source| RunError::InterfaceXdp {
+            iface: iface.to_string(),
+            action,
+            source,
+        }
+    };
+    for program in crate::interface_xdp::attached_programs(if_index).map_err(failed("list"))? {
+        if !replace {
+            return Err(RunError::Occupied {
+                iface: iface.to_string(),
+                program,
+            });
+        }
+        log::warn!("{iface}: --replace: removing {program}");
+        crate::interface_xdp::remove(if_index, &program).map_err(failed("remove"))?;
+    }
+    Ok(())
 }
 
 fn metrics_state(sensor: &PinnedSensor, ledger: &Ledger) -> MetricsState {

@@ -1,0 +1,165 @@
+//! Another XDP program on the interface: `classifier run` refuses to take
+//! its place, naming it, and leaves nothing behind; with `--replace` it
+//! removes it and counts. Both ways a program can be attached: through
+//! netlink (xdp-filter from Debian's xdp-tools, as operators run it) and
+//! through a bpf_link (held by this test).
+
+use std::{os::fd::AsFd as _, sync::mpsc, time::Duration};
+
+use classifier_tests::{
+    classifier_binary,
+    daemon::{Daemon, TestMount, services, temp_dir, write_feed},
+    frames::FrameSpec,
+    netns::VethLink,
+    path_str as text, require_root,
+};
+
+/// `ip -d link show` of the sensor's interface: the XDP program it runs.
+fn shown(link: &VethLink) -> String {
+    let output = std::process::Command::new("ip")
+        .args([
+            "-n",
+            &link.sensor.name,
+            "-d",
+            "link",
+            "show",
+            &link.sensor_iface,
+        ])
+        .output()
+        .expect("ip link show");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// `classifier run` without `--replace`: must fail, naming the program.
+fn refused(link: &VethLink, feed: &std::path::Path, pins: &std::path::Path) -> String {
+    let output = link
+        .sensor
+        .command(&classifier_binary())
+        .args([
+            "run",
+            "--iface",
+            &link.sensor_iface,
+            "--metrics-addr",
+            "off",
+        ])
+        .args(["--endpoints", text(feed), "--pin-path", text(pins)])
+        .args(["--watch", "175.45.176.0/22"])
+        .output()
+        .expect("run classifier");
+    let error = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(1), "{error}");
+    assert!(
+        error.contains(&format!("interface {}: XDP program", link.sensor_iface))
+            && error.contains("is already attached")
+            && error.contains("--replace"),
+        "{error}"
+    );
+    assert!(
+        !pins.join(&link.sensor_iface).join("META").exists(),
+        "no pins left behind"
+    );
+    error
+}
+
+/// With `--replace` the daemon removes the other program, attaches, counts
+/// exactly, and on SIGTERM leaves the interface without any program.
+fn replaced(link: &VethLink, feed: &std::path::Path, pins: &std::path::Path, removed: &str) {
+    let daemon = Daemon::start(link, feed, &["--replace", "--pin-path", text(pins)]);
+    assert!(
+        daemon.said(&format!("--replace: removing {removed}")),
+        "{:?}",
+        daemon.stderr_seen
+    );
+    let now = shown(link);
+    assert!(now.contains("name classifier"), "ours attached: {now}");
+    link.send(&[FrameSpec::udp("175.45.176.1", "198.51.100.10", 1, 443).build()])
+        .expect("send");
+    let (report, _) = daemon.stop(libc::SIGTERM);
+    assert_eq!(services(&report)["alpha"]["packets"], 1);
+    let after = shown(link);
+    assert!(
+        !after.contains("prog/xdp"),
+        "nothing attached after: {after}"
+    );
+}
+
+#[test]
+fn a_program_attached_through_netlink_is_named_and_only_replaced_when_asked() {
+    if !require_root() {
+        return;
+    }
+    let dir = temp_dir("attach-netlink");
+    let feed = write_feed(&dir);
+    let pins = TestMount::bpf(&dir.join("bpf"));
+    let link = VethLink::create("attnl").expect("namespaces and veth");
+    link.sensor
+        .exec_quiet(&["xdp-filter", "load", &link.sensor_iface, "--mode", "skb"])
+        .expect("xdp-filter (Debian xdp-tools; `cargo xtask bench` installs it) loads");
+    assert!(shown(&link).contains("xdpfilt_alw_all"));
+
+    let error = refused(&link, &feed, &pins.path);
+    assert!(
+        error.contains("XDP program \"xdpfilt_alw_all\"") && error.contains("generic mode"),
+        "{error}"
+    );
+    assert!(
+        shown(&link).contains("xdpfilt_alw_all"),
+        "the filter still runs after the refusal"
+    );
+
+    replaced(&link, &feed, &pins.path, "XDP program \"xdpfilt_alw_all\"");
+    drop(pins);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_program_attached_through_a_bpf_link_is_named_and_only_replaced_when_asked() {
+    if !require_root() {
+        return;
+    }
+    let dir = temp_dir("attach-link");
+    let feed = write_feed(&dir);
+    let pins = TestMount::bpf(&dir.join("bpf"));
+    let link = VethLink::create("attlnk").expect("namespaces and veth");
+
+    // A thread in the sensor namespace attaches an XDP_PASS program with a
+    // bpf_link and holds it until the test is done with it.
+    let (attached, wait_attached) = mpsc::channel();
+    let (release, wait_release) = mpsc::channel::<()>();
+    std::thread::scope(|scope| {
+        let held_link = &link;
+        scope.spawn(move || {
+            held_link
+                .sensor
+                .enter_on_this_thread()
+                .expect("enter the namespace");
+            let program = classifier_user::testrun::load_constant_xdp(2).expect("load XDP_PASS");
+            let if_index = classifier_user::loader::interface_index(&held_link.sensor_iface)
+                .expect("interface");
+            let held = classifier_user::testrun::attach_xdp_link(program.as_fd(), if_index)
+                .expect("attach with a bpf_link");
+            attached.send(()).expect("tell the test");
+            let _ = wait_release.recv_timeout(Duration::from_secs(120));
+            drop(held);
+        });
+        wait_attached
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the holder attached");
+        assert!(shown(&link).contains("prog/xdp"));
+
+        let error = refused(&link, &feed, &pins.path);
+        assert!(
+            error.contains("XDP program id ") && error.contains("native mode"),
+            "{error}"
+        );
+        assert!(
+            shown(&link).contains("prog/xdp"),
+            "still attached after the refusal"
+        );
+
+        replaced(&link, &feed, &pins.path, "XDP program id ");
+        release.send(()).expect("release the holder");
+    });
+    drop(pins);
+    let _ = std::fs::remove_dir_all(dir);
+}
