@@ -219,6 +219,7 @@ pub const HINT_WORDS: usize = HINT_BITS / 64;
 /// other end is a known endpoint.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
 pub struct Totals {
     pub bytes: u64,
     pub ipv4: u64,
@@ -246,6 +247,7 @@ impl Totals {
 /// Per-service counters, indexed by direction ([`DIR_OUTBOUND`], [`DIR_INBOUND`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
 pub struct ServiceCounters {
     pub packets: [u64; DIRECTIONS],
     pub bytes: [u64; DIRECTIONS],

@@ -137,6 +137,17 @@ pub struct RunArgs {
     #[arg(long)]
     pub replace: bool,
 
+    /// Local socket serving live counters, read-only, to `classifier stats`
+    /// run by users without BPF privileges; `off` for none. Default:
+    /// /run/classifier/<interface set>.sock (e.g. eth1+eth2.sock).
+    #[arg(long, value_name = "PATH|off", value_parser = parse_stats_socket)]
+    pub stats_socket: Option<StatsSocket>,
+
+    /// Group (name or number) allowed to read the stats socket (mode 0660).
+    /// Without it only the daemon's user may (mode 0600).
+    #[arg(long, value_name = "GROUP")]
+    pub stats_group: Option<String>,
+
     /// Address of the Prometheus metrics endpoint (`/metrics`), or `off`.
     #[arg(long, value_name = "ADDR|off", default_value = DEFAULT_METRICS_ADDR,
           value_parser = parse_metrics_addr)]
@@ -163,6 +174,21 @@ pub struct RunArgs {
 pub enum MetricsAddr {
     Off,
     On(std::net::SocketAddr),
+}
+
+/// `--stats-socket`: a path, or `off`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatsSocket {
+    Off,
+    At(PathBuf),
+}
+
+pub fn parse_stats_socket(text: &str) -> Result<StatsSocket, String> {
+    match text {
+        "off" => Ok(StatsSocket::Off),
+        "" => Err("give a path, or off".into()),
+        path => Ok(StatsSocket::At(PathBuf::from(path))),
+    }
 }
 
 pub fn parse_metrics_addr(text: &str) -> Result<MetricsAddr, String> {
@@ -301,6 +327,13 @@ pub struct StatsArgs {
     /// Show watched addresses as keyed pseudonyms (as snapshots do).
     #[arg(long, value_name = "FILE")]
     pub pseudonymize_key: Option<PathBuf>,
+
+    /// Read the daemon's stats socket (a socket, or a folder holding one)
+    /// instead of the pinned maps. Without it: the pins as root, else the
+    /// socket in /run/classifier (reading pins takes CAP_BPF; the socket
+    /// takes membership of the daemon's `--stats-group`).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
 }
 
 pub fn parse_seconds(text: &str) -> Result<Duration, String> {

@@ -12,7 +12,7 @@ use std::{
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    cli::{FeedArgs, MetricsAddr, RunArgs},
+    cli::{FeedArgs, MetricsAddr, RunArgs, StatsSocket},
     drain::{self, DrainError, Ledger},
     feeds::{EndpointFeed, FeedError, WatchedSet},
     loader::{
@@ -56,6 +56,8 @@ pub enum RunError {
         source: std::io::Error,
     },
     #[error(transparent)]
+    Live(#[from] crate::live::LiveError),
+    #[error(transparent)]
     Pseudonym(#[from] PseudonymError),
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
@@ -90,6 +92,10 @@ pub struct RunConfig {
     pub keep_attached: bool,
     /// Remove another XDP program from the interfaces instead of refusing.
     pub replace: bool,
+    /// The stats socket: `None` when off; whether the path was chosen.
+    pub stats_socket: Option<(PathBuf, bool)>,
+    /// The group that may read it.
+    pub stats_gid: Option<u32>,
     pub metrics_addr: MetricsAddr,
     /// Folder and interval.
     pub snapshots: Option<(PathBuf, Duration)>,
@@ -121,6 +127,14 @@ impl RunConfig {
             std::fs::create_dir_all(dir)
                 .map_err(|source| RunError::Snapshot(SnapshotError::new(dir, source)))?;
         }
+        let stats_socket = match &args.stats_socket {
+            Some(StatsSocket::Off) => None,
+            Some(StatsSocket::At(path)) => Some((path.clone(), true)),
+            None => Some((
+                crate::live::default_socket(&pins::interface_set_dir(&args.pin_path, &ifaces)),
+                false,
+            )),
+        };
         Ok(Self {
             ifaces,
             mode: args.xdp_mode,
@@ -137,6 +151,12 @@ impl RunConfig {
             pin_path: args.pin_path.clone(),
             keep_attached: args.keep_attached,
             replace: args.replace,
+            stats_socket,
+            stats_gid: args
+                .stats_group
+                .as_deref()
+                .map(crate::live::group_id)
+                .transpose()?,
             metrics_addr: args.metrics_addr,
             snapshots: args
                 .snapshot_dir
@@ -544,6 +564,22 @@ pub fn run_config(mut config: RunConfig) -> Result<Report, RunError> {
             ),
         };
 
+        let stats_socket = match &config.stats_socket {
+            None => None,
+            Some((path, chosen)) => match crate::live::bind(path, config.stats_gid) {
+                Ok(socket) => Some(socket),
+                Err(error) if *chosen => return Err(error.into()),
+                // The default place may not be ours to write (no /run
+                // access): counting matters more; root still reads pins.
+                Err(error) => {
+                    log::warn!(
+                        "{error}: live counters for users without BPF privileges are off (choose --stats-socket PATH, or off)"
+                    );
+                    None
+                }
+            },
+        };
+
         // The lock is held until the daemon ends (dropped with `_lock`).
         let (sensor, _lock) = adopt_or_load(&mut config)?;
         // The kernel holds the feed now; only its origins go in the report.
@@ -597,6 +633,20 @@ pub fn run_config(mut config: RunConfig) -> Result<Report, RunError> {
                 }
             ),
             Err(error) => log::warn!("cannot drop capabilities: {error}"),
+        }
+        if let Some(socket) = stats_socket {
+            log::info!(
+                "serving live counters at {}{}",
+                socket.path.display(),
+                config
+                    .stats_gid
+                    .map_or(" (owner only)".to_string(), |gid| format!(
+                        " to group {gid}"
+                    ))
+            );
+            let pin_dir = daemon.sensor.dir.clone();
+            let key = config.pseudonymizer.clone();
+            tokio::spawn(async move { crate::live::serve(&socket, pin_dir, key).await });
         }
         if let Some(listener) = listener {
             if let Ok(addr) = listener.local_addr() {

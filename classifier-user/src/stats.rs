@@ -1,5 +1,6 @@
 //! `classifier stats`: live counters of a running sensor, read from the
-//! maps `classifier run` pinned, from another process (reading never
+//! maps `classifier run` pinned (as root) or from its stats socket (as
+//! anyone in its `--stats-group`), from another process (reading never
 //! changes a counter, so the daemon's counts are unaffected).
 //!
 //! Counts are the kernel's own, cumulative since the program was attached;
@@ -10,6 +11,7 @@
 use std::{
     fmt::Write as _,
     io::{IsTerminal, Write as _},
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
@@ -17,59 +19,97 @@ use classifier_common::{DIR_INBOUND, DIR_OUTBOUND, ServiceCounters, Totals};
 
 use crate::{
     cli::{ReloadArgs, StatsArgs},
-    drain::{self, Ledger},
+    live::{self, LiveError, LiveStats},
     pins::{self, PinnedCounters},
     pseudonym::Pseudonymizer,
-    report::{Report, ReportContext, rfc3339},
-    run::sensor_name,
+    report::{Report, rfc3339},
     snapshot::{now_unix_ns, unix_ns_to_time},
 };
 
-/// One reading of the pinned counters.
+/// Where the readings come from: the pinned maps (takes CAP_BPF) or the
+/// daemon's stats socket (for everyone else).
+enum Source {
+    Pins(Box<PinnedCounters>),
+    Socket(PathBuf),
+}
+
+impl Source {
+    /// The socket when one is named or when not root, else the pins.
+    fn open(args: &StatsArgs) -> Result<Self, Box<dyn std::error::Error>> {
+        // SAFETY: geteuid has no failure mode.
+        let root = unsafe { libc::geteuid() } == 0;
+        Ok(match &args.socket {
+            Some(path) => Self::Socket(live::find_socket(path)?),
+            None if root => Self::Pins(Box::new(pins::open_counters_at(&args.pin_path)?)),
+            None => Self::Socket(live::find_socket(Path::new(live::RUNTIME_DIR))?),
+        })
+    }
+
+    fn read(&self, key: Option<&Pseudonymizer>) -> Result<LiveStats, LiveError> {
+        match self {
+            Self::Pins(pinned) => LiveStats::read(pinned, key),
+            Self::Socket(path) => {
+                let mut stats = live::fetch(path)?;
+                match (&stats.pseudonym_key_id, key) {
+                    (None, Some(key)) => {
+                        key.apply(&mut stats.report);
+                        stats.pseudonym_key_id = Some(key.key_id.clone());
+                    }
+                    (Some(theirs), Some(key)) if *theirs != key.key_id => {
+                        return Err(LiveError::Socket {
+                            path: path.clone(),
+                            problem: format!(
+                                "the daemon serves pseudonyms under key {theirs}; --pseudonymize-key is key {}",
+                                key.key_id
+                            ),
+                        });
+                    }
+                    _ => {}
+                }
+                Ok(stats)
+            }
+        }
+    }
+
+    /// Whether the sensor went away (nothing counts any more).
+    fn stopped(&self) -> Option<String> {
+        match self {
+            // The maps stay readable through our handles, but nothing
+            // counts into them any more.
+            Self::Pins(pinned) => (!pinned.dir.join("META").exists())
+                .then(|| format!("its pins under {} are gone", pinned.dir.display())),
+            Self::Socket(path) => {
+                (!path.exists()).then(|| format!("its socket {} is gone", path.display()))
+            }
+        }
+    }
+}
+
+/// One reading and when it was taken.
 struct Sample {
-    ledger: Ledger,
+    stats: LiveStats,
     taken: Instant,
 }
 
-fn sample(pinned: &PinnedCounters) -> Result<Sample, drain::DrainError> {
-    let reading = drain::read_counters(&pinned.counters, pinned.meta.services.len())?;
-    let mut ledger = Ledger::default();
-    ledger.absorb(reading, drain::monotonic_to_unix_ns());
+fn sample(source: &Source, key: Option<&Pseudonymizer>) -> Result<Sample, LiveError> {
     Ok(Sample {
-        ledger,
+        stats: source.read(key)?,
         taken: Instant::now(),
     })
 }
 
-fn report(pinned: &PinnedCounters, sample: &Sample, key: Option<&Pseudonymizer>) -> Report {
-    let meta = &pinned.meta;
-    let mut report = Report::build(
-        &sample.ledger,
-        &meta.service_table(),
-        ReportContext {
-            start: unix_ns_to_time(meta.attached_at_unix_ns),
-            end: unix_ns_to_time(now_unix_ns()),
-            sensor: sensor_name(),
-            interfaces: meta.interfaces.clone(),
-            feeds: meta.feeds.clone(),
-        },
-    );
-    if let Some(key) = key {
-        key.apply(&mut report);
-    }
-    report
-}
-
 pub fn stats(args: &StatsArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let pinned = pins::open_counters_at(&args.pin_path)?;
     let key = match &args.pseudonymize_key {
         Some(path) => Some(Pseudonymizer::from_file(path)?),
         None => None,
     };
-    let mut previous = sample(&pinned)?;
+    let source = Source::open(args)?;
+    let mut previous = sample(&source, key.as_ref())?;
     if args.json && args.watch.is_none() {
-        let json =
-            report(&pinned, &previous, key.as_ref()).render(crate::report::ReportFormat::Json);
+        let json = previous
+            .stats
+            .report
+            .render(crate::report::ReportFormat::Json);
         crate::report::write_stdout(&json)?;
         return Ok(());
     }
@@ -77,14 +117,22 @@ pub fn stats(args: &StatsArgs) -> Result<(), Box<dyn std::error::Error>> {
     let mut stdout = std::io::stdout();
     loop {
         std::thread::sleep(period);
-        let current = sample(&pinned)?;
-        let report = report(&pinned, &current, key.as_ref());
+        let current = match sample(&source, key.as_ref()) {
+            Ok(current) => current,
+            Err(error) => match source.stopped() {
+                Some(why) if args.watch.is_some() => {
+                    log::info!("the sensor stopped ({why})");
+                    return Ok(());
+                }
+                _ => return Err(error.into()),
+            },
+        };
         let text = if args.json {
-            let mut line = serde_json::to_string(&report)?;
+            let mut line = serde_json::to_string(&current.stats.report)?;
             line.push('\n');
             line
         } else {
-            let view = view(&pinned, &report, &previous, &current);
+            let view = view(&previous, &current);
             if args.watch.is_some() && std::io::stdout().is_terminal() {
                 // Clear the terminal and draw from the top.
                 format!("\x1b[2J\x1b[H{view}")
@@ -103,13 +151,8 @@ pub fn stats(args: &StatsArgs) -> Result<(), Box<dyn std::error::Error>> {
         if args.watch.is_none() {
             return Ok(());
         }
-        if !pinned.dir.join("META").exists() {
-            // The maps stay readable through our handles, but nothing
-            // counts into them any more.
-            log::info!(
-                "the sensor at {} stopped (its pins are gone)",
-                pinned.dir.display()
-            );
+        if let Some(why) = source.stopped() {
+            log::info!("the sensor stopped ({why})");
             return Ok(());
         }
         previous = current;
@@ -135,14 +178,15 @@ fn service_sums(counters: &ServiceCounters) -> (u64, u64) {
     (counters.packets.iter().sum(), counters.bytes.iter().sum())
 }
 
-fn view(pinned: &PinnedCounters, report: &Report, before: &Sample, now: &Sample) -> String {
-    let meta = &pinned.meta;
+fn view(before: &Sample, now: &Sample) -> String {
+    let meta = &now.stats.meta;
+    let report: &Report = &now.stats.report;
     let seconds = now
         .taken
         .duration_since(before.taken)
         .as_secs_f64()
         .max(1e-3);
-    let (t, b): (&Totals, &Totals) = (&now.ledger.kernel_totals, &before.ledger.kernel_totals);
+    let (t, b): (&Totals, &Totals) = (&now.stats.totals, &before.stats.totals);
     let mut out = String::new();
     let modes: Vec<String> = meta
         .interfaces
@@ -191,12 +235,8 @@ fn view(pinned: &PinnedCounters, report: &Report, before: &Sample, now: &Sample)
     let zero: ServiceCounters = bytemuck::Zeroable::zeroed();
     let mut rows = 0;
     for (index, name) in meta.services.iter().enumerate() {
-        let current = now.ledger.kernel_services.get(index + 1).unwrap_or(&zero);
-        let earlier = before
-            .ledger
-            .kernel_services
-            .get(index + 1)
-            .unwrap_or(&zero);
+        let current = now.stats.services.get(index + 1).unwrap_or(&zero);
+        let earlier = before.stats.services.get(index + 1).unwrap_or(&zero);
         let (packets, bytes) = service_sums(current);
         if packets == 0 {
             continue;
@@ -240,11 +280,11 @@ fn view(pinned: &PinnedCounters, report: &Report, before: &Sample, now: &Sample)
     let _ = writeln!(
         out,
         "\nflow table: {} live of {} ({} table + {} cache slots), {} evictions, {} failed inserts",
-        now.ledger.live_flows,
+        now.stats.live_flows,
         meta.flow_capacity + meta.flow_cache_slots,
         meta.flow_capacity,
         meta.flow_cache_slots,
-        now.ledger.kernel_evictions,
+        now.stats.evictions,
         t.flow_insert_failures
     );
     out

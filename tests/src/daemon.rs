@@ -63,6 +63,10 @@ impl Daemon {
         if !extra.contains(&"--metrics-addr") {
             command.args(["--metrics-addr", "off"]);
         }
+        // Not the host's /run/classifier, unless a test names a socket.
+        if !extra.contains(&"--stats-socket") {
+            command.args(["--stats-socket", "off"]);
+        }
         command
             .args(extra)
             .stdout(Stdio::piped())

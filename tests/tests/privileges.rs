@@ -179,3 +179,129 @@ fn a_program_the_verifier_refuses_leaves_no_pin_and_no_attachment() {
     drop(pins);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `classifier stats --json` run through `wrapper`; its output.
+fn stats_as(wrapper: &[String], args: &[&str]) -> std::process::Output {
+    let mut command = std::process::Command::new(&wrapper[0]);
+    command
+        .args(&wrapper[1..])
+        .arg(classifier_tests::classifier_binary())
+        .arg("stats")
+        .args(args);
+    command.output().expect("run classifier stats")
+}
+
+#[test]
+fn a_user_without_bpf_privileges_reads_live_counters_through_the_stats_socket() {
+    use std::os::unix::fs::MetadataExt;
+    if !require_root() {
+        return;
+    }
+    // A group no user has: only processes given it explicitly are members.
+    const GROUP: &str = "4242";
+    let dir = temp_dir("caps-socket");
+    let feed = write_feed(&dir);
+    let pins = TestMount::bpf(&dir.join("bpf"));
+    let socket = dir.join("run").join("sensor.sock");
+    let link = VethLink::create("capssock").expect("namespaces and veth");
+    let daemon = Daemon::start(
+        &link,
+        &feed,
+        &[
+            "--pin-path",
+            text(&pins.path),
+            "--stats-socket",
+            text(&socket),
+            "--stats-group",
+            GROUP,
+        ],
+    );
+    assert!(daemon.said(&format!(
+        "serving live counters at {} to group {GROUP}",
+        socket.display()
+    )));
+    let metadata = std::fs::metadata(&socket).expect("the socket exists");
+    assert_eq!(metadata.mode() & 0o777, 0o660, "mode of the socket");
+    assert_eq!(metadata.gid().to_string(), GROUP, "group of the socket");
+
+    let frames: Vec<Vec<u8>> = (0..7)
+        .map(|_| FrameSpec::udp("175.45.176.1", "198.51.100.10", 1, 443).build())
+        .collect();
+    link.send(&frames).expect("send");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+
+    // Root reads the pins; nobody in the group reads the socket (no
+    // capabilities at all); nobody outside it is refused.
+    let as_root = stats_as(
+        &["env".to_string()],
+        &["--json", "--pin-path", text(&pins.path)],
+    );
+    assert!(as_root.status.success(), "{as_root:?}");
+    let member = |groups: &str| {
+        vec![
+            "setpriv".to_string(),
+            "--reuid=65534".into(),
+            "--regid=65534".into(),
+            groups.to_string(),
+            "--inh-caps=-all".into(),
+            "--bounding-set=-all".into(),
+            "--".into(),
+        ]
+    };
+    let as_member = stats_as(
+        &member(&format!("--groups={GROUP}")),
+        &["--json", "--socket", text(&socket)],
+    );
+    assert!(as_member.status.success(), "{as_member:?}");
+    let parse = |output: &std::process::Output| -> serde_json::Value {
+        serde_json::from_slice(&output.stdout).expect("a JSON report")
+    };
+    let (root_report, member_report) = (parse(&as_root), parse(&as_member));
+    assert_eq!(services(&member_report)["alpha"]["packets"], 7);
+    assert_eq!(services(&root_report)["alpha"]["packets"], 7);
+    assert_eq!(member_report["totals"], root_report["totals"]);
+    // Seen times convert the kernel's monotonic clock at each reading
+    // (nanoseconds of jitter); every count must be equal.
+    let counts = |report: &serde_json::Value| {
+        let mut rows = report["services"].clone();
+        for row in rows.as_array_mut().expect("rows") {
+            let row = row.as_object_mut().expect("row");
+            row.remove("first_seen");
+            row.remove("last_seen");
+        }
+        rows
+    };
+    assert_eq!(counts(&member_report), counts(&root_report));
+
+    // The table view through the socket, given the folder that holds it.
+    let view = stats_as(
+        &member(&format!("--groups={GROUP}")),
+        &["--socket", text(&dir.join("run"))],
+    );
+    let shown = String::from_utf8_lossy(&view.stdout);
+    assert!(view.status.success(), "{view:?}");
+    assert!(
+        shown
+            .lines()
+            .any(|line| line.starts_with("alpha") && line.contains(" 7 ")),
+        "{shown}"
+    );
+
+    let outsider = stats_as(
+        &member("--clear-groups"),
+        &["--json", "--socket", text(&socket)],
+    );
+    let error = String::from_utf8_lossy(&outsider.stderr);
+    assert_eq!(outsider.status.code(), Some(1), "{error}");
+    assert!(
+        error.contains("Permission denied") && error.contains("--stats-group"),
+        "{error}"
+    );
+    assert!(outsider.stdout.is_empty());
+
+    let (report, _) = daemon.stop(libc::SIGTERM);
+    assert_eq!(services(&report)["alpha"]["packets"], 7);
+    assert!(!socket.exists(), "the socket is removed at exit");
+    drop(pins);
+    let _ = std::fs::remove_dir_all(dir);
+}
