@@ -75,9 +75,6 @@ pub enum RunError {
     SnapshotsLost(usize),
 }
 
-/// A boundary drain this late (ns) cuts at the drain's time instead.
-const LATE_BOUNDARY_NS: i64 = 1_000_000_000;
-
 /// Everything `run` needs, validated before anything touches the kernel.
 #[derive(Debug)]
 pub struct RunConfig {
@@ -668,14 +665,28 @@ pub fn run_config(mut config: RunConfig) -> Result<Report, RunError> {
 
         let mut ticker = tokio::time::interval(config.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut boundary = daemon
-            .snapshots
-            .as_ref()
-            .map(|s| s.next_boundary(snapshot::now_unix_ns()));
+        // Boundaries on the wall clock, elapsed time (and so a stepped wall
+        // clock) on the monotonic one: see `BoundarySchedule`.
+        use snapshot::{Clock as _, CutReason, Next};
+        let clock = snapshot::SystemClock;
+        let mut schedule = daemon.snapshots.as_ref().map(|s| s.schedule(clock.read()));
         loop {
-            let until_boundary = boundary.map_or(Duration::from_secs(3600), |at| {
-                Duration::from_nanos(u64::try_from(at - snapshot::now_unix_ns()).unwrap_or(0))
-            });
+            let mut until_boundary = Duration::from_secs(3600);
+            if let Some(schedule) = &mut schedule {
+                match schedule.poll(clock.read()) {
+                    Next::Wait(wait) => until_boundary = wait,
+                    Next::Cut(cut) => {
+                        let _ = daemon.drain();
+                        if let (CutReason::ClockStep(step), Some(snapshots)) =
+                            (cut.reason, &mut daemon.snapshots)
+                        {
+                            snapshots.note_clock_step(step);
+                        }
+                        daemon.cut_snapshot(cut.end_unix_ns);
+                        continue;
+                    }
+                }
+            }
             tokio::select! {
                 _ = ticker.tick() => {
                     let _ = daemon.drain();
@@ -683,18 +694,8 @@ pub fn run_config(mut config: RunConfig) -> Result<Report, RunError> {
                         snapshots.write_pending(false);
                     }
                 }
-                _ = tokio::time::sleep(until_boundary), if boundary.is_some() => {
-                    let _ = daemon.drain();
-                    if let Some(at) = boundary {
-                        // Woken late (a stalled process, a clock stepped
-                        // forward): the interval ends now, marked partial,
-                        // rather than holding counts from after its end.
-                        let now = snapshot::now_unix_ns();
-                        let end = if now - at > LATE_BOUNDARY_NS { now } else { at };
-                        daemon.cut_snapshot(end);
-                        boundary = daemon.snapshots.as_ref().map(|s| s.next_boundary(end.max(at)));
-                    }
-                }
+                // The next pass reads the clocks and cuts.
+                _ = tokio::time::sleep(until_boundary), if schedule.is_some() => {}
                 _ = hangup.recv() => {
                     log::info!("SIGHUP: reloading the feeds");
                     // Counts up to now were drained with the old feeds'
@@ -742,7 +743,9 @@ fn finish(mut daemon: Daemon, config: &RunConfig, start_unix_ns: i64) -> Result<
     // A failed final drain is logged (by `drain`); the last snapshot and
     // the report then hold the counts up to the last good drain.
     let _ = daemon.drain();
-    let end_unix_ns = snapshot::now_unix_ns();
+    // A wall clock stepped back past the start never ends the report
+    // before it began (the last snapshot clamps the same way).
+    let end_unix_ns = snapshot::now_unix_ns().max(start_unix_ns);
     daemon.cut_snapshot(end_unix_ns);
     let unwritten = daemon.snapshots.as_ref().map_or(0, Snapshotter::pending);
     if !config.keep_attached

@@ -22,6 +22,10 @@
 //! - A failed write (disk full, folder removed: it is created again) is
 //!   logged, retried with back-off, and its snapshot kept in memory (in
 //!   order) until it lands.
+//! - Boundaries are on the wall clock, elapsed time on the monotonic clock
+//!   ([`BoundarySchedule`]): a wall clock stepped either way cuts the
+//!   snapshot at the step (partial) and re-aligns, so intervals chain with
+//!   no overlap and never run backwards.
 
 use std::{
     collections::VecDeque,
@@ -122,6 +126,8 @@ pub struct Snapshotter {
     restarts: u64,
     gap_before_seconds: f64,
     counter_reset: bool,
+    /// The wall clock stepped during the interval: it is partial.
+    clock_stepped: bool,
     previous: Option<PreviousSnapshot>,
     pending: VecDeque<Pending>,
     retry_at: Option<Instant>,
@@ -176,6 +182,11 @@ pub fn is_snapshot_name(name: &str) -> bool {
     name.starts_with(FILE_PREFIX) && name.ends_with(FILE_SUFFIX)
 }
 
+/// Test hook, not an interface: milliseconds to sleep after a snapshot
+/// file's temporary is written and synced and before it is renamed, so an
+/// integration test can SIGKILL the daemon inside that window.
+const TEST_PAUSE_BEFORE_RENAME: &str = "CLASSIFIER_TEST_PAUSE_BEFORE_RENAME_MS";
+
 /// Writes `bytes` to `dir/name` atomically and durably.
 pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
     let temporary = dir.join(format!(".{name}.tmp-{}", std::process::id()));
@@ -183,6 +194,13 @@ pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result
         let mut file = std::fs::File::create(&temporary)?;
         file.write_all(bytes)?;
         file.sync_all()?;
+        if is_snapshot_name(name)
+            && let Some(pause) = std::env::var(TEST_PAUSE_BEFORE_RENAME)
+                .ok()
+                .and_then(|ms| ms.parse().ok())
+        {
+            std::thread::sleep(Duration::from_millis(pause));
+        }
         std::fs::rename(&temporary, dir.join(name))?;
         std::fs::File::open(dir)?.sync_all()
     })();
@@ -324,6 +342,7 @@ impl Snapshotter {
             start_unix_ns,
             restarts: u64::from(link.is_some()),
             counter_reset,
+            clock_stepped: false,
             gap_before_seconds,
             previous: link.map(|(previous, _)| previous),
             // A cut the previous daemon did not finish writing goes first.
@@ -352,13 +371,27 @@ impl Snapshotter {
 
     /// The first interval boundary after `after_unix_ns`.
     pub fn next_boundary(&self, after_unix_ns: i64) -> i64 {
-        let after = i128::from(after_unix_ns);
-        let next = (after.div_euclid(self.interval_ns) + 1) * self.interval_ns;
-        i64::try_from(next).unwrap_or(i64::MAX)
+        boundary_after(after_unix_ns, self.interval_ns)
     }
 
     pub fn is_boundary(&self, unix_ns: i64) -> bool {
         i128::from(unix_ns).rem_euclid(self.interval_ns) == 0
+    }
+
+    /// The boundaries of the interval being counted and those after it,
+    /// from `now` on.
+    pub fn schedule(&self, now: ClockReading) -> BoundarySchedule {
+        BoundarySchedule::new(self.interval_ns, self.start_unix_ns, now)
+    }
+
+    /// The wall clock stepped by `step_ns` (forward when positive): the
+    /// next cut is partial whatever its times say.
+    pub fn note_clock_step(&mut self, step_ns: i64) {
+        log::warn!(
+            "the wall clock stepped {:+.3} s: the snapshot is cut at the step (marked partial) and the next boundary follows the new clock",
+            step_ns as f64 / 1e9
+        );
+        self.clock_stepped = true;
     }
 
     /// Snapshots cut but not yet written.
@@ -397,7 +430,8 @@ impl Snapshotter {
                 gap_before_seconds: self.gap_before_seconds,
                 counter_reset: self.counter_reset,
                 // Anything but exactly one aligned interval.
-                partial: !self.is_boundary(start_unix_ns)
+                partial: self.clock_stepped
+                    || !self.is_boundary(start_unix_ns)
                     || i128::from(end_unix_ns) - i128::from(start_unix_ns) != self.interval_ns,
             },
             pseudonym_key_id: None,
@@ -416,6 +450,7 @@ impl Snapshotter {
         self.restarts = 0;
         self.gap_before_seconds = 0.0;
         self.counter_reset = false;
+        self.clock_stepped = false;
     }
 
     /// Writes queued snapshots in order, unless a failed write's back-off
@@ -450,6 +485,174 @@ impl Snapshotter {
             }
         }
         true
+    }
+}
+
+/// A boundary drain this late (ns) cuts at the drain's time instead.
+const LATE_BOUNDARY_NS: i64 = 1_000_000_000;
+/// Between two readings the wall clock stepped when it moved this much
+/// (ns) more or less than the monotonic clock...
+const CLOCK_STEP_NS: i64 = 1_000_000_000;
+/// ...and more than 1/this of the time between them: NTP slews the wall
+/// clock by at most 500 ppm, which is drift, not a step.
+const CLOCK_SLEW_DIVISOR: i64 = 1_000;
+
+/// Both clocks, read together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClockReading {
+    /// `CLOCK_REALTIME` (Unix ns): names the intervals; can step either way.
+    pub wall_unix_ns: i64,
+    /// `CLOCK_BOOTTIME` (ns): never steps, and counts a suspend as time
+    /// that passed (so a resume is a late wake-up, not a step).
+    pub monotonic_ns: i64,
+}
+
+/// Where time comes from: [`SystemClock`] in the daemon, a fake in tests.
+pub trait Clock {
+    fn read(&self) -> ClockReading;
+}
+
+/// The kernel's clocks.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn read(&self) -> ClockReading {
+        let read = |clock| {
+            let mut ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: clock_gettime writes into a valid timespec.
+            unsafe { libc::clock_gettime(clock, &mut ts) };
+            ts.tv_sec
+                .saturating_mul(1_000_000_000)
+                .saturating_add(ts.tv_nsec)
+        };
+        ClockReading {
+            monotonic_ns: read(libc::CLOCK_BOOTTIME),
+            wall_unix_ns: read(libc::CLOCK_REALTIME),
+        }
+    }
+}
+
+/// Why a snapshot is cut where it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CutReason {
+    /// At the boundary: the drain woke within `LATE_BOUNDARY_NS` (1 s) of it.
+    Boundary,
+    /// Woken later (a stalled process): at the drain's time, so the
+    /// interval holds no counts from after its end; partial.
+    Late,
+    /// The wall clock stepped by this many ns (forward when positive):
+    /// at the step, partial.
+    ClockStep(i64),
+}
+
+/// A cut the schedule calls for: drain, then cut the ledger at `end`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BoundaryCut {
+    /// Where the interval began: the previous cut's end.
+    pub start_unix_ns: i64,
+    /// Never before `start_unix_ns`.
+    pub end_unix_ns: i64,
+    pub reason: CutReason,
+}
+
+/// What the drain loop does after a reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    Cut(BoundaryCut),
+    /// Read the clocks again after this long (or at the next drain).
+    Wait(Duration),
+}
+
+/// When snapshots are cut, decided from clock readings alone (no sleeping,
+/// no I/O), so tests drive it with a fake clock.
+///
+/// Boundaries are multiples of the interval on the wall clock; elapsed time
+/// is measured on the monotonic clock. When, between two readings, the
+/// wall clock moved more than a second (and more than an NTP slew
+/// could) off what the monotonic clock measured, it stepped: the interval
+/// is cut at the step, at the later of the old clock's and the new clock's
+/// "now" (forward: the new time, as for a late wake-up; backward: the old
+/// time, so no time already reported is reported again), and the next
+/// boundary is the first after that end (on the new clock). A backward step
+/// thus makes the interval after it longer in real time than its times
+/// say (the wall clock repeats the step's span); it is marked partial.
+/// Every cut starts where the one before ended and never ends before it
+/// starts.
+#[derive(Debug, Clone)]
+pub struct BoundarySchedule {
+    interval_ns: i128,
+    start_unix_ns: i64,
+    boundary_unix_ns: i64,
+    last: ClockReading,
+}
+
+/// The first multiple of `interval_ns` after `after_unix_ns`.
+fn boundary_after(after_unix_ns: i64, interval_ns: i128) -> i64 {
+    let next = (i128::from(after_unix_ns).div_euclid(interval_ns) + 1) * interval_ns;
+    i64::try_from(next).unwrap_or(i64::MAX)
+}
+
+impl BoundarySchedule {
+    /// Counting since `start_unix_ns`; the first boundary is the first after
+    /// both it and `now` (a start the wall clock has not reached yet, after
+    /// a step back while no daemon ran, never gives a negative interval).
+    fn new(interval_ns: i128, start_unix_ns: i64, now: ClockReading) -> Self {
+        let interval_ns = interval_ns.max(1);
+        Self {
+            interval_ns,
+            start_unix_ns,
+            boundary_unix_ns: boundary_after(now.wall_unix_ns.max(start_unix_ns), interval_ns),
+            last: now,
+        }
+    }
+
+    /// The next boundary (Unix ns).
+    pub fn boundary(&self) -> i64 {
+        self.boundary_unix_ns
+    }
+
+    /// Feeds a reading (every drain, and when the wait ends): a cut when
+    /// one is due, else how long until the boundary by the wall clock.
+    pub fn poll(&mut self, now: ClockReading) -> Next {
+        let elapsed = now
+            .monotonic_ns
+            .saturating_sub(self.last.monotonic_ns)
+            .max(0);
+        let expected_wall = self.last.wall_unix_ns.saturating_add(elapsed);
+        let step = now.wall_unix_ns.saturating_sub(expected_wall);
+        self.last = now;
+        let tolerance = CLOCK_STEP_NS.max(elapsed / CLOCK_SLEW_DIVISOR);
+        if step.unsigned_abs() > tolerance.unsigned_abs() {
+            // Forward: the new time (no later drain can see earlier counts);
+            // backward: the old clock's, never a time already reported.
+            let end = now.wall_unix_ns.max(expected_wall);
+            return Next::Cut(self.cut(end, CutReason::ClockStep(step)));
+        }
+        let late = now.wall_unix_ns.saturating_sub(self.boundary_unix_ns);
+        if late > LATE_BOUNDARY_NS {
+            return Next::Cut(self.cut(now.wall_unix_ns, CutReason::Late));
+        }
+        if late >= 0 {
+            return Next::Cut(self.cut(self.boundary_unix_ns, CutReason::Boundary));
+        }
+        Next::Wait(Duration::from_nanos(late.unsigned_abs()))
+    }
+
+    /// Ends the interval at `end` (never before its start) and aims at the
+    /// first boundary after that end.
+    fn cut(&mut self, end: i64, reason: CutReason) -> BoundaryCut {
+        let start_unix_ns = self.start_unix_ns;
+        let end_unix_ns = end.max(start_unix_ns);
+        self.start_unix_ns = end_unix_ns;
+        self.boundary_unix_ns = boundary_after(end_unix_ns, self.interval_ns);
+        BoundaryCut {
+            start_unix_ns,
+            end_unix_ns,
+            reason,
+        }
     }
 }
 
@@ -564,4 +767,381 @@ fn lock_folder(dir: &Path) -> Result<std::fs::File, SnapshotError> {
             })
         })
         .map_err(io_error(dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+    use crate::{drain::KernelReading, test_support::TempFolder};
+
+    const SEC: i64 = 1_000_000_000;
+    const MIN: i64 = 60 * SEC;
+    const HOUR: i64 = 60 * MIN;
+    /// On an hour (2026-05-10T08:00:00Z).
+    const T0: i64 = 494_000 * HOUR;
+
+    /// Two clocks the test moves: real time passing moves both, a step
+    /// moves only the wall clock.
+    struct FakeClock(Cell<ClockReading>);
+
+    impl FakeClock {
+        fn new(wall_unix_ns: i64) -> Self {
+            Self(Cell::new(ClockReading {
+                wall_unix_ns,
+                monotonic_ns: 42 * SEC,
+            }))
+        }
+
+        fn pass(&self, ns: i64) {
+            let now = self.0.get();
+            self.0.set(ClockReading {
+                wall_unix_ns: now.wall_unix_ns + ns,
+                monotonic_ns: now.monotonic_ns + ns,
+            });
+        }
+
+        fn step(&self, ns: i64) {
+            let now = self.0.get();
+            self.0.set(ClockReading {
+                wall_unix_ns: now.wall_unix_ns + ns,
+                ..now
+            });
+        }
+    }
+
+    impl Clock for FakeClock {
+        fn read(&self) -> ClockReading {
+            self.0.get()
+        }
+    }
+
+    /// One snapshot as cut: its times, coverage and count.
+    #[derive(Debug, PartialEq, Eq)]
+    struct Cut {
+        start: i64,
+        end: i64,
+        partial: bool,
+        packets: u64,
+    }
+
+    /// The daemon's loop in miniature: a kernel that counts packets, a
+    /// drain every tick, and cuts where the schedule says, through the
+    /// real `Snapshotter::cut` on a real ledger.
+    struct Daemon {
+        _folder: TempFolder,
+        start: i64,
+        clock: FakeClock,
+        snapshotter: Snapshotter,
+        ledger: Ledger,
+        schedule: BoundarySchedule,
+        kernel_packets: u64,
+        reasons: Vec<CutReason>,
+    }
+
+    impl Daemon {
+        /// Hourly snapshots from a program attached at `start`.
+        fn start(test: &str, start: i64) -> Self {
+            let folder = TempFolder::new(&format!("schedule-{test}"));
+            let meta = SensorMeta {
+                schema: String::new(),
+                instance: "test".into(),
+                version: String::new(),
+                layout: String::new(),
+                attached_at_unix_ns: start,
+                interfaces: vec!["eth0".into()],
+                modes: Vec::new(),
+                services: Vec::new(),
+                feeds: Vec::new(),
+                watched: Vec::new(),
+                endpoint_prefixes_v4: 0,
+                endpoint_prefixes_v6: 0,
+                flow_capacity: 0,
+                flow_cache_slots: 0,
+                reloads: 0,
+                reload_failures: 0,
+                last_reload_error: None,
+                feeds_loaded_at_unix_ns: start,
+            };
+            let resumed = Snapshotter::resume(
+                &folder.0,
+                Duration::from_secs(3600),
+                &meta,
+                false,
+                "sensor".into(),
+                None,
+            )
+            .expect("snapshot folder");
+            assert_eq!(resumed.start_unix_ns, start);
+            let clock = FakeClock::new(start);
+            let schedule = resumed.snapshotter.schedule(clock.read());
+            Self {
+                _folder: folder,
+                start,
+                clock,
+                snapshotter: resumed.snapshotter,
+                ledger: resumed.ledger,
+                schedule,
+                kernel_packets: 0,
+                reasons: Vec::new(),
+            }
+        }
+
+        /// `ticks` drains `tick` apart, the kernel counting one packet
+        /// before each.
+        fn run(&mut self, ticks: i64, tick: i64) {
+            for _ in 0..ticks {
+                self.clock.pass(tick);
+                self.kernel_packets += 1;
+                self.drain();
+            }
+        }
+
+        /// Drains, then cuts while the schedule says so (as `run_config`).
+        fn drain(&mut self) {
+            let mut totals: classifier_common::Totals = bytemuck::Zeroable::zeroed();
+            totals.ipv4 = self.kernel_packets;
+            let reading = KernelReading {
+                totals,
+                services: Vec::new(),
+                flows: Vec::new(),
+                cached_flows: Vec::new(),
+                cache_slots_used: 0,
+            };
+            self.ledger.absorb(reading, 0);
+            while let Next::Cut(cut) = self.schedule.poll(self.clock.read()) {
+                if let CutReason::ClockStep(step) = cut.reason {
+                    self.snapshotter.note_clock_step(step);
+                }
+                let before = self.snapshotter.start_unix_ns;
+                self.snapshotter.cut(&mut self.ledger, cut.end_unix_ns);
+                assert_eq!(cut.start_unix_ns, before, "schedule and snapshots agree");
+                self.reasons.push(cut.reason);
+            }
+        }
+
+        /// Stops as `finish` does: a last drain, a cut at the wall clock.
+        /// Returns every snapshot, checked: they chain from the start, none
+        /// runs backwards, and they add up to what the kernel counted.
+        fn stop(mut self) -> (Vec<Cut>, Vec<CutReason>) {
+            self.drain();
+            let now = self.clock.read().wall_unix_ns;
+            self.snapshotter.cut(&mut self.ledger, now);
+            let cuts: Vec<Cut> = self
+                .snapshotter
+                .pending
+                .iter()
+                .map(|pending| {
+                    let report = pending.report.as_ref().expect("not written");
+                    let info = report.snapshot.as_ref().expect("snapshot section");
+                    assert_eq!(report.start, rfc3339(pending.start_unix_ns));
+                    assert_eq!(report.end, rfc3339(pending.end_unix_ns));
+                    Cut {
+                        start: pending.start_unix_ns,
+                        end: pending.end_unix_ns,
+                        partial: info.coverage.partial,
+                        packets: report.totals.packets,
+                    }
+                })
+                .collect();
+            let first = cuts.first().expect("a snapshot");
+            assert_eq!(first.start, self.start);
+            for cut in &cuts {
+                assert!(cut.end >= cut.start, "negative interval {cut:?}");
+            }
+            for pair in cuts.windows(2) {
+                assert_eq!(pair[0].end, pair[1].start, "chained: {pair:?}");
+            }
+            let counted: u64 = cuts.iter().map(|cut| cut.packets).sum();
+            assert_eq!(counted, self.kernel_packets, "no count lost or doubled");
+            (cuts, self.reasons)
+        }
+    }
+
+    fn rfc3339(unix_ns: i64) -> String {
+        crate::report::rfc3339(unix_ns_to_time(unix_ns))
+    }
+
+    fn cut(start: i64, end: i64, partial: bool, packets: u64) -> Cut {
+        Cut {
+            start,
+            end,
+            partial,
+            packets,
+        }
+    }
+
+    #[test]
+    fn a_steady_clock_cuts_on_every_boundary_and_a_drain_under_a_second_late_is_on_time() {
+        // Started mid-hour, drained every second, 0.4 s after each second.
+        let start = T0 + 20 * MIN + 400_000_000;
+        let mut daemon = Daemon::start("steady", start);
+        assert_eq!(daemon.schedule.boundary(), T0 + HOUR);
+        assert_eq!(
+            daemon.schedule.poll(daemon.clock.read()),
+            Next::Wait(Duration::from_nanos(
+                u64::try_from(T0 + HOUR - start).unwrap()
+            ))
+        );
+        daemon.run(2400 + 3600 + 3600 + 1800, SEC);
+        let (cuts, reasons) = daemon.stop();
+        let end = T0 + 3 * HOUR + 30 * MIN + 400_000_000;
+        assert_eq!(
+            cuts,
+            [
+                cut(start, T0 + HOUR, true, 2400),
+                cut(T0 + HOUR, T0 + 2 * HOUR, false, 3600),
+                cut(T0 + 2 * HOUR, T0 + 3 * HOUR, false, 3600),
+                cut(T0 + 3 * HOUR, end, true, 1800),
+            ]
+        );
+        assert_eq!(reasons, [CutReason::Boundary; 3]);
+    }
+
+    #[test]
+    fn a_clock_stepped_back_an_hour_cuts_at_the_step_and_never_reports_a_time_twice() {
+        let mut daemon = Daemon::start("back", T0);
+        daemon.run(30 * 60, SEC);
+        daemon.clock.step(-HOUR);
+        daemon.run(1, SEC);
+        // The wall clock says 07:30 again; the next boundary is 09:00,
+        // after the last time reported (08:30).
+        assert_eq!(daemon.schedule.boundary(), T0 + HOUR);
+        daemon.run(90 * 60 - 1 + 30 * 60, SEC);
+        let (cuts, reasons) = daemon.stop();
+        let step = T0 + 30 * MIN + SEC;
+        assert_eq!(
+            cuts,
+            [
+                // Not 08:00-09:00 after 90 minutes, unnoticed.
+                cut(T0, step, true, 1801),
+                cut(step, T0 + HOUR, true, 90 * 60 - 1),
+                cut(T0 + HOUR, T0 + HOUR + 30 * MIN, true, 30 * 60),
+            ]
+        );
+        assert_eq!(reasons, [CutReason::ClockStep(-HOUR), CutReason::Boundary]);
+    }
+
+    #[test]
+    fn a_clock_stepped_forward_three_hours_cuts_at_the_drain_and_realigns() {
+        let mut daemon = Daemon::start("forward", T0);
+        daemon.run(30 * 60, SEC);
+        daemon.clock.step(3 * HOUR);
+        daemon.run(1, SEC);
+        let step = T0 + 3 * HOUR + 30 * MIN + SEC;
+        assert_eq!(daemon.schedule.boundary(), T0 + 4 * HOUR);
+        daemon.run(30 * 60 - 1 + 30 * 60, SEC);
+        let (cuts, reasons) = daemon.stop();
+        assert_eq!(
+            cuts,
+            [
+                cut(T0, step, true, 1801),
+                cut(step, T0 + 4 * HOUR, true, 30 * 60 - 1),
+                cut(T0 + 4 * HOUR, T0 + 4 * HOUR + 30 * MIN, true, 30 * 60),
+            ]
+        );
+        assert_eq!(
+            reasons,
+            [CutReason::ClockStep(3 * HOUR), CutReason::Boundary]
+        );
+    }
+
+    #[test]
+    fn a_clock_stepped_back_across_a_boundary_already_cut_overlaps_nothing() {
+        let mut daemon = Daemon::start("across", T0);
+        daemon.run(65 * 60, SEC);
+        // 09:05 back to 08:55: the 09:00 boundary was cut already.
+        daemon.clock.step(-10 * MIN);
+        daemon.run(1, SEC);
+        let step = T0 + HOUR + 5 * MIN + SEC;
+        daemon.run(65 * 60 - 1, SEC);
+        let (cuts, reasons) = daemon.stop();
+        assert_eq!(
+            cuts,
+            [
+                cut(T0, T0 + HOUR, false, 3600),
+                cut(T0 + HOUR, step, true, 301),
+                cut(step, T0 + 2 * HOUR, true, 65 * 60 - 1),
+                // The daemon stops exactly on the boundary it just cut.
+                cut(T0 + 2 * HOUR, T0 + 2 * HOUR, true, 0),
+            ]
+        );
+        assert_eq!(
+            reasons,
+            [
+                CutReason::Boundary,
+                CutReason::ClockStep(-10 * MIN),
+                CutReason::Boundary
+            ]
+        );
+    }
+
+    #[test]
+    fn a_stop_right_after_a_backward_step_ends_no_earlier_than_it_began() {
+        let mut daemon = Daemon::start("stop", T0);
+        daemon.run(10 * 60, SEC);
+        daemon.clock.step(-HOUR);
+        daemon.run(3, SEC);
+        let (cuts, _) = daemon.stop();
+        let step = T0 + 10 * MIN + SEC;
+        // The stop's wall clock (07:10) is before the interval's start.
+        assert_eq!(cuts, [cut(T0, step, true, 601), cut(step, step, true, 2)]);
+    }
+
+    #[test]
+    fn a_stalled_daemon_cuts_late_at_the_drain_and_its_counts_land_once() {
+        let mut daemon = Daemon::start("stall", T0);
+        daemon.run(55 * 60, SEC);
+        // Stopped for ten minutes (both clocks run; the kernel counts on).
+        daemon.clock.pass(10 * MIN);
+        daemon.kernel_packets += 600;
+        daemon.run(1, SEC);
+        let late = T0 + HOUR + 5 * MIN + SEC;
+        assert_eq!(daemon.schedule.boundary(), T0 + 2 * HOUR);
+        daemon.run(55 * 60 - 1, SEC);
+        let (cuts, reasons) = daemon.stop();
+        assert_eq!(
+            cuts,
+            [
+                cut(T0, late, true, 55 * 60 + 600 + 1),
+                cut(late, T0 + 2 * HOUR, true, 55 * 60 - 1),
+                cut(T0 + 2 * HOUR, T0 + 2 * HOUR, true, 0),
+            ]
+        );
+        assert_eq!(reasons, [CutReason::Late, CutReason::Boundary]);
+    }
+
+    #[test]
+    fn a_slewing_clock_is_not_a_step() {
+        // Drained hourly, no boundary in sight; NTP runs the wall clock
+        // 500 ppm fast (1.8 s/h).
+        let mut schedule = BoundarySchedule::new(
+            i128::from(100 * HOUR),
+            T0,
+            ClockReading {
+                wall_unix_ns: T0,
+                monotonic_ns: 0,
+            },
+        );
+        for hour in 1..20 {
+            let now = ClockReading {
+                wall_unix_ns: T0 + hour * (HOUR + 1_800_000_000),
+                monotonic_ns: hour * HOUR,
+            };
+            assert!(matches!(schedule.poll(now), Next::Wait(_)), "hour {hour}");
+        }
+        // Two seconds in one minute is a step.
+        let now = ClockReading {
+            wall_unix_ns: T0 + 20 * (HOUR + 1_800_000_000) + MIN + 2 * SEC,
+            monotonic_ns: 20 * HOUR + MIN,
+        };
+        assert!(matches!(
+            schedule.poll(now),
+            Next::Cut(BoundaryCut {
+                reason: CutReason::ClockStep(_),
+                ..
+            })
+        ));
+    }
 }

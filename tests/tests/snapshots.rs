@@ -2,19 +2,20 @@
 //! live veth pair: traffic across several snapshot boundaries, a SIGTERM
 //! with `--keep-attached` and a SIGKILL each followed by a daemon that
 //! adopts the program, `stats` and `/metrics` from other processes, a
-//! full disk and a removed folder, traffic during cuts, and pseudonyms.
-//! The sum of the snapshots must equal exactly what was sent.
+//! full disk and a removed folder, traffic during cuts, pseudonyms, and a
+//! SIGKILL in the middle of a snapshot write. The sum of the snapshots must
+//! equal exactly what was sent.
 
 use std::{
     collections::BTreeMap,
     io::Write,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use classifier_tests::{
-    classifier_binary,
+    TEST_WATCHED, classifier_binary,
     daemon::{Daemon, TestMount, services, temp_dir, write_feed},
     frames::FrameSpec,
     netns::VethLink,
@@ -564,5 +565,153 @@ fn a_full_flow_table_keeps_counts_exact_and_shows_evictions_in_metrics_and_snaps
         "the snapshots carry the evictions"
     );
     assert_eq!(counted(&reports).services["alpha"].0, 100);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The temporary files snapshot writers left in `dir`
+/// (`.classifier-….json.tmp-PID`): path, the final name it was to get, and
+/// the writer's process id.
+fn snapshot_temporaries(dir: &Path) -> Vec<(PathBuf, String, u32)> {
+    std::fs::read_dir(dir)
+        .expect("snapshot folder")
+        .map(|entry| entry.expect("entry").path())
+        .filter_map(|path| {
+            let name = path.file_name()?.to_str()?;
+            let (final_name, pid) = name.strip_prefix('.')?.rsplit_once(".tmp-")?;
+            if !(final_name.starts_with("classifier-") && final_name.ends_with(".json")) {
+                return None;
+            }
+            let pid = pid.parse().ok()?;
+            Some((path.clone(), final_name.to_string(), pid))
+        })
+        .collect()
+}
+
+/// A snapshot temporary in `dir` that holds a whole report, with its
+/// final name, writer and text.
+fn whole_temporary(dir: &Path) -> Option<(PathBuf, String, u32, String)> {
+    snapshot_temporaries(dir)
+        .into_iter()
+        .find_map(|(path, final_name, writer)| {
+            let text = std::fs::read_to_string(&path).ok()?;
+            serde_json::from_str::<classifier_user::report::Report>(&text).ok()?;
+            Some((path, final_name, writer, text))
+        })
+}
+
+/// Every file under a final snapshot name parses as a whole report.
+fn assert_final_files_whole(dir: &Path) -> usize {
+    let files = snapshot_files(dir);
+    for path in &files {
+        let text = std::fs::read_to_string(path).expect("read snapshot");
+        let report: classifier_user::report::Report = serde_json::from_str(&text)
+            .unwrap_or_else(|error| panic!("{} is not a whole report: {error}", path.display()));
+        assert!(report.snapshot.is_some(), "{}", path.display());
+    }
+    files.len()
+}
+
+#[test]
+fn a_kill_during_a_snapshot_write_leaves_no_partial_file_and_the_next_daemon_finishes_it() {
+    if !require_root() {
+        return;
+    }
+    let dir = temp_dir("killwrite");
+    let feed = write_feed(&dir);
+    let pins = TestMount::bpf(&dir.join("bpf"));
+    let snapshots = dir.join("snapshots");
+    let link = VethLink::create("killw").expect("namespaces and veth");
+    let args = [
+        "--pin-path",
+        text(&pins.path),
+        "--snapshot-dir",
+        text(&snapshots),
+        "--snapshot-interval",
+        "1s",
+    ];
+    let mut sent = Sent::default();
+
+    // A first daemon writes snapshots and leaves the program attached.
+    let mut first = Daemon::start(&link, &feed, &[&args[..], &["--keep-attached"]].concat());
+    link.send(&sent.round(1)).expect("send");
+    first.wait_for("wrote snapshot");
+    let _ = first.stop(libc::SIGTERM);
+    let before = assert_final_files_whole(&snapshots);
+    assert!(before >= 2, "{before} snapshots");
+
+    // The second adopts it and, through the test hook, stops in its first
+    // snapshot write after the temporary is written and synced and before
+    // the rename: killed there.
+    let mut with_feed = vec!["--endpoints", text(&feed)];
+    with_feed.extend(TEST_WATCHED.iter().flat_map(|w| ["--watch", w]));
+    with_feed.extend_from_slice(&args);
+    let second = Daemon::start_wrapped(
+        &link,
+        &["env", "CLASSIFIER_TEST_PAUSE_BEFORE_RENAME_MS=60000"],
+        &with_feed,
+    );
+    assert!(second.said("adopting the program"));
+    link.send(&sent.round(2)).expect("send");
+    // Killed once the temporary holds the whole snapshot: the writer is
+    // then between its write and its rename (held there for a minute).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (temporary, final_name, writer, cut) = loop {
+        if let Some(found) = whole_temporary(&snapshots) {
+            break found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no whole snapshot temporary appeared in {}",
+            snapshots.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(writer, second.pid(), "{}", temporary.display());
+    second.kill();
+    assert!(temporary.exists(), "SIGKILL leaves the temporary behind");
+    assert!(
+        !snapshots.join(&final_name).exists(),
+        "{final_name} appeared although the writer died before its rename"
+    );
+    assert_eq!(assert_final_files_whole(&snapshots), before);
+    // Counted by the kernel while no daemon runs.
+    link.send(&sent.round(3)).expect("send");
+
+    // The third removes the leftover, writes the snapshot the second had
+    // cut (the same bytes under the same name), and carries on.
+    let mut third = Daemon::start(&link, &feed, &args);
+    assert!(third.said("adopting the program"));
+    assert!(
+        !temporary.exists(),
+        "the leftover temporary is removed at start"
+    );
+    assert!(third.said(&format!(
+        "snapshot {final_name} was cut by the previous daemon but not (fully) written"
+    )));
+    third.wait_for(&format!("wrote snapshot {final_name}"));
+    assert_eq!(
+        std::fs::read_to_string(snapshots.join(&final_name)).expect("written now"),
+        cut
+    );
+    link.send(&sent.round(4)).expect("send");
+    third.wait_for("wrote snapshot");
+    let _ = third.stop(libc::SIGTERM);
+
+    assert!(snapshot_temporaries(&snapshots).is_empty());
+    let after = assert_final_files_whole(&snapshots);
+    assert!(after > before + 1, "{before} then {after} snapshots");
+    let reports = read_snapshots(&snapshots);
+    assert_eq!(counted(&reports), sent, "nothing lost, nothing twice");
+    // The program kept counting: each snapshot starts where the last ended.
+    for pair in reports.windows(2) {
+        assert_eq!(pair[0]["end"], pair[1]["start"]);
+    }
+    let output = classifier(&["report", text(&snapshots), "--verify"]);
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && said.contains("chain intact"),
+        "{output:?}"
+    );
+    drop(pins);
     let _ = std::fs::remove_dir_all(dir);
 }
