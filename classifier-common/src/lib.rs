@@ -41,9 +41,17 @@ pub const MAP_ENDPOINTS_V6: &str = "ENDPOINTS_V6";
 /// time in Unix ns, written by `classifier pcap` before each frame).
 pub const MAP_CAPTURE_CLOCK: &str = "CAPTURE_CLOCK";
 
+/// LRU hash (shared by all CPUs) of [`FlowKey`] with direction 0 to a
+/// service id (`u32`): the verdicts flows of watched addresses whose other
+/// end is in no feed earned from their packets (a VPN protocol). Consulted
+/// only for such flows.
+pub const MAP_VERDICTS: &str = "VERDICTS";
+/// Entries of [`MAP_VERDICTS`].
+pub const VERDICT_CAPACITY: u32 = 65_536;
+
 /// Every map the program declares, for checks that the object and the
 /// loader agree.
-pub const ALL_MAPS: [&str; 11] = [
+pub const ALL_MAPS: [&str; 12] = [
     MAP_TOTALS,
     MAP_SERVICES,
     MAP_FLOWS,
@@ -55,6 +63,7 @@ pub const ALL_MAPS: [&str; 11] = [
     MAP_WATCHED_V6,
     MAP_ENDPOINTS_V6,
     MAP_CAPTURE_CLOCK,
+    MAP_VERDICTS,
 ];
 
 /// `BPF_F_MMAPABLE`: the IPv4 table's arrays are filled through a mapping.
@@ -87,6 +96,20 @@ pub const FAMILY_V6: u8 = 6;
 
 /// Service ids index [`MAP_SERVICES`]; id 0 is never assigned.
 pub const MAX_SERVICES: u32 = 1024;
+
+// ---- protocol services ---------------------------------------------------
+
+/// Services recognised by their packets rather than by a list (VPN
+/// protocols, on watched traffic whose other end is in no feed). They hold
+/// the first service ids, in this order, in every service table; feed
+/// services follow.
+pub const PROTOCOL_SERVICES: [&str; 6] = ["wireguard", "openvpn", "ipsec", "pptp", "gre", "l2tp"];
+pub const SERVICE_WIREGUARD: u32 = 1;
+pub const SERVICE_OPENVPN: u32 = 2;
+pub const SERVICE_IPSEC: u32 = 3;
+pub const SERVICE_PPTP: u32 = 4;
+pub const SERVICE_GRE: u32 = 5;
+pub const SERVICE_L2TP: u32 = 6;
 
 /// Most VLAN tags (802.1Q / 802.1ad) parsed before a frame counts as
 /// [`MALFORMED_VLAN_TOO_DEEP`].

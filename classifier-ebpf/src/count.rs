@@ -12,9 +12,11 @@ use classifier_common::{
 
 use crate::{
     CAPTURE_CLOCK, CAPTURE_CLOCK_ON, FLOW_CACHE, FLOW_CACHE_MASK, FLOWS, SERVICES, TOTALS,
+    VERDICTS,
     classify::{Watched, classify_v4, classify_v6, either_hinted},
     load_time,
     parse::{Packet, Parsed, parse, plain},
+    protocols::recognise,
 };
 
 /// An address as flow keys hold it: 16 bytes, IPv4 mapped.
@@ -62,13 +64,13 @@ pub fn packet(ctx: &XdpContext) {
         Ok(Parsed::V4(packet)) => {
             totals.ipv4 += 1;
             if let Some(watched) = classify_v4(&packet) {
-                count_watched(totals, &packet, &watched, bytes);
+                count_watched(ctx, totals, &packet, &watched, bytes);
             }
         }
         Ok(Parsed::V6(packet)) => {
             totals.ipv6 += 1;
             if let Some(watched) = classify_v6(&packet) {
-                count_watched(totals, &packet, &watched, bytes);
+                count_watched(ctx, totals, &packet, &watched, bytes);
             }
         }
         Err(malformed) => {
@@ -90,16 +92,46 @@ fn count_family(totals: &mut Totals, family: u8) {
 }
 
 #[inline(always)]
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "by value, the flow key is copied to the stack again and the program exceeds the BPF stack"
+)]
 fn count_watched<A: KeyAddress>(
+    ctx: &XdpContext,
     totals: &mut Totals,
     packet: &Packet<A>,
     watched: &Watched<A>,
     bytes: u64,
 ) {
     totals.watched += 1;
-    let service = watched.service;
+    let mut key: FlowKey = Zeroable::zeroed();
+    key.watched = watched.watched.key_bytes();
+    key.endpoint = watched.endpoint.key_bytes();
+    key.port = watched.port;
+    key.family = A::FAMILY;
+    key.protocol = packet.protocol;
+
+    let mut service = watched.service;
     if service == 0 {
-        return;
+        // No feed names the other end (a feed match wins over a protocol
+        // guess): a verdict an earlier packet of the flow taught, or this
+        // packet's protocol.
+        service = match VERDICTS.get_ptr(&key) {
+            // SAFETY: a map value, read once.
+            Some(verdict) => unsafe { *verdict },
+            None => {
+                let recognised = recognise(ctx, packet);
+                if recognised != 0 {
+                    // A full table evicts the oldest verdict; a failed
+                    // insert only loses the verdict for later packets.
+                    let _ = VERDICTS.insert(&key, &recognised, 0);
+                }
+                recognised
+            }
+        };
+        if service == 0 {
+            return;
+        }
     }
     totals.matched += 1;
     if let Some(counters) = SERVICES.get_ptr_mut(service) {
@@ -114,12 +146,6 @@ fn count_watched<A: KeyAddress>(
         }
     }
 
-    let mut key: FlowKey = Zeroable::zeroed();
-    key.watched = watched.watched.key_bytes();
-    key.endpoint = watched.endpoint.key_bytes();
-    key.port = watched.port;
-    key.family = A::FAMILY;
-    key.protocol = packet.protocol;
     key.direction = watched.direction;
 
     // Coarse (tick-resolution) CLOCK_MONOTONIC: a few ns cheaper than the

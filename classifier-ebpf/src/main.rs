@@ -7,16 +7,17 @@
 mod classify;
 mod count;
 mod parse;
+mod protocols;
 
 use aya_ebpf::{
     bindings::xdp_action,
     macros::{map, xdp},
-    maps::{Array, LpmTrie, LruPerCpuHashMap, PerCpuArray},
+    maps::{Array, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray},
     programs::XdpContext,
 };
 use classifier_common::{
     BPF_F_MMAPABLE, EndpointValue, FlowKey, FlowSlot, FlowValue, MAX_SERVICES, ServiceCounters,
-    Totals, V4_TOP_NODES, V4Leaf, V4Node, V4Runs, WatchedHint,
+    Totals, V4_TOP_NODES, V4Leaf, V4Node, V4Runs, VERDICT_CAPACITY, WatchedHint,
 };
 
 // Map names must equal the `MAP_*` constants of classifier-common; the
@@ -30,6 +31,12 @@ static SERVICES: PerCpuArray<ServiceCounters> = PerCpuArray::with_max_entries(MA
 static FLOWS: LruPerCpuHashMap<FlowKey, FlowValue> = LruPerCpuHashMap::with_max_entries(65_536, 0);
 #[map]
 static FLOW_CACHE: PerCpuArray<FlowSlot> = PerCpuArray::with_max_entries(1, 0);
+/// Flows of watched addresses whose other end is in no feed but whose
+/// packets showed a service (a VPN protocol): flow key with direction 0 →
+/// service id. Shared by all CPUs (a flow's two directions may arrive on
+/// different ones); consulted only for such flows.
+#[map]
+static VERDICTS: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(VERDICT_CAPACITY, 0);
 #[map]
 static WATCHED_HINT: Array<WatchedHint> = Array::with_max_entries(2, 0);
 #[map]

@@ -55,6 +55,12 @@ pub struct Packet<A> {
     pub dst_port: u16,
     pub src: A,
     pub dst: A,
+    /// The transport payload (after the TCP/UDP/ICMP header; the whole IP
+    /// payload for other protocols) as offsets from the frame start; empty
+    /// for later fragments (an end before the start). The end is the IP
+    /// packet's own; reads must still check the frame's end.
+    pub payload_start: usize,
+    pub payload_end: usize,
 }
 
 /// Why a frame could not be parsed, and the family its EtherType named
@@ -66,7 +72,7 @@ pub struct Malformed {
 }
 
 /// No frame is longer than this; the logical limit before an IP header.
-const MAX_FRAME: usize = 0xffff;
+pub const MAX_FRAME: usize = 0xffff;
 
 /// A bounds-checked position in the frame. Offsets are scalars from the
 /// frame start; `limit` is the logical end (the IP packet's own length).
@@ -111,7 +117,7 @@ impl Cursor {
 /// 2-byte aligned, which the verifier accepts (no BPF_F_STRICT_ALIGNMENT)
 /// and the x86-64 and arm64 JITs load without a fault.
 #[inline(always)]
-fn load<T: Copy>(address: usize) -> T {
+pub fn load<T: Copy>(address: usize) -> T {
     // SAFETY: `address` lies inside the frame, checked by `Cursor::take`.
     unsafe { core::ptr::read(address as *const T) }
 }
@@ -304,6 +310,10 @@ fn parse_ipv4(cursor: &mut Cursor) -> Result<Packet<u32>, Malformed> {
         dst_port: 0,
         src: u32::from_be(load::<u32>(header + 12)),
         dst: u32::from_be(load::<u32>(header + 16)),
+        // None until the transport header is parsed (a later fragment
+        // has none): an end before the start.
+        payload_start: 1,
+        payload_end: 0,
     };
     let fragment_offset = load_be16(header + 6) & 0x1fff;
     if fragment_offset == 0 {
@@ -337,6 +347,10 @@ fn parse_ipv6(cursor: &mut Cursor) -> Result<Packet<[u8; 16]>, Malformed> {
         dst_port: 0,
         src: load::<[u8; 16]>(header + 8),
         dst: load::<[u8; 16]>(header + 24),
+        // None until the transport header is parsed (a later fragment
+        // has none): an end before the start.
+        payload_start: 1,
+        payload_end: 0,
     };
 
     let ext_truncated = malformed(FAMILY_V6, MALFORMED_IPV6_EXT_TRUNCATED);
@@ -422,5 +436,7 @@ fn parse_l4<A>(cursor: &mut Cursor, family: u8, packet: &mut Packet<A>) -> Resul
         }
         _ => {}
     }
+    packet.payload_start = cursor.offset;
+    packet.payload_end = cursor.limit;
     Ok(())
 }

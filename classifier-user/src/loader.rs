@@ -19,8 +19,8 @@ use aya::{
 use classifier_common::{
     EndpointValue, GLOBAL_CAPTURE_CLOCK, GLOBAL_FLOW_CACHE_MASK, GLOBAL_VERDICT, HINT_BITS,
     HINT_V4, HINT_V6, MAP_CAPTURE_CLOCK, MAP_ENDPOINTS_V6, MAP_FLOW_CACHE, MAP_FLOWS,
-    MAP_V4_LEAVES, MAP_V4_NODES, MAP_V4_RUNS, MAP_WATCHED_HINT, MAP_WATCHED_V6, MAX_SERVICES,
-    PROGRAM_NAME, WatchedHint, hint_index_v4, hint_index_v6,
+    MAP_V4_LEAVES, MAP_V4_NODES, MAP_V4_RUNS, MAP_VERDICTS, MAP_WATCHED_HINT, MAP_WATCHED_V6,
+    MAX_SERVICES, PROGRAM_NAME, WatchedHint, hint_index_v4, hint_index_v6,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
@@ -166,8 +166,19 @@ pub struct ServiceTable {
 }
 
 impl ServiceTable {
+    /// The protocol services (`classifier_common::PROTOCOL_SERVICES`, ids
+    /// 1 to 6), then `names` they do not already hold, in order.
     pub fn new(names: Vec<String>) -> Self {
-        Self { names }
+        let mut table: Vec<String> = classifier_common::PROTOCOL_SERVICES
+            .iter()
+            .map(|name| (*name).to_string())
+            .collect();
+        for name in names {
+            if !table.contains(&name) {
+                table.push(name);
+            }
+        }
+        Self { names: table }
     }
 
     /// Id 0 is never assigned.
@@ -344,7 +355,8 @@ impl Sensor {
         raise_memlock_limit();
         let mut loader = EbpfLoader::new();
         if let Some(dir) = counters_pin_dir {
-            for name in CounterMaps::NAMES {
+            // The verdicts too: a reload keeps what flows taught.
+            for name in CounterMaps::NAMES.into_iter().chain([MAP_VERDICTS]) {
                 loader.map_pin_path(name, dir.join(name));
             }
         }

@@ -130,9 +130,10 @@ impl SensorMeta {
 pub fn layout() -> String {
     use std::mem::size_of;
     format!(
-        "totals{}-services{}-flowkey{}-flowvalue{}-flowslot{}",
+        "totals{}-services{}-protocols{}-flowkey{}-flowvalue{}-flowslot{}",
         size_of::<Totals>(),
         size_of::<ServiceCounters>(),
+        classifier_common::PROTOCOL_SERVICES.len(),
         size_of::<FlowKey>(),
         size_of::<FlowValue>(),
         size_of::<FlowSlot>()

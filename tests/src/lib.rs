@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod frames;
 pub mod netns;
 pub mod oracle;
+pub mod protocols;
 
 use std::path::PathBuf;
 

@@ -46,7 +46,11 @@
 //! layout (see `frames.rs`); the oracle takes the RFC 8200 offset from the
 //! header's bytes itself.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    cell::RefCell,
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use classifier_common::{
     DIR_INBOUND, DIR_OUTBOUND, MALFORMED_ETHERNET_TRUNCATED, MALFORMED_IPV4_BAD_HEADER,
@@ -108,12 +112,15 @@ pub struct Flow {
 }
 
 /// A well-formed IP packet, as far as classification needs it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Packet {
     src: IpAddr,
     dst: IpAddr,
     protocol: u8,
     ports: Ports,
+    /// The transport payload; `None` for later fragments and jumbograms
+    /// (the program judges neither by its payload).
+    payload: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -121,6 +128,8 @@ struct Ports {
     src: u16,
     dst: u16,
     tcp_flags: u8,
+    /// Bytes of the transport header (0 for protocols without one).
+    header_len: usize,
 }
 
 /// Why the frame is malformed, and the family it counts in.
@@ -133,11 +142,19 @@ fn malformed<T>(family: Family, reason: usize) -> Result<T, Malformed> {
     Err(Malformed { family, reason })
 }
 
+/// (watched address, other end, protocol, other end's port).
+type VerdictKey = (IpAddr, IpAddr, u8, u16);
+
 /// The watched set and the endpoint feed, as the oracle reads them.
 pub struct Oracle {
     watched: Vec<IpNet>,
     /// In feed order.
     endpoints: Vec<(IpNet, String)>,
+    /// Protocol verdicts earlier frames earned: (watched, other end,
+    /// protocol, other end's port) → service. The program keeps them in an
+    /// LRU table of `VERDICT_CAPACITY` entries; runs that create more keys
+    /// than that may see it forget one the oracle remembers.
+    verdicts: RefCell<HashMap<VerdictKey, &'static str>>,
 }
 
 impl Oracle {
@@ -159,7 +176,11 @@ impl Oracle {
                 (cidr.parse().expect("a feed prefix"), service.to_string())
             })
             .collect();
-        Self { watched, endpoints }
+        Self {
+            watched,
+            endpoints,
+            verdicts: RefCell::default(),
+        }
     }
 
     /// What the program should count for `frame`.
@@ -217,7 +238,33 @@ impl Oracle {
                 packet.ports.src,
             ));
         }
-        Outcome::Watched
+        // No feed names the other end: a protocol verdict, seen from the
+        // watched side (the source's when both are watched).
+        let (direction, watched, other, port) = if src_watched {
+            (DIR_OUTBOUND, packet.src, packet.dst, packet.ports.dst)
+        } else {
+            (DIR_INBOUND, packet.dst, packet.src, packet.ports.src)
+        };
+        let key = (watched, other, packet.protocol, port);
+        let mut verdicts = self.verdicts.borrow_mut();
+        let service = match verdicts.get(&key) {
+            Some(service) => Some(*service),
+            None => {
+                let recognised = crate::protocols::recognise(
+                    packet.protocol,
+                    [packet.ports.src, packet.ports.dst],
+                    packet.payload.as_deref(),
+                );
+                if let Some(service) = recognised {
+                    verdicts.insert(key, service);
+                }
+                recognised
+            }
+        };
+        match service {
+            Some(service) => Outcome::Matched(flow(service, direction, watched, other, port)),
+            None => Outcome::Watched,
+        }
     }
 
     fn is_watched(&self, address: IpAddr) -> bool {
@@ -291,17 +338,19 @@ fn parse_ipv4(ip: &[u8]) -> Result<Packet, Malformed> {
     }
     let payload = &ip[header_len..total_len];
     let protocol = header.protocol();
-    let ports = if header.fragments_offset().value() == 0 {
-        transport_ports(protocol, payload, IpNumber::ICMP)
-            .or_else(|()| malformed(Family::V4, MALFORMED_L4_TRUNCATED))?
+    let (ports, transport_payload) = if header.fragments_offset().value() == 0 {
+        let ports = transport_ports(protocol, payload, IpNumber::ICMP)
+            .or_else(|()| malformed(Family::V4, MALFORMED_L4_TRUNCATED))?;
+        (ports, Some(payload[ports.header_len..].to_vec()))
     } else {
-        Ports::default()
+        (Ports::default(), None)
     };
     Ok(Packet {
         src: IpAddr::V4(Ipv4Addr::from(header.source())),
         dst: IpAddr::V4(Ipv4Addr::from(header.destination())),
         protocol: protocol.0,
         ports,
+        payload: transport_payload,
     })
 }
 
@@ -324,11 +373,13 @@ fn parse_ipv6(ip: &[u8]) -> Result<Packet, Malformed> {
     } else {
         &ip[fixed..fixed + payload_len]
     };
-    let packet = |protocol: IpNumber, ports| Packet {
+    let packet = |protocol: IpNumber, ports, payload: Option<&[u8]>| Packet {
         src: IpAddr::V6(Ipv6Addr::from(header.source())),
         dst: IpAddr::V6(Ipv6Addr::from(header.destination())),
         protocol: protocol.0,
         ports,
+        // A jumbogram's payload is not judged.
+        payload: payload.filter(|_| payload_len != 0).map(<[u8]>::to_vec),
     };
 
     let mut next = header.next_header();
@@ -345,7 +396,7 @@ fn parse_ipv6(ip: &[u8]) -> Result<Packet, Malformed> {
         if !is_extension {
             let ports = transport_ports(next, rest, IpNumber::IPV6_ICMP)
                 .or_else(|()| malformed(Family::V6, MALFORMED_L4_TRUNCATED))?;
-            return Ok(packet(next, ports));
+            return Ok(packet(next, ports, Some(&rest[ports.header_len..])));
         }
         if walked == MAX_IPV6_EXT_HEADERS {
             // One header more than the program walks: whether it fits
@@ -359,7 +410,7 @@ fn parse_ipv6(ip: &[u8]) -> Result<Packet, Malformed> {
             let bytes = fragment.slice();
             // RFC 8200: 13 bits of offset, 2 reserved, the M flag.
             if u16::from_be_bytes([bytes[2], bytes[3]]) >> 3 != 0 {
-                return Ok(packet(fragment.next_header(), Ports::default()));
+                return Ok(packet(fragment.next_header(), Ports::default(), None));
             }
             (fragment.next_header(), bytes.len())
         } else if next == IpNumber::AUTHENTICATION_HEADER {
@@ -400,12 +451,14 @@ fn transport_ports(protocol: IpNumber, payload: &[u8], icmp: IpNumber) -> Result
                 src: tcp.source_port(),
                 dst: tcp.destination_port(),
                 tcp_flags: tcp_flags(&tcp),
+                header_len: tcp.slice().len(),
             }),
             // A data offset below 5: the fixed 20 bytes are the header.
             Err(tcp::HeaderSliceError::Content(_)) if payload.len() >= 20 => Ok(Ports {
                 src: u16::from_be_bytes([payload[0], payload[1]]),
                 dst: u16::from_be_bytes([payload[2], payload[3]]),
                 tcp_flags: payload[13],
+                header_len: 20,
             }),
             Err(_) => Err(()),
         },
@@ -415,6 +468,7 @@ fn transport_ports(protocol: IpNumber, payload: &[u8], icmp: IpNumber) -> Result
                 src: udp.source_port(),
                 dst: udp.destination_port(),
                 tcp_flags: 0,
+                header_len: 8,
             })
         }
         // Type, code and checksum (RFC 792, RFC 4443 §2.1); etherparse's
@@ -423,7 +477,10 @@ fn transport_ports(protocol: IpNumber, payload: &[u8], icmp: IpNumber) -> Result
             if payload.len() < 4 {
                 Err(())
             } else {
-                Ok(Ports::default())
+                Ok(Ports {
+                    header_len: 4,
+                    ..Ports::default()
+                })
             }
         }
         _ => Ok(Ports::default()),

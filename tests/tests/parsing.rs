@@ -94,6 +94,25 @@ fn out6(service: &'static str, endpoint: &'static str, protocol: u8, port: u16) 
     }
 }
 
+/// `spec` with a `len`-byte transport payload that begins with `head`.
+fn with_payload(spec: FrameSpec, head: &[u8], len: usize) -> Vec<u8> {
+    let frame = spec.payload(len).build();
+    let start = frame.len() - len;
+    patched(frame, start, head)
+}
+
+/// A 28-byte IKEv2 IKE_SA_INIT header whose length field says `length`.
+fn ike_header(length: u32) -> [u8; 28] {
+    let mut header = [0u8; 28];
+    header[..8].copy_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]);
+    header[16] = 33; // next payload: SA
+    header[17] = 0x20; // version 2.0
+    header[18] = 34; // IKE_SA_INIT
+    header[19] = 0x08; // initiator
+    header[24..].copy_from_slice(&length.to_be_bytes());
+    header
+}
+
 fn case(name: &'static str, frame: Vec<u8>, expect: Expect) -> Case {
     Case {
         name,
@@ -450,6 +469,140 @@ fn cases() -> Vec<Case> {
             ),
             Matched(V4, out("alpha", ALPHA4, 6, 443)),
         ),
+        // ---- VPN protocols, the other end in no feed ----
+        case(
+            "v4 udp wireguard initiation (type 1, 148 bytes) to a non-endpoint",
+            with_payload(udp(W4, PLAIN4, 40001, 51820), &[1, 0, 0, 0], 148),
+            Matched(V4, out("wireguard", PLAIN4, 17, 51820)),
+        ),
+        case(
+            "v4 udp wireguard response (type 2, 92 bytes) from a non-endpoint",
+            with_payload(udp(PLAIN4, W4, 51821, 40002), &[2, 0, 0, 0], 92),
+            Matched(
+                V4,
+                Match {
+                    direction: DIR_INBOUND,
+                    ..out("wireguard", PLAIN4, 17, 51821)
+                },
+            ),
+        ),
+        case(
+            "v4 udp wireguard transport data (type 4, 96 bytes)",
+            with_payload(udp(W4, PLAIN4, 40012, 51820), &[4, 0, 0, 0], 96),
+            Matched(V4, out("wireguard", PLAIN4, 17, 51820)),
+        ),
+        case(
+            "v4 udp type 4 in 100 bytes (not a multiple of 16): not wireguard",
+            with_payload(udp(W4, PLAIN4, 40013, 51823), &[4, 0, 0, 0], 100),
+            WatchedOnly(V4),
+        ),
+        case(
+            "v4 udp type 1 in 147 bytes: not wireguard",
+            with_payload(udp(W4, PLAIN4, 40003, 51822), &[1, 0, 0, 0], 147),
+            WatchedOnly(V4),
+        ),
+        case(
+            "v4 udp wireguard initiation to a feed endpoint: the feed wins",
+            with_payload(udp(W4, DELTA4, 40004, 51820), &[1, 0, 0, 0], 148),
+            Matched(V4, out("delta", DELTA4, 17, 51820)),
+        ),
+        case(
+            "v4 udp openvpn hard reset (client v2) on any port",
+            with_payload(udp(W4, PLAIN4, 40005, 1194), &[0x38], 42),
+            Matched(V4, out("openvpn", PLAIN4, 17, 1194)),
+        ),
+        case(
+            "v4 udp openvpn opcode in 13 bytes: too short for a reset",
+            with_payload(udp(W4, PLAIN4, 40006, 1194), &[0x38], 13),
+            WatchedOnly(V4),
+        ),
+        case(
+            "v4 tcp openvpn hard reset behind its length",
+            with_payload(tcp(W4, PLAIN4, 40007, 443), &[0, 40, 0x38], 42),
+            Matched(V4, out("openvpn", PLAIN4, 6, 443)),
+        ),
+        case(
+            "v4 tcp openvpn reset whose length field disagrees",
+            with_payload(tcp(W4, PLAIN4, 40008, 443), &[0, 41, 0x38], 42),
+            WatchedOnly(V4),
+        ),
+        case(
+            "v4 udp ikev2 sa_init on 500",
+            with_payload(udp(W4, PLAIN4, 500, 500), &ike_header(40), 40),
+            Matched(V4, out("ipsec", PLAIN4, 17, 500)),
+        ),
+        case(
+            "v4 udp ike whose length field disagrees: not ipsec",
+            with_payload(udp(W4, PLAIN4, 501, 500), &ike_header(41), 40),
+            WatchedOnly(V4),
+        ),
+        case(
+            "v4 udp 4500 esp in udp",
+            with_payload(udp(W4, PLAIN4, 4500, 4500), &[0, 0, 0, 7, 0, 0, 0, 1], 32),
+            Matched(V4, out("ipsec", PLAIN4, 17, 4500)),
+        ),
+        case(
+            "v4 udp 4500 non-esp marker then ike",
+            with_payload(
+                udp(W4, PLAIN4, 4501, 4500),
+                &[&[0u8, 0, 0, 0][..], &ike_header(40)[..]].concat(),
+                44,
+            ),
+            Matched(V4, out("ipsec", PLAIN4, 17, 4500)),
+        ),
+        case(
+            "v4 udp l2tp v2 control on 1701",
+            with_payload(udp(W4, PLAIN4, 1701, 1701), &[0xc8, 0x02], 20),
+            Matched(V4, out("l2tp", PLAIN4, 17, 1701)),
+        ),
+        case(
+            "v4 tcp pptp control on 1723 (magic cookie)",
+            with_payload(
+                tcp(W4, PLAIN4, 40009, 1723),
+                &[0, 156, 0, 1, 0x1a, 0x2b, 0x3c, 0x4d],
+                156,
+            ),
+            Matched(V4, out("pptp", PLAIN4, 6, 1723)),
+        ),
+        case(
+            "v4 gre v1 carrying ppp: pptp's data",
+            with_payload(raw(W4, PLAIN4, 47), &[0x30, 0x81, 0x88, 0x0b], 16),
+            Matched(V4, out("pptp", PLAIN4, 47, 0)),
+        ),
+        case(
+            "v4 gre v0",
+            with_payload(raw(W4, PLAIN4, 47), &[0, 0, 0x08, 0x00], 24),
+            Matched(V4, out("gre", PLAIN4, 47, 0)),
+        ),
+        case(
+            "v4 esp",
+            raw(W4, PLAIN4, 50).build(),
+            Matched(V4, out("ipsec", PLAIN4, 50, 0)),
+        ),
+        case(
+            "v4 esp, a later fragment: not judged",
+            FrameSpec {
+                ipv4_fragment_offset: 100,
+                ..raw(W4, PLAIN4, 50)
+            }
+            .build(),
+            WatchedOnly(V4),
+        ),
+        case(
+            "v4 udp from a non-watched host: never judged",
+            with_payload(udp(PLAIN4_B, PLAIN4, 40010, 51820), &[1, 0, 0, 0], 148),
+            Unwatched(V4),
+        ),
+        case(
+            "v6 udp wireguard initiation to a non-endpoint",
+            with_payload(udp(W6, PLAIN6, 40011, 51820), &[1, 0, 0, 0], 148),
+            Matched(V6, out6("wireguard", PLAIN6, 17, 51820)),
+        ),
+        case(
+            "v6 esp",
+            raw(W6, PLAIN6, 50).build(),
+            Matched(V6, out6("ipsec", PLAIN6, 50, 0)),
+        ),
         case(
             "v4 icmp header cut short",
             total_len(
@@ -728,5 +881,43 @@ fn counts_accumulate_over_many_frames_and_flows() {
             .flows
             .values()
             .all(|flow| flow.packets == 10 || flow.packets == 20)
+    );
+}
+
+/// A verdict holds for the whole flow: packets with no signature of their
+/// own (here type 4 of a length no WireGuard data has) count as WireGuard
+/// once the flow's handshake was seen, in both directions; such a packet
+/// before the handshake, and on another flow, stays unmatched.
+#[test]
+fn a_flow_its_handshake_named_counts_whole() {
+    if !require_root() {
+        return;
+    }
+    let sensor = load_sensor();
+    let data = |src, dst, sp, dp| with_payload(FrameSpec::udp(src, dst, sp, dp), &[4, 0, 0, 0], 70);
+    let frames = [
+        data(W4, PLAIN4, 40100, 51820),
+        with_payload(FrameSpec::udp(W4, PLAIN4, 40100, 51820), &[1, 0, 0, 0], 148),
+        data(W4, PLAIN4, 40100, 51820),
+        data(PLAIN4, W4, 51820, 40100),
+        data(W4, PLAIN4, 40100, 51821),
+    ];
+    for frame in &frames {
+        assert_eq!(run_frame(&sensor, frame).expect("test run"), XDP_PASS);
+    }
+    let reading = drain::read(&sensor).expect("maps drain");
+    assert_eq!(reading.totals.watched, 5);
+    assert_eq!(reading.totals.matched, 3);
+    let wireguard = sensor.services.id("wireguard").expect("a protocol service") as usize;
+    assert_eq!(reading.services[wireguard].packets, [2, 1]);
+    let flows: Vec<String> = reading
+        .all_flows()
+        .map(|(key, sample)| describe(key, sample.packets, sample.bytes, &sensor, sample.service))
+        .collect();
+    assert_eq!(flows.len(), 2, "{flows:?}");
+    assert!(
+        flows
+            .iter()
+            .all(|flow| flow.contains("port 51820") && flow.contains("wireguard"))
     );
 }

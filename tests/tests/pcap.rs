@@ -239,3 +239,165 @@ fn bad_captures_are_refused_with_file_and_frame() {
     assert!(output.stdout.is_empty());
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The shared captures of nDPI's test suite (../shared/data/pcap).
+fn shared_capture(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/data/pcap")
+        .join(name)
+}
+
+/// Where a frame's IPv4 header starts (after Ethernet and VLAN tags).
+fn ipv4_header(frame: &[u8]) -> Option<usize> {
+    let mut at = 12;
+    loop {
+        match frame.get(at..at + 2)? {
+            [0x81, 0x00] | [0x88, 0xa8] => at += 4,
+            [0x08, 0x00] => return Some(at + 2),
+            _ => return None,
+        }
+    }
+}
+
+/// The capture with every private IPv4 address (RFC 1918, loopback: the
+/// captures' clients) rewritten into the default watched range
+/// 175.45.176.0/22, written as a pcap in `dir`; its frames, rewritten.
+fn into_watched_range(name: &str, dir: &Path) -> (std::path::PathBuf, Vec<Vec<u8>>) {
+    use pcap_file::{
+        DataLink, TsResolution,
+        pcap::{PcapHeader, PcapPacket, PcapWriter},
+    };
+    let watched = |address: [u8; 4]| -> Option<[u8; 4]> {
+        let private = matches!(address, [10 | 127, ..] | [192, 168, ..])
+            || (address[0] == 172 && address[1] & 0xf0 == 16);
+        private.then(|| {
+            // A stable spot in the /22 for each private address.
+            let spot = address
+                .iter()
+                .fold(7u32, |h, &b| h.wrapping_mul(31) + u32::from(b))
+                % 1024;
+            let [_, _, high, low] = (0xaf2d_b000u32 | spot).to_be_bytes();
+            [175, 45, high, low]
+        })
+    };
+    let reader = classifier_user::capture::CaptureReader::open(&shared_capture(name))
+        .expect("the capture opens");
+    let path = dir.join(format!("{name}.watched.pcap"));
+    let header = PcapHeader {
+        datalink: DataLink::ETHERNET,
+        ts_resolution: TsResolution::NanoSecond,
+        ..PcapHeader::default()
+    };
+    let mut writer = PcapWriter::with_header(
+        std::fs::File::create(&path).expect("create the pcap"),
+        header,
+    )
+    .expect("pcap header");
+    let mut frames = Vec::new();
+    for frame in reader {
+        let frame = frame.expect("a frame");
+        let mut data = frame.data.clone();
+        if let Some(ip) = ipv4_header(&data) {
+            for field in [ip + 12, ip + 16] {
+                if let Some(bytes) = data.get(field..field + 4) {
+                    let address: [u8; 4] = bytes.try_into().expect("4 bytes");
+                    if let Some(new) = watched(address) {
+                        data[field..field + 4].copy_from_slice(&new);
+                    }
+                }
+            }
+        }
+        let time = std::time::Duration::from_nanos(u64::try_from(frame.timestamp_ns).unwrap_or(0));
+        writer
+            .write_packet(&PcapPacket::new(time, frame.original_len, &data))
+            .expect("write a packet");
+        frames.push(data);
+    }
+    (path, frames)
+}
+
+/// Frames to or from `address`.
+fn frames_with(frames: &[Vec<u8>], address: [u8; 4]) -> u64 {
+    frames
+        .iter()
+        .filter(|frame| {
+            ipv4_header(frame).is_some_and(|ip| {
+                frame.get(ip + 12..ip + 16) == Some(&address[..])
+                    || frame.get(ip + 16..ip + 20) == Some(&address[..])
+            })
+        })
+        .count() as u64
+}
+
+#[test]
+fn vpn_protocols_are_recognised_in_real_captures_without_a_list() {
+    if !require_root() {
+        return;
+    }
+    let dir = temp_dir("pcap-protocols");
+    // A feed that names none of the captures' servers.
+    let no_servers = dir.join("no-servers.csv");
+    std::fs::write(&no_servers, "cidr,service\n192.0.2.0/24,nothing-here\n").expect("feed");
+    let no_servers = text(&no_servers);
+
+    // ProtonVPN's WireGuard tunnel (its server is in no list).
+    let (file, frames) = into_watched_range("protonvpn.pcap", &dir);
+    let report = pcap_report(&[text(&file)]);
+    let wireguard = &services(&report)["wireguard"];
+    assert_eq!(
+        wireguard["packets"],
+        frames_with(&frames, [217, 23, 3, 76]),
+        "{report}"
+    );
+    assert_eq!(wireguard["unique_sources"], 1);
+
+    // Mullvad's WireGuard: the bundled feed lists the server, and a feed
+    // match wins over the protocol; without it, the protocol names it.
+    let (file, frames) = into_watched_range("mullvad_wireguard.pcap", &dir);
+    let all = frames.len() as u64;
+    let report = pcap_report(&[text(&file)]);
+    assert_eq!(services(&report)["mullvad"]["packets"], all);
+    assert!(!services(&report).contains_key("wireguard"));
+    let report = pcap_report(&[text(&file), "--endpoints", no_servers]);
+    assert_eq!(services(&report)["wireguard"]["packets"], all);
+
+    // TunnelBear's WireGuard tunnel, its server in the bundled feed.
+    let (file, frames) = into_watched_range("tunnelbear.pcap", &dir);
+    let report = pcap_report(&[text(&file)]);
+    assert_eq!(
+        services(&report)["tunnelbear"]["packets"],
+        frames_with(&frames, [142, 93, 78, 79])
+    );
+    // Without the feed: TunnelBear's handshake messages are 204 and 100
+    // bytes, not WireGuard's 148 and 92, so the flow is recognised from its
+    // first transport data packet on (the third of its 12).
+    let report = pcap_report(&[text(&file), "--endpoints", no_servers]);
+    assert_eq!(
+        services(&report)["wireguard"]["packets"],
+        frames_with(&frames, [142, 93, 78, 79]) - 2
+    );
+
+    // IKE on UDP 500 and NAT-T/ESP on 4500: every frame of the capture.
+    let (file, frames) = into_watched_range("ipsec_isakmp_esp.pcap", &dir);
+    let report = pcap_report(&[text(&file)]);
+    assert_eq!(report["totals"]["packets"], frames.len() as u64);
+    assert_eq!(services(&report)["ipsec"]["packets"], frames.len() as u64);
+
+    // OpenVPN over UDP and TCP on several ports; one server is NordVPN's
+    // and the bundled feed names it.
+    let (file, frames) = into_watched_range("openvpn.pcap", &dir);
+    let report = pcap_report(&[text(&file)]);
+    let nordvpn = frames_with(&frames, [217, 138, 197, 43]);
+    assert_eq!(services(&report)["nordvpn"]["packets"], nordvpn);
+    let openvpn = &services(&report)["openvpn"];
+    assert!(openvpn["flows"].as_u64() >= Some(10), "{openvpn}");
+    // Frames before a session's first hard reset (TCP handshakes) and
+    // sessions the capture joined late stay unmatched.
+    let unmatched = report["totals"]["watched"].as_u64().unwrap_or(0)
+        - report["totals"]["matched"].as_u64().unwrap_or(0);
+    assert!(
+        openvpn["packets"].as_u64() > Some(4 * unmatched),
+        "{openvpn} vs {unmatched} unmatched"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
