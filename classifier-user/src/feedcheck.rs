@@ -1096,9 +1096,11 @@ fn capacity(
         })
         .collect();
     let table = V4Table::build(&watched.v4, &v4_endpoints);
+    // The protocol services hold the first ids whatever the feed says.
+    let protocols = classifier_common::PROTOCOL_SERVICES.len();
     Ok(Capacity {
-        services: services.len(),
-        max_services: MAX_SERVICES as usize - 1,
+        services: services.len() - protocols,
+        max_services: MAX_SERVICES as usize - 1 - protocols,
         endpoints_v4,
         capacity_v4: rules.capacity_v4,
         v4_table: TableSize {

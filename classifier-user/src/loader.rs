@@ -752,11 +752,19 @@ mod tests {
     }
 
     #[test]
-    fn service_ids_start_at_one() {
-        let table = ServiceTable::new(vec!["expressvpn".into(), "pia".into()]);
-        assert_eq!(table.id("pia"), Some(2));
-        assert_eq!(table.name(1), Some("expressvpn"));
+    fn service_ids_start_at_one_with_the_protocol_services() {
+        let table = ServiceTable::new(vec!["expressvpn".into(), "pia".into(), "openvpn".into()]);
         assert_eq!(table.name(0), None);
-        assert_eq!(table.name(3), None);
+        assert_eq!(table.name(1), Some("wireguard"));
+        assert_eq!(table.id("l2tp"), Some(classifier_common::SERVICE_L2TP));
+        assert_eq!(table.id("ipsec"), Some(classifier_common::SERVICE_IPSEC));
+        // Feed services follow; one named like a protocol shares its id.
+        assert_eq!(table.id("expressvpn"), Some(7));
+        assert_eq!(table.id("pia"), Some(8));
+        assert_eq!(
+            table.id("openvpn"),
+            Some(classifier_common::SERVICE_OPENVPN)
+        );
+        assert_eq!(table.name(9), None);
     }
 }
