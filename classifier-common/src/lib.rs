@@ -48,10 +48,21 @@ pub const MAP_CAPTURE_CLOCK: &str = "CAPTURE_CLOCK";
 pub const MAP_VERDICTS: &str = "VERDICTS";
 /// Entries of [`MAP_VERDICTS`].
 pub const VERDICT_CAPACITY: u32 = 65_536;
+/// Ring buffer of [`LearnRecord`]s: packets of watched hosts that can teach
+/// userspace an endpoint (DNS responses).
+pub const MAP_LEARN_EVENTS: &str = "LEARN_EVENTS";
+/// Bytes of [`MAP_LEARN_EVENTS`] (a power of two of pages): about 980
+/// records.
+pub const LEARN_RING_BYTES: u32 = 1 << 20;
+/// Hash of endpoint address (16 bytes, IPv4 mapped) to service id: the
+/// endpoints userspace learned, consulted when no feed names the other end.
+pub const MAP_LEARNED: &str = "LEARNED";
+/// Entries of [`MAP_LEARNED`].
+pub const LEARNED_CAPACITY: u32 = 65_536;
 
 /// Every map the program declares, for checks that the object and the
 /// loader agree.
-pub const ALL_MAPS: [&str; 12] = [
+pub const ALL_MAPS: [&str; 14] = [
     MAP_TOTALS,
     MAP_SERVICES,
     MAP_FLOWS,
@@ -64,6 +75,8 @@ pub const ALL_MAPS: [&str; 12] = [
     MAP_ENDPOINTS_V6,
     MAP_CAPTURE_CLOCK,
     MAP_VERDICTS,
+    MAP_LEARN_EVENTS,
+    MAP_LEARNED,
 ];
 
 /// `BPF_F_MMAPABLE`: the IPv4 table's arrays are filled through a mapping.
@@ -110,6 +123,33 @@ pub const SERVICE_IPSEC: u32 = 3;
 pub const SERVICE_PPTP: u32 = 4;
 pub const SERVICE_GRE: u32 = 5;
 pub const SERVICE_L2TP: u32 = 6;
+
+// ---- learning ------------------------------------------------------------
+
+/// Bytes of a packet's payload a [`LearnRecord`] holds at most.
+pub const LEARN_BYTES: usize = 1024;
+/// [`LearnRecord::kind`]: a DNS response to a watched host.
+pub const LEARN_DNS: u8 = 1;
+
+/// One packet handed to userspace to learn from.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct LearnRecord {
+    /// [`LEARN_DNS`].
+    pub kind: u8,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    /// 6 (TCP) or 17 (UDP).
+    pub protocol: u8,
+    pub _pad: u8,
+    /// Bytes of `payload` that hold the packet's transport payload.
+    pub len: u32,
+    /// The watched host and the other end (16 bytes, IPv4 mapped).
+    pub watched: [u8; 16],
+    pub server: [u8; 16],
+    pub payload: [u8; LEARN_BYTES],
+}
+const _: () = assert!(size_of::<LearnRecord>() == 40 + LEARN_BYTES);
 
 /// Most VLAN tags (802.1Q / 802.1ad) parsed before a frame counts as
 /// [`MALFORMED_VLAN_TOO_DEEP`].
@@ -255,9 +295,14 @@ pub struct Totals {
     /// Flow-table inserts the kernel refused (the packet still counts in
     /// the totals and per-service counters).
     pub flow_insert_failures: u64,
+    /// Packets handed to userspace to learn from ([`LearnRecord`]s).
+    pub learn_records: u64,
+    /// Packets that would have been handed over but the ring buffer was
+    /// full (or the copy failed).
+    pub learn_drops: u64,
     pub malformed: [u64; MALFORMED_SLOTS],
 }
-const _: () = assert!(size_of::<Totals>() == 8 * 8 + MALFORMED_SLOTS * 8);
+const _: () = assert!(size_of::<Totals>() == 10 * 8 + MALFORMED_SLOTS * 8);
 
 impl Totals {
     /// Every packet: each counts in exactly one family, so the kernel keeps

@@ -14,6 +14,7 @@ use crate::{
     CAPTURE_CLOCK, CAPTURE_CLOCK_ON, FLOW_CACHE, FLOW_CACHE_MASK, FLOWS, SERVICES, TOTALS,
     VERDICTS,
     classify::{Watched, classify_v4, classify_v6, either_hinted},
+    learn::{self, learned_service},
     load_time,
     parse::{Packet, Parsed, parse, plain},
     protocols::recognise,
@@ -111,11 +112,15 @@ fn count_watched<A: KeyAddress>(
     key.family = A::FAMILY;
     key.protocol = packet.protocol;
 
+    learn::dns_response(ctx, totals, packet, watched);
     let mut service = watched.service;
     if service == 0 {
-        // No feed names the other end (a feed match wins over a protocol
-        // guess): a verdict an earlier packet of the flow taught, or this
-        // packet's protocol.
+        // No feed names the other end (a feed match wins): an endpoint
+        // userspace learned, else a verdict an earlier packet of the flow
+        // taught, or this packet's protocol.
+        service = learned_service(&key.endpoint);
+    }
+    if service == 0 {
         service = match VERDICTS.get_ptr(&key) {
             // SAFETY: a map value, read once.
             Some(verdict) => unsafe { *verdict },

@@ -6,18 +6,20 @@
 
 mod classify;
 mod count;
+mod learn;
 mod parse;
 mod protocols;
 
 use aya_ebpf::{
     bindings::xdp_action,
     macros::{map, xdp},
-    maps::{Array, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
     programs::XdpContext,
 };
 use classifier_common::{
-    BPF_F_MMAPABLE, EndpointValue, FlowKey, FlowSlot, FlowValue, MAX_SERVICES, ServiceCounters,
-    Totals, V4_TOP_NODES, V4Leaf, V4Node, V4Runs, VERDICT_CAPACITY, WatchedHint,
+    BPF_F_MMAPABLE, EndpointValue, FlowKey, FlowSlot, FlowValue, LEARN_RING_BYTES,
+    LEARNED_CAPACITY, MAX_SERVICES, ServiceCounters, Totals, V4_TOP_NODES, V4Leaf, V4Node, V4Runs,
+    VERDICT_CAPACITY, WatchedHint,
 };
 
 // Map names must equal the `MAP_*` constants of classifier-common; the
@@ -37,6 +39,13 @@ static FLOW_CACHE: PerCpuArray<FlowSlot> = PerCpuArray::with_max_entries(1, 0);
 /// different ones); consulted only for such flows.
 #[map]
 static VERDICTS: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(VERDICT_CAPACITY, 0);
+/// Packets that can teach userspace something (`LearnRecord`s).
+#[map]
+static LEARN_EVENTS: RingBuf = RingBuf::with_byte_size(LEARN_RING_BYTES, 0);
+/// Endpoints userspace learned (key bytes, IPv4 mapped) → service id;
+/// consulted when no feed names the other end. Userspace expires them.
+#[map]
+static LEARNED: HashMap<[u8; 16], u32> = HashMap::with_max_entries(LEARNED_CAPACITY, 0);
 #[map]
 static WATCHED_HINT: Array<WatchedHint> = Array::with_max_entries(2, 0);
 #[map]

@@ -70,6 +70,30 @@ pub struct FeedArgs {
     pub endpoint_files: Vec<PathBuf>,
 }
 
+/// Learning endpoints from DNS answers (`run` and `pcap`).
+#[derive(Debug, Clone, Args)]
+pub struct LearnArgs {
+    /// Domain feed: CSV whose header has `domain` and `service` columns; a
+    /// domain covers its subdomains (repeatable). DNS answers sent to
+    /// watched hosts for such names teach the addresses as endpoints of
+    /// the service. Default: the bundled feed (data/vpn-domains.csv).
+    #[arg(long = "domains", value_name = "FILE")]
+    pub domain_files: Vec<PathBuf>,
+
+    /// Shared-hosting and CDN ranges (`cidr,name` CSV) never learned.
+    /// Default: the bundled list (data/shared-hosting.csv).
+    #[arg(long = "learn-exclude", value_name = "FILE")]
+    pub exclude_files: Vec<PathBuf>,
+
+    /// Longest a learned address is kept (its DNS TTL, at most this).
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub learn_ttl: Duration,
+
+    /// Learn nothing (the domain feed is not read).
+    #[arg(long)]
+    pub no_learn: bool,
+}
+
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Interface to attach to (repeatable).
@@ -83,6 +107,9 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub feeds: FeedArgs,
+
+    #[command(flatten)]
+    pub learn: LearnArgs,
 
     /// How often the per-CPU maps are drained (e.g. 500ms, 1s, 1m).
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
@@ -233,6 +260,9 @@ pub struct PcapArgs {
 
     #[command(flatten)]
     pub feeds: FeedArgs,
+
+    #[command(flatten)]
+    pub learn: LearnArgs,
 
     #[arg(long, value_enum, default_value = "table")]
     pub format: ReportFormat,

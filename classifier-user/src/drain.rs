@@ -554,6 +554,11 @@ impl Ledger {
         runt.malformed[classifier_common::MALFORMED_ETHERNET_TRUNCATED] += 1;
     }
 
+    /// The totals since the last cut (or the base).
+    pub fn totals_since_mark(&self) -> Totals {
+        totals_minus(&self.totals, &self.mark.counts.totals)
+    }
+
     /// The counts since the last cut (or the base), as a ledger of their
     /// own: what one snapshot reports.
     pub fn since_mark(&self) -> Ledger {

@@ -625,6 +625,7 @@ fn merge(snapshots: &[Snapshot]) -> Report {
         top_endpoints: top_rows(&flows, |flow| flow.endpoint),
         flows,
         snapshot: None,
+        learning: None,
     }
 }
 
@@ -1025,6 +1026,7 @@ mod tests {
                 },
                 pseudonym_key_id: None,
             }),
+            learning: None,
         }
     }
 

@@ -10,6 +10,7 @@ pub mod feeds;
 pub mod generate;
 pub mod history;
 pub mod interface_xdp;
+pub mod learn;
 pub mod live;
 pub mod loader;
 pub mod metrics;

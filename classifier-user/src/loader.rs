@@ -19,8 +19,9 @@ use aya::{
 use classifier_common::{
     EndpointValue, GLOBAL_CAPTURE_CLOCK, GLOBAL_FLOW_CACHE_MASK, GLOBAL_VERDICT, HINT_BITS,
     HINT_V4, HINT_V6, MAP_CAPTURE_CLOCK, MAP_ENDPOINTS_V6, MAP_FLOW_CACHE, MAP_FLOWS,
-    MAP_V4_LEAVES, MAP_V4_NODES, MAP_V4_RUNS, MAP_VERDICTS, MAP_WATCHED_HINT, MAP_WATCHED_V6,
-    MAX_SERVICES, PROGRAM_NAME, WatchedHint, hint_index_v4, hint_index_v6,
+    MAP_LEARN_EVENTS, MAP_LEARNED, MAP_V4_LEAVES, MAP_V4_NODES, MAP_V4_RUNS, MAP_VERDICTS,
+    MAP_WATCHED_HINT, MAP_WATCHED_V6, MAX_SERVICES, PROGRAM_NAME, WatchedHint, hint_index_v4,
+    hint_index_v6,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
@@ -304,10 +305,12 @@ impl Sensor {
 
     /// [`Sensor::load`] for replaying a capture: flows are stamped with the
     /// time written through [`Sensor::capture_clock`] (each frame's own).
+    /// `services`: the feed's, and any others learning may name.
     pub fn load_for_capture(
         watched: &WatchedSet,
         endpoints: &EndpointFeed,
         capacities: Capacities,
+        services: ServiceTable,
     ) -> Result<Self, LoadError> {
         Self::load_with(
             watched,
@@ -315,9 +318,17 @@ impl Sensor {
             capacities,
             Verdict::Pass,
             Clock::Capture,
-            ServiceTable::new(endpoints.services()),
+            services,
             None,
         )
+    }
+
+    /// The learning maps (the ring buffer and the learned endpoints), taken
+    /// out of the loader's hands; `None` if taken before.
+    pub fn take_learn_maps(&mut self) -> Option<(aya::maps::Map, aya::maps::Map)> {
+        let events = self.ebpf.take_map(MAP_LEARN_EVENTS)?;
+        let learned = self.ebpf.take_map(MAP_LEARNED)?;
+        Some((events, learned))
     }
 
     fn load_with(
@@ -355,8 +366,10 @@ impl Sensor {
         raise_memlock_limit();
         let mut loader = EbpfLoader::new();
         if let Some(dir) = counters_pin_dir {
-            // The verdicts too: a reload keeps what flows taught.
-            for name in CounterMaps::NAMES.into_iter().chain([MAP_VERDICTS]) {
+            // The verdicts and learning maps too: a reload keeps what flows
+            // taught, and a daemon opens the learning maps by path.
+            let kept = [MAP_VERDICTS, MAP_LEARN_EVENTS, MAP_LEARNED];
+            for name in CounterMaps::NAMES.into_iter().chain(kept) {
                 loader.map_pin_path(name, dir.join(name));
             }
         }

@@ -113,6 +113,12 @@ impl Pseudonymizer {
         for row in &mut report.top_sources {
             row.address = self.address(row.address);
         }
+        // The host whose DNS answer taught an endpoint is a resident.
+        if let Some(learning) = &mut report.learning {
+            for endpoint in &mut learning.endpoints {
+                endpoint.watched = self.address(endpoint.watched);
+            }
+        }
         if let Some(snapshot) = &mut report.snapshot {
             snapshot.pseudonym_key_id = Some(self.key_id.clone());
             // A watched host prefix names a resident too.

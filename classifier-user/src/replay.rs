@@ -18,7 +18,8 @@ use crate::{
     cli::PcapArgs,
     drain::{self, Ledger},
     feeds::{EndpointFeed, WatchedSet},
-    loader::{Capacities, CaptureClock, Sensor},
+    learn::{LearnMaps, Learner},
+    loader::{Capacities, CaptureClock, Sensor, ServiceTable},
     pins::{self, SensorMeta},
     pseudonym::Pseudonymizer,
     report::{Report, ReportContext, ReportFormat},
@@ -67,6 +68,8 @@ struct Replay {
     boundary: Option<i64>,
     pseudonymizer: Option<Pseudonymizer>,
     progress: Progress,
+    /// Learning from DNS answers, on the capture's clock.
+    learning: Option<(Learner, LearnMaps)>,
 }
 
 impl Replay {
@@ -134,12 +137,20 @@ impl Replay {
             self.ledger.count_runt(data.len() as u64);
         } else {
             self.clock.set(time_ns);
+            // Entries whose time is up by this frame's time are gone first.
+            if let Some((learner, maps)) = &mut self.learning {
+                maps.expire(learner, &self.sensor.services, time_ns);
+            }
             let fd = testrun::program_fd(&self.sensor)?;
             testrun::run_repeated(fd, data, 1).map_err(|source| ReplayError::Run {
                 file: file.to_string(),
                 frame: number,
                 source,
             })?;
+            // What the frame taught applies from the next frame on.
+            if let Some((learner, maps)) = &mut self.learning {
+                maps.pump(learner, &self.sensor.services, time_ns);
+            }
         }
         if self.progress.frames.is_multiple_of(DRAIN_EVERY_FRAMES) {
             self.drain()?;
@@ -182,7 +193,21 @@ pub fn pcap(args: &PcapArgs) -> Result<(), Box<dyn std::error::Error>> {
         flows: args.flow_capacity,
         ..Capacities::default()
     };
-    let sensor = Sensor::load_for_capture(&watched, &endpoints, capacities)?;
+    let learner = Learner::from_args(&args.learn)?;
+    let mut services = ServiceTable::new(endpoints.services());
+    if let Some(learner) = &learner {
+        services = services.extended_with(learner.domains.services());
+    }
+    let mut sensor = Sensor::load_for_capture(&watched, &endpoints, capacities, services)?;
+    let learning = match learner {
+        Some(learner) => {
+            let (events, learned) = sensor
+                .take_learn_maps()
+                .ok_or("the program has no learning maps")?;
+            Some((learner, LearnMaps::from_maps(events, learned)?))
+        }
+        None => None,
+    };
     let clock = sensor.capture_clock()?;
     let names: Vec<String> = args
         .files
@@ -197,7 +222,7 @@ pub fn pcap(args: &PcapArgs) -> Result<(), Box<dyn std::error::Error>> {
         attached_at_unix_ns: 0,
         interfaces: names.clone(),
         modes: Vec::new(),
-        services: endpoints.services(),
+        services: sensor.services.names().to_vec(),
         feeds: endpoints.origins.clone(),
         watched: watched.all().map(|net| net.to_string()).collect(),
         endpoint_prefixes_v4: endpoints.count(true) as u64,
@@ -222,6 +247,7 @@ pub fn pcap(args: &PcapArgs) -> Result<(), Box<dyn std::error::Error>> {
         boundary: None,
         pseudonymizer,
         progress: Progress::default(),
+        learning,
     };
 
     let bar = progress_bar(&args.files, args.format);
@@ -295,6 +321,10 @@ pub fn pcap(args: &PcapArgs) -> Result<(), Box<dyn std::error::Error>> {
             feeds: endpoints.origins.clone(),
         },
     );
+    report.learning = replay
+        .learning
+        .as_ref()
+        .map(|(learner, _)| learner.report(&replay.ledger.totals));
     if let Some(pseudonymizer) = &replay.pseudonymizer {
         pseudonymizer.apply(&mut report);
     }

@@ -46,6 +46,25 @@ pub struct Report {
     /// Present in snapshot files: the interval, provenance and coverage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<SnapshotInfo>,
+    /// What learning did and the endpoints it holds, with provenance;
+    /// absent when learning is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learning: Option<Learning>,
+}
+
+/// Learning's state when the report was made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Learning {
+    /// The domain feeds: name and SHA-256.
+    pub domain_feeds: Vec<(String, String)>,
+    pub stats: crate::learn::LearnStats,
+    /// Packets the program handed over to learn from, and those it could
+    /// not (the ring buffer was full): the kernel's counts for the report's
+    /// span.
+    pub handed_over: u64,
+    pub ring_drops: u64,
+    /// Endpoints learned and not expired, by service then address.
+    pub endpoints: Vec<crate::learn::LearnedEndpoint>,
 }
 
 /// How many rows `top_sources` and `top_endpoints` keep.
@@ -336,6 +355,7 @@ impl Report {
             top_endpoints: top_rows(&flow_rows, |flow| flow.endpoint),
             flows: flow_rows,
             snapshot: None,
+            learning: None,
         }
     }
 
@@ -400,6 +420,38 @@ impl Report {
             .collect();
         if !reasons.is_empty() {
             let _ = writeln!(out, "\nmalformed: {}", reasons.join(", "));
+        }
+        if let Some(learning) = &self.learning {
+            let s = &learning.stats;
+            let _ = writeln!(
+                out,
+                "\nlearning: {} packets handed over ({} dropped, ring buffer full)",
+                learning.handed_over, learning.ring_drops
+            );
+            let _ = writeln!(
+                out,
+                "  {} DNS responses to watched hosts ({} unreadable, {} for listed domains); {} addresses learned, {} renewed, {} expired; not learned: {} in shared hosting or CDNs, {} over capacity",
+                s.dns_responses,
+                s.dns_unparsed,
+                s.dns_matched,
+                s.learned,
+                s.renewed,
+                s.expired,
+                s.skipped_shared_hosting,
+                s.skipped_capacity
+            );
+            for endpoint in &learning.endpoints {
+                let _ = writeln!(
+                    out,
+                    "  {:<40} {:<16} {} (asked by {}, answered by {}) until {}",
+                    endpoint.address.to_string(),
+                    endpoint.service,
+                    endpoint.name,
+                    endpoint.watched,
+                    endpoint.resolver,
+                    endpoint.expires_at
+                );
+            }
         }
         let f = &self.flow_table;
         let _ = writeln!(

@@ -58,6 +58,8 @@ pub enum RunError {
     #[error(transparent)]
     Live(#[from] crate::live::LiveError),
     #[error(transparent)]
+    Learn(#[from] crate::learn::LearnError),
+    #[error(transparent)]
     Pseudonym(#[from] PseudonymError),
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
@@ -97,6 +99,8 @@ pub struct RunConfig {
     /// Folder and interval.
     pub snapshots: Option<(PathBuf, Duration)>,
     pub pseudonymizer: Option<Pseudonymizer>,
+    /// Learning from DNS answers (`None` with `--no-learn`).
+    pub learner: Option<crate::learn::Learner>,
     /// Where the feeds came from: a reload reads them again.
     pub feed_args: FeedArgs,
 }
@@ -118,6 +122,7 @@ impl RunConfig {
         };
         let watched = WatchedSet::from_arguments(&args.feeds.watch, &args.feeds.watch_files)?;
         let endpoints = EndpointFeed::from_arguments(&args.feeds.endpoint_files)?;
+        let learner = crate::learn::Learner::from_args(&args.learn)?;
         if let Some(dir) = &args.snapshot_dir {
             // A folder that cannot be made is refused before loading (and
             // only once the feeds were accepted).
@@ -160,6 +165,7 @@ impl RunConfig {
                 .clone()
                 .map(|dir| (dir, args.snapshot_interval)),
             pseudonymizer,
+            learner,
             feed_args: args.feeds.clone(),
         })
     }
@@ -276,7 +282,7 @@ fn adopt_or_load(config: &mut RunConfig) -> Result<(PinnedSensor, std::fs::File)
         attached_at_unix_ns,
         interfaces: config.ifaces.clone(),
         modes,
-        services: config.endpoints.services(),
+        services: sensor.services.names().to_vec(),
         feeds,
         watched: config.watched.all().map(|net| net.to_string()).collect(),
         endpoint_prefixes_v4: config.endpoints.count(true) as u64,
@@ -319,7 +325,11 @@ fn load_and_attach(config: &RunConfig, dir: &Path) -> Result<(Sensor, Vec<String
             problem: error.to_string(),
         })
     })?;
-    let services = ServiceTable::new(config.endpoints.services());
+    let mut services = ServiceTable::new(config.endpoints.services());
+    if let Some(learner) = &config.learner {
+        // Services only the domain feed names need ids too.
+        services = services.extended_with(learner.domains.services());
+    }
     let mut sensor = Sensor::load_pinned(
         &config.watched,
         &config.endpoints,
@@ -413,6 +423,7 @@ struct Daemon {
     snapshots: Option<Snapshotter>,
     metrics: Arc<Mutex<MetricsState>>,
     drain_failures: u64,
+    learning: Option<(crate::learn::Learner, crate::learn::LearnMaps)>,
 }
 
 impl Daemon {
@@ -421,6 +432,13 @@ impl Daemon {
     fn drain(&mut self) -> Result<(), DrainError> {
         let started = std::time::Instant::now();
         let services = self.sensor.meta.services.len();
+        if let Some((learner, maps)) = &mut self.learning {
+            maps.pump(
+                learner,
+                &self.sensor.meta.service_table(),
+                snapshot::now_unix_ns(),
+            );
+        }
         let result = drain::read_counters(&self.sensor.counters, services).map(|reading| {
             self.ledger.absorb(reading, drain::monotonic_to_unix_ns());
             release_free_memory();
@@ -531,6 +549,11 @@ impl Daemon {
 
     fn cut_snapshot(&mut self, end_unix_ns: i64) {
         if let Some(snapshots) = &mut self.snapshots {
+            let totals = self.ledger.totals_since_mark();
+            snapshots.learning = self
+                .learning
+                .as_ref()
+                .map(|(learner, _)| learner.report(&totals));
             snapshots.cut(&mut self.ledger, end_unix_ns);
             snapshots.write_pending(true);
         }
@@ -612,6 +635,16 @@ pub fn run_config(mut config: RunConfig) -> Result<Report, RunError> {
             None => (Ledger::default(), None, sensor.meta.attached_at_unix_ns),
         };
         let metrics = Arc::new(Mutex::new(MetricsState::default()));
+        let learning = match config.learner.take() {
+            Some(learner) => match crate::learn::LearnMaps::from_pins(&sensor.dir) {
+                Ok(maps) => Some((learner, maps)),
+                Err(error) => {
+                    abandon(sensor, &config);
+                    return Err(error.into());
+                }
+            },
+            None => None,
+        };
         let mut daemon = Daemon {
             notifier: Notifier::from_env(),
             sensor,
@@ -619,6 +652,7 @@ pub fn run_config(mut config: RunConfig) -> Result<Report, RunError> {
             snapshots,
             metrics: metrics.clone(),
             drain_failures: 0,
+            learning,
         };
         daemon.publish(Duration::ZERO);
         match privileges::drop_all_but_kept() {
@@ -765,6 +799,10 @@ fn finish(mut daemon: Daemon, config: &RunConfig, start_unix_ns: i64) -> Result<
             feeds: meta.feeds.clone(),
         },
     );
+    report.learning = daemon
+        .learning
+        .as_ref()
+        .map(|(learner, _)| learner.report(&daemon.ledger.totals));
     if let Some(pseudonymizer) = &config.pseudonymizer {
         pseudonymizer.apply(&mut report);
     }

@@ -135,6 +135,8 @@ pub struct Snapshotter {
     pub writes: u64,
     pub write_failures: u64,
     pub last_write_unix_seconds: Option<f64>,
+    /// Learning's state, copied into the next snapshot cut.
+    pub learning: Option<crate::report::Learning>,
     /// Held while the daemon runs: one writer per folder.
     _lock: std::fs::File,
 }
@@ -353,6 +355,7 @@ impl Snapshotter {
             writes: 0,
             write_failures: 0,
             last_write_unix_seconds: None,
+            learning: None,
         };
         Ok(Resumed {
             snapshotter,
@@ -436,6 +439,7 @@ impl Snapshotter {
             },
             pseudonym_key_id: None,
         });
+        report.learning = self.learning.take();
         if let Some(pseudonymizer) = &source.pseudonymizer {
             pseudonymizer.apply(&mut report);
         }

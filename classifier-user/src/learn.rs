@@ -1,0 +1,980 @@
+//! Learning endpoints the lists miss. The XDP program hands over DNS
+//! responses sent to watched hosts (`LearnRecord`s through a ring buffer);
+//! an answer (A, AAAA, through CNAME chains) for a name the domain feed
+//! covers teaches that the address serves that service, for the answer's
+//! TTL bounded by `--learn-ttl`. Learned addresses go into the kernel's
+//! `LEARNED` map, which the program consults when no feed names the other
+//! end (so a feed entry always wins), and come out again when they expire.
+//! Addresses in shared-hosting or CDN ranges are never learned: domain
+//! fronting would paint a whole CDN as a VPN.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use aya::maps::{HashMap as BpfHashMap, Map, MapData, RingBuf};
+use classifier_common::{
+    FAMILY_V4, LEARN_BYTES, LEARN_DNS, LearnRecord, MAP_LEARN_EVENTS, MAP_LEARNED,
+};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::{feeds::sha256_hex, loader::ServiceTable};
+
+/// The bundled domain feed and its provenance (data/PROVENANCE.md).
+pub const BUNDLED_DOMAINS: &str = include_str!("../../data/vpn-domains.csv");
+pub const BUNDLED_DOMAINS_NAME: &str = "bundled:data/vpn-domains.csv";
+/// The bundled shared-hosting and CDN ranges (data/PROVENANCE.md).
+pub const BUNDLED_SHARED_HOSTING: &str = include_str!("../../data/shared-hosting.csv");
+pub const BUNDLED_SHARED_HOSTING_NAME: &str = "bundled:data/shared-hosting.csv";
+/// `--learn-ttl` by default: a learned address is kept at most this long.
+pub const DEFAULT_LEARN_TTL: Duration = Duration::from_secs(24 * 3600);
+/// CNAME links followed from the question at most (a loop ends there).
+const MAX_CNAME_HOPS: usize = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LearnError {
+    #[error("{file}: line {line}: {problem}")]
+    Line {
+        file: String,
+        line: usize,
+        problem: String,
+    },
+    #[error("{file}: {problem}")]
+    File { file: String, problem: String },
+    #[error("{0}")]
+    Map(String),
+}
+
+// ---- the domain feed ------------------------------------------------------
+
+/// `domain,service` rows: a domain covers itself and every name below it.
+#[derive(Debug, Clone, Default)]
+pub struct DomainFeed {
+    /// Domain → service.
+    domains: HashMap<String, String>,
+    /// Where the rows came from: name and SHA-256 of each file.
+    pub origins: Vec<(String, String)>,
+}
+
+/// A domain as feeds and answers give it: lowercase, without a trailing
+/// dot; `None` if it is not a host name (labels of letters, digits, `-`
+/// and `_`, 1–63 bytes each, 253 in all, at least two labels).
+fn normalise_domain(text: &str) -> Option<String> {
+    let name = text.trim().trim_end_matches('.').to_ascii_lowercase();
+    let labels: Vec<&str> = name.split('.').collect();
+    let valid = name.len() <= 253
+        && labels.len() >= 2
+        && labels.iter().all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    valid.then_some(name)
+}
+
+impl DomainFeed {
+    /// The bundled feed.
+    pub fn bundled() -> Self {
+        Self::from_sources(&[(BUNDLED_DOMAINS_NAME.into(), BUNDLED_DOMAINS.into())])
+            .expect("the bundled domain feed is valid")
+    }
+
+    /// The files at `paths`, or the bundled feed when there are none.
+    pub fn from_files(paths: &[PathBuf]) -> Result<Self, LearnError> {
+        if paths.is_empty() {
+            return Ok(Self::bundled());
+        }
+        let mut sources = Vec::new();
+        for path in paths {
+            let text = std::fs::read_to_string(path).map_err(|error| LearnError::File {
+                file: path.display().to_string(),
+                problem: error.to_string(),
+            })?;
+            sources.push((path.display().to_string(), text));
+        }
+        Self::from_sources(&sources)
+    }
+
+    /// Parses `(name, text)` feeds: a header naming `domain` and `service`
+    /// columns, `#` comments and blank lines allowed; a leading `*.` or `.`
+    /// is dropped (a domain covers its subdomains anyway). A bad row, or a
+    /// domain listed for two services, refuses the whole feed.
+    pub fn from_sources(sources: &[(String, String)]) -> Result<Self, LearnError> {
+        let mut feed = Self::default();
+        // Domain → (file, line) that listed it first.
+        let mut listed: HashMap<String, (String, usize)> = HashMap::new();
+        for (file, text) in sources {
+            let mut columns = None;
+            for (index, raw) in text.lines().enumerate() {
+                let line = index + 1;
+                let problem = |problem: String| LearnError::Line {
+                    file: file.clone(),
+                    line,
+                    problem,
+                };
+                let content = raw.split('#').next().unwrap_or("").trim();
+                if content.is_empty() {
+                    continue;
+                }
+                let fields: Vec<&str> = content.split(',').map(str::trim).collect();
+                let Some((domain_column, service_column)) = columns else {
+                    let position =
+                        |name: &str| fields.iter().position(|f| f.eq_ignore_ascii_case(name));
+                    match (position("domain"), position("service")) {
+                        (Some(domain), Some(service)) => columns = Some((domain, service)),
+                        _ => {
+                            return Err(problem(
+                                "the header must name `domain` and `service` columns".into(),
+                            ));
+                        }
+                    }
+                    continue;
+                };
+                let raw_domain = fields.get(domain_column).copied().unwrap_or("");
+                let service = fields.get(service_column).copied().unwrap_or("");
+                if service.is_empty() {
+                    return Err(problem("no service".into()));
+                }
+                let stripped = raw_domain.trim_start_matches("*.").trim_start_matches('.');
+                let Some(domain) = normalise_domain(stripped) else {
+                    return Err(problem(format!("{raw_domain:?} is not a domain name")));
+                };
+                match feed.domains.get(&domain) {
+                    Some(existing) if existing != service => {
+                        let (first_file, first_line) = &listed[&domain];
+                        return Err(problem(format!(
+                            "{domain} is listed for {existing} ({first_file}: line {first_line}) and for {service}"
+                        )));
+                    }
+                    Some(_) => {}
+                    None => {
+                        listed.insert(domain.clone(), (file.clone(), line));
+                        feed.domains.insert(domain, service.to_string());
+                    }
+                }
+            }
+            if columns.is_none() {
+                return Err(LearnError::File {
+                    file: file.clone(),
+                    problem: "no header naming `domain` and `service` columns".into(),
+                });
+            }
+            feed.origins
+                .push((file.clone(), sha256_hex(text.as_bytes())));
+        }
+        Ok(feed)
+    }
+
+    /// The service and the feed's domain that cover `name`, the longest
+    /// domain first.
+    pub fn service_for(&self, name: &str) -> Option<(&str, &str)> {
+        let name = normalise_domain(name)?;
+        let mut suffix = name.as_str();
+        loop {
+            if let Some((domain, service)) = self.domains.get_key_value(suffix) {
+                return Some((service.as_str(), domain.as_str()));
+            }
+            suffix = suffix.split_once('.')?.1;
+        }
+    }
+
+    /// The services the feed names, sorted.
+    pub fn services(&self) -> Vec<String> {
+        let mut services: Vec<String> = self.domains.values().cloned().collect();
+        services.sort();
+        services.dedup();
+        services
+    }
+
+    pub fn len(&self) -> usize {
+        self.domains.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.domains.is_empty()
+    }
+}
+
+// ---- shared hosting -------------------------------------------------------
+
+/// Ranges of shared hosting and CDNs, never learned.
+#[derive(Debug, Clone, Default)]
+pub struct SharedHosting {
+    ranges: Vec<(IpNet, String)>,
+}
+
+impl SharedHosting {
+    pub fn bundled() -> Self {
+        Self::from_sources(&[(
+            BUNDLED_SHARED_HOSTING_NAME.into(),
+            BUNDLED_SHARED_HOSTING.into(),
+        )])
+        .expect("the bundled shared-hosting list is valid")
+    }
+
+    /// The files at `paths`, or the bundled list when there are none.
+    pub fn from_files(paths: &[PathBuf]) -> Result<Self, LearnError> {
+        if paths.is_empty() {
+            return Ok(Self::bundled());
+        }
+        let mut sources = Vec::new();
+        for path in paths {
+            let text = std::fs::read_to_string(path).map_err(|error| LearnError::File {
+                file: path.display().to_string(),
+                problem: error.to_string(),
+            })?;
+            sources.push((path.display().to_string(), text));
+        }
+        Self::from_sources(&sources)
+    }
+
+    /// `cidr,name` lists, as `feeds check --shared-hosting` reads them.
+    pub fn from_sources(sources: &[(String, String)]) -> Result<Self, LearnError> {
+        let mut ranges = Vec::new();
+        for (name, text) in sources {
+            let parsed = crate::feedcheck::parse_shared_hosting(name, text).map_err(|error| {
+                LearnError::File {
+                    file: name.clone(),
+                    problem: error.to_string(),
+                }
+            })?;
+            ranges.extend(parsed);
+        }
+        Ok(Self { ranges })
+    }
+
+    /// The network `address` belongs to, if it is shared.
+    pub fn owner(&self, address: IpAddr) -> Option<&str> {
+        self.ranges
+            .iter()
+            .find(|(net, _)| net.contains(&address))
+            .map(|(_, name)| name.as_str())
+    }
+
+    pub fn len(&self) -> usize {
+        self.ranges.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+}
+
+// ---- DNS ------------------------------------------------------------------
+
+/// What one DNS response teaches: the addresses it gives for a name the
+/// domain feed covers (the question or a name on its CNAME chain).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsLesson {
+    pub question: String,
+    pub service: String,
+    /// The feed's domain that matched.
+    pub domain: String,
+    /// Address and TTL (seconds).
+    pub addresses: Vec<(IpAddr, u32)>,
+}
+
+/// Why a message taught nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnsOutcome {
+    /// Not a DNS message (or cut short).
+    Unparsed,
+    /// A DNS message for no name the feed covers, or without addresses.
+    Irrelevant,
+}
+
+/// Reads a DNS response (`message` is the UDP payload, or the TCP payload
+/// with its 2-byte length) and what it teaches.
+pub fn dns_lesson(message: &[u8], tcp: bool, feed: &DomainFeed) -> Result<DnsLesson, DnsOutcome> {
+    let message = if tcp {
+        let length = message
+            .get(..2)
+            .map(|bytes| usize::from(u16::from_be_bytes([bytes[0], bytes[1]])))
+            .ok_or(DnsOutcome::Unparsed)?;
+        message.get(2..2 + length).ok_or(DnsOutcome::Unparsed)?
+    } else {
+        message
+    };
+    let packet = simple_dns::Packet::parse(message).map_err(|_| DnsOutcome::Unparsed)?;
+    let question = packet
+        .questions
+        .first()
+        .map(|question| question.qname.to_string().to_ascii_lowercase())
+        .ok_or(DnsOutcome::Irrelevant)?;
+    // The chain of names from the question through CNAMEs, loops cut.
+    let mut chain = vec![question.clone()];
+    for _ in 0..MAX_CNAME_HOPS {
+        let last = chain.last().expect("never empty").clone();
+        let next = packet
+            .answers
+            .iter()
+            .find_map(|record| match &record.rdata {
+                simple_dns::rdata::RData::CNAME(target)
+                    if record.name.to_string().eq_ignore_ascii_case(&last) =>
+                {
+                    Some(target.0.to_string().to_ascii_lowercase())
+                }
+                _ => None,
+            });
+        match next {
+            Some(next) if !chain.contains(&next) => chain.push(next),
+            _ => break,
+        }
+    }
+    let (service, domain) = chain
+        .iter()
+        .find_map(|name| feed.service_for(name))
+        .ok_or(DnsOutcome::Irrelevant)?;
+    let addresses: Vec<(IpAddr, u32)> = packet
+        .answers
+        .iter()
+        .filter(|record| chain.contains(&record.name.to_string().to_ascii_lowercase()))
+        .filter_map(|record| match &record.rdata {
+            simple_dns::rdata::RData::A(a) => {
+                Some((IpAddr::V4(Ipv4Addr::from(a.address)), record.ttl))
+            }
+            simple_dns::rdata::RData::AAAA(aaaa) => {
+                Some((IpAddr::V6(Ipv6Addr::from(aaaa.address)), record.ttl))
+            }
+            _ => None,
+        })
+        .collect();
+    if addresses.is_empty() {
+        return Err(DnsOutcome::Irrelevant);
+    }
+    Ok(DnsLesson {
+        question,
+        service: service.to_string(),
+        domain: domain.to_string(),
+        addresses,
+    })
+}
+
+// ---- the learner ----------------------------------------------------------
+
+/// One learned endpoint and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LearnedEndpoint {
+    pub address: IpAddr,
+    pub service: String,
+    /// The feed's domain that matched, and the name the watched host asked.
+    pub domain: String,
+    pub name: String,
+    /// The watched host whose DNS answer taught it (a pseudonym in
+    /// pseudonymized reports) and the resolver that answered.
+    pub watched: IpAddr,
+    pub resolver: IpAddr,
+    /// RFC 3339.
+    pub learned_at: String,
+    pub expires_at: String,
+    #[serde(skip)]
+    pub expires_at_unix_ns: i64,
+}
+
+/// Counts of what learning did, cumulative.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LearnStats {
+    /// DNS responses to watched hosts read.
+    pub dns_responses: u64,
+    /// Not DNS, cut short or malformed.
+    pub dns_unparsed: u64,
+    /// Responses for a name the domain feed covers, with addresses.
+    pub dns_matched: u64,
+    /// Addresses learned (new), and learned again (TTL renewed).
+    pub learned: u64,
+    pub renewed: u64,
+    /// Addresses not learned: in shared hosting or a CDN; the table full.
+    pub skipped_shared_hosting: u64,
+    pub skipped_capacity: u64,
+    pub expired: u64,
+}
+
+/// A change the kernel's `LEARNED` map must take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Insert { address: IpAddr, service: String },
+    Remove { address: IpAddr },
+}
+
+#[derive(Debug)]
+pub struct Learner {
+    pub domains: DomainFeed,
+    pub shared: SharedHosting,
+    pub ttl: Duration,
+    pub capacity: usize,
+    entries: HashMap<IpAddr, LearnedEndpoint>,
+    pub stats: LearnStats,
+}
+
+fn key_address(family: u8, bytes: [u8; 16]) -> IpAddr {
+    if family == FAMILY_V4 {
+        IpAddr::V4(Ipv4Addr::new(bytes[12], bytes[13], bytes[14], bytes[15]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(bytes))
+    }
+}
+
+impl Learner {
+    /// The learner `run` and `pcap` use; `None` with `--no-learn`.
+    pub fn from_args(args: &crate::cli::LearnArgs) -> Result<Option<Self>, LearnError> {
+        if args.no_learn {
+            return Ok(None);
+        }
+        let domains = DomainFeed::from_files(&args.domain_files)?;
+        let shared = SharedHosting::from_files(&args.exclude_files)?;
+        Ok(Some(Self::new(
+            domains,
+            shared,
+            args.learn_ttl,
+            classifier_common::LEARNED_CAPACITY as usize,
+        )))
+    }
+
+    /// The report's learning section; `totals` are the kernel's counts
+    /// for the report's span.
+    pub fn report(&self, totals: &classifier_common::Totals) -> crate::report::Learning {
+        crate::report::Learning {
+            domain_feeds: self.domains.origins.clone(),
+            stats: self.stats,
+            handed_over: totals.learn_records,
+            ring_drops: totals.learn_drops,
+            endpoints: self.endpoints(),
+        }
+    }
+
+    pub fn new(domains: DomainFeed, shared: SharedHosting, ttl: Duration, capacity: usize) -> Self {
+        Self {
+            domains,
+            shared,
+            ttl,
+            capacity,
+            entries: HashMap::new(),
+            stats: LearnStats::default(),
+        }
+    }
+
+    /// What `record` teaches, at `now_unix_ns`: the kernel map changes.
+    pub fn absorb(&mut self, record: &LearnRecord, now_unix_ns: i64) -> Vec<Change> {
+        if record.kind != LEARN_DNS {
+            return Vec::new();
+        }
+        self.stats.dns_responses += 1;
+        let len = (record.len as usize).min(LEARN_BYTES);
+        let lesson = match dns_lesson(&record.payload[..len], record.protocol == 6, &self.domains) {
+            Ok(lesson) => lesson,
+            Err(DnsOutcome::Unparsed) => {
+                self.stats.dns_unparsed += 1;
+                return Vec::new();
+            }
+            Err(DnsOutcome::Irrelevant) => return Vec::new(),
+        };
+        self.stats.dns_matched += 1;
+        let watched = key_address(record.family, record.watched);
+        let resolver = key_address(record.family, record.server);
+        let mut changes = Vec::new();
+        for (address, ttl) in lesson.addresses {
+            if self.shared.owner(address).is_some() {
+                self.stats.skipped_shared_hosting += 1;
+                continue;
+            }
+            let keep = Duration::from_secs(u64::from(ttl)).min(self.ttl);
+            let expires_at_unix_ns =
+                now_unix_ns.saturating_add(i64::try_from(keep.as_nanos()).unwrap_or(i64::MAX));
+            let renewal = self
+                .entries
+                .get(&address)
+                .map(|known| known.service == lesson.service);
+            match renewal {
+                // Known for the same service: the later expiry holds.
+                Some(true) => {
+                    let known = self.entries.get_mut(&address).expect("present");
+                    if expires_at_unix_ns > known.expires_at_unix_ns {
+                        known.expires_at_unix_ns = expires_at_unix_ns;
+                        known.expires_at = crate::report::rfc3339(
+                            crate::snapshot::unix_ns_to_time(expires_at_unix_ns),
+                        );
+                    }
+                    self.stats.renewed += 1;
+                    continue;
+                }
+                // Known for another service: the latest answer wins.
+                Some(false) => {}
+                None if self.entries.len() >= self.capacity => {
+                    self.stats.skipped_capacity += 1;
+                    continue;
+                }
+                None => {}
+            }
+            self.stats.learned += 1;
+            self.entries.insert(
+                address,
+                LearnedEndpoint {
+                    address,
+                    service: lesson.service.clone(),
+                    domain: lesson.domain.clone(),
+                    name: lesson.question.clone(),
+                    watched,
+                    resolver,
+                    learned_at: crate::report::rfc3339(crate::snapshot::unix_ns_to_time(
+                        now_unix_ns,
+                    )),
+                    expires_at: crate::report::rfc3339(crate::snapshot::unix_ns_to_time(
+                        expires_at_unix_ns,
+                    )),
+                    expires_at_unix_ns,
+                },
+            );
+            changes.push(Change::Insert {
+                address,
+                service: lesson.service.clone(),
+            });
+        }
+        changes
+    }
+
+    /// Entries whose time is up at `now_unix_ns`, removed.
+    pub fn expire(&mut self, now_unix_ns: i64) -> Vec<Change> {
+        let expired: Vec<IpAddr> = self
+            .entries
+            .values()
+            .filter(|entry| entry.expires_at_unix_ns <= now_unix_ns)
+            .map(|entry| entry.address)
+            .collect();
+        for address in &expired {
+            self.entries.remove(address);
+        }
+        self.stats.expired += expired.len() as u64;
+        expired
+            .into_iter()
+            .map(|address| Change::Remove { address })
+            .collect()
+    }
+
+    /// Every learned endpoint, by service then address.
+    pub fn endpoints(&self) -> Vec<LearnedEndpoint> {
+        let mut all: Vec<LearnedEndpoint> = self.entries.values().cloned().collect();
+        all.sort_by(|a, b| (&a.service, a.address).cmp(&(&b.service, b.address)));
+        all
+    }
+
+    /// Learned endpoints per service.
+    pub fn per_service(&self) -> BTreeMap<String, u64> {
+        let mut counts = BTreeMap::new();
+        for entry in self.entries.values() {
+            *counts.entry(entry.service.clone()).or_insert(0) += 1;
+        }
+        counts
+    }
+}
+
+// ---- the kernel side ------------------------------------------------------
+
+/// The program's learning maps: the ring buffer it writes and the map of
+/// learned endpoints it reads.
+pub struct LearnMaps {
+    events: RingBuf<MapData>,
+    learned: BpfHashMap<MapData, [u8; 16], u32>,
+}
+
+fn key_bytes(address: IpAddr) -> [u8; 16] {
+    match address {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+impl LearnMaps {
+    /// Opens them where `classifier run` pinned them (`DIR/maps`).
+    pub fn from_pins(dir: &Path) -> Result<Self, LearnError> {
+        let open = |name: &str| {
+            let path = dir.join("maps").join(name);
+            MapData::from_pin(&path)
+                .map_err(|error| LearnError::Map(format!("{}: {error}", path.display())))
+                .and_then(|data| {
+                    Map::from_map_data(data)
+                        .map_err(|error| LearnError::Map(format!("{}: {error}", path.display())))
+                })
+        };
+        Self::from_maps(open(MAP_LEARN_EVENTS)?, open(MAP_LEARNED)?)
+    }
+
+    pub fn from_maps(events: Map, learned: Map) -> Result<Self, LearnError> {
+        Ok(Self {
+            events: RingBuf::try_from(events)
+                .map_err(|error| LearnError::Map(format!("{MAP_LEARN_EVENTS}: {error}")))?,
+            learned: BpfHashMap::try_from(learned)
+                .map_err(|error| LearnError::Map(format!("{MAP_LEARNED}: {error}")))?,
+        })
+    }
+
+    /// Feeds every waiting record to `learner` and applies what it learned;
+    /// returns the records read.
+    pub fn pump(
+        &mut self,
+        learner: &mut Learner,
+        services: &ServiceTable,
+        now_unix_ns: i64,
+    ) -> usize {
+        let mut records = Vec::new();
+        while let Some(item) = self.events.next() {
+            if item.len() >= size_of::<LearnRecord>() {
+                records.push(bytemuck::pod_read_unaligned::<LearnRecord>(
+                    &item[..size_of::<LearnRecord>()],
+                ));
+            }
+        }
+        let mut changes = learner.expire(now_unix_ns);
+        for record in &records {
+            changes.extend(learner.absorb(record, now_unix_ns));
+        }
+        self.apply(&changes, services);
+        records.len()
+    }
+
+    /// Expires what is due, without reading records.
+    pub fn expire(&mut self, learner: &mut Learner, services: &ServiceTable, now_unix_ns: i64) {
+        let changes = learner.expire(now_unix_ns);
+        self.apply(&changes, services);
+    }
+
+    fn apply(&mut self, changes: &[Change], services: &ServiceTable) {
+        for change in changes {
+            let result = match change {
+                Change::Insert { address, service } => match services.id(service) {
+                    Some(id) => self.learned.insert(key_bytes(*address), id, 0),
+                    None => {
+                        log::warn!(
+                            "learned {address} for {service}, a service the program was loaded without"
+                        );
+                        continue;
+                    }
+                },
+                Change::Remove { address } => match self.learned.remove(&key_bytes(*address)) {
+                    Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+                    other => other,
+                },
+            };
+            if let Err(error) = result {
+                log::warn!("cannot update the learned endpoints: {error}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+pub mod tests {
+    use simple_dns::{
+        CLASS, Name, Packet, QCLASS, QTYPE, Question, ResourceRecord, TYPE,
+        rdata::{A, AAAA, CNAME, RData},
+    };
+
+    use super::*;
+
+    /// One answer record of a crafted response.
+    pub enum Answer<'a> {
+        A(&'a str, Ipv4Addr, u32),
+        Aaaa(&'a str, Ipv6Addr, u32),
+        Cname(&'a str, &'a str),
+    }
+
+    /// A DNS response to `question` (type A) with `answers`.
+    pub fn dns_reply(question: &str, answers: &[Answer<'_>]) -> Vec<u8> {
+        let mut packet = Packet::new_reply(7);
+        packet.questions.push(Question::new(
+            Name::new_unchecked(question),
+            QTYPE::TYPE(TYPE::A),
+            QCLASS::CLASS(CLASS::IN),
+            false,
+        ));
+        for answer in answers {
+            let record = match answer {
+                Answer::A(name, address, ttl) => ResourceRecord::new(
+                    Name::new_unchecked(name),
+                    CLASS::IN,
+                    *ttl,
+                    RData::A(A::from(*address)),
+                ),
+                Answer::Aaaa(name, address, ttl) => ResourceRecord::new(
+                    Name::new_unchecked(name),
+                    CLASS::IN,
+                    *ttl,
+                    RData::AAAA(AAAA::from(*address)),
+                ),
+                Answer::Cname(name, target) => ResourceRecord::new(
+                    Name::new_unchecked(name),
+                    CLASS::IN,
+                    300,
+                    RData::CNAME(CNAME(Name::new_unchecked(target))),
+                ),
+            };
+            packet.answers.push(record);
+        }
+        packet
+            .build_bytes_vec_compressed()
+            .expect("a valid message")
+    }
+
+    fn feed() -> DomainFeed {
+        DomainFeed::from_sources(&[(
+            "test.csv".into(),
+            "domain,service\nhotspotshield.com,hotspot-shield\n*.psiphon3.net,psiphon\nvpn.example.org,example-vpn\n".into(),
+        )])
+        .expect("valid")
+    }
+
+    fn record(message: &[u8]) -> LearnRecord {
+        let mut record: LearnRecord = bytemuck::Zeroable::zeroed();
+        record.kind = LEARN_DNS;
+        record.family = FAMILY_V4;
+        record.protocol = 17;
+        record.len = message.len() as u32;
+        record.watched = key_bytes("175.45.176.5".parse().unwrap());
+        record.server = key_bytes("192.0.2.53".parse().unwrap());
+        record.payload[..message.len()].copy_from_slice(message);
+        record
+    }
+
+    fn learner(capacity: usize) -> Learner {
+        let shared = SharedHosting::from_sources(&[(
+            "cdn.csv".into(),
+            "cidr,name\n104.16.0.0/13,cloudflare\n".into(),
+        )])
+        .unwrap();
+        Learner::new(feed(), shared, Duration::from_secs(3600), capacity)
+    }
+
+    #[test]
+    fn a_domain_covers_its_subdomains_on_label_boundaries() {
+        let feed = feed();
+        assert_eq!(
+            feed.service_for("api.hotspotshield.com"),
+            Some(("hotspot-shield", "hotspotshield.com"))
+        );
+        assert_eq!(
+            feed.service_for("HotspotShield.com."),
+            Some(("hotspot-shield", "hotspotshield.com"))
+        );
+        assert_eq!(feed.service_for("nothotspotshield.com"), None);
+        assert_eq!(
+            feed.service_for("a.b.psiphon3.net"),
+            Some(("psiphon", "psiphon3.net"))
+        );
+        assert_eq!(feed.service_for("example.org"), None);
+        assert_eq!(
+            feed.service_for("x.vpn.example.org"),
+            Some(("example-vpn", "vpn.example.org"))
+        );
+        assert_eq!(
+            feed.services(),
+            ["example-vpn", "hotspot-shield", "psiphon"]
+        );
+    }
+
+    #[test]
+    fn a_bad_domain_feed_is_refused_with_file_and_line() {
+        let refused = |text: &str| {
+            DomainFeed::from_sources(&[("bad.csv".into(), text.into())])
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            refused("domain,service\nexample.com,a\nexa mple.com,b\n"),
+            "bad.csv: line 3: \"exa mple.com\" is not a domain name"
+        );
+        assert_eq!(
+            refused("domain,service\n\nexample.com,a\nexample.com,b\n"),
+            "bad.csv: line 4: example.com is listed for a (bad.csv: line 3) and for b"
+        );
+        assert_eq!(
+            refused("domain,service\ncom,a\n"),
+            "bad.csv: line 2: \"com\" is not a domain name"
+        );
+        assert_eq!(
+            refused("domain,service\nexample.com,\n"),
+            "bad.csv: line 2: no service"
+        );
+        assert_eq!(
+            refused("cidr,service\n1.2.3.0/24,a\n"),
+            "bad.csv: line 1: the header must name `domain` and `service` columns"
+        );
+        assert!(DomainFeed::bundled().len() >= 50);
+        for service in ["hotspot-shield", "expressvpn", "pia", "psiphon"] {
+            assert!(
+                DomainFeed::bundled()
+                    .services()
+                    .contains(&service.to_string()),
+                "{service}"
+            );
+        }
+    }
+
+    #[test]
+    fn answers_through_a_cname_chain_teach_their_addresses() {
+        let message = dns_reply(
+            "www.hotspotshield.com",
+            &[
+                Answer::Cname("www.hotspotshield.com", "edge.cdn-provider.example"),
+                Answer::Cname("edge.cdn-provider.example", "node7.cdn-provider.example"),
+                Answer::A(
+                    "node7.cdn-provider.example",
+                    Ipv4Addr::new(203, 0, 113, 7),
+                    120,
+                ),
+                Answer::Aaaa(
+                    "node7.cdn-provider.example",
+                    "2001:db8::7".parse().unwrap(),
+                    60,
+                ),
+                // Not on the chain: not learned.
+                Answer::A("elsewhere.example", Ipv4Addr::new(203, 0, 113, 99), 120),
+            ],
+        );
+        let lesson = dns_lesson(&message, false, &feed()).expect("a lesson");
+        assert_eq!(lesson.service, "hotspot-shield");
+        assert_eq!(lesson.domain, "hotspotshield.com");
+        assert_eq!(
+            lesson.addresses,
+            [
+                (IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7)), 120),
+                ("2001:db8::7".parse().unwrap(), 60)
+            ]
+        );
+        // The covered name may be further down the chain.
+        let message = dns_reply(
+            "innocent.example",
+            &[
+                Answer::Cname("innocent.example", "front.psiphon3.net"),
+                Answer::A("front.psiphon3.net", Ipv4Addr::new(198, 51, 100, 3), 30),
+            ],
+        );
+        assert_eq!(
+            dns_lesson(&message, false, &feed()).unwrap().service,
+            "psiphon"
+        );
+        // Over TCP, behind the 2-byte length.
+        let mut tcp = (message.len() as u16).to_be_bytes().to_vec();
+        tcp.extend(&message);
+        assert_eq!(dns_lesson(&tcp, true, &feed()).unwrap().service, "psiphon");
+        assert_eq!(
+            dns_lesson(&tcp[..tcp.len() - 1], true, &feed()),
+            Err(DnsOutcome::Unparsed)
+        );
+    }
+
+    #[test]
+    fn loops_hostile_and_cut_messages_teach_nothing_and_never_hang() {
+        // A CNAME loop: followed a few hops, then given up.
+        let looping = dns_reply(
+            "a.hotspotshield.com",
+            &[
+                Answer::Cname("a.hotspotshield.com", "b.hotspotshield.com"),
+                Answer::Cname("b.hotspotshield.com", "a.hotspotshield.com"),
+            ],
+        );
+        assert_eq!(
+            dns_lesson(&looping, false, &feed()),
+            Err(DnsOutcome::Irrelevant)
+        );
+        // A compression pointer to itself in the question name.
+        let mut pointer_loop = vec![0, 7, 0x81, 0x80, 0, 1, 0, 0, 0, 0, 0, 0];
+        pointer_loop.extend([0xc0, 12, 0, 1, 0, 1]);
+        assert_eq!(
+            dns_lesson(&pointer_loop, false, &feed()),
+            Err(DnsOutcome::Unparsed)
+        );
+        // A label claiming 63 bytes the message does not have, and labels
+        // adding up past 255 bytes.
+        let mut overlong = vec![0, 7, 0x81, 0x80, 0, 1, 0, 0, 0, 0, 0, 0];
+        for _ in 0..5 {
+            overlong.push(63);
+            overlong.extend([b'a'; 63]);
+        }
+        overlong.extend([0, 0, 1, 0, 1]);
+        assert_eq!(
+            dns_lesson(&overlong, false, &feed()),
+            Err(DnsOutcome::Unparsed)
+        );
+        // Every prefix of a valid answer: never a panic.
+        let valid = dns_reply(
+            "www.hotspotshield.com",
+            &[Answer::A(
+                "www.hotspotshield.com",
+                Ipv4Addr::new(203, 0, 113, 7),
+                120,
+            )],
+        );
+        for end in 0..valid.len() {
+            assert!(dns_lesson(&valid[..end], false, &feed()).is_err(), "{end}");
+        }
+        assert!(dns_lesson(&valid, false, &feed()).is_ok());
+        assert_eq!(
+            dns_lesson(b"not dns at all", false, &feed()),
+            Err(DnsOutcome::Unparsed)
+        );
+    }
+
+    #[test]
+    fn learned_entries_expire_skip_shared_hosting_and_respect_capacity() {
+        let mut learner = learner(2);
+        let second = 1_000_000_000i64;
+        let message = dns_reply(
+            "x.hotspotshield.com",
+            &[
+                Answer::A("x.hotspotshield.com", Ipv4Addr::new(203, 0, 113, 7), 30),
+                // Cloudflare: shared, never learned.
+                Answer::A("x.hotspotshield.com", Ipv4Addr::new(104, 18, 151, 190), 30),
+                Answer::A("x.hotspotshield.com", Ipv4Addr::new(203, 0, 113, 8), 7200),
+                // Over capacity (2).
+                Answer::A("x.hotspotshield.com", Ipv4Addr::new(203, 0, 113, 9), 30),
+            ],
+        );
+        let changes = learner.absorb(&record(&message), 100 * second);
+        assert_eq!(changes.len(), 2);
+        assert_eq!(learner.stats.learned, 2);
+        assert_eq!(learner.stats.skipped_shared_hosting, 1);
+        assert_eq!(learner.stats.skipped_capacity, 1);
+        let endpoints = learner.endpoints();
+        assert_eq!(
+            endpoints[0].watched,
+            IpAddr::V4(Ipv4Addr::new(175, 45, 176, 5))
+        );
+        assert_eq!(
+            endpoints[0].resolver,
+            IpAddr::V4(Ipv4Addr::new(192, 0, 2, 53))
+        );
+        assert_eq!(endpoints[0].name, "x.hotspotshield.com");
+        // The TTL (30 s) and --learn-ttl (1 h, under the 2 h TTL) bound them.
+        assert!(learner.expire(129 * second).is_empty());
+        assert_eq!(
+            learner.expire(130 * second),
+            [Change::Remove {
+                address: IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7))
+            }]
+        );
+        assert!(learner.expire(3699 * second).is_empty());
+        assert_eq!(learner.expire(3700 * second).len(), 1);
+        assert_eq!(learner.stats.expired, 2);
+        // An answer seen again renews rather than learns.
+        let again = dns_reply(
+            "x.hotspotshield.com",
+            &[Answer::A(
+                "x.hotspotshield.com",
+                Ipv4Addr::new(203, 0, 113, 7),
+                30,
+            )],
+        );
+        learner.absorb(&record(&again), 4000 * second);
+        learner.absorb(&record(&again), 4010 * second);
+        assert_eq!(learner.stats.renewed, 1);
+        assert_eq!(learner.endpoints().len(), 1);
+        // Unreadable responses are counted.
+        learner.absorb(&record(b"\x00\x07garbage"), 4020 * second);
+        assert_eq!(learner.stats.dns_unparsed, 1);
+    }
+}

@@ -1,0 +1,321 @@
+//! Learning endpoints from DNS answers, on the real program: crafted DNS
+//! responses sent to a watched host (through CNAME chains, with TTLs, to
+//! a CDN address, hostile and cut messages) in a capture replayed by
+//! `classifier pcap`, then traffic to the answered addresses: learned ones
+//! count for the domain's service until they expire, a CDN address never,
+//! and a feed entry wins over what was learned.
+
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    path::Path,
+    time::Duration,
+};
+
+use classifier_tests::{
+    TEST_FEED,
+    daemon::{services, temp_dir},
+    frames::{FrameSpec, patched},
+    path_str as text, require_root, run_classifier,
+};
+use serde_json::Value;
+use simple_dns::{
+    CLASS, Name, Packet, QCLASS, QTYPE, Question, ResourceRecord, TYPE,
+    rdata::{A, AAAA, CNAME, RData},
+};
+
+const WATCHED: &str = "175.45.176.5";
+const RESOLVER: &str = "192.0.2.53";
+
+enum Answer<'a> {
+    A(&'a str, [u8; 4], u32),
+    Aaaa(&'a str, Ipv6Addr, u32),
+    Cname(&'a str, &'a str),
+}
+
+fn dns_reply(question: &str, answers: &[Answer<'_>]) -> Vec<u8> {
+    let mut packet = Packet::new_reply(9);
+    packet.questions.push(Question::new(
+        Name::new_unchecked(question),
+        QTYPE::TYPE(TYPE::A),
+        QCLASS::CLASS(CLASS::IN),
+        false,
+    ));
+    for answer in answers {
+        let (name, ttl, rdata) = match answer {
+            Answer::A(name, address, ttl) => {
+                (*name, *ttl, RData::A(A::from(Ipv4Addr::from(*address))))
+            }
+            Answer::Aaaa(name, address, ttl) => (*name, *ttl, RData::AAAA(AAAA::from(*address))),
+            Answer::Cname(name, target) => {
+                (*name, 300, RData::CNAME(CNAME(Name::new_unchecked(target))))
+            }
+        };
+        packet.answers.push(ResourceRecord::new(
+            Name::new_unchecked(name),
+            CLASS::IN,
+            ttl,
+            rdata,
+        ));
+    }
+    packet
+        .build_bytes_vec_compressed()
+        .expect("a valid message")
+}
+
+/// A UDP frame from `src:sport` to `dst:dport` carrying `payload`.
+fn udp_with(src: &str, dst: &str, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let frame = FrameSpec::udp(src, dst, sport, dport)
+        .payload(payload.len())
+        .build();
+    let start = frame.len() - payload.len();
+    patched(frame, start, payload)
+}
+
+fn traffic(dst: &str) -> Vec<u8> {
+    FrameSpec::udp(WATCHED, dst, 40000, 443).build()
+}
+
+fn write_pcap(path: &Path, frames: &[(u64, Vec<u8>)]) {
+    use pcap_file::{
+        DataLink, TsResolution,
+        pcap::{PcapHeader, PcapPacket, PcapWriter},
+    };
+    let header = PcapHeader {
+        datalink: DataLink::ETHERNET,
+        ts_resolution: TsResolution::NanoSecond,
+        ..PcapHeader::default()
+    };
+    let mut writer = PcapWriter::with_header(std::fs::File::create(path).expect("pcap"), header)
+        .expect("pcap header");
+    // 2026-11-26T00:00:00Z, then the frames' seconds.
+    let base = 1_795_651_200u64;
+    for (second, frame) in frames {
+        let time = Duration::from_secs(base + second);
+        writer
+            .write_packet(&PcapPacket::new(time, frame.len() as u32, frame))
+            .expect("write");
+    }
+}
+
+#[test]
+fn dns_answers_to_watched_hosts_teach_endpoints_until_they_expire() {
+    if !require_root() {
+        return;
+    }
+    let dir = temp_dir("learn-dns");
+    let feed = dir.join("feed.csv");
+    std::fs::write(&feed, TEST_FEED).expect("feed");
+    let domains = dir.join("domains.csv");
+    std::fs::write(
+        &domains,
+        "domain,service\nhotspotshield.com,hotspot-shield\npsiphon3.net,psiphon\n",
+    )
+    .expect("domains");
+    let cdn = dir.join("cdn.csv");
+    std::fs::write(&cdn, "cidr,name\n198.18.0.0/15,some-cdn\n").expect("cdn");
+
+    let hss = dns_reply(
+        "www.hotspotshield.com",
+        &[
+            Answer::Cname("www.hotspotshield.com", "edge.provider.example"),
+            Answer::A("edge.provider.example", [192, 0, 2, 77], 300),
+            Answer::A("edge.provider.example", [198, 18, 0, 1], 300),
+            Answer::Aaaa(
+                "edge.provider.example",
+                "2001:db8:77::1".parse().unwrap(),
+                300,
+            ),
+        ],
+    );
+    let psiphon = dns_reply(
+        "innocent.example",
+        &[
+            Answer::Cname("innocent.example", "front.psiphon3.net"),
+            Answer::A("front.psiphon3.net", [192, 0, 2, 88], 5),
+        ],
+    );
+    // An answer for an address the feed lists for delta.
+    let in_feed = dns_reply(
+        "api.hotspotshield.com",
+        &[Answer::A("api.hotspotshield.com", [203, 0, 113, 7], 300)],
+    );
+    let mut pointer_loop = vec![0, 9, 0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0];
+    pointer_loop.extend([0xc0, 12, 0, 1, 0, 1]);
+    let frames = vec![
+        // Sent to a host nobody watches: never handed over.
+        (0, udp_with(RESOLVER, "192.0.2.200", 53, 5353, &hss)),
+        (0, traffic("192.0.2.77")),
+        (1, udp_with(RESOLVER, WATCHED, 53, 40001, &hss)),
+        (2, traffic("192.0.2.77")),
+        (2, traffic("192.0.2.77")),
+        (2, traffic("192.0.2.77")),
+        (2, traffic("198.18.0.1")),
+        (3, udp_with(RESOLVER, WATCHED, 53, 40002, &psiphon)),
+        (4, traffic("192.0.2.88")),
+        (5, udp_with(RESOLVER, WATCHED, 53, 40003, &in_feed)),
+        (6, traffic("203.0.113.7")),
+        (7, udp_with(RESOLVER, WATCHED, 53, 40004, &pointer_loop)),
+        (
+            7,
+            udp_with(RESOLVER, WATCHED, 53, 40005, &hss[..hss.len() / 2]),
+        ),
+        // The psiphon answer's 5 s are over.
+        (20, traffic("192.0.2.88")),
+    ];
+    let capture = dir.join("dns.pcap");
+    write_pcap(&capture, &frames);
+
+    let output = run_classifier(&[
+        "pcap",
+        text(&capture),
+        "--format",
+        "json",
+        "--endpoints",
+        text(&feed),
+        "--domains",
+        text(&domains),
+        "--learn-exclude",
+        text(&cdn),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).expect("JSON report");
+    let rows = services(&report);
+    assert_eq!(rows["hotspot-shield"]["packets"], 3, "{report}");
+    assert_eq!(rows["psiphon"]["packets"], 1, "{report}");
+    assert_eq!(rows["delta"]["packets"], 1, "the feed wins: {report}");
+    // Watched: every frame to or from the watched host; matched: the 5 above.
+    assert_eq!(report["totals"]["watched"], 13);
+    assert_eq!(report["totals"]["matched"], 5);
+
+    let learning = &report["learning"];
+    let stats = &learning["stats"];
+    assert_eq!(stats["dns_responses"], 5, "{learning}");
+    assert_eq!(stats["dns_unparsed"], 2, "{learning}");
+    assert_eq!(stats["dns_matched"], 3, "{learning}");
+    assert_eq!(stats["learned"], 4, "{learning}");
+    assert_eq!(stats["skipped_shared_hosting"], 1, "{learning}");
+    assert_eq!(stats["expired"], 1, "{learning}");
+    let endpoints = learning["endpoints"].as_array().expect("endpoints");
+    let learned: Vec<(&str, &str, &str)> = endpoints
+        .iter()
+        .map(|e| {
+            (
+                e["address"].as_str().unwrap(),
+                e["service"].as_str().unwrap(),
+                e["name"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        learned,
+        [
+            ("192.0.2.77", "hotspot-shield", "www.hotspotshield.com"),
+            ("203.0.113.7", "hotspot-shield", "api.hotspotshield.com"),
+            ("2001:db8:77::1", "hotspot-shield", "www.hotspotshield.com"),
+        ],
+        "{learning}"
+    );
+    assert!(
+        endpoints
+            .iter()
+            .all(|e| e["watched"] == WATCHED && e["resolver"] == RESOLVER)
+    );
+    // Learned at 00:00:01 with a 300 s TTL.
+    assert_eq!(endpoints[0]["expires_at"], "2026-11-26T00:05:01Z");
+
+    // --no-learn: the same capture teaches nothing.
+    let output = run_classifier(&[
+        "pcap",
+        text(&capture),
+        "--format",
+        "json",
+        "--endpoints",
+        text(&feed),
+        "--no-learn",
+    ]);
+    let report: Value = serde_json::from_slice(&output.stdout).expect("JSON report");
+    assert_eq!(report["totals"]["matched"], 1, "only the feed's delta");
+    assert!(report.get("learning").is_none());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The same on a live link: the daemon reads the answer at its next drain
+/// and the kernel counts the learned endpoint's traffic from then on; the
+/// exit report and the snapshot list it with its provenance.
+#[test]
+fn the_daemon_learns_from_an_answer_on_the_link() {
+    use classifier_tests::{daemon::Daemon, netns::VethLink};
+    if !require_root() {
+        return;
+    }
+    let dir = temp_dir("learn-live");
+    let feed = classifier_tests::daemon::write_feed(&dir);
+    let domains = dir.join("domains.csv");
+    std::fs::write(
+        &domains,
+        "domain,service\nhotspotshield.com,hotspot-shield\n",
+    )
+    .expect("domains");
+    let snapshots = dir.join("snapshots");
+    let pins = classifier_tests::daemon::TestMount::bpf(&dir.join("bpf"));
+    let link = VethLink::create("learnlive").expect("namespaces and veth");
+    let daemon = Daemon::start(
+        &link,
+        &feed,
+        &[
+            "--domains",
+            text(&domains),
+            "--pin-path",
+            text(&pins.path),
+            "--snapshot-dir",
+            text(&snapshots),
+        ],
+    );
+    let answer = dns_reply(
+        "www.hotspotshield.com",
+        &[Answer::A("www.hotspotshield.com", [192, 0, 2, 77], 600)],
+    );
+    // Before the answer: watched, not matched.
+    link.send(&[traffic("192.0.2.77")]).expect("send");
+    link.send(&[udp_with(RESOLVER, WATCHED, 53, 40001, &answer)])
+        .expect("send");
+    std::thread::sleep(Duration::from_millis(500));
+    link.send(&[traffic("192.0.2.77"), traffic("192.0.2.77")])
+        .expect("send");
+    let (report, _) = daemon.stop(libc::SIGTERM);
+    assert_eq!(
+        services(&report)["hotspot-shield"]["packets"],
+        2,
+        "{report}"
+    );
+    let learning = &report["learning"];
+    assert_eq!(learning["handed_over"], 1, "{learning}");
+    assert_eq!(learning["ring_drops"], 0);
+    assert_eq!(learning["endpoints"][0]["address"], "192.0.2.77");
+    assert_eq!(learning["endpoints"][0]["watched"], WATCHED);
+    let written: Vec<Value> = std::fs::read_dir(&snapshots)
+        .expect("snapshots")
+        .filter_map(Result::ok)
+        .filter(|entry| {
+            entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with("classifier-")
+        })
+        .map(|entry| {
+            serde_json::from_slice(&std::fs::read(entry.path()).expect("read")).expect("JSON")
+        })
+        .collect();
+    assert!(
+        written
+            .iter()
+            .any(|snapshot| snapshot["learning"]["endpoints"][0]["address"] == "192.0.2.77"),
+        "a snapshot lists the learned endpoint"
+    );
+    drop(pins);
+    let _ = std::fs::remove_dir_all(dir);
+}
