@@ -59,10 +59,15 @@ pub const LEARN_RING_BYTES: u32 = 1 << 20;
 pub const MAP_LEARNED: &str = "LEARNED";
 /// Entries of [`MAP_LEARNED`].
 pub const LEARNED_CAPACITY: u32 = 65_536;
+/// LRU hash of [`FlowKey`] (direction 0) to the payload segments handed
+/// over so far (low 16 bits from the watched host, high 16 bits to it).
+pub const MAP_TCP_PROBES: &str = "TCP_PROBES";
+/// Entries of [`MAP_TCP_PROBES`].
+pub const TCP_PROBE_CAPACITY: u32 = 65_536;
 
 /// Every map the program declares, for checks that the object and the
 /// loader agree.
-pub const ALL_MAPS: [&str; 14] = [
+pub const ALL_MAPS: [&str; 15] = [
     MAP_TOTALS,
     MAP_SERVICES,
     MAP_FLOWS,
@@ -77,6 +82,7 @@ pub const ALL_MAPS: [&str; 14] = [
     MAP_VERDICTS,
     MAP_LEARN_EVENTS,
     MAP_LEARNED,
+    MAP_TCP_PROBES,
 ];
 
 /// `BPF_F_MMAPABLE`: the IPv4 table's arrays are filled through a mapping.
@@ -127,9 +133,15 @@ pub const SERVICE_L2TP: u32 = 6;
 // ---- learning ------------------------------------------------------------
 
 /// Bytes of a packet's payload a [`LearnRecord`] holds at most.
-pub const LEARN_BYTES: usize = 1024;
+pub const LEARN_BYTES: usize = 2048;
 /// [`LearnRecord::kind`]: a DNS response to a watched host.
 pub const LEARN_DNS: u8 = 1;
+/// [`LearnRecord::kind`]: one of the first payload segments of a TCP flow
+/// of a watched host whose other end no feed names (a TLS ClientHello, a
+/// server's certificate).
+pub const LEARN_TCP: u8 = 2;
+/// Payload segments per direction of such a flow handed over at most.
+pub const LEARN_TCP_SEGMENTS: u32 = 6;
 
 /// One packet handed to userspace to learn from.
 #[repr(C)]
@@ -141,15 +153,20 @@ pub struct LearnRecord {
     pub family: u8,
     /// 6 (TCP) or 17 (UDP).
     pub protocol: u8,
-    pub _pad: u8,
+    /// `DIR_OUTBOUND` (from the watched host) or `DIR_INBOUND`.
+    pub direction: u8,
+    /// The other end's port.
+    pub port: u16,
+    pub _pad: [u8; 2],
     /// Bytes of `payload` that hold the packet's transport payload.
     pub len: u32,
     /// The watched host and the other end (16 bytes, IPv4 mapped).
     pub watched: [u8; 16],
     pub server: [u8; 16],
+    pub _pad2: [u8; 4],
     pub payload: [u8; LEARN_BYTES],
 }
-const _: () = assert!(size_of::<LearnRecord>() == 40 + LEARN_BYTES);
+const _: () = assert!(size_of::<LearnRecord>() == 48 + LEARN_BYTES);
 
 /// Most VLAN tags (802.1Q / 802.1ad) parsed before a frame counts as
 /// [`MALFORMED_VLAN_TOO_DEEP`].

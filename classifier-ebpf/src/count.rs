@@ -135,6 +135,7 @@ fn count_watched<A: KeyAddress>(
             }
         };
         if service == 0 {
+            learn::tcp_segment(ctx, totals, packet, watched, &key);
             return;
         }
     }

@@ -1,15 +1,19 @@
 //! Learning: the few packets of watched hosts that can teach which
 //! endpoints serve which service go to userspace through a ring buffer,
 //! and what userspace learned comes back as host entries the classifier
-//! consults when no feed names the other end. Today: DNS responses (UDP or
-//! TCP from port 53) to a watched host, up to `LEARN_BYTES` of the message.
+//! consults when no feed names the other end: DNS responses (UDP or TCP
+//! from port 53) to a watched host, and the first payload segments of TCP
+//! flows whose other end no feed names, up to `LEARN_BYTES` of each.
 //! A full ring buffer drops the record and counts it.
 
 use aya_ebpf::{helpers::bpf_xdp_load_bytes, programs::XdpContext};
-use classifier_common::{DIR_INBOUND, LEARN_BYTES, LEARN_DNS, LearnRecord, Totals};
+use classifier_common::{
+    DIR_INBOUND, FlowKey, LEARN_BYTES, LEARN_DNS, LEARN_TCP, LEARN_TCP_SEGMENTS, LearnRecord,
+    Totals,
+};
 
 use crate::{
-    LEARN_EVENTS, LEARNED,
+    LEARN_EVENTS, LEARNED, TCP_PROBES,
     classify::Watched,
     count::KeyAddress,
     parse::{MAX_FRAME, Packet},
@@ -39,9 +43,61 @@ pub fn dns_response<A: KeyAddress>(
     if watched.direction != DIR_INBOUND
         || packet.src_port != PORT_DNS
         || !(packet.protocol == PROTO_UDP || packet.protocol == PROTO_TCP)
-        || packet.payload_end <= packet.payload_start
-        || packet.payload_end == MAX_FRAME
     {
+        return;
+    }
+    hand_over(ctx, totals, packet, watched, LEARN_DNS);
+}
+
+/// Hands the first `LEARN_TCP_SEGMENTS` payload segments in each direction
+/// of a TCP flow whose other end no feed names to userspace (a ClientHello
+/// names its server; a TLS 1.2 server's certificate names it too). `key`
+/// is the flow's key with direction 0.
+#[inline(always)]
+pub fn tcp_segment<A: KeyAddress>(
+    ctx: &XdpContext,
+    totals: &mut Totals,
+    packet: &Packet<A>,
+    watched: &Watched<A>,
+    key: &FlowKey,
+) {
+    if packet.protocol != PROTO_TCP || packet.payload_end <= packet.payload_start {
+        return;
+    }
+    let shift = if watched.direction == DIR_INBOUND {
+        16
+    } else {
+        0
+    };
+    let seen = match TCP_PROBES.get_ptr_mut(key) {
+        // SAFETY: a map value; a race between CPUs costs at most a segment.
+        Some(count) => unsafe {
+            let seen = (*count >> shift) & 0xffff;
+            if seen < LEARN_TCP_SEGMENTS {
+                *count += 1 << shift;
+            }
+            seen
+        },
+        None => {
+            let _ = TCP_PROBES.insert(key, 1u32 << shift, 0);
+            0
+        }
+    };
+    if seen < LEARN_TCP_SEGMENTS {
+        hand_over(ctx, totals, packet, watched, LEARN_TCP);
+    }
+}
+
+/// Copies the packet's payload (at most `LEARN_BYTES`) into a record.
+#[inline(always)]
+fn hand_over<A: KeyAddress>(
+    ctx: &XdpContext,
+    totals: &mut Totals,
+    packet: &Packet<A>,
+    watched: &Watched<A>,
+    kind: u8,
+) {
+    if packet.payload_end <= packet.payload_start || packet.payload_end == MAX_FRAME {
         return;
     }
     let len = packet.payload_end - packet.payload_start;
@@ -57,9 +113,11 @@ pub fn dns_response<A: KeyAddress>(
     // SAFETY: `record` points at a reserved, exclusively owned entry; the
     // helper copies `len` (1..=LEARN_BYTES) bytes of the frame into it.
     let copied = unsafe {
-        (*record).kind = LEARN_DNS;
+        (*record).kind = kind;
         (*record).family = A::FAMILY;
         (*record).protocol = packet.protocol;
+        (*record).direction = watched.direction;
+        (*record).port = watched.port;
         (*record).len = len as u32;
         (*record).watched = watched.watched.key_bytes();
         (*record).server = watched.endpoint.key_bytes();

@@ -18,8 +18,8 @@ use aya_ebpf::{
 };
 use classifier_common::{
     BPF_F_MMAPABLE, EndpointValue, FlowKey, FlowSlot, FlowValue, LEARN_RING_BYTES,
-    LEARNED_CAPACITY, MAX_SERVICES, ServiceCounters, Totals, V4_TOP_NODES, V4Leaf, V4Node, V4Runs,
-    VERDICT_CAPACITY, WatchedHint,
+    LEARNED_CAPACITY, MAX_SERVICES, ServiceCounters, TCP_PROBE_CAPACITY, Totals, V4_TOP_NODES,
+    V4Leaf, V4Node, V4Runs, VERDICT_CAPACITY, WatchedHint,
 };
 
 // Map names must equal the `MAP_*` constants of classifier-common; the
@@ -46,6 +46,9 @@ static LEARN_EVENTS: RingBuf = RingBuf::with_byte_size(LEARN_RING_BYTES, 0);
 /// consulted when no feed names the other end. Userspace expires them.
 #[map]
 static LEARNED: HashMap<[u8; 16], u32> = HashMap::with_max_entries(LEARNED_CAPACITY, 0);
+/// Payload segments handed over per TCP flow and direction.
+#[map]
+static TCP_PROBES: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(TCP_PROBE_CAPACITY, 0);
 #[map]
 static WATCHED_HINT: Array<WatchedHint> = Array::with_max_entries(2, 0);
 #[map]

@@ -17,7 +17,8 @@ use std::{
 
 use aya::maps::{HashMap as BpfHashMap, Map, MapData, RingBuf};
 use classifier_common::{
-    FAMILY_V4, LEARN_BYTES, LEARN_DNS, LearnRecord, MAP_LEARN_EVENTS, MAP_LEARNED,
+    FAMILY_V4, FlowKey, LEARN_BYTES, LEARN_DNS, LEARN_TCP, LearnRecord, MAP_LEARN_EVENTS,
+    MAP_LEARNED, MAP_VERDICTS,
 };
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -34,6 +35,11 @@ pub const BUNDLED_SHARED_HOSTING_NAME: &str = "bundled:data/shared-hosting.csv";
 pub const DEFAULT_LEARN_TTL: Duration = Duration::from_secs(24 * 3600);
 /// CNAME links followed from the question at most (a loop ends there).
 const MAX_CNAME_HOPS: usize = 8;
+/// Bytes of one TCP direction kept for TLS at most (a certificate chain).
+const MAX_STREAM_BYTES: usize = 32 * 1024;
+/// TCP directions followed at once at most; more are dropped, oldest first
+/// is not tracked: the table is cleared and counted.
+const MAX_STREAMS: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LearnError {
@@ -356,6 +362,95 @@ pub fn dns_lesson(message: &[u8], tcp: bool, feed: &DomainFeed) -> Result<DnsLes
     })
 }
 
+// ---- TLS --------------------------------------------------------------------
+
+/// Where a TLS name came from.
+pub const FROM_SERVER_NAME: &str = "tls server name";
+pub const FROM_CERTIFICATE: &str = "certificate";
+
+/// What the start of one TCP direction shows, so far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsNames {
+    /// Names found (the ClientHello's server name, or the server
+    /// certificate's subject common name and alternative names) and where.
+    Found(Vec<String>, &'static str),
+    /// Not enough bytes yet.
+    NeedMore,
+    /// Not TLS, or past the handshake without names: stop following it.
+    Nothing,
+}
+
+/// Reads TLS records from the start of a direction's byte stream.
+pub fn tls_names(stream: &[u8]) -> TlsNames {
+    use tls_parser::{TlsMessage, TlsMessageHandshake};
+    let mut rest = stream;
+    while !rest.is_empty() {
+        let record = match tls_parser::parse_tls_plaintext(rest) {
+            Ok((after, record)) => {
+                rest = after;
+                record
+            }
+            Err(tls_parser::Err::Incomplete(_)) => return TlsNames::NeedMore,
+            Err(_) => return TlsNames::Nothing,
+        };
+        for message in &record.msg {
+            match message {
+                TlsMessage::Handshake(TlsMessageHandshake::ClientHello(hello)) => {
+                    let names = hello
+                        .ext
+                        .and_then(|ext| tls_parser::parse_tls_extensions(ext).ok())
+                        .map(|(_, extensions)| {
+                            extensions
+                                .iter()
+                                .filter_map(|extension| match extension {
+                                    tls_parser::TlsExtension::SNI(names) => Some(names),
+                                    _ => None,
+                                })
+                                .flatten()
+                                .filter_map(|(_, name)| std::str::from_utf8(name).ok())
+                                .map(str::to_string)
+                                .collect::<Vec<_>>()
+                        })
+                        .unwrap_or_default();
+                    if names.is_empty() {
+                        return TlsNames::Nothing;
+                    }
+                    return TlsNames::Found(names, FROM_SERVER_NAME);
+                }
+                TlsMessage::Handshake(TlsMessageHandshake::Certificate(contents)) => {
+                    let Some(first) = contents.cert_chain.first() else {
+                        return TlsNames::Nothing;
+                    };
+                    let Ok((_, certificate)) = x509_parser::parse_x509_certificate(first.data)
+                    else {
+                        return TlsNames::Nothing;
+                    };
+                    let mut names: Vec<String> = certificate
+                        .subject()
+                        .iter_common_name()
+                        .filter_map(|name| name.as_str().ok())
+                        .map(str::to_string)
+                        .collect();
+                    if let Ok(Some(alternative)) = certificate.subject_alternative_name() {
+                        for name in &alternative.value.general_names {
+                            if let x509_parser::extensions::GeneralName::DNSName(name) = name {
+                                names.push((*name).to_string());
+                            }
+                        }
+                    }
+                    return TlsNames::Found(names, FROM_CERTIFICATE);
+                }
+                // Encrypted from here on (TLS 1.3 hides the certificate).
+                TlsMessage::ApplicationData(_) | TlsMessage::ChangeCipherSpec => {
+                    return TlsNames::Nothing;
+                }
+                _ => {}
+            }
+        }
+    }
+    TlsNames::NeedMore
+}
+
 // ---- the learner ----------------------------------------------------------
 
 /// One learned endpoint and where it came from.
@@ -366,15 +461,23 @@ pub struct LearnedEndpoint {
     /// The feed's domain that matched, and the name the watched host asked.
     pub domain: String,
     pub name: String,
-    /// The watched host whose DNS answer taught it (a pseudonym in
-    /// pseudonymized reports) and the resolver that answered.
+    /// The watched host whose DNS answer or TLS flow taught it (a
+    /// pseudonym in pseudonymized reports) and the resolver that answered
+    /// (the endpoint itself for TLS).
     pub watched: IpAddr,
     pub resolver: IpAddr,
+    /// "dns", "tls server name" or "certificate".
+    #[serde(default = "from_dns")]
+    pub how: String,
     /// RFC 3339.
     pub learned_at: String,
     pub expires_at: String,
     #[serde(skip)]
     pub expires_at_unix_ns: i64,
+}
+
+fn from_dns() -> String {
+    "dns".into()
 }
 
 /// Counts of what learning did, cumulative.
@@ -393,14 +496,35 @@ pub struct LearnStats {
     pub skipped_shared_hosting: u64,
     pub skipped_capacity: u64,
     pub expired: u64,
+    /// TCP segments read, flows whose TLS named a listed domain (each gets
+    /// its service as a verdict), and directions given up on.
+    #[serde(default)]
+    pub tcp_segments: u64,
+    #[serde(default)]
+    pub tls_flows_named: u64,
+    #[serde(default)]
+    pub streams_dropped: u64,
 }
 
 /// A change the kernel's `LEARNED` map must take.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    Insert { address: IpAddr, service: String },
-    Remove { address: IpAddr },
+    Insert {
+        address: IpAddr,
+        service: String,
+    },
+    Remove {
+        address: IpAddr,
+    },
+    /// The flow (key with direction 0) counts under `service` from now on.
+    Verdict {
+        key: FlowKey,
+        service: String,
+    },
 }
+
+/// One TCP direction being read: the flow key (direction 0) and direction.
+type StreamKey = ([u8; 16], [u8; 16], u16, u8, u8);
 
 #[derive(Debug)]
 pub struct Learner {
@@ -409,6 +533,9 @@ pub struct Learner {
     pub ttl: Duration,
     pub capacity: usize,
     entries: HashMap<IpAddr, LearnedEndpoint>,
+    /// TCP directions whose start is being read, and flows already named.
+    streams: HashMap<StreamKey, Vec<u8>>,
+    finished: std::collections::HashSet<StreamKey>,
     pub stats: LearnStats,
 }
 
@@ -455,12 +582,17 @@ impl Learner {
             ttl,
             capacity,
             entries: HashMap::new(),
+            streams: HashMap::new(),
+            finished: std::collections::HashSet::new(),
             stats: LearnStats::default(),
         }
     }
 
     /// What `record` teaches, at `now_unix_ns`: the kernel map changes.
     pub fn absorb(&mut self, record: &LearnRecord, now_unix_ns: i64) -> Vec<Change> {
+        if record.kind == LEARN_TCP {
+            return self.absorb_tcp(record, now_unix_ns);
+        }
         if record.kind != LEARN_DNS {
             return Vec::new();
         }
@@ -521,6 +653,7 @@ impl Learner {
                     name: lesson.question.clone(),
                     watched,
                     resolver,
+                    how: from_dns(),
                     learned_at: crate::report::rfc3339(crate::snapshot::unix_ns_to_time(
                         now_unix_ns,
                     )),
@@ -534,6 +667,97 @@ impl Learner {
                 address,
                 service: lesson.service.clone(),
             });
+        }
+        changes
+    }
+
+    /// A TCP segment: its direction's bytes so far, read as TLS.
+    fn absorb_tcp(&mut self, record: &LearnRecord, now_unix_ns: i64) -> Vec<Change> {
+        self.stats.tcp_segments += 1;
+        let key: StreamKey = (
+            record.watched,
+            record.server,
+            record.port,
+            record.family,
+            record.direction,
+        );
+        if self.finished.contains(&key) {
+            return Vec::new();
+        }
+        if self.streams.len() >= MAX_STREAMS && !self.streams.contains_key(&key) {
+            self.stats.streams_dropped += self.streams.len() as u64;
+            self.streams.clear();
+        }
+        let len = (record.len as usize).min(LEARN_BYTES);
+        let stream = self.streams.entry(key).or_default();
+        stream.extend_from_slice(&record.payload[..len]);
+        let outcome = if stream.len() > MAX_STREAM_BYTES {
+            TlsNames::Nothing
+        } else {
+            tls_names(stream)
+        };
+        let (names, how) = match outcome {
+            TlsNames::NeedMore => return Vec::new(),
+            TlsNames::Nothing => {
+                self.streams.remove(&key);
+                self.finished.insert(key);
+                return Vec::new();
+            }
+            TlsNames::Found(names, how) => {
+                self.streams.remove(&key);
+                self.finished.insert(key);
+                (names, how)
+            }
+        };
+        let Some((service, domain, name)) = names.iter().find_map(|name| {
+            let bare = name.trim_start_matches("*.");
+            self.domains
+                .service_for(bare)
+                .map(|(service, domain)| (service.to_string(), domain.to_string(), name.clone()))
+        }) else {
+            return Vec::new();
+        };
+        self.stats.tls_flows_named += 1;
+        let mut flow: FlowKey = bytemuck::Zeroable::zeroed();
+        flow.watched = record.watched;
+        flow.endpoint = record.server;
+        flow.port = record.port;
+        flow.family = record.family;
+        flow.protocol = record.protocol;
+        let mut changes = vec![Change::Verdict {
+            key: flow,
+            service: service.clone(),
+        }];
+        // The address too, unless shared: TLS gives no TTL, --learn-ttl holds.
+        let address = key_address(record.family, record.server);
+        if self.shared.owner(address).is_some() {
+            self.stats.skipped_shared_hosting += 1;
+        } else if self.entries.contains_key(&address) || self.entries.len() < self.capacity {
+            let keep = i64::try_from(self.ttl.as_nanos()).unwrap_or(i64::MAX);
+            let expires_at_unix_ns = now_unix_ns.saturating_add(keep);
+            self.stats.learned += 1;
+            self.entries.insert(
+                address,
+                LearnedEndpoint {
+                    address,
+                    service: service.clone(),
+                    domain,
+                    name,
+                    watched: key_address(record.family, record.watched),
+                    resolver: address,
+                    how: how.to_string(),
+                    learned_at: crate::report::rfc3339(crate::snapshot::unix_ns_to_time(
+                        now_unix_ns,
+                    )),
+                    expires_at: crate::report::rfc3339(crate::snapshot::unix_ns_to_time(
+                        expires_at_unix_ns,
+                    )),
+                    expires_at_unix_ns,
+                },
+            );
+            changes.push(Change::Insert { address, service });
+        } else {
+            self.stats.skipped_capacity += 1;
         }
         changes
     }
@@ -580,6 +804,7 @@ impl Learner {
 pub struct LearnMaps {
     events: RingBuf<MapData>,
     learned: BpfHashMap<MapData, [u8; 16], u32>,
+    verdicts: BpfHashMap<MapData, FlowKey, u32>,
 }
 
 fn key_bytes(address: IpAddr) -> [u8; 16] {
@@ -601,16 +826,29 @@ impl LearnMaps {
                         .map_err(|error| LearnError::Map(format!("{}: {error}", path.display())))
                 })
         };
-        Self::from_maps(open(MAP_LEARN_EVENTS)?, open(MAP_LEARNED)?)
+        Self::from_maps(
+            open(MAP_LEARN_EVENTS)?,
+            open(MAP_LEARNED)?,
+            open(MAP_VERDICTS)?,
+        )
     }
 
-    pub fn from_maps(events: Map, learned: Map) -> Result<Self, LearnError> {
+    pub fn from_maps(events: Map, learned: Map, verdicts: Map) -> Result<Self, LearnError> {
         Ok(Self {
+            verdicts: BpfHashMap::try_from(verdicts)
+                .map_err(|error| LearnError::Map(format!("{MAP_VERDICTS}: {error}")))?,
             events: RingBuf::try_from(events)
                 .map_err(|error| LearnError::Map(format!("{MAP_LEARN_EVENTS}: {error}")))?,
             learned: BpfHashMap::try_from(learned)
                 .map_err(|error| LearnError::Map(format!("{MAP_LEARNED}: {error}")))?,
         })
+    }
+
+    /// A descriptor of the ring buffer that polls readable when records
+    /// wait.
+    pub fn ring_fd(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        use std::os::fd::AsFd as _;
+        self.events.as_fd().try_clone_to_owned()
     }
 
     /// Feeds every waiting record to `learner` and applies what it learned;
@@ -658,6 +896,10 @@ impl LearnMaps {
                 Change::Remove { address } => match self.learned.remove(&key_bytes(*address)) {
                     Err(aya::maps::MapError::KeyNotFound) => Ok(()),
                     other => other,
+                },
+                Change::Verdict { key, service } => match services.id(service) {
+                    Some(id) => self.verdicts.insert(*key, id, 0),
+                    None => continue,
                 },
             };
             if let Err(error) = result {

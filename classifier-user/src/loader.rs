@@ -325,10 +325,11 @@ impl Sensor {
 
     /// The learning maps (the ring buffer and the learned endpoints), taken
     /// out of the loader's hands; `None` if taken before.
-    pub fn take_learn_maps(&mut self) -> Option<(aya::maps::Map, aya::maps::Map)> {
+    pub fn take_learn_maps(&mut self) -> Option<(aya::maps::Map, aya::maps::Map, aya::maps::Map)> {
         let events = self.ebpf.take_map(MAP_LEARN_EVENTS)?;
         let learned = self.ebpf.take_map(MAP_LEARNED)?;
-        Some((events, learned))
+        let verdicts = self.ebpf.take_map(MAP_VERDICTS)?;
+        Some((events, learned, verdicts))
     }
 
     fn load_with(

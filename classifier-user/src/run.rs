@@ -427,11 +427,8 @@ struct Daemon {
 }
 
 impl Daemon {
-    /// Drains once; a failure is logged and counted (the next drain
-    /// catches up: kernel counters are cumulative).
-    fn drain(&mut self) -> Result<(), DrainError> {
-        let started = std::time::Instant::now();
-        let services = self.sensor.meta.services.len();
+    /// Reads what the program handed over and applies what it teaches.
+    fn learn(&mut self) {
         if let Some((learner, maps)) = &mut self.learning {
             maps.pump(
                 learner,
@@ -439,6 +436,14 @@ impl Daemon {
                 snapshot::now_unix_ns(),
             );
         }
+    }
+
+    /// Drains once; a failure is logged and counted (the next drain
+    /// catches up: kernel counters are cumulative).
+    fn drain(&mut self) -> Result<(), DrainError> {
+        let started = std::time::Instant::now();
+        let services = self.sensor.meta.services.len();
+        self.learn();
         let result = drain::read_counters(&self.sensor.counters, services).map(|reading| {
             self.ledger.absorb(reading, drain::monotonic_to_unix_ns());
             release_free_memory();
@@ -697,6 +702,27 @@ pub fn run_config(mut config: RunConfig) -> Result<Report, RunError> {
             daemon.sensor.meta.interfaces.join(",")
         ));
 
+        // The ring buffer polls readable when the program hands over a record.
+        let learn_fd = match &daemon.learning {
+            Some((_, maps)) => match maps.ring_fd().and_then(|fd| {
+                // SAFETY: an OwnedFd, owned by the AsyncFd for its whole
+                // life, always returns the same open descriptor.
+                unsafe {
+                    tokio::io::unix::AsyncFd::register_with_interest(
+                        fd,
+                        tokio::io::Interest::READABLE,
+                    )
+                }
+                .map_err(|error| std::io::Error::other(error.to_string()))
+            }) {
+                Ok(fd) => Some(fd),
+                Err(error) => {
+                    log::warn!("learning reads at drains only: cannot poll its ring buffer: {error}");
+                    None
+                }
+            },
+            None => None,
+        };
         let mut ticker = tokio::time::interval(config.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Boundaries on the wall clock, elapsed time (and so a stepped wall
@@ -721,7 +747,16 @@ pub fn run_config(mut config: RunConfig) -> Result<Report, RunError> {
                     }
                 }
             }
+            let learn_ready = async {
+                match &learn_fd {
+                    Some(fd) => fd.readable().await.map(|mut guard| guard.clear_ready()),
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
+                // Records to learn from: read at once, so a flow's verdict
+                // applies to its next packets rather than after a drain.
+                _ = learn_ready => daemon.learn(),
                 _ = ticker.tick() => {
                     let _ = daemon.drain();
                     if let Some(snapshots) = &mut daemon.snapshots {

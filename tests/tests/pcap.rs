@@ -50,7 +50,10 @@ fn a_pcap_of_the_mix_counts_exactly_what_the_live_sensor_counts() {
     assert!(output.status.success(), "{output:?}");
 
     let link = VethLink::create("pcaplive").expect("namespaces and veth");
-    let daemon = Daemon::start_bundled(&link, &[]);
+    // Learning off on both sides: the live daemon reads what a flow's
+    // certificate teaches asynchronously, so how many of the flow's later
+    // packets it attributes depends on timing; the pcap's replay does not.
+    let daemon = Daemon::start_bundled(&link, &["--no-learn"]);
     let output = link
         .peer
         .command(&classifier_binary())
@@ -61,7 +64,7 @@ fn a_pcap_of_the_mix_counts_exactly_what_the_live_sensor_counts() {
     assert!(output.status.success(), "{output:?}");
     let (live, _) = daemon.stop(libc::SIGTERM);
 
-    let replayed = pcap_report(&[text(&capture)]);
+    let replayed = pcap_report(&[text(&capture), "--no-learn"]);
     assert_eq!(replayed["totals"], live["totals"]);
     assert_eq!(replayed["malformed"], live["malformed"]);
     let (live_services, replayed_services) = (services(&live), services(&replayed));
@@ -161,8 +164,12 @@ fn real_captures_are_read_and_classified() {
     if !require_root() {
         return;
     }
-    // Raw IP (no Ethernet header): the bundled Psiphon capture. Its client
-    // is private, so watching it makes the flow watched but unattributed.
+    // Raw IP (no Ethernet header): the bundled Psiphon capture, its client
+    // watched. The server is a Cloudflare address no list names; its TLS
+    // 1.2 certificate names psiphon3.net, which the bundled domain feed
+    // lists: the flow counts as Psiphon from the certificate on (the 12
+    // packets before it, TCP and TLS handshakes, stay unattributed), and
+    // Cloudflare is not learned as a Psiphon endpoint.
     let psiphon = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/pcap/psiphon3.pcap");
     let report = pcap_report(&[text(&psiphon), "--watch", "192.168.0.103/32"]);
     let totals = &report["totals"];
@@ -172,7 +179,14 @@ fn real_captures_are_read_and_classified() {
     // each packet gains a 14-byte synthetic Ethernet header.
     assert_eq!(totals["bytes"], 12_834 - 24 - 62 * 16 + 62 * 14);
     assert_eq!(totals["watched"], 62);
-    assert_eq!(totals["matched"], 0);
+    assert_eq!(totals["matched"], 50);
+    assert_eq!(services(&report)["psiphon"]["flows"], 2);
+    let learning = &report["learning"];
+    assert_eq!(learning["stats"]["tls_flows_named"], 1, "{learning}");
+    assert_eq!(learning["stats"]["skipped_shared_hosting"], 1, "{learning}");
+    assert_eq!(learning["endpoints"], serde_json::json!([]));
+    let report = pcap_report(&[text(&psiphon), "--watch", "192.168.0.103/32", "--no-learn"]);
+    assert_eq!(report["totals"]["matched"], 0);
     // Times are the capture's (its first and last packet).
     assert_eq!(report["start"], "2021-02-20T23:51:19.123029Z");
     assert_eq!(report["end"], "2021-02-20T23:51:19.845431Z");
@@ -350,6 +364,15 @@ fn vpn_protocols_are_recognised_in_real_captures_without_a_list() {
         "{report}"
     );
     assert_eq!(wireguard["unique_sources"], 1);
+    // Its API flow's ClientHello names vpn-api.proton.me, a domain the
+    // bundled feed lists: the flow counts for ProtonVPN after it (the TCP
+    // handshake and the ClientHello itself, 4 packets, before).
+    assert_eq!(
+        services(&report)["protonvpn"]["packets"],
+        frames_with(&frames, [185, 159, 159, 148]) - 4,
+        "{report}"
+    );
+    assert_eq!(report["learning"]["stats"]["tls_flows_named"], 1);
 
     // Mullvad's WireGuard: the bundled feed lists the server, and a feed
     // match wins over the protocol; without it, the protocol names it.
@@ -361,12 +384,35 @@ fn vpn_protocols_are_recognised_in_real_captures_without_a_list() {
     let report = pcap_report(&[text(&file), "--endpoints", no_servers]);
     assert_eq!(services(&report)["wireguard"]["packets"], all);
 
-    // TunnelBear's WireGuard tunnel, its server in the bundled feed.
+    // TunnelBear's WireGuard tunnel, its server in the bundled feed; its
+    // API flows to Cloudflare name api.tunnelbear.com (or
+    // api.polargrizzly.com) in their ClientHellos: those flows count for
+    // TunnelBear too, and no Cloudflare address is learned.
     let (file, frames) = into_watched_range("tunnelbear.pcap", &dir);
     let report = pcap_report(&[text(&file)]);
-    assert_eq!(
-        services(&report)["tunnelbear"]["packets"],
-        frames_with(&frames, [142, 93, 78, 79])
+    let tunnelbear = services(&report)["tunnelbear"]["packets"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        tunnelbear > frames_with(&frames, [142, 93, 78, 79]),
+        "{report}"
+    );
+    let learning = &report["learning"];
+    assert!(
+        learning["stats"]["tls_flows_named"].as_u64() >= Some(1),
+        "{learning}"
+    );
+    assert!(
+        learning["stats"]["skipped_shared_hosting"].as_u64() >= Some(1),
+        "{learning}"
+    );
+    assert!(
+        learning["endpoints"]
+            .as_array()
+            .is_some_and(|learned| learned
+                .iter()
+                .all(|e| !e["address"].as_str().unwrap_or("").starts_with("104."))),
+        "{learning}"
     );
     // Without the feed: TunnelBear's handshake messages are 204 and 100
     // bytes, not WireGuard's 148 and 92, so the flow is recognised from its
