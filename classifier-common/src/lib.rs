@@ -367,9 +367,19 @@ pub struct FlowValue {
     pub service: u16,
     /// OR of the TCP flags seen (FIN=0x01 … CWR=0x80).
     pub tcp_flags: u8,
-    pub _pad: [u8; 5],
+    /// What named the service: [`ORIGIN_FEED`], [`ORIGIN_LEARNED`] or
+    /// [`ORIGIN_PROTOCOL`].
+    pub origin: u8,
+    pub _pad: [u8; 4],
 }
 const _: () = assert!(size_of::<FlowValue>() == 40);
+
+/// [`FlowValue::origin`]: an endpoint feed listed the other end.
+pub const ORIGIN_FEED: u8 = 0;
+/// Learning named it: a learned endpoint (DNS, TLS) or a TLS name's verdict.
+pub const ORIGIN_LEARNED: u8 = 1;
+/// A VPN protocol's signature (the protocol services).
+pub const ORIGIN_PROTOCOL: u8 = 2;
 
 /// A flow-cache slot. Empty while `check` is 0; claimed by writing `key`
 /// and `value`, then `check` (= `flow_check(&key)`) last. A reader that

@@ -7,7 +7,8 @@
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
 use bytemuck::Zeroable;
 use classifier_common::{
-    FAMILY_V4, FAMILY_V6, FlowKey, FlowValue, Totals, flow_check, flow_slot, same_flow,
+    FAMILY_V4, FAMILY_V6, FlowKey, FlowValue, ORIGIN_FEED, ORIGIN_LEARNED, ORIGIN_PROTOCOL,
+    SERVICE_L2TP, Totals, flow_check, flow_slot, same_flow,
 };
 
 use crate::{
@@ -114,11 +115,13 @@ fn count_watched<A: KeyAddress>(
 
     learn::dns_response(ctx, totals, packet, watched);
     let mut service = watched.service;
+    let mut origin = ORIGIN_FEED;
     if service == 0 {
         // No feed names the other end (a feed match wins): an endpoint
         // userspace learned, else a verdict an earlier packet of the flow
         // taught, or this packet's protocol.
         service = learned_service(&key.endpoint);
+        origin = ORIGIN_LEARNED;
     }
     if service == 0 {
         service = match VERDICTS.get_ptr(&key) {
@@ -138,6 +141,13 @@ fn count_watched<A: KeyAddress>(
             learn::tcp_segment(ctx, totals, packet, watched, &key);
             return;
         }
+        // Verdicts for the protocol services come from their signatures;
+        // any other from a name learning read.
+        origin = if service <= SERVICE_L2TP {
+            ORIGIN_PROTOCOL
+        } else {
+            ORIGIN_LEARNED
+        };
     }
     totals.matched += 1;
     if let Some(counters) = SERVICES.get_ptr_mut(service) {
@@ -172,12 +182,12 @@ fn count_watched<A: KeyAddress>(
         // SAFETY: a per-CPU slot belongs to this CPU while the program runs.
         let slot = unsafe { &mut *slot };
         if slot.check == check && same_flow(&slot.key, &key) {
-            update_flow(&mut slot.value, packet, service, bytes, now);
+            update_flow(&mut slot.value, packet, service, origin, bytes, now);
             return;
         }
         if slot.check == 0 {
             let mut value: FlowValue = Zeroable::zeroed();
-            update_flow(&mut value, packet, service, bytes, now);
+            update_flow(&mut value, packet, service, origin, bytes, now);
             // Volatile writes keep their order: key and value, then the
             // check that makes readers trust the slot.
             // SAFETY: valid, exclusively borrowed fields.
@@ -194,24 +204,38 @@ fn count_watched<A: KeyAddress>(
     // Taken by another flow: the LRU table.
     if let Some(flow) = FLOWS.get_ptr_mut(key) {
         // SAFETY: the value of an LRU per-CPU hash belongs to this CPU.
-        update_flow(unsafe { &mut *flow }, packet, service, bytes, now);
+        update_flow(unsafe { &mut *flow }, packet, service, origin, bytes, now);
         return;
     }
     let mut flow: FlowValue = Zeroable::zeroed();
-    update_flow(&mut flow, packet, service, bytes, now);
+    update_flow(&mut flow, packet, service, origin, bytes, now);
     match FLOWS.insert(key, flow, u64::from(BPF_NOEXIST)) {
         Ok(()) => totals.flow_inserts += 1,
         // Another CPU created the key between our lookup and insert.
         Err(_) => match FLOWS.get_ptr_mut(key) {
             // SAFETY: as above.
-            Some(existing) => update_flow(unsafe { &mut *existing }, packet, service, bytes, now),
+            Some(existing) => update_flow(
+                unsafe { &mut *existing },
+                packet,
+                service,
+                origin,
+                bytes,
+                now,
+            ),
             None => totals.flow_insert_failures += 1,
         },
     }
 }
 
 #[inline(always)]
-fn update_flow<A>(flow: &mut FlowValue, packet: &Packet<A>, service: u32, bytes: u64, now: u64) {
+fn update_flow<A>(
+    flow: &mut FlowValue,
+    packet: &Packet<A>,
+    service: u32,
+    origin: u8,
+    bytes: u64,
+    now: u64,
+) {
     if flow.packets == 0 {
         flow.first_seen_ns = now;
     }
@@ -219,5 +243,6 @@ fn update_flow<A>(flow: &mut FlowValue, packet: &Packet<A>, service: u32, bytes:
     flow.bytes += bytes;
     flow.last_seen_ns = now;
     flow.service = service as u16;
+    flow.origin = origin;
     flow.tcp_flags |= packet.tcp_flags;
 }

@@ -46,6 +46,8 @@ pub struct FlowSample {
     pub last_seen_ns: u64,
     pub service: u16,
     pub tcp_flags: u8,
+    /// `classifier_common::ORIGIN_*`: what named the service.
+    pub origin: u8,
 }
 
 /// Everything the kernel counted, summed over CPUs.
@@ -98,6 +100,7 @@ fn sum_flow<'a>(values: impl Iterator<Item = &'a FlowValue>) -> Option<FlowSampl
             last_seen_ns: 0,
             service: cpu.service,
             tcp_flags: 0,
+            origin: cpu.origin,
         });
         sum.packets += cpu.packets;
         sum.bytes += cpu.bytes;
@@ -275,6 +278,8 @@ pub struct FlowRecord {
     pub last_seen_unix_ns: i64,
     pub service: u16,
     pub tcp_flags: u8,
+    /// `classifier_common::ORIGIN_*`: what named the service.
+    pub origin: u8,
     /// The LRU table's and the flow cache's values at the last drain, to
     /// take deltas against.
     table: Baseline,
@@ -468,6 +473,7 @@ impl Ledger {
                     last_seen_unix_ns: i64::MIN,
                     service: 0,
                     tcp_flags: 0,
+                    origin: 0,
                     table: flow.table,
                     cache: flow.cache,
                     marked_packets: 0,
@@ -518,6 +524,7 @@ impl Ledger {
                 last_seen_unix_ns: to_unix(sample.last_seen_ns),
                 service: sample.service,
                 tcp_flags: 0,
+                origin: sample.origin,
                 table: EMPTY_BASELINE,
                 cache: EMPTY_BASELINE,
                 marked_packets: 0,
@@ -532,6 +539,7 @@ impl Ledger {
             *last = baseline;
             record.seen_in_drain = drain;
             record.service = sample.service;
+            record.origin = sample.origin;
             if packets == 0 {
                 continue;
             }
@@ -782,6 +790,7 @@ mod tests {
             last_seen_ns: last,
             service: 1,
             tcp_flags: 0,
+            origin: 0,
         }
     }
 

@@ -952,6 +952,7 @@ mod tests {
             first_seen: first_seen.to_string(),
             last_seen: last_seen.to_string(),
             tcp_flags: 0x02,
+            origin: "feed".into(),
         }
     }
 
@@ -970,6 +971,7 @@ mod tests {
                     bytes_outbound: flow.bytes,
                     bytes_inbound: 0,
                     flows: 0,
+                    flows_learned: 0,
                     unique_sources: 0,
                     share: 0.0,
                     first_seen: None,

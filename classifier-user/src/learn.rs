@@ -780,6 +780,15 @@ impl Learner {
             .collect()
     }
 
+    /// Endpoints learned and not expired.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     /// Every learned endpoint, by service then address.
     pub fn endpoints(&self) -> Vec<LearnedEndpoint> {
         let mut all: Vec<LearnedEndpoint> = self.entries.values().cloned().collect();

@@ -53,6 +53,9 @@ pub struct MetricsState {
     pub program_attached_unix_seconds: f64,
     /// Daemon starts that adopted an already-attached program.
     pub adopted: bool,
+    /// What learning did since the daemon started, and the endpoints it
+    /// holds (`None`: learning off).
+    pub learning: Option<(crate::learn::LearnStats, u64)>,
 }
 
 /// Content type of [`render`]'s output: the Prometheus text format 0.0.4.
@@ -139,6 +142,9 @@ pub fn render(state: &MetricsState, version: &str) -> String {
         register_kernel_counters(&mut registry, totals, state);
     }
     register_daemon_metrics(&mut registry, state);
+    if let Some((stats, endpoints)) = &state.learning {
+        register_learning_metrics(&mut registry, stats, *endpoints);
+    }
 
     let mut text = String::new();
     // Writing into a String cannot fail, nor can formatting our integers,
@@ -245,6 +251,84 @@ fn register_kernel_counters(registry: &mut Registry, totals: &Totals, state: &Me
             "Flow-key inserts the kernel refused (the packet still counts in the other counters)",
         ),
         counter(totals.flow_insert_failures),
+    );
+    registry.register(
+        "learn_handed_over_packets",
+        since_attach("Packets the program handed to userspace to learn from (DNS responses to watched hosts, first TCP segments of unlisted flows)"),
+        counter(totals.learn_records),
+    );
+    registry.register(
+        "learn_ring_drops",
+        since_attach("Packets the program could not hand over to learn from (ring buffer full)"),
+        counter(totals.learn_drops),
+    );
+}
+
+fn register_learning_metrics(
+    registry: &mut Registry,
+    stats: &crate::learn::LearnStats,
+    endpoints: u64,
+) {
+    let since_start = |what: &str| format!("{what}, since this daemon started");
+    for (name, help, value) in [
+        (
+            "learn_dns_responses",
+            "DNS responses to watched hosts read",
+            stats.dns_responses,
+        ),
+        (
+            "learn_dns_unparsed",
+            "DNS responses that were not readable DNS",
+            stats.dns_unparsed,
+        ),
+        (
+            "learn_dns_matched",
+            "DNS responses for names the domain feed covers",
+            stats.dns_matched,
+        ),
+        (
+            "learn_tls_flows_named",
+            "TCP flows whose TLS server name or certificate named a listed domain (given the service as a verdict)",
+            stats.tls_flows_named,
+        ),
+        (
+            "learn_endpoints_learned",
+            "Addresses learned as endpoints",
+            stats.learned,
+        ),
+        (
+            "learn_endpoints_renewed",
+            "Learned addresses answered again (expiry extended)",
+            stats.renewed,
+        ),
+        (
+            "learn_endpoints_expired",
+            "Learned addresses removed at their expiry",
+            stats.expired,
+        ),
+    ] {
+        registry.register(name, since_start(help), counter(value));
+    }
+    registry.register(
+        "learn_endpoints_skipped",
+        since_start("Addresses not learned, by reason"),
+        [
+            (
+                labels([("reason", "shared_hosting")]),
+                counter(stats.skipped_shared_hosting),
+            ),
+            (
+                labels([("reason", "capacity")]),
+                counter(stats.skipped_capacity),
+            ),
+        ]
+        .into_iter()
+        .collect::<Series<_>>(),
+    );
+    registry.register(
+        "learned_endpoints",
+        "Endpoints learned and not expired, in the kernel's LEARNED map",
+        gauge(endpoints),
     );
 }
 
@@ -439,6 +523,18 @@ mod tests {
             feeds_loaded_unix_seconds: 1_699_999_500.0,
             program_attached_unix_seconds: 1_699_999_000.0,
             adopted: true,
+            learning: Some((
+                crate::learn::LearnStats {
+                    dns_responses: 12,
+                    dns_matched: 4,
+                    learned: 5,
+                    expired: 1,
+                    skipped_shared_hosting: 2,
+                    tls_flows_named: 3,
+                    ..crate::learn::LearnStats::default()
+                },
+                4,
+            )),
         }
     }
 
@@ -503,6 +599,14 @@ mod tests {
             "classifier_flow_table_inserts_total 9",
             "classifier_flow_table_evictions_total 2",
             "classifier_flow_table_insert_failures_total 1",
+            "classifier_learn_handed_over_packets_total 0",
+            "classifier_learn_ring_drops_total 0",
+            "classifier_learn_dns_responses_total 12",
+            "classifier_learn_tls_flows_named_total 3",
+            "classifier_learn_endpoints_learned_total 5",
+            "classifier_learn_endpoints_expired_total 1",
+            r#"classifier_learn_endpoints_skipped_total{reason="shared_hosting"} 2"#,
+            "classifier_learned_endpoints 4",
             "classifier_flow_table_entries 7",
             "classifier_flow_table_capacity 65536",
             "classifier_drains_total 4",

@@ -161,6 +161,10 @@ pub struct ServiceRow {
     pub bytes_outbound: u64,
     pub bytes_inbound: u64,
     pub flows: u64,
+    /// Of `flows`, those learning named (a learned endpoint, or a TLS name);
+    /// the rest a feed listed, or (protocol services) their signature.
+    #[serde(default)]
+    pub flows_learned: u64,
     pub unique_sources: u64,
     /// This service's fraction of all matched flows.
     pub share: f64,
@@ -183,6 +187,7 @@ impl ServiceRow {
             bytes_outbound: 0,
             bytes_inbound: 0,
             flows: 0,
+            flows_learned: 0,
             unique_sources: 0,
             share: 0.0,
             first_seen: None,
@@ -204,6 +209,22 @@ pub struct FlowRow {
     pub first_seen: String,
     pub last_seen: String,
     pub tcp_flags: u8,
+    /// What named the service: "feed", "learned" or "protocol".
+    #[serde(default = "origin_feed")]
+    pub origin: String,
+}
+
+fn origin_feed() -> String {
+    "feed".into()
+}
+
+/// The name of a `classifier_common::ORIGIN_*` value.
+pub fn origin_name(origin: u8) -> &'static str {
+    match origin {
+        classifier_common::ORIGIN_LEARNED => "learned",
+        classifier_common::ORIGIN_PROTOCOL => "protocol",
+        _ => "feed",
+    }
 }
 
 /// What a report covers besides the counts.
@@ -316,6 +337,7 @@ impl Report {
                 first_seen: unix_ns_to_rfc3339(record.first_seen_unix_ns.into()),
                 last_seen: unix_ns_to_rfc3339(record.last_seen_unix_ns.into()),
                 tcp_flags: record.tcp_flags,
+                origin: origin_name(record.origin).to_string(),
             })
             .collect();
         let by_service = FlowSummary::of(&flow_rows);
@@ -440,6 +462,15 @@ impl Report {
                 s.skipped_shared_hosting,
                 s.skipped_capacity
             );
+            let owed: Vec<String> = self
+                .services
+                .iter()
+                .filter(|row| row.flows_learned > 0)
+                .map(|row| format!("{} {} of {}", row.service, row.flows_learned, row.flows))
+                .collect();
+            if !owed.is_empty() {
+                let _ = writeln!(out, "  flows named by learning: {}", owed.join(", "));
+            }
             for endpoint in &learning.endpoints {
                 let _ = writeln!(
                     out,
@@ -537,6 +568,7 @@ pub struct FlowSummary {
 #[derive(Debug, Default)]
 struct ServiceFlows {
     flows: u64,
+    flows_learned: u64,
     sources: HashSet<IpAddr>,
     first_seen: Option<String>,
     last_seen: Option<String>,
@@ -549,6 +581,7 @@ impl FlowSummary {
         for flow in flows {
             let entry = summary.services.entry(flow.service.clone()).or_default();
             entry.flows += 1;
+            entry.flows_learned += u64::from(flow.origin == "learned");
             entry.sources.insert(flow.watched);
             let earlier = |a: &str, b: &str| parse_time(a) < parse_time(b);
             if entry
@@ -582,6 +615,7 @@ impl FlowSummary {
         for row in &mut rows {
             if let Some(flows) = self.services.remove(&row.service) {
                 row.flows = flows.flows;
+                row.flows_learned = flows.flows_learned;
                 row.unique_sources = flows.sources.len() as u64;
                 row.first_seen = flows.first_seen;
                 row.last_seen = flows.last_seen;

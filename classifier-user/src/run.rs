@@ -461,6 +461,10 @@ impl Daemon {
     fn publish(&self, drain_time: Duration) {
         let mut state = metrics_state(&self.sensor, &self.ledger);
         state.drain_failures = self.drain_failures;
+        state.learning = self
+            .learning
+            .as_ref()
+            .map(|(learner, _)| (learner.stats, learner.len() as u64));
         state.last_drain_seconds = drain_time.as_secs_f64();
         if let Some(snapshots) = &self.snapshots {
             state.snapshot_writes = snapshots.writes;

@@ -187,6 +187,10 @@ fn dns_answers_to_watched_hosts_teach_endpoints_until_they_expire() {
     assert_eq!(rows["hotspot-shield"]["packets"], 3, "{report}");
     assert_eq!(rows["psiphon"]["packets"], 1, "{report}");
     assert_eq!(rows["delta"]["packets"], 1, "the feed wins: {report}");
+    // Flows owed to learning vs. the feed.
+    assert_eq!(rows["hotspot-shield"]["flows_learned"], 1);
+    assert_eq!(rows["psiphon"]["flows_learned"], 1);
+    assert_eq!(rows["delta"]["flows_learned"], 0);
     // Watched: every frame to or from the watched host; matched: the 5 above.
     assert_eq!(report["totals"]["watched"], 13);
     assert_eq!(report["totals"]["matched"], 5);

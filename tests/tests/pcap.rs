@@ -181,6 +181,7 @@ fn real_captures_are_read_and_classified() {
     assert_eq!(totals["watched"], 62);
     assert_eq!(totals["matched"], 50);
     assert_eq!(services(&report)["psiphon"]["flows"], 2);
+    assert_eq!(services(&report)["psiphon"]["flows_learned"], 2);
     let learning = &report["learning"];
     assert_eq!(learning["stats"]["tls_flows_named"], 1, "{learning}");
     assert_eq!(learning["stats"]["skipped_shared_hosting"], 1, "{learning}");
@@ -383,6 +384,8 @@ fn vpn_protocols_are_recognised_in_real_captures_without_a_list() {
     assert!(!services(&report).contains_key("wireguard"));
     let report = pcap_report(&[text(&file), "--endpoints", no_servers]);
     assert_eq!(services(&report)["wireguard"]["packets"], all);
+    // A protocol's flows are not owed to learning.
+    assert_eq!(services(&report)["wireguard"]["flows_learned"], 0);
 
     // TunnelBear's WireGuard tunnel, its server in the bundled feed; its
     // API flows to Cloudflare name api.tunnelbear.com (or
