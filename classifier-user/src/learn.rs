@@ -55,6 +55,23 @@ pub enum LearnError {
     Map(String),
 }
 
+/// Each file's name and text.
+fn read_sources(paths: &[PathBuf]) -> Result<Vec<(String, String)>, LearnError> {
+    paths
+        .iter()
+        .map(|path| {
+            let file = path.display().to_string();
+            match std::fs::read_to_string(path) {
+                Ok(text) => Ok((file, text)),
+                Err(error) => Err(LearnError::File {
+                    file,
+                    problem: error.to_string(),
+                }),
+            }
+        })
+        .collect()
+}
+
 // ---- the domain feed ------------------------------------------------------
 
 /// `domain,service` rows: a domain covers itself and every name below it.
@@ -96,15 +113,7 @@ impl DomainFeed {
         if paths.is_empty() {
             return Ok(Self::bundled());
         }
-        let mut sources = Vec::new();
-        for path in paths {
-            let text = std::fs::read_to_string(path).map_err(|error| LearnError::File {
-                file: path.display().to_string(),
-                problem: error.to_string(),
-            })?;
-            sources.push((path.display().to_string(), text));
-        }
-        Self::from_sources(&sources)
+        Self::from_sources(&read_sources(paths)?)
     }
 
     /// Parses `(name, text)` feeds: a header naming `domain` and `service`
@@ -229,15 +238,7 @@ impl SharedHosting {
         if paths.is_empty() {
             return Ok(Self::bundled());
         }
-        let mut sources = Vec::new();
-        for path in paths {
-            let text = std::fs::read_to_string(path).map_err(|error| LearnError::File {
-                file: path.display().to_string(),
-                problem: error.to_string(),
-            })?;
-            sources.push((path.display().to_string(), text));
-        }
-        Self::from_sources(&sources)
+        Self::from_sources(&read_sources(paths)?)
     }
 
     /// `cidr,name` lists, as `feeds check --shared-hosting` reads them.
