@@ -255,10 +255,10 @@ fn bad_captures_are_refused_with_file_and_frame() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// The shared captures of nDPI's test suite (../shared/data/pcap).
+/// Captures of nDPI's test suite copied into `tests/data/` (its README).
 fn shared_capture(name: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/data/pcap")
+        .join("data")
         .join(name)
 }
 
