@@ -263,14 +263,6 @@ impl SharedHosting {
             .find(|(net, _)| net.contains(&address))
             .map(|(_, name)| name.as_str())
     }
-
-    pub fn len(&self) -> usize {
-        self.ranges.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.ranges.is_empty()
-    }
 }
 
 // ---- DNS ------------------------------------------------------------------
@@ -534,6 +526,9 @@ pub struct Learner {
     pub ttl: Duration,
     pub capacity: usize,
     entries: HashMap<IpAddr, LearnedEndpoint>,
+    /// No entry expires before this (a lower bound): `expire`, called for
+    /// every frame of a capture, skips its scan until then.
+    next_expiry_unix_ns: i64,
     /// TCP directions whose start is being read, and flows already named.
     streams: HashMap<StreamKey, Vec<u8>>,
     finished: std::collections::HashSet<StreamKey>,
@@ -583,6 +578,7 @@ impl Learner {
             ttl,
             capacity,
             entries: HashMap::new(),
+            next_expiry_unix_ns: i64::MAX,
             streams: HashMap::new(),
             finished: std::collections::HashSet::new(),
             stats: LearnStats::default(),
@@ -645,25 +641,20 @@ impl Learner {
                 None => {}
             }
             self.stats.learned += 1;
-            self.entries.insert(
+            self.remember(LearnedEndpoint {
                 address,
-                LearnedEndpoint {
-                    address,
-                    service: lesson.service.clone(),
-                    domain: lesson.domain.clone(),
-                    name: lesson.question.clone(),
-                    watched,
-                    resolver,
-                    how: from_dns(),
-                    learned_at: crate::report::rfc3339(crate::snapshot::unix_ns_to_time(
-                        now_unix_ns,
-                    )),
-                    expires_at: crate::report::rfc3339(crate::snapshot::unix_ns_to_time(
-                        expires_at_unix_ns,
-                    )),
+                service: lesson.service.clone(),
+                domain: lesson.domain.clone(),
+                name: lesson.question.clone(),
+                watched,
+                resolver,
+                how: from_dns(),
+                learned_at: crate::report::rfc3339(crate::snapshot::unix_ns_to_time(now_unix_ns)),
+                expires_at: crate::report::rfc3339(crate::snapshot::unix_ns_to_time(
                     expires_at_unix_ns,
-                },
-            );
+                )),
+                expires_at_unix_ns,
+            });
             changes.push(Change::Insert {
                 address,
                 service: lesson.service.clone(),
@@ -737,25 +728,20 @@ impl Learner {
             let keep = i64::try_from(self.ttl.as_nanos()).unwrap_or(i64::MAX);
             let expires_at_unix_ns = now_unix_ns.saturating_add(keep);
             self.stats.learned += 1;
-            self.entries.insert(
+            self.remember(LearnedEndpoint {
                 address,
-                LearnedEndpoint {
-                    address,
-                    service: service.clone(),
-                    domain,
-                    name,
-                    watched: key_address(record.family, record.watched),
-                    resolver: address,
-                    how: how.to_string(),
-                    learned_at: crate::report::rfc3339(crate::snapshot::unix_ns_to_time(
-                        now_unix_ns,
-                    )),
-                    expires_at: crate::report::rfc3339(crate::snapshot::unix_ns_to_time(
-                        expires_at_unix_ns,
-                    )),
+                service: service.clone(),
+                domain,
+                name,
+                watched: key_address(record.family, record.watched),
+                resolver: address,
+                how: how.to_string(),
+                learned_at: crate::report::rfc3339(crate::snapshot::unix_ns_to_time(now_unix_ns)),
+                expires_at: crate::report::rfc3339(crate::snapshot::unix_ns_to_time(
                     expires_at_unix_ns,
-                },
-            );
+                )),
+                expires_at_unix_ns,
+            });
             changes.push(Change::Insert { address, service });
         } else {
             self.stats.skipped_capacity += 1;
@@ -763,8 +749,17 @@ impl Learner {
         changes
     }
 
+    /// Keeps `endpoint` (replacing what was known for its address).
+    fn remember(&mut self, endpoint: LearnedEndpoint) {
+        self.next_expiry_unix_ns = self.next_expiry_unix_ns.min(endpoint.expires_at_unix_ns);
+        self.entries.insert(endpoint.address, endpoint);
+    }
+
     /// Entries whose time is up at `now_unix_ns`, removed.
     pub fn expire(&mut self, now_unix_ns: i64) -> Vec<Change> {
+        if now_unix_ns < self.next_expiry_unix_ns {
+            return Vec::new();
+        }
         let expired: Vec<IpAddr> = self
             .entries
             .values()
@@ -774,6 +769,12 @@ impl Learner {
         for address in &expired {
             self.entries.remove(address);
         }
+        self.next_expiry_unix_ns = self
+            .entries
+            .values()
+            .map(|entry| entry.expires_at_unix_ns)
+            .min()
+            .unwrap_or(i64::MAX);
         self.stats.expired += expired.len() as u64;
         expired
             .into_iter()
