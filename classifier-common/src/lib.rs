@@ -51,8 +51,8 @@ pub const VERDICT_CAPACITY: u32 = 65_536;
 /// Ring buffer of [`LearnRecord`]s: packets of watched hosts that can teach
 /// userspace an endpoint (DNS responses).
 pub const MAP_LEARN_EVENTS: &str = "LEARN_EVENTS";
-/// Bytes of [`MAP_LEARN_EVENTS`] (a power of two of pages): about 980
-/// records.
+/// Bytes of [`MAP_LEARN_EVENTS`] (a power of two of pages): about 490
+/// records of 2,104 bytes (8 of ring header).
 pub const LEARN_RING_BYTES: u32 = 1 << 20;
 /// Hash of endpoint address (16 bytes, IPv4 mapped) to service id: the
 /// endpoints userspace learned, consulted when no feed names the other end.
@@ -64,10 +64,13 @@ pub const LEARNED_CAPACITY: u32 = 65_536;
 pub const MAP_TCP_PROBES: &str = "TCP_PROBES";
 /// Entries of [`MAP_TCP_PROBES`].
 pub const TCP_PROBE_CAPACITY: u32 = 65_536;
+/// Array (shared by all CPUs), one [`LearnBudget`]: the records handed
+/// over in the current second, against [`GLOBAL_LEARN_RATE`].
+pub const MAP_LEARN_BUDGET: &str = "LEARN_BUDGET";
 
 /// Every map the program declares, for checks that the object and the
 /// loader agree.
-pub const ALL_MAPS: [&str; 15] = [
+pub const ALL_MAPS: [&str; 16] = [
     MAP_TOTALS,
     MAP_SERVICES,
     MAP_FLOWS,
@@ -83,6 +86,7 @@ pub const ALL_MAPS: [&str; 15] = [
     MAP_LEARN_EVENTS,
     MAP_LEARNED,
     MAP_TCP_PROBES,
+    MAP_LEARN_BUDGET,
 ];
 
 /// `BPF_F_MMAPABLE`: the IPv4 table's arrays are filled through a mapping.
@@ -101,6 +105,12 @@ pub const GLOBAL_VERDICT: &str = "VERDICT";
 /// sensor); 1 with the time in [`MAP_CAPTURE_CLOCK`] (replaying a capture).
 /// A load-time constant, so the verifier removes the branch not taken.
 pub const GLOBAL_CAPTURE_CLOCK: &str = "CAPTURE_CLOCK_ON";
+/// …and the most packets handed to userspace to learn from per second
+/// (of the flows' clock), all CPUs together; more are counted in
+/// `Totals::learn_throttled` and not handed over.
+pub const GLOBAL_LEARN_RATE: &str = "LEARN_RATE";
+/// The default of [`GLOBAL_LEARN_RATE`]: about 4 MiB/s of payload.
+pub const DEFAULT_LEARN_RATE: u32 = 2_000;
 
 // ---- numeric constants -----------------------------------------------------
 
@@ -167,6 +177,15 @@ pub struct LearnRecord {
     pub payload: [u8; LEARN_BYTES],
 }
 const _: () = assert!(size_of::<LearnRecord>() == 48 + LEARN_BYTES);
+
+/// The value of [`MAP_LEARN_BUDGET`]: the second (of the flows' clock)
+/// the count is for, and the records handed over in it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct LearnBudget {
+    pub second: u64,
+    pub used: u64,
+}
 
 /// Most VLAN tags (802.1Q / 802.1ad) parsed before a frame counts as
 /// [`MALFORMED_VLAN_TOO_DEEP`].
@@ -317,9 +336,13 @@ pub struct Totals {
     /// Packets that would have been handed over but the ring buffer was
     /// full (or the copy failed).
     pub learn_drops: u64,
+    /// Packets that would have been handed over but the second's budget
+    /// ([`GLOBAL_LEARN_RATE`]) was spent.
+    #[cfg_attr(feature = "user", serde(default))]
+    pub learn_throttled: u64,
     pub malformed: [u64; MALFORMED_SLOTS],
 }
-const _: () = assert!(size_of::<Totals>() == 10 * 8 + MALFORMED_SLOTS * 8);
+const _: () = assert!(size_of::<Totals>() == 11 * 8 + MALFORMED_SLOTS * 8);
 
 impl Totals {
     /// Every packet: each counts in exactly one family, so the kernel keeps

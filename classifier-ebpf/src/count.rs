@@ -164,16 +164,7 @@ fn count_watched<A: KeyAddress>(
 
     key.direction = watched.direction;
 
-    // Coarse (tick-resolution) CLOCK_MONOTONIC: a few ns cheaper than the
-    // exact clock, and flow times need no finer grain. A capture replayed
-    // by `classifier pcap` stamps flows with the frame's own time instead
-    // (a load-time constant: the branch not taken is removed).
-    let now = if load_time(&CAPTURE_CLOCK_ON) != 0 {
-        CAPTURE_CLOCK.get(0).copied().unwrap_or(0)
-    } else {
-        // SAFETY: bpf_ktime_get_coarse_ns has no preconditions.
-        unsafe { bpf_ktime_get_coarse_ns() }
-    };
+    let now = flow_clock();
 
     // The flow cache first: a known flow costs a hash, an array slot and a
     // compare; a new one claims an empty slot.
@@ -224,6 +215,21 @@ fn count_watched<A: KeyAddress>(
             ),
             None => totals.flow_insert_failures += 1,
         },
+    }
+}
+
+/// The time flows are stamped with, in ns. Coarse (tick-resolution)
+/// CLOCK_MONOTONIC: a few ns cheaper than the exact clock, and flow times
+/// need no finer grain. A capture replayed by `classifier pcap` stamps
+/// flows with the frame's own time instead (a load-time constant: the
+/// branch not taken is removed).
+#[inline(always)]
+pub fn flow_clock() -> u64 {
+    if load_time(&CAPTURE_CLOCK_ON) != 0 {
+        CAPTURE_CLOCK.get(0).copied().unwrap_or(0)
+    } else {
+        // SAFETY: bpf_ktime_get_coarse_ns has no preconditions.
+        unsafe { bpf_ktime_get_coarse_ns() }
     }
 }
 

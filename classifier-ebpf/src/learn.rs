@@ -4,7 +4,9 @@
 //! consults when no feed names the other end: DNS responses (UDP or TCP
 //! from port 53) to a watched host, and the first payload segments of TCP
 //! flows whose other end no feed names, up to `LEARN_BYTES` of each.
-//! A full ring buffer drops the record and counts it.
+//! At most `LEARN_RATE` records a second (of the flows' clock) are handed
+//! over, all CPUs together; the rest are counted as throttled. A full ring
+//! buffer drops the record and counts it.
 
 use aya_ebpf::{helpers::bpf_xdp_load_bytes, programs::XdpContext};
 use classifier_common::{
@@ -13,9 +15,10 @@ use classifier_common::{
 };
 
 use crate::{
-    LEARN_EVENTS, LEARNED, TCP_PROBES,
+    LEARN_BUDGET, LEARN_EVENTS, LEARN_RATE, LEARNED, TCP_PROBES,
     classify::Watched,
-    count::KeyAddress,
+    count::{KeyAddress, flow_clock},
+    load_time,
     parse::{MAX_FRAME, Packet},
 };
 
@@ -105,6 +108,10 @@ fn hand_over<A: KeyAddress>(
     // 1..=LEARN_BYTES in a form the verifier follows (the helper refuses a
     // length that may be zero); LEARN_BYTES is a power of two.
     let len = ((len - 1) & (LEARN_BYTES - 1)) + 1;
+    if !within_budget() {
+        totals.learn_throttled += 1;
+        return;
+    }
     let Some(mut entry) = LEARN_EVENTS.reserve::<LearnRecord>(0) else {
         totals.learn_drops += 1;
         return;
@@ -135,4 +142,27 @@ fn hand_over<A: KeyAddress>(
     }
     entry.submit(0);
     totals.learn_records += 1;
+}
+
+/// Whether this second's budget of records has room, taking one if so.
+/// CPUs share the budget without a lock: ones racing at a second's turn
+/// may hand over a few records more than the rate.
+#[inline(always)]
+fn within_budget() -> bool {
+    let Some(budget) = LEARN_BUDGET.get_ptr_mut(0) else {
+        return false;
+    };
+    let second = flow_clock() / 1_000_000_000;
+    // SAFETY: the array's only value, valid while the program runs.
+    unsafe {
+        if (*budget).second != second {
+            (*budget).second = second;
+            (*budget).used = 0;
+        }
+        if (*budget).used >= u64::from(load_time(&LEARN_RATE)) {
+            return false;
+        }
+        (*budget).used += 1;
+    }
+    true
 }

@@ -17,9 +17,10 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use classifier_common::{
-    BPF_F_MMAPABLE, EndpointValue, FlowKey, FlowSlot, FlowValue, LEARN_RING_BYTES,
-    LEARNED_CAPACITY, MAX_SERVICES, ServiceCounters, TCP_PROBE_CAPACITY, Totals, V4_TOP_NODES,
-    V4Leaf, V4Node, V4Runs, VERDICT_CAPACITY, WatchedHint,
+    BPF_F_MMAPABLE, DEFAULT_LEARN_RATE, EndpointValue, FlowKey, FlowSlot, FlowValue,
+    LEARN_RING_BYTES, LEARNED_CAPACITY, LearnBudget, MAX_SERVICES, ServiceCounters,
+    TCP_PROBE_CAPACITY, Totals, V4_TOP_NODES, V4Leaf, V4Node, V4Runs, VERDICT_CAPACITY,
+    WatchedHint,
 };
 
 // Map names must equal the `MAP_*` constants of classifier-common; the
@@ -46,6 +47,9 @@ static LEARN_EVENTS: RingBuf = RingBuf::with_byte_size(LEARN_RING_BYTES, 0);
 /// consulted when no feed names the other end. Userspace expires them.
 #[map]
 static LEARNED: HashMap<[u8; 16], u32> = HashMap::with_max_entries(LEARNED_CAPACITY, 0);
+/// Records handed over this second (`LEARN_RATE` a second at most).
+#[map]
+static LEARN_BUDGET: Array<LearnBudget> = Array::with_max_entries(1, 0);
 /// Payload segments handed over per TCP flow and direction.
 #[map]
 static TCP_PROBES: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(TCP_PROBE_CAPACITY, 0);
@@ -72,6 +76,8 @@ static FLOW_CACHE_MASK: u32 = 0;
 static VERDICT: u32 = xdp_action::XDP_PASS;
 #[unsafe(no_mangle)]
 static CAPTURE_CLOCK_ON: u32 = 0;
+#[unsafe(no_mangle)]
+static LEARN_RATE: u32 = DEFAULT_LEARN_RATE;
 
 #[inline(always)]
 fn load_time(global: &'static u32) -> u32 {

@@ -89,9 +89,24 @@ pub struct LearnArgs {
     #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = humantime::parse_duration)]
     pub learn_ttl: Duration,
 
-    /// Learn nothing (the domain feed is not read).
+    /// Most packets the program hands to userspace to learn from per
+    /// second, all CPUs together (DNS responses to watched hosts, first
+    /// TCP segments of unlisted flows; up to 2 KiB each). More are counted
+    /// as throttled, never handed over.
+    #[arg(long, value_name = "PACKETS", default_value_t = classifier_common::DEFAULT_LEARN_RATE)]
+    pub learn_rate: u32,
+
+    /// Learn nothing (the domain feed is not read; the program hands no
+    /// packets over).
     #[arg(long)]
     pub no_learn: bool,
+}
+
+impl LearnArgs {
+    /// The program's hand-over rate: none when learning is off.
+    pub fn hand_over_rate(&self) -> u32 {
+        if self.no_learn { 0 } else { self.learn_rate }
+    }
 }
 
 #[derive(Debug, Args)]

@@ -567,6 +567,7 @@ impl Learner {
             stats: self.stats,
             handed_over: totals.learn_records,
             ring_drops: totals.learn_drops,
+            throttled: totals.learn_throttled,
             endpoints: self.endpoints(),
         }
     }

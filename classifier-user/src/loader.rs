@@ -17,8 +17,8 @@ use aya::{
     programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use classifier_common::{
-    EndpointValue, GLOBAL_CAPTURE_CLOCK, GLOBAL_FLOW_CACHE_MASK, GLOBAL_VERDICT, HINT_BITS,
-    HINT_V4, HINT_V6, MAP_CAPTURE_CLOCK, MAP_ENDPOINTS_V6, MAP_FLOW_CACHE, MAP_FLOWS,
+    EndpointValue, GLOBAL_CAPTURE_CLOCK, GLOBAL_FLOW_CACHE_MASK, GLOBAL_LEARN_RATE, GLOBAL_VERDICT,
+    HINT_BITS, HINT_V4, HINT_V6, MAP_CAPTURE_CLOCK, MAP_ENDPOINTS_V6, MAP_FLOW_CACHE, MAP_FLOWS,
     MAP_LEARN_EVENTS, MAP_LEARNED, MAP_V4_LEAVES, MAP_V4_NODES, MAP_V4_RUNS, MAP_VERDICTS,
     MAP_WATCHED_HINT, MAP_WATCHED_V6, MAX_SERVICES, PROGRAM_NAME, WatchedHint, hint_index_v4,
     hint_index_v6,
@@ -101,6 +101,9 @@ pub struct Capacities {
     pub flows: u32,
     /// Rounded up to a power of two.
     pub flow_cache_slots: u32,
+    /// Packets handed to userspace to learn from per second, at most; 0
+    /// hands none over.
+    pub learn_rate: u32,
 }
 
 impl Default for Capacities {
@@ -110,6 +113,7 @@ impl Default for Capacities {
             endpoints_v6: None,
             flows: DEFAULT_FLOW_CAPACITY,
             flow_cache_slots: DEFAULT_FLOW_CACHE_SLOTS,
+            learn_rate: classifier_common::DEFAULT_LEARN_RATE,
         }
     }
 }
@@ -378,6 +382,7 @@ impl Sensor {
             .override_global(GLOBAL_FLOW_CACHE_MASK, &cache_mask, true)
             .override_global(GLOBAL_VERDICT, &verdict, true)
             .override_global(GLOBAL_CAPTURE_CLOCK, &(clock as u32), true)
+            .override_global(GLOBAL_LEARN_RATE, &capacities.learn_rate, true)
             .map_max_entries(MAP_FLOW_CACHE, cache_slots)
             .map_max_entries(MAP_V4_NODES, table.nodes.len() as u32)
             .map_max_entries(MAP_V4_LEAVES, table.leaves.len().max(1) as u32)

@@ -262,6 +262,11 @@ fn register_kernel_counters(registry: &mut Registry, totals: &Totals, state: &Me
         since_attach("Packets the program could not hand over to learn from (ring buffer full)"),
         counter(totals.learn_drops),
     );
+    registry.register(
+        "learn_throttled_packets",
+        since_attach("Packets the program did not hand over to learn from: the second's budget (--learn-rate) was spent"),
+        counter(totals.learn_throttled),
+    );
 }
 
 fn register_learning_metrics(
@@ -601,6 +606,7 @@ mod tests {
             "classifier_flow_table_insert_failures_total 1",
             "classifier_learn_handed_over_packets_total 0",
             "classifier_learn_ring_drops_total 0",
+            "classifier_learn_throttled_packets_total 0",
             "classifier_learn_dns_responses_total 12",
             "classifier_learn_tls_flows_named_total 3",
             "classifier_learn_endpoints_learned_total 5",

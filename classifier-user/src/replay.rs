@@ -191,6 +191,7 @@ pub fn pcap(args: &PcapArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     let capacities = Capacities {
         flows: args.flow_capacity,
+        learn_rate: args.learn.hand_over_rate(),
         ..Capacities::default()
     };
     let learner = Learner::from_args(&args.learn)?;

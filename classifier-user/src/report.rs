@@ -58,11 +58,13 @@ pub struct Learning {
     /// The domain feeds: name and SHA-256.
     pub domain_feeds: Vec<(String, String)>,
     pub stats: crate::learn::LearnStats,
-    /// Packets the program handed over to learn from, and those it could
-    /// not (the ring buffer was full): the kernel's counts for the report's
-    /// span.
+    /// Packets the program handed over to learn from, those it could not
+    /// (the ring buffer was full) and those over the rate (`--learn-rate`):
+    /// the kernel's counts for the report's span.
     pub handed_over: u64,
     pub ring_drops: u64,
+    #[serde(default)]
+    pub throttled: u64,
     /// Endpoints learned and not expired, by service then address.
     pub endpoints: Vec<crate::learn::LearnedEndpoint>,
 }
@@ -447,8 +449,8 @@ impl Report {
             let s = &learning.stats;
             let _ = writeln!(
                 out,
-                "\nlearning: {} packets handed over ({} dropped, ring buffer full)",
-                learning.handed_over, learning.ring_drops
+                "\nlearning: {} packets handed over ({} dropped, ring buffer full; {} over the rate)",
+                learning.handed_over, learning.ring_drops, learning.throttled
             );
             let _ = writeln!(
                 out,

@@ -149,6 +149,7 @@ impl RunConfig {
                 endpoints_v6: args.endpoint_capacity_v6,
                 flows: args.flow_capacity,
                 flow_cache_slots: args.flow_cache_slots,
+                learn_rate: args.learn.hand_over_rate(),
             },
             pin_path: args.pin_path.clone(),
             keep_attached: args.keep_attached,

@@ -247,6 +247,57 @@ fn dns_answers_to_watched_hosts_teach_endpoints_until_they_expire() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// The program hands over at most `--learn-rate` packets a second (of the
+/// capture's clock when replaying); the rest are counted, never silent.
+#[test]
+fn handing_over_is_bounded_per_second() {
+    if !require_root() {
+        return;
+    }
+    let dir = temp_dir("learn-rate");
+    let answer = dns_reply(
+        "www.hotspotshield.com",
+        &[Answer::A("www.hotspotshield.com", [192, 0, 2, 77], 600)],
+    );
+    let mut frames = Vec::new();
+    for (second, count) in [(0, 10), (1, 3), (2, 5)] {
+        for port in 0..count {
+            frames.push((
+                second,
+                udp_with(RESOLVER, WATCHED, 53, 40000 + port, &answer),
+            ));
+        }
+    }
+    let capture = dir.join("answers.pcap");
+    write_pcap(&capture, &frames);
+    let report = |extra: &[&str]| -> Value {
+        let mut args = vec!["pcap", text(&capture), "--format", "json"];
+        args.extend_from_slice(extra);
+        let output = run_classifier(&args);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).expect("JSON report")
+    };
+    // 4 a second: 4 of the first second's 10, all 3 of the next, 4 of 5.
+    let learning = report(&["--learn-rate", "4"])["learning"].clone();
+    assert_eq!(learning["handed_over"], 4 + 3 + 4, "{learning}");
+    assert_eq!(learning["throttled"], 6 + 1, "{learning}");
+    assert_eq!(learning["ring_drops"], 0, "{learning}");
+    assert_eq!(learning["stats"]["dns_responses"], 11, "{learning}");
+    assert_eq!(learning["endpoints"][0]["address"], "192.0.2.77");
+    // The default rate takes them all; 0 hands nothing over.
+    let learning = report(&[])["learning"].clone();
+    assert_eq!(learning["handed_over"], 18, "{learning}");
+    assert_eq!(learning["throttled"], 0, "{learning}");
+    let learning = report(&["--learn-rate", "0"])["learning"].clone();
+    assert_eq!(learning["handed_over"], 0, "{learning}");
+    assert_eq!(learning["throttled"], 18, "{learning}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// The same on a live link: the daemon reads the answer at its next drain
 /// and the kernel counts the learned endpoint's traffic from then on; the
 /// exit report and the snapshot list it with its provenance.

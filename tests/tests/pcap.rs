@@ -165,29 +165,38 @@ fn real_captures_are_read_and_classified() {
         return;
     }
     // Raw IP (no Ethernet header): the bundled Psiphon capture, its client
-    // watched. The server is a Cloudflare address no list names; its TLS
-    // 1.2 certificate names psiphon3.net, which the bundled domain feed
-    // lists: the flow counts as Psiphon from the certificate on (the 12
-    // packets before it, TCP and TLS handshakes, stay unattributed), and
-    // Cloudflare is not learned as a Psiphon endpoint.
+    // rewritten into the default watched range. The server is a Cloudflare
+    // address no list names; its TLS 1.2 certificate names psiphon3.net,
+    // which the bundled domain feed lists: the flow counts as Psiphon from
+    // the certificate on (the 12 packets before it, TCP and TLS handshakes,
+    // stay unattributed), and Cloudflare is not learned as a Psiphon
+    // endpoint.
+    let dir = temp_dir("pcap-real");
     let psiphon = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/pcap/psiphon3.pcap");
-    let report = pcap_report(&[text(&psiphon), "--watch", "192.168.0.103/32"]);
+    let (watched, _) = into_watched_range(&psiphon, &dir);
+    let report = pcap_report(&[text(&watched)]);
     let totals = &report["totals"];
     assert_eq!(totals["packets"], 62);
     assert_eq!(totals["ipv4"], 62);
-    // 12,834 file bytes = 24 (header) + 62 × 16 (records) + the packets;
-    // each packet gains a 14-byte synthetic Ethernet header.
-    assert_eq!(totals["bytes"], 12_834 - 24 - 62 * 16 + 62 * 14);
     assert_eq!(totals["watched"], 62);
     assert_eq!(totals["matched"], 50);
     assert_eq!(services(&report)["psiphon"]["flows"], 2);
     assert_eq!(services(&report)["psiphon"]["flows_learned"], 2);
+    assert_eq!(services(&report)["psiphon"]["unique_sources"], 1);
     let learning = &report["learning"];
     assert_eq!(learning["stats"]["tls_flows_named"], 1, "{learning}");
     assert_eq!(learning["stats"]["skipped_shared_hosting"], 1, "{learning}");
     assert_eq!(learning["endpoints"], serde_json::json!([]));
-    let report = pcap_report(&[text(&psiphon), "--watch", "192.168.0.103/32", "--no-learn"]);
+    let report = pcap_report(&[text(&watched), "--no-learn"]);
     assert_eq!(report["totals"]["matched"], 0);
+
+    // The capture itself, raw IP, read as it is: its client watched by
+    // flag. 12,834 file bytes = 24 (header) + 62 × 16 (records) + the
+    // packets; each packet gains a 14-byte synthetic Ethernet header.
+    let report = pcap_report(&[text(&psiphon), "--watch", "192.168.0.103/32"]);
+    let totals = &report["totals"];
+    assert_eq!(totals["bytes"], 12_834 - 24 - 62 * 16 + 62 * 14);
+    assert_eq!(totals["matched"], 50);
     // Times are the capture's (its first and last packet).
     assert_eq!(report["start"], "2021-02-20T23:51:19.123029Z");
     assert_eq!(report["end"], "2021-02-20T23:51:19.845431Z");
@@ -206,6 +215,7 @@ fn real_captures_are_read_and_classified() {
     // Flows are stamped with the frames' own times (the capture clock).
     assert_eq!(windscribe["first_seen"], "2024-07-23T14:30:32.772331274Z");
     assert_eq!(windscribe["last_seen"], "2024-07-23T14:30:33.946014921Z");
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
@@ -277,7 +287,7 @@ fn ipv4_header(frame: &[u8]) -> Option<usize> {
 /// The capture with every private IPv4 address (RFC 1918, loopback: the
 /// captures' clients) rewritten into the default watched range
 /// 175.45.176.0/22, written as a pcap in `dir`; its frames, rewritten.
-fn into_watched_range(name: &str, dir: &Path) -> (std::path::PathBuf, Vec<Vec<u8>>) {
+fn into_watched_range(capture: &Path, dir: &Path) -> (std::path::PathBuf, Vec<Vec<u8>>) {
     use pcap_file::{
         DataLink, TsResolution,
         pcap::{PcapHeader, PcapPacket, PcapWriter},
@@ -295,8 +305,11 @@ fn into_watched_range(name: &str, dir: &Path) -> (std::path::PathBuf, Vec<Vec<u8
             [175, 45, high, low]
         })
     };
-    let reader = classifier_user::capture::CaptureReader::open(&shared_capture(name))
-        .expect("the capture opens");
+    let reader = classifier_user::capture::CaptureReader::open(capture).expect("the capture opens");
+    let name = capture
+        .file_name()
+        .and_then(|name| name.to_str())
+        .unwrap_or("capture");
     let path = dir.join(format!("{name}.watched.pcap"));
     let header = PcapHeader {
         datalink: DataLink::ETHERNET,
@@ -356,7 +369,7 @@ fn vpn_protocols_are_recognised_in_real_captures_without_a_list() {
     let no_servers = text(&no_servers);
 
     // ProtonVPN's WireGuard tunnel (its server is in no list).
-    let (file, frames) = into_watched_range("protonvpn.pcap", &dir);
+    let (file, frames) = into_watched_range(&shared_capture("protonvpn.pcap"), &dir);
     let report = pcap_report(&[text(&file)]);
     let wireguard = &services(&report)["wireguard"];
     assert_eq!(
@@ -377,7 +390,7 @@ fn vpn_protocols_are_recognised_in_real_captures_without_a_list() {
 
     // Mullvad's WireGuard: the bundled feed lists the server, and a feed
     // match wins over the protocol; without it, the protocol names it.
-    let (file, frames) = into_watched_range("mullvad_wireguard.pcap", &dir);
+    let (file, frames) = into_watched_range(&shared_capture("mullvad_wireguard.pcap"), &dir);
     let all = frames.len() as u64;
     let report = pcap_report(&[text(&file)]);
     assert_eq!(services(&report)["mullvad"]["packets"], all);
@@ -391,7 +404,7 @@ fn vpn_protocols_are_recognised_in_real_captures_without_a_list() {
     // API flows to Cloudflare name api.tunnelbear.com (or
     // api.polargrizzly.com) in their ClientHellos: those flows count for
     // TunnelBear too, and no Cloudflare address is learned.
-    let (file, frames) = into_watched_range("tunnelbear.pcap", &dir);
+    let (file, frames) = into_watched_range(&shared_capture("tunnelbear.pcap"), &dir);
     let report = pcap_report(&[text(&file)]);
     let tunnelbear = services(&report)["tunnelbear"]["packets"]
         .as_u64()
@@ -427,14 +440,14 @@ fn vpn_protocols_are_recognised_in_real_captures_without_a_list() {
     );
 
     // IKE on UDP 500 and NAT-T/ESP on 4500: every frame of the capture.
-    let (file, frames) = into_watched_range("ipsec_isakmp_esp.pcap", &dir);
+    let (file, frames) = into_watched_range(&shared_capture("ipsec_isakmp_esp.pcap"), &dir);
     let report = pcap_report(&[text(&file)]);
     assert_eq!(report["totals"]["packets"], frames.len() as u64);
     assert_eq!(services(&report)["ipsec"]["packets"], frames.len() as u64);
 
     // OpenVPN over UDP and TCP on several ports; one server is NordVPN's
     // and the bundled feed names it.
-    let (file, frames) = into_watched_range("openvpn.pcap", &dir);
+    let (file, frames) = into_watched_range(&shared_capture("openvpn.pcap"), &dir);
     let report = pcap_report(&[text(&file)]);
     let nordvpn = frames_with(&frames, [217, 138, 197, 43]);
     assert_eq!(services(&report)["nordvpn"]["packets"], nordvpn);
