@@ -407,9 +407,15 @@ pub struct ReportArgs {
     pub to: Option<String>,
 
     /// table: the study's table; json: the classifier.report.v1 report;
-    /// csv: one row per service.
+    /// csv: one row per service; html: one self-contained page with charts
+    /// (service shares, matched packets over time with gaps shown), the
+    /// tables behind them, top sources and endpoints, totals and coverage.
     #[arg(long, value_enum, default_value = "table")]
     pub format: HistoryFormat,
+
+    /// Write the report to this file (atomically) instead of stdout.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
 
     /// Check each folder's SHA-256 chain and name the first break (a
     /// missing, reordered or edited snapshot); exit 1 when broken.
@@ -422,6 +428,7 @@ pub enum HistoryFormat {
     Table,
     Json,
     Csv,
+    Html,
 }
 
 #[derive(Debug, Subcommand)]

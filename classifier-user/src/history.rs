@@ -82,6 +82,8 @@ pub enum HistoryError {
     Csv(#[from] csv::Error),
     #[error("snapshot chain broken in {broken} of {folders} folder(s)")]
     ChainBroken { broken: usize, folders: usize },
+    #[error("{path}: cannot write the report: {source}")]
+    WriteOutput { path: PathBuf, source: io::Error },
 }
 
 /// What is wrong with one snapshot file (the file is named by the caller).
@@ -128,9 +130,34 @@ pub fn report(args: &ReportArgs) -> Result<(), Box<dyn std::error::Error>> {
         ),
         HistoryFormat::Json => merged.report.render(ReportFormat::Json),
         HistoryFormat::Csv => services_csv(&merged.report)?,
+        HistoryFormat::Html => crate::html::render(&merged),
     };
-    write_stdout(&text)?;
+    match &args.output {
+        Some(path) => write_output(path, &text)?,
+        None => write_stdout(&text)?,
+    }
     Ok(())
+}
+
+/// Writes `text` to `path` atomically (a reader never sees half a report).
+fn write_output(path: &Path, text: &str) -> Result<(), HistoryError> {
+    let name = path
+        .file_name()
+        .and_then(|name| name.to_str())
+        .ok_or_else(|| HistoryError::WriteOutput {
+            path: path.to_path_buf(),
+            source: io::Error::new(io::ErrorKind::InvalidInput, "not a file name"),
+        })?;
+    let dir = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    crate::snapshot::write_atomically(dir, name, text.as_bytes()).map_err(|source| {
+        HistoryError::WriteOutput {
+            path: path.to_path_buf(),
+            source,
+        }
+    })
 }
 
 /// Writes without panicking when stdout is closed (e.g. piped to `head`).
@@ -406,6 +433,42 @@ impl SelectionCounts {
 pub struct MergedHistory {
     pub report: Report,
     pub counts: SelectionCounts,
+    /// The snapshots merged, by start: each one's interval and matched
+    /// packets per service (the HTML report's time series).
+    pub intervals: Vec<Interval>,
+}
+
+/// One merged snapshot's interval and its matched packets per service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Interval {
+    pub sensor: String,
+    pub start: OffsetDateTime,
+    pub end: OffsetDateTime,
+    /// Cut short (the daemon started or stopped within it).
+    pub partial: bool,
+    pub packets: BTreeMap<String, u64>,
+}
+
+impl Interval {
+    fn of(snapshot: &Snapshot) -> Self {
+        Self {
+            sensor: snapshot.report.sensor.clone(),
+            start: snapshot.start,
+            end: snapshot.end,
+            partial: snapshot
+                .report
+                .snapshot
+                .as_ref()
+                .is_some_and(|info| info.coverage.partial),
+            packets: snapshot
+                .report
+                .services
+                .iter()
+                .filter(|row| row.packets > 0)
+                .map(|row| (row.service.clone(), row.packets))
+                .collect(),
+        }
+    }
 }
 
 /// Loads the snapshots under `paths`, keeps those within `range` once
@@ -419,6 +482,7 @@ pub fn merge_paths(paths: &[PathBuf], range: &TimeRange) -> Result<MergedHistory
     Ok(MergedHistory {
         report: merge(&used),
         counts,
+        intervals: used.iter().map(Interval::of).collect(),
     })
 }
 

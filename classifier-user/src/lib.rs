@@ -9,6 +9,7 @@ pub mod feedcheck;
 pub mod feeds;
 pub mod generate;
 pub mod history;
+pub mod html;
 pub mod interface_xdp;
 pub mod learn;
 pub mod live;

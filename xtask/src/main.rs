@@ -363,6 +363,8 @@ fn test(filter: &[String]) -> Result<()> {
         // promtool checks the metrics exposition, in a unit test and in
         // the integration tests; installing it needs root.
         ensure_tool("promtool", "prometheus")?;
+        // Headless Chromium renders the HTML report in its test.
+        ensure_tool("chromium", "chromium")?;
     }
     let root = workspace_root();
     run(command("cargo")
