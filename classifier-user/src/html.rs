@@ -47,8 +47,11 @@ pub fn render(history: &MergedHistory) -> String {
         escape(&title)
     );
     provenance(&mut page, history);
-    services_section(&mut page, report);
-    series_section(&mut page, history);
+    // The figures first, then the numbers behind them.
+    let mut tables = String::new();
+    services_section(&mut page, &mut tables, report);
+    series_section(&mut page, &mut tables, history);
+    page.push_str(&tables);
     top_section(
         &mut page,
         "top-sources",
@@ -114,7 +117,8 @@ fn provenance(page: &mut String, history: &MergedHistory) {
     page.push_str("</table>\n</section>\n");
 }
 
-fn services_section(page: &mut String, report: &Report) {
+/// Figure 1 into `figures`, the services table into `tables`.
+fn services_section(figures: &mut String, tables: &mut String, report: &Report) {
     let sources: BTreeSet<_> = report.flows.iter().map(|flow| flow.watched).collect();
     let all_sources = sources.len() as f64;
     let mut rows: Vec<_> = report.services.iter().filter(|row| row.flows > 0).collect();
@@ -127,7 +131,6 @@ fn services_section(page: &mut String, report: &Report) {
         }
     };
 
-    page.push_str("<section id=\"services-section\">\n<h2>Services</h2>\n");
     // The chart names the services with the most flows; the table has all.
     let bars: Vec<(String, [f64; 2])> = rows
         .iter()
@@ -140,15 +143,20 @@ fn services_section(page: &mut String, report: &Report) {
         })
         .collect();
     let description = format!(
-        "Each service's share of the {} matched flows and of the {} watched sources seen with any service ({} of {} services with flows drawn, by flows); the table below holds the numbers for all.",
+        "Each service's share of the {} matched flows and of the {} watched sources seen with any service ({} of {} services with flows drawn, by flows); the table \"Services\" holds the numbers for all.",
         report.services.iter().map(|row| row.flows).sum::<u64>(),
         sources.len(),
         bars.len(),
         rows.len()
     );
-    share_chart(page, &bars, &description);
+    figures.push_str(
+        "<section id=\"shares-figure\">\n<h2>Services: shares of flows and sources</h2>\n",
+    );
+    share_chart(figures, &bars, &description);
+    figures.push_str("</section>\n");
 
-    page.push_str(
+    tables.push_str("<section id=\"services-section\">\n<h2>Services</h2>\n");
+    tables.push_str(
         "<table id=\"services\">\n<tr><th>Service</th><th class=\"n\">Flows</th>\
          <th class=\"n\">Share of flows</th><th class=\"n\">Unique sources</th>\
          <th class=\"n\">Share of sources</th><th class=\"n\">Flows named by learning</th>\
@@ -156,7 +164,7 @@ fn services_section(page: &mut String, report: &Report) {
     );
     for row in &rows {
         let _ = writeln!(
-            page,
+            tables,
             "<tr data-service=\"{service}\"><td>{service}</td>{}{}{}{}{}{}{}<td>{}</td><td>{}</td></tr>",
             number("flows", row.flows),
             percent("share", row.share),
@@ -170,7 +178,7 @@ fn services_section(page: &mut String, report: &Report) {
             service = escape(&row.service),
         );
     }
-    page.push_str("</table>\n</section>\n");
+    tables.push_str("</table>\n</section>\n");
 }
 
 /// Horizontal grouped bars: per service, share of flows and of sources.
@@ -294,7 +302,8 @@ fn columns(intervals: &[Interval]) -> Vec<Column<'_>> {
     columns
 }
 
-fn series_section(page: &mut String, history: &MergedHistory) {
+/// Figure 2 into `figures`, the table behind it into `tables`.
+fn series_section(figures: &mut String, tables: &mut String, history: &MergedHistory) {
     let columns = columns(&history.intervals);
     let mut by_service: BTreeMap<&str, u64> = BTreeMap::new();
     for interval in &history.intervals {
@@ -332,15 +341,18 @@ fn series_section(page: &mut String, history: &MergedHistory) {
         })
         .collect();
 
-    page.push_str("<section id=\"series-section\">\n<h2>Matched packets over time</h2>\n");
+    figures.push_str("<section id=\"series-figure\">\n<h2>Matched packets over time</h2>\n");
     let gaps = stacks.iter().filter(|stack| stack.is_none()).count();
     let description = format!(
-        "Matched packets per snapshot interval, stacked by service ({} named, the rest as other); {} stretch(es) without any snapshot are drawn as hatched gaps, not zeros. The table below holds the numbers.",
+        "Matched packets per snapshot interval, stacked by service ({} named, the rest as other); {} stretch(es) without any snapshot are drawn as hatched gaps, not zeros. The table \"Matched packets per interval\" holds the numbers.",
         named.len(),
         gaps
     );
-    series_chart(page, &columns, &stacks, &named, has_other, &description);
+    series_chart(figures, &columns, &stacks, &named, has_other, &description);
+    figures.push_str("</section>\n");
 
+    let page = tables;
+    page.push_str("<section id=\"series-section\">\n<h2>Matched packets per interval</h2>\n");
     page.push_str("<table id=\"series\">\n<tr><th>Start (UTC)</th><th>End (UTC)</th>");
     for service in &named {
         let _ = write!(page, "<th class=\"n\">{}</th>", escape(service));

@@ -305,7 +305,58 @@ fn run_demo(
     );
     let report: Value = serde_json::from_slice(&output.stdout).context("report JSON")?;
     let plan: Value = serde_json::from_str(&std::fs::read_to_string(&plan_path)?)?;
-    compare(&report, &plan)
+    compare(&report, &plan)?;
+    html_report(binary, out, work)
+}
+
+/// The HTML report of the demo's snapshots (`demo-out/report.html`) and
+/// its screenshot for the README (`docs/report.png`), taken by headless
+/// Chromium in a network namespace of its own. Without Chromium (it is
+/// installed when missing, as root) the screenshot is skipped with a note.
+fn html_report(binary: &Path, out: &Path, work: &Path) -> Result<()> {
+    let page = work.join("report.html");
+    let status = Command::new(binary)
+        .arg("report")
+        .arg(out)
+        .args(["--format", "html", "--output"])
+        .arg(&page)
+        .status()?;
+    ensure!(status.success(), "classifier report --format html failed");
+    let kept = out.join("report.html");
+    std::fs::copy(&page, &kept).with_context(|| format!("write {}", kept.display()))?;
+    println!("demo: HTML report written to {}", kept.display());
+
+    if let Err(error) = crate::ensure_tool("chromium", "chromium") {
+        println!("demo: no screenshot of the HTML report ({error:#})");
+        return Ok(());
+    }
+    let screenshot = crate::workspace_root().join("docs/report.png");
+    if let Some(parent) = screenshot.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let output = Command::new("timeout")
+        .args(["120", "unshare", "--net", "chromium", "--headless"])
+        .args(["--no-sandbox", "--disable-gpu", "--no-first-run"])
+        .args([
+            "--disable-background-networking",
+            "--disable-component-update",
+        ])
+        .arg(format!(
+            "--user-data-dir={}",
+            work.join("chromium-profile").display()
+        ))
+        .args(["--window-size=1000,1500", "--hide-scrollbars"])
+        .arg(format!("--screenshot={}", screenshot.display()))
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .context("run chromium")?;
+    ensure!(
+        output.status.success(),
+        "chromium could not take the screenshot: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    println!("demo: screenshot of it written to {}", screenshot.display());
+    Ok(())
 }
 
 fn wait_for_log(
