@@ -266,6 +266,69 @@ fn snapshots_add_up_exactly_across_boundaries_a_kept_attachment_and_a_kill() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Every metric the Grafana dashboard queries (and every label it groups
+/// by, but Prometheus' own `instance`) is in the served `/metrics` text:
+/// a renamed metric breaks this test, not the dashboard.
+fn dashboard_queries_use_served_metrics(body: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/grafana/classifier.json");
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("the dashboard"))
+            .expect("dashboard JSON");
+    let mut queries = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            queries.push(target["expr"].as_str().expect("expr").to_string());
+        }
+    }
+    for variable in dashboard["templating"]["list"]
+        .as_array()
+        .expect("variables")
+    {
+        if let Some(query) = variable["query"]["query"].as_str() {
+            queries.push(query.to_string());
+        }
+    }
+    assert!(queries.len() > 20, "{queries:?}");
+    let served: std::collections::BTreeSet<&str> = body
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.split(['{', ' ']).next())
+        .collect();
+    let mut used = 0;
+    for query in &queries {
+        let mut rest = query.as_str();
+        while let Some(at) = rest.find("classifier_") {
+            let name: String = rest[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            assert!(
+                served.contains(name.as_str()),
+                "the dashboard queries {name}, which /metrics does not serve ({query})"
+            );
+            used += 1;
+            rest = &rest[at + name.len()..];
+        }
+        for (_, after) in query
+            .match_indices("by (")
+            .map(|(at, _)| query.split_at(at + 4))
+        {
+            let labels = after.split(')').next().unwrap_or("");
+            for label in labels
+                .split(',')
+                .map(str::trim)
+                .filter(|l| *l != "instance")
+            {
+                assert!(
+                    body.contains(&format!("{label}=\"")),
+                    "the dashboard groups by {label}, which no served series has ({query})"
+                );
+            }
+        }
+    }
+    assert!(used >= 25, "{used} metric references");
+}
+
 #[test]
 fn stats_and_metrics_from_other_processes_match_the_traffic() {
     if !require_root() {
@@ -275,6 +338,9 @@ fn stats_and_metrics_from_other_processes_match_the_traffic() {
     let feed = write_feed(&dir);
     let pins = TestMount::bpf(&dir.join("bpf"));
     let link = VethLink::create("stats").expect("namespaces and veth");
+    // Snapshots every second, so /metrics serves every series the Grafana
+    // dashboard queries (the last snapshot's time appears after the first).
+    let snapshots = dir.join("snapshots");
     let daemon = Daemon::start(
         &link,
         &feed,
@@ -283,6 +349,10 @@ fn stats_and_metrics_from_other_processes_match_the_traffic() {
             text(&pins.path),
             "--metrics-addr",
             "127.0.0.1:9477",
+            "--snapshot-dir",
+            text(&snapshots),
+            "--snapshot-interval",
+            "1s",
         ],
     );
     let mut sent = Sent::default();
@@ -333,7 +403,16 @@ fn stats_and_metrics_from_other_processes_match_the_traffic() {
     assert_eq!(output.status.code(), Some(1));
     assert!(error.contains("nothing is pinned at"), "{error}");
 
-    let response = link.sensor.http_get("127.0.0.1:9477", "/metrics");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let response = loop {
+        let response = link.sensor.http_get("127.0.0.1:9477", "/metrics");
+        if response.contains("classifier_last_snapshot_timestamp_seconds")
+            || std::time::Instant::now() > deadline
+        {
+            break response;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     let (head, body) = response.split_once("\r\n\r\n").expect("HTTP response");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     let (alpha_packets, alpha_bytes) = sent.services["alpha"];
@@ -356,6 +435,7 @@ fn stats_and_metrics_from_other_processes_match_the_traffic() {
         assert!(body.contains(&line), "missing {line:?} in:\n{body}");
     }
     assert!(!body.contains("175.45.176"), "no address labels");
+    dashboard_queries_use_served_metrics(body);
     let mut promtool = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
