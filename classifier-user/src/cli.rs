@@ -205,6 +205,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "D", default_value = "1h", value_parser = parse_whole_seconds)]
     pub snapshot_interval: Duration,
 
+    /// The sensor's name in reports and snapshots (letters, digits, '.',
+    /// '_', '-'; at most 64). Default: the host name. `classifier report`
+    /// over several sensors' snapshots tells them apart by it.
+    #[arg(long, value_name = "NAME", value_parser = parse_sensor_name)]
+    pub sensor_name: Option<String>,
+
     /// Replace watched addresses in snapshots and reports by keyed
     /// pseudonyms (HMAC-SHA256 with the file's bytes as key; see README).
     #[arg(long, value_name = "FILE")]
@@ -289,6 +295,12 @@ pub struct PcapArgs {
     /// Snapshot interval by capture time, aligned to UTC.
     #[arg(long, value_name = "D", default_value = "1h", value_parser = parse_whole_seconds)]
     pub snapshot_interval: Duration,
+
+    /// The sensor's name in reports and snapshots (letters, digits, '.',
+    /// '_', '-'; at most 64). Default: the host name. `classifier report`
+    /// over several sensors' snapshots tells them apart by it.
+    #[arg(long, value_name = "NAME", value_parser = parse_sensor_name)]
+    pub sensor_name: Option<String>,
 
     /// Replace watched addresses in the report and snapshots by keyed
     /// pseudonyms (see README).
@@ -413,6 +425,13 @@ pub struct ReportArgs {
     #[arg(long, value_enum, default_value = "table")]
     pub format: HistoryFormat,
 
+    /// Also one block per sensor (table: after the merged one; json: a
+    /// `by_sensor` array; csv: a first `sensor` column, the merged rows
+    /// under `*`; html: a per-sensor table). The merged view counts a
+    /// watched source, and a flow, seen by several sensors once.
+    #[arg(long)]
+    pub by_sensor: bool,
+
     /// Write the report to this file (atomically) instead of stdout.
     #[arg(long, short = 'o', value_name = "FILE")]
     pub output: Option<PathBuf>,
@@ -523,4 +542,17 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err("must be longer than zero".into());
     }
     Ok(duration)
+}
+
+/// A sensor name: 1 to 64 of letters, digits, '.', '_' and '-'.
+fn parse_sensor_name(text: &str) -> Result<String, String> {
+    let valid = (1..=64).contains(&text.len())
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if valid {
+        Ok(text.to_string())
+    } else {
+        Err("expected 1 to 64 letters, digits, '.', '_' or '-'".to_string())
+    }
 }

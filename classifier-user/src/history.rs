@@ -121,15 +121,28 @@ pub fn report(args: &ReportArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let range = TimeRange::parse(args.from.as_deref(), args.to.as_deref())?;
-    let merged = merge_paths(&args.paths, &range)?;
+    let mut merged = merge_paths(&args.paths, &range)?;
+    if !args.by_sensor {
+        merged.by_sensor.clear();
+    }
     let text = match args.format {
-        HistoryFormat::Table => format!(
-            "{}\n{}\n",
-            merged.report.render(ReportFormat::Table),
-            merged.counts.coverage_line()
-        ),
-        HistoryFormat::Json => merged.report.render(ReportFormat::Json),
-        HistoryFormat::Csv => services_csv(&merged.report)?,
+        HistoryFormat::Table => {
+            let mut text = format!(
+                "{}\n{}\n",
+                merged.report.render(ReportFormat::Table),
+                merged.counts.coverage_line()
+            );
+            for report in &merged.by_sensor {
+                text.push_str(&format!(
+                    "\n=== sensor {} ===\n{}",
+                    report.sensor,
+                    report.render(ReportFormat::Table)
+                ));
+            }
+            text
+        }
+        HistoryFormat::Json => by_sensor_json(&merged),
+        HistoryFormat::Csv => services_csv(&merged.report, &merged.by_sensor)?,
         HistoryFormat::Html => crate::html::render(&merged),
     };
     match &args.output {
@@ -436,6 +449,8 @@ pub struct MergedHistory {
     /// The snapshots merged, by start: each one's interval and matched
     /// packets per service (the HTML report's time series).
     pub intervals: Vec<Interval>,
+    /// One merged report per sensor, by sensor name (`--by-sensor`).
+    pub by_sensor: Vec<Report>,
 }
 
 /// One merged snapshot's interval and its matched packets per service.
@@ -479,10 +494,19 @@ pub fn merge_paths(paths: &[PathBuf], range: &TimeRange) -> Result<MergedHistory
         .map(|file| load_snapshot(&file).map_err(|problem| HistoryError::File { file, problem }))
         .collect::<Result<Vec<_>, _>>()?;
     let (used, counts) = select(snapshots, range, paths)?;
+    let mut sensors: BTreeMap<&str, Vec<&Snapshot>> = BTreeMap::new();
+    for snapshot in &used {
+        sensors
+            .entry(snapshot.report.sensor.as_str())
+            .or_default()
+            .push(snapshot);
+    }
+    let by_sensor = sensors.into_values().map(|own| merge(&own)).collect();
     Ok(MergedHistory {
-        report: merge(&used),
+        report: merge(&used.iter().collect::<Vec<_>>()),
         counts,
         intervals: used.iter().map(Interval::of).collect(),
+        by_sensor,
     })
 }
 
@@ -621,7 +645,7 @@ type FlowId = (IpAddr, IpAddr, u8, u16, String, String);
 
 /// Merges snapshots (already free of duplicates and overlaps) into one
 /// report without a `snapshot` section.
-fn merge(snapshots: &[Snapshot]) -> Report {
+fn merge(snapshots: &[&Snapshot]) -> Report {
     let mut sensors = BTreeSet::new();
     let mut interfaces = BTreeSet::new();
     let mut totals = Totals::default();
@@ -748,30 +772,68 @@ fn add_flow(flows: &mut BTreeMap<FlowId, FlowRow>, flow: &FlowRow) {
     }
 }
 
-/// `--format csv`: one row per service, under [`CSV_HEADER`].
-pub fn services_csv(report: &Report) -> Result<String, HistoryError> {
+/// `--format csv`: one row per service, under [`CSV_HEADER`]; with
+/// `--by-sensor` (`by_sensor` not empty) a first `sensor` column, each
+/// sensor's rows, then the merged rows under sensor `*`.
+pub fn services_csv(report: &Report, by_sensor: &[Report]) -> Result<String, HistoryError> {
     let mut writer = csv::Writer::from_writer(Vec::new());
-    writer.write_record(CSV_HEADER)?;
-    for row in &report.services {
-        writer.write_record([
-            row.service.clone(),
-            row.flows.to_string(),
-            row.share.to_string(),
-            row.unique_sources.to_string(),
-            row.packets.to_string(),
-            row.bytes.to_string(),
-            row.packets_outbound.to_string(),
-            row.packets_inbound.to_string(),
-            row.bytes_outbound.to_string(),
-            row.bytes_inbound.to_string(),
-            row.first_seen.clone().unwrap_or_default(),
-            row.last_seen.clone().unwrap_or_default(),
-        ])?;
+    let fleet = !by_sensor.is_empty();
+    let mut header: Vec<&str> = Vec::new();
+    if fleet {
+        header.push("sensor");
+    }
+    header.extend(CSV_HEADER);
+    writer.write_record(&header)?;
+    let blocks = by_sensor
+        .iter()
+        .map(|own| (own.sensor.as_str(), own))
+        .chain(std::iter::once(("*", report)));
+    for (sensor, report) in blocks {
+        for row in &report.services {
+            let mut record: Vec<String> = Vec::new();
+            if fleet {
+                record.push(sensor.to_string());
+            }
+            record.extend([
+                row.service.clone(),
+                row.flows.to_string(),
+                row.share.to_string(),
+                row.unique_sources.to_string(),
+                row.packets.to_string(),
+                row.bytes.to_string(),
+                row.packets_outbound.to_string(),
+                row.packets_inbound.to_string(),
+                row.bytes_outbound.to_string(),
+                row.bytes_inbound.to_string(),
+                row.first_seen.clone().unwrap_or_default(),
+                row.last_seen.clone().unwrap_or_default(),
+            ]);
+            writer.write_record(&record)?;
+        }
     }
     let bytes = writer
         .into_inner()
         .map_err(|error| csv::Error::from(error.into_error()))?;
     Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// `--format json`: the merged report; with `--by-sensor`, plus a
+/// `by_sensor` array of each sensor's merged report.
+fn by_sensor_json(merged: &MergedHistory) -> String {
+    #[derive(serde::Serialize)]
+    struct Fleet<'a> {
+        #[serde(flatten)]
+        report: &'a Report,
+        #[serde(skip_serializing_if = "<[Report]>::is_empty")]
+        by_sensor: &'a [Report],
+    }
+    let mut text = serde_json::to_string_pretty(&Fleet {
+        report: &merged.report,
+        by_sensor: &merged.by_sensor,
+    })
+    .expect("a report always serialises");
+    text.push('\n');
+    text
 }
 
 // ---------------------------------------------------------------------------
@@ -1191,6 +1253,77 @@ mod tests {
     }
 
     #[test]
+    fn a_fleet_merges_sources_seen_by_two_sensors_once_and_keeps_each_sensor_apart() {
+        let first = TempFolder::new("fleet-a");
+        let second = TempFolder::new("fleet-b");
+        let hour = ("2026-11-24T19:00:00Z", "2026-11-24T20:00:00Z");
+        let shared = |endpoint| {
+            flow(
+                "175.45.176.1",
+                endpoint,
+                NORDVPN,
+                3,
+                "2026-11-24T19:10:00Z",
+                "2026-11-24T19:20:00Z",
+            )
+        };
+        let mut a = snapshot(
+            hour.0,
+            hour.1,
+            vec![
+                shared("198.51.100.1"),
+                flow(
+                    "175.45.176.2",
+                    "198.51.100.9",
+                    TOR,
+                    2,
+                    "2026-11-24T19:30:00Z",
+                    "2026-11-24T19:31:00Z",
+                ),
+            ],
+        );
+        a.sensor = "sensor-a".into();
+        // The same hour on another link: the same source, another endpoint.
+        let mut b = snapshot(hour.0, hour.1, vec![shared("198.51.100.7")]);
+        b.sensor = "sensor-b".into();
+        write_chain(&first, vec![a]);
+        write_chain(&second, vec![b]);
+
+        let merged = merge_paths(&[first.0.clone(), second.0.clone()], &TimeRange::default())
+            .expect("merge");
+        assert_eq!(merged.report.sensor, "sensor-a,sensor-b");
+        assert_eq!(service(&merged.report, NORDVPN).unique_sources, 1);
+        assert_eq!(service(&merged.report, NORDVPN).flows, 2);
+        assert_eq!(service(&merged.report, NORDVPN).packets, 6);
+        assert_eq!(merged.report.top_sources.len(), 2);
+        let sensors: Vec<(&str, u64, u64)> = merged
+            .by_sensor
+            .iter()
+            .map(|report| {
+                let nordvpn = service(report, NORDVPN);
+                (
+                    report.sensor.as_str(),
+                    nordvpn.packets,
+                    report.totals.matched,
+                )
+            })
+            .collect();
+        assert_eq!(sensors, [("sensor-a", 3, 5), ("sensor-b", 3, 3)]);
+
+        let csv = services_csv(&merged.report, &merged.by_sensor).expect("csv");
+        let lines: Vec<&str> = csv.lines().collect();
+        assert!(lines[0].starts_with("sensor,service,flows,"), "{csv}");
+        assert!(lines[1].starts_with("sensor-a,nordvpn,1,"), "{csv}");
+        assert!(
+            lines.iter().any(|line| line.starts_with("*,nordvpn,2,")),
+            "{csv}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&by_sensor_json(&merged)).expect("json");
+        assert_eq!(json["by_sensor"][1]["sensor"], "sensor-b");
+        assert_eq!(json["services"][0]["unique_sources"], 1);
+    }
+
+    #[test]
     fn merge_sums_counts_and_counts_spanning_flows_and_sources_once() {
         let folder = TempFolder::new("merge");
         let spanning = |packets, first: &str, last: &str| {
@@ -1576,7 +1709,7 @@ mod tests {
         let folder = TempFolder::new("csv");
         write_chain(&folder, three_hours());
         let merged = merge_folder(&folder, &TimeRange::default());
-        let text = services_csv(&merged.report).unwrap();
+        let text = services_csv(&merged.report, &[]).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[0],

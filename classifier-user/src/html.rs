@@ -67,6 +67,9 @@ pub fn render(history: &MergedHistory) -> String {
         &report.top_endpoints,
     );
     totals_section(&mut page, history);
+    if !history.by_sensor.is_empty() {
+        by_sensor_section(&mut page, &history.by_sensor);
+    }
     page.push_str("</main>\n</body>\n</html>\n");
     page
 }
@@ -632,6 +635,37 @@ fn totals_section(page: &mut String, history: &MergedHistory) {
             page,
             "<tr><th>Malformed by reason</th><td>{}</td></tr>",
             escape(&reasons.join(", "))
+        );
+    }
+    page.push_str("</table>\n</section>\n");
+}
+
+/// `--by-sensor`: each sensor's own totals; the merged figures above
+/// count a source or flow seen by several sensors once.
+fn by_sensor_section(page: &mut String, sensors: &[Report]) {
+    page.push_str(
+        "<section>\n<h2>By sensor</h2>\n<table id=\"by-sensor\">\n<tr><th>Sensor</th>\
+         <th class=\"n\">Packets</th><th class=\"n\">Watched</th><th class=\"n\">Matched</th>\
+         <th class=\"n\">Flows</th><th class=\"n\">Unique sources</th><th>Services</th></tr>\n",
+    );
+    for report in sensors {
+        let sources: BTreeSet<_> = report.flows.iter().map(|flow| flow.watched).collect();
+        let services: Vec<&str> = report
+            .services
+            .iter()
+            .filter(|row| row.flows > 0)
+            .map(|row| row.service.as_str())
+            .collect();
+        let _ = writeln!(
+            page,
+            "<tr data-sensor=\"{sensor}\"><td>{sensor}</td>{}{}{}{}{}<td>{}</td></tr>",
+            number("packets", report.totals.packets),
+            number("watched", report.totals.watched),
+            number("matched", report.totals.matched),
+            number("flows", report.flows.len() as u64),
+            number("unique_sources", sources.len() as u64),
+            escape(&services.join(", ")),
+            sensor = escape(&report.sensor),
         );
     }
     page.push_str("</table>\n</section>\n");

@@ -178,6 +178,7 @@ fn progress_bar(files: &[std::path::PathBuf], format: ReportFormat) -> ProgressB
 }
 
 pub fn pcap(args: &PcapArgs) -> Result<(), Box<dyn std::error::Error>> {
+    crate::run::set_sensor_name(args.sensor_name.as_deref());
     let watched = WatchedSet::from_arguments(&args.feeds.watch, &args.feeds.watch_files)?;
     let endpoints = EndpointFeed::from_arguments(&args.feeds.endpoint_files)?;
     let pseudonymizer = match &args.pseudonymize_key {

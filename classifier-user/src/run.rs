@@ -172,7 +172,23 @@ impl RunConfig {
     }
 }
 
+/// The name `--sensor-name` gave, set once at the start of `run` or `pcap`.
+static SENSOR_NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Names this process's sensor (`--sensor-name`); without a name, the
+/// host name stays.
+pub fn set_sensor_name(name: Option<&str>) {
+    if let Some(name) = name {
+        let _ = SENSOR_NAME.set(name.to_string());
+    }
+}
+
+/// The sensor's name in reports and snapshots: `--sensor-name`, else the
+/// host name.
 pub fn sensor_name() -> String {
+    if let Some(name) = SENSOR_NAME.get() {
+        return name.clone();
+    }
     hostname::get().map_or_else(
         |_| "unknown".into(),
         |name| name.to_string_lossy().into_owned(),
@@ -208,6 +224,7 @@ fn log_feeds(config: &RunConfig) {
 }
 
 pub fn run(args: &RunArgs) -> Result<(), Box<dyn std::error::Error>> {
+    set_sensor_name(args.sensor_name.as_deref());
     let config = RunConfig::from_args(args)?;
     let format = config.format;
     let report = run_config(config)?;

@@ -342,6 +342,13 @@ fn cases(f: &Fixtures) -> Vec<Case> {
         ),
         run_case(
             f,
+            &["--sensor-name", "edge/1"],
+            2,
+            "error: invalid value 'edge/1' for '--sensor-name <NAME>': expected 1 to 64 letters",
+            "--sensor-name",
+        ),
+        run_case(
+            f,
             &["--metrics-addr", "nowhere"],
             2,
             "error: invalid value 'nowhere' for '--metrics-addr <ADDR|off>'",
