@@ -384,7 +384,11 @@ const _: () = assert!(size_of::<FlowKey>() == 40);
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct FlowValue {
     pub packets: u64,
+    /// Frame bytes (what reports count).
     pub bytes: u64,
+    /// IP bytes: header and payload, by the IP header's own length (what
+    /// IPFIX's octetDeltaCount counts).
+    pub ip_bytes: u64,
     pub first_seen_ns: u64,
     pub last_seen_ns: u64,
     pub service: u16,
@@ -395,7 +399,7 @@ pub struct FlowValue {
     pub origin: u8,
     pub _pad: [u8; 4],
 }
-const _: () = assert!(size_of::<FlowValue>() == 40);
+const _: () = assert!(size_of::<FlowValue>() == 48);
 
 /// [`FlowValue::origin`]: an endpoint feed listed the other end.
 pub const ORIGIN_FEED: u8 = 0;
@@ -415,7 +419,7 @@ pub struct FlowSlot {
     pub key: FlowKey,
     pub value: FlowValue,
 }
-const _: () = assert!(size_of::<FlowSlot>() == 88);
+const _: () = assert!(size_of::<FlowSlot>() == 96);
 
 /// A flow key's hash, never 0 (0 marks an empty [`FlowSlot`]).
 #[inline(always)]

@@ -177,14 +177,14 @@ fn count_watched<A: KeyAddress>(
             return;
         }
         if slot.check == 0 {
-            let mut value: FlowValue = Zeroable::zeroed();
-            update_flow(&mut value, packet, service, origin, bytes, now);
-            // Volatile writes keep their order: key and value, then the
-            // check that makes readers trust the slot.
+            // Volatile writes keep their order: key and value (field by
+            // field, in place: a whole value on the stack would exceed
+            // the BPF stack), then the check that makes readers trust the
+            // slot.
             // SAFETY: valid, exclusively borrowed fields.
             unsafe {
                 core::ptr::write_volatile(&mut slot.key, key);
-                core::ptr::write_volatile(&mut slot.value, value);
+                claim_flow(&mut slot.value, packet, service, origin, bytes, now);
                 core::ptr::write_volatile(&mut slot.check, check);
             }
             totals.flow_inserts += 1;
@@ -233,6 +233,30 @@ pub fn flow_clock() -> u64 {
     }
 }
 
+/// A new flow's first packet, written into a value with volatile writes.
+#[inline(always)]
+unsafe fn claim_flow<A>(
+    flow: &mut FlowValue,
+    packet: &Packet<A>,
+    service: u32,
+    origin: u8,
+    bytes: u64,
+    now: u64,
+) {
+    use core::ptr::write_volatile as put;
+    // SAFETY: the caller's exclusively borrowed value.
+    unsafe {
+        put(&mut flow.packets, 1);
+        put(&mut flow.bytes, bytes);
+        put(&mut flow.ip_bytes, u64::from(packet.ip_len));
+        put(&mut flow.first_seen_ns, now);
+        put(&mut flow.last_seen_ns, now);
+        put(&mut flow.service, service as u16);
+        put(&mut flow.tcp_flags, packet.tcp_flags);
+        put(&mut flow.origin, origin);
+    }
+}
+
 #[inline(always)]
 fn update_flow<A>(
     flow: &mut FlowValue,
@@ -247,6 +271,7 @@ fn update_flow<A>(
     }
     flow.packets += 1;
     flow.bytes += bytes;
+    flow.ip_bytes += u64::from(packet.ip_len);
     flow.last_seen_ns = now;
     flow.service = service as u16;
     flow.origin = origin;

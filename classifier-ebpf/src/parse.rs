@@ -61,6 +61,9 @@ pub struct Packet<A> {
     /// packet's own; reads must still check the frame's end.
     pub payload_start: usize,
     pub payload_end: usize,
+    /// The IP packet's length: IPv4's total length, IPv6's payload length
+    /// plus its header (a jumbogram's: to the frame's end, at most 65,535).
+    pub ip_len: u16,
 }
 
 /// Why a frame could not be parsed, and the family its EtherType named
@@ -314,6 +317,7 @@ fn parse_ipv4(cursor: &mut Cursor) -> Result<Packet<u32>, Malformed> {
         // has none): an end before the start.
         payload_start: 1,
         payload_end: 0,
+        ip_len: total_len as u16,
     };
     let fragment_offset = load_be16(header + 6) & 0x1fff;
     if fragment_offset == 0 {
@@ -339,6 +343,11 @@ fn parse_ipv6(cursor: &mut Cursor) -> Result<Packet<[u8; 16]>, Malformed> {
         }
         cursor.limit = ip_start + IPV6_HEADER_LEN + payload_len;
     }
+    let ip_len = if payload_len != 0 {
+        IPV6_HEADER_LEN + payload_len
+    } else {
+        cursor.data_end - header
+    } as u16;
 
     let mut packet = Packet {
         protocol: load::<u8>(header + 6),
@@ -351,6 +360,7 @@ fn parse_ipv6(cursor: &mut Cursor) -> Result<Packet<[u8; 16]>, Malformed> {
         // has none): an end before the start.
         payload_start: 1,
         payload_end: 0,
+        ip_len,
     };
 
     let ext_truncated = malformed(FAMILY_V6, MALFORMED_IPV6_EXT_TRUNCATED);

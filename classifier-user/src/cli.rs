@@ -190,6 +190,22 @@ pub struct RunArgs {
     #[arg(long, value_name = "GROUP")]
     pub stats_group: Option<String>,
 
+    /// Export flows over IPFIX (RFC 7011) to this collector: HOST:PORT
+    /// (UDP), udp://HOST:PORT or tcp://HOST:PORT (repeatable). Every
+    /// --ipfix-interval, one record per watched<->endpoint flow with its
+    /// counts since the last export (see README, "IPFIX export").
+    #[arg(long = "ipfix", value_name = "TARGET")]
+    pub ipfix: Vec<crate::ipfix::Target>,
+
+    /// How often flows are exported over IPFIX.
+    #[arg(long, value_name = "D", default_value = "60s", value_parser = parse_duration)]
+    pub ipfix_interval: Duration,
+
+    /// IPFIX observation domain id. Default: derived from the sensor's
+    /// name (the first four bytes of its SHA-256), printed at start.
+    #[arg(long, value_name = "N")]
+    pub observation_domain: Option<u32>,
+
     /// Address of the Prometheus metrics endpoint (`/metrics`), or `off`.
     #[arg(long, value_name = "ADDR|off", default_value = DEFAULT_METRICS_ADDR,
           value_parser = parse_metrics_addr)]

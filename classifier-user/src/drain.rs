@@ -41,6 +41,7 @@ fn drain_error(map: &'static str) -> impl Fn(aya::maps::MapError) -> DrainError 
 pub struct FlowSample {
     pub packets: u64,
     pub bytes: u64,
+    pub ip_bytes: u64,
     /// CLOCK_MONOTONIC nanoseconds.
     pub first_seen_ns: u64,
     pub last_seen_ns: u64,
@@ -96,6 +97,7 @@ fn sum_flow<'a>(values: impl Iterator<Item = &'a FlowValue>) -> Option<FlowSampl
         let sum = sample.get_or_insert(FlowSample {
             packets: 0,
             bytes: 0,
+            ip_bytes: 0,
             first_seen_ns: u64::MAX,
             last_seen_ns: 0,
             service: cpu.service,
@@ -104,6 +106,7 @@ fn sum_flow<'a>(values: impl Iterator<Item = &'a FlowValue>) -> Option<FlowSampl
         });
         sum.packets += cpu.packets;
         sum.bytes += cpu.bytes;
+        sum.ip_bytes += cpu.ip_bytes;
         sum.first_seen_ns = sum.first_seen_ns.min(cpu.first_seen_ns);
         sum.last_seen_ns = sum.last_seen_ns.max(cpu.last_seen_ns);
         sum.tcp_flags |= cpu.tcp_flags;
@@ -274,6 +277,8 @@ pub struct FlowRecord {
     /// Counted since the ledger's base.
     pub packets: u64,
     pub bytes: u64,
+    /// IP bytes (header and payload), for IPFIX.
+    pub ip_bytes: u64,
     pub first_seen_unix_ns: i64,
     pub last_seen_unix_ns: i64,
     pub service: u16,
@@ -299,6 +304,7 @@ pub struct FlowRecord {
 struct Baseline {
     packets: u64,
     bytes: u64,
+    ip_bytes: u64,
     first_seen_ns: u64,
 }
 
@@ -307,6 +313,7 @@ impl From<&FlowSample> for Baseline {
         Self {
             packets: sample.packets,
             bytes: sample.bytes,
+            ip_bytes: sample.ip_bytes,
             first_seen_ns: sample.first_seen_ns,
         }
     }
@@ -403,6 +410,7 @@ impl Default for Ledger {
 const EMPTY_BASELINE: Baseline = Baseline {
     packets: 0,
     bytes: 0,
+    ip_bytes: 0,
     first_seen_ns: 0,
 };
 
@@ -469,6 +477,7 @@ impl Ledger {
                 FlowRecord {
                     packets: 0,
                     bytes: 0,
+                    ip_bytes: 0,
                     first_seen_unix_ns: i64::MAX,
                     last_seen_unix_ns: i64::MIN,
                     service: 0,
@@ -520,6 +529,7 @@ impl Ledger {
             let record = self.flows.entry(key).or_insert(FlowRecord {
                 packets: 0,
                 bytes: 0,
+                ip_bytes: 0,
                 first_seen_unix_ns: to_unix(sample.first_seen_ns),
                 last_seen_unix_ns: to_unix(sample.last_seen_ns),
                 service: sample.service,
@@ -535,7 +545,7 @@ impl Ledger {
                 Source::Table => &mut record.table,
                 Source::Cache => &mut record.cache,
             };
-            let (packets, bytes, baseline) = gained(source, last, &sample);
+            let (packets, bytes, ip_bytes, baseline) = gained(source, last, &sample);
             *last = baseline;
             record.seen_in_drain = drain;
             record.service = sample.service;
@@ -545,6 +555,7 @@ impl Ledger {
             }
             record.packets += packets;
             record.bytes += bytes;
+            record.ip_bytes += ip_bytes;
             record.first_seen_unix_ns =
                 record.first_seen_unix_ns.min(to_unix(sample.first_seen_ns));
             record.last_seen_unix_ns = record.last_seen_unix_ns.max(to_unix(sample.last_seen_ns));
@@ -722,19 +733,20 @@ impl Checkpoint {
 /// source. A table entry whose packets went down or whose first-seen time
 /// changed was evicted and created again: all of it is new. Cache sums only
 /// grow; one that looks lower missed a slot being claimed and gains nothing.
-fn gained(source: Source, last: &Baseline, sample: &FlowSample) -> (u64, u64, Baseline) {
+fn gained(source: Source, last: &Baseline, sample: &FlowSample) -> (u64, u64, u64, Baseline) {
     let recreated = source == Source::Table
         && last.packets != 0
         && (sample.packets < last.packets || sample.first_seen_ns != last.first_seen_ns);
     if recreated {
-        (sample.packets, sample.bytes, sample.into())
+        (sample.packets, sample.bytes, sample.ip_bytes, sample.into())
     } else if sample.packets < last.packets {
         // Keep the higher baseline, so nothing is counted twice.
-        (0, 0, *last)
+        (0, 0, 0, *last)
     } else {
         (
             sample.packets - last.packets,
             sample.bytes.saturating_sub(last.bytes),
+            sample.ip_bytes.saturating_sub(last.ip_bytes),
             sample.into(),
         )
     }
@@ -786,6 +798,7 @@ mod tests {
         FlowSample {
             packets,
             bytes: packets * 100,
+            ip_bytes: packets * 86,
             first_seen_ns: first,
             last_seen_ns: last,
             service: 1,

@@ -11,6 +11,7 @@ pub mod generate;
 pub mod history;
 pub mod html;
 pub mod interface_xdp;
+pub mod ipfix;
 pub mod learn;
 pub mod live;
 pub mod loader;

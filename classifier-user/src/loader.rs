@@ -118,6 +118,27 @@ impl Default for Capacities {
     }
 }
 
+/// Loads the program, retrying when the kernel interrupted the verifier
+/// (EAGAIN: a signal arrived while it ran; libbpf retries the same way).
+fn load_retrying(program: &mut Xdp) -> Result<(), LoadError> {
+    const ATTEMPTS: usize = 5;
+    let mut attempt = 1;
+    loop {
+        match program.load() {
+            Ok(()) => return Ok(()),
+            Err(aya::programs::ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && attempt < ATTEMPTS =>
+            {
+                log::warn!(
+                    "the kernel interrupted the verifier (attempt {attempt} of {ATTEMPTS}); loading again"
+                );
+                attempt += 1;
+            }
+            Err(error) => return Err(LoadError::Program(error)),
+        }
+    }
+}
+
 /// How the program ends after counting a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -403,7 +424,7 @@ impl Sensor {
             .ok_or(LoadError::MissingProgram)?
             .try_into()
             .map_err(LoadError::Program)?;
-        program.load().map_err(LoadError::Program)?;
+        load_retrying(program)?;
 
         let counters =
             CounterMaps::take_from(&mut ebpf).ok_or(LoadError::MissingMap("counters"))?;

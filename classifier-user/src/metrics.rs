@@ -36,6 +36,8 @@ pub struct MetricsState {
     pub drain_failures: u64,
     /// How long the last drain took.
     pub last_drain_seconds: f64,
+    /// IPFIX export's counts (`None`: no collector configured).
+    pub ipfix: Option<crate::ipfix::ExportStats>,
     pub snapshot_writes: u64,
     pub snapshot_write_failures: u64,
     /// Unix time of the last snapshot written (`None`: none yet).
@@ -338,6 +340,18 @@ fn register_learning_metrics(
 }
 
 fn register_daemon_metrics(registry: &mut Registry, state: &MetricsState) {
+    if let Some(ipfix) = state.ipfix {
+        registry.register(
+            "ipfix_records",
+            "IPFIX data records delivered to collectors (per collector), since this daemon started",
+            counter(ipfix.records),
+        );
+        registry.register(
+            "ipfix_send_failures",
+            "IPFIX exports a collector could not be sent (its records are not re-sent; snapshots keep every count)",
+            counter(ipfix.messages_failed),
+        );
+    }
     registry.register(
         "flow_table_entries",
         "Flow keys alive in the kernel: LRU table entries plus claimed flow-cache slots",
@@ -513,6 +527,10 @@ mod tests {
             drains: 4,
             drain_failures: 1,
             last_drain_seconds: 0.25,
+            ipfix: Some(crate::ipfix::ExportStats {
+                records: 12,
+                messages_failed: 1,
+            }),
             snapshot_writes: 3,
             snapshot_write_failures: 1,
             last_snapshot_unix_seconds: Some(1_700_000_000.5),
@@ -607,6 +625,8 @@ mod tests {
             "classifier_learn_handed_over_packets_total 0",
             "classifier_learn_ring_drops_total 0",
             "classifier_learn_throttled_packets_total 0",
+            "classifier_ipfix_records_total 12",
+            "classifier_ipfix_send_failures_total 1",
             "classifier_learn_dns_responses_total 12",
             "classifier_learn_tls_flows_named_total 3",
             "classifier_learn_endpoints_learned_total 5",

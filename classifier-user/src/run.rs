@@ -103,6 +103,8 @@ pub struct RunConfig {
     pub learner: Option<crate::learn::Learner>,
     /// Where the feeds came from: a reload reads them again.
     pub feed_args: FeedArgs,
+    /// IPFIX collectors, export interval and observation domain.
+    pub ipfix: Option<(Vec<crate::ipfix::Target>, Duration, u32)>,
 }
 
 impl RunConfig {
@@ -168,6 +170,12 @@ impl RunConfig {
             pseudonymizer,
             learner,
             feed_args: args.feeds.clone(),
+            ipfix: (!args.ipfix.is_empty()).then(|| {
+                let domain = args
+                    .observation_domain
+                    .unwrap_or_else(|| crate::ipfix::observation_domain_of(&sensor_name()));
+                (args.ipfix.clone(), args.ipfix_interval, domain)
+            }),
         })
     }
 }
@@ -442,6 +450,7 @@ struct Daemon {
     metrics: Arc<Mutex<MetricsState>>,
     drain_failures: u64,
     learning: Option<(crate::learn::Learner, crate::learn::LearnMaps)>,
+    exporter: Option<crate::ipfix::Exporter>,
 }
 
 impl Daemon {
@@ -476,6 +485,22 @@ impl Daemon {
         result
     }
 
+    /// Exports what the flows gained since the last export (IPFIX).
+    fn export(&mut self, pseudonymizer: Option<&Pseudonymizer>) {
+        if let Some(exporter) = &mut self.exporter {
+            let now = u32::try_from(snapshot::now_unix_ns() / 1_000_000_000).unwrap_or(u32::MAX);
+            exporter.export(
+                &self.ledger,
+                &self.sensor.meta.service_table(),
+                pseudonymizer,
+                now,
+            );
+            if let Ok(mut shared) = self.metrics.lock() {
+                shared.ipfix = Some(exporter.stats);
+            }
+        }
+    }
+
     fn publish(&self, drain_time: Duration) {
         let mut state = metrics_state(&self.sensor, &self.ledger);
         state.drain_failures = self.drain_failures;
@@ -484,6 +509,7 @@ impl Daemon {
             .as_ref()
             .map(|(learner, _)| (learner.stats, learner.len() as u64));
         state.last_drain_seconds = drain_time.as_secs_f64();
+        state.ipfix = self.exporter.as_ref().map(|exporter| exporter.stats);
         if let Some(snapshots) = &self.snapshots {
             state.snapshot_writes = snapshots.writes;
             state.snapshot_write_failures = snapshots.write_failures;
@@ -680,6 +706,18 @@ pub fn run_config(mut config: RunConfig) -> Result<Report, RunError> {
             metrics: metrics.clone(),
             drain_failures: 0,
             learning,
+            exporter: config.ipfix.as_ref().map(|(targets, interval, domain)| {
+                log::info!(
+                    "IPFIX: exporting every {} to {} (observation domain {domain})",
+                    humantime::format_duration(*interval),
+                    targets
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                crate::ipfix::Exporter::new(targets, *domain)
+            }),
         };
         daemon.publish(Duration::ZERO);
         match privileges::drop_all_but_kept() {
@@ -745,6 +783,11 @@ pub fn run_config(mut config: RunConfig) -> Result<Report, RunError> {
             },
             None => None,
         };
+        let mut export_ticker =
+            tokio::time::interval(config.ipfix.as_ref().map_or(Duration::from_secs(3600), |i| i.1));
+        export_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick is at once: nothing to export yet.
+        export_ticker.reset();
         let mut ticker = tokio::time::interval(config.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Boundaries on the wall clock, elapsed time (and so a stepped wall
@@ -784,6 +827,10 @@ pub fn run_config(mut config: RunConfig) -> Result<Report, RunError> {
                     if let Some(snapshots) = &mut daemon.snapshots {
                         snapshots.write_pending(false);
                     }
+                }
+                _ = export_ticker.tick(), if daemon.exporter.is_some() => {
+                    let _ = daemon.drain();
+                    daemon.export(config.pseudonymizer.as_ref());
                 }
                 // The next pass reads the clocks and cuts.
                 _ = tokio::time::sleep(until_boundary), if schedule.is_some() => {}
@@ -834,6 +881,8 @@ fn finish(mut daemon: Daemon, config: &RunConfig, start_unix_ns: i64) -> Result<
     // A failed final drain is logged (by `drain`); the last snapshot and
     // the report then hold the counts up to the last good drain.
     let _ = daemon.drain();
+    // The last deltas go to the collectors before exit.
+    daemon.export(config.pseudonymizer.as_ref());
     // A wall clock stepped back past the start never ends the report
     // before it began (the last snapshot clamps the same way).
     let end_unix_ns = snapshot::now_unix_ns().max(start_unix_ns);

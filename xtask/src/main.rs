@@ -365,6 +365,8 @@ fn test(filter: &[String]) -> Result<()> {
         ensure_tool("promtool", "prometheus")?;
         // Headless Chromium renders the HTML report in its test.
         ensure_tool("chromium", "chromium")?;
+        // nfcapd and nfdump read the IPFIX export back in its test.
+        ensure_tool("nfcapd", "nfdump")?;
     }
     let root = workspace_root();
     run(command("cargo")

@@ -1,0 +1,549 @@
+//! IPFIX export (RFC 7011): every `--ipfix-interval`, one data record per
+//! watched↔endpoint flow that gained packets since the last export, with
+//! its delta counts, to each `--ipfix` collector (UDP, or TCP with
+//! `tcp://`). Encoded here: two templates and fixed-length records are a
+//! few dozen lines, and no crate on the registry writes IPFIX.
+//!
+//! Templates (the information elements of RFC 7012, no enterprise ones):
+//!
+//! | IE | name | bytes |
+//! |---|---|---|
+//! | 8 / 27 | sourceIPv4Address / sourceIPv6Address | 4 / 16 |
+//! | 12 / 28 | destinationIPv4Address / destinationIPv6Address | 4 / 16 |
+//! | 4 | protocolIdentifier | 1 |
+//! | 7 | sourceTransportPort | 2 |
+//! | 11 | destinationTransportPort | 2 |
+//! | 2 | packetDeltaCount | 8 |
+//! | 1 | octetDeltaCount (IP header and payload) | 8 |
+//! | 352 | layer2OctetDeltaCount (the frame bytes reports count) | 8 |
+//! | 152 | flowStartMilliseconds | 8 |
+//! | 153 | flowEndMilliseconds | 8 |
+//! | 61 | flowDirection (0 ingress: to the watched host; 1 egress: from it) | 1 |
+//! | 96 | applicationName (the service, NUL-padded) | 32 |
+//!
+//! The flow table keeps the endpoint's port only, so the watched host's
+//! port is exported as 0. Template 256 is IPv4, 257 IPv6. Over UDP the
+//! templates lead the first message and are re-sent every
+//! [`TEMPLATE_REFRESH`] (RFC 7011 §8.4); over TCP once per connection.
+//! Messages stay under [`MAX_MESSAGE`] bytes (a 1,500-byte path MTU less
+//! IP and UDP headers). Sequence numbers count the data records sent
+//! before each message, per collector (§3.1).
+
+use std::{
+    collections::HashMap,
+    io::Write,
+    net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs, UdpSocket},
+    time::{Duration, Instant},
+};
+
+use classifier_common::{DIR_INBOUND, FlowKey};
+
+use crate::{drain::Ledger, loader::ServiceTable, pseudonym::Pseudonymizer, report::key_address};
+
+/// Largest message: 1,500 − 40 (IPv6) − 8 (UDP) with room to spare.
+pub const MAX_MESSAGE: usize = 1400;
+/// How often UDP collectors get the templates again.
+pub const TEMPLATE_REFRESH: Duration = Duration::from_secs(600);
+const VERSION: u16 = 10;
+const TEMPLATE_SET: u16 = 2;
+const TEMPLATE_V4: u16 = 256;
+const TEMPLATE_V6: u16 = 257;
+const HEADER_LEN: usize = 16;
+const SET_HEADER_LEN: usize = 4;
+/// Bytes of applicationName in a record.
+const NAME_LEN: usize = 32;
+
+/// (information element, length) of each template, in record order.
+fn fields(v6: bool) -> [(u16, u16); 12] {
+    let (source, destination, address_len) = if v6 { (27, 28, 16) } else { (8, 12, 4) };
+    [
+        (source, address_len),
+        (destination, address_len),
+        (4, 1),
+        (7, 2),
+        (11, 2),
+        (2, 8),
+        (1, 8),
+        (352, 8),
+        (152, 8),
+        (153, 8),
+        (61, 1),
+        (96, NAME_LEN as u16),
+    ]
+}
+
+fn record_len(v6: bool) -> usize {
+    fields(v6).iter().map(|(_, len)| usize::from(*len)).sum()
+}
+
+/// Where to send: `HOST:PORT` (UDP), `udp://HOST:PORT` or `tcp://HOST:PORT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub tcp: bool,
+    pub address: String,
+}
+
+impl std::str::FromStr for Target {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (tcp, address) = if let Some(rest) = text.strip_prefix("tcp://") {
+            (true, rest)
+        } else {
+            (false, text.strip_prefix("udp://").unwrap_or(text))
+        };
+        match address.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {
+                Ok(Self {
+                    tcp,
+                    address: address.to_string(),
+                })
+            }
+            _ => Err("expected HOST:PORT, udp://HOST:PORT or tcp://HOST:PORT".to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = if self.tcp { "tcp" } else { "udp" };
+        write!(f, "{scheme}://{}", self.address)
+    }
+}
+
+/// The default observation domain: the first four bytes of the SHA-256 of
+/// the sensor's name, so each sensor of a fleet has its own.
+pub fn observation_domain_of(sensor: &str) -> u32 {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(sensor.as_bytes());
+    u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
+}
+
+/// One exported flow's record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowExport {
+    pub source: IpAddr,
+    pub destination: IpAddr,
+    pub protocol: u8,
+    pub source_port: u16,
+    pub destination_port: u16,
+    pub packets: u64,
+    pub ip_bytes: u64,
+    pub frame_bytes: u64,
+    pub start_ms: u64,
+    pub end_ms: u64,
+    /// 0 ingress (to the watched host), 1 egress (from it).
+    pub direction: u8,
+    pub service: String,
+}
+
+/// Encodes records into messages of at most [`MAX_MESSAGE`] bytes; the
+/// templates lead the first when `with_templates`. `sequence` is the
+/// count of data records sent before; it is advanced.
+pub fn encode(
+    records: &[FlowExport],
+    with_templates: bool,
+    export_time: u32,
+    domain: u32,
+    sequence: &mut u32,
+) -> Vec<Vec<u8>> {
+    let mut messages = Vec::new();
+    let mut message = start_message(with_templates);
+    let mut open_set: Option<(usize, u16)> = None;
+    let mut records_in_message = 0u32;
+    let mut first_sequence = *sequence;
+    for record in records {
+        let v6 = record.source.is_ipv6();
+        let template = if v6 { TEMPLATE_V6 } else { TEMPLATE_V4 };
+        let needs_set = open_set.is_none_or(|(_, id)| id != template);
+        let extra = record_len(v6) + if needs_set { SET_HEADER_LEN } else { 0 };
+        if message.len() + extra > MAX_MESSAGE && records_in_message > 0 {
+            close_set(&mut message, open_set.take());
+            messages.push(finish_message(message, export_time, first_sequence, domain));
+            message = start_message(false);
+            first_sequence = *sequence;
+            records_in_message = 0;
+        }
+        if open_set.is_none_or(|(_, id)| id != template) {
+            close_set(&mut message, open_set.take());
+            open_set = Some((message.len(), template));
+            message.extend_from_slice(&template.to_be_bytes());
+            message.extend_from_slice(&[0, 0]);
+        }
+        write_record(&mut message, record);
+        records_in_message += 1;
+        *sequence = sequence.wrapping_add(1);
+    }
+    close_set(&mut message, open_set.take());
+    if records_in_message > 0 || with_templates {
+        messages.push(finish_message(message, export_time, first_sequence, domain));
+    }
+    messages
+}
+
+fn start_message(with_templates: bool) -> Vec<u8> {
+    let mut message = vec![0; HEADER_LEN];
+    if with_templates {
+        let start = message.len();
+        message.extend_from_slice(&TEMPLATE_SET.to_be_bytes());
+        message.extend_from_slice(&[0, 0]);
+        for (id, v6) in [(TEMPLATE_V4, false), (TEMPLATE_V6, true)] {
+            let fields = fields(v6);
+            message.extend_from_slice(&id.to_be_bytes());
+            message.extend_from_slice(&(fields.len() as u16).to_be_bytes());
+            for (element, len) in fields {
+                message.extend_from_slice(&element.to_be_bytes());
+                message.extend_from_slice(&len.to_be_bytes());
+            }
+        }
+        close_set(&mut message, Some((start, TEMPLATE_SET)));
+    }
+    message
+}
+
+fn close_set(message: &mut [u8], set: Option<(usize, u16)>) {
+    if let Some((start, _)) = set {
+        let len = (message.len() - start) as u16;
+        message[start + 2..start + 4].copy_from_slice(&len.to_be_bytes());
+    }
+}
+
+fn finish_message(mut message: Vec<u8>, export_time: u32, sequence: u32, domain: u32) -> Vec<u8> {
+    let len = message.len() as u16;
+    message[0..2].copy_from_slice(&VERSION.to_be_bytes());
+    message[2..4].copy_from_slice(&len.to_be_bytes());
+    message[4..8].copy_from_slice(&export_time.to_be_bytes());
+    message[8..12].copy_from_slice(&sequence.to_be_bytes());
+    message[12..16].copy_from_slice(&domain.to_be_bytes());
+    message
+}
+
+fn write_record(message: &mut Vec<u8>, record: &FlowExport) {
+    let address = |message: &mut Vec<u8>, address: IpAddr| match address {
+        IpAddr::V4(v4) => message.extend_from_slice(&v4.octets()),
+        IpAddr::V6(v6) => message.extend_from_slice(&v6.octets()),
+    };
+    address(message, record.source);
+    address(message, record.destination);
+    message.push(record.protocol);
+    message.extend_from_slice(&record.source_port.to_be_bytes());
+    message.extend_from_slice(&record.destination_port.to_be_bytes());
+    for value in [
+        record.packets,
+        record.ip_bytes,
+        record.frame_bytes,
+        record.start_ms,
+        record.end_ms,
+    ] {
+        message.extend_from_slice(&value.to_be_bytes());
+    }
+    message.push(record.direction);
+    let mut name = [0u8; NAME_LEN];
+    let bytes = record.service.as_bytes();
+    let len = bytes.len().min(NAME_LEN);
+    name[..len].copy_from_slice(&bytes[..len]);
+    message.extend_from_slice(&name);
+}
+
+/// A socket, opened on first use (UDP: bound to the collector's family;
+/// TCP: connected, and again after a failure).
+enum Connection {
+    Udp(Option<UdpSocket>),
+    Tcp(Option<TcpStream>),
+}
+
+struct Collector {
+    target: Target,
+    connection: Connection,
+    sequence: u32,
+    templates_sent: Option<Instant>,
+    /// The last send failed (logged once until a send works again).
+    failing: bool,
+}
+
+impl Collector {
+    fn new(target: Target) -> Self {
+        let connection = if target.tcp {
+            Connection::Tcp(None)
+        } else {
+            Connection::Udp(None)
+        };
+        Self {
+            target,
+            connection,
+            sequence: 0,
+            templates_sent: None,
+            failing: false,
+        }
+    }
+
+    fn resolve(&self) -> std::io::Result<SocketAddr> {
+        self.target
+            .address
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| std::io::Error::other("the name has no address"))
+    }
+
+    /// Sends `records`; on failure the sequence number still advances
+    /// (RFC 7011: it counts records sent, and a collector that missed
+    /// some sees the gap).
+    fn send(
+        &mut self,
+        records: &[FlowExport],
+        export_time: u32,
+        domain: u32,
+    ) -> std::io::Result<()> {
+        let destination = self.resolve()?;
+        let templates = match &self.connection {
+            Connection::Udp(_) => self
+                .templates_sent
+                .is_none_or(|sent| sent.elapsed() >= TEMPLATE_REFRESH),
+            Connection::Tcp(stream) => stream.is_none(),
+        };
+        match &mut self.connection {
+            Connection::Tcp(stream @ None) => {
+                let connected = TcpStream::connect_timeout(&destination, Duration::from_secs(2))?;
+                connected.set_write_timeout(Some(Duration::from_secs(2)))?;
+                *stream = Some(connected);
+            }
+            Connection::Udp(socket @ None) => {
+                let any = if destination.is_ipv6() {
+                    "[::]:0"
+                } else {
+                    "0.0.0.0:0"
+                };
+                *socket = Some(UdpSocket::bind(any)?);
+            }
+            _ => {}
+        }
+        let messages = encode(records, templates, export_time, domain, &mut self.sequence);
+        for message in &messages {
+            let sent = match &mut self.connection {
+                Connection::Udp(Some(socket)) => socket.send_to(message, destination).map(|_| ()),
+                Connection::Tcp(Some(stream)) => stream.write_all(message),
+                Connection::Udp(None) | Connection::Tcp(None) => Ok(()),
+            };
+            if let Err(error) = sent {
+                if let Connection::Tcp(stream) = &mut self.connection {
+                    // Reconnect (and send the templates) next time.
+                    *stream = None;
+                }
+                return Err(error);
+            }
+        }
+        if templates {
+            self.templates_sent = Some(Instant::now());
+        }
+        Ok(())
+    }
+}
+
+/// What export did, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExportStats {
+    pub records: u64,
+    pub messages_failed: u64,
+}
+
+/// Exports flow deltas to the collectors.
+pub struct Exporter {
+    collectors: Vec<Collector>,
+    domain: u32,
+    /// Per flow, the ledger's counts at the last export.
+    exported: HashMap<FlowKey, (u64, u64, u64)>,
+    pub stats: ExportStats,
+}
+
+impl Exporter {
+    pub fn new(targets: &[Target], domain: u32) -> Self {
+        Self {
+            collectors: targets.iter().cloned().map(Collector::new).collect(),
+            domain,
+            exported: HashMap::new(),
+            stats: ExportStats::default(),
+        }
+    }
+
+    /// The flows that gained packets since the last export, as records.
+    pub fn deltas(
+        &mut self,
+        ledger: &Ledger,
+        services: &ServiceTable,
+        pseudonymizer: Option<&Pseudonymizer>,
+    ) -> Vec<FlowExport> {
+        let mut records = Vec::new();
+        for (key, flow) in &ledger.flows {
+            let last = self.exported.entry(*key).or_insert((0, 0, 0));
+            if flow.packets <= last.0 {
+                continue;
+            }
+            let watched = key_address(key.family, key.watched);
+            let watched = pseudonymizer.map_or(watched, |p| p.address(watched));
+            let endpoint = key_address(key.family, key.endpoint);
+            let inbound = key.direction == DIR_INBOUND;
+            let (source, destination) = if inbound {
+                (endpoint, watched)
+            } else {
+                (watched, endpoint)
+            };
+            let (source_port, destination_port) = if inbound {
+                (key.port, 0)
+            } else {
+                (0, key.port)
+            };
+            let millis = |ns: i64| u64::try_from(ns / 1_000_000).unwrap_or(0);
+            records.push(FlowExport {
+                source,
+                destination,
+                protocol: key.protocol,
+                source_port,
+                destination_port,
+                packets: flow.packets - last.0,
+                ip_bytes: flow.ip_bytes.saturating_sub(last.1),
+                frame_bytes: flow.bytes.saturating_sub(last.2),
+                start_ms: millis(flow.first_seen_unix_ns),
+                end_ms: millis(flow.last_seen_unix_ns),
+                direction: u8::from(!inbound),
+                service: services
+                    .name(u32::from(flow.service))
+                    .unwrap_or("unknown")
+                    .to_string(),
+            });
+            *last = (flow.packets, flow.ip_bytes, flow.bytes);
+        }
+        records.sort_by_key(|record| (record.source.is_ipv6(), record.start_ms));
+        records
+    }
+
+    /// Exports what the flows gained since the last export to every
+    /// collector. A collector that cannot be reached costs a logged,
+    /// counted failure; its records are not re-sent (snapshots keep every
+    /// count regardless).
+    pub fn export(
+        &mut self,
+        ledger: &Ledger,
+        services: &ServiceTable,
+        pseudonymizer: Option<&Pseudonymizer>,
+        now_unix_seconds: u32,
+    ) {
+        let records = self.deltas(ledger, services, pseudonymizer);
+        let domain = self.domain;
+        for collector in &mut self.collectors {
+            match collector.send(&records, now_unix_seconds, domain) {
+                Ok(()) => {
+                    if collector.failing {
+                        log::info!("IPFIX: {} reachable again", collector.target);
+                    }
+                    collector.failing = false;
+                    self.stats.records += records.len() as u64;
+                }
+                Err(error) => {
+                    if !collector.failing {
+                        log::warn!(
+                            "IPFIX: cannot send to {} ({error}); {} record(s) not delivered, counted in classifier_ipfix_send_failures_total",
+                            collector.target,
+                            records.len()
+                        );
+                    }
+                    collector.failing = true;
+                    self.stats.messages_failed += 1;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(source: &str, destination: &str, packets: u64) -> FlowExport {
+        FlowExport {
+            source: source.parse().unwrap(),
+            destination: destination.parse().unwrap(),
+            protocol: 6,
+            source_port: 0,
+            destination_port: 443,
+            packets,
+            ip_bytes: packets * 60,
+            frame_bytes: packets * 74,
+            start_ms: 1_000,
+            end_ms: 2_000,
+            direction: 1,
+            service: "hotspot-shield".into(),
+        }
+    }
+
+    fn u16_at(bytes: &[u8], at: usize) -> u16 {
+        u16::from_be_bytes([bytes[at], bytes[at + 1]])
+    }
+
+    #[test]
+    fn a_message_has_the_header_templates_and_one_set_per_family() {
+        let mut sequence = 7;
+        let records = [
+            record("175.45.176.1", "198.51.100.1", 3),
+            record("175.45.176.2", "198.51.100.2", 4),
+            record("2001:db8::1", "2001:db8:1::1", 5),
+        ];
+        let messages = encode(&records, true, 1_800_000_000, 42, &mut sequence);
+        assert_eq!(messages.len(), 1);
+        let message = &messages[0];
+        assert_eq!(u16_at(message, 0), 10);
+        assert_eq!(usize::from(u16_at(message, 2)), message.len());
+        assert_eq!(&message[4..8], &1_800_000_000u32.to_be_bytes());
+        assert_eq!(&message[8..12], &7u32.to_be_bytes(), "records sent before");
+        assert_eq!(&message[12..16], &42u32.to_be_bytes());
+        assert_eq!(sequence, 10);
+        // Template set: 2 templates of 12 fields.
+        assert_eq!(u16_at(message, 16), 2);
+        let template_len = usize::from(u16_at(message, 18));
+        assert_eq!(template_len, 4 + 2 * (4 + 12 * 4));
+        let v4 = 16 + template_len;
+        assert_eq!(u16_at(message, v4), 256);
+        assert_eq!(
+            usize::from(u16_at(message, v4 + 2)),
+            4 + 2 * record_len(false)
+        );
+        let v6 = v4 + 4 + 2 * record_len(false);
+        assert_eq!(u16_at(message, v6), 257);
+        assert_eq!(usize::from(u16_at(message, v6 + 2)), 4 + record_len(true));
+        assert_eq!(v6 + 4 + record_len(true), message.len());
+        // The first record's packets (after addresses, protocol, ports).
+        let first = v4 + 4;
+        assert_eq!(&message[first + 13..first + 21], &3u64.to_be_bytes());
+    }
+
+    #[test]
+    fn messages_stay_under_the_limit_and_sequence_numbers_count_records() {
+        let records: Vec<FlowExport> = (0..100)
+            .map(|i| record(&format!("175.45.176.{i}"), "198.51.100.1", 1))
+            .collect();
+        let mut sequence = 0;
+        let messages = encode(&records, false, 0, 1, &mut sequence);
+        assert!(messages.len() > 1);
+        let mut expected_sequence = 0u32;
+        for message in &messages {
+            assert!(message.len() <= MAX_MESSAGE);
+            assert_eq!(&message[8..12], &expected_sequence.to_be_bytes());
+            let in_message = (message.len() - HEADER_LEN - SET_HEADER_LEN) / record_len(false);
+            expected_sequence += in_message as u32;
+        }
+        assert_eq!(expected_sequence, 100);
+        assert_eq!(sequence, 100);
+    }
+
+    #[test]
+    fn targets_parse_with_and_without_a_scheme() {
+        let udp: Target = "127.0.0.1:4739".parse().unwrap();
+        assert!(!udp.tcp);
+        let tcp: Target = "tcp://collector.example:4739".parse().unwrap();
+        assert!(tcp.tcp);
+        assert_eq!(tcp.to_string(), "tcp://collector.example:4739");
+        assert!("collector".parse::<Target>().is_err());
+        assert!("host:0".parse::<Target>().is_err());
+        assert_eq!(observation_domain_of("a"), observation_domain_of("a"));
+        assert_ne!(observation_domain_of("a"), observation_domain_of("b"));
+    }
+}

@@ -1,0 +1,226 @@
+//! IPFIX export read back by an independent implementation: nfcapd
+//! (Debian `nfdump`) listens on loopback inside the sensor's namespace,
+//! `classifier run --ipfix` exports to it while frames go through the
+//! veth, and `nfdump` reads what nfcapd stored: packets and IP bytes per
+//! flow equal exactly what was sent, IPv4 and IPv6, directions kept, and
+//! watched traffic to no endpoint is not exported.
+
+use std::{
+    collections::BTreeMap,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use classifier_tests::{
+    daemon::{Daemon, services, temp_dir, write_feed},
+    frames::FrameSpec,
+    netns::VethLink,
+    path_str as text, require_root,
+};
+
+const COLLECTOR: &str = "127.0.0.1:4739";
+
+/// (source, destination) → (packets, IP bytes) as nfdump prints them.
+fn nfdump_flows(dir: &std::path::Path) -> BTreeMap<(String, String), (u64, u64)> {
+    let output = Command::new("nfdump")
+        .args(["-R", text(dir), "-N", "-o", "csv"])
+        .output()
+        .expect("nfdump (Debian package nfdump; the test set-up installs it)");
+    assert!(output.status.success(), "nfdump: {output:?}");
+    let text = String::from_utf8(output.stdout).expect("UTF-8");
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().expect("a CSV header").split(',').collect();
+    let column = |name: &str| {
+        header
+            .iter()
+            .position(|field| *field == name)
+            .unwrap_or_else(|| panic!("no {name} column in {header:?}"))
+    };
+    let (sa, da, packets, bytes) = (column("sa"), column("da"), column("ipkt"), column("ibyt"));
+    let mut flows = BTreeMap::new();
+    for line in lines.filter(|line| line.contains(',')) {
+        let fields: Vec<&str> = line.split(',').collect();
+        // Flow lines start with a date; the summary after them does not.
+        let is_flow = fields.len() == header.len()
+            && fields[0].len() > 4
+            && fields[0][..4].chars().all(|c| c.is_ascii_digit());
+        if !is_flow {
+            continue;
+        }
+        let entry = flows
+            .entry((fields[sa].to_string(), fields[da].to_string()))
+            .or_insert((0, 0));
+        entry.0 += fields[packets].trim().parse::<u64>().expect("packets");
+        entry.1 += fields[bytes].trim().parse::<u64>().expect("bytes");
+    }
+    flows
+}
+
+#[test]
+fn flows_exported_over_ipfix_are_what_was_sent() {
+    if !require_root() {
+        return;
+    }
+    let dir = temp_dir("ipfix");
+    let feed = write_feed(&dir);
+    let stored = dir.join("nfcapd");
+    std::fs::create_dir_all(&stored).expect("nfcapd folder");
+    let link = VethLink::create("ipfix").expect("namespaces and veth");
+    let mut collector = link
+        .sensor
+        .command(std::path::Path::new("nfcapd"))
+        .args([
+            "-b",
+            "127.0.0.1",
+            "-p",
+            "4739",
+            "-w",
+            text(&stored),
+            "-t",
+            "3600",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nfcapd (Debian package nfdump; the test set-up installs it)");
+    std::thread::sleep(Duration::from_millis(500));
+    let daemon = Daemon::start(
+        &link,
+        &feed,
+        &["--ipfix", COLLECTOR, "--ipfix-interval", "1s"],
+    );
+
+    // IP bytes per frame: header and payload, without Ethernet or VLAN
+    // tags (which the frame bytes of reports include).
+    let mut sent: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
+    let mut frames = Vec::new();
+    let mut add = |spec: FrameSpec, src: &str, dst: &str, ip_len: u64| {
+        frames.push(spec.build());
+        let entry = sent
+            .entry((src.to_string(), dst.to_string()))
+            .or_insert((0, 0));
+        entry.0 += 1;
+        entry.1 += ip_len;
+    };
+    let (v4_host, v4_server) = ("175.45.176.9", "198.51.100.10");
+    let (v6_host, v6_server) = ("2001:db8:aa::9", "2001:db8:e0::10");
+    for payload in [16, 100, 200, 300, 1000] {
+        add(
+            FrameSpec::udp(v4_host, v4_server, 40000, 443).payload(payload),
+            v4_host,
+            v4_server,
+            20 + 8 + payload as u64,
+        );
+    }
+    // VLAN-tagged: the same flow, the same IP bytes.
+    add(
+        FrameSpec::udp(v4_host, v4_server, 40000, 443)
+            .payload(64)
+            .vlans(&[0x8100]),
+        v4_host,
+        v4_server,
+        20 + 8 + 64,
+    );
+    for payload in [30, 700, 1200] {
+        add(
+            FrameSpec::udp(v4_server, v4_host, 443, 40000).payload(payload),
+            v4_server,
+            v4_host,
+            20 + 8 + payload as u64,
+        );
+    }
+    for payload in [50, 500, 1100, 10] {
+        add(
+            FrameSpec::udp(v6_host, v6_server, 40001, 51820).payload(payload),
+            v6_host,
+            v6_server,
+            40 + 8 + payload as u64,
+        );
+    }
+    // Watched, but to no endpoint: never exported.
+    frames.push(FrameSpec::udp(v4_host, "192.0.2.1", 40000, 443).build());
+
+    // Two rounds: the second export carries only what was added since.
+    let half = frames.len() / 2;
+    link.send(&frames[..half]).expect("send");
+    std::thread::sleep(Duration::from_millis(2500));
+    link.send(&frames[half..]).expect("send");
+    let (report, log) = daemon.stop(libc::SIGTERM);
+    assert!(
+        log.iter().any(|line| line.contains("observation domain")),
+        "{log:?}"
+    );
+    // nfcapd writes its file on SIGTERM.
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: kill has no memory preconditions.
+    unsafe { libc::kill(collector.id() as i32, libc::SIGTERM) };
+    let _ = collector.wait();
+
+    let exported = nfdump_flows(&stored);
+    assert_eq!(exported, sent, "nfdump's flows vs what was sent");
+    // The report counts the same packets (frame bytes, there).
+    assert_eq!(services(&report)["alpha"]["packets"], 13);
+
+    // With --pseudonymize-key the watched addresses exported are
+    // pseudonyms (240.0.0.0/4, 100::/64), the endpoints as they are.
+    let key = dir.join("key");
+    std::fs::write(&key, [7u8; 32]).expect("key");
+    let stored = dir.join("nfcapd-pseudonyms");
+    std::fs::create_dir_all(&stored).expect("nfcapd folder");
+    let mut collector = link
+        .sensor
+        .command(std::path::Path::new("nfcapd"))
+        .args([
+            "-b",
+            "127.0.0.1",
+            "-p",
+            "4739",
+            "-w",
+            text(&stored),
+            "-t",
+            "3600",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nfcapd");
+    std::thread::sleep(Duration::from_millis(500));
+    let daemon = Daemon::start(
+        &link,
+        &feed,
+        &["--ipfix", COLLECTOR, "--pseudonymize-key", text(&key)],
+    );
+    link.send(&frames).expect("send");
+    // SIGTERM exports the last (here: the only) deltas.
+    daemon.stop(libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: as above.
+    unsafe { libc::kill(collector.id() as i32, libc::SIGTERM) };
+    let _ = collector.wait();
+    let exported = nfdump_flows(&stored);
+    assert_eq!(exported.len(), sent.len(), "{exported:?}");
+    for ((source, destination), counts) in &exported {
+        let (watched, endpoint) = if [v4_server, v6_server].contains(&source.as_str()) {
+            (destination, source)
+        } else {
+            (source, destination)
+        };
+        assert!(
+            watched.starts_with("24") || watched.starts_with("25") || watched.starts_with("100:"),
+            "{watched} is no pseudonym"
+        );
+        assert!([v4_server, v6_server].contains(&endpoint.as_str()));
+        let original = if endpoint == v4_server {
+            v4_host
+        } else {
+            v6_host
+        };
+        let key = if source == endpoint {
+            (endpoint.clone(), original.to_string())
+        } else {
+            (original.to_string(), endpoint.clone())
+        };
+        assert_eq!(Some(counts), sent.get(&key), "{key:?}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
