@@ -535,6 +535,51 @@ mod tests {
     }
 
     #[test]
+    fn tcp_collectors_get_templates_once_per_connection_and_a_down_one_is_a_failure() {
+        use std::io::Read;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+        let target: Target = format!("tcp://{}", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        let mut collector = Collector::new(target);
+        let records = [record("175.45.176.1", "198.51.100.1", 3)];
+        collector.send(&records, 1, 9).expect("first export");
+        collector.send(&records, 2, 9).expect("second export");
+        let (mut stream, _) = listener.accept().expect("the exporter connected");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let mut first_header = [0u8; HEADER_LEN];
+        stream.read_exact(&mut first_header).unwrap();
+        let first_len = usize::from(u16_at(&first_header, 2));
+        let mut rest = vec![0; first_len - HEADER_LEN];
+        stream.read_exact(&mut rest).unwrap();
+        assert_eq!(u16_at(&rest, 0), TEMPLATE_SET, "templates lead the first");
+        let mut second_header = [0u8; HEADER_LEN];
+        stream.read_exact(&mut second_header).unwrap();
+        let second_len = usize::from(u16_at(&second_header, 2));
+        let mut rest = vec![0; second_len - HEADER_LEN];
+        stream.read_exact(&mut rest).unwrap();
+        assert_eq!(
+            u16_at(&rest, 0),
+            TEMPLATE_V4,
+            "no templates again on the connection"
+        );
+        assert_eq!(
+            &second_header[8..12],
+            &1u32.to_be_bytes(),
+            "one record before"
+        );
+
+        // Nobody listening: a failure, not a panic or a hang.
+        let closed = listener.local_addr().unwrap();
+        drop(stream);
+        drop(listener);
+        let mut down = Collector::new(format!("tcp://{closed}").parse().unwrap());
+        assert!(down.send(&records, 3, 9).is_err());
+    }
+
+    #[test]
     fn targets_parse_with_and_without_a_scheme() {
         let udp: Target = "127.0.0.1:4739".parse().unwrap();
         assert!(!udp.tcp);
