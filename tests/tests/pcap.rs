@@ -159,6 +159,75 @@ fn snapshots_of_a_pcap_follow_the_capture_clock() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// A fleet: the same capture seen by two sensors (`--sensor-name`), their
+/// snapshot folders merged by `classifier report`: packets add up, each
+/// watched source counts once, and `--by-sensor` shows each sensor's own.
+#[test]
+fn two_sensors_merge_into_one_view_with_sources_counted_once() {
+    if !require_root() {
+        return;
+    }
+    let dir = temp_dir("pcap-fleet");
+    let capture = dir.join("mix.pcap");
+    let output = classifier(&[
+        "generate",
+        "--pcap",
+        text(&capture),
+        "--conversations",
+        "500",
+        "--duration",
+        "4s",
+    ]);
+    assert!(output.status.success(), "{output:?}");
+    let mut single = Value::Null;
+    for sensor in ["edge-a", "edge-b"] {
+        single = pcap_report(&[
+            text(&capture),
+            "--sensor-name",
+            sensor,
+            "--snapshot-dir",
+            text(&dir.join(sensor)),
+        ]);
+        assert_eq!(single["sensor"], sensor);
+    }
+    let output = classifier(&[
+        "report",
+        text(&dir.join("edge-a")),
+        text(&dir.join("edge-b")),
+        "--by-sensor",
+        "--format",
+        "json",
+    ]);
+    assert!(output.status.success(), "{output:?}");
+    let merged: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(merged["sensor"], "edge-a,edge-b");
+    assert_eq!(
+        merged["totals"]["matched"].as_u64(),
+        single["totals"]["matched"].as_u64().map(|m| 2 * m)
+    );
+    let (merged_rows, single_rows) = (services(&merged), services(&single));
+    assert_eq!(merged_rows.len(), single_rows.len());
+    for (name, row) in &single_rows {
+        assert_eq!(
+            merged_rows[name]["unique_sources"], row["unique_sources"],
+            "{name}: a source seen by both sensors counts once"
+        );
+        assert_eq!(merged_rows[name]["flows"], row["flows"], "{name}");
+        assert_eq!(
+            merged_rows[name]["packets"].as_u64(),
+            row["packets"].as_u64().map(|p| 2 * p),
+            "{name}"
+        );
+    }
+    let by_sensor = merged["by_sensor"].as_array().expect("by_sensor");
+    assert_eq!(by_sensor.len(), 2);
+    for (report, sensor) in by_sensor.iter().zip(["edge-a", "edge-b"]) {
+        assert_eq!(report["sensor"], sensor);
+        assert_eq!(report["totals"], single["totals"]);
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[test]
 fn real_captures_are_read_and_classified() {
     if !require_root() {
