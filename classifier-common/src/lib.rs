@@ -64,13 +64,24 @@ pub const LEARNED_CAPACITY: u32 = 65_536;
 pub const MAP_TCP_PROBES: &str = "TCP_PROBES";
 /// Entries of [`MAP_TCP_PROBES`].
 pub const TCP_PROBE_CAPACITY: u32 = 65_536;
-/// Array (shared by all CPUs), one [`LearnBudget`]: the records handed
+/// Array (shared by all CPUs), one [`RateBudget`]: the records handed
 /// over in the current second, against [`GLOBAL_LEARN_RATE`].
 pub const MAP_LEARN_BUDGET: &str = "LEARN_BUDGET";
+/// Ring buffer of [`CaptureRecord`]s: the first bytes of matched packets,
+/// for evidence captures (`--capture-dir`).
+pub const MAP_CAPTURE_EVENTS: &str = "CAPTURE_EVENTS";
+/// Bytes of [`MAP_CAPTURE_EVENTS`]: about 14,900 records.
+pub const CAPTURE_RING_BYTES: u32 = 1 << 22;
+/// Array, one [`CaptureConfig`]: what to capture (all zero: nothing).
+/// Pinned, so an adopting daemon sets its own.
+pub const MAP_CAPTURE_CONFIG: &str = "CAPTURE_CONFIG";
+/// Array (shared by all CPUs), one [`RateBudget`]: captured packets in the
+/// current second, against [`CaptureConfig::rate`].
+pub const MAP_CAPTURE_BUDGET: &str = "CAPTURE_BUDGET";
 
 /// Every map the program declares, for checks that the object and the
 /// loader agree.
-pub const ALL_MAPS: [&str; 16] = [
+pub const ALL_MAPS: [&str; 19] = [
     MAP_TOTALS,
     MAP_SERVICES,
     MAP_FLOWS,
@@ -87,6 +98,9 @@ pub const ALL_MAPS: [&str; 16] = [
     MAP_LEARNED,
     MAP_TCP_PROBES,
     MAP_LEARN_BUDGET,
+    MAP_CAPTURE_EVENTS,
+    MAP_CAPTURE_CONFIG,
+    MAP_CAPTURE_BUDGET,
 ];
 
 /// `BPF_F_MMAPABLE`: the IPv4 table's arrays are filled through a mapping.
@@ -178,11 +192,44 @@ pub struct LearnRecord {
 }
 const _: () = assert!(size_of::<LearnRecord>() == 48 + LEARN_BYTES);
 
-/// The value of [`MAP_LEARN_BUDGET`]: the second (of the flows' clock)
-/// the count is for, and the records handed over in it.
+/// Most bytes of a packet a [`CaptureRecord`] holds (a power of two).
+pub const CAPTURE_MAX_BYTES: usize = 256;
+
+/// What evidence captures take: the first `bytes` of each matched packet
+/// (0: capture nothing), at most `rate` packets a second in all, and the
+/// first `per_flow` packets of each flow (per CPU that counts it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct CaptureConfig {
+    pub bytes: u32,
+    pub rate: u32,
+    pub per_flow: u32,
+    pub _pad: u32,
+}
+
+/// One captured packet's first bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
-pub struct LearnBudget {
+pub struct CaptureRecord {
+    /// The flows' clock (CLOCK_MONOTONIC, coarse), ns.
+    pub time_ns: u64,
+    /// The frame's length on the wire (its bytes from the Ethernet header).
+    pub frame_len: u32,
+    /// Bytes of `data` that hold the frame's start.
+    pub len: u32,
+    pub service: u16,
+    pub direction: u8,
+    pub _pad: [u8; 5],
+    pub data: [u8; CAPTURE_MAX_BYTES],
+}
+const _: () = assert!(size_of::<CaptureRecord>() == 24 + CAPTURE_MAX_BYTES);
+
+/// The value of [`MAP_LEARN_BUDGET`] and [`MAP_CAPTURE_BUDGET`]: the
+/// second (of the flows' clock) the count is for, and the records passed
+/// on in it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct RateBudget {
     pub second: u64,
     pub used: u64,
 }
@@ -340,9 +387,18 @@ pub struct Totals {
     /// ([`GLOBAL_LEARN_RATE`]) was spent.
     #[cfg_attr(feature = "user", serde(default))]
     pub learn_throttled: u64,
+    /// Matched packets copied into [`MAP_CAPTURE_EVENTS`]…
+    #[cfg_attr(feature = "user", serde(default))]
+    pub capture_records: u64,
+    /// …that did not fit (the ring buffer was full)…
+    #[cfg_attr(feature = "user", serde(default))]
+    pub capture_drops: u64,
+    /// …and not copied: the second's budget was spent.
+    #[cfg_attr(feature = "user", serde(default))]
+    pub capture_throttled: u64,
     pub malformed: [u64; MALFORMED_SLOTS],
 }
-const _: () = assert!(size_of::<Totals>() == 11 * 8 + MALFORMED_SLOTS * 8);
+const _: () = assert!(size_of::<Totals>() == 14 * 8 + MALFORMED_SLOTS * 8);
 
 impl Totals {
     /// Every packet: each counts in exactly one family, so the kernel keeps
@@ -498,8 +554,8 @@ pub const fn hint_index_v6_loaded(first_word: u32) -> usize {
 #[cfg(feature = "user")]
 mod user {
     use super::{
-        EndpointValue, FlowKey, FlowSlot, FlowValue, ServiceCounters, Totals, V4Leaf, V4Node,
-        V4Runs, WatchedHint,
+        CaptureConfig, EndpointValue, FlowKey, FlowSlot, FlowValue, ServiceCounters, Totals,
+        V4Leaf, V4Node, V4Runs, WatchedHint,
     };
 
     // SAFETY: each type is `#[repr(C)]`, `Pod` (no padding, any bit pattern
@@ -514,4 +570,5 @@ mod user {
     unsafe impl aya::Pod for V4Node {}
     unsafe impl aya::Pod for V4Leaf {}
     unsafe impl aya::Pod for V4Runs {}
+    unsafe impl aya::Pod for CaptureConfig {}
 }

@@ -13,7 +13,7 @@ use classifier_common::{
 
 use crate::{
     CAPTURE_CLOCK, CAPTURE_CLOCK_ON, FLOW_CACHE, FLOW_CACHE_MASK, FLOWS, SERVICES, TOTALS,
-    VERDICTS,
+    VERDICTS, capture,
     classify::{Watched, classify_v4, classify_v6, either_hinted},
     learn::{self, learned_service},
     load_time,
@@ -165,16 +165,39 @@ fn count_watched<A: KeyAddress>(
     key.direction = watched.direction;
 
     let now = flow_clock();
+    let flow_packets = count_flow(totals, packet, &key, service, origin, bytes, now);
+    capture::matched(
+        ctx,
+        totals,
+        service,
+        watched.direction,
+        bytes,
+        flow_packets,
+        now,
+    );
+}
 
-    // The flow cache first: a known flow costs a hash, an array slot and a
-    // compare; a new one claims an empty slot.
-    let check = flow_check(&key);
+/// Counts the packet in its flow: the flow cache first (a known flow costs
+/// a hash, an array slot and a compare; a new one claims an empty slot),
+/// else the LRU table. Returns the flow's packets with this one (0 when
+/// the table refused the flow).
+#[inline(always)]
+fn count_flow<A>(
+    totals: &mut Totals,
+    packet: &Packet<A>,
+    key: &FlowKey,
+    service: u32,
+    origin: u8,
+    bytes: u64,
+    now: u64,
+) -> u64 {
+    let check = flow_check(key);
     if let Some(slot) = FLOW_CACHE.get_ptr_mut(flow_slot(check, load_time(&FLOW_CACHE_MASK))) {
         // SAFETY: a per-CPU slot belongs to this CPU while the program runs.
         let slot = unsafe { &mut *slot };
-        if slot.check == check && same_flow(&slot.key, &key) {
+        if slot.check == check && same_flow(&slot.key, key) {
             update_flow(&mut slot.value, packet, service, origin, bytes, now);
-            return;
+            return slot.value.packets;
         }
         if slot.check == 0 {
             // Volatile writes keep their order: key and value (field by
@@ -183,37 +206,41 @@ fn count_watched<A: KeyAddress>(
             // slot.
             // SAFETY: valid, exclusively borrowed fields.
             unsafe {
-                core::ptr::write_volatile(&mut slot.key, key);
+                core::ptr::write_volatile(&mut slot.key, *key);
                 claim_flow(&mut slot.value, packet, service, origin, bytes, now);
                 core::ptr::write_volatile(&mut slot.check, check);
             }
             totals.flow_inserts += 1;
-            return;
+            return 1;
         }
     }
 
     // Taken by another flow: the LRU table.
     if let Some(flow) = FLOWS.get_ptr_mut(key) {
         // SAFETY: the value of an LRU per-CPU hash belongs to this CPU.
-        update_flow(unsafe { &mut *flow }, packet, service, origin, bytes, now);
-        return;
+        let flow = unsafe { &mut *flow };
+        update_flow(flow, packet, service, origin, bytes, now);
+        return flow.packets;
     }
     let mut flow: FlowValue = Zeroable::zeroed();
     update_flow(&mut flow, packet, service, origin, bytes, now);
     match FLOWS.insert(key, flow, u64::from(BPF_NOEXIST)) {
-        Ok(()) => totals.flow_inserts += 1,
+        Ok(()) => {
+            totals.flow_inserts += 1;
+            1
+        }
         // Another CPU created the key between our lookup and insert.
         Err(_) => match FLOWS.get_ptr_mut(key) {
-            // SAFETY: as above.
-            Some(existing) => update_flow(
-                unsafe { &mut *existing },
-                packet,
-                service,
-                origin,
-                bytes,
-                now,
-            ),
-            None => totals.flow_insert_failures += 1,
+            Some(existing) => {
+                // SAFETY: as above.
+                let existing = unsafe { &mut *existing };
+                update_flow(existing, packet, service, origin, bytes, now);
+                existing.packets
+            }
+            None => {
+                totals.flow_insert_failures += 1;
+                0
+            }
         },
     }
 }

@@ -8,10 +8,10 @@
 //! over, all CPUs together; the rest are counted as throttled. A full ring
 //! buffer drops the record and counts it.
 
-use aya_ebpf::{helpers::bpf_xdp_load_bytes, programs::XdpContext};
+use aya_ebpf::{helpers::bpf_xdp_load_bytes, maps::Array, programs::XdpContext};
 use classifier_common::{
     DIR_INBOUND, FlowKey, LEARN_BYTES, LEARN_DNS, LEARN_TCP, LEARN_TCP_SEGMENTS, LearnRecord,
-    Totals,
+    RateBudget, Totals,
 };
 
 use crate::{
@@ -108,7 +108,7 @@ fn hand_over<A: KeyAddress>(
     // 1..=LEARN_BYTES in a form the verifier follows (the helper refuses a
     // length that may be zero); LEARN_BYTES is a power of two.
     let len = ((len - 1) & (LEARN_BYTES - 1)) + 1;
-    if !within_budget() {
+    if !within_budget(&LEARN_BUDGET, load_time(&LEARN_RATE)) {
         totals.learn_throttled += 1;
         return;
     }
@@ -144,12 +144,12 @@ fn hand_over<A: KeyAddress>(
     totals.learn_records += 1;
 }
 
-/// Whether this second's budget of records has room, taking one if so.
-/// CPUs share the budget without a lock: ones racing at a second's turn
-/// may hand over a few records more than the rate.
+/// Whether this second's budget of `rate` records has room, taking one if
+/// so. CPUs share the budget without a lock: ones racing at a second's
+/// turn may pass a few records more than the rate.
 #[inline(always)]
-fn within_budget() -> bool {
-    let Some(budget) = LEARN_BUDGET.get_ptr_mut(0) else {
+pub fn within_budget(budget: &Array<RateBudget>, rate: u32) -> bool {
+    let Some(budget) = budget.get_ptr_mut(0) else {
         return false;
     };
     let second = flow_clock() / 1_000_000_000;
@@ -159,7 +159,7 @@ fn within_budget() -> bool {
             (*budget).second = second;
             (*budget).used = 0;
         }
-        if (*budget).used >= u64::from(load_time(&LEARN_RATE)) {
+        if (*budget).used >= u64::from(rate) {
             return false;
         }
         (*budget).used += 1;

@@ -4,6 +4,7 @@
 #![no_std]
 #![no_main]
 
+mod capture;
 mod classify;
 mod count;
 mod learn;
@@ -17,10 +18,10 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use classifier_common::{
-    BPF_F_MMAPABLE, DEFAULT_LEARN_RATE, EndpointValue, FlowKey, FlowSlot, FlowValue,
-    LEARN_RING_BYTES, LEARNED_CAPACITY, LearnBudget, MAX_SERVICES, ServiceCounters,
-    TCP_PROBE_CAPACITY, Totals, V4_TOP_NODES, V4Leaf, V4Node, V4Runs, VERDICT_CAPACITY,
-    WatchedHint,
+    BPF_F_MMAPABLE, CAPTURE_RING_BYTES, CaptureConfig, DEFAULT_LEARN_RATE, EndpointValue, FlowKey,
+    FlowSlot, FlowValue, LEARN_RING_BYTES, LEARNED_CAPACITY, MAX_SERVICES, RateBudget,
+    ServiceCounters, TCP_PROBE_CAPACITY, Totals, V4_TOP_NODES, V4Leaf, V4Node, V4Runs,
+    VERDICT_CAPACITY, WatchedHint,
 };
 
 // Map names must equal the `MAP_*` constants of classifier-common; the
@@ -49,7 +50,16 @@ static LEARN_EVENTS: RingBuf = RingBuf::with_byte_size(LEARN_RING_BYTES, 0);
 static LEARNED: HashMap<[u8; 16], u32> = HashMap::with_max_entries(LEARNED_CAPACITY, 0);
 /// Records handed over this second (`LEARN_RATE` a second at most).
 #[map]
-static LEARN_BUDGET: Array<LearnBudget> = Array::with_max_entries(1, 0);
+static LEARN_BUDGET: Array<RateBudget> = Array::with_max_entries(1, 0);
+/// The first bytes of matched packets (evidence captures).
+#[map]
+static CAPTURE_EVENTS: RingBuf = RingBuf::with_byte_size(CAPTURE_RING_BYTES, 0);
+/// What to capture; all zero (the default) captures nothing.
+#[map]
+static CAPTURE_CONFIG: Array<CaptureConfig> = Array::with_max_entries(1, 0);
+/// Packets captured this second (`CaptureConfig::rate` a second at most).
+#[map]
+static CAPTURE_BUDGET: Array<RateBudget> = Array::with_max_entries(1, 0);
 /// Payload segments handed over per TCP flow and direction.
 #[map]
 static TCP_PROBES: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(TCP_PROBE_CAPACITY, 0);

@@ -22,7 +22,7 @@ pub enum Command {
     /// Attach to interfaces and count until SIGINT or SIGTERM, then detach
     /// and print the report. Pins the program under --pin-path, serves
     /// Prometheus metrics and writes snapshots.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Live counters of a running sensor, read from its pinned maps (from
     /// another process; the daemon keeps running).
     Stats(StatsArgs),
@@ -109,6 +109,36 @@ impl LearnArgs {
     }
 }
 
+/// Evidence captures (`run`).
+#[derive(Debug, Clone, Args)]
+pub struct CaptureArgs {
+    /// Write the first bytes of matched packets (watched address and known
+    /// endpoint) to pcapng files in DIR, one per snapshot interval (hourly
+    /// without snapshots), each packet commented with its service and
+    /// direction.
+    #[arg(long, value_name = "DIR")]
+    pub capture_dir: Option<PathBuf>,
+
+    /// Bytes of each captured packet, from its Ethernet header (1 to 256).
+    #[arg(long, value_name = "N", default_value_t = 128,
+          value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub capture_bytes: u32,
+
+    /// Most packets captured per second, all flows together; more are
+    /// counted as throttled.
+    #[arg(long, value_name = "R", default_value_t = 1000)]
+    pub capture_rate: u32,
+
+    /// Packets captured per flow: its first N (per CPU that counts it).
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub capture_per_flow: u32,
+
+    /// Allow captures with --pseudonymize-key: the files hold real
+    /// addresses, so keeping them must be a deliberate choice.
+    #[arg(long)]
+    pub capture_raw_addresses: bool,
+}
+
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Interface to attach to (repeatable).
@@ -125,6 +155,9 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub learn: LearnArgs,
+
+    #[command(flatten)]
+    pub capture: CaptureArgs,
 
     /// How often the per-CPU maps are drained (e.g. 500ms, 1s, 1m).
     #[arg(long, default_value = "1s", value_parser = parse_duration)]

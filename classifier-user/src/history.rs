@@ -726,6 +726,9 @@ fn add_totals(sum: &mut Totals, add: &Totals) {
     sum.malformed += add.malformed;
     sum.watched += add.watched;
     sum.matched += add.matched;
+    sum.captured += add.captured;
+    sum.capture_drops += add.capture_drops;
+    sum.capture_throttled += add.capture_throttled;
 }
 
 /// Sums a service's packet and byte counters; flows, sources, share and
@@ -1122,6 +1125,7 @@ mod tests {
                 malformed: 1,
                 watched: packets,
                 matched: packets,
+                ..Totals::default()
             },
             malformed: BTreeMap::from([("ipv4_truncated".to_string(), 1)]),
             flow_table: FlowTable {

@@ -5,6 +5,7 @@ pub mod bpf_sys;
 pub mod capture;
 pub mod cli;
 pub mod drain;
+pub mod evidence;
 pub mod feedcheck;
 pub mod feeds;
 pub mod generate;

@@ -18,10 +18,10 @@ use aya::{
 };
 use classifier_common::{
     EndpointValue, GLOBAL_CAPTURE_CLOCK, GLOBAL_FLOW_CACHE_MASK, GLOBAL_LEARN_RATE, GLOBAL_VERDICT,
-    HINT_BITS, HINT_V4, HINT_V6, MAP_CAPTURE_CLOCK, MAP_ENDPOINTS_V6, MAP_FLOW_CACHE, MAP_FLOWS,
-    MAP_LEARN_EVENTS, MAP_LEARNED, MAP_V4_LEAVES, MAP_V4_NODES, MAP_V4_RUNS, MAP_VERDICTS,
-    MAP_WATCHED_HINT, MAP_WATCHED_V6, MAX_SERVICES, PROGRAM_NAME, WatchedHint, hint_index_v4,
-    hint_index_v6,
+    HINT_BITS, HINT_V4, HINT_V6, MAP_CAPTURE_CLOCK, MAP_CAPTURE_CONFIG, MAP_CAPTURE_EVENTS,
+    MAP_ENDPOINTS_V6, MAP_FLOW_CACHE, MAP_FLOWS, MAP_LEARN_EVENTS, MAP_LEARNED, MAP_V4_LEAVES,
+    MAP_V4_NODES, MAP_V4_RUNS, MAP_VERDICTS, MAP_WATCHED_HINT, MAP_WATCHED_V6, MAX_SERVICES,
+    PROGRAM_NAME, WatchedHint, hint_index_v4, hint_index_v6,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
@@ -394,7 +394,13 @@ impl Sensor {
         if let Some(dir) = counters_pin_dir {
             // The verdicts and learning maps too: a reload keeps what flows
             // taught, and a daemon opens the learning maps by path.
-            let kept = [MAP_VERDICTS, MAP_LEARN_EVENTS, MAP_LEARNED];
+            let kept = [
+                MAP_VERDICTS,
+                MAP_LEARN_EVENTS,
+                MAP_LEARNED,
+                MAP_CAPTURE_EVENTS,
+                MAP_CAPTURE_CONFIG,
+            ];
             for name in CounterMaps::NAMES.into_iter().chain(kept) {
                 loader.map_pin_path(name, dir.join(name));
             }

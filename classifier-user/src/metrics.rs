@@ -269,6 +269,23 @@ fn register_kernel_counters(registry: &mut Registry, totals: &Totals, state: &Me
         since_attach("Packets the program did not hand over to learn from: the second's budget (--learn-rate) was spent"),
         counter(totals.learn_throttled),
     );
+    registry.register(
+        "capture_packets",
+        since_attach("Matched packets the program copied for evidence captures (--capture-dir)"),
+        counter(totals.capture_records),
+    );
+    registry.register(
+        "capture_ring_drops",
+        since_attach("Matched packets not captured: the capture ring buffer was full"),
+        counter(totals.capture_drops),
+    );
+    registry.register(
+        "capture_throttled_packets",
+        since_attach(
+            "Matched packets not captured: the second's budget (--capture-rate) was spent",
+        ),
+        counter(totals.capture_throttled),
+    );
 }
 
 fn register_learning_metrics(
@@ -625,6 +642,9 @@ mod tests {
             "classifier_learn_handed_over_packets_total 0",
             "classifier_learn_ring_drops_total 0",
             "classifier_learn_throttled_packets_total 0",
+            "classifier_capture_packets_total 0",
+            "classifier_capture_ring_drops_total 0",
+            "classifier_capture_throttled_packets_total 0",
             "classifier_ipfix_records_total 12",
             "classifier_ipfix_send_failures_total 1",
             "classifier_learn_dns_responses_total 12",

@@ -141,6 +141,14 @@ pub struct Totals {
     pub malformed: u64,
     pub watched: u64,
     pub matched: u64,
+    /// Evidence captures (`--capture-dir`): matched packets captured, lost
+    /// to a full ring buffer, and over the rate.
+    #[serde(default)]
+    pub captured: u64,
+    #[serde(default)]
+    pub capture_drops: u64,
+    #[serde(default)]
+    pub capture_throttled: u64,
 }
 
 /// Flow-table pressure: per-service counts never depend on it, but `flows`
@@ -301,6 +309,9 @@ impl Report {
             malformed: malformed.values().sum(),
             watched: kernel.watched,
             matched: kernel.matched,
+            captured: kernel.capture_records,
+            capture_drops: kernel.capture_drops,
+            capture_throttled: kernel.capture_throttled,
         };
 
         let service_name = |id: u16| {

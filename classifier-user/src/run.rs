@@ -60,6 +60,8 @@ pub enum RunError {
     #[error(transparent)]
     Learn(#[from] crate::learn::LearnError),
     #[error(transparent)]
+    Evidence(#[from] crate::evidence::EvidenceError),
+    #[error(transparent)]
     Pseudonym(#[from] PseudonymError),
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
@@ -105,6 +107,8 @@ pub struct RunConfig {
     pub feed_args: FeedArgs,
     /// IPFIX collectors, export interval and observation domain.
     pub ipfix: Option<(Vec<crate::ipfix::Target>, Duration, u32)>,
+    /// Evidence captures.
+    pub capture: Option<crate::evidence::CaptureSettings>,
 }
 
 impl RunConfig {
@@ -122,6 +126,7 @@ impl RunConfig {
             Some(path) => Some(Pseudonymizer::from_file(path)?),
             None => None,
         };
+        let pseudonymizer_set = pseudonymizer.is_some();
         let watched = WatchedSet::from_arguments(&args.feeds.watch, &args.feeds.watch_files)?;
         let endpoints = EndpointFeed::from_arguments(&args.feeds.endpoint_files)?;
         let learner = crate::learn::Learner::from_args(&args.learn)?;
@@ -170,6 +175,7 @@ impl RunConfig {
             pseudonymizer,
             learner,
             feed_args: args.feeds.clone(),
+            capture: capture_settings(args, pseudonymizer_set)?,
             ipfix: (!args.ipfix.is_empty()).then(|| {
                 let domain = args
                     .observation_domain
@@ -178,6 +184,27 @@ impl RunConfig {
             }),
         })
     }
+}
+
+/// `--capture-*`, refused with `--pseudonymize-key` unless raw addresses
+/// are allowed.
+fn capture_settings(
+    args: &RunArgs,
+    pseudonymized: bool,
+) -> Result<Option<crate::evidence::CaptureSettings>, RunError> {
+    let capture = &args.capture;
+    let Some(dir) = &capture.capture_dir else {
+        return Ok(None);
+    };
+    if pseudonymized && !capture.capture_raw_addresses {
+        return Err(crate::evidence::EvidenceError::Pseudonymized.into());
+    }
+    Ok(Some(crate::evidence::CaptureSettings {
+        dir: dir.clone(),
+        bytes: capture.capture_bytes,
+        rate: capture.capture_rate,
+        per_flow: capture.capture_per_flow,
+    }))
 }
 
 /// The name `--sensor-name` gave, set once at the start of `run` or `pcap`.
@@ -451,6 +478,7 @@ struct Daemon {
     drain_failures: u64,
     learning: Option<(crate::learn::Learner, crate::learn::LearnMaps)>,
     exporter: Option<crate::ipfix::Exporter>,
+    evidence: Option<crate::evidence::Evidence>,
 }
 
 impl Daemon {
@@ -483,6 +511,16 @@ impl Daemon {
         }
         self.publish(started.elapsed());
         result
+    }
+
+    /// Writes the captured packets waiting in the ring buffer.
+    fn capture(&mut self) {
+        if let Some(evidence) = &mut self.evidence {
+            evidence.pump(
+                &self.sensor.meta.service_table(),
+                drain::monotonic_to_unix_ns(),
+            );
+        }
     }
 
     /// Exports what the flows gained since the last export (IPFIX).
@@ -610,6 +648,11 @@ impl Daemon {
             snapshots.cut(&mut self.ledger, end_unix_ns);
             snapshots.write_pending(true);
         }
+        // Capture files follow the snapshots' intervals.
+        self.capture();
+        if let Some(evidence) = &mut self.evidence {
+            evidence.rotate();
+        }
         self.publish(Duration::ZERO);
     }
 }
@@ -698,8 +741,35 @@ pub fn run_config(mut config: RunConfig) -> Result<Report, RunError> {
             },
             None => None,
         };
+        // An adopted program may still capture for the daemon before; this
+        // one sets its own configuration (none: capture nothing).
+        let evidence = match &config.capture {
+            Some(settings) => match crate::evidence::Evidence::start(&sensor.dir, settings) {
+                Ok(evidence) => {
+                    log::info!(
+                        "evidence capture: the first {} bytes of the first {} packets of each matched flow, at most {} a second, into {}",
+                        settings.bytes,
+                        settings.per_flow,
+                        settings.rate,
+                        settings.dir.display()
+                    );
+                    Some(evidence)
+                }
+                Err(error) => {
+                    abandon(sensor, &config);
+                    return Err(error.into());
+                }
+            },
+            None => {
+                if let Err(error) = crate::evidence::configure(&sensor.dir, None) {
+                    log::warn!("cannot turn evidence capture off: {error}");
+                }
+                None
+            }
+        };
         let mut daemon = Daemon {
             notifier: Notifier::from_env(),
+            evidence,
             sensor,
             ledger,
             snapshots,
@@ -783,6 +853,25 @@ pub fn run_config(mut config: RunConfig) -> Result<Report, RunError> {
             },
             None => None,
         };
+        let capture_fd = match &daemon.evidence {
+            Some(evidence) => match evidence.ring_fd().and_then(|fd| {
+                // SAFETY: as for the learning ring above.
+                unsafe {
+                    tokio::io::unix::AsyncFd::register_with_interest(
+                        fd,
+                        tokio::io::Interest::READABLE,
+                    )
+                }
+                .map_err(|error| std::io::Error::other(error.to_string()))
+            }) {
+                Ok(fd) => Some(fd),
+                Err(error) => {
+                    log::warn!("evidence capture writes at drains only: cannot poll its ring buffer: {error}");
+                    None
+                }
+            },
+            None => None,
+        };
         let mut export_ticker =
             tokio::time::interval(config.ipfix.as_ref().map_or(Duration::from_secs(3600), |i| i.1));
         export_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -818,12 +907,20 @@ pub fn run_config(mut config: RunConfig) -> Result<Report, RunError> {
                     None => std::future::pending().await,
                 }
             };
+            let capture_ready = async {
+                match &capture_fd {
+                    Some(fd) => fd.readable().await.map(|mut guard| guard.clear_ready()),
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
+                _ = capture_ready => daemon.capture(),
                 // Records to learn from: read at once, so a flow's verdict
                 // applies to its next packets rather than after a drain.
                 _ = learn_ready => daemon.learn(),
                 _ = ticker.tick() => {
                     let _ = daemon.drain();
+                    daemon.capture();
                     if let Some(snapshots) = &mut daemon.snapshots {
                         snapshots.write_pending(false);
                     }
@@ -881,8 +978,18 @@ fn finish(mut daemon: Daemon, config: &RunConfig, start_unix_ns: i64) -> Result<
     // A failed final drain is logged (by `drain`); the last snapshot and
     // the report then hold the counts up to the last good drain.
     let _ = daemon.drain();
-    // The last deltas go to the collectors before exit.
+    // The last deltas go to the collectors before exit, the last captured
+    // packets to their file.
     daemon.export(config.pseudonymizer.as_ref());
+    daemon.capture();
+    if let Some(evidence) = &mut daemon.evidence {
+        evidence.rotate();
+        if config.keep_attached
+            && let Err(error) = crate::evidence::configure(&daemon.sensor.dir, None)
+        {
+            log::warn!("cannot turn evidence capture off: {error}");
+        }
+    }
     // A wall clock stepped back past the start never ends the report
     // before it began (the last snapshot clamps the same way).
     let end_unix_ns = snapshot::now_unix_ns().max(start_unix_ns);

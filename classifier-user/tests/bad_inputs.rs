@@ -151,6 +151,7 @@ fn cases(f: &Fixtures) -> Vec<Case> {
         b"cidr,name\n104.16.0.0/13,CDN\n104.16.0.1/12,CDN\n",
     );
     let short_key = f.file("short.key", b"short");
+    let good_key = f.file("good.key", &[7u8; 32]);
     let text = f.file("notes.txt", b"hello, not JSON and not a capture\n");
     let not_a_report = f.file("not-a-report.json", br#"{"not": "a report"}"#);
     let missing = f.path("missing.csv");
@@ -360,6 +361,20 @@ fn cases(f: &Fixtures) -> Vec<Case> {
             2,
             "error: invalid value '0' for '--flow-cache-slots <FLOW_CACHE_SLOTS>'",
             "--flow-cache-slots",
+        ),
+        run_case(
+            f,
+            &["--pseudonymize-key", &good_key, "--capture-dir", "/tmp"],
+            1,
+            "classifier: --capture-dir with --pseudonymize-key: captures hold real addresses",
+            "--capture-raw-addresses",
+        ),
+        run_case(
+            f,
+            &["--capture-bytes", "300"],
+            2,
+            "error: invalid value '300' for '--capture-bytes <N>'",
+            "--capture-bytes",
         ),
         run_case(
             f,

@@ -367,6 +367,8 @@ fn test(filter: &[String]) -> Result<()> {
         ensure_tool("chromium", "chromium")?;
         // nfcapd and nfdump read the IPFIX export back in its test.
         ensure_tool("nfcapd", "nfdump")?;
+        // tshark reads the evidence captures back in their test.
+        ensure_tool("tshark", "tshark")?;
     }
     let root = workspace_root();
     run(command("cargo")

@@ -1,0 +1,65 @@
+//! Evidence captures: the first bytes of matched packets (watched address
+//! and known endpoint) go to userspace through a ring buffer, which writes
+//! them to pcapng files. Only the first `per_flow` packets of each flow
+//! (per CPU that counts it) and at most `rate` packets a second in all; the
+//! ones over the rate, and those that find the ring buffer full, are
+//! counted. Off (the default) it costs matched packets one array read.
+
+use aya_ebpf::{helpers::bpf_xdp_load_bytes, programs::XdpContext};
+use classifier_common::{CAPTURE_MAX_BYTES, CaptureRecord, Totals};
+
+use crate::{CAPTURE_BUDGET, CAPTURE_CONFIG, CAPTURE_EVENTS, learn::within_budget};
+
+/// Captures the frame's first bytes when the configuration asks for this
+/// packet: `flow_packets` is its flow's count with it.
+#[inline(always)]
+pub fn matched(
+    ctx: &XdpContext,
+    totals: &mut Totals,
+    service: u32,
+    direction: u8,
+    frame_len: u64,
+    flow_packets: u64,
+    now: u64,
+) {
+    let Some(config) = CAPTURE_CONFIG.get(0) else {
+        return;
+    };
+    if config.bytes == 0 || flow_packets > u64::from(config.per_flow) || frame_len == 0 {
+        return;
+    }
+    if !within_budget(&CAPTURE_BUDGET, config.rate) {
+        totals.capture_throttled += 1;
+        return;
+    }
+    let wanted = config.bytes as usize;
+    let len = if (frame_len as usize) < wanted {
+        frame_len as usize
+    } else {
+        wanted
+    };
+    // 1..=CAPTURE_MAX_BYTES in a form the verifier follows (a power of two).
+    let len = ((len.wrapping_sub(1)) & (CAPTURE_MAX_BYTES - 1)) + 1;
+    let Some(mut entry) = CAPTURE_EVENTS.reserve::<CaptureRecord>(0) else {
+        totals.capture_drops += 1;
+        return;
+    };
+    let record = entry.as_mut_ptr();
+    // SAFETY: `record` points at a reserved, exclusively owned entry; the
+    // helper copies `len` (1..=CAPTURE_MAX_BYTES, within the frame) bytes.
+    let copied = unsafe {
+        (*record).time_ns = now;
+        (*record).frame_len = frame_len as u32;
+        (*record).len = len as u32;
+        (*record).service = service as u16;
+        (*record).direction = direction;
+        bpf_xdp_load_bytes(ctx.ctx, 0, (*record).data.as_mut_ptr().cast(), len as u32)
+    };
+    if copied != 0 {
+        entry.discard(0);
+        totals.capture_drops += 1;
+        return;
+    }
+    entry.submit(0);
+    totals.capture_records += 1;
+}

@@ -1,0 +1,288 @@
+//! Evidence captures (`classifier run --capture-dir DIR`): the program
+//! copies the first bytes of matched packets into a ring buffer (the first
+//! `--capture-per-flow` packets of each flow, at most `--capture-rate` a
+//! second); the daemon writes them to pcapng files in DIR, one per
+//! snapshot interval (hourly without snapshots), each packet with a comment
+//! naming its service and direction, so Wireshark shows why it was kept.
+//! Drops (ring buffer full) and packets over the rate are counted by the
+//! kernel (reports' totals, metrics).
+
+use std::{
+    borrow::Cow,
+    fs::File,
+    io::BufWriter,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use aya::maps::{Array, Map, MapData, RingBuf};
+use classifier_common::{
+    CAPTURE_MAX_BYTES, CaptureConfig, CaptureRecord, DIR_INBOUND, MAP_CAPTURE_CONFIG,
+    MAP_CAPTURE_EVENTS,
+};
+use pcap_file::{
+    DataLink,
+    pcapng::{
+        PcapNgWriter,
+        blocks::{
+            enhanced_packet::{EnhancedPacketBlock, EnhancedPacketOption},
+            interface_description::{InterfaceDescriptionBlock, InterfaceDescriptionOption},
+        },
+    },
+};
+
+use crate::loader::ServiceTable;
+
+/// Files rotate at snapshot cuts; without snapshots, this often.
+pub const ROTATION_WITHOUT_SNAPSHOTS: Duration = Duration::from_secs(3600);
+
+/// What `--capture-*` asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaptureSettings {
+    pub dir: PathBuf,
+    pub bytes: u32,
+    pub rate: u32,
+    pub per_flow: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EvidenceError {
+    #[error("--capture-dir {dir}: {source}")]
+    Dir {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Map(String),
+    #[error(
+        "--capture-dir with --pseudonymize-key: captures hold real addresses; pass --capture-raw-addresses to keep such evidence deliberately"
+    )]
+    Pseudonymized,
+}
+
+/// Opens a map pinned under `DIR/maps`.
+fn open_pinned(pin_dir: &Path, name: &str) -> Result<Map, EvidenceError> {
+    let path = pin_dir.join("maps").join(name);
+    MapData::from_pin(&path)
+        .map_err(|error| EvidenceError::Map(format!("{}: {error}", path.display())))
+        .and_then(|data| {
+            Map::from_map_data(data)
+                .map_err(|error| EvidenceError::Map(format!("{}: {error}", path.display())))
+        })
+}
+
+/// Tells the (pinned) program what to capture: `None` captures nothing,
+/// so an adopted program stops capturing when the new daemon does not.
+pub fn configure(pin_dir: &Path, settings: Option<&CaptureSettings>) -> Result<(), EvidenceError> {
+    let mut config: Array<MapData, CaptureConfig> =
+        Array::try_from(open_pinned(pin_dir, MAP_CAPTURE_CONFIG)?)
+            .map_err(|error| EvidenceError::Map(format!("{MAP_CAPTURE_CONFIG}: {error}")))?;
+    let value = settings.map_or(CaptureConfig::default(), |settings| CaptureConfig {
+        bytes: settings.bytes,
+        rate: settings.rate,
+        per_flow: settings.per_flow,
+        _pad: 0,
+    });
+    config
+        .set(0, value, 0)
+        .map_err(|error| EvidenceError::Map(format!("{MAP_CAPTURE_CONFIG}: {error}")))
+}
+
+/// The capture ring buffer and the pcapng files it feeds.
+pub struct Evidence {
+    ring: RingBuf<MapData>,
+    writer: EvidenceWriter,
+}
+
+impl Evidence {
+    /// Opens the pinned ring buffer, configures the program and creates
+    /// the folder.
+    pub fn start(pin_dir: &Path, settings: &CaptureSettings) -> Result<Self, EvidenceError> {
+        std::fs::create_dir_all(&settings.dir).map_err(|source| EvidenceError::Dir {
+            dir: settings.dir.clone(),
+            source,
+        })?;
+        let ring = RingBuf::try_from(open_pinned(pin_dir, MAP_CAPTURE_EVENTS)?)
+            .map_err(|error| EvidenceError::Map(format!("{MAP_CAPTURE_EVENTS}: {error}")))?;
+        configure(pin_dir, Some(settings))?;
+        Ok(Self {
+            ring,
+            writer: EvidenceWriter::new(settings.dir.clone(), settings.bytes),
+        })
+    }
+
+    /// A descriptor that polls readable when captured packets wait.
+    pub fn ring_fd(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        use std::os::fd::AsFd as _;
+        self.ring.as_fd().try_clone_to_owned()
+    }
+
+    /// Writes every waiting packet; `monotonic_to_unix_ns` turns the
+    /// program's clock into Unix time. Returns the packets read.
+    pub fn pump(&mut self, services: &ServiceTable, monotonic_to_unix_ns: i128) -> usize {
+        let mut read = 0;
+        while let Some(item) = self.ring.next() {
+            if item.len() < size_of::<CaptureRecord>() {
+                continue;
+            }
+            let record: CaptureRecord =
+                bytemuck::pod_read_unaligned(&item[..size_of::<CaptureRecord>()]);
+            drop(item);
+            read += 1;
+            let unix_ns =
+                i64::try_from(i128::from(record.time_ns) + monotonic_to_unix_ns).unwrap_or(0);
+            let service = services
+                .name(u32::from(record.service))
+                .unwrap_or("unknown");
+            self.writer.write(&record, service, unix_ns);
+        }
+        self.writer.flush();
+        read
+    }
+
+    /// Closes the current file; the next packet starts a new one.
+    pub fn rotate(&mut self) {
+        self.writer.close();
+    }
+
+    /// Files written so far.
+    pub fn files(&self) -> u64 {
+        self.writer.files
+    }
+}
+
+/// Rotating pcapng files of captured packets.
+pub struct EvidenceWriter {
+    dir: PathBuf,
+    snaplen: u32,
+    current: Option<OpenFile>,
+    pub files: u64,
+    pub packets: u64,
+    /// The last write failed (logged once until one works).
+    failing: bool,
+}
+
+struct OpenFile {
+    path: PathBuf,
+    opened_unix_ns: i64,
+    writer: PcapNgWriter<BufWriter<File>>,
+}
+
+impl EvidenceWriter {
+    pub fn new(dir: PathBuf, snaplen: u32) -> Self {
+        Self {
+            dir,
+            snaplen,
+            current: None,
+            files: 0,
+            packets: 0,
+            failing: false,
+        }
+    }
+
+    /// Appends one packet, opening a file (named by its first packet's
+    /// time) when none is open or the open one is an hour old.
+    pub fn write(&mut self, record: &CaptureRecord, service: &str, unix_ns: i64) {
+        let too_old = self.current.as_ref().is_some_and(|file| {
+            unix_ns - file.opened_unix_ns >= ROTATION_WITHOUT_SNAPSHOTS.as_nanos() as i64
+        });
+        if too_old {
+            self.close();
+        }
+        let result = self.open(unix_ns).and_then(|file| {
+            let len = (record.len as usize).min(CAPTURE_MAX_BYTES);
+            let direction = if record.direction == DIR_INBOUND {
+                "inbound"
+            } else {
+                "outbound"
+            };
+            let block = EnhancedPacketBlock {
+                interface_id: 0,
+                timestamp: Duration::from_nanos(u64::try_from(unix_ns).unwrap_or(0)),
+                original_len: record.frame_len,
+                data: Cow::Borrowed(&record.data[..len]),
+                options: vec![EnhancedPacketOption::Comment(Cow::Owned(format!(
+                    "classifier: service={service} direction={direction}"
+                )))],
+            };
+            file.writer
+                .write_pcapng_block(block)
+                .map(|_| ())
+                .map_err(|error| std::io::Error::other(error.to_string()))
+        });
+        match result {
+            Ok(()) => {
+                self.packets += 1;
+                self.failing = false;
+            }
+            Err(error) => {
+                if !self.failing {
+                    log::error!(
+                        "evidence capture: cannot write to {}: {error} (packets are still counted)",
+                        self.dir.display()
+                    );
+                }
+                self.failing = true;
+            }
+        }
+    }
+
+    fn open(&mut self, unix_ns: i64) -> std::io::Result<&mut OpenFile> {
+        if self.current.is_none() {
+            let stamp = crate::snapshot::unix_ns_to_time(unix_ns);
+            let base = format!(
+                "evidence-{:04}{:02}{:02}T{:02}{:02}{:02}Z",
+                stamp.year(),
+                u8::from(stamp.month()),
+                stamp.day(),
+                stamp.hour(),
+                stamp.minute(),
+                stamp.second()
+            );
+            let mut path = self.dir.join(format!("{base}.pcapng"));
+            let mut counter = 1;
+            while path.exists() {
+                path = self.dir.join(format!("{base}-{counter}.pcapng"));
+                counter += 1;
+            }
+            let file = File::create(&path)?;
+            let mut writer = PcapNgWriter::new(BufWriter::new(file))
+                .map_err(|error| std::io::Error::other(error.to_string()))?;
+            writer
+                .write_pcapng_block(InterfaceDescriptionBlock {
+                    linktype: DataLink::ETHERNET,
+                    snaplen: self.snaplen,
+                    options: vec![
+                        InterfaceDescriptionOption::IfName(Cow::Borrowed("classifier")),
+                        // Timestamps in nanoseconds.
+                        InterfaceDescriptionOption::IfTsResol(9),
+                    ],
+                })
+                .map_err(|error| std::io::Error::other(error.to_string()))?;
+            log::info!("evidence capture: writing {}", path.display());
+            self.files += 1;
+            self.current = Some(OpenFile {
+                path,
+                opened_unix_ns: unix_ns,
+                writer,
+            });
+        }
+        Ok(self.current.as_mut().expect("just opened"))
+    }
+
+    fn flush(&mut self) {
+        if let Some(file) = &mut self.current {
+            use std::io::Write as _;
+            if let Err(error) = file.writer.get_mut().flush() {
+                log::error!("evidence capture: {}: {error}", file.path.display());
+            }
+        }
+    }
+
+    /// Flushes and closes the open file.
+    pub fn close(&mut self) {
+        self.flush();
+        self.current = None;
+    }
+}
