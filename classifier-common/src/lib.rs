@@ -78,10 +78,15 @@ pub const MAP_CAPTURE_CONFIG: &str = "CAPTURE_CONFIG";
 /// Array (shared by all CPUs), one [`RateBudget`]: captured packets in the
 /// current second, against [`CaptureConfig::rate`].
 pub const MAP_CAPTURE_BUDGET: &str = "CAPTURE_BUDGET";
+/// LRU hash (shared by all CPUs) of [`FlowKey`] to the packets of the flow
+/// captured so far, against [`CaptureConfig::per_flow`].
+pub const MAP_CAPTURE_FLOWS: &str = "CAPTURE_FLOWS";
+/// Entries of [`MAP_CAPTURE_FLOWS`].
+pub const CAPTURE_FLOW_CAPACITY: u32 = 65_536;
 
 /// Every map the program declares, for checks that the object and the
 /// loader agree.
-pub const ALL_MAPS: [&str; 19] = [
+pub const ALL_MAPS: [&str; 20] = [
     MAP_TOTALS,
     MAP_SERVICES,
     MAP_FLOWS,
@@ -101,6 +106,7 @@ pub const ALL_MAPS: [&str; 19] = [
     MAP_CAPTURE_EVENTS,
     MAP_CAPTURE_CONFIG,
     MAP_CAPTURE_BUDGET,
+    MAP_CAPTURE_FLOWS,
 ];
 
 /// `BPF_F_MMAPABLE`: the IPv4 table's arrays are filled through a mapping.
@@ -197,7 +203,7 @@ pub const CAPTURE_MAX_BYTES: usize = 256;
 
 /// What evidence captures take: the first `bytes` of each matched packet
 /// (0: capture nothing), at most `rate` packets a second in all, and the
-/// first `per_flow` packets of each flow (per CPU that counts it).
+/// first `per_flow` packets of each flow.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct CaptureConfig {

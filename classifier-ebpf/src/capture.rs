@@ -1,32 +1,50 @@
 //! Evidence captures: the first bytes of matched packets (watched address
 //! and known endpoint) go to userspace through a ring buffer, which writes
 //! them to pcapng files. Only the first `per_flow` packets of each flow
-//! (per CPU that counts it) and at most `rate` packets a second in all; the
-//! ones over the rate, and those that find the ring buffer full, are
-//! counted. Off (the default) it costs matched packets one array read.
+//! (counted in a table all CPUs share) and at most `rate` packets a second
+//! in all; the ones over the rate, and those that find the ring buffer
+//! full, are counted. Off (the default) it costs matched packets one array
+//! read.
 
 use aya_ebpf::{helpers::bpf_xdp_load_bytes, programs::XdpContext};
-use classifier_common::{CAPTURE_MAX_BYTES, CaptureRecord, Totals};
+use classifier_common::{CAPTURE_MAX_BYTES, CaptureRecord, FlowKey, Totals};
 
-use crate::{CAPTURE_BUDGET, CAPTURE_CONFIG, CAPTURE_EVENTS, learn::within_budget};
+use crate::{CAPTURE_BUDGET, CAPTURE_CONFIG, CAPTURE_EVENTS, CAPTURE_FLOWS, learn::within_budget};
 
 /// Captures the frame's first bytes when the configuration asks for this
-/// packet: `flow_packets` is its flow's count with it.
+/// packet of the flow `key`.
 #[inline(always)]
 pub fn matched(
     ctx: &XdpContext,
     totals: &mut Totals,
+    key: &FlowKey,
     service: u32,
-    direction: u8,
     frame_len: u64,
-    flow_packets: u64,
     now: u64,
 ) {
     let Some(config) = CAPTURE_CONFIG.get(0) else {
         return;
     };
-    if config.bytes == 0 || flow_packets > u64::from(config.per_flow) || frame_len == 0 {
+    if config.bytes == 0 || frame_len == 0 {
         return;
+    }
+    // The flow's first `per_flow` packets; CPUs racing on one flow may
+    // pass one more.
+    match CAPTURE_FLOWS.get_ptr_mut(key) {
+        // SAFETY: a map value, read and written once.
+        Some(count) => unsafe {
+            if *count >= config.per_flow {
+                return;
+            }
+            *count += 1;
+        },
+        None => {
+            if config.per_flow == 0 {
+                return;
+            }
+            // A full table evicts the oldest flow's count.
+            let _ = CAPTURE_FLOWS.insert(key, 1, 0);
+        }
     }
     if !within_budget(&CAPTURE_BUDGET, config.rate) {
         totals.capture_throttled += 1;
@@ -52,7 +70,7 @@ pub fn matched(
         (*record).frame_len = frame_len as u32;
         (*record).len = len as u32;
         (*record).service = service as u16;
-        (*record).direction = direction;
+        (*record).direction = key.direction;
         bpf_xdp_load_bytes(ctx.ctx, 0, (*record).data.as_mut_ptr().cast(), len as u32)
     };
     if copied != 0 {

@@ -165,22 +165,13 @@ fn count_watched<A: KeyAddress>(
     key.direction = watched.direction;
 
     let now = flow_clock();
-    let flow_packets = count_flow(totals, packet, &key, service, origin, bytes, now);
-    capture::matched(
-        ctx,
-        totals,
-        service,
-        watched.direction,
-        bytes,
-        flow_packets,
-        now,
-    );
+    count_flow(totals, packet, &key, service, origin, bytes, now);
+    capture::matched(ctx, totals, &key, service, bytes, now);
 }
 
 /// Counts the packet in its flow: the flow cache first (a known flow costs
 /// a hash, an array slot and a compare; a new one claims an empty slot),
-/// else the LRU table. Returns the flow's packets with this one (0 when
-/// the table refused the flow).
+/// else the LRU table.
 #[inline(always)]
 fn count_flow<A>(
     totals: &mut Totals,
@@ -190,14 +181,14 @@ fn count_flow<A>(
     origin: u8,
     bytes: u64,
     now: u64,
-) -> u64 {
+) {
     let check = flow_check(key);
     if let Some(slot) = FLOW_CACHE.get_ptr_mut(flow_slot(check, load_time(&FLOW_CACHE_MASK))) {
         // SAFETY: a per-CPU slot belongs to this CPU while the program runs.
         let slot = unsafe { &mut *slot };
         if slot.check == check && same_flow(&slot.key, key) {
             update_flow(&mut slot.value, packet, service, origin, bytes, now);
-            return slot.value.packets;
+            return;
         }
         if slot.check == 0 {
             // Volatile writes keep their order: key and value (field by
@@ -211,36 +202,32 @@ fn count_flow<A>(
                 core::ptr::write_volatile(&mut slot.check, check);
             }
             totals.flow_inserts += 1;
-            return 1;
+            return;
         }
     }
 
     // Taken by another flow: the LRU table.
     if let Some(flow) = FLOWS.get_ptr_mut(key) {
         // SAFETY: the value of an LRU per-CPU hash belongs to this CPU.
-        let flow = unsafe { &mut *flow };
-        update_flow(flow, packet, service, origin, bytes, now);
-        return flow.packets;
+        update_flow(unsafe { &mut *flow }, packet, service, origin, bytes, now);
+        return;
     }
     let mut flow: FlowValue = Zeroable::zeroed();
     update_flow(&mut flow, packet, service, origin, bytes, now);
     match FLOWS.insert(key, flow, u64::from(BPF_NOEXIST)) {
-        Ok(()) => {
-            totals.flow_inserts += 1;
-            1
-        }
+        Ok(()) => totals.flow_inserts += 1,
         // Another CPU created the key between our lookup and insert.
         Err(_) => match FLOWS.get_ptr_mut(key) {
-            Some(existing) => {
-                // SAFETY: as above.
-                let existing = unsafe { &mut *existing };
-                update_flow(existing, packet, service, origin, bytes, now);
-                existing.packets
-            }
-            None => {
-                totals.flow_insert_failures += 1;
-                0
-            }
+            // SAFETY: as above.
+            Some(existing) => update_flow(
+                unsafe { &mut *existing },
+                packet,
+                service,
+                origin,
+                bytes,
+                now,
+            ),
+            None => totals.flow_insert_failures += 1,
         },
     }
 }

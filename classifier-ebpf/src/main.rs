@@ -18,9 +18,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use classifier_common::{
-    BPF_F_MMAPABLE, CAPTURE_RING_BYTES, CaptureConfig, DEFAULT_LEARN_RATE, EndpointValue, FlowKey,
-    FlowSlot, FlowValue, LEARN_RING_BYTES, LEARNED_CAPACITY, MAX_SERVICES, RateBudget,
-    ServiceCounters, TCP_PROBE_CAPACITY, Totals, V4_TOP_NODES, V4Leaf, V4Node, V4Runs,
+    BPF_F_MMAPABLE, CAPTURE_FLOW_CAPACITY, CAPTURE_RING_BYTES, CaptureConfig, DEFAULT_LEARN_RATE,
+    EndpointValue, FlowKey, FlowSlot, FlowValue, LEARN_RING_BYTES, LEARNED_CAPACITY, MAX_SERVICES,
+    RateBudget, ServiceCounters, TCP_PROBE_CAPACITY, Totals, V4_TOP_NODES, V4Leaf, V4Node, V4Runs,
     VERDICT_CAPACITY, WatchedHint,
 };
 
@@ -60,6 +60,10 @@ static CAPTURE_CONFIG: Array<CaptureConfig> = Array::with_max_entries(1, 0);
 /// Packets captured this second (`CaptureConfig::rate` a second at most).
 #[map]
 static CAPTURE_BUDGET: Array<RateBudget> = Array::with_max_entries(1, 0);
+/// Packets captured per flow (`CaptureConfig::per_flow` at most).
+#[map]
+static CAPTURE_FLOWS: LruHashMap<FlowKey, u32> =
+    LruHashMap::with_max_entries(CAPTURE_FLOW_CAPACITY, 0);
 /// Payload segments handed over per TCP flow and direction.
 #[map]
 static TCP_PROBES: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(TCP_PROBE_CAPACITY, 0);

@@ -129,7 +129,7 @@ pub struct CaptureArgs {
     #[arg(long, value_name = "R", default_value_t = 1000)]
     pub capture_rate: u32,
 
-    /// Packets captured per flow: its first N (per CPU that counts it).
+    /// Packets captured per flow: its first N (each direction is a flow).
     #[arg(long, value_name = "N", default_value_t = 16)]
     pub capture_per_flow: u32,
 

@@ -624,12 +624,7 @@ fn totals_section(page: &mut String, history: &MergedHistory) {
         "<tr><th>Seconds without a counting program</th><td class=\"n\" data-field=\"gap_seconds\">{:.1}</td></tr>",
         counts.gap_seconds
     );
-    let reasons: Vec<String> = report
-        .malformed
-        .iter()
-        .filter(|(_, count)| **count > 0)
-        .map(|(reason, count)| format!("{reason} {count}"))
-        .collect();
+    let reasons = report.malformed_reasons();
     if !reasons.is_empty() {
         let _ = writeln!(
             page,

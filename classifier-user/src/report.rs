@@ -406,6 +406,15 @@ impl Report {
         }
     }
 
+    /// "reason count" for every malformed reason with packets.
+    pub fn malformed_reasons(&self) -> Vec<String> {
+        self.malformed
+            .iter()
+            .filter(|(_, count)| **count > 0)
+            .map(|(reason, count)| format!("{reason} {count}"))
+            .collect()
+    }
+
     fn table(&self) -> String {
         let mut out = String::new();
         let t = &self.totals;
@@ -447,12 +456,7 @@ impl Report {
         }
         write_top_rows(&mut out, "top watched sources", &self.top_sources);
         write_top_rows(&mut out, "top endpoints", &self.top_endpoints);
-        let reasons: Vec<String> = self
-            .malformed
-            .iter()
-            .filter(|(_, count)| **count > 0)
-            .map(|(reason, count)| format!("{reason} {count}"))
-            .collect();
+        let reasons = self.malformed_reasons();
         if !reasons.is_empty() {
             let _ = writeln!(out, "\nmalformed: {}", reasons.join(", "));
         }

@@ -832,46 +832,13 @@ pub fn run_config(mut config: RunConfig) -> Result<Report, RunError> {
             daemon.sensor.meta.interfaces.join(",")
         ));
 
-        // The ring buffer polls readable when the program hands over a record.
-        let learn_fd = match &daemon.learning {
-            Some((_, maps)) => match maps.ring_fd().and_then(|fd| {
-                // SAFETY: an OwnedFd, owned by the AsyncFd for its whole
-                // life, always returns the same open descriptor.
-                unsafe {
-                    tokio::io::unix::AsyncFd::register_with_interest(
-                        fd,
-                        tokio::io::Interest::READABLE,
-                    )
-                }
-                .map_err(|error| std::io::Error::other(error.to_string()))
-            }) {
-                Ok(fd) => Some(fd),
-                Err(error) => {
-                    log::warn!("learning reads at drains only: cannot poll its ring buffer: {error}");
-                    None
-                }
-            },
-            None => None,
-        };
-        let capture_fd = match &daemon.evidence {
-            Some(evidence) => match evidence.ring_fd().and_then(|fd| {
-                // SAFETY: as for the learning ring above.
-                unsafe {
-                    tokio::io::unix::AsyncFd::register_with_interest(
-                        fd,
-                        tokio::io::Interest::READABLE,
-                    )
-                }
-                .map_err(|error| std::io::Error::other(error.to_string()))
-            }) {
-                Ok(fd) => Some(fd),
-                Err(error) => {
-                    log::warn!("evidence capture writes at drains only: cannot poll its ring buffer: {error}");
-                    None
-                }
-            },
-            None => None,
-        };
+        // The ring buffers poll readable when the program hands over a record.
+        let learn_fd = daemon.learning.as_ref().and_then(|(_, maps)| {
+            poll_ring(maps.ring_fd(), "learning reads at drains only")
+        });
+        let capture_fd = daemon.evidence.as_ref().and_then(|evidence| {
+            poll_ring(evidence.ring_fd(), "evidence capture writes at drains only")
+        });
         let mut export_ticker =
             tokio::time::interval(config.ipfix.as_ref().map_or(Duration::from_secs(3600), |i| i.1));
         export_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -944,6 +911,30 @@ pub fn run_config(mut config: RunConfig) -> Result<Report, RunError> {
         }
         finish(daemon, &config, start_unix_ns)
     })
+}
+
+/// A ring buffer's descriptor registered with the runtime, so the loop
+/// wakes when records wait; `None` when it cannot be (logged: `fallback`
+/// says what happens instead).
+fn poll_ring(
+    fd: std::io::Result<std::os::fd::OwnedFd>,
+    fallback: &str,
+) -> Option<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
+    let registered = fd.and_then(|fd| {
+        // SAFETY: an OwnedFd, owned by the AsyncFd for its whole life,
+        // always returns the same open descriptor.
+        unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+        }
+        .map_err(|error| std::io::Error::other(error.to_string()))
+    });
+    match registered {
+        Ok(fd) => Some(fd),
+        Err(error) => {
+            log::warn!("{fallback}: cannot poll its ring buffer: {error}");
+            None
+        }
+    }
 }
 
 /// Gives up before counting: a program this daemon loaded is detached and

@@ -171,6 +171,20 @@ pub fn write_feed(dir: &Path) -> PathBuf {
     path
 }
 
+/// The snapshot files (`classifier-*.json`) in `dir`, by name (by time).
+pub fn snapshot_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("snapshot folder")
+        .map(|entry| entry.expect("entry").path())
+        .filter(|path| {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            name.starts_with("classifier-") && name.ends_with(".json")
+        })
+        .collect();
+    files.sort();
+    files
+}
+
 pub fn temp_dir(test: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("classifier-{test}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

@@ -7,14 +7,10 @@
 //! A control page with a console error and an image fetch proves both
 //! checks can fail.
 
-use std::{
-    collections::BTreeMap,
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::{collections::BTreeMap, path::Path, process::Command};
 
 use classifier_tests::{
-    daemon::{services, temp_dir},
+    daemon::{services, snapshot_files, temp_dir},
     path_str as text, require_root, run_classifier,
 };
 use scraper::{ElementRef, Html, Selector};
@@ -139,20 +135,6 @@ fn rows_by(dom: &Html, id: &str, key: &str) -> BTreeMap<String, BTreeMap<String,
     dom.select(&selector(&format!("table#{id} tr[{key}]")))
         .map(|row| (row.attr(key).unwrap_or("").to_string(), fields(row)))
         .collect()
-}
-
-fn snapshot_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .expect("snapshots")
-        .map(|entry| entry.expect("entry").path())
-        .filter(|path| {
-            path.file_name()
-                .and_then(|name| name.to_str())
-                .is_some_and(|name| name.starts_with("classifier-"))
-        })
-        .collect();
-    files.sort();
-    files
 }
 
 #[test]

@@ -20,6 +20,50 @@ use classifier_tests::{
 
 const COLLECTOR: &str = "127.0.0.1:4739";
 
+/// nfcapd listening on the sensor namespace's loopback, storing into
+/// `dir`; [`Self::stop`] makes it write its file.
+struct Nfcapd(std::process::Child);
+
+impl Nfcapd {
+    fn start(link: &VethLink, dir: &std::path::Path) -> Self {
+        std::fs::create_dir_all(dir).expect("nfcapd folder");
+        let child = link
+            .sensor
+            .command(std::path::Path::new("nfcapd"))
+            .args([
+                "-b",
+                "127.0.0.1",
+                "-p",
+                "4739",
+                "-w",
+                text(dir),
+                "-t",
+                "3600",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nfcapd (Debian package nfdump; the test set-up installs it)");
+        std::thread::sleep(Duration::from_millis(500));
+        Self(child)
+    }
+
+    /// After the daemon's last export: SIGTERM, and nfcapd writes its file.
+    fn stop(mut self) {
+        std::thread::sleep(Duration::from_millis(500));
+        // SAFETY: kill has no memory preconditions.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Nfcapd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// (source, destination) → (packets, IP bytes) as nfdump prints them.
 fn nfdump_flows(dir: &std::path::Path) -> BTreeMap<(String, String), (u64, u64)> {
     let output = Command::new("nfdump")
@@ -64,26 +108,8 @@ fn flows_exported_over_ipfix_are_what_was_sent() {
     let dir = temp_dir("ipfix");
     let feed = write_feed(&dir);
     let stored = dir.join("nfcapd");
-    std::fs::create_dir_all(&stored).expect("nfcapd folder");
     let link = VethLink::create("ipfix").expect("namespaces and veth");
-    let mut collector = link
-        .sensor
-        .command(std::path::Path::new("nfcapd"))
-        .args([
-            "-b",
-            "127.0.0.1",
-            "-p",
-            "4739",
-            "-w",
-            text(&stored),
-            "-t",
-            "3600",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nfcapd (Debian package nfdump; the test set-up installs it)");
-    std::thread::sleep(Duration::from_millis(500));
+    let collector = Nfcapd::start(&link, &stored);
     let daemon = Daemon::start(
         &link,
         &feed,
@@ -150,11 +176,7 @@ fn flows_exported_over_ipfix_are_what_was_sent() {
         log.iter().any(|line| line.contains("observation domain")),
         "{log:?}"
     );
-    // nfcapd writes its file on SIGTERM.
-    std::thread::sleep(Duration::from_millis(500));
-    // SAFETY: kill has no memory preconditions.
-    unsafe { libc::kill(collector.id() as i32, libc::SIGTERM) };
-    let _ = collector.wait();
+    collector.stop();
 
     let exported = nfdump_flows(&stored);
     assert_eq!(exported, sent, "nfdump's flows vs what was sent");
@@ -166,25 +188,7 @@ fn flows_exported_over_ipfix_are_what_was_sent() {
     let key = dir.join("key");
     std::fs::write(&key, [7u8; 32]).expect("key");
     let stored = dir.join("nfcapd-pseudonyms");
-    std::fs::create_dir_all(&stored).expect("nfcapd folder");
-    let mut collector = link
-        .sensor
-        .command(std::path::Path::new("nfcapd"))
-        .args([
-            "-b",
-            "127.0.0.1",
-            "-p",
-            "4739",
-            "-w",
-            text(&stored),
-            "-t",
-            "3600",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nfcapd");
-    std::thread::sleep(Duration::from_millis(500));
+    let collector = Nfcapd::start(&link, &stored);
     let daemon = Daemon::start(
         &link,
         &feed,
@@ -193,10 +197,7 @@ fn flows_exported_over_ipfix_are_what_was_sent() {
     link.send(&frames).expect("send");
     // SIGTERM exports the last (here: the only) deltas.
     daemon.stop(libc::SIGTERM);
-    std::thread::sleep(Duration::from_millis(500));
-    // SAFETY: as above.
-    unsafe { libc::kill(collector.id() as i32, libc::SIGTERM) };
-    let _ = collector.wait();
+    collector.stop();
     let exported = nfdump_flows(&stored);
     assert_eq!(exported.len(), sent.len(), "{exported:?}");
     for ((source, destination), counts) in &exported {

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use classifier_tests::{
     classifier_binary,
-    daemon::{Daemon, services, temp_dir},
+    daemon::{Daemon, services, snapshot_files, temp_dir},
     netns::VethLink,
     path_str as text, require_root, run_classifier as classifier,
 };
@@ -120,16 +120,7 @@ fn snapshots_of_a_pcap_follow_the_capture_clock() {
         "--snapshot-interval",
         "5s",
     ]);
-    let mut files: Vec<_> = std::fs::read_dir(&snapshots)
-        .expect("snapshots")
-        .map(|entry| entry.expect("entry").path())
-        .filter(|path| {
-            path.file_name()
-                .and_then(|name| name.to_str())
-                .is_some_and(|name| name.starts_with("classifier-"))
-        })
-        .collect();
-    files.sort();
+    let files = snapshot_files(&snapshots);
     // 23 s of capture in 5 s intervals: five or six snapshots.
     assert!((5..=6).contains(&files.len()), "{files:?}");
     let mut packets = 0;

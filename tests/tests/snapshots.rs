@@ -113,14 +113,7 @@ fn snapshot_files(dir: &Path) -> Vec<PathBuf> {
         time::OffsetDateTime::parse(&start, &time::format_description::well_known::Rfc3339)
             .expect("RFC 3339 start")
     };
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .expect("snapshot folder")
-        .map(|entry| entry.expect("entry").path())
-        .filter(|path| {
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            name.starts_with("classifier-") && name.ends_with(".json")
-        })
-        .collect();
+    let mut files = classifier_tests::daemon::snapshot_files(dir);
     files.sort_by_cached_key(start_of);
     files
 }
