@@ -46,7 +46,7 @@ pub fn matched(
             let _ = CAPTURE_FLOWS.insert(key, 1, 0);
         }
     }
-    if !within_budget(&CAPTURE_BUDGET, config.rate) {
+    if !within_budget(&CAPTURE_BUDGET, config.rate, now) {
         totals.capture_throttled += 1;
         return;
     }

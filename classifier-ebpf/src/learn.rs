@@ -108,7 +108,7 @@ fn hand_over<A: KeyAddress>(
     // 1..=LEARN_BYTES in a form the verifier follows (the helper refuses a
     // length that may be zero); LEARN_BYTES is a power of two.
     let len = ((len - 1) & (LEARN_BYTES - 1)) + 1;
-    if !within_budget(&LEARN_BUDGET, load_time(&LEARN_RATE)) {
+    if !within_budget(&LEARN_BUDGET, load_time(&LEARN_RATE), flow_clock()) {
         totals.learn_throttled += 1;
         return;
     }
@@ -144,15 +144,15 @@ fn hand_over<A: KeyAddress>(
     totals.learn_records += 1;
 }
 
-/// Whether this second's budget of `rate` records has room, taking one if
-/// so. CPUs share the budget without a lock: ones racing at a second's
+/// Whether the budget of `rate` records for the second of `now` (the
+/// flows' clock) has room, taking one if so. CPUs share the budget without a lock: ones racing at a second's
 /// turn may pass a few records more than the rate.
 #[inline(always)]
-pub fn within_budget(budget: &Array<RateBudget>, rate: u32) -> bool {
+pub fn within_budget(budget: &Array<RateBudget>, rate: u32, now: u64) -> bool {
     let Some(budget) = budget.get_ptr_mut(0) else {
         return false;
     };
-    let second = flow_clock() / 1_000_000_000;
+    let second = now / 1_000_000_000;
     // SAFETY: the array's only value, valid while the program runs.
     unsafe {
         if (*budget).second != second {

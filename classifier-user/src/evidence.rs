@@ -61,15 +61,8 @@ pub enum EvidenceError {
     Pseudonymized,
 }
 
-/// Opens a map pinned under `DIR/maps`.
 fn open_pinned(pin_dir: &Path, name: &str) -> Result<Map, EvidenceError> {
-    let path = pin_dir.join("maps").join(name);
-    MapData::from_pin(&path)
-        .map_err(|error| EvidenceError::Map(format!("{}: {error}", path.display())))
-        .and_then(|data| {
-            Map::from_map_data(data)
-                .map_err(|error| EvidenceError::Map(format!("{}: {error}", path.display())))
-        })
+    crate::pins::open_pinned_map(pin_dir, name).map_err(EvidenceError::Map)
 }
 
 /// Tells the (pinned) program what to capture: `None` captures nothing,
@@ -230,15 +223,9 @@ impl EvidenceWriter {
 
     fn open(&mut self, unix_ns: i64) -> std::io::Result<&mut OpenFile> {
         if self.current.is_none() {
-            let stamp = crate::snapshot::unix_ns_to_time(unix_ns);
             let base = format!(
-                "evidence-{:04}{:02}{:02}T{:02}{:02}{:02}Z",
-                stamp.year(),
-                u8::from(stamp.month()),
-                stamp.day(),
-                stamp.hour(),
-                stamp.minute(),
-                stamp.second()
+                "evidence-{}",
+                crate::snapshot::file_stamp(crate::snapshot::unix_ns_to_time(unix_ns))
             );
             let mut path = self.dir.join(format!("{base}.pcapng"));
             let mut counter = 1;

@@ -377,8 +377,8 @@ fn series_section(figures: &mut String, tables: &mut String, history: &MergedHis
                     page,
                     "<tr data-start=\"{}\"><td>{}</td><td>{}{}</td>",
                     rfc3339(*start),
-                    seconds(Some(&rfc3339(*start))),
-                    seconds(Some(&rfc3339(*end))),
+                    seconds_of(*start),
+                    seconds_of(*end),
                     if partial { " (partial)" } else { "" }
                 );
                 for (service, packets) in named.iter().zip(stack) {
@@ -396,8 +396,8 @@ fn series_section(figures: &mut String, tables: &mut String, history: &MergedHis
                 let _ = writeln!(
                     page,
                     "<tr class=\"gap\"><td>{}</td><td>{}</td><td colspan=\"{}\">no snapshot: not counted (not zero)</td></tr>",
-                    seconds(Some(&rfc3339(*start))),
-                    seconds(Some(&rfc3339(*end))),
+                    seconds_of(*start),
+                    seconds_of(*end),
                     named.len() + 3
                 );
             }
@@ -536,7 +536,7 @@ fn series_chart(
             "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"{anchor}\">{}</text>",
             x_of(t),
             axis_y + 16.0,
-            seconds(Some(&rfc3339(t)))
+            seconds_of(t)
         );
     }
     let _ = write!(
@@ -686,17 +686,17 @@ fn seconds(time: Option<&str>) -> String {
         return String::new();
     };
     match crate::report::parse_time(text) {
-        Some(time) => format!(
-            "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
-            time.year(),
-            u8::from(time.month()),
-            time.day(),
-            time.hour(),
-            time.minute(),
-            time.second()
-        ),
+        Some(time) => seconds_of(time),
         None => escape(text),
     }
+}
+
+/// A time to the second ("2026-11-26 10:31:03").
+fn seconds_of(time: OffsetDateTime) -> String {
+    time.format(time::macros::format_description!(
+        "[year]-[month]-[day] [hour]:[minute]:[second]"
+    ))
+    .unwrap_or_else(|_| time.unix_timestamp().to_string())
 }
 
 /// Text for HTML element content and attribute values.

@@ -829,15 +829,7 @@ fn key_bytes(address: IpAddr) -> [u8; 16] {
 impl LearnMaps {
     /// Opens them where `classifier run` pinned them (`DIR/maps`).
     pub fn from_pins(dir: &Path) -> Result<Self, LearnError> {
-        let open = |name: &str| {
-            let path = dir.join("maps").join(name);
-            MapData::from_pin(&path)
-                .map_err(|error| LearnError::Map(format!("{}: {error}", path.display())))
-                .and_then(|data| {
-                    Map::from_map_data(data)
-                        .map_err(|error| LearnError::Map(format!("{}: {error}", path.display())))
-                })
-        };
+        let open = |name: &str| crate::pins::open_pinned_map(dir, name).map_err(LearnError::Map);
         Self::from_maps(
             open(MAP_LEARN_EVENTS)?,
             open(MAP_LEARNED)?,

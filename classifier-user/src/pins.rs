@@ -591,3 +591,12 @@ fn remove_contents(dir: &Path) -> Result<(), PinError> {
     }
     Ok(())
 }
+
+/// The map `name` pinned under `dir/maps`; the error names its path.
+pub fn open_pinned_map(dir: &Path, name: &str) -> Result<aya::maps::Map, String> {
+    let path = dir.join("maps").join(name);
+    aya::maps::MapData::from_pin(&path)
+        .map_err(|error| error.to_string())
+        .and_then(|data| aya::maps::Map::from_map_data(data).map_err(|error| error.to_string()))
+        .map_err(|error| format!("{}: {error}", path.display()))
+}

@@ -157,14 +157,17 @@ pub fn unix_ns_to_time(ns: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ns)).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
+/// `time` as file names carry it: `20261124T190000Z`.
+pub fn file_stamp(time: OffsetDateTime) -> String {
+    time.format(format_description!(
+        "[year][month][day]T[hour][minute][second]Z"
+    ))
+    .unwrap_or_else(|_| time.unix_timestamp().to_string())
+}
+
 /// The snapshot file name for an interval starting at `start`.
 pub fn file_name(start: OffsetDateTime) -> String {
-    let stamp = start
-        .format(format_description!(
-            "[year][month][day]T[hour][minute][second]Z"
-        ))
-        .unwrap_or_else(|_| start.unix_timestamp().to_string());
-    format!("{FILE_PREFIX}{stamp}{FILE_SUFFIX}")
+    format!("{FILE_PREFIX}{}{FILE_SUFFIX}", file_stamp(start))
 }
 
 /// Sorts snapshot names by time: the start stamp, then the counter a name
