@@ -177,3 +177,70 @@ pub fn link_detach(link: BorrowedFd<'_>) -> io::Result<()> {
     attr.link_detach.link_fd = u32::try_from(link.as_raw_fd()).map_err(io::Error::other)?;
     bpf(bpf_cmd::BPF_LINK_DETACH, &mut attr).map(|_| ())
 }
+
+/// Pins a BPF object (map, program or link) at `path` on a BPF filesystem.
+pub fn obj_pin(object: BorrowedFd<'_>, path: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let name = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: bpf_attr is plain old data; all zeroes is valid.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    attr.__bindgen_anon_4.pathname = name.as_ptr() as u64;
+    attr.__bindgen_anon_4.bpf_fd = u32::try_from(object.as_raw_fd()).map_err(io::Error::other)?;
+    bpf(bpf_cmd::BPF_OBJ_PIN, &mut attr).map(|_| ())
+}
+
+/// Links extension (`freplace`) program `program` in place of function
+/// `function_btf_id` of program `target`; the replacement holds while the
+/// returned link is open or pinned.
+pub fn freplace_link(
+    program: BorrowedFd<'_>,
+    target: BorrowedFd<'_>,
+    function_btf_id: u32,
+) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: bpf_attr is plain old data; all zeroes is valid.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: writing the link-create member of a zeroed union.
+    let link = unsafe { &mut attr.link_create };
+    link.__bindgen_anon_1.prog_fd = u32::try_from(program.as_raw_fd()).map_err(io::Error::other)?;
+    link.__bindgen_anon_2.target_fd =
+        u32::try_from(target.as_raw_fd()).map_err(io::Error::other)?;
+    // An extension's link takes attach type 0.
+    link.attach_type = 0;
+    link.__bindgen_anon_3.target_btf_id = function_btf_id;
+    let fd = bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr)?;
+    // SAFETY: BPF_LINK_CREATE returned a new file descriptor we now own.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// The raw BTF the kernel holds as object `btf_id` (a loaded program's
+/// types, as `bpftool btf dump id` shows them).
+pub fn btf_bytes(btf_id: u32) -> io::Result<Vec<u8>> {
+    use aya_obj::generated::bpf_btf_info;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    // SAFETY: bpf_attr is plain old data; all zeroes is valid.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    attr.__bindgen_anon_6.__bindgen_anon_1.btf_id = btf_id;
+    let fd = bpf(bpf_cmd::BPF_BTF_GET_FD_BY_ID, &mut attr)?;
+    // SAFETY: BPF_BTF_GET_FD_BY_ID returned a new descriptor we own.
+    let btf = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut bytes = Vec::new();
+    loop {
+        // SAFETY: bpf_btf_info is plain old data; all zeroes is valid.
+        let mut info: bpf_btf_info = unsafe { std::mem::zeroed() };
+        info.btf = bytes.as_mut_ptr() as u64;
+        info.btf_size = u32::try_from(bytes.len()).map_err(io::Error::other)?;
+        // SAFETY: as above.
+        let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+        attr.info.bpf_fd = u32::try_from(btf.as_raw_fd()).map_err(io::Error::other)?;
+        attr.info.info_len = u32::try_from(size_of::<bpf_btf_info>()).map_err(io::Error::other)?;
+        attr.info.info = std::ptr::from_mut(&mut info) as u64;
+        bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+        let size = info.btf_size as usize;
+        if size <= bytes.len() {
+            bytes.truncate(size);
+            return Ok(bytes);
+        }
+        bytes.resize(size, 0);
+    }
+}

@@ -209,8 +209,24 @@ pub struct RunArgs {
     /// in the refusal without this flag) and attach ours in its place. An
     /// interface runs one XDP program per mode: without the flag `run`
     /// refuses to take a DDoS filter's or another sensor's place.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "xdp_dispatcher")]
     pub replace: bool,
+
+    /// Share the interfaces with other XDP programs through libxdp's
+    /// dispatcher (the one `xdp-loader` and `xdp-filter` of xdp-tools use):
+    /// join the dispatcher already there, or attach a new one, and on stop
+    /// take only our program out. Needs libxdp's xdp-dispatcher.o (Debian:
+    /// xdp-tools) and kernel 5.10 or later. See README, "Beside other XDP
+    /// programs".
+    #[arg(long)]
+    pub xdp_dispatcher: bool,
+
+    /// Our run priority in the dispatcher: lower runs first. The default, 5,
+    /// runs before xdp-filter (10) and libxdp's default (50), so every
+    /// packet is counted, also those a filter drops after us; we pass every
+    /// packet on.
+    #[arg(long, value_name = "N", default_value_t = crate::dispatcher::DEFAULT_PRIORITY, requires = "xdp_dispatcher")]
+    pub xdp_priority: u32,
 
     /// Local socket serving live counters, read-only, to `classifier stats`
     /// run by users without BPF privileges; `off` for none. Default:

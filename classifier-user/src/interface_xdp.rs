@@ -55,7 +55,14 @@ impl fmt::Display for AttachedProgram {
     }
 }
 
-fn mode_flag(mode: &str) -> u32 {
+/// XDP_FLAGS_UPDATE_IF_NOEXIST: attach only where nothing is attached.
+pub const FLAG_IF_NONE: u32 = 1;
+/// XDP_FLAGS_REPLACE: replace only the program given as the expected one.
+const FLAG_REPLACE: u32 = 1 << 4;
+
+/// The XDP_FLAGS_*_MODE flag of a mode name ("generic", "native",
+/// "offloaded"); 0 for anything else.
+pub fn mode_flag(mode: &str) -> u32 {
     MODES
         .iter()
         .find(|(name, _)| *name == mode)
@@ -186,4 +193,29 @@ pub fn remove(if_index: u32, program: &AttachedProgram) -> io::Result<()> {
         true,
     )
     .map(|_| ())
+}
+
+/// Sets interface `if_index`'s XDP program through rtnetlink, as libxdp
+/// and `ip link` do (not with a bpf_link, which another tool could not
+/// replace): `program` (`None` removes it) in the mode of `mode_flags`.
+/// With `expected`, only if that program is the one attached (the
+/// kernel's compare-and-swap); without, with [`FLAG_IF_NONE`] in
+/// `mode_flags`, only if none is.
+pub fn set_program(
+    if_index: u32,
+    program: Option<std::os::fd::BorrowedFd<'_>>,
+    mode_flags: u32,
+    expected: Option<std::os::fd::BorrowedFd<'_>>,
+) -> io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let mut attributes = vec![LinkXdp::Fd(program.map_or(-1, |fd| fd.as_raw_fd()))];
+    let mut flags = mode_flags;
+    if let Some(expected) = expected {
+        flags |= FLAG_REPLACE;
+        attributes.push(LinkXdp::ExpectedFd(
+            u32::try_from(expected.as_raw_fd()).map_err(io::Error::other)?,
+        ));
+    }
+    attributes.push(LinkXdp::Flags(flags));
+    request(if_index, vec![LinkAttribute::Xdp(attributes)], true).map(|_| ())
 }

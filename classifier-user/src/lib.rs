@@ -4,6 +4,7 @@
 pub mod bpf_sys;
 pub mod capture;
 pub mod cli;
+pub mod dispatcher;
 pub mod drain;
 pub mod evidence;
 pub mod feedcheck;

@@ -14,7 +14,7 @@ use aya::{
         Array, Map,
         lpm_trie::{Key, LpmTrie},
     },
-    programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
+    programs::{Extension, Program, ProgramError, ProgramFd, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use classifier_common::{
     EndpointValue, GLOBAL_CAPTURE_CLOCK, GLOBAL_FLOW_CACHE_MASK, GLOBAL_LEARN_RATE, GLOBAL_VERDICT,
@@ -118,13 +118,16 @@ impl Default for Capacities {
     }
 }
 
-/// Loads the program, retrying when the kernel interrupted the verifier
-/// (EAGAIN: a signal arrived while it ran; libbpf retries the same way).
-fn load_retrying(program: &mut Xdp) -> Result<(), LoadError> {
+/// Loads the program with `load`, retrying when the kernel interrupted the
+/// verifier (EAGAIN: a signal arrived while it ran; libbpf retries the same
+/// way).
+fn load_retrying(
+    mut load: impl FnMut() -> Result<(), aya::programs::ProgramError>,
+) -> Result<(), LoadError> {
     const ATTEMPTS: usize = 5;
     let mut attempt = 1;
     loop {
-        match program.load() {
+        match load() {
             Ok(()) => return Ok(()),
             Err(aya::programs::ProgramError::LoadError { io_error, .. })
                 if io_error.raw_os_error() == Some(libc::EAGAIN) && attempt < ATTEMPTS =>
@@ -137,6 +140,16 @@ fn load_retrying(program: &mut Xdp) -> Result<(), LoadError> {
             Err(error) => return Err(LoadError::Program(error)),
         }
     }
+}
+
+/// A daemon's program: where its counters are pinned, and how it runs.
+pub struct Pinned<'a> {
+    /// The counter maps live at `maps_dir/NAME`.
+    pub maps_dir: &'a Path,
+    /// `Some`: loaded as an extension replacing this function of this
+    /// program (libxdp's dispatcher, `--xdp-dispatcher`), not as an XDP
+    /// program attached by itself.
+    pub extension_of: Option<(ProgramFd, &'static str)>,
 }
 
 /// How the program ends after counting a packet.
@@ -315,7 +328,7 @@ impl Sensor {
         endpoints: &EndpointFeed,
         capacities: Capacities,
         services: ServiceTable,
-        maps_dir: &Path,
+        pinned: Pinned<'_>,
     ) -> Result<Self, LoadError> {
         Self::load_with(
             watched,
@@ -324,7 +337,7 @@ impl Sensor {
             Verdict::Pass,
             Clock::Kernel,
             services,
-            Some(maps_dir),
+            Some(pinned),
         )
     }
 
@@ -364,7 +377,7 @@ impl Sensor {
         verdict: Verdict,
         clock: Clock,
         services: ServiceTable,
-        counters_pin_dir: Option<&Path>,
+        pinned: Option<Pinned<'_>>,
     ) -> Result<Self, LoadError> {
         if EBPF_OBJECT.is_empty() {
             return Err(LoadError::NoObject);
@@ -391,7 +404,13 @@ impl Sensor {
 
         raise_memlock_limit();
         let mut loader = EbpfLoader::new();
-        if let Some(dir) = counters_pin_dir {
+        let extension_of = pinned
+            .as_ref()
+            .and_then(|pinned| pinned.extension_of.as_ref());
+        if extension_of.is_some() {
+            loader.extension(PROGRAM_NAME);
+        }
+        if let Some(dir) = pinned.as_ref().map(|pinned| pinned.maps_dir) {
             // The verdicts and learning maps too: a reload keeps what flows
             // taught, and a daemon opens the learning maps by path.
             let kept = [
@@ -425,12 +444,27 @@ impl Sensor {
                 return Err(LoadError::MissingMap(name));
             }
         }
-        let program: &mut Xdp = ebpf
+        let program = ebpf
             .program_mut(PROGRAM_NAME)
-            .ok_or(LoadError::MissingProgram)?
-            .try_into()
-            .map_err(LoadError::Program)?;
-        load_retrying(program)?;
+            .ok_or(LoadError::MissingProgram)?;
+        match extension_of {
+            None => {
+                let program: &mut Xdp = program.try_into().map_err(LoadError::Program)?;
+                load_retrying(|| program.load())?;
+            }
+            Some((target, function)) => {
+                let program: &mut Extension = program.try_into().map_err(LoadError::Program)?;
+                load_retrying(|| {
+                    let target = target
+                        .try_clone()
+                        .map_err(|io_error| aya::sys::SyscallError {
+                            call: "dup",
+                            io_error,
+                        })?;
+                    program.load(target, function)
+                })?;
+            }
+        }
 
         let counters =
             CounterMaps::take_from(&mut ebpf).ok_or(LoadError::MissingMap("counters"))?;
@@ -497,11 +531,20 @@ impl Sensor {
     }
 
     pub(crate) fn program(&self) -> Result<&Xdp, LoadError> {
+        self.any_program()?.try_into().map_err(LoadError::Program)
+    }
+
+    /// The program, loaded as XDP or as an extension.
+    pub fn any_program(&self) -> Result<&Program, LoadError> {
         self.ebpf
             .program(PROGRAM_NAME)
-            .ok_or(LoadError::MissingProgram)?
-            .try_into()
-            .map_err(LoadError::Program)
+            .ok_or(LoadError::MissingProgram)
+    }
+
+    pub(crate) fn any_program_mut(&mut self) -> Result<&mut Program, LoadError> {
+        self.ebpf
+            .program_mut(PROGRAM_NAME)
+            .ok_or(LoadError::MissingProgram)
     }
 
     pub(crate) fn program_mut(&mut self) -> Result<&mut Xdp, LoadError> {

@@ -74,6 +74,10 @@ pub enum PinError {
         "the program pinned at {dir} is not attached to {iface} ({LINK_PREFIX}{iface} is missing); remove the folder to start afresh"
     )]
     MissingLink { dir: PathBuf, iface: String },
+    #[error(
+        "the program pinned at {dir} no longer runs in libxdp's dispatcher on {iface} (`xdp-loader status {iface}` lists what does); remove the folder to start afresh"
+    )]
+    NotInDispatcher { dir: PathBuf, iface: String },
 }
 
 fn path_error(path: &Path, problem: impl std::fmt::Display) -> PinError {
@@ -118,6 +122,11 @@ pub struct SensorMeta {
     /// reload).
     #[serde(default)]
     pub feeds_loaded_at_unix_ns: i64,
+    /// `Some(run priority)`: the program runs in libxdp's dispatcher on
+    /// every interface (`--xdp-dispatcher`), held there by the dispatcher's
+    /// pins, not by links of ours.
+    #[serde(default)]
+    pub dispatcher_priority: Option<u32>,
 }
 
 impl SensorMeta {
@@ -368,14 +377,17 @@ impl PinnedSensor {
         pin_feed_maps(&sensor, &maps_dir)?;
         let program_path = dir.join("program");
         let attachments = std::mem::take(&mut sensor.attachments);
-        let program = sensor
-            .program_mut()
-            .map_err(|error| path_error(&program_path, error_chain(&error)))?;
-        program
+        sensor
+            .any_program_mut()
+            .map_err(|error| path_error(&program_path, error_chain(&error)))?
             .pin(&program_path)
             .map_err(|error| path_error(&program_path, error_chain(&error)))?;
         let mut links = Vec::new();
         for attachment in attachments {
+            // Attachments are the XDP program's own (not the dispatcher's).
+            let program = sensor
+                .program_mut()
+                .map_err(|error| path_error(&program_path, error_chain(&error)))?;
             let path = dir.join(format!("{LINK_PREFIX}{}", attachment.iface));
             let link_error = |error: &dyn std::error::Error| path_error(&path, error_chain(error));
             let link = program
@@ -415,7 +427,20 @@ impl PinnedSensor {
         };
         check_layout(dir, &meta)?;
         let mut links = Vec::new();
-        for iface in ifaces {
+        if meta.dispatcher_priority.is_some() {
+            let id = pinned_program_id(dir)?;
+            for iface in ifaces {
+                let member = crate::dispatcher::is_member(iface, id)
+                    .map_err(|error| path_error(dir, error))?;
+                if !member {
+                    return Err(PinError::NotInDispatcher {
+                        dir: dir.to_path_buf(),
+                        iface: iface.clone(),
+                    });
+                }
+            }
+        }
+        for iface in ifaces.iter().filter(|_| meta.dispatcher_priority.is_none()) {
             let path = dir.join(format!("{LINK_PREFIX}{iface}"));
             if !path.exists() {
                 return Err(PinError::MissingLink {
@@ -447,7 +472,14 @@ impl PinnedSensor {
         let program_path = self.dir.join("program");
         let pin_error =
             |error: &dyn std::error::Error| path_error(&program_path, error_chain(error));
-        {
+        if self.meta.dispatcher_priority.is_some() {
+            let old_id = pinned_program_id(&self.dir)?;
+            let program = sensor.any_program().map_err(|error| pin_error(&error))?;
+            for iface in &self.meta.interfaces {
+                crate::dispatcher::swap(iface, old_id, program)
+                    .map_err(|error| path_error(&program_path, error))?;
+            }
+        } else {
             let program = sensor.program().map_err(|error| pin_error(&error))?;
             let program_fd = program.fd().map_err(|error| pin_error(&error))?;
             for (iface, _) in &self.links {
@@ -462,7 +494,7 @@ impl PinnedSensor {
         pin_feed_maps(&sensor, &self.dir.join("maps"))?;
         std::fs::remove_file(&program_path).map_err(|error| path_error(&program_path, error))?;
         sensor
-            .program_mut()
+            .any_program_mut()
             .map_err(|error| pin_error(&error))?
             .pin(&program_path)
             .map_err(|error| pin_error(&error))?;
@@ -482,6 +514,18 @@ impl PinnedSensor {
     /// Detaches from every interface: removes each link's pin and closes
     /// it. The counter maps stay readable for a final drain.
     pub fn detach(&mut self) {
+        if self.meta.dispatcher_priority.is_some() {
+            match pinned_program_id(&self.dir) {
+                Ok(id) => {
+                    for iface in &self.meta.interfaces {
+                        if let Err(error) = crate::dispatcher::leave(iface, id) {
+                            log::error!("cannot leave the dispatcher: {error}");
+                        }
+                    }
+                }
+                Err(error) => log::error!("cannot leave the dispatchers: {error}"),
+            }
+        }
         for (iface, link) in self.links.drain(..) {
             match link.unpin() {
                 Ok(fd_link) => drop(fd_link),
@@ -494,6 +538,14 @@ impl PinnedSensor {
     pub fn remove_pins(&self) -> Result<(), PinError> {
         remove_pins(&self.dir)
     }
+}
+
+/// The id of the program pinned in an interface set's folder.
+fn pinned_program_id(dir: &Path) -> Result<u32, PinError> {
+    let path = dir.join("program");
+    aya::programs::ProgramInfo::from_pin(&path)
+        .map(|info| info.id())
+        .map_err(|error| path_error(&path, error_chain(&error)))
 }
 
 /// Takes the interface set's folder for this daemon alone (an exclusive

@@ -235,6 +235,7 @@ pub fn pcap(args: &PcapArgs) -> Result<(), Box<dyn std::error::Error>> {
         reload_failures: 0,
         last_reload_error: None,
         feeds_loaded_at_unix_ns: 0,
+        dispatcher_priority: None,
     };
     let mut replay = Replay {
         sensor,

@@ -16,7 +16,8 @@ use crate::{
     drain::{self, DrainError, Ledger},
     feeds::{EndpointFeed, FeedError, WatchedSet},
     loader::{
-        AttachMode, Capacities, LoadError, Sensor, ServiceTable, error_chain, interface_index,
+        AttachMode, Capacities, LoadError, Pinned, Sensor, ServiceTable, error_chain,
+        interface_index,
     },
     metrics::{self, MetricsState},
     notify::Notifier,
@@ -41,6 +42,8 @@ pub enum RunError {
     Signals(#[source] std::io::Error),
     #[error(transparent)]
     Pin(#[from] PinError),
+    #[error(transparent)]
+    Dispatcher(#[from] crate::dispatcher::DispatcherError),
     #[error(
         "interface {iface}: {program} is already attached; classifier run would take its place (stop the tool that attached it, or pass --replace to remove it)"
     )]
@@ -93,6 +96,8 @@ pub struct RunConfig {
     pub keep_attached: bool,
     /// Remove another XDP program from the interfaces instead of refusing.
     pub replace: bool,
+    /// `Some(priority)`: run in libxdp's dispatcher (`--xdp-dispatcher`).
+    pub xdp_dispatcher: Option<u32>,
     /// The stats socket: `None` when off; whether the path was chosen.
     pub stats_socket: Option<(PathBuf, bool)>,
     /// The group that may read it.
@@ -161,6 +166,7 @@ impl RunConfig {
             pin_path: args.pin_path.clone(),
             keep_attached: args.keep_attached,
             replace: args.replace,
+            xdp_dispatcher: args.xdp_dispatcher.then_some(args.xdp_priority),
             stats_socket,
             stats_gid: args
                 .stats_group
@@ -347,13 +353,29 @@ fn adopt_or_load(config: &mut RunConfig) -> Result<(PinnedSensor, std::fs::File)
         reload_failures: 0,
         last_reload_error: None,
         feeds_loaded_at_unix_ns: attached_at_unix_ns,
+        dispatcher_priority: config.xdp_dispatcher,
     };
+    let program_id = sensor
+        .any_program()
+        .ok()
+        .and_then(|program| program.info().ok())
+        .map(|info| info.id());
     match PinnedSensor::pin(sensor, &dir, meta) {
         Ok(pinned) => {
             log::info!("pinned under {}", dir.display());
             Ok((pinned, lock))
         }
         Err(error) => {
+            // The dispatchers' pins hold our program: out of them too.
+            if config.xdp_dispatcher.is_some()
+                && let Some(id) = program_id
+            {
+                for iface in &config.ifaces {
+                    if let Err(error) = crate::dispatcher::leave(iface, id) {
+                        log::error!("{error}");
+                    }
+                }
+            }
             // The loader's handles are gone: removing what was pinned detaches.
             if dir.exists()
                 && let Err(cleanup) = pins::remove_pins(&dir)
@@ -368,8 +390,10 @@ fn adopt_or_load(config: &mut RunConfig) -> Result<(PinnedSensor, std::fs::File)
 /// Loads the program with its counters pinned under `dir/maps` and attaches
 /// it to every interface; returns the attach modes.
 fn load_and_attach(config: &RunConfig, dir: &Path) -> Result<(Sensor, Vec<String>), RunError> {
-    for iface in &config.ifaces {
-        clear_interface(iface, config.replace)?;
+    if config.xdp_dispatcher.is_none() {
+        for iface in &config.ifaces {
+            clear_interface(iface, config.replace)?;
+        }
     }
     let maps_dir = dir.join("maps");
     std::fs::create_dir_all(&maps_dir).map_err(|error| {
@@ -383,18 +407,61 @@ fn load_and_attach(config: &RunConfig, dir: &Path) -> Result<(Sensor, Vec<String
         // Services only the domain feed names need ids too.
         services = services.extended_with(learner.domains.services());
     }
+    let template = config
+        .xdp_dispatcher
+        .map(|_| crate::dispatcher::Template::load())
+        .transpose()?;
+    let extension_of = template.as_ref().map(|t| t.target()).transpose()?;
+    let as_extension = extension_of.is_some();
     let mut sensor = Sensor::load_pinned(
         &config.watched,
         &config.endpoints,
         config.capacities,
         services,
-        &maps_dir,
-    )?;
+        Pinned {
+            maps_dir: &maps_dir,
+            extension_of,
+        },
+    )
+    .map_err(|error| match error {
+        LoadError::Program(aya::programs::ProgramError::LoadError { io_error, .. })
+            if as_extension && io_error.raw_os_error() == Some(libc::EPERM) =>
+        {
+            crate::dispatcher::DispatcherError::ExtensionsRefused(io_error).into()
+        }
+        error => RunError::from(error),
+    })?;
     let mut modes = Vec::new();
-    for iface in &config.ifaces {
-        let mode = sensor.attach(iface, config.mode)?;
-        log::info!("attached to {iface} in {mode} mode");
-        modes.push(mode.to_string());
+    let Some(priority) = config.xdp_dispatcher else {
+        for iface in &config.ifaces {
+            let mode = sensor.attach(iface, config.mode)?;
+            log::info!("attached to {iface} in {mode} mode");
+            modes.push(mode.to_string());
+        }
+        return Ok((sensor, modes));
+    };
+    let program = sensor.any_program()?;
+    for (joined, iface) in config.ifaces.iter().enumerate() {
+        match crate::dispatcher::join(iface, program, priority, config.mode) {
+            Ok(mode) => {
+                log::info!(
+                    "joined libxdp's dispatcher on {iface} at run priority {priority} ({mode} mode)"
+                );
+                modes.push(mode.to_string());
+            }
+            Err(error) => {
+                // Out of the dispatchers joined so far: all or nothing.
+                let id = program.info().map(|info| info.id());
+                for iface in &config.ifaces[..joined] {
+                    if let Ok(id) = id
+                        && let Err(error) = crate::dispatcher::leave(iface, id)
+                    {
+                        log::error!("{error}");
+                    }
+                }
+                return Err(error.into());
+            }
+        }
     }
     Ok((sensor, modes))
 }
@@ -599,12 +666,20 @@ impl Daemon {
                 .unwrap_or(capacities.flow_cache_slots),
             ..capacities
         };
+        let template = old
+            .dispatcher_priority
+            .map(|_| crate::dispatcher::Template::load())
+            .transpose()?;
+        let extension_of = template.as_ref().map(|t| t.target()).transpose()?;
         let sensor = Sensor::load_pinned(
             &watched,
             &endpoints,
             capacities,
             services.clone(),
-            &self.sensor.dir.join("maps"),
+            Pinned {
+                maps_dir: &self.sensor.dir.join("maps"),
+                extension_of,
+            },
         )?;
         let now = snapshot::now_unix_ns();
         let loaded_at = crate::report::rfc3339(unix_ns_to_time(now));

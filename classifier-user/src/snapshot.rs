@@ -870,6 +870,7 @@ mod tests {
                 reload_failures: 0,
                 last_reload_error: None,
                 feeds_loaded_at_unix_ns: start,
+                dispatcher_priority: None,
             };
             let resumed = Snapshotter::resume(
                 &folder.0,

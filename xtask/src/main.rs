@@ -274,10 +274,18 @@ fn ensure_bpf_linker() -> Result<()> {
 fn build() -> Result<PathBuf> {
     setup()?;
     let root = workspace_root();
+    // BTF with function info for every function, the standard library's
+    // included, so the program can also load as an extension of libxdp's
+    // dispatcher (docs/xdp-dispatcher.md).
     run(command("rustup")
         .args(["run", NIGHTLY, "cargo", "build", "--release"])
         .args(["--package", "classifier-ebpf", "--target", EBPF_TARGET])
         .args(["-Z", "build-std=core"])
+        .env(
+            "CARGO_TARGET_BPFEL_UNKNOWN_NONE_RUSTFLAGS",
+            "-C link-arg=--btf",
+        )
+        .env("CARGO_PROFILE_RELEASE_DEBUG", "2")
         .current_dir(&root))?;
     let built = root
         .join("target")
@@ -369,6 +377,9 @@ fn test(filter: &[String]) -> Result<()> {
         ensure_tool("nfcapd", "nfdump")?;
         // tshark reads the evidence captures back in their test.
         ensure_tool("tshark", "tshark")?;
+        // xdp-filter shares an interface with us, and is refused, in the
+        // attach and dispatcher tests.
+        ensure_tool("xdp-filter", "xdp-tools")?;
     }
     let root = workspace_root();
     run(command("cargo")

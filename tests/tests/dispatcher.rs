@@ -1,0 +1,167 @@
+//! `classifier run --xdp-dispatcher` beside xdp-filter (Debian xdp-tools)
+//! on one interface, through libxdp's dispatcher: we run first and count
+//! every packet exactly, the filter still drops what its rule says, and
+//! either can leave without taking the other along.
+//!
+//! libxdp's dispatcher is made of extension (freplace) programs. A kernel
+//! that refuses them (lockdown or a sandbox; the machines this project is
+//! built on do) makes libxdp itself fall back to one program per interface;
+//! then the test checks that libxdp saw the same refusal, and that
+//! `--xdp-dispatcher` says so, exits non-zero and leaves the filter and
+//! the interface as they were.
+
+use std::process::Command;
+
+use classifier_tests::{
+    classifier_binary,
+    daemon::{Daemon, TestMount, services, temp_dir, write_feed},
+    frames::FrameSpec,
+    netns::VethLink,
+    path_str as text, require_root,
+};
+
+/// Runs an xdp-tools command in the sensor namespace with libxdp's pins on
+/// the test's own BPF filesystem; its output (stdout and stderr).
+fn xdp_tool(link: &VethLink, libxdp_bpffs: &str, command: &[&str]) -> String {
+    let output = Command::new("ip")
+        .args(["netns", "exec", &link.sensor.name, "env", libxdp_bpffs])
+        .args(command)
+        .output()
+        .expect("run an xdp-tools command (Debian xdp-tools; `cargo xtask test` installs it)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{command:?}: {text}");
+    text
+}
+
+/// xdp-filter's count of dropped packets.
+fn filter_drops(link: &VethLink, libxdp_bpffs: &str) -> u64 {
+    let status = xdp_tool(link, libxdp_bpffs, &["xdp-filter", "status"]);
+    status
+        .lines()
+        .find_map(|line| {
+            let mut words = line.split_whitespace();
+            (words.next() == Some("XDP_DROP")).then(|| words.next()?.parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("no XDP_DROP line in: {status}"))
+}
+
+/// Frames from an allowed and a filtered watched source, both to an
+/// endpoint of the test feed's service `alpha`.
+fn send(link: &VethLink, allowed: usize, filtered: usize) {
+    let mut frames = Vec::new();
+    frames.extend((0..allowed).map(|_| FrameSpec::udp("175.45.176.1", "198.51.100.10", 1, 443)));
+    frames.extend((0..filtered).map(|_| FrameSpec::udp("175.45.176.9", "198.51.100.10", 2, 443)));
+    let frames: Vec<Vec<u8>> = frames.iter().map(FrameSpec::build).collect();
+    link.send(&frames).expect("send");
+}
+
+#[test]
+fn beside_xdp_filter_in_libxdps_dispatcher() {
+    if !require_root() {
+        return;
+    }
+    let dir = temp_dir("dispatcher");
+    let feed = write_feed(&dir);
+    let pins = TestMount::bpf(&dir.join("bpf"));
+    let libxdp = TestMount::bpf(&dir.join("libxdp"));
+    let libxdp_bpffs = format!("LIBXDP_BPFFS={}", text(&libxdp.path));
+    let bpffs = libxdp_bpffs.as_str();
+    let link = VethLink::create("disp").expect("namespaces and veth");
+    let iface = link.sensor_iface.as_str();
+
+    xdp_tool(&link, bpffs, &["xdp-filter", "load", iface]);
+    xdp_tool(
+        &link,
+        bpffs,
+        &["xdp-filter", "ip", "175.45.176.9", "--mode", "src"],
+    );
+    let status = xdp_tool(&link, bpffs, &["xdp-loader", "status", iface]);
+    assert!(status.contains("xdpfilt_alw_all"), "{status}");
+
+    if !status.contains("xdp_dispatcher") {
+        // libxdp could not build a dispatcher here: neither can we.
+        eprintln!(
+            "this kernel refuses extension programs (libxdp fell back to one program); checking the refusal only:\n{status}"
+        );
+        let output = link
+            .sensor
+            .command(&classifier_binary())
+            .env("LIBXDP_BPFFS", &libxdp.path)
+            .args(["run", "--iface", iface, "--xdp-dispatcher"])
+            .args(["--metrics-addr", "off", "--stats-socket", "off"])
+            .args(["--endpoints", text(&feed), "--pin-path", text(&pins.path)])
+            .args(["--watch", "175.45.176.0/22"])
+            .output()
+            .expect("run classifier");
+        let error = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{error}");
+        assert!(
+            error.contains("refuses to load our program as an extension")
+                && error.contains("without --xdp-dispatcher"),
+            "{error}"
+        );
+        assert!(
+            !pins.path.join(iface).join("META").exists(),
+            "no pins left behind"
+        );
+        let after = xdp_tool(&link, bpffs, &["xdp-loader", "status", iface]);
+        assert_eq!(after, status, "the filter runs on, untouched");
+        let drops = filter_drops(&link, bpffs);
+        send(&link, 1, 2);
+        assert_eq!(filter_drops(&link, bpffs) - drops, 2, "and still drops");
+        xdp_tool(&link, bpffs, &["xdp-filter", "unload", iface]);
+        return;
+    }
+
+    // Both in one dispatcher, ours first.
+    let wrapper = ["env", bpffs];
+    let pin_path = ["--pin-path", text(&pins.path), "--xdp-dispatcher"];
+    let mut args = vec!["--endpoints", text(&feed), "--watch", "175.45.176.0/22"];
+    args.extend_from_slice(&pin_path);
+    let daemon = Daemon::start_wrapped(&link, &wrapper, &args);
+    let status = xdp_tool(&link, bpffs, &["xdp-loader", "status", iface]);
+    let ours = status.find("classifier").expect("ours in the dispatcher");
+    let filter = status.find("xdpfilt_alw_all").expect("the filter stays");
+    assert!(ours < filter, "ours runs first: {status}");
+
+    let drops = filter_drops(&link, bpffs);
+    send(&link, 3, 2);
+    let (report, _) = daemon.stop(libc::SIGTERM);
+    assert_eq!(
+        services(&report)["alpha"]["packets"],
+        5,
+        "every packet counted, also those the filter drops after us"
+    );
+    assert_eq!(filter_drops(&link, bpffs) - drops, 2);
+    let status = xdp_tool(&link, bpffs, &["xdp-loader", "status", iface]);
+    assert!(
+        !status.contains("classifier") && status.contains("xdpfilt_alw_all"),
+        "stopping took only ours out: {status}"
+    );
+    send(&link, 1, 1);
+    assert_eq!(filter_drops(&link, bpffs) - drops, 3, "the filter runs on");
+
+    // The other way round: the filter leaves, we count on.
+    let daemon = Daemon::start_wrapped(&link, &wrapper, &args);
+    xdp_tool(&link, bpffs, &["xdp-filter", "unload", iface]);
+    let status = xdp_tool(&link, bpffs, &["xdp-loader", "status", iface]);
+    assert!(
+        status.contains("classifier") && !status.contains("xdpfilt_alw_all"),
+        "unloading the filter left ours: {status}"
+    );
+    send(&link, 2, 2);
+    let (report, _) = daemon.stop(libc::SIGTERM);
+    assert_eq!(services(&report)["alpha"]["packets"], 4);
+    let status = xdp_tool(&link, bpffs, &["xdp-loader", "status", iface]);
+    assert!(
+        !status.contains("classifier") && !status.contains("xdp_dispatcher"),
+        "the last one out removes the dispatcher: {status}"
+    );
+    drop(pins);
+    drop(libxdp);
+    let _ = std::fs::remove_dir_all(dir);
+}
