@@ -547,7 +547,13 @@ fn link_and_pin(
     btf: &Btf,
     pins: &Path,
 ) -> Result<(), String> {
-    std::fs::create_dir(pins).map_err(|error| format!("{}: {error}", pins.display()))?;
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(pins)
+            .map_err(|error| format!("{}: {error}", pins.display()))?;
+    }
     for (slot, member) in members.iter().enumerate() {
         // A lone member replaces the dispatcher's main function.
         let function = if members.len() == 1 {

@@ -8,6 +8,10 @@
 //! - `CAP_PERFMON`: kept when present, as kernels may ask for it when
 //!   verifying a program (it is not needed by the current one).
 //!
+//! With `--xdp-dispatcher` it keeps `CAP_SYS_ADMIN` too: leaving libxdp's
+//! dispatcher (at SIGTERM) and reloading into it open the programs and the
+//! configuration already there by id, which takes it.
+//!
 //! Draining needs none of them (reads go through map descriptors already
 //! open), and snapshots are plain file writes. Run as root, everything else
 //! root's capabilities allow (CAP_SYS_ADMIN, CAP_DAC_OVERRIDE, …) is gone
@@ -15,6 +19,7 @@
 
 /// Capability numbers (linux/capability.h).
 pub const CAP_NET_ADMIN: u32 = 12;
+pub const CAP_SYS_ADMIN: u32 = 21;
 pub const CAP_PERFMON: u32 = 38;
 pub const CAP_BPF: u32 = 39;
 
@@ -24,6 +29,9 @@ pub const KEPT: [(u32, &str); 3] = [
     (CAP_NET_ADMIN, "CAP_NET_ADMIN"),
     (CAP_PERFMON, "CAP_PERFMON"),
 ];
+
+/// Kept too with `--xdp-dispatcher`.
+pub const DISPATCHER_KEPT: (u32, &str) = (CAP_SYS_ADMIN, "CAP_SYS_ADMIN");
 
 const VERSION_3: u32 = 0x2008_0522;
 
@@ -72,11 +80,16 @@ pub fn current() -> std::io::Result<Capabilities> {
     })
 }
 
-/// Keeps only [`KEPT`] (those of them the process has); returns what is
-/// left.
-pub fn drop_all_but_kept() -> std::io::Result<Capabilities> {
+/// Keeps only [`KEPT`] and `also` (those of them the process has); returns
+/// what is left.
+pub fn drop_all_but_kept(also: &[(u32, &str)]) -> std::io::Result<Capabilities> {
     let now = current()?;
-    let keep: u64 = KEPT.iter().map(|(cap, _)| 1u64 << cap).sum::<u64>() & now.permitted;
+    let keep: u64 = KEPT
+        .iter()
+        .chain(also)
+        .map(|(cap, _)| 1u64 << cap)
+        .fold(0, |mask, bit| mask | bit)
+        & now.permitted;
     let mut header = Header {
         version: VERSION_3,
         pid: 0,
@@ -117,6 +130,7 @@ pub fn drop_all_but_kept() -> std::io::Result<Capabilities> {
 /// Names of the capabilities in `mask` that [`KEPT`] knows, for logs.
 pub fn kept_names(mask: u64) -> Vec<&'static str> {
     KEPT.iter()
+        .chain([DISPATCHER_KEPT].iter())
         .filter(|(cap, _)| mask & (1u64 << cap) != 0)
         .map(|(_, name)| *name)
         .collect()

@@ -865,7 +865,12 @@ pub fn run_config(mut config: RunConfig) -> Result<Report, RunError> {
             }),
         };
         daemon.publish(Duration::ZERO);
-        match privileges::drop_all_but_kept() {
+        let also: &[(u32, &str)] = if config.xdp_dispatcher.is_some() {
+            &[privileges::DISPATCHER_KEPT]
+        } else {
+            &[]
+        };
+        match privileges::drop_all_but_kept(also) {
             Ok(left) => log::info!(
                 "dropped every capability but {} (what a feed reload needs)",
                 match privileges::kept_names(left.effective) {
