@@ -76,6 +76,25 @@ struct Config {
 // SAFETY: plain old data (bytemuck::Pod above).
 unsafe impl aya::Pod for Config {}
 
+/// The configuration's size and its fields' byte offsets, named as
+/// libxdp's `struct xdp_dispatcher_config` names them (a test compares
+/// them with the installed object's BTF).
+pub fn config_layout() -> (usize, [(&'static str, usize); 7]) {
+    use std::mem::offset_of;
+    (
+        size_of::<Config>(),
+        [
+            ("magic", offset_of!(Config, magic)),
+            ("dispatcher_version", offset_of!(Config, version)),
+            ("num_progs_enabled", offset_of!(Config, members)),
+            ("is_xdp_frags", offset_of!(Config, frags)),
+            ("chain_call_actions", offset_of!(Config, chain_actions)),
+            ("run_prios", offset_of!(Config, priorities)),
+            ("program_flags", offset_of!(Config, flags)),
+        ],
+    )
+}
+
 impl Config {
     fn for_members(members: &[Member]) -> Self {
         let mut config = Self {
@@ -245,7 +264,7 @@ impl Drop for Lock {
 
 /// libxdp's dispatcher object: `$LIBXDP_OBJECT_PATH/xdp-dispatcher.o`, or
 /// where distributions install it.
-fn object_path() -> Result<PathBuf, DispatcherError> {
+pub fn object_path() -> Result<PathBuf, DispatcherError> {
     let folders: Vec<PathBuf> = match std::env::var_os("LIBXDP_OBJECT_PATH") {
         Some(folder) => vec![folder.into()],
         None => [
@@ -327,6 +346,18 @@ impl Template {
             .try_clone()
             .map_err(|error| failed(error.to_string()))?;
         Ok((fd, "prog0"))
+    }
+
+    /// The loaded dispatcher's program id.
+    pub fn id(&self) -> Result<u32, DispatcherError> {
+        dispatcher_program(&self.0)
+            .and_then(|program| program.info().map_err(|error| error_chain(&error)))
+            .map(|info| info.id())
+            .map_err(|problem| DispatcherError::Failed {
+                iface: "libxdp's dispatcher".into(),
+                action: "read it",
+                problem,
+            })
     }
 }
 

@@ -165,3 +165,64 @@ fn beside_xdp_filter_in_libxdps_dispatcher() {
     drop(libxdp);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The dispatcher we load is one libxdp takes for its own: the
+/// configuration's layout is the installed object's (its BTF), and the
+/// loaded program passes libxdp's checks (`check_dispatcher_version`): the
+/// name `xdp_dispatcher`, BTF, one read-only map of one 124-byte value
+/// whose first bytes are the magic and version 2.
+#[test]
+fn the_dispatcher_we_load_passes_libxdps_checks() {
+    use aya::maps::{Array, Map, MapData, MapInfo};
+    use classifier_user::dispatcher;
+
+    if !require_root() {
+        return;
+    }
+    let object = dispatcher::object_path().expect("xdp-dispatcher.o (Debian xdp-tools)");
+    let output = Command::new("bpftool")
+        .args(["btf", "dump", "file"])
+        .arg(&object)
+        .output()
+        .expect("bpftool");
+    let dump = String::from_utf8_lossy(&output.stdout);
+    let mut lines = dump
+        .lines()
+        .skip_while(|line| !line.contains("STRUCT 'xdp_dispatcher_config'"));
+    let header = lines.next().expect("the configuration's struct in the BTF");
+    let (size, fields) = dispatcher::config_layout();
+    assert!(header.contains(&format!("size={size} vlen=7")), "{header}");
+    for ((name, offset), line) in fields.iter().zip(lines) {
+        assert!(
+            line.contains(&format!("'{name}'"))
+                && line.contains(&format!("bits_offset={}", offset * 8)),
+            "{name} at byte {offset}: {line}"
+        );
+    }
+
+    let template = dispatcher::Template::load().expect("load the dispatcher");
+    let id = template.id().expect("its id");
+    let info = aya::programs::loaded_programs()
+        .flatten()
+        .find(|info| info.id() == id)
+        .expect("loaded");
+    assert_eq!(info.name_as_str(), Some(dispatcher::DISPATCHER_NAME));
+    assert!(info.btf_id().is_some(), "loaded with its BTF");
+    let maps = info.map_ids().expect("map ids").unwrap_or_default();
+    assert_eq!(maps.len(), 1, "one map, the configuration");
+    let map = MapInfo::from_id(maps[0]).expect("the configuration map");
+    assert_eq!(
+        (map.key_size(), map.value_size(), map.max_entries()),
+        (4, 124, 1)
+    );
+    const BPF_F_RDONLY_PROG: u32 = 1 << 7;
+    assert_ne!(
+        map.map_flags() & BPF_F_RDONLY_PROG,
+        0,
+        "read-only to programs"
+    );
+    let config: Array<MapData, [u8; 124]> =
+        Array::try_from(Map::Array(MapData::from_id(maps[0]).expect("open"))).expect("an array");
+    let value = config.get(&0, 0).expect("its value");
+    assert_eq!(&value[..3], &[236, 2, 0], "magic, version 2, no members");
+}
