@@ -662,6 +662,21 @@ fn member_priority(iface: &Interface<'_>, id: u32) -> Result<Option<u32>, Dispat
     }))
 }
 
+/// Whether our program can join `iface`: nothing attached there, or
+/// libxdp's dispatcher of our version with a free slot. Checked before our
+/// program loads, so a refusal comes at once and names what is there.
+pub fn check_joinable(iface: &str) -> Result<(), DispatcherError> {
+    let iface = open(iface)?;
+    let root = pins_root()?;
+    let _lock = Lock::take(&root)?;
+    match installed(&iface, &root)? {
+        Some(installed) if installed.members.len() >= SLOTS => Err(DispatcherError::Full {
+            iface: iface.name.to_string(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Whether program `program_id` runs in the dispatcher on `iface`.
 pub fn is_member(iface: &str, program_id: u32) -> Result<bool, DispatcherError> {
     let iface = open(iface)?;

@@ -390,8 +390,10 @@ fn adopt_or_load(config: &mut RunConfig) -> Result<(PinnedSensor, std::fs::File)
 /// Loads the program with its counters pinned under `dir/maps` and attaches
 /// it to every interface; returns the attach modes.
 fn load_and_attach(config: &RunConfig, dir: &Path) -> Result<(Sensor, Vec<String>), RunError> {
-    if config.xdp_dispatcher.is_none() {
-        for iface in &config.ifaces {
+    for iface in &config.ifaces {
+        if config.xdp_dispatcher.is_some() {
+            crate::dispatcher::check_joinable(iface)?;
+        } else {
             clear_interface(iface, config.replace)?;
         }
     }

@@ -49,6 +49,33 @@ fn filter_drops(link: &VethLink, libxdp_bpffs: &str) -> u64 {
         .unwrap_or_else(|| panic!("no XDP_DROP line in: {status}"))
 }
 
+/// `classifier run --xdp-dispatcher` that must fail: exit 1, no pins left;
+/// its error output.
+fn refused(
+    link: &VethLink,
+    libxdp_bpffs: &std::path::Path,
+    feed: &std::path::Path,
+    pins: &std::path::Path,
+) -> String {
+    let output = link
+        .sensor
+        .command(&classifier_binary())
+        .env("LIBXDP_BPFFS", libxdp_bpffs)
+        .args(["run", "--iface", &link.sensor_iface, "--xdp-dispatcher"])
+        .args(["--metrics-addr", "off", "--stats-socket", "off"])
+        .args(["--endpoints", text(feed), "--pin-path", text(pins)])
+        .args(["--watch", "175.45.176.0/22"])
+        .output()
+        .expect("run classifier");
+    let error = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(1), "{error}");
+    assert!(
+        !pins.join(&link.sensor_iface).join("META").exists(),
+        "no pins left behind"
+    );
+    error
+}
+
 /// Frames from an allowed and a filtered watched source, both to an
 /// endpoint of the test feed's service `alpha`.
 fn send(link: &VethLink, allowed: usize, filtered: usize) {
@@ -85,35 +112,34 @@ fn beside_xdp_filter_in_libxdps_dispatcher() {
     if !status.contains("xdp_dispatcher") {
         // libxdp could not build a dispatcher here: neither can we.
         eprintln!(
-            "this kernel refuses extension programs (libxdp fell back to one program); checking the refusal only:\n{status}"
+            "this kernel refuses extension programs (libxdp fell back to one program); checking the refusals only:\n{status}"
         );
-        let output = link
-            .sensor
-            .command(&classifier_binary())
-            .env("LIBXDP_BPFFS", &libxdp.path)
-            .args(["run", "--iface", iface, "--xdp-dispatcher"])
-            .args(["--metrics-addr", "off", "--stats-socket", "off"])
-            .args(["--endpoints", text(&feed), "--pin-path", text(&pins.path)])
-            .args(["--watch", "175.45.176.0/22"])
-            .output()
-            .expect("run classifier");
-        let error = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(1), "{error}");
+        // The filter runs without a dispatcher: refused at once, named.
+        let error = refused(&link, &libxdp.path, &feed, &pins.path);
         assert!(
-            error.contains("refuses to load our program as an extension")
-                && error.contains("without --xdp-dispatcher"),
+            error.contains("XDP program \"xdpfilt_alw_all\"")
+                && error.contains("without libxdp's dispatcher"),
             "{error}"
-        );
-        assert!(
-            !pins.path.join(iface).join("META").exists(),
-            "no pins left behind"
         );
         let after = xdp_tool(&link, bpffs, &["xdp-loader", "status", iface]);
         assert_eq!(after, status, "the filter runs on, untouched");
         let drops = filter_drops(&link, bpffs);
         send(&link, 1, 2);
         assert_eq!(filter_drops(&link, bpffs) - drops, 2, "and still drops");
+
+        // An empty interface: the kernel refuses our extension.
         xdp_tool(&link, bpffs, &["xdp-filter", "unload", iface]);
+        let error = refused(&link, &libxdp.path, &feed, &pins.path);
+        assert!(
+            error.contains("refuses to load our program as an extension")
+                && error.contains("without --xdp-dispatcher"),
+            "{error}"
+        );
+        let after = xdp_tool(&link, bpffs, &["xdp-loader", "status", iface]);
+        assert!(
+            after.contains("<No XDP program loaded!>"),
+            "nothing left attached: {after}"
+        );
         return;
     }
 
