@@ -197,17 +197,29 @@ pub fn freplace_link(
     target: BorrowedFd<'_>,
     function_btf_id: u32,
 ) -> io::Result<std::os::fd::OwnedFd> {
+    let target = u32::try_from(target.as_raw_fd()).map_err(io::Error::other)?;
+    // An extension's link takes attach type 0.
+    link_create(program, target, 0, function_btf_id)
+}
+
+/// BPF_LINK_CREATE: links `program` to `target` (a program's fd, or an
+/// interface index) with `attach_type`, at BTF function `target_btf_id`
+/// when it has one (0 otherwise).
+pub(crate) fn link_create(
+    program: BorrowedFd<'_>,
+    target: u32,
+    attach_type: u32,
+    target_btf_id: u32,
+) -> io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;
     // SAFETY: bpf_attr is plain old data; all zeroes is valid.
     let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
     // SAFETY: writing the link-create member of a zeroed union.
     let link = unsafe { &mut attr.link_create };
     link.__bindgen_anon_1.prog_fd = u32::try_from(program.as_raw_fd()).map_err(io::Error::other)?;
-    link.__bindgen_anon_2.target_fd =
-        u32::try_from(target.as_raw_fd()).map_err(io::Error::other)?;
-    // An extension's link takes attach type 0.
-    link.attach_type = 0;
-    link.__bindgen_anon_3.target_btf_id = function_btf_id;
+    link.__bindgen_anon_2.target_fd = target;
+    link.attach_type = attach_type;
+    link.__bindgen_anon_3.target_btf_id = target_btf_id;
     let fd = bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr)?;
     // SAFETY: BPF_LINK_CREATE returned a new file descriptor we now own.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })

@@ -157,8 +157,15 @@ struct Member {
     flags: u32,
 }
 
+/// A program of ours (loaded as an extension) to add, at `priority`, or
+/// without one at the priority of the member it replaces.
+struct NewMember<'a> {
+    program: &'a Program,
+    priority: Option<u32>,
+}
+
 impl Member {
-    /// A program of ours (loaded as an extension) that chains on XDP_PASS.
+    /// A program of ours that chains on XDP_PASS.
     fn new(program: &Program, priority: u32) -> Result<Self, String> {
         let info = program.info().map_err(|error| error_chain(&error))?;
         let fd = program.fd().map_err(|error| error_chain(&error))?;
@@ -227,17 +234,22 @@ fn pins_root() -> Result<PathBuf, DispatcherError> {
     };
     crate::pins::prepare_bpf_fs(&base).map_err(|error| failed(error.to_string()))?;
     if !root.exists() {
-        use std::os::unix::fs::DirBuilderExt as _;
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&root)
-            .map_err(|error| failed(error.to_string()))?;
+        make_private_dir(&root).map_err(|error| failed(error.to_string()))?;
     }
     Ok(root)
 }
 
-/// Holds libxdp's lock (an exclusive `flock` on its pin folder) while alive.
-struct Lock(File);
+/// A folder only its owner may enter (0700), as libxdp makes its own.
+fn make_private_dir(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new().mode(0o700).create(path)
+}
+
+/// Holds libxdp's lock (an exclusive `flock` on its pin folder) while
+/// alive: closing the folder releases it.
+struct Lock {
+    _folder: File,
+}
 
 impl Lock {
     fn take(root: &Path) -> Result<Self, DispatcherError> {
@@ -251,14 +263,7 @@ impl Lock {
         if unsafe { libc::flock(folder.as_raw_fd(), libc::LOCK_EX) } != 0 {
             return Err(failed(std::io::Error::last_os_error().to_string()));
         }
-        Ok(Self(folder))
-    }
-}
-
-impl Drop for Lock {
-    fn drop(&mut self) {
-        // SAFETY: as above; closing the file would release it too.
-        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+        Ok(Self { _folder: folder })
     }
 }
 
@@ -320,26 +325,27 @@ fn dispatcher_program(ebpf: &Ebpf) -> Result<&Xdp, String> {
 /// before it is linked into the dispatchers interfaces run.
 pub struct Template(Ebpf);
 
+/// A failure about the template, doing `action`.
+fn template_failed(action: &'static str) -> impl Fn(String) -> DispatcherError {
+    move |problem| DispatcherError::Failed {
+        iface: "libxdp's dispatcher".into(),
+        action,
+        problem,
+    }
+}
+
 impl Template {
     pub fn load() -> Result<Self, DispatcherError> {
         let config = Config::for_members(&[]);
         load_dispatcher(&config)
             .map(Self)
-            .map_err(|problem| DispatcherError::Failed {
-                iface: "libxdp's dispatcher".into(),
-                action: "load it",
-                problem,
-            })
+            .map_err(template_failed("load it"))
     }
 
     /// The dispatcher program and the function our program replaces.
     pub fn target(&self) -> Result<(ProgramFd, &'static str), DispatcherError> {
-        let failed = |problem: String| DispatcherError::Failed {
-            iface: "libxdp's dispatcher".into(),
-            action: "open it",
-            problem,
-        };
-        let program = dispatcher_program(&self.0).map_err(failed)?;
+        let failed = template_failed("open it");
+        let program = dispatcher_program(&self.0).map_err(&failed)?;
         let fd = program
             .fd()
             .map_err(|error| failed(error_chain(&error)))?
@@ -353,12 +359,14 @@ impl Template {
         dispatcher_program(&self.0)
             .and_then(|program| program.info().map_err(|error| error_chain(&error)))
             .map(|info| info.id())
-            .map_err(|problem| DispatcherError::Failed {
-                iface: "libxdp's dispatcher".into(),
-                action: "read it",
-                problem,
-            })
+            .map_err(template_failed("read it"))
     }
+}
+
+/// What our program loads against as an extension (see [`Template`]); the
+/// template itself may go, the returned descriptor keeps it loaded.
+pub fn extension_target() -> Result<(ProgramFd, &'static str), DispatcherError> {
+    Template::load()?.target()
 }
 
 /// The dispatcher on `iface` and its members; `None` when no XDP program
@@ -453,7 +461,7 @@ fn unpin(pins: &Path) -> std::io::Result<()> {
 fn change(
     iface: &Interface<'_>,
     remove: Option<u32>,
-    add: Option<Member>,
+    add: Option<NewMember<'_>>,
     mode: AttachMode,
 ) -> Result<Option<&'static str>, DispatcherError> {
     let root = pins_root()?;
@@ -465,15 +473,27 @@ fn change(
         members = installed.members;
         old = Some((installed.program, installed.mode_flag, installed.pins));
     }
+    let mut removed_priority = None;
     if let Some(id) = remove {
-        let before = members.len();
+        removed_priority = members
+            .iter()
+            .find(|member| member.id == id)
+            .map(|member| member.priority);
         members.retain(|member| member.id != id);
-        if add.is_none() && members.len() == before {
+        if add.is_none() && removed_priority.is_none() {
             // Not a member (any more): nothing to change.
-            return Ok(old.as_ref().map(|(_, mode_flag, _)| mode_name(*mode_flag)));
+            return Ok(old
+                .as_ref()
+                .map(|(_, mode_flag, _)| interface_xdp::mode_name(*mode_flag)));
         }
     }
-    members.extend(add);
+    if let Some(add) = add {
+        let priority = add
+            .priority
+            .or(removed_priority)
+            .unwrap_or(DEFAULT_PRIORITY);
+        members.push(Member::new(add.program, priority).map_err(iface.failed("read our program"))?);
+    }
     if members.len() > SLOTS {
         return Err(DispatcherError::Full {
             iface: iface.name.to_string(),
@@ -518,11 +538,13 @@ fn change(
     }
 
     let old_fd = old.as_ref().map(|(program, _, _)| program.as_fd());
+    let native = interface_xdp::mode_flag("native");
+    let generic = interface_xdp::mode_flag("generic");
     let tries: Vec<u32> = match (&old, mode) {
         (Some((_, mode_flag, _)), _) => vec![*mode_flag],
-        (None, AttachMode::Auto) => vec![MODE_NATIVE, MODE_GENERIC],
-        (None, AttachMode::Native) => vec![MODE_NATIVE],
-        (None, AttachMode::Generic) => vec![MODE_GENERIC],
+        (None, AttachMode::Auto) => vec![native, generic],
+        (None, AttachMode::Native) => vec![native],
+        (None, AttachMode::Generic) => vec![generic],
     };
     let mut failures = Vec::new();
     let mut attached = None;
@@ -537,7 +559,10 @@ fn change(
                 attached = Some(mode_flag);
                 break;
             }
-            Err(error) => failures.push(format!("{} mode: {error}", mode_name(mode_flag))),
+            Err(error) => failures.push(format!(
+                "{} mode: {error}",
+                interface_xdp::mode_name(mode_flag)
+            )),
         }
     }
     let Some(mode_flag) = attached else {
@@ -554,20 +579,7 @@ fn change(
             ))
         })?;
     }
-    Ok(Some(mode_name(mode_flag)))
-}
-
-const MODE_NATIVE: u32 = 1 << 2;
-const MODE_GENERIC: u32 = 1 << 1;
-
-fn mode_name(mode_flag: u32) -> &'static str {
-    if mode_flag == MODE_GENERIC {
-        "generic"
-    } else if mode_flag == MODE_NATIVE {
-        "native"
-    } else {
-        "offloaded"
-    }
+    Ok(Some(interface_xdp::mode_name(mode_flag)))
 }
 
 /// Links every member into its slot of a new dispatcher and pins links and
@@ -578,13 +590,7 @@ fn link_and_pin(
     btf: &Btf,
     pins: &Path,
 ) -> Result<(), String> {
-    {
-        use std::os::unix::fs::DirBuilderExt as _;
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(pins)
-            .map_err(|error| format!("{}: {error}", pins.display()))?;
-    }
+    make_private_dir(pins).map_err(|error| format!("{}: {error}", pins.display()))?;
     for (slot, member) in members.iter().enumerate() {
         // A lone member replaces the dispatcher's main function.
         let function = if members.len() == 1 {
@@ -627,10 +633,17 @@ pub fn join(
     mode: AttachMode,
 ) -> Result<&'static str, DispatcherError> {
     let iface = open(iface)?;
-    let member = Member::new(program, priority).map_err(iface.failed("read our program"))?;
+    let id = program
+        .info()
+        .map_err(|error| iface.failed("read our program")(error_chain(&error)))?
+        .id();
     // A program of ours left by a daemon that died is there already: join
     // once.
-    let mode = change(&iface, Some(member.id), Some(member), mode)?;
+    let add = NewMember {
+        program,
+        priority: Some(priority),
+    };
+    let mode = change(&iface, Some(id), Some(add), mode)?;
     Ok(mode.unwrap_or("native"))
 }
 
@@ -641,25 +654,31 @@ pub fn leave(iface: &str, program_id: u32) -> Result<(), DispatcherError> {
     change(&iface, Some(program_id), None, AttachMode::Auto).map(|_| ())
 }
 
+/// [`leave`] on every interface of `ifaces`, logging what fails.
+pub fn leave_all(ifaces: &[String], program_id: u32) {
+    for iface in ifaces {
+        if let Err(error) = leave(iface, program_id) {
+            log::error!("cannot leave the dispatcher: {error}");
+        }
+    }
+}
+
 /// Puts `program` in the place of member `old_id` on `iface`, at the old
 /// member's priority (a feed reload).
 pub fn swap(iface: &str, old_id: u32, program: &Program) -> Result<(), DispatcherError> {
     let iface = open(iface)?;
-    let priority = member_priority(&iface, old_id)?.unwrap_or(DEFAULT_PRIORITY);
-    let member = Member::new(program, priority).map_err(iface.failed("read our program"))?;
-    change(&iface, Some(old_id), Some(member), AttachMode::Auto).map(|_| ())
+    let add = NewMember {
+        program,
+        priority: None,
+    };
+    change(&iface, Some(old_id), Some(add), AttachMode::Auto).map(|_| ())
 }
 
-fn member_priority(iface: &Interface<'_>, id: u32) -> Result<Option<u32>, DispatcherError> {
+/// The dispatcher on `iface` as it is now, read under libxdp's lock.
+fn read_installed(iface: &Interface<'_>) -> Result<Option<Installed>, DispatcherError> {
     let root = pins_root()?;
     let _lock = Lock::take(&root)?;
-    Ok(installed(iface, &root)?.and_then(|installed| {
-        installed
-            .members
-            .iter()
-            .find(|member| member.id == id)
-            .map(|member| member.priority)
-    }))
+    installed(iface, &root)
 }
 
 /// Whether our program can join `iface`: nothing attached there, or
@@ -667,9 +686,7 @@ fn member_priority(iface: &Interface<'_>, id: u32) -> Result<Option<u32>, Dispat
 /// program loads, so a refusal comes at once and names what is there.
 pub fn check_joinable(iface: &str) -> Result<(), DispatcherError> {
     let iface = open(iface)?;
-    let root = pins_root()?;
-    let _lock = Lock::take(&root)?;
-    match installed(&iface, &root)? {
+    match read_installed(&iface)? {
         Some(installed) if installed.members.len() >= SLOTS => Err(DispatcherError::Full {
             iface: iface.name.to_string(),
         }),
@@ -680,7 +697,8 @@ pub fn check_joinable(iface: &str) -> Result<(), DispatcherError> {
 /// Whether program `program_id` runs in the dispatcher on `iface`.
 pub fn is_member(iface: &str, program_id: u32) -> Result<bool, DispatcherError> {
     let iface = open(iface)?;
-    Ok(member_priority(&iface, program_id)?.is_some())
+    Ok(read_installed(&iface)?
+        .is_some_and(|installed| installed.members.iter().any(|m| m.id == program_id)))
 }
 
 #[cfg(test)]

@@ -55,6 +55,15 @@ impl fmt::Display for AttachedProgram {
     }
 }
 
+/// The mode name of an XDP_FLAGS_*_MODE flag ("generic", "native",
+/// "offloaded"; "unknown" for anything else).
+pub fn mode_name(mode_flag: u32) -> &'static str {
+    MODES
+        .iter()
+        .find(|(_, flag)| *flag == mode_flag)
+        .map_or("unknown", |(name, _)| *name)
+}
+
 /// XDP_FLAGS_UPDATE_IF_NOEXIST: attach only where nothing is attached.
 pub const FLAG_IF_NONE: u32 = 1;
 /// XDP_FLAGS_REPLACE: replace only the program given as the expected one.

@@ -439,18 +439,19 @@ impl PinnedSensor {
                     });
                 }
             }
-        }
-        for iface in ifaces.iter().filter(|_| meta.dispatcher_priority.is_none()) {
-            let path = dir.join(format!("{LINK_PREFIX}{iface}"));
-            if !path.exists() {
-                return Err(PinError::MissingLink {
-                    dir: dir.to_path_buf(),
-                    iface: iface.clone(),
-                });
+        } else {
+            for iface in ifaces {
+                let path = dir.join(format!("{LINK_PREFIX}{iface}"));
+                if !path.exists() {
+                    return Err(PinError::MissingLink {
+                        dir: dir.to_path_buf(),
+                        iface: iface.clone(),
+                    });
+                }
+                let link = PinnedLink::from_pin(&path)
+                    .map_err(|error| path_error(&path, error_chain(&error)))?;
+                links.push((iface.clone(), link));
             }
-            let link = PinnedLink::from_pin(&path)
-                .map_err(|error| path_error(&path, error_chain(&error)))?;
-            links.push((iface.clone(), link));
         }
         let counters = open_counters(dir)?;
         Ok(Some(Self {
@@ -516,13 +517,7 @@ impl PinnedSensor {
     pub fn detach(&mut self) {
         if self.meta.dispatcher_priority.is_some() {
             match pinned_program_id(&self.dir) {
-                Ok(id) => {
-                    for iface in &self.meta.interfaces {
-                        if let Err(error) = crate::dispatcher::leave(iface, id) {
-                            log::error!("cannot leave the dispatcher: {error}");
-                        }
-                    }
-                }
+                Ok(id) => crate::dispatcher::leave_all(&self.meta.interfaces, id),
                 Err(error) => log::error!("cannot leave the dispatchers: {error}"),
             }
         }

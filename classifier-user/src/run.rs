@@ -370,11 +370,7 @@ fn adopt_or_load(config: &mut RunConfig) -> Result<(PinnedSensor, std::fs::File)
             if config.xdp_dispatcher.is_some()
                 && let Some(id) = program_id
             {
-                for iface in &config.ifaces {
-                    if let Err(error) = crate::dispatcher::leave(iface, id) {
-                        log::error!("{error}");
-                    }
-                }
+                crate::dispatcher::leave_all(&config.ifaces, id);
             }
             // The loader's handles are gone: removing what was pinned detaches.
             if dir.exists()
@@ -409,11 +405,10 @@ fn load_and_attach(config: &RunConfig, dir: &Path) -> Result<(Sensor, Vec<String
         // Services only the domain feed names need ids too.
         services = services.extended_with(learner.domains.services());
     }
-    let template = config
+    let extension_of = config
         .xdp_dispatcher
-        .map(|_| crate::dispatcher::Template::load())
+        .map(|_| crate::dispatcher::extension_target())
         .transpose()?;
-    let extension_of = template.as_ref().map(|t| t.target()).transpose()?;
     let as_extension = extension_of.is_some();
     let mut sensor = Sensor::load_pinned(
         &config.watched,
@@ -453,13 +448,8 @@ fn load_and_attach(config: &RunConfig, dir: &Path) -> Result<(Sensor, Vec<String
             }
             Err(error) => {
                 // Out of the dispatchers joined so far: all or nothing.
-                let id = program.info().map(|info| info.id());
-                for iface in &config.ifaces[..joined] {
-                    if let Ok(id) = id
-                        && let Err(error) = crate::dispatcher::leave(iface, id)
-                    {
-                        log::error!("{error}");
-                    }
+                if let Ok(info) = program.info() {
+                    crate::dispatcher::leave_all(&config.ifaces[..joined], info.id());
                 }
                 return Err(error.into());
             }
@@ -668,11 +658,10 @@ impl Daemon {
                 .unwrap_or(capacities.flow_cache_slots),
             ..capacities
         };
-        let template = old
+        let extension_of = old
             .dispatcher_priority
-            .map(|_| crate::dispatcher::Template::load())
+            .map(|_| crate::dispatcher::extension_target())
             .transpose()?;
-        let extension_of = template.as_ref().map(|t| t.target()).transpose()?;
         let sensor = Sensor::load_pinned(
             &watched,
             &endpoints,

@@ -102,16 +102,7 @@ pub fn transmit_live(
 /// thread's network namespace) in driver mode with a BPF link; it stays
 /// attached until the returned descriptor is closed.
 pub fn attach_xdp_link(fd: BorrowedFd<'_>, if_index: u32) -> io::Result<OwnedFd> {
-    // SAFETY: as above.
-    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
-    // SAFETY: writing the link-create member of a zeroed union.
-    let link = unsafe { &mut attr.link_create };
-    link.__bindgen_anon_1.prog_fd = u32::try_from(fd.as_raw_fd()).map_err(io::Error::other)?;
-    link.__bindgen_anon_2.target_ifindex = if_index;
-    link.attach_type = bpf_attach_type::BPF_XDP as u32;
-    let fd = bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr)?;
-    // SAFETY: BPF_LINK_CREATE returned a new file descriptor we now own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    crate::bpf_sys::link_create(fd, if_index, bpf_attach_type::BPF_XDP as u32, 0)
 }
 
 /// Loads a two-instruction XDP program that returns `verdict`: the floor
