@@ -11,6 +11,9 @@
 
 use std::{collections::HashMap, os::fd::AsFd};
 
+use foldhash::fast::RandomState;
+use indexmap::IndexMap;
+
 use aya::maps::{IterableMap, Map, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use classifier_common::{
     FlowKey, FlowSlot, FlowValue, MAP_FLOW_CACHE, MAP_FLOWS, MAP_SERVICES, MAP_TOTALS,
@@ -91,25 +94,41 @@ fn sum_services(values: &PerCpuValues<ServiceCounters>) -> ServiceCounters {
     sum
 }
 
+impl FlowSample {
+    /// One CPU's value.
+    fn of(value: &FlowValue) -> Self {
+        Self {
+            packets: value.packets,
+            bytes: value.bytes,
+            ip_bytes: value.ip_bytes,
+            first_seen_ns: value.first_seen_ns,
+            last_seen_ns: value.last_seen_ns,
+            service: value.service,
+            tcp_flags: value.tcp_flags,
+            origin: value.origin,
+        }
+    }
+
+    /// Adds another CPU's value of the same flow (service and origin stay
+    /// the first CPU's).
+    fn add(&mut self, value: &FlowValue) {
+        self.packets += value.packets;
+        self.bytes += value.bytes;
+        self.ip_bytes += value.ip_bytes;
+        self.first_seen_ns = self.first_seen_ns.min(value.first_seen_ns);
+        self.last_seen_ns = self.last_seen_ns.max(value.last_seen_ns);
+        self.tcp_flags |= value.tcp_flags;
+    }
+}
+
+/// A flow's values summed over the CPUs that counted it; `None` when none did.
 fn sum_flow<'a>(values: impl Iterator<Item = &'a FlowValue>) -> Option<FlowSample> {
     let mut sample: Option<FlowSample> = None;
     for cpu in values.filter(|cpu| cpu.packets > 0) {
-        let sum = sample.get_or_insert(FlowSample {
-            packets: 0,
-            bytes: 0,
-            ip_bytes: 0,
-            first_seen_ns: u64::MAX,
-            last_seen_ns: 0,
-            service: cpu.service,
-            tcp_flags: 0,
-            origin: cpu.origin,
-        });
-        sum.packets += cpu.packets;
-        sum.bytes += cpu.bytes;
-        sum.ip_bytes += cpu.ip_bytes;
-        sum.first_seen_ns = sum.first_seen_ns.min(cpu.first_seen_ns);
-        sum.last_seen_ns = sum.last_seen_ns.max(cpu.last_seen_ns);
-        sum.tcp_flags |= cpu.tcp_flags;
+        match &mut sample {
+            Some(sum) => sum.add(cpu),
+            None => sample = Some(FlowSample::of(cpu)),
+        }
     }
     sample
 }
@@ -155,9 +174,80 @@ pub fn read(sensor: &Sensor) -> Result<KernelReading, DrainError> {
     read_counters(&sensor.counters, sensor.services.len())
 }
 
+/// Reads every counter map of a loaded sensor once into `ledger` (see
+/// [`drain_into`]).
+pub fn read_into(
+    sensor: &Sensor,
+    ledger: &mut Ledger,
+    monotonic_to_unix_ns: i128,
+) -> Result<(), DrainError> {
+    drain_into(
+        &sensor.counters,
+        sensor.services.len(),
+        ledger,
+        monotonic_to_unix_ns,
+    )
+}
+
 /// Reads every counter map once; `services` is how many services the
 /// program was loaded with.
 pub fn read_counters(maps: &CounterMaps, services: usize) -> Result<KernelReading, DrainError> {
+    let (totals, services) = read_totals_and_services(maps, services)?;
+    let mut flows = Vec::new();
+    visit_flow_table(maps, |key, sample| flows.push((*key, *sample)))?;
+    let (cached_flows, cache_slots_used) = read_flow_cache(&maps.flow_cache, cpus()?)?;
+    Ok(KernelReading {
+        totals,
+        services,
+        flows,
+        cached_flows,
+        cache_slots_used,
+    })
+}
+
+/// Reads every counter map once straight into `ledger`: what
+/// [`read_counters`] then [`Ledger::absorb`] do, without holding the whole
+/// reading (about 100 bytes a flow: 100 MB for a million flows). A failure
+/// part way leaves the ledger consistent (each flow is folded whole against
+/// its own baseline) and the next drain catches up.
+pub fn drain_into(
+    maps: &CounterMaps,
+    services: usize,
+    ledger: &mut Ledger,
+    monotonic_to_unix_ns: i128,
+) -> Result<(), DrainError> {
+    let (totals, services) = read_totals_and_services(maps, services)?;
+    ledger.absorb_counters(totals, services);
+    let table_capacity = flow_table(maps)?
+        .map()
+        .info()
+        .map_err(drain_error(MAP_FLOWS))?
+        .max_entries();
+    ledger.make_room(table_capacity);
+    let drain = ledger.next_drain();
+    let table_flows = visit_flow_table(maps, |key, sample| {
+        ledger.absorb_flow(Source::Table, key, sample, drain, monotonic_to_unix_ns);
+    })?;
+    let (cached_flows, cache_slots_used) = read_flow_cache(&maps.flow_cache, cpus()?)?;
+    for (key, sample) in &cached_flows {
+        ledger.absorb_flow(Source::Cache, key, sample, drain, monotonic_to_unix_ns);
+    }
+    ledger.count_live_flows(table_flows + cache_slots_used);
+    Ok(())
+}
+
+fn cpus() -> Result<usize, DrainError> {
+    aya::util::nr_cpus().map_err(|(path, error)| DrainError {
+        map: MAP_FLOWS,
+        problem: format!("{path}: {error}"),
+    })
+}
+
+/// The totals and the per-service counters, summed over CPUs.
+fn read_totals_and_services(
+    maps: &CounterMaps,
+    services: usize,
+) -> Result<(Totals, Vec<ServiceCounters>), DrainError> {
     let totals: PerCpuArray<_, Totals> =
         PerCpuArray::try_from(&maps.totals).map_err(drain_error(MAP_TOTALS))?;
     let totals = sum_totals(&totals.get(&0, 0).map_err(drain_error(MAP_TOTALS))?);
@@ -170,35 +260,40 @@ pub fn read_counters(maps: &CounterMaps, services: usize) -> Result<KernelReadin
         let values = service_map.get(&id, 0).map_err(drain_error(MAP_SERVICES))?;
         services.push(sum_services(&values));
     }
+    Ok((totals, services))
+}
 
-    let flow_map: PerCpuHashMap<_, FlowKey, FlowValue> =
-        PerCpuHashMap::try_from(&maps.flows).map_err(drain_error(MAP_FLOWS))?;
-    let cpus = aya::util::nr_cpus().map_err(|(path, error)| DrainError {
-        map: MAP_FLOWS,
-        problem: format!("{path}: {error}"),
-    })?;
-    let mut flows = Vec::new();
+fn flow_table(
+    maps: &CounterMaps,
+) -> Result<PerCpuHashMap<&aya::maps::MapData, FlowKey, FlowValue>, DrainError> {
+    PerCpuHashMap::try_from(&maps.flows).map_err(drain_error(MAP_FLOWS))
+}
+
+/// Visits every flow of the LRU table, summed over CPUs; returns how many.
+fn visit_flow_table(
+    maps: &CounterMaps,
+    mut visit: impl FnMut(&FlowKey, &FlowSample),
+) -> Result<usize, DrainError> {
+    let flow_map = flow_table(maps)?;
+    let mut flows = 0;
     let batched = visit_per_cpu_batched::<FlowKey, FlowValue>(
         flow_map.map().fd().as_fd(),
-        cpus,
+        cpus()?,
         |key, values| {
             if let Some(sample) = sum_flow(values.iter()) {
-                flows.push((*key, sample));
+                flows += 1;
+                visit(key, &sample);
             }
         },
     )
     .map_err(batch_error(MAP_FLOWS))?;
     if !batched {
-        flows = read_flow_table_by_key(&flow_map)?;
+        for (key, sample) in read_flow_table_by_key(&flow_map)? {
+            flows += 1;
+            visit(&key, &sample);
+        }
     }
-    let (cached_flows, cache_slots_used) = read_flow_cache(&maps.flow_cache, cpus)?;
-    Ok(KernelReading {
-        totals,
-        services,
-        flows,
-        cached_flows,
-        cache_slots_used,
-    })
+    Ok(flows)
 }
 
 fn batch_error(map: &'static str) -> impl Fn(std::io::Error) -> DrainError {
@@ -239,7 +334,7 @@ fn read_flow_cache(
     let cache: PerCpuArray<_, FlowSlot> =
         PerCpuArray::try_from(cache).map_err(drain_error(MAP_FLOW_CACHE))?;
     let mask = cache.len() - 1;
-    let mut by_key: HashMap<FlowKey, Vec<FlowValue>> = HashMap::new();
+    let mut by_key: HashMap<FlowKey, FlowSample, RandomState> = HashMap::default();
     let mut used = 0;
     let mut take = |index: u32, slots: &[FlowSlot]| {
         for slot in slots {
@@ -249,7 +344,10 @@ fn read_flow_cache(
                 && slot.value.packets > 0;
             if trusted {
                 used += 1;
-                by_key.entry(slot.key).or_default().push(slot.value);
+                by_key
+                    .entry(slot.key)
+                    .and_modify(|sample| sample.add(&slot.value))
+                    .or_insert_with(|| FlowSample::of(&slot.value));
             }
         }
     };
@@ -264,11 +362,7 @@ fn read_flow_cache(
             take(index, &slots);
         }
     }
-    let flows = by_key
-        .into_iter()
-        .filter_map(|(key, values)| Some((key, sum_flow(values.iter())?)))
-        .collect();
-    Ok((flows, used))
+    Ok((by_key.into_iter().collect(), used))
 }
 
 /// A flow as the ledger keeps it. Times are Unix nanoseconds.
@@ -285,6 +379,10 @@ pub struct FlowRecord {
     pub tcp_flags: u8,
     /// `classifier_common::ORIGIN_*`: what named the service.
     pub origin: u8,
+    /// The drain that last saw the flow in the kernel ([`Ledger::drains`]
+    /// in 32 bits, which fill the padding after the small fields: it wraps
+    /// after 2^32 drains, 136 years at one a second).
+    seen_in_drain: u32,
     /// The LRU table's and the flow cache's values at the last drain, to
     /// take deltas against.
     table: Baseline,
@@ -292,8 +390,19 @@ pub struct FlowRecord {
     /// `packets` and `bytes` when the last snapshot was cut.
     marked_packets: u64,
     marked_bytes: u64,
-    /// The drain that last saw the flow in the kernel.
-    seen_in_drain: u64,
+}
+const _: () = assert!(size_of::<FlowRecord>() == 128);
+
+/// The ledger's flows: the records in one vector, found through a hash
+/// index. A hash map holding the records themselves takes about twice as
+/// much memory (its table stays at most 7/8 full and doubles), and here
+/// the records are most of the daemon's memory. The hash is seeded per
+/// process: flow keys come from the network.
+pub type FlowRecords = IndexMap<FlowKey, FlowRecord, RandomState>;
+
+/// [`Ledger::drains`] as flow records stamp it.
+fn drain_stamp(drains: u64) -> u32 {
+    drains as u32
 }
 
 /// What a delta is taken against: a source's counts at the last drain, and
@@ -344,7 +453,7 @@ enum Source {
 pub struct Ledger {
     pub totals: Totals,
     pub services: Vec<ServiceCounters>,
-    pub flows: HashMap<FlowKey, FlowRecord>,
+    pub flows: FlowRecords,
     /// Flow keys alive in the kernel at the last drain (LRU table entries
     /// plus claimed cache slots).
     pub live_flows: usize,
@@ -393,7 +502,7 @@ impl Default for Ledger {
         Self {
             totals: bytemuck::Zeroable::zeroed(),
             services: Vec::new(),
-            flows: HashMap::new(),
+            flows: FlowRecords::default(),
             live_flows: 0,
             flow_evictions: 0,
             drains: 0,
@@ -496,71 +605,111 @@ impl Ledger {
 
     /// Folds in a reading; `monotonic_to_unix_ns` is added to kernel times.
     pub fn absorb(&mut self, reading: KernelReading, monotonic_to_unix_ns: i128) {
-        self.live_flows = reading.flows.len() + reading.cache_slots_used;
+        let live_flows = reading.flows.len() + reading.cache_slots_used;
+        self.absorb_counters(reading.totals, reading.services);
+        let drain = self.next_drain();
+        self.flows.reserve(
+            (reading.flows.len() + reading.cached_flows.len()).saturating_sub(self.flows.len()),
+        );
+        for (key, sample) in &reading.flows {
+            self.absorb_flow(Source::Table, key, sample, drain, monotonic_to_unix_ns);
+        }
+        for (key, sample) in &reading.cached_flows {
+            self.absorb_flow(Source::Cache, key, sample, drain, monotonic_to_unix_ns);
+        }
+        self.count_live_flows(live_flows);
+    }
+
+    /// Takes the kernel's totals and per-service counters of a reading.
+    fn absorb_counters(&mut self, totals: Totals, services: Vec<ServiceCounters>) {
+        self.totals = totals_plus(
+            &totals_minus(&totals, &self.base.totals),
+            &self.outside_kernel,
+        );
+        self.services = services_minus(&services, &self.base.services);
+        self.kernel_totals = totals;
+        self.kernel_services = services;
+    }
+
+    /// Room for the flows the table may hold (those inserted and not known
+    /// to be evicted, at most `table_capacity`), so that folding them in
+    /// grows the ledger once rather than doubling it step by step.
+    fn make_room(&mut self, table_capacity: u32) {
+        let expected = self
+            .kernel_totals
+            .flow_inserts
+            .saturating_sub(self.kernel_evictions)
+            .min(u64::from(table_capacity));
+        let expected = usize::try_from(expected).unwrap_or(usize::MAX);
+        self.flows
+            .reserve(expected.saturating_sub(self.flows.len()));
+    }
+
+    /// Starts folding a reading's flows: the stamp they are seen with.
+    fn next_drain(&mut self) -> u32 {
+        self.drains += 1;
+        drain_stamp(self.drains)
+    }
+
+    /// Ends folding a reading: `live_flows` flow keys were alive in the
+    /// kernel (LRU table entries plus claimed cache slots).
+    fn count_live_flows(&mut self, live_flows: usize) {
+        self.live_flows = live_flows;
         // Inserts are read before the flow table, so flows created between
         // the two reads could make this dip: it never goes down.
         self.kernel_evictions = self.kernel_evictions.max(
-            reading
-                .totals
+            self.kernel_totals
                 .flow_inserts
-                .saturating_sub(self.live_flows as u64),
+                .saturating_sub(live_flows as u64),
         );
         self.flow_evictions = self.kernel_evictions.saturating_sub(self.base.evictions);
-        self.totals = totals_plus(
-            &totals_minus(&reading.totals, &self.base.totals),
-            &self.outside_kernel,
-        );
-        self.services = services_minus(&reading.services, &self.base.services);
-        self.kernel_totals = reading.totals;
-        self.kernel_services = reading.services;
-        let incoming = reading.flows.len() + reading.cached_flows.len();
-        self.drains += 1;
-        let drain = self.drains;
-        let table = reading.flows.into_iter().map(|flow| (Source::Table, flow));
-        let cache = reading
-            .cached_flows
-            .into_iter()
-            .map(|flow| (Source::Cache, flow));
-        self.flows
-            .reserve(incoming.saturating_sub(self.flows.len()));
-        for (source, (key, sample)) in table.chain(cache) {
-            let to_unix =
-                |ns: u64| i64::try_from(i128::from(ns) + monotonic_to_unix_ns).unwrap_or(i64::MAX);
-            let record = self.flows.entry(key).or_insert(FlowRecord {
-                packets: 0,
-                bytes: 0,
-                ip_bytes: 0,
-                first_seen_unix_ns: to_unix(sample.first_seen_ns),
-                last_seen_unix_ns: to_unix(sample.last_seen_ns),
-                service: sample.service,
-                tcp_flags: 0,
-                origin: sample.origin,
-                table: EMPTY_BASELINE,
-                cache: EMPTY_BASELINE,
-                marked_packets: 0,
-                marked_bytes: 0,
-                seen_in_drain: drain,
-            });
-            let last = match source {
-                Source::Table => &mut record.table,
-                Source::Cache => &mut record.cache,
-            };
-            let (packets, bytes, ip_bytes, baseline) = gained(source, last, &sample);
-            *last = baseline;
-            record.seen_in_drain = drain;
-            record.service = sample.service;
-            record.origin = sample.origin;
-            if packets == 0 {
-                continue;
-            }
-            record.packets += packets;
-            record.bytes += bytes;
-            record.ip_bytes += ip_bytes;
-            record.first_seen_unix_ns =
-                record.first_seen_unix_ns.min(to_unix(sample.first_seen_ns));
-            record.last_seen_unix_ns = record.last_seen_unix_ns.max(to_unix(sample.last_seen_ns));
-            record.tcp_flags |= sample.tcp_flags;
+    }
+
+    /// Folds one flow of a reading in: what it gained since `source` last
+    /// showed it.
+    fn absorb_flow(
+        &mut self,
+        source: Source,
+        key: &FlowKey,
+        sample: &FlowSample,
+        drain: u32,
+        monotonic_to_unix_ns: i128,
+    ) {
+        let to_unix =
+            |ns: u64| i64::try_from(i128::from(ns) + monotonic_to_unix_ns).unwrap_or(i64::MAX);
+        let record = self.flows.entry(*key).or_insert(FlowRecord {
+            packets: 0,
+            bytes: 0,
+            ip_bytes: 0,
+            first_seen_unix_ns: to_unix(sample.first_seen_ns),
+            last_seen_unix_ns: to_unix(sample.last_seen_ns),
+            service: sample.service,
+            tcp_flags: 0,
+            origin: sample.origin,
+            table: EMPTY_BASELINE,
+            cache: EMPTY_BASELINE,
+            marked_packets: 0,
+            marked_bytes: 0,
+            seen_in_drain: drain,
+        });
+        let last = match source {
+            Source::Table => &mut record.table,
+            Source::Cache => &mut record.cache,
+        };
+        let (packets, bytes, ip_bytes, baseline) = gained(source, last, sample);
+        *last = baseline;
+        record.seen_in_drain = drain;
+        record.service = sample.service;
+        record.origin = sample.origin;
+        if packets == 0 {
+            return;
         }
+        record.packets += packets;
+        record.bytes += bytes;
+        record.ip_bytes += ip_bytes;
+        record.first_seen_unix_ns = record.first_seen_unix_ns.min(to_unix(sample.first_seen_ns));
+        record.last_seen_unix_ns = record.last_seen_unix_ns.max(to_unix(sample.last_seen_ns));
+        record.tcp_flags |= sample.tcp_flags;
     }
 
     /// Counts a frame too short to have an Ethernet header, which the kernel
@@ -621,7 +770,7 @@ impl Ledger {
             },
             drains: self.drains,
         };
-        let drain = self.drains;
+        let drain = drain_stamp(self.drains);
         let mut flows = Vec::new();
         for (key, record) in &mut self.flows {
             record.marked_packets = record.packets;

@@ -753,7 +753,7 @@ fn add_flow(flows: &mut BTreeMap<FlowId, FlowRow>, flow: &FlowRow) {
         flow.endpoint,
         flow.protocol,
         flow.port,
-        flow.direction.clone(),
+        flow.direction.to_string(),
         flow.service.clone(),
     );
     match flows.entry(id) {
@@ -1075,7 +1075,7 @@ mod tests {
             protocol: 6,
             port: 443,
             service: service.to_string(),
-            direction: "outbound".to_string(),
+            direction: "outbound".into(),
             packets,
             bytes: packets * 100,
             first_seen: first_seen.to_string(),

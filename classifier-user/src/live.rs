@@ -78,9 +78,13 @@ impl LiveStats {
     /// watched addresses.
     pub fn read(pinned: &PinnedCounters, key: Option<&Pseudonymizer>) -> Result<Self, LiveError> {
         let meta = &pinned.meta;
-        let reading = drain::read_counters(&pinned.counters, meta.services.len())?;
         let mut ledger = Ledger::default();
-        ledger.absorb(reading, drain::monotonic_to_unix_ns());
+        drain::drain_into(
+            &pinned.counters,
+            meta.services.len(),
+            &mut ledger,
+            drain::monotonic_to_unix_ns(),
+        )?;
         let mut report = Report::build(
             &ledger,
             &meta.service_table(),

@@ -74,10 +74,8 @@ struct Replay {
 
 impl Replay {
     fn drain(&mut self) -> Result<(), drain::DrainError> {
-        let reading = drain::read(&self.sensor)?;
         // The capture clock is Unix time already.
-        self.ledger.absorb(reading, 0);
-        Ok(())
+        drain::read_into(&self.sensor, &mut self.ledger, 0)
     }
 
     /// Starts snapshots at the first frame's time.

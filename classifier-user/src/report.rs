@@ -2,6 +2,7 @@
 //! drained ledger, and its renderings as a table and as JSON.
 
 use std::{
+    borrow::Cow,
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     fmt::Write as _,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -10,6 +11,7 @@ use std::{
 use classifier_common::{
     DIR_INBOUND, DIR_OUTBOUND, FAMILY_V4, FlowKey, MALFORMED_REASON_NAMES, MALFORMED_REASONS,
 };
+use foldhash::fast::RandomState;
 use serde::{Deserialize, Serialize};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
@@ -213,7 +215,8 @@ pub struct FlowRow {
     pub protocol: u8,
     pub port: u16,
     pub service: String,
-    pub direction: String,
+    /// "outbound" or "inbound" (shared text: a report holds many rows).
+    pub direction: Cow<'static, str>,
     pub packets: u64,
     pub bytes: u64,
     pub first_seen: String,
@@ -221,11 +224,11 @@ pub struct FlowRow {
     pub tcp_flags: u8,
     /// What named the service: "feed", "learned" or "protocol".
     #[serde(default = "origin_feed")]
-    pub origin: String,
+    pub origin: Cow<'static, str>,
 }
 
-fn origin_feed() -> String {
-    "feed".into()
+fn origin_feed() -> Cow<'static, str> {
+    Cow::Borrowed("feed")
 }
 
 /// The name of a `classifier_common::ORIGIN_*` value.
@@ -275,6 +278,74 @@ fn unix_ns_to_rfc3339(ns: i128) -> String {
     OffsetDateTime::from_unix_timestamp_nanos(ns).map_or_else(|_| ns.to_string(), rfc3339)
 }
 
+/// Unix-nanosecond times as [`unix_ns_to_rfc3339`] writes them, reusing
+/// the text of the last whole second (a report's flows cluster in time).
+#[derive(Debug, Default)]
+struct TimeFormatter {
+    /// The second `prefix` shows: `YYYY-MM-DDTHH:MM:SS`.
+    second: Option<i64>,
+    prefix: String,
+}
+
+impl TimeFormatter {
+    fn format(&mut self, ns: i64) -> String {
+        let second = ns.div_euclid(1_000_000_000);
+        let nanos = ns.rem_euclid(1_000_000_000);
+        if self.second != Some(second) {
+            let whole = unix_ns_to_rfc3339(i128::from(second) * 1_000_000_000);
+            let Some(prefix) = whole.strip_suffix('Z') else {
+                // Outside what RFC 3339 can show: as the one-off does.
+                return unix_ns_to_rfc3339(ns.into());
+            };
+            self.prefix = prefix.to_string();
+            self.second = Some(second);
+        }
+        let mut text = String::with_capacity(self.prefix.len() + 11);
+        text.push_str(&self.prefix);
+        if nanos != 0 {
+            // Nine digits without their trailing zeros, as `time` writes them.
+            let mut digits = [b'0'; 9];
+            let mut rest = nanos;
+            for digit in digits.iter_mut().rev() {
+                *digit = b'0' + (rest % 10) as u8;
+                rest /= 10;
+            }
+            let shown = 9 - digits.iter().rev().take_while(|d| **d == b'0').count();
+            text.push('.');
+            text.extend(digits[..shown].iter().map(|d| char::from(*d)));
+        }
+        text.push('Z');
+        text
+    }
+}
+
+/// What a flow row needs, copied out of the ledger: the sort and the rows
+/// then read memory in order (the ledger's records are scattered).
+struct RowSource {
+    first_seen: i64,
+    last_seen: i64,
+    key: FlowKey,
+    packets: u64,
+    bytes: u64,
+    service: u16,
+    tcp_flags: u8,
+    origin: u8,
+}
+
+/// Flow keys in report order: watched address, endpoint, port, direction,
+/// protocol, family (every field, so no two keys tie).
+fn flow_key_order(a: &FlowKey, b: &FlowKey) -> std::cmp::Ordering {
+    // Big-endian numbers order as their bytes do, and compare cheaper.
+    let number = u128::from_be_bytes;
+    number(a.watched)
+        .cmp(&number(b.watched))
+        .then_with(|| number(a.endpoint).cmp(&number(b.endpoint)))
+        .then_with(|| a.port.cmp(&b.port))
+        .then_with(|| a.direction.cmp(&b.direction))
+        .then_with(|| a.protocol.cmp(&b.protocol))
+        .then_with(|| a.family.cmp(&b.family))
+}
+
 /// The address a flow key holds, IPv4 shown as IPv4.
 pub fn key_address(family: u8, bytes: [u8; 16]) -> IpAddr {
     if family == FAMILY_V4 {
@@ -320,40 +391,62 @@ impl Report {
                 .unwrap_or("unknown")
                 .to_string()
         };
-        // Records with nothing counted yet (resumed baselines) are not flows.
-        let mut flows: Vec<(&FlowKey, _)> = ledger
+        // Records with nothing counted yet (resumed baselines) are not
+        // flows.
+        let mut flows: Vec<RowSource> = ledger
             .flows
             .iter()
             .filter(|(_, record)| record.packets > 0)
-            .collect();
-        // Keys are unique, so an unstable sort gives the same order.
-        flows.sort_unstable_by(|(a, ra), (b, rb)| {
-            ra.first_seen_unix_ns
-                .cmp(&rb.first_seen_unix_ns)
-                .then_with(|| a.watched.cmp(&b.watched))
-                .then_with(|| a.endpoint.cmp(&b.endpoint))
-                .then_with(|| a.port.cmp(&b.port))
-                .then_with(|| a.direction.cmp(&b.direction))
-        });
-
-        let flow_rows: Vec<FlowRow> = flows
-            .into_iter()
-            .map(|(key, record)| FlowRow {
-                watched: key_address(key.family, key.watched),
-                endpoint: key_address(key.family, key.endpoint),
-                protocol: key.protocol,
-                port: key.port,
-                service: service_name(record.service),
-                direction: direction_name(key.direction).to_string(),
+            .map(|(key, record)| RowSource {
+                first_seen: record.first_seen_unix_ns,
+                last_seen: record.last_seen_unix_ns,
+                key: *key,
                 packets: record.packets,
                 bytes: record.bytes,
-                first_seen: unix_ns_to_rfc3339(record.first_seen_unix_ns.into()),
-                last_seen: unix_ns_to_rfc3339(record.last_seen_unix_ns.into()),
+                service: record.service,
                 tcp_flags: record.tcp_flags,
-                origin: origin_name(record.origin).to_string(),
+                origin: record.origin,
             })
             .collect();
-        let by_service = FlowSummary::of(&flow_rows);
+        // Keys are unique, so an unstable sort gives the same order.
+        flows.sort_unstable_by(|a, b| {
+            a.first_seen
+                .cmp(&b.first_seen)
+                .then_with(|| flow_key_order(&a.key, &b.key))
+        });
+
+        let mut times = TimeFormatter::default();
+        let mut by_service = FlowSummary::default();
+        let flow_rows: Vec<FlowRow> = flows
+            .iter()
+            .map(|flow| {
+                let key = &flow.key;
+                let watched = key_address(key.family, key.watched);
+                let service = service_name(flow.service);
+                by_service.add(
+                    &service,
+                    flow.origin == classifier_common::ORIGIN_LEARNED,
+                    watched,
+                    flow.first_seen.into(),
+                    flow.last_seen.into(),
+                );
+                FlowRow {
+                    watched,
+                    endpoint: key_address(key.family, key.endpoint),
+                    protocol: key.protocol,
+                    port: key.port,
+                    service,
+                    direction: Cow::Borrowed(direction_name(key.direction)),
+                    packets: flow.packets,
+                    bytes: flow.bytes,
+                    first_seen: times.format(flow.first_seen),
+                    last_seen: times.format(flow.last_seen),
+                    tcp_flags: flow.tcp_flags,
+                    origin: Cow::Borrowed(origin_name(flow.origin)),
+                }
+            })
+            .collect();
+        drop(flows);
 
         let mut rows = Vec::new();
         for (id, counters) in ledger.services.iter().enumerate().skip(1) {
@@ -575,46 +668,54 @@ fn write_top_rows(out: &mut String, title: &str, rows: &[TopRow]) {
 }
 
 /// Per-service flow facts (flows, unique watched sources, first and last
-/// seen) computed from flow rows, so a report built from a ledger and one
-/// merged from snapshots agree.
+/// seen) computed from the same flows as the flow rows, so a report built
+/// from a ledger and one merged from snapshots agree.
 #[derive(Debug, Default)]
 pub struct FlowSummary {
-    services: HashMap<String, ServiceFlows>,
+    services: HashMap<String, ServiceFlows, RandomState>,
 }
 
 #[derive(Debug, Default)]
 struct ServiceFlows {
     flows: u64,
     flows_learned: u64,
-    sources: HashSet<IpAddr>,
-    first_seen: Option<String>,
-    last_seen: Option<String>,
+    sources: HashSet<IpAddr, RandomState>,
+    /// Unix nanoseconds.
+    first_seen: Option<i128>,
+    last_seen: Option<i128>,
 }
 
 impl FlowSummary {
-    /// `flows` must hold each flow key once.
+    /// Adds one flow (each flow key once); times are Unix nanoseconds.
+    pub fn add(&mut self, service: &str, learned: bool, watched: IpAddr, first: i128, last: i128) {
+        if !self.services.contains_key(service) {
+            self.services
+                .insert(service.to_string(), ServiceFlows::default());
+        }
+        let Some(entry) = self.services.get_mut(service) else {
+            return;
+        };
+        entry.flows += 1;
+        entry.flows_learned += u64::from(learned);
+        entry.sources.insert(watched);
+        entry.first_seen = Some(entry.first_seen.map_or(first, |seen| seen.min(first)));
+        entry.last_seen = Some(entry.last_seen.map_or(last, |seen| seen.max(last)));
+    }
+
+    /// The summary of flow rows that hold each flow key once. A time that
+    /// does not parse counts the flow but not towards first or last seen.
     pub fn of(flows: &[FlowRow]) -> Self {
         let mut summary = Self::default();
         for flow in flows {
-            let entry = summary.services.entry(flow.service.clone()).or_default();
-            entry.flows += 1;
-            entry.flows_learned += u64::from(flow.origin == "learned");
-            entry.sources.insert(flow.watched);
-            let earlier = |a: &str, b: &str| parse_time(a) < parse_time(b);
-            if entry
-                .first_seen
-                .as_ref()
-                .is_none_or(|t| earlier(&flow.first_seen, t))
-            {
-                entry.first_seen = Some(flow.first_seen.clone());
-            }
-            if entry
-                .last_seen
-                .as_ref()
-                .is_none_or(|t| earlier(t, &flow.last_seen))
-            {
-                entry.last_seen = Some(flow.last_seen.clone());
-            }
+            let time = |text: &str| parse_time(text).map(OffsetDateTime::unix_timestamp_nanos);
+            let (first, last) = (time(&flow.first_seen), time(&flow.last_seen));
+            summary.add(
+                &flow.service,
+                flow.origin == origin_name(classifier_common::ORIGIN_LEARNED),
+                flow.watched,
+                first.unwrap_or(i128::MAX),
+                last.unwrap_or(i128::MIN),
+            );
         }
         summary
     }
@@ -634,8 +735,14 @@ impl FlowSummary {
                 row.flows = flows.flows;
                 row.flows_learned = flows.flows_learned;
                 row.unique_sources = flows.sources.len() as u64;
-                row.first_seen = flows.first_seen;
-                row.last_seen = flows.last_seen;
+                row.first_seen = flows
+                    .first_seen
+                    .filter(|ns| *ns != i128::MAX)
+                    .map(unix_ns_to_rfc3339);
+                row.last_seen = flows
+                    .last_seen
+                    .filter(|ns| *ns != i128::MIN)
+                    .map(unix_ns_to_rfc3339);
             }
             row.share = if matched_flows == 0 {
                 0.0
@@ -657,7 +764,7 @@ impl FlowSummary {
 /// The [`TOP_ROWS`] addresses with the most packets over `flows`, grouped
 /// by `address_of`.
 pub fn top_rows(flows: &[FlowRow], address_of: impl Fn(&FlowRow) -> IpAddr) -> Vec<TopRow> {
-    let mut by_address: HashMap<IpAddr, (TopRow, BTreeSet<&str>)> = HashMap::new();
+    let mut by_address: HashMap<IpAddr, (TopRow, BTreeSet<&str>), RandomState> = HashMap::default();
     for flow in flows {
         let address = address_of(flow);
         let (row, services) = by_address.entry(address).or_insert_with(|| {
@@ -692,4 +799,90 @@ pub fn top_rows(flows: &[FlowRow], address_of: impl Fn(&FlowRow) -> IpAddr) -> V
     });
     rows.truncate(TOP_ROWS);
     rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_formatter_writes_what_the_one_off_writes() {
+        let mut times = TimeFormatter::default();
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let second = 1_000_000_000_i64;
+        let mut cases: Vec<i64> = vec![
+            0,
+            1,
+            -1,
+            second,
+            -second,
+            1_764_000_000 * second,
+            1_764_000_000 * second + 500_000_000,
+            1_764_000_000 * second + 120,
+            1_764_000_000 * second + 999_999_999,
+            i64::MAX,
+            i64::MIN,
+        ];
+        // Runs of times within one second (the cache), then random ones.
+        for _ in 0..2_000 {
+            let base = (next() % 4_000_000_000) as i64 * second;
+            for _ in 0..5 {
+                cases.push(base + (next() % 1_000_000_000) as i64);
+            }
+            cases.push(next() as i64);
+        }
+        for ns in cases {
+            assert_eq!(times.format(ns), unix_ns_to_rfc3339(ns.into()), "{ns}");
+        }
+    }
+
+    #[test]
+    fn flow_summary_keeps_the_earliest_and_latest_times_it_can_read() {
+        let row = |first: &str, last: &str, watched: &str| FlowRow {
+            watched: watched.parse().expect("an address"),
+            endpoint: "203.0.113.1".parse().expect("an address"),
+            protocol: 6,
+            port: 443,
+            service: "NordVPN".into(),
+            direction: "outbound".into(),
+            packets: 1,
+            bytes: 60,
+            first_seen: first.into(),
+            last_seen: last.into(),
+            tcp_flags: 0,
+            origin: "feed".into(),
+        };
+        let rows = vec![
+            row(
+                "2026-11-26T10:00:01.5Z",
+                "2026-11-26T10:00:02Z",
+                "175.45.176.1",
+            ),
+            row(
+                "2026-11-26T10:00:01.25Z",
+                "2026-11-26T10:00:01.75Z",
+                "175.45.176.2",
+            ),
+            row("not a time", "2026-11-26T10:00:03.000001Z", "175.45.176.1"),
+        ];
+        let filled = FlowSummary::of(&rows).fill_service_rows(Vec::new());
+        assert_eq!(filled.len(), 1);
+        let service = &filled[0];
+        assert_eq!(service.flows, 3);
+        assert_eq!(service.unique_sources, 2);
+        assert_eq!(
+            service.first_seen.as_deref(),
+            Some("2026-11-26T10:00:01.25Z")
+        );
+        assert_eq!(
+            service.last_seen.as_deref(),
+            Some("2026-11-26T10:00:03.000001Z")
+        );
+    }
 }

@@ -558,8 +558,13 @@ impl Daemon {
         let started = std::time::Instant::now();
         let services = self.sensor.meta.services.len();
         self.learn();
-        let result = drain::read_counters(&self.sensor.counters, services).map(|reading| {
-            self.ledger.absorb(reading, drain::monotonic_to_unix_ns());
+        let result = drain::drain_into(
+            &self.sensor.counters,
+            services,
+            &mut self.ledger,
+            drain::monotonic_to_unix_ns(),
+        )
+        .map(|()| {
             release_free_memory();
             // Only a drain that worked feeds the watchdog.
             self.notifier.drained();

@@ -65,4 +65,16 @@ fn a_full_flow_table_evicts_counts_it_and_keeps_service_counts_exact() {
     assert_eq!(ledger.totals.flow_insert_failures, 0);
     // Every flow still in the table has all three of its packets.
     assert!(ledger.flows.values().all(|flow| flow.packets == 3));
+
+    // Read straight into a ledger, as the daemon drains: the same counts.
+    let mut streamed = Ledger::default();
+    drain::read_into(&sensor, &mut streamed, 0).expect("drain");
+    assert_eq!(streamed.flows, ledger.flows);
+    assert_eq!(
+        streamed.services[delta].packets,
+        ledger.services[delta].packets
+    );
+    assert_eq!(streamed.totals.matched, ledger.totals.matched);
+    assert_eq!(streamed.live_flows, ledger.live_flows);
+    assert_eq!(streamed.flow_evictions, ledger.flow_evictions);
 }

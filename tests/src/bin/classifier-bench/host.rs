@@ -47,10 +47,9 @@ pub fn fill_flows(program: BorrowedFd<'_>, count: u32) -> Result<()> {
 
 /// Draining a full flow table into a report, in seconds per step.
 pub struct DrainFigures {
-    /// Reading every map from the kernel.
+    /// Reading every map from the kernel into the ledger (per-flow deltas),
+    /// as the daemon drains.
     pub read_s: f64,
-    /// Folding the reading into the ledger (per-flow deltas).
-    pub absorb_s: f64,
     /// Building the report from the ledger.
     pub report_s: f64,
     /// Flows in the report.
@@ -59,18 +58,15 @@ pub struct DrainFigures {
 
 impl DrainFigures {
     pub fn total_s(&self) -> f64 {
-        self.read_s + self.absorb_s + self.report_s
+        self.read_s + self.report_s
     }
 }
 
 pub fn drain_and_report(sensor: &Sensor) -> Result<DrainFigures> {
     let started = Instant::now();
-    let reading = drain::read(sensor)?;
-    let read_s = started.elapsed().as_secs_f64();
-    let started = Instant::now();
     let mut ledger = Ledger::default();
-    ledger.absorb(reading, drain::monotonic_to_unix_ns());
-    let absorb_s = started.elapsed().as_secs_f64();
+    drain::read_into(sensor, &mut ledger, drain::monotonic_to_unix_ns())?;
+    let read_s = started.elapsed().as_secs_f64();
     let started = Instant::now();
     let now = OffsetDateTime::now_utc();
     let report = Report::build(
@@ -87,7 +83,6 @@ pub fn drain_and_report(sensor: &Sensor) -> Result<DrainFigures> {
     let report_s = started.elapsed().as_secs_f64();
     Ok(DrainFigures {
         read_s,
-        absorb_s,
         report_s,
         flows: report.flows.len(),
     })
