@@ -305,7 +305,7 @@ impl TimeFormatter {
         if nanos != 0 {
             // Nine digits without their trailing zeros, as `time` writes them.
             let mut digits = [b'0'; 9];
-            let mut rest = nanos;
+            let mut rest = nanos as u32;
             for digit in digits.iter_mut().rev() {
                 *digit = b'0' + (rest % 10) as u8;
                 rest /= 10;
@@ -688,18 +688,18 @@ struct ServiceFlows {
 impl FlowSummary {
     /// Adds one flow (each flow key once); times are Unix nanoseconds.
     pub fn add(&mut self, service: &str, learned: bool, watched: IpAddr, first: i128, last: i128) {
-        if !self.services.contains_key(service) {
-            self.services
-                .insert(service.to_string(), ServiceFlows::default());
-        }
-        let Some(entry) = self.services.get_mut(service) else {
-            return;
+        let add = |entry: &mut ServiceFlows| {
+            entry.flows += 1;
+            entry.flows_learned += u64::from(learned);
+            entry.sources.insert(watched);
+            entry.first_seen = Some(entry.first_seen.map_or(first, |seen| seen.min(first)));
+            entry.last_seen = Some(entry.last_seen.map_or(last, |seen| seen.max(last)));
         };
-        entry.flows += 1;
-        entry.flows_learned += u64::from(learned);
-        entry.sources.insert(watched);
-        entry.first_seen = Some(entry.first_seen.map_or(first, |seen| seen.min(first)));
-        entry.last_seen = Some(entry.last_seen.map_or(last, |seen| seen.max(last)));
+        // One lookup for every flow but a service's first.
+        if let Some(entry) = self.services.get_mut(service) {
+            return add(entry);
+        }
+        add(self.services.entry(service.to_string()).or_default());
     }
 
     /// The summary of flow rows that hold each flow key once. A time that
@@ -784,21 +784,21 @@ pub fn top_rows(flows: &[FlowRow], address_of: impl Fn(&FlowRow) -> IpAddr) -> V
         row.flows += 1;
         services.insert(&flow.service);
     }
-    let mut rows: Vec<TopRow> = by_address
-        .into_values()
-        .map(|(mut row, services)| {
-            row.services = services.into_iter().map(str::to_string).collect();
-            row
-        })
-        .collect();
-    rows.sort_by(|a, b| {
+    let mut rows: Vec<_> = by_address.into_values().collect();
+    rows.sort_by(|(a, _), (b, _)| {
         b.packets
             .cmp(&a.packets)
             .then_with(|| b.bytes.cmp(&a.bytes))
             .then_with(|| a.address.cmp(&b.address))
     });
     rows.truncate(TOP_ROWS);
-    rows
+    // Service names only for the rows kept.
+    rows.into_iter()
+        .map(|(mut row, services)| {
+            row.services = services.into_iter().map(str::to_string).collect();
+            row
+        })
+        .collect()
 }
 
 #[cfg(test)]

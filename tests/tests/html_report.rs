@@ -60,9 +60,11 @@ fn render(page: &Path, work: &Path) -> Rendered {
         &format!("--screenshot={}", screenshot.display()),
         &format!("--log-net-log={}", net_log.display()),
     ]);
+    // Chromium's own pages (`source: chrome://…`, e.g. a "slow network"
+    // notice of its internal UI) log too; only the page's messages count.
     let console = String::from_utf8_lossy(&output.stderr)
         .lines()
-        .filter(|line| line.contains(":CONSOLE"))
+        .filter(|line| line.contains(":CONSOLE") && !line.contains("source: chrome://"))
         .map(str::to_string)
         .collect();
     let dom = String::from_utf8(chromium(&["--dump-dom"]).stdout).expect("UTF-8 DOM");
