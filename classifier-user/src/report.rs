@@ -808,13 +808,7 @@ mod tests {
     #[test]
     fn time_formatter_writes_what_the_one_off_writes() {
         let mut times = TimeFormatter::default();
-        let mut state = 0x2545_f491_4f6c_dd1d_u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = crate::test_support::xorshift(0x2545_f491_4f6c_dd1d);
         let second = 1_000_000_000_i64;
         let mut cases: Vec<i64> = vec![
             0,

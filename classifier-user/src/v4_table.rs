@@ -337,13 +337,7 @@ mod tests {
 
     #[test]
     fn random_nested_feeds_match_the_reference() {
-        let mut state = 0x1234_5678_9abc_def0_u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = crate::test_support::xorshift(0x1234_5678_9abc_def0);
         for _ in 0..20 {
             let mut endpoints: Vec<(Ipv4Net, u16)> = Vec::new();
             // Clustered under 10.0.0.0/12 so prefixes nest often.
