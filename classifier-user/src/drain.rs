@@ -193,9 +193,12 @@ pub fn read_into(
 /// program was loaded with.
 pub fn read_counters(maps: &CounterMaps, services: usize) -> Result<KernelReading, DrainError> {
     let (totals, services) = read_totals_and_services(maps, services)?;
+    let cpus = cpus()?;
     let mut flows = Vec::new();
-    visit_flow_table(maps, |key, sample| flows.push((*key, *sample)))?;
-    let (cached_flows, cache_slots_used) = read_flow_cache(&maps.flow_cache, cpus()?)?;
+    visit_flow_table(&flow_table(maps)?, cpus, |key, sample| {
+        flows.push((*key, *sample));
+    })?;
+    let (cached_flows, cache_slots_used) = read_flow_cache(&maps.flow_cache, cpus)?;
     Ok(KernelReading {
         totals,
         services,
@@ -218,17 +221,19 @@ pub fn drain_into(
 ) -> Result<(), DrainError> {
     let (totals, services) = read_totals_and_services(maps, services)?;
     ledger.absorb_counters(totals, services);
-    let table_capacity = flow_table(maps)?
+    let cpus = cpus()?;
+    let table = flow_table(maps)?;
+    let table_capacity = table
         .map()
         .info()
         .map_err(drain_error(MAP_FLOWS))?
         .max_entries();
     ledger.make_room(table_capacity);
     let drain = ledger.next_drain();
-    let table_flows = visit_flow_table(maps, |key, sample| {
+    let table_flows = visit_flow_table(&table, cpus, |key, sample| {
         ledger.absorb_flow(Source::Table, key, sample, drain, monotonic_to_unix_ns);
     })?;
-    let (cached_flows, cache_slots_used) = read_flow_cache(&maps.flow_cache, cpus()?)?;
+    let (cached_flows, cache_slots_used) = read_flow_cache(&maps.flow_cache, cpus)?;
     for (key, sample) in &cached_flows {
         ledger.absorb_flow(Source::Cache, key, sample, drain, monotonic_to_unix_ns);
     }
@@ -263,22 +268,23 @@ fn read_totals_and_services(
     Ok((totals, services))
 }
 
-fn flow_table(
-    maps: &CounterMaps,
-) -> Result<PerCpuHashMap<&aya::maps::MapData, FlowKey, FlowValue>, DrainError> {
+/// The LRU flow table, typed.
+type FlowTable<'a> = PerCpuHashMap<&'a aya::maps::MapData, FlowKey, FlowValue>;
+
+fn flow_table(maps: &CounterMaps) -> Result<FlowTable<'_>, DrainError> {
     PerCpuHashMap::try_from(&maps.flows).map_err(drain_error(MAP_FLOWS))
 }
 
-/// Visits every flow of the LRU table, summed over CPUs; returns how many.
+/// Visits every flow of the LRU table, summed over `cpus`; returns how many.
 fn visit_flow_table(
-    maps: &CounterMaps,
+    flow_map: &FlowTable<'_>,
+    cpus: usize,
     mut visit: impl FnMut(&FlowKey, &FlowSample),
 ) -> Result<usize, DrainError> {
-    let flow_map = flow_table(maps)?;
     let mut flows = 0;
     let batched = visit_per_cpu_batched::<FlowKey, FlowValue>(
         flow_map.map().fd().as_fd(),
-        cpus()?,
+        cpus,
         |key, values| {
             if let Some(sample) = sum_flow(values.iter()) {
                 flows += 1;
@@ -288,7 +294,7 @@ fn visit_flow_table(
     )
     .map_err(batch_error(MAP_FLOWS))?;
     if !batched {
-        for (key, sample) in read_flow_table_by_key(&flow_map)? {
+        for (key, sample) in read_flow_table_by_key(flow_map)? {
             flows += 1;
             visit(&key, &sample);
         }
@@ -306,7 +312,7 @@ fn batch_error(map: &'static str) -> impl Fn(std::io::Error) -> DrainError {
 /// The flow table one key at a time (two syscalls per entry), for kernels
 /// without batch operations on it.
 fn read_flow_table_by_key(
-    flow_map: &PerCpuHashMap<&aya::maps::MapData, FlowKey, FlowValue>,
+    flow_map: &FlowTable<'_>,
 ) -> Result<Vec<(FlowKey, FlowSample)>, DrainError> {
     let mut flows = Vec::new();
     for entry in flow_map.iter() {
