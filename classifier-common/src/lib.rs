@@ -441,7 +441,8 @@ pub struct FlowKey {
 }
 const _: () = assert!(size_of::<FlowKey>() == 40);
 
-/// Flow-table value. Times are `bpf_ktime_get_ns` (CLOCK_MONOTONIC).
+/// Flow-table value. Times are stamps of the flow clock: the kernel's tick
+/// counter (jiffies) on a sensor, Unix ns on a replay (`classifier pcap`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct FlowValue {

@@ -9,19 +9,15 @@
 use aya_ebpf::{helpers::bpf_xdp_load_bytes, programs::XdpContext};
 use classifier_common::{CAPTURE_MAX_BYTES, CaptureRecord, FlowKey, Totals};
 
-use crate::{CAPTURE_BUDGET, CAPTURE_CONFIG, CAPTURE_EVENTS, CAPTURE_FLOWS, learn::within_budget};
+use crate::{
+    CAPTURE_BUDGET, CAPTURE_CONFIG, CAPTURE_EVENTS, CAPTURE_FLOWS, count::clock_ns,
+    learn::within_budget,
+};
 
 /// Captures the frame's first bytes when the configuration asks for this
 /// packet of the flow `key`.
 #[inline(always)]
-pub fn matched(
-    ctx: &XdpContext,
-    totals: &mut Totals,
-    key: &FlowKey,
-    service: u32,
-    frame_len: u64,
-    now: u64,
-) {
+pub fn matched(ctx: &XdpContext, totals: &mut Totals, key: &FlowKey, service: u32, frame_len: u64) {
     let Some(config) = CAPTURE_CONFIG.get(0) else {
         return;
     };
@@ -46,6 +42,7 @@ pub fn matched(
             let _ = CAPTURE_FLOWS.insert(key, 1, 0);
         }
     }
+    let now = clock_ns();
     if !within_budget(&CAPTURE_BUDGET, config.rate, now) {
         totals.capture_throttled += 1;
         return;

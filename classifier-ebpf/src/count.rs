@@ -4,7 +4,11 @@
 //! Totals and per-service counters never depend on the flow table, so they
 //! stay exact when it is full.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_ktime_get_coarse_ns, generated::bpf_jiffies64},
+    programs::XdpContext,
+};
 use bytemuck::Zeroable;
 use classifier_common::{
     FAMILY_V4, FAMILY_V6, FlowKey, FlowValue, ORIGIN_FEED, ORIGIN_LEARNED, ORIGIN_PROTOCOL,
@@ -177,9 +181,8 @@ fn count_watched<A: KeyAddress>(
 
     key.direction = watched.direction;
 
-    let now = flow_clock();
-    count_flow(totals, packet, key, service, origin, bytes, now);
-    capture::matched(ctx, totals, key, service, bytes, now);
+    count_flow(totals, packet, key, service, origin, bytes, flow_time());
+    capture::matched(ctx, totals, key, service, bytes);
 }
 
 /// Counts the packet in its flow: the flow cache first (a known flow costs
@@ -245,13 +248,27 @@ fn count_flow<A>(
     }
 }
 
-/// The time flows are stamped with, in ns. Coarse (tick-resolution)
-/// CLOCK_MONOTONIC: a few ns cheaper than the exact clock, and flow times
-/// need no finer grain. A capture replayed by `classifier pcap` stamps
-/// flows with the frame's own time instead (a load-time constant: the
-/// branch not taken is removed).
+/// The time flows are stamped with: the kernel's tick counter (jiffies,
+/// which the verifier turns into a load; a clock read is a helper call,
+/// about 15 ns a matched packet). Userspace converts ticks to Unix time
+/// (`classifier_user::flow_clock`). A capture replayed by `classifier pcap`
+/// stamps flows with the frame's own Unix time in ns instead (a load-time
+/// constant: the branch not taken is removed).
 #[inline(always)]
-pub fn flow_clock() -> u64 {
+fn flow_time() -> u64 {
+    if load_time(&CAPTURE_CLOCK_ON) != 0 {
+        CAPTURE_CLOCK.get(0).copied().unwrap_or(0)
+    } else {
+        // SAFETY: bpf_jiffies64 has no preconditions.
+        unsafe { bpf_jiffies64() }
+    }
+}
+
+/// The time in ns, for rate budgets and captured packets (the few packets
+/// that need one): coarse (tick-resolution) CLOCK_MONOTONIC, or the
+/// capture's time on a replay.
+#[inline(always)]
+pub fn clock_ns() -> u64 {
     if load_time(&CAPTURE_CLOCK_ON) != 0 {
         CAPTURE_CLOCK.get(0).copied().unwrap_or(0)
     } else {

@@ -4,7 +4,7 @@
 //! consults when no feed names the other end: DNS responses (UDP or TCP
 //! from port 53) to a watched host, and the first payload segments of TCP
 //! flows whose other end no feed names, up to `LEARN_BYTES` of each.
-//! At most `LEARN_RATE` records a second (of the flows' clock) are handed
+//! At most `LEARN_RATE` records a second (of `clock_ns`) are handed
 //! over, all CPUs together; the rest are counted as throttled. A full ring
 //! buffer drops the record and counts it.
 
@@ -17,7 +17,7 @@ use classifier_common::{
 use crate::{
     LEARN_BUDGET, LEARN_EVENTS, LEARN_RATE, LEARNED, TCP_PROBES,
     classify::Watched,
-    count::{KeyAddress, flow_clock},
+    count::{KeyAddress, clock_ns},
     load_time,
     parse::{MAX_FRAME, Packet},
 };
@@ -108,7 +108,7 @@ fn hand_over<A: KeyAddress>(
     // 1..=LEARN_BYTES in a form the verifier follows (the helper refuses a
     // length that may be zero); LEARN_BYTES is a power of two.
     let len = ((len - 1) & (LEARN_BYTES - 1)) + 1;
-    if !within_budget(&LEARN_BUDGET, load_time(&LEARN_RATE), flow_clock()) {
+    if !within_budget(&LEARN_BUDGET, load_time(&LEARN_RATE), clock_ns()) {
         totals.learn_throttled += 1;
         return;
     }
@@ -144,8 +144,8 @@ fn hand_over<A: KeyAddress>(
     totals.learn_records += 1;
 }
 
-/// Whether the budget of `rate` records for the second of `now` (the
-/// flows' clock) has room, taking one if so. CPUs share the budget without a lock: ones racing at a second's
+/// Whether the budget of `rate` records for the second of `now` (ns, the
+/// budgets' clock) has room, taking one if so. CPUs share the budget without a lock: ones racing at a second's
 /// turn may pass a few records more than the rate.
 #[inline(always)]
 pub fn within_budget(budget: &Array<RateBudget>, rate: u32, now: u64) -> bool {

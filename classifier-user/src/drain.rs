@@ -22,6 +22,7 @@ use classifier_common::{
 
 use crate::{
     bpf_sys::visit_per_cpu_batched,
+    flow_clock::FlowClock,
     loader::{Sensor, error_chain},
 };
 
@@ -176,17 +177,8 @@ pub fn read(sensor: &Sensor) -> Result<KernelReading, DrainError> {
 
 /// Reads every counter map of a loaded sensor once into `ledger` (see
 /// [`drain_into`]).
-pub fn read_into(
-    sensor: &Sensor,
-    ledger: &mut Ledger,
-    monotonic_to_unix_ns: i128,
-) -> Result<(), DrainError> {
-    drain_into(
-        &sensor.counters,
-        sensor.services.len(),
-        ledger,
-        monotonic_to_unix_ns,
-    )
+pub fn read_into(sensor: &Sensor, ledger: &mut Ledger, clock: FlowClock) -> Result<(), DrainError> {
+    drain_into(&sensor.counters, sensor.services.len(), ledger, clock)
 }
 
 /// Reads every counter map once; `services` is how many services the
@@ -217,7 +209,7 @@ pub fn drain_into(
     maps: &CounterMaps,
     services: usize,
     ledger: &mut Ledger,
-    monotonic_to_unix_ns: i128,
+    clock: FlowClock,
 ) -> Result<(), DrainError> {
     let (totals, services) = read_totals_and_services(maps, services)?;
     ledger.absorb_counters(totals, services);
@@ -231,11 +223,11 @@ pub fn drain_into(
     ledger.make_room(table_capacity);
     let drain = ledger.next_drain();
     let table_flows = visit_flow_table(&table, cpus, |key, sample| {
-        ledger.absorb_flow(Source::Table, key, sample, drain, monotonic_to_unix_ns);
+        ledger.absorb_flow(Source::Table, key, sample, drain, clock);
     })?;
     let (cached_flows, cache_slots_used) = read_flow_cache(&maps.flow_cache, cpus)?;
     for (key, sample) in &cached_flows {
-        ledger.absorb_flow(Source::Cache, key, sample, drain, monotonic_to_unix_ns);
+        ledger.absorb_flow(Source::Cache, key, sample, drain, clock);
     }
     ledger.count_live_flows(table_flows + cache_slots_used);
     Ok(())
@@ -609,8 +601,8 @@ impl Ledger {
         ledger
     }
 
-    /// Folds in a reading; `monotonic_to_unix_ns` is added to kernel times.
-    pub fn absorb(&mut self, reading: KernelReading, monotonic_to_unix_ns: i128) {
+    /// Folds in a reading; `clock` turns its flow stamps into Unix time.
+    pub fn absorb(&mut self, reading: KernelReading, clock: FlowClock) {
         let live_flows = reading.flows.len() + reading.cache_slots_used;
         self.absorb_counters(reading.totals, reading.services);
         let drain = self.next_drain();
@@ -618,10 +610,10 @@ impl Ledger {
             (reading.flows.len() + reading.cached_flows.len()).saturating_sub(self.flows.len()),
         );
         for (key, sample) in &reading.flows {
-            self.absorb_flow(Source::Table, key, sample, drain, monotonic_to_unix_ns);
+            self.absorb_flow(Source::Table, key, sample, drain, clock);
         }
         for (key, sample) in &reading.cached_flows {
-            self.absorb_flow(Source::Cache, key, sample, drain, monotonic_to_unix_ns);
+            self.absorb_flow(Source::Cache, key, sample, drain, clock);
         }
         self.count_live_flows(live_flows);
     }
@@ -679,10 +671,9 @@ impl Ledger {
         key: &FlowKey,
         sample: &FlowSample,
         drain: u32,
-        monotonic_to_unix_ns: i128,
+        clock: FlowClock,
     ) {
-        let to_unix =
-            |ns: u64| i64::try_from(i128::from(ns) + monotonic_to_unix_ns).unwrap_or(i64::MAX);
+        let to_unix = |stamp: u64| clock.unix_ns(stamp);
         let record = self.flows.entry(*key).or_insert(FlowRecord {
             packets: 0,
             bytes: 0,
@@ -965,12 +956,24 @@ mod tests {
     #[test]
     fn flows_accumulate_deltas_across_drains_and_evictions() {
         let mut ledger = Ledger::default();
-        ledger.absorb(reading(vec![(key(1), sample(3, 10, 20))]), 1_000);
-        ledger.absorb(reading(vec![(key(1), sample(5, 10, 30))]), 1_000);
+        ledger.absorb(
+            reading(vec![(key(1), sample(3, 10, 20))]),
+            FlowClock::monotonic_ns(1_000),
+        );
+        ledger.absorb(
+            reading(vec![(key(1), sample(5, 10, 30))]),
+            FlowClock::monotonic_ns(1_000),
+        );
         // Evicted and recreated with fewer packets than before.
-        ledger.absorb(reading(vec![(key(1), sample(2, 40, 50))]), 1_000);
+        ledger.absorb(
+            reading(vec![(key(1), sample(2, 40, 50))]),
+            FlowClock::monotonic_ns(1_000),
+        );
         // Evicted and recreated with more packets: the first-seen time tells.
-        ledger.absorb(reading(vec![(key(1), sample(9, 60, 70))]), 1_000);
+        ledger.absorb(
+            reading(vec![(key(1), sample(9, 60, 70))]),
+            FlowClock::monotonic_ns(1_000),
+        );
         let record = ledger.flows[&key(1)];
         assert_eq!(record.packets, 5 + 2 + 9);
         assert_eq!(record.bytes, 1600);
@@ -987,7 +990,7 @@ mod tests {
                 vec![(key(1), sample(2, 30, 40))],
                 vec![(key(1), sample(4, 10, 20))],
             ),
-            0,
+            FlowClock::UNIX_NS,
         );
         // The cache sum grows; the table entry is evicted and comes back.
         ledger.absorb(
@@ -995,17 +998,17 @@ mod tests {
                 vec![(key(1), sample(1, 50, 60))],
                 vec![(key(1), sample(7, 10, 55))],
             ),
-            0,
+            FlowClock::UNIX_NS,
         );
         // A cache sum that looks lower (a slot missed mid-claim) adds nothing
         // and does not lower the baseline.
         ledger.absorb(
             cached_reading(Vec::new(), vec![(key(1), sample(5, 10, 55))]),
-            0,
+            FlowClock::UNIX_NS,
         );
         ledger.absorb(
             cached_reading(Vec::new(), vec![(key(1), sample(8, 10, 70))]),
-            0,
+            FlowClock::UNIX_NS,
         );
         let record = ledger.flows[&key(1)];
         assert_eq!(record.packets, 2 + 1 + 8);
@@ -1030,7 +1033,10 @@ mod tests {
     #[test]
     fn cuts_split_counts_exactly_and_a_resumed_ledger_counts_only_what_came_after() {
         let mut ledger = Ledger::default();
-        ledger.absorb(full_reading(10, vec![(key(1), sample(4, 10, 20))]), 0);
+        ledger.absorb(
+            full_reading(10, vec![(key(1), sample(4, 10, 20))]),
+            FlowClock::UNIX_NS,
+        );
         let first = ledger.since_mark();
         let checkpoint = ledger.cut();
         assert_eq!(first.totals.ipv4, 10);
@@ -1042,7 +1048,7 @@ mod tests {
                 25,
                 vec![(key(1), sample(9, 10, 40)), (key(2), sample(2, 30, 35))],
             ),
-            0,
+            FlowClock::UNIX_NS,
         );
         let second = ledger.since_mark();
         assert_eq!(second.totals.ipv4, 15);
@@ -1059,7 +1065,7 @@ mod tests {
                 25,
                 vec![(key(1), sample(9, 10, 40)), (key(2), sample(2, 30, 35))],
             ),
-            0,
+            FlowClock::UNIX_NS,
         );
         let interval = resumed.since_mark();
         assert_eq!(interval.totals.ipv4, 15);

@@ -9,6 +9,7 @@ pub mod drain;
 pub mod evidence;
 pub mod feedcheck;
 pub mod feeds;
+pub mod flow_clock;
 pub mod generate;
 pub mod history;
 pub mod html;

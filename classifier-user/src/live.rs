@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     drain::{self, Ledger},
+    flow_clock::FlowClock,
     pins::{self, PinnedCounters, SensorMeta},
     pseudonym::Pseudonymizer,
     report::{Report, ReportContext},
@@ -43,6 +44,8 @@ pub enum LiveError {
     NoGroup(String),
     #[error(transparent)]
     Drain(#[from] drain::DrainError),
+    #[error(transparent)]
+    Clock(#[from] crate::flow_clock::ClockError),
     #[error(transparent)]
     Pin(#[from] pins::PinError),
 }
@@ -83,7 +86,7 @@ impl LiveStats {
             &pinned.counters,
             meta.services.len(),
             &mut ledger,
-            drain::monotonic_to_unix_ns(),
+            FlowClock::kernel()?,
         )?;
         let mut report = Report::build(
             &ledger,

@@ -18,6 +18,7 @@ use crate::{
     cli::PcapArgs,
     drain::{self, Ledger},
     feeds::{EndpointFeed, WatchedSet},
+    flow_clock::FlowClock,
     learn::{LearnMaps, Learner},
     loader::{Capacities, CaptureClock, Sensor, ServiceTable},
     pins::{self, SensorMeta},
@@ -75,7 +76,7 @@ struct Replay {
 impl Replay {
     fn drain(&mut self) -> Result<(), drain::DrainError> {
         // The capture clock is Unix time already.
-        drain::read_into(&self.sensor, &mut self.ledger, 0)
+        drain::read_into(&self.sensor, &mut self.ledger, FlowClock::UNIX_NS)
     }
 
     /// Starts snapshots at the first frame's time.

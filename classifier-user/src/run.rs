@@ -38,6 +38,8 @@ pub enum RunError {
     Load(#[from] LoadError),
     #[error(transparent)]
     Drain(#[from] DrainError),
+    #[error(transparent)]
+    Clock(#[from] crate::flow_clock::ClockError),
     #[error("cannot set up signal handling: {0}")]
     Signals(#[source] std::io::Error),
     #[error(transparent)]
@@ -538,6 +540,8 @@ struct Daemon {
     learning: Option<(crate::learn::Learner, crate::learn::LearnMaps)>,
     exporter: Option<crate::ipfix::Exporter>,
     evidence: Option<crate::evidence::Evidence>,
+    /// Turns the program's tick stamps into Unix time.
+    ticks: crate::flow_clock::Ticks,
 }
 
 impl Daemon {
@@ -562,7 +566,7 @@ impl Daemon {
             &self.sensor.counters,
             services,
             &mut self.ledger,
-            drain::monotonic_to_unix_ns(),
+            self.ticks.flow_clock(),
         )
         .map(|()| {
             release_free_memory();
@@ -801,6 +805,13 @@ pub fn run_config(mut config: RunConfig) -> Result<Report, RunError> {
             // loaded): the ledger drains everything the kernel has.
             None => (Ledger::default(), None, sensor.meta.attached_at_unix_ns),
         };
+        let ticks = match crate::flow_clock::Ticks::calibrated() {
+            Ok(ticks) => ticks,
+            Err(error) => {
+                abandon(sensor, &config);
+                return Err(error.into());
+            }
+        };
         let metrics = Arc::new(Mutex::new(MetricsState::default()));
         let learning = match config.learner.take() {
             Some(learner) => match crate::learn::LearnMaps::from_pins(&sensor.dir) {
@@ -840,6 +851,7 @@ pub fn run_config(mut config: RunConfig) -> Result<Report, RunError> {
         };
         let mut daemon = Daemon {
             notifier: Notifier::from_env(),
+            ticks,
             evidence,
             sensor,
             ledger,

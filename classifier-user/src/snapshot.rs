@@ -917,7 +917,8 @@ mod tests {
                 cached_flows: Vec::new(),
                 cache_slots_used: 0,
             };
-            self.ledger.absorb(reading, 0);
+            self.ledger
+                .absorb(reading, crate::flow_clock::FlowClock::UNIX_NS);
             while let Next::Cut(cut) = self.schedule.poll(self.clock.read()) {
                 if let CutReason::ClockStep(step) = cut.reason {
                     self.snapshotter.note_clock_step(step);

@@ -109,14 +109,18 @@ pub fn attach_xdp_link(fd: BorrowedFd<'_>, if_index: u32) -> io::Result<OwnedFd>
 /// that benchmarks measure the classifier against.
 pub fn load_constant_xdp(verdict: u32) -> io::Result<OwnedFd> {
     // r0 = verdict; exit
-    let instructions: [u64; 2] = [0xb7 | (u64::from(verdict) << 32), 0x95];
+    load_xdp_instructions(&[0xb7 | (u64::from(verdict) << 32), 0x95])
+}
+
+/// Loads an XDP program given as raw BPF instructions (no map references).
+pub(crate) fn load_xdp_instructions(instructions: &[u64]) -> io::Result<OwnedFd> {
     let license = c"GPL";
     // SAFETY: as above.
     let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
     // SAFETY: writing the program-load member of a zeroed union.
     let load = unsafe { &mut attr.__bindgen_anon_3 };
     load.prog_type = bpf_prog_type::BPF_PROG_TYPE_XDP as u32;
-    load.insn_cnt = 2;
+    load.insn_cnt = u32::try_from(instructions.len()).map_err(io::Error::other)?;
     load.insns = instructions.as_ptr() as u64;
     load.license = license.as_ptr() as u64;
     let fd = bpf(bpf_cmd::BPF_PROG_LOAD, &mut attr)?;

@@ -7,6 +7,7 @@ use classifier_tests::{TEST_FEED, frames::FrameSpec, require_root};
 use classifier_user::{
     drain::{self, Ledger},
     feeds::{EndpointFeed, WatchedSet},
+    flow_clock::FlowClock,
     loader::{Capacities, Sensor},
     testrun::run_frame,
 };
@@ -47,7 +48,7 @@ fn a_full_flow_table_evicts_counts_it_and_keeps_service_counts_exact() {
         reading.cache_slots_used
     );
     let cached = reading.cache_slots_used;
-    ledger.absorb(reading, 0);
+    ledger.absorb(reading, FlowClock::UNIX_NS);
 
     let delta = sensor.services.id("delta").expect("delta") as usize;
     assert_eq!(ledger.services[delta].packets, [3 * u64::from(FLOWS), 0]);
@@ -68,7 +69,7 @@ fn a_full_flow_table_evicts_counts_it_and_keeps_service_counts_exact() {
 
     // Read straight into a ledger, as the daemon drains: the same counts.
     let mut streamed = Ledger::default();
-    drain::read_into(&sensor, &mut streamed, 0).expect("drain");
+    drain::read_into(&sensor, &mut streamed, FlowClock::UNIX_NS).expect("drain");
     assert_eq!(streamed.flows, ledger.flows);
     assert_eq!(
         streamed.services[delta].packets,
@@ -77,4 +78,65 @@ fn a_full_flow_table_evicts_counts_it_and_keeps_service_counts_exact() {
     assert_eq!(streamed.totals.matched, ledger.totals.matched);
     assert_eq!(streamed.live_flows, ledger.live_flows);
     assert_eq!(streamed.flow_evictions, ledger.flow_evictions);
+}
+
+/// The program stamps flows with the kernel's tick counter; the drain turns
+/// ticks into Unix time. A flow's first and last packets, 200 ms apart,
+/// come out at the wall-clock times they were sent, to within a tick.
+#[test]
+fn flow_times_are_the_wall_clock_to_the_tick() {
+    if !require_root() {
+        return;
+    }
+    let ticks = classifier_user::flow_clock::Ticks::calibrated().expect("calibrates");
+    if let Some(hz) = configured_hz() {
+        assert_eq!(
+            ticks.tick_ns,
+            (1_000_000_000 + hz / 2) / hz,
+            "CONFIG_HZ={hz}"
+        );
+    }
+    let tick = i64::try_from(ticks.tick_ns).expect("tick");
+    let feed = EndpointFeed::from_sources(&[("test".into(), TEST_FEED.into())]).expect("feed");
+    let sensor = Sensor::load(
+        &WatchedSet::from_arguments(&[], &[]).expect("default"),
+        &feed,
+        Capacities::default(),
+    )
+    .expect("loads");
+    let frame = FrameSpec::udp("175.45.176.1", "203.0.113.5", 40000, 443).build();
+    let now = classifier_user::snapshot::now_unix_ns;
+    let first_sent = now();
+    run_frame(&sensor, &frame).expect("test run");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let last_sent = now();
+    run_frame(&sensor, &frame).expect("test run");
+    let drained = now();
+
+    let mut ledger = Ledger::default();
+    drain::read_into(&sensor, &mut ledger, FlowClock::kernel().expect("clock")).expect("drain");
+    let flow = ledger.flows.values().next().expect("one flow");
+    assert_eq!(flow.packets, 2);
+    let within = |stamp: i64, from: i64, to: i64| from - 2 * tick <= stamp && stamp <= to + tick;
+    assert!(
+        within(flow.first_seen_unix_ns, first_sent, last_sent),
+        "first seen {} for a packet sent at {first_sent} (tick {tick} ns)",
+        flow.first_seen_unix_ns
+    );
+    assert!(
+        within(flow.last_seen_unix_ns, last_sent, drained),
+        "last seen {} for a packet sent at {last_sent} (tick {tick} ns)",
+        flow.last_seen_unix_ns
+    );
+}
+
+/// CONFIG_HZ from the running kernel's configuration, where it is exposed.
+fn configured_hz() -> Option<u64> {
+    let output = std::process::Command::new("zcat")
+        .arg("/proc/config.gz")
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|line| line.strip_prefix("CONFIG_HZ=")?.parse().ok())
 }

@@ -19,6 +19,7 @@ use classifier_tests::{
 use classifier_user::{
     drain,
     feeds::{EndpointFeed, WatchedSet},
+    flow_clock::FlowClock,
     loader::{Capacities, Sensor},
     report::{direction_name, key_address},
     testrun::run_frame,
@@ -874,7 +875,7 @@ fn counts_accumulate_over_many_frames_and_flows() {
     assert_eq!(reading.services[gamma].packets, [10, 0]);
     // Four flows: W4->alpha:443 out, alpha:443->W4 in, W4_OTHER->alpha, W4->gamma.
     let mut ledger = drain::Ledger::default();
-    ledger.absorb(reading, 0);
+    ledger.absorb(reading, FlowClock::UNIX_NS);
     assert_eq!(ledger.flows.len(), 4);
     assert!(
         ledger

@@ -15,6 +15,7 @@ use anyhow::{Context, Result, bail, ensure};
 use classifier_tests::{classifier_binary, frames::FrameSpec, netns::VethLink};
 use classifier_user::{
     drain::{self, Ledger},
+    flow_clock::FlowClock,
     loader::Sensor,
     report::{Report, ReportContext},
     testrun::run_repeated,
@@ -65,7 +66,7 @@ impl DrainFigures {
 pub fn drain_and_report(sensor: &Sensor) -> Result<DrainFigures> {
     let started = Instant::now();
     let mut ledger = Ledger::default();
-    drain::read_into(sensor, &mut ledger, drain::monotonic_to_unix_ns())?;
+    drain::read_into(sensor, &mut ledger, FlowClock::kernel()?)?;
     let read_s = started.elapsed().as_secs_f64();
     let started = Instant::now();
     let now = OffsetDateTime::now_utc();
