@@ -59,6 +59,16 @@ pub const LEARN_RING_BYTES: u32 = 1 << 20;
 pub const MAP_LEARNED: &str = "LEARNED";
 /// Entries of [`MAP_LEARNED`].
 pub const LEARNED_CAPACITY: u32 = 65_536;
+/// Two [`EndpointHint`]s (mmapable array): which endpoints may have a
+/// learned entry ([`ENDPOINT_HINT_LEARNED`], kept by userspace) and which
+/// may have flows with a verdict ([`ENDPOINT_HINT_VERDICTS`], set by
+/// whoever stores a verdict, never cleared). A packet whose endpoint's byte
+/// is 0 skips that hash lookup.
+pub const MAP_ENDPOINT_HINTS: &str = "ENDPOINT_HINTS";
+/// [`MAP_ENDPOINT_HINTS`] index of the learned endpoints' hint.
+pub const ENDPOINT_HINT_LEARNED: u32 = 0;
+/// [`MAP_ENDPOINT_HINTS`] index of the verdicts' hint.
+pub const ENDPOINT_HINT_VERDICTS: u32 = 1;
 /// LRU hash of [`FlowKey`] (direction 0) to the payload segments handed
 /// over so far (low 16 bits from the watched host, high 16 bits to it).
 pub const MAP_TCP_PROBES: &str = "TCP_PROBES";
@@ -86,7 +96,7 @@ pub const CAPTURE_FLOW_CAPACITY: u32 = 65_536;
 
 /// Every map the program declares, for checks that the object and the
 /// loader agree.
-pub const ALL_MAPS: [&str; 20] = [
+pub const ALL_MAPS: [&str; 21] = [
     MAP_TOTALS,
     MAP_SERVICES,
     MAP_FLOWS,
@@ -107,6 +117,7 @@ pub const ALL_MAPS: [&str; 20] = [
     MAP_CAPTURE_CONFIG,
     MAP_CAPTURE_BUDGET,
     MAP_CAPTURE_FLOWS,
+    MAP_ENDPOINT_HINTS,
 ];
 
 /// `BPF_F_MMAPABLE`: the IPv4 table's arrays are filled through a mapping.
@@ -528,6 +539,33 @@ pub struct WatchedHint {
     pub words: [u64; HINT_WORDS],
 }
 const _: () = assert!(size_of::<WatchedHint>() == 8192);
+
+/// One byte per [`endpoint_hint_index`]: 1 where an endpoint with that
+/// index may be in the hash map the hint stands for. Bytes, not bits, so
+/// that the program and userspace set them with plain stores (setting a
+/// bit is a read and a write, and two CPUs could lose one).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct EndpointHint {
+    pub pages: [[u8; ENDPOINT_HINT_PAGE]; ENDPOINT_HINT_PAGES],
+}
+/// Bytes of an [`EndpointHint`] per page (the `pages` split only keeps the
+/// array types bytemuck knows).
+pub const ENDPOINT_HINT_PAGE: usize = 4096;
+/// Pages of an [`EndpointHint`].
+pub const ENDPOINT_HINT_PAGES: usize = 16;
+const _: () = assert!(size_of::<EndpointHint>() == 65_536);
+
+/// The [`EndpointHint`] byte of an endpoint, from its key bytes (16, IPv4
+/// mapped) taken as two native-order words: a multiplicative hash of both,
+/// so that learned endpoints spread over the hint instead of sharing a /16
+/// with busy traffic. `(page, byte)`.
+#[inline(always)]
+pub const fn endpoint_hint_index(words: [u64; 2]) -> (usize, usize) {
+    let hash = (words[0] ^ words[1].rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let index = (hash >> 48) as usize;
+    (index / ENDPOINT_HINT_PAGE, index % ENDPOINT_HINT_PAGE)
+}
 
 /// Hint bit of an IPv4 address: its /16, first octet in the low byte. That is
 /// the low 16 bits of the address loaded from the frame as a little-endian

@@ -11,15 +11,15 @@ use aya_ebpf::{
 };
 use bytemuck::Zeroable;
 use classifier_common::{
-    FAMILY_V4, FAMILY_V6, FlowKey, FlowValue, ORIGIN_FEED, ORIGIN_LEARNED, ORIGIN_PROTOCOL,
-    SERVICE_L2TP, Totals, flow_check, flow_slot, same_flow,
+    ENDPOINT_HINT_VERDICTS, FAMILY_V4, FAMILY_V6, FlowKey, FlowValue, ORIGIN_FEED, ORIGIN_LEARNED,
+    ORIGIN_PROTOCOL, SERVICE_L2TP, Totals, endpoint_hint_index, flow_check, flow_slot, same_flow,
 };
 
 use crate::{
     CAPTURE_CLOCK, CAPTURE_CLOCK_ON, FLOW_CACHE, FLOW_CACHE_MASK, FLOWS, SERVICES, TOTALS,
     VERDICTS, capture,
     classify::{Watched, classify_v4, classify_v6, either_hinted},
-    learn::{self, learned_service},
+    learn::{self, learned_service, verdict},
     load_time,
     parse::{Packet, Parsed, parse, plain},
     protocols::recognise,
@@ -125,7 +125,8 @@ fn count_watched<A: KeyAddress>(
     let mut aligned = AlignedKey(Zeroable::zeroed());
     let key = &mut aligned.0;
     key.watched = watched.watched.key_bytes();
-    key.endpoint = watched.endpoint.key_bytes();
+    let endpoint_words = watched.endpoint.key_words();
+    key.endpoint = bytemuck::cast(endpoint_words);
     key.port = watched.port;
     key.family = A::FAMILY;
     key.protocol = packet.protocol;
@@ -136,35 +137,40 @@ fn count_watched<A: KeyAddress>(
     if service == 0 {
         // No feed names the other end (a feed match wins): an endpoint
         // userspace learned, else a verdict an earlier packet of the flow
-        // taught, or this packet's protocol.
-        service = learned_service(&key.endpoint);
+        // taught, or this packet's protocol. Each hash lookup only where
+        // the endpoint's hint byte says it may find something (most such
+        // traffic finds nothing).
+        let endpoint_hint = endpoint_hint_index(endpoint_words);
+        service = learned_service(&key.endpoint, endpoint_hint);
         origin = ORIGIN_LEARNED;
-    }
-    if service == 0 {
-        service = match VERDICTS.get_ptr(&*key) {
-            // SAFETY: a map value, read once.
-            Some(verdict) => unsafe { *verdict },
-            None => {
-                let recognised = recognise(ctx, packet);
-                if recognised != 0 {
-                    // A full table evicts the oldest verdict; a failed
-                    // insert only loses the verdict for later packets.
-                    let _ = VERDICTS.insert(&*key, &recognised, 0);
-                }
-                recognised
-            }
-        };
         if service == 0 {
-            learn::tcp_segment(ctx, totals, packet, watched, key);
-            return;
+            service = match verdict(key, endpoint_hint) {
+                Some(verdict) => verdict,
+                None => {
+                    let recognised = recognise(ctx, packet);
+                    if recognised != 0 {
+                        // The hint first, so no reader finds the verdict
+                        // without it. A full table evicts the oldest
+                        // verdict; a failed insert only loses the verdict
+                        // for later packets.
+                        learn::mark_hint(ENDPOINT_HINT_VERDICTS, endpoint_hint);
+                        let _ = VERDICTS.insert(&*key, &recognised, 0);
+                    }
+                    recognised
+                }
+            };
+            if service == 0 {
+                learn::tcp_segment(ctx, totals, packet, watched, key);
+                return;
+            }
+            // Verdicts for the protocol services come from their
+            // signatures; any other from a name learning read.
+            origin = if service <= SERVICE_L2TP {
+                ORIGIN_PROTOCOL
+            } else {
+                ORIGIN_LEARNED
+            };
         }
-        // Verdicts for the protocol services come from their signatures;
-        // any other from a name learning read.
-        origin = if service <= SERVICE_L2TP {
-            ORIGIN_PROTOCOL
-        } else {
-            ORIGIN_LEARNED
-        };
     }
     totals.matched += 1;
     if let Some(counters) = SERVICES.get_ptr_mut(service) {

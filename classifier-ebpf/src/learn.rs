@@ -10,12 +10,12 @@
 
 use aya_ebpf::{helpers::bpf_xdp_load_bytes, maps::Array, programs::XdpContext};
 use classifier_common::{
-    DIR_INBOUND, FlowKey, LEARN_BYTES, LEARN_DNS, LEARN_TCP, LEARN_TCP_SEGMENTS, LearnRecord,
-    RateBudget, Totals,
+    DIR_INBOUND, ENDPOINT_HINT_LEARNED, ENDPOINT_HINT_VERDICTS, FlowKey, LEARN_BYTES, LEARN_DNS,
+    LEARN_TCP, LEARN_TCP_SEGMENTS, LearnRecord, RateBudget, Totals,
 };
 
 use crate::{
-    LEARN_BUDGET, LEARN_EVENTS, LEARN_RATE, LEARNED, TCP_PROBES,
+    ENDPOINT_HINTS, LEARN_BUDGET, LEARN_EVENTS, LEARN_RATE, LEARNED, TCP_PROBES, VERDICTS,
     classify::Watched,
     count::{KeyAddress, clock_ns},
     load_time,
@@ -26,13 +26,56 @@ const PROTO_TCP: u8 = 6;
 const PROTO_UDP: u8 = 17;
 const PORT_DNS: u16 = 53;
 
-/// The service userspace learned for `endpoint` (key bytes), or 0.
+/// The service userspace learned for `endpoint` (key bytes, hint index
+/// `hint`), or 0.
 #[inline(always)]
-pub fn learned_service(endpoint: &[u8; 16]) -> u32 {
+pub fn learned_service(endpoint: &[u8; 16], hint: (usize, usize)) -> u32 {
+    if !hinted(ENDPOINT_HINT_LEARNED, hint) {
+        return 0;
+    }
     // SAFETY: a map value, read once.
     LEARNED
         .get_ptr(endpoint)
         .map_or(0, |service| unsafe { *service })
+}
+
+/// The verdict stored for the flow `key` (direction 0) whose endpoint has
+/// hint index `hint`.
+#[inline(always)]
+pub fn verdict(key: &FlowKey, hint: (usize, usize)) -> Option<u32> {
+    if !hinted(ENDPOINT_HINT_VERDICTS, hint) {
+        return None;
+    }
+    // SAFETY: a map value, read once.
+    VERDICTS.get_ptr(key).map(|verdict| unsafe { *verdict })
+}
+
+/// Whether the endpoint hint `which` has the byte `(page, byte)` set.
+#[inline(always)]
+fn hinted(which: u32, (page, byte): (usize, usize)) -> bool {
+    ENDPOINT_HINTS
+        .get(which)
+        .and_then(|hint| hint.pages.get(page))
+        .and_then(|page| page.get(byte))
+        .is_some_and(|&set| set != 0)
+}
+
+/// Sets the byte `(page, byte)` of the endpoint hint `which`.
+#[inline(always)]
+pub fn mark_hint(which: u32, (page, byte): (usize, usize)) {
+    if let Some(hint) = ENDPOINT_HINTS.get_ptr_mut(which) {
+        // SAFETY: the map's value, valid while the program runs; a byte
+        // store, which no other CPU's store can undo but a clearing.
+        unsafe {
+            if let Some(set) = (*hint)
+                .pages
+                .get_mut(page)
+                .and_then(|page| page.get_mut(byte))
+            {
+                core::ptr::write_volatile(set, 1);
+            }
+        }
+    }
 }
 
 /// Hands a DNS response sent to a watched host to userspace.

@@ -19,9 +19,9 @@ use aya_ebpf::{
 };
 use classifier_common::{
     BPF_F_MMAPABLE, CAPTURE_FLOW_CAPACITY, CAPTURE_RING_BYTES, CaptureConfig, DEFAULT_LEARN_RATE,
-    EndpointValue, FlowKey, FlowSlot, FlowValue, LEARN_RING_BYTES, LEARNED_CAPACITY, MAX_SERVICES,
-    RateBudget, ServiceCounters, TCP_PROBE_CAPACITY, Totals, V4_TOP_NODES, V4Leaf, V4Node, V4Runs,
-    VERDICT_CAPACITY, WatchedHint,
+    EndpointHint, EndpointValue, FlowKey, FlowSlot, FlowValue, LEARN_RING_BYTES, LEARNED_CAPACITY,
+    MAX_SERVICES, RateBudget, ServiceCounters, TCP_PROBE_CAPACITY, Totals, V4_TOP_NODES, V4Leaf,
+    V4Node, V4Runs, VERDICT_CAPACITY, WatchedHint,
 };
 
 // Map names must equal the `MAP_*` constants of classifier-common; the
@@ -48,6 +48,10 @@ static LEARN_EVENTS: RingBuf = RingBuf::with_byte_size(LEARN_RING_BYTES, 0);
 /// consulted when no feed names the other end. Userspace expires them.
 #[map]
 static LEARNED: HashMap<[u8; 16], u32> = HashMap::with_max_entries(LEARNED_CAPACITY, 0);
+/// Which endpoints may have a learned entry or flows with a verdict
+/// (`classifier_common::MAP_ENDPOINT_HINTS`).
+#[map]
+static ENDPOINT_HINTS: Array<EndpointHint> = Array::with_max_entries(2, BPF_F_MMAPABLE);
 /// Records handed over this second (`LEARN_RATE` a second at most).
 #[map]
 static LEARN_BUDGET: Array<RateBudget> = Array::with_max_entries(1, 0);

@@ -17,8 +17,9 @@ use std::{
 
 use aya::maps::{HashMap as BpfHashMap, Map, MapData, RingBuf};
 use classifier_common::{
-    FAMILY_V4, FlowKey, LEARN_BYTES, LEARN_DNS, LEARN_TCP, LearnRecord, MAP_LEARN_EVENTS,
-    MAP_LEARNED, MAP_VERDICTS,
+    ENDPOINT_HINT_LEARNED, ENDPOINT_HINT_PAGE, ENDPOINT_HINT_VERDICTS, EndpointHint, FAMILY_V4,
+    FlowKey, LEARN_BYTES, LEARN_DNS, LEARN_TCP, LearnRecord, MAP_ENDPOINT_HINTS, MAP_LEARN_EVENTS,
+    MAP_LEARNED, MAP_VERDICTS, endpoint_hint_index,
 };
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -817,6 +818,98 @@ pub struct LearnMaps {
     events: RingBuf<MapData>,
     learned: BpfHashMap<MapData, [u8; 16], u32>,
     verdicts: BpfHashMap<MapData, FlowKey, u32>,
+    hints: EndpointHints,
+}
+
+/// The program's endpoint hints (`MAP_ENDPOINT_HINTS`), mapped into memory:
+/// setting a byte is a store, which cannot undo a byte the program sets at
+/// the same time (a whole-value map update could).
+struct EndpointHints {
+    address: *mut u8,
+    /// The learned endpoints (key bytes) the map holds, and how many of
+    /// them share each byte of the learned hint (a byte is cleared when
+    /// its last one goes).
+    learned: std::collections::HashSet<[u8; 16]>,
+    learned_per_byte: Vec<u32>,
+}
+
+// SAFETY: the mapping is owned by this value alone and only written
+// through `&mut self`.
+unsafe impl Send for EndpointHints {}
+
+const HINTS_LEN: usize = 2 * size_of::<EndpointHint>();
+
+impl EndpointHints {
+    fn map(map: &Map) -> Result<Self, LearnError> {
+        let failed = |problem: String| LearnError::Map(format!("{MAP_ENDPOINT_HINTS}: {problem}"));
+        let Map::Array(data) = map else {
+            return Err(failed("not an array".into()));
+        };
+        // SAFETY: a fresh shared mapping of the map's fd, as long as its two
+        // values (the kernel refuses a longer one); unmapped by drop.
+        let address = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                HINTS_LEN,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(data.fd())),
+                0,
+            )
+        };
+        if address == libc::MAP_FAILED {
+            return Err(failed(std::io::Error::last_os_error().to_string()));
+        }
+        Ok(Self {
+            address: address.cast(),
+            learned: std::collections::HashSet::new(),
+            learned_per_byte: vec![0; size_of::<EndpointHint>()],
+        })
+    }
+
+    fn set(&mut self, which: u32, key: &[u8; 16], value: u8) {
+        let (page, byte) = endpoint_hint_index(bytemuck::cast(*key));
+        let offset = which as usize * size_of::<EndpointHint>() + page * ENDPOINT_HINT_PAGE + byte;
+        // SAFETY: `offset` < HINTS_LEN: `which` is 0 or 1, the index inside
+        // one hint; the mapping lives as long as `self`.
+        unsafe { std::ptr::write_volatile(self.address.add(offset), value) };
+    }
+
+    fn learned_byte(key: &[u8; 16]) -> usize {
+        let (page, byte) = endpoint_hint_index(bytemuck::cast(*key));
+        page * ENDPOINT_HINT_PAGE + byte
+    }
+
+    /// Before `key` goes into the learned map.
+    fn learned_added(&mut self, key: [u8; 16]) {
+        if self.learned.insert(key) {
+            self.learned_per_byte[Self::learned_byte(&key)] += 1;
+        }
+        self.set(ENDPOINT_HINT_LEARNED, &key, 1);
+    }
+
+    /// After `key` left the learned map.
+    fn learned_removed(&mut self, key: &[u8; 16]) {
+        if self.learned.remove(key) {
+            let count = &mut self.learned_per_byte[Self::learned_byte(key)];
+            *count -= 1;
+            if *count == 0 {
+                self.set(ENDPOINT_HINT_LEARNED, key, 0);
+            }
+        }
+    }
+
+    /// Before a verdict for a flow with endpoint `key` is stored.
+    fn verdict_added(&mut self, key: &[u8; 16]) {
+        self.set(ENDPOINT_HINT_VERDICTS, key, 1);
+    }
+}
+
+impl Drop for EndpointHints {
+    fn drop(&mut self) {
+        // SAFETY: unmapping the mapping made in `EndpointHints::map`.
+        unsafe { libc::munmap(self.address.cast(), HINTS_LEN) };
+    }
 }
 
 fn key_bytes(address: IpAddr) -> [u8; 16] {
@@ -834,18 +927,46 @@ impl LearnMaps {
             open(MAP_LEARN_EVENTS)?,
             open(MAP_LEARNED)?,
             open(MAP_VERDICTS)?,
+            &open(MAP_ENDPOINT_HINTS)?,
         )
     }
 
-    pub fn from_maps(events: Map, learned: Map, verdicts: Map) -> Result<Self, LearnError> {
-        Ok(Self {
+    /// Takes the maps over; the hints are brought in line with what the
+    /// learned and verdict maps already hold (a daemon adopting a running
+    /// program's maps, or maps from before the hints existed).
+    pub fn from_maps(
+        events: Map,
+        learned: Map,
+        verdicts: Map,
+        hints: &Map,
+    ) -> Result<Self, LearnError> {
+        let mut maps = Self {
             verdicts: BpfHashMap::try_from(verdicts)
                 .map_err(|error| LearnError::Map(format!("{MAP_VERDICTS}: {error}")))?,
             events: RingBuf::try_from(events)
                 .map_err(|error| LearnError::Map(format!("{MAP_LEARN_EVENTS}: {error}")))?,
             learned: BpfHashMap::try_from(learned)
                 .map_err(|error| LearnError::Map(format!("{MAP_LEARNED}: {error}")))?,
-        })
+            hints: EndpointHints::map(hints)?,
+        };
+        let listed = |name: &'static str| move |error| LearnError::Map(format!("{name}: {error}"));
+        let learned: Vec<[u8; 16]> = maps
+            .learned
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(listed(MAP_LEARNED))?;
+        for key in learned {
+            maps.hints.learned_added(key);
+        }
+        let verdicts: Vec<FlowKey> = maps
+            .verdicts
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(listed(MAP_VERDICTS))?;
+        for key in verdicts {
+            maps.hints.verdict_added(&key.endpoint);
+        }
+        Ok(maps)
     }
 
     /// A descriptor of the ring buffer that polls readable when records
@@ -889,7 +1010,10 @@ impl LearnMaps {
         for change in changes {
             let result = match change {
                 Change::Insert { address, service } => match services.id(service) {
-                    Some(id) => self.learned.insert(key_bytes(*address), id, 0),
+                    Some(id) => {
+                        self.hints.learned_added(key_bytes(*address));
+                        self.learned.insert(key_bytes(*address), id, 0)
+                    }
                     None => {
                         log::warn!(
                             "learned {address} for {service}, a service the program was loaded without"
@@ -898,11 +1022,17 @@ impl LearnMaps {
                     }
                 },
                 Change::Remove { address } => match self.learned.remove(&key_bytes(*address)) {
-                    Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+                    Err(aya::maps::MapError::KeyNotFound) | Ok(()) => {
+                        self.hints.learned_removed(&key_bytes(*address));
+                        Ok(())
+                    }
                     other => other,
                 },
                 Change::Verdict { key, service } => match services.id(service) {
-                    Some(id) => self.verdicts.insert(*key, id, 0),
+                    Some(id) => {
+                        self.hints.verdict_added(&key.endpoint);
+                        self.verdicts.insert(*key, id, 0)
+                    }
                     None => continue,
                 },
             };

@@ -19,9 +19,9 @@ use aya::{
 use classifier_common::{
     EndpointValue, GLOBAL_CAPTURE_CLOCK, GLOBAL_FLOW_CACHE_MASK, GLOBAL_LEARN_RATE, GLOBAL_VERDICT,
     HINT_BITS, HINT_V4, HINT_V6, MAP_CAPTURE_CLOCK, MAP_CAPTURE_CONFIG, MAP_CAPTURE_EVENTS,
-    MAP_ENDPOINTS_V6, MAP_FLOW_CACHE, MAP_FLOWS, MAP_LEARN_EVENTS, MAP_LEARNED, MAP_V4_LEAVES,
-    MAP_V4_NODES, MAP_V4_RUNS, MAP_VERDICTS, MAP_WATCHED_HINT, MAP_WATCHED_V6, MAX_SERVICES,
-    PROGRAM_NAME, WatchedHint, hint_index_v4, hint_index_v6,
+    MAP_ENDPOINT_HINTS, MAP_ENDPOINTS_V6, MAP_FLOW_CACHE, MAP_FLOWS, MAP_LEARN_EVENTS, MAP_LEARNED,
+    MAP_V4_LEAVES, MAP_V4_NODES, MAP_V4_RUNS, MAP_VERDICTS, MAP_WATCHED_HINT, MAP_WATCHED_V6,
+    MAX_SERVICES, PROGRAM_NAME, WatchedHint, hint_index_v4, hint_index_v6,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
@@ -363,11 +363,12 @@ impl Sensor {
 
     /// The learning maps (the ring buffer and the learned endpoints), taken
     /// out of the loader's hands; `None` if taken before.
-    pub fn take_learn_maps(&mut self) -> Option<(aya::maps::Map, aya::maps::Map, aya::maps::Map)> {
+    pub fn take_learn_maps(&mut self) -> Option<(Map, Map, Map, Map)> {
         let events = self.ebpf.take_map(MAP_LEARN_EVENTS)?;
         let learned = self.ebpf.take_map(MAP_LEARNED)?;
         let verdicts = self.ebpf.take_map(MAP_VERDICTS)?;
-        Some((events, learned, verdicts))
+        let hints = self.ebpf.take_map(MAP_ENDPOINT_HINTS)?;
+        Some((events, learned, verdicts, hints))
     }
 
     fn load_with(
@@ -417,6 +418,7 @@ impl Sensor {
                 MAP_VERDICTS,
                 MAP_LEARN_EVENTS,
                 MAP_LEARNED,
+                MAP_ENDPOINT_HINTS,
                 MAP_CAPTURE_EVENTS,
                 MAP_CAPTURE_CONFIG,
             ];

@@ -202,10 +202,13 @@ pub fn pcap(args: &PcapArgs) -> Result<(), Box<dyn std::error::Error>> {
     let mut sensor = Sensor::load_for_capture(&watched, &endpoints, capacities, services)?;
     let learning = match learner {
         Some(learner) => {
-            let (events, learned, verdicts) = sensor
+            let (events, learned, verdicts, hints) = sensor
                 .take_learn_maps()
                 .ok_or("the program has no learning maps")?;
-            Some((learner, LearnMaps::from_maps(events, learned, verdicts)?))
+            Some((
+                learner,
+                LearnMaps::from_maps(events, learned, verdicts, &hints)?,
+            ))
         }
         None => None,
     };
