@@ -319,6 +319,12 @@ struct Row {
 
 fn main() -> Result<()> {
     let options = options()?;
+    if options.only.is_none() {
+        // The peers, installed first if missing: later the bench runs in a
+        // namespace of its own, where apt-get cannot reach the mirror.
+        peers::require_tool("xdp-filter", "xdp-tools")?;
+        peers::require_tool("ndpiReader", "libndpi-bin")?;
+    }
     classifier_tests::pin_to_cpu(0).context("pin to CPU 0")?;
     let floor = load_constant_xdp(XDP_PASS).context("load the empty XDP program")?;
     let mut rows: Vec<Row> = Vec::new();
