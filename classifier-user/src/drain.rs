@@ -46,7 +46,7 @@ pub struct FlowSample {
     pub packets: u64,
     pub bytes: u64,
     pub ip_bytes: u64,
-    /// CLOCK_MONOTONIC nanoseconds.
+    /// flow-clock stamps (ticks on a sensor, Unix ns on a replay).
     pub first_seen_ns: u64,
     pub last_seen_ns: u64,
     pub service: u16,

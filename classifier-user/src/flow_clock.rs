@@ -8,7 +8,7 @@
 //! two tiny XDP programs run with BPF_PROG_TEST_RUN return the tick
 //! counter's two halves, read between two readings of CLOCK_MONOTONIC_COARSE
 //! (the clock the kernel updates on the same tick). The tick length comes
-//! from watching three ticks go by (CONFIG_HZ is not exposed; about 12 ms
+//! from watching ten ticks go by (CONFIG_HZ is not exposed; about 40 ms
 //! at HZ=250), the offset from the tick's start. Flow times are as fine as
 //! the tick (4 ms at HZ=250), as they were with the coarse clock the
 //! program read before.
@@ -142,12 +142,12 @@ fn coarse_ns() -> i128 {
 }
 
 /// Tick changes the calibration watches.
-const CALIBRATION_TICKS: usize = 3;
+const CALIBRATION_TICKS: usize = 10;
 
 /// Reads the counter in a loop and keeps the first reading of each new
 /// tick: the coarse clock then holds the time the tick was taken, which on
 /// a busy CPU is its start plus the interrupt's latency (microseconds), so
-/// three ticks give the tick's length to well under a part in a thousand.
+/// ten ticks give the tick's length to well under a part in a thousand.
 fn calibrate() -> Result<Ticks, ClockError> {
     let failed = |error: io::Error| ClockError(format!("BPF_PROG_TEST_RUN of a probe: {error}"));
     let probe = Probe::load().map_err(failed)?;
@@ -156,7 +156,9 @@ fn calibrate() -> Result<Ticks, ClockError> {
     let mut changes = Vec::with_capacity(CALIBRATION_TICKS);
     while changes.len() < CALIBRATION_TICKS {
         let reading = probe.read().map_err(failed)?;
-        if reading.ticks != previous.ticks {
+        // Both moved: the kernel advances the counter before the coarse
+        // clock, so a reading between the two is not a tick's start.
+        if reading.ticks != previous.ticks && reading.coarse_ns != previous.coarse_ns {
             changes.push(reading);
         }
         if reading.coarse_ns - start.coarse_ns > 2_000_000_000 {
@@ -181,7 +183,11 @@ fn calibrate() -> Result<Ticks, ClockError> {
             "{ticks} ticks in {elapsed} ns is no kernel tick rate"
         )));
     }
-    let hz = hz as u64;
+    // A configured rate (CONFIG_HZ) when one is within 3%.
+    let hz = [100, 250, 300, 1000]
+        .into_iter()
+        .find(|configured| (hz - configured).abs() * 100 <= configured * 3)
+        .unwrap_or(hz) as u64;
     // TICK_NSEC of include/vdso/jiffies.h.
     let tick_ns = (1_000_000_000 + hz / 2) / hz;
     // The tick's start is at or a little before the time it was taken.

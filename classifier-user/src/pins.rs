@@ -139,13 +139,14 @@ impl SensorMeta {
 pub fn layout() -> String {
     use std::mem::size_of;
     format!(
-        "totals{}-services{}-protocols{}-flowkey{}-flowvalue{}-flowslot{}",
+        "totals{}-services{}-protocols{}-flowkey{}-flowvalue{}-flowslot{}-flowclock-ticks-endpointhint{}",
         size_of::<Totals>(),
         size_of::<ServiceCounters>(),
         classifier_common::PROTOCOL_SERVICES.len(),
         size_of::<FlowKey>(),
         size_of::<FlowValue>(),
-        size_of::<FlowSlot>()
+        size_of::<FlowSlot>(),
+        size_of::<classifier_common::EndpointHint>()
     )
 }
 

@@ -380,6 +380,8 @@ fn test(filter: &[String]) -> Result<()> {
         // xdp-filter shares an interface with us, and is refused, in the
         // attach and dispatcher tests.
         ensure_tool("xdp-filter", "xdp-tools")?;
+        // bpftool dumps the dispatcher object's BTF in the dispatcher test.
+        ensure_tool("bpftool", "bpftool")?;
     }
     let root = workspace_root();
     run(command("cargo")
