@@ -21,8 +21,22 @@ pub const MAP_SERVICES: &str = "SERVICES";
 pub const MAP_FLOWS: &str = "FLOWS";
 /// Per-CPU array of [`FlowSlot`]s: a direct-mapped flow cache, slot
 /// `flow_slot(flow_check(key))`. A slot is claimed by the first flow that
-/// hashes to it and keeps it; the kernel never evicts from it.
+/// hashes to it and keeps it until a drain has read its final counts: a
+/// new flow may then take it over (recycle it) once the flow in it has been
+/// idle since before the tick in [`MAP_FLOW_CACHE_DRAINED`].
 pub const MAP_FLOW_CACHE: &str = "FLOW_CACHE";
+/// Array, one `u64`: a flow-clock stamp (ticks) published by the daemon
+/// after each complete drain (the tick the drain started at, less
+/// [`RECYCLE_MARGIN_TICKS`]). A flow-cache slot whose flow was last seen
+/// before it holds counts the daemon has already read, so the program may
+/// give the slot to a new flow. 0 (the default, and always on a replay)
+/// recycles nothing.
+pub const MAP_FLOW_CACHE_DRAINED: &str = "FLOW_CACHE_DRAINED";
+/// Ticks the daemon holds back from the tick its drain started at before
+/// publishing it in [`MAP_FLOW_CACHE_DRAINED`]: a CPU that read the tick
+/// counter just before the drain began may still be writing the flow's
+/// slot (a virtual CPU can be paused between the two).
+pub const RECYCLE_MARGIN_TICKS: u64 = 2;
 /// Array, one [`WatchedHint`] per family (index [`HINT_V4`], [`HINT_V6`]).
 pub const MAP_WATCHED_HINT: &str = "WATCHED_HINT";
 /// Array of [`V4Node`]s: the IPv4 table's first level (nodes
@@ -96,11 +110,12 @@ pub const CAPTURE_FLOW_CAPACITY: u32 = 65_536;
 
 /// Every map the program declares, for checks that the object and the
 /// loader agree.
-pub const ALL_MAPS: [&str; 21] = [
+pub const ALL_MAPS: [&str; 22] = [
     MAP_TOTALS,
     MAP_SERVICES,
     MAP_FLOWS,
     MAP_FLOW_CACHE,
+    MAP_FLOW_CACHE_DRAINED,
     MAP_WATCHED_HINT,
     MAP_V4_NODES,
     MAP_V4_LEAVES,
@@ -413,9 +428,14 @@ pub struct Totals {
     /// …and not copied: the second's budget was spent.
     #[cfg_attr(feature = "user", serde(default))]
     pub capture_throttled: u64,
+    /// Flow-cache slots given to a new flow after a drain had read the
+    /// counts of the idle flow in them (also counted in `flow_inserts`;
+    /// nothing is lost, unlike an eviction).
+    #[cfg_attr(feature = "user", serde(default))]
+    pub flow_recycles: u64,
     pub malformed: [u64; MALFORMED_SLOTS],
 }
-const _: () = assert!(size_of::<Totals>() == 14 * 8 + MALFORMED_SLOTS * 8);
+const _: () = assert!(size_of::<Totals>() == 15 * 8 + MALFORMED_SLOTS * 8);
 
 impl Totals {
     /// Every packet: each counts in exactly one family, so the kernel keeps
@@ -471,7 +491,10 @@ pub struct FlowValue {
     /// What named the service: [`ORIGIN_FEED`], [`ORIGIN_LEARNED`] or
     /// [`ORIGIN_PROTOCOL`].
     pub origin: u8,
-    pub _pad: [u8; 4],
+    /// In a flow-cache slot, [`slot_tail`] of the slot's check, written
+    /// before anything else when a flow claims the slot; 0 in the LRU
+    /// table. See [`FlowSlot`].
+    pub slot_tail: u32,
 }
 const _: () = assert!(size_of::<FlowValue>() == 48);
 
@@ -482,10 +505,15 @@ pub const ORIGIN_LEARNED: u8 = 1;
 /// A VPN protocol's signature (the protocol services).
 pub const ORIGIN_PROTOCOL: u8 = 2;
 
-/// A flow-cache slot. Empty while `check` is 0; claimed by writing `key`
-/// and `value`, then `check` (= `flow_check(&key)`) last. A reader that
-/// finds `check` disagreeing with `key` saw a claim half-written and skips
-/// the slot until its next reading.
+/// A flow-cache slot. Empty while `check` is 0. A flow claims it (empty,
+/// or recycled: see [`MAP_FLOW_CACHE_DRAINED`]) by writing
+/// `value.slot_tail` first, then `key` and the rest of `value`, then
+/// `check` (= `flow_check(&key)`) last. A reader copies the slot from its
+/// first byte to its last, so it trusts a slot only when `check` agrees
+/// with `key` and with the tail: a copy that began before a claim and
+/// caught any of its writes also caught the new tail, and one that began
+/// after saw all of them. A slot it does not trust waits for the next
+/// reading.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct FlowSlot {
@@ -505,6 +533,14 @@ pub fn flow_check(key: &FlowKey) -> u64 {
         hash ^= hash >> 32;
     }
     hash | 1
+}
+
+/// What a flow-cache slot's `value.slot_tail` holds for a slot claimed by
+/// a key with this check: the check's high half (the slot index comes from
+/// lower bits, so two flows of one slot differ here as much as anywhere).
+#[inline(always)]
+pub const fn slot_tail(check: u64) -> u32 {
+    (check >> 32) as u32
 }
 
 /// The flow-cache slot of a key with this check, under the slot mask.

@@ -13,11 +13,12 @@ use bytemuck::Zeroable;
 use classifier_common::{
     ENDPOINT_HINT_VERDICTS, FAMILY_V4, FAMILY_V6, FlowKey, FlowValue, ORIGIN_FEED, ORIGIN_LEARNED,
     ORIGIN_PROTOCOL, SERVICE_L2TP, Totals, endpoint_hint_index, flow_check, flow_slot, same_flow,
+    slot_tail,
 };
 
 use crate::{
-    CAPTURE_CLOCK, CAPTURE_CLOCK_ON, FLOW_CACHE, FLOW_CACHE_MASK, FLOWS, SERVICES, TOTALS,
-    VERDICTS, capture,
+    CAPTURE_CLOCK, CAPTURE_CLOCK_ON, FLOW_CACHE, FLOW_CACHE_DRAINED, FLOW_CACHE_MASK, FLOWS,
+    SERVICES, TOTALS, VERDICTS, capture,
     classify::{Watched, classify_v4, classify_v6, either_hinted},
     learn::{self, learned_service, verdict},
     load_time,
@@ -192,8 +193,9 @@ fn count_watched<A: KeyAddress>(
 }
 
 /// Counts the packet in its flow: the flow cache first (a known flow costs
-/// a hash, an array slot and a compare; a new one claims an empty slot),
-/// else the LRU table.
+/// a hash, an array slot and a compare; a new one claims an empty slot, or
+/// one whose flow the daemon has drained since it was last seen), else the
+/// LRU table.
 #[inline(always)]
 fn count_flow<A>(
     totals: &mut Totals,
@@ -212,18 +214,23 @@ fn count_flow<A>(
             update_flow(&mut slot.value, packet, service, origin, bytes, now);
             return;
         }
-        if slot.check == 0 {
-            // Volatile writes keep their order: key and value (field by
-            // field, in place: a whole value on the stack would exceed
-            // the BPF stack), then the check that makes readers trust the
-            // slot.
+        let empty = slot.check == 0;
+        if empty || drained_before(slot.value.last_seen_ns) {
+            // Volatile writes keep their order: the tail, key and value
+            // (field by field, in place: a whole value on the stack would
+            // exceed the BPF stack), then the check that makes readers
+            // trust the slot (`FlowSlot`).
             // SAFETY: valid, exclusively borrowed fields.
             unsafe {
+                core::ptr::write_volatile(&mut slot.value.slot_tail, slot_tail(check));
                 core::ptr::write_volatile(&mut slot.key, *key);
                 claim_flow(&mut slot.value, packet, service, origin, bytes, now);
                 core::ptr::write_volatile(&mut slot.check, check);
             }
             totals.flow_inserts += 1;
+            if !empty {
+                totals.flow_recycles += 1;
+            }
             return;
         }
     }
@@ -252,6 +259,16 @@ fn count_flow<A>(
             None => totals.flow_insert_failures += 1,
         },
     }
+}
+
+/// Whether a flow last seen at `last_seen` has had its final counts read
+/// by a drain (`classifier_common::MAP_FLOW_CACHE_DRAINED`; never while
+/// nothing was published).
+#[inline(always)]
+fn drained_before(last_seen: u64) -> bool {
+    FLOW_CACHE_DRAINED
+        .get(0)
+        .is_some_and(|drained| last_seen < *drained)
 }
 
 /// The time flows are stamped with: the kernel's tick counter (jiffies,

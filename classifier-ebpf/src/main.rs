@@ -35,6 +35,10 @@ static SERVICES: PerCpuArray<ServiceCounters> = PerCpuArray::with_max_entries(MA
 static FLOWS: LruPerCpuHashMap<FlowKey, FlowValue> = LruPerCpuHashMap::with_max_entries(65_536, 0);
 #[map]
 static FLOW_CACHE: PerCpuArray<FlowSlot> = PerCpuArray::with_max_entries(1, 0);
+/// The flow clock's stamp before which a cached flow's counts have been
+/// drained (`classifier_common::MAP_FLOW_CACHE_DRAINED`).
+#[map]
+static FLOW_CACHE_DRAINED: Array<u64> = Array::with_max_entries(1, 0);
 /// Flows of watched addresses whose other end is in no feed but whose
 /// packets showed a service (a VPN protocol): flow key with direction 0 →
 /// service id. Shared by all CPUs (a flow's two directions may arrive on

@@ -173,9 +173,10 @@ pub struct RunArgs {
     #[arg(long, default_value_t = crate::loader::DEFAULT_FLOW_CAPACITY)]
     pub flow_capacity: u32,
 
-    /// Flow-cache slots per CPU, rounded up to a power of two (88 bytes
-    /// each). The first flow hashed to a slot keeps it; later ones that
-    /// collide go to the LRU table.
+    /// Flow-cache slots per CPU, rounded up to a power of two (96 bytes
+    /// each). The first flow hashed to a slot keeps it until a drain has
+    /// read it and it has gone idle, when a new flow may take the slot
+    /// over; until then, later ones that collide go to the LRU table.
     #[arg(
         long,
         default_value_t = crate::loader::DEFAULT_FLOW_CACHE_SLOTS,

@@ -6,8 +6,11 @@
 //! eviction) and come back from zero: the ledger keeps what it already
 //! drained for a flow and adds only what the kernel gained since, treating
 //! a table value that went down (or a changed first-seen time) as a new
-//! entry; flow-cache slots are never cleared, so a cache value that looks
-//! lower (a slot read mid-claim) keeps its baseline.
+//! entry. Flow-cache slots are taken slot by slot against the slot's own
+//! last reading: a slot whose check or first-seen time changed holds a new
+//! flow (claimed, or recycled after a drain read the old one's final
+//! counts), and a value that looks lower (read mid-update) keeps its
+//! baseline.
 
 use std::{collections::HashMap, os::fd::AsFd};
 
@@ -16,8 +19,9 @@ use indexmap::IndexMap;
 
 use aya::maps::{IterableMap, Map, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use classifier_common::{
-    FlowKey, FlowSlot, FlowValue, MAP_FLOW_CACHE, MAP_FLOWS, MAP_SERVICES, MAP_TOTALS,
-    MAX_SERVICES, ServiceCounters, Totals, flow_check, flow_slot,
+    FlowKey, FlowSlot, FlowValue, MAP_FLOW_CACHE, MAP_FLOW_CACHE_DRAINED, MAP_FLOWS, MAP_SERVICES,
+    MAP_TOTALS, MAX_SERVICES, RECYCLE_MARGIN_TICKS, ServiceCounters, Totals, flow_check, flow_slot,
+    slot_tail,
 };
 
 use crate::{
@@ -65,9 +69,15 @@ pub struct KernelReading {
     pub flows: Vec<(FlowKey, FlowSample)>,
     /// From the flow cache, summed over the CPUs that hold each key.
     pub cached_flows: Vec<(FlowKey, FlowSample)>,
+    /// The flow cache's claimed slots one by one, with their
+    /// [`CachePosition`]s (what the ledger takes deltas of).
+    pub cache_slots: Vec<(CachePosition, FlowSlot)>,
     /// Flow-cache slots in use, over all CPUs.
     pub cache_slots_used: usize,
 }
+
+/// A flow-cache slot on one CPU: `index * cpus + cpu`.
+pub type CachePosition = usize;
 
 impl KernelReading {
     /// Flows from the LRU table, then from the cache (a key can be in both).
@@ -142,11 +152,18 @@ pub struct CounterMaps {
     pub(crate) services: Map,
     pub(crate) flows: Map,
     pub(crate) flow_cache: Map,
+    pub(crate) flow_cache_drained: Map,
 }
 
 impl CounterMaps {
     /// Their names in the object (and their pins' file names).
-    pub const NAMES: [&'static str; 4] = [MAP_TOTALS, MAP_SERVICES, MAP_FLOWS, MAP_FLOW_CACHE];
+    pub const NAMES: [&'static str; 5] = [
+        MAP_TOTALS,
+        MAP_SERVICES,
+        MAP_FLOWS,
+        MAP_FLOW_CACHE,
+        MAP_FLOW_CACHE_DRAINED,
+    ];
 
     /// Takes the counter maps out of a loaded object (the program keeps
     /// using them; the object keeps the feed maps).
@@ -156,17 +173,36 @@ impl CounterMaps {
             services: ebpf.take_map(MAP_SERVICES)?,
             flows: ebpf.take_map(MAP_FLOWS)?,
             flow_cache: ebpf.take_map(MAP_FLOW_CACHE)?,
+            flow_cache_drained: ebpf.take_map(MAP_FLOW_CACHE_DRAINED)?,
         })
     }
 
     /// In [`Self::NAMES`] order.
-    pub fn all(&self) -> [(&'static str, &Map); 4] {
+    pub fn all(&self) -> [(&'static str, &Map); 5] {
         [
             (MAP_TOTALS, &self.totals),
             (MAP_SERVICES, &self.services),
             (MAP_FLOWS, &self.flows),
             (MAP_FLOW_CACHE, &self.flow_cache),
+            (MAP_FLOW_CACHE_DRAINED, &self.flow_cache_drained),
         ]
+    }
+
+    /// Lets the program give flow-cache slots to new flows when the flow in
+    /// them was last seen before `drain_started_tick` (less
+    /// [`RECYCLE_MARGIN_TICKS`]): call it only after a drain that started
+    /// at that tick (the kernel's tick counter, `flow_clock::TickCounter`)
+    /// has been folded into the ledger whole, which has then read every
+    /// such slot's final counts. Only the daemon that owns the ledger may
+    /// call it.
+    pub fn allow_recycling(&mut self, drain_started_tick: u64) -> Result<(), DrainError> {
+        let mut drained: aya::maps::Array<_, u64> =
+            aya::maps::Array::try_from(&mut self.flow_cache_drained)
+                .map_err(drain_error(MAP_FLOW_CACHE_DRAINED))?;
+        let before = drain_started_tick.saturating_sub(RECYCLE_MARGIN_TICKS);
+        drained
+            .set(0, before, 0)
+            .map_err(drain_error(MAP_FLOW_CACHE_DRAINED))
     }
 }
 
@@ -190,13 +226,24 @@ pub fn read_counters(maps: &CounterMaps, services: usize) -> Result<KernelReadin
     visit_flow_table(&flow_table(maps)?, cpus, |key, sample| {
         flows.push((*key, *sample));
     })?;
-    let (cached_flows, cache_slots_used) = read_flow_cache(&maps.flow_cache, cpus)?;
+    let mut cache_slots = Vec::new();
+    visit_flow_cache(&maps.flow_cache, cpus, |position, slot| {
+        cache_slots.push((position, *slot));
+    })?;
+    let mut by_key: HashMap<FlowKey, FlowSample, RandomState> = HashMap::default();
+    for (_, slot) in &cache_slots {
+        by_key
+            .entry(slot.key)
+            .and_modify(|sample| sample.add(&slot.value))
+            .or_insert_with(|| FlowSample::of(&slot.value));
+    }
     Ok(KernelReading {
         totals,
         services,
         flows,
-        cached_flows,
-        cache_slots_used,
+        cached_flows: by_key.into_iter().collect(),
+        cache_slots_used: cache_slots.len(),
+        cache_slots,
     })
 }
 
@@ -223,12 +270,13 @@ pub fn drain_into(
     ledger.make_room(table_capacity);
     let drain = ledger.next_drain();
     let table_flows = visit_flow_table(&table, cpus, |key, sample| {
-        ledger.absorb_flow(Source::Table, key, sample, drain, clock);
+        ledger.absorb_table_flow(key, sample, drain, clock);
     })?;
-    let (cached_flows, cache_slots_used) = read_flow_cache(&maps.flow_cache, cpus)?;
-    for (key, sample) in &cached_flows {
-        ledger.absorb_flow(Source::Cache, key, sample, drain, clock);
-    }
+    let mut cache_slots_used = 0;
+    visit_flow_cache(&maps.flow_cache, cpus, |position, slot| {
+        cache_slots_used += 1;
+        ledger.absorb_cache_slot(position, slot, clock);
+    })?;
     ledger.count_live_flows(table_flows + cache_slots_used);
     Ok(())
 }
@@ -322,30 +370,22 @@ fn read_flow_table_by_key(
     Ok(flows)
 }
 
-/// The flow cache's claimed slots, grouped by key. A slot whose check does
-/// not match its key (or its position) was being claimed while we read it;
-/// it is left for the next reading.
-fn read_flow_cache(
+/// Visits the flow cache's claimed slots one by one, with their
+/// [`CachePosition`]s. A slot whose check does not agree with its key, its
+/// tail or its position was being claimed while we read it; it is left for
+/// the next reading.
+fn visit_flow_cache(
     cache: &Map,
     cpus: usize,
-) -> Result<(Vec<(FlowKey, FlowSample)>, usize), DrainError> {
+    mut visit: impl FnMut(CachePosition, &FlowSlot),
+) -> Result<(), DrainError> {
     let cache: PerCpuArray<_, FlowSlot> =
         PerCpuArray::try_from(cache).map_err(drain_error(MAP_FLOW_CACHE))?;
     let mask = cache.len() - 1;
-    let mut by_key: HashMap<FlowKey, FlowSample, RandomState> = HashMap::default();
-    let mut used = 0;
     let mut take = |index: u32, slots: &[FlowSlot]| {
-        for slot in slots {
-            let trusted = slot.check != 0
-                && slot.check == flow_check(&slot.key)
-                && flow_slot(slot.check, mask) == index
-                && slot.value.packets > 0;
-            if trusted {
-                used += 1;
-                by_key
-                    .entry(slot.key)
-                    .and_modify(|sample| sample.add(&slot.value))
-                    .or_insert_with(|| FlowSample::of(&slot.value));
+        for (cpu, slot) in slots.iter().enumerate() {
+            if trusted(slot, index, mask) {
+                visit(index as usize * cpus + cpu, slot);
             }
         }
     };
@@ -360,7 +400,16 @@ fn read_flow_cache(
             take(index, &slots);
         }
     }
-    Ok((by_key.into_iter().collect(), used))
+    Ok(())
+}
+
+/// Whether a slot read at `index` holds a whole claim (see `FlowSlot`).
+fn trusted(slot: &FlowSlot, index: u32, mask: u32) -> bool {
+    slot.check != 0
+        && slot.check == flow_check(&slot.key)
+        && slot.value.slot_tail == slot_tail(slot.check)
+        && flow_slot(slot.check, mask) == index
+        && slot.value.packets > 0
 }
 
 /// A flow as the ledger keeps it. Times are Unix nanoseconds.
@@ -381,15 +430,14 @@ pub struct FlowRecord {
     /// in 32 bits, which fill the padding after the small fields: it wraps
     /// after 2^32 drains, 136 years at one a second).
     seen_in_drain: u32,
-    /// The LRU table's and the flow cache's values at the last drain, to
-    /// take deltas against.
+    /// The LRU table's value at the last drain, to take deltas against
+    /// (flow-cache slots have theirs in [`Ledger`], slot by slot).
     table: Baseline,
-    cache: Baseline,
     /// `packets` and `bytes` when the last snapshot was cut.
     marked_packets: u64,
     marked_bytes: u64,
 }
-const _: () = assert!(size_of::<FlowRecord>() == 128);
+const _: () = assert!(size_of::<FlowRecord>() == 96);
 
 /// The ledger's flows: the records in one vector, found through a hash
 /// index. A hash map holding the records themselves takes about twice as
@@ -426,14 +474,33 @@ impl From<&FlowSample> for Baseline {
     }
 }
 
-/// Where a flow sample came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Source {
-    /// Entries can be evicted and come back from zero.
-    Table,
-    /// Claimed slots are never cleared: values only grow.
-    Cache,
+/// A flow-cache slot's counts at the last drain, and which flow they were
+/// of: its check, and its first-seen time (a flow that claims the slot
+/// again after a drain read it starts later than it was last seen).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+struct SlotBaseline {
+    check: u64,
+    first_seen_ns: u64,
+    packets: u64,
+    bytes: u64,
+    ip_bytes: u64,
 }
+
+impl SlotBaseline {
+    fn of(slot: &FlowSlot) -> Self {
+        Self {
+            check: slot.check,
+            first_seen_ns: slot.value.first_seen_ns,
+            packets: slot.value.packets,
+            bytes: slot.value.bytes,
+            ip_bytes: slot.value.ip_bytes,
+        }
+    }
+}
+
+/// What a flow gained since a baseline: packets, bytes, IP bytes.
+type Gain = (u64, u64, u64);
 
 /// Counts drained from the kernel since a base: zero (the program's
 /// attachment) or a [`Checkpoint`] a snapshot was cut at.
@@ -463,6 +530,8 @@ pub struct Ledger {
     pub kernel_totals: Totals,
     pub kernel_services: Vec<ServiceCounters>,
     pub kernel_evictions: u64,
+    /// Every flow-cache slot's last reading, by [`CachePosition`].
+    cache_slots: Vec<SlotBaseline>,
     base: KernelCounters,
     mark: Mark,
     /// Frames counted in userspace because the kernel cannot run them
@@ -507,6 +576,7 @@ impl Default for Ledger {
             kernel_totals: bytemuck::Zeroable::zeroed(),
             kernel_services: Vec::new(),
             kernel_evictions: 0,
+            cache_slots: Vec::new(),
             base: KernelCounters::default(),
             mark: Mark::default(),
             outside_kernel: bytemuck::Zeroable::zeroed(),
@@ -591,12 +661,17 @@ impl Ledger {
                     tcp_flags: 0,
                     origin: 0,
                     table: flow.table,
-                    cache: flow.cache,
                     marked_packets: 0,
                     marked_bytes: 0,
                     seen_in_drain: 0,
                 },
             );
+        }
+        for slot in &checkpoint.slots {
+            let position = usize::try_from(slot.position).unwrap_or(usize::MAX);
+            if let Some(baseline) = ledger.cache_slot(position) {
+                *baseline = slot.baseline;
+            }
         }
         ledger
     }
@@ -610,10 +685,10 @@ impl Ledger {
             (reading.flows.len() + reading.cached_flows.len()).saturating_sub(self.flows.len()),
         );
         for (key, sample) in &reading.flows {
-            self.absorb_flow(Source::Table, key, sample, drain, clock);
+            self.absorb_table_flow(key, sample, drain, clock);
         }
-        for (key, sample) in &reading.cached_flows {
-            self.absorb_flow(Source::Cache, key, sample, drain, clock);
+        for (position, slot) in &reading.cache_slots {
+            self.absorb_cache_slot(*position, slot, clock);
         }
         self.count_live_flows(live_flows);
     }
@@ -636,6 +711,7 @@ impl Ledger {
         let expected = self
             .kernel_totals
             .flow_inserts
+            .saturating_sub(self.kernel_totals.flow_recycles)
             .saturating_sub(self.kernel_evictions)
             .min(u64::from(table_capacity));
         let expected = usize::try_from(expected).unwrap_or(usize::MAX);
@@ -654,59 +730,88 @@ impl Ledger {
     fn count_live_flows(&mut self, live_flows: usize) {
         self.live_flows = live_flows;
         // Inserts are read before the flow table, so flows created between
-        // the two reads could make this dip: it never goes down.
+        // the two reads could make this dip: it never goes down. A recycled
+        // cache slot is an insert that lost nothing (the drain had read the
+        // flow it replaced).
         self.kernel_evictions = self.kernel_evictions.max(
             self.kernel_totals
                 .flow_inserts
+                .saturating_sub(self.kernel_totals.flow_recycles)
                 .saturating_sub(live_flows as u64),
         );
         self.flow_evictions = self.kernel_evictions.saturating_sub(self.base.evictions);
     }
 
-    /// Folds one flow of a reading in: what it gained since `source` last
-    /// showed it.
-    fn absorb_flow(
+    /// Folds one flow of the LRU table in: what it gained since the table
+    /// last showed it.
+    fn absorb_table_flow(
         &mut self,
-        source: Source,
         key: &FlowKey,
         sample: &FlowSample,
         drain: u32,
         clock: FlowClock,
     ) {
-        let to_unix = |stamp: u64| clock.unix_ns(stamp);
-        let record = self.flows.entry(*key).or_insert(FlowRecord {
+        let record = self.record(key, sample, clock);
+        let (gain, baseline) = gained(&record.table, sample);
+        record.table = baseline;
+        record.seen_in_drain = drain;
+        add(record, sample, gain, clock);
+    }
+
+    /// Folds one flow-cache slot in: what it gained since this position's
+    /// last reading, or all of it when it holds another flow than then (or
+    /// the same flow claiming the slot anew after it was recycled).
+    fn absorb_cache_slot(&mut self, position: CachePosition, slot: &FlowSlot, clock: FlowClock) {
+        let Some(last) = self.cache_slot(position) else {
+            return;
+        };
+        let value = &slot.value;
+        let same_flow = last.check == slot.check && last.first_seen_ns == value.first_seen_ns;
+        let gain = if !same_flow {
+            (value.packets, value.bytes, value.ip_bytes)
+        } else if value.packets < last.packets {
+            // Counts only grow: keep the higher baseline.
+            return;
+        } else {
+            (
+                value.packets - last.packets,
+                value.bytes.saturating_sub(last.bytes),
+                value.ip_bytes.saturating_sub(last.ip_bytes),
+            )
+        };
+        *last = SlotBaseline::of(slot);
+        let sample = FlowSample::of(value);
+        let record = self.record(&slot.key, &sample, clock);
+        add(record, &sample, gain, clock);
+    }
+
+    /// The baseline of a flow-cache position (the positions grow as the
+    /// cache is seen; `None` only for a position no cache can have).
+    fn cache_slot(&mut self, position: CachePosition) -> Option<&mut SlotBaseline> {
+        if position >= self.cache_slots.len() {
+            let positions = position.checked_add(1)?;
+            self.cache_slots
+                .resize(positions, bytemuck::Zeroable::zeroed());
+        }
+        self.cache_slots.get_mut(position)
+    }
+
+    /// A flow's record, new (with the sample's times) if it has none.
+    fn record(&mut self, key: &FlowKey, sample: &FlowSample, clock: FlowClock) -> &mut FlowRecord {
+        self.flows.entry(*key).or_insert(FlowRecord {
             packets: 0,
             bytes: 0,
             ip_bytes: 0,
-            first_seen_unix_ns: to_unix(sample.first_seen_ns),
-            last_seen_unix_ns: to_unix(sample.last_seen_ns),
+            first_seen_unix_ns: clock.unix_ns(sample.first_seen_ns),
+            last_seen_unix_ns: clock.unix_ns(sample.last_seen_ns),
             service: sample.service,
             tcp_flags: 0,
             origin: sample.origin,
             table: EMPTY_BASELINE,
-            cache: EMPTY_BASELINE,
             marked_packets: 0,
             marked_bytes: 0,
-            seen_in_drain: drain,
-        });
-        let last = match source {
-            Source::Table => &mut record.table,
-            Source::Cache => &mut record.cache,
-        };
-        let (packets, bytes, ip_bytes, baseline) = gained(source, last, sample);
-        *last = baseline;
-        record.seen_in_drain = drain;
-        record.service = sample.service;
-        record.origin = sample.origin;
-        if packets == 0 {
-            return;
-        }
-        record.packets += packets;
-        record.bytes += bytes;
-        record.ip_bytes += ip_bytes;
-        record.first_seen_unix_ns = record.first_seen_unix_ns.min(to_unix(sample.first_seen_ns));
-        record.last_seen_unix_ns = record.last_seen_unix_ns.max(to_unix(sample.last_seen_ns));
-        record.tcp_flags |= sample.tcp_flags;
+            seen_in_drain: 0,
+        })
     }
 
     /// Counts a frame too short to have an Ethernet header, which the kernel
@@ -749,6 +854,7 @@ impl Ledger {
             kernel_totals: self.kernel_totals,
             kernel_services: self.kernel_services.clone(),
             kernel_evictions: self.kernel_evictions,
+            cache_slots: Vec::new(),
             base: KernelCounters::default(),
             mark: Mark::default(),
             outside_kernel: bytemuck::Zeroable::zeroed(),
@@ -776,15 +882,25 @@ impl Ledger {
                 flows.push(CheckpointFlow {
                     key: *key,
                     table: record.table,
-                    cache: record.cache,
                 });
             }
         }
+        let slots = self
+            .cache_slots
+            .iter()
+            .enumerate()
+            .filter(|(_, baseline)| baseline.check != 0)
+            .map(|(position, baseline)| CheckpointSlot {
+                position: position as u64,
+                baseline: *baseline,
+            })
+            .collect();
         Checkpoint {
             totals: self.kernel_totals,
             services: self.kernel_services.clone(),
             evictions: self.kernel_evictions,
             flows,
+            slots,
         }
     }
 }
@@ -797,6 +913,7 @@ pub struct Checkpoint {
     pub services: Vec<ServiceCounters>,
     pub evictions: u64,
     pub flows: Vec<CheckpointFlow>,
+    pub slots: Vec<CheckpointSlot>,
 }
 
 /// One live flow's baselines in a [`Checkpoint`].
@@ -805,16 +922,35 @@ pub struct Checkpoint {
 pub struct CheckpointFlow {
     key: FlowKey,
     table: Baseline,
-    cache: Baseline,
 }
+
+/// One claimed flow-cache slot's baseline in a [`Checkpoint`].
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct CheckpointSlot {
+    position: u64,
+    baseline: SlotBaseline,
+}
+
+/// [`CheckpointText::layout`] of this build: 2 since flow-cache slots have
+/// their own baselines (a checkpoint without the field is layout 1).
+const CHECKPOINT_LAYOUT: u32 = 2;
 
 /// A [`Checkpoint`] as JSON: the kernel structures as hex of their bytes.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct CheckpointText {
+    #[serde(default = "first_checkpoint_layout")]
+    pub layout: u32,
     pub totals: String,
     pub services: String,
     pub evictions: u64,
     pub flows: String,
+    #[serde(default)]
+    pub slots: String,
+}
+
+fn first_checkpoint_layout() -> u32 {
+    1
 }
 
 fn to_hex(bytes: &[u8]) -> String {
@@ -853,15 +989,20 @@ fn pod_vec<T: bytemuck::Pod>(text: &str) -> Option<Vec<T>> {
 impl Checkpoint {
     pub fn to_text(&self) -> CheckpointText {
         CheckpointText {
+            layout: CHECKPOINT_LAYOUT,
             totals: to_hex(bytemuck::bytes_of(&self.totals)),
             services: to_hex(bytemuck::cast_slice(&self.services)),
             evictions: self.evictions,
             flows: to_hex(bytemuck::cast_slice(&self.flows)),
+            slots: to_hex(bytemuck::cast_slice(&self.slots)),
         }
     }
 
     /// `None` when the text is not a checkpoint of this build's layout.
     pub fn from_text(text: &CheckpointText) -> Option<Self> {
+        if text.layout != CHECKPOINT_LAYOUT {
+            return None;
+        }
         let totals = pod_vec::<Totals>(&text.totals)?;
         let [totals] = totals.as_slice() else {
             return None;
@@ -871,31 +1012,53 @@ impl Checkpoint {
             services: pod_vec(&text.services)?,
             evictions: text.evictions,
             flows: pod_vec(&text.flows)?,
+            slots: pod_vec(&text.slots)?,
         })
     }
 }
 
-/// Packets and bytes a flow gained since the last sample from the same
-/// source. A table entry whose packets went down or whose first-seen time
-/// changed was evicted and created again: all of it is new. Cache sums only
-/// grow; one that looks lower missed a slot being claimed and gains nothing.
-fn gained(source: Source, last: &Baseline, sample: &FlowSample) -> (u64, u64, u64, Baseline) {
-    let recreated = source == Source::Table
-        && last.packets != 0
+/// Packets and bytes a table entry gained since its last sample, and the
+/// new baseline. An entry whose packets went down or whose first-seen time
+/// changed was evicted and created again: all of it is new.
+fn gained(last: &Baseline, sample: &FlowSample) -> (Gain, Baseline) {
+    let recreated = last.packets != 0
         && (sample.packets < last.packets || sample.first_seen_ns != last.first_seen_ns);
     if recreated {
-        (sample.packets, sample.bytes, sample.ip_bytes, sample.into())
-    } else if sample.packets < last.packets {
-        // Keep the higher baseline, so nothing is counted twice.
-        (0, 0, 0, *last)
+        (
+            (sample.packets, sample.bytes, sample.ip_bytes),
+            sample.into(),
+        )
     } else {
         (
-            sample.packets - last.packets,
-            sample.bytes.saturating_sub(last.bytes),
-            sample.ip_bytes.saturating_sub(last.ip_bytes),
+            (
+                sample.packets - last.packets,
+                sample.bytes.saturating_sub(last.bytes),
+                sample.ip_bytes.saturating_sub(last.ip_bytes),
+            ),
             sample.into(),
         )
     }
+}
+
+/// Adds what a flow gained to its record (and the sample's service,
+/// origin, times and flags).
+fn add(record: &mut FlowRecord, sample: &FlowSample, gain: Gain, clock: FlowClock) {
+    record.service = sample.service;
+    record.origin = sample.origin;
+    let (packets, bytes, ip_bytes) = gain;
+    if packets == 0 {
+        return;
+    }
+    record.packets += packets;
+    record.bytes += bytes;
+    record.ip_bytes += ip_bytes;
+    record.first_seen_unix_ns = record
+        .first_seen_unix_ns
+        .min(clock.unix_ns(sample.first_seen_ns));
+    record.last_seen_unix_ns = record
+        .last_seen_unix_ns
+        .max(clock.unix_ns(sample.last_seen_ns));
+    record.tcp_flags |= sample.tcp_flags;
 }
 
 /// Nanoseconds to add to a CLOCK_MONOTONIC time to get Unix time, now.
@@ -927,16 +1090,41 @@ mod tests {
         cached_reading(flows, Vec::new())
     }
 
+    /// A reading with flow-cache slots: (position, key, sample).
     fn cached_reading(
         flows: Vec<(FlowKey, FlowSample)>,
-        cached_flows: Vec<(FlowKey, FlowSample)>,
+        slots: Vec<(CachePosition, FlowKey, FlowSample)>,
     ) -> KernelReading {
+        let cache_slots: Vec<(CachePosition, FlowSlot)> = slots
+            .into_iter()
+            .map(|(position, key, sample)| (position, slot(key, sample)))
+            .collect();
         KernelReading {
             totals: bytemuck::Zeroable::zeroed(),
             services: Vec::new(),
-            cache_slots_used: cached_flows.len(),
+            cache_slots_used: cache_slots.len(),
             flows,
-            cached_flows,
+            cached_flows: Vec::new(),
+            cache_slots,
+        }
+    }
+
+    fn slot(key: FlowKey, sample: FlowSample) -> FlowSlot {
+        let check = flow_check(&key);
+        FlowSlot {
+            check,
+            key,
+            value: FlowValue {
+                packets: sample.packets,
+                bytes: sample.bytes,
+                ip_bytes: sample.ip_bytes,
+                first_seen_ns: sample.first_seen_ns,
+                last_seen_ns: sample.last_seen_ns,
+                service: sample.service,
+                tcp_flags: sample.tcp_flags,
+                origin: sample.origin,
+                slot_tail: slot_tail(check),
+            },
         }
     }
 
@@ -988,26 +1176,26 @@ mod tests {
         ledger.absorb(
             cached_reading(
                 vec![(key(1), sample(2, 30, 40))],
-                vec![(key(1), sample(4, 10, 20))],
+                vec![(3, key(1), sample(4, 10, 20))],
             ),
             FlowClock::UNIX_NS,
         );
-        // The cache sum grows; the table entry is evicted and comes back.
+        // The slot grows; the table entry is evicted and comes back.
         ledger.absorb(
             cached_reading(
                 vec![(key(1), sample(1, 50, 60))],
-                vec![(key(1), sample(7, 10, 55))],
+                vec![(3, key(1), sample(7, 10, 55))],
             ),
             FlowClock::UNIX_NS,
         );
-        // A cache sum that looks lower (a slot missed mid-claim) adds nothing
-        // and does not lower the baseline.
+        // A slot that looks lower adds nothing and does not lower the
+        // baseline.
         ledger.absorb(
-            cached_reading(Vec::new(), vec![(key(1), sample(5, 10, 55))]),
+            cached_reading(Vec::new(), vec![(3, key(1), sample(5, 10, 55))]),
             FlowClock::UNIX_NS,
         );
         ledger.absorb(
-            cached_reading(Vec::new(), vec![(key(1), sample(8, 10, 70))]),
+            cached_reading(Vec::new(), vec![(3, key(1), sample(8, 10, 70))]),
             FlowClock::UNIX_NS,
         );
         let record = ledger.flows[&key(1)];
@@ -1015,6 +1203,71 @@ mod tests {
         assert_eq!(record.first_seen_unix_ns, 10);
         assert_eq!(record.last_seen_unix_ns, 70);
         assert_eq!(ledger.live_flows, 1);
+    }
+
+    #[test]
+    fn recycled_cache_slots_count_each_flow_they_held_once() {
+        let mut ledger = Ledger::default();
+        let drains = [
+            // Flow 1 on two CPUs (positions 0 and 1), flow 2 elsewhere.
+            [
+                (0, key(1), sample(5, 10, 20)),
+                (1, key(1), sample(2, 12, 18)),
+                (4, key(2), sample(1, 11, 11)),
+            ],
+            // Position 1 recycled by flow 3; flow 1 still grows on position
+            // 0 (a sum over CPUs would have looked lower, gaining nothing).
+            [
+                (0, key(1), sample(6, 10, 40)),
+                (1, key(3), sample(3, 30, 35)),
+                (4, key(2), sample(1, 11, 11)),
+            ],
+            // Flow 1 takes position 4 over from flow 2 (first seen later
+            // than flow 2 was last seen), and grows on position 0.
+            [
+                (0, key(1), sample(7, 10, 50)),
+                (1, key(3), sample(4, 30, 45)),
+                (4, key(1), sample(2, 48, 52)),
+            ],
+        ];
+        for slots in drains {
+            ledger.absorb(
+                cached_reading(Vec::new(), slots.to_vec()),
+                FlowClock::UNIX_NS,
+            );
+        }
+        assert_eq!(ledger.flows[&key(1)].packets, 7 + 2 + 2);
+        assert_eq!(ledger.flows[&key(1)].bytes, 1100);
+        assert_eq!(ledger.flows[&key(1)].first_seen_unix_ns, 10);
+        assert_eq!(ledger.flows[&key(1)].last_seen_unix_ns, 52);
+        assert_eq!(ledger.flows[&key(2)].packets, 1);
+        assert_eq!(ledger.flows[&key(3)].packets, 4);
+        // The same flow claiming a slot anew: told apart by its first-seen
+        // time, though its check is the slot's old one.
+        ledger.absorb(
+            cached_reading(Vec::new(), vec![(4, key(1), sample(1, 60, 60))]),
+            FlowClock::UNIX_NS,
+        );
+        assert_eq!(ledger.flows[&key(1)].packets, 12);
+    }
+
+    #[test]
+    fn torn_cache_slots_are_not_trusted() {
+        let whole = slot(key(1), sample(1, 10, 10));
+        let mask = u32::MAX >> 8;
+        let index = flow_slot(whole.check, mask);
+        assert!(trusted(&whole, index, mask));
+        assert!(!trusted(&whole, index ^ 1, mask));
+        // A recycle caught after its tail was written, before its check.
+        let mut torn = whole;
+        torn.value.slot_tail ^= 1;
+        assert!(!trusted(&torn, index, mask));
+        let mut torn = whole;
+        torn.key.port = 9;
+        assert!(!trusted(&torn, index, mask));
+        let mut empty = whole;
+        empty.check = 0;
+        assert!(!trusted(&empty, index, mask));
     }
 
     fn totals_with(ipv4: u64, inserts: u64) -> Totals {
@@ -1078,11 +1331,45 @@ mod tests {
     #[test]
     fn a_checkpoint_of_another_layout_is_refused() {
         let text = CheckpointText {
+            layout: CHECKPOINT_LAYOUT,
             totals: "00ff".into(),
             services: String::new(),
             evictions: 0,
             flows: String::new(),
+            slots: String::new(),
         };
         assert!(Checkpoint::from_text(&text).is_none());
+        // One written before slots had baselines of their own.
+        let mut ledger = Ledger::default();
+        ledger.absorb(full_reading(1, Vec::new()), FlowClock::UNIX_NS);
+        let mut text = serde_json::to_value(ledger.cut().to_text()).unwrap();
+        assert!(Checkpoint::from_text(&serde_json::from_value(text.clone()).unwrap()).is_some());
+        text.as_object_mut().unwrap().remove("layout");
+        assert!(Checkpoint::from_text(&serde_json::from_value(text).unwrap()).is_none());
+    }
+
+    #[test]
+    fn a_resumed_ledger_takes_cache_slots_from_their_checkpointed_baselines() {
+        let mut ledger = Ledger::default();
+        ledger.absorb(
+            cached_reading(Vec::new(), vec![(5, key(1), sample(4, 10, 20))]),
+            FlowClock::UNIX_NS,
+        );
+        let text = serde_json::to_string(&ledger.cut().to_text()).unwrap();
+        let checkpoint = Checkpoint::from_text(&serde_json::from_str(&text).unwrap()).unwrap();
+        let mut resumed = Ledger::resume(&checkpoint);
+        resumed.absorb(
+            cached_reading(
+                Vec::new(),
+                vec![
+                    (5, key(1), sample(6, 10, 30)),
+                    (6, key(2), sample(1, 25, 25)),
+                ],
+            ),
+            FlowClock::UNIX_NS,
+        );
+        let interval = resumed.since_mark();
+        assert_eq!(interval.flows[&key(1)].packets, 2);
+        assert_eq!(interval.flows[&key(2)].packets, 1);
     }
 }

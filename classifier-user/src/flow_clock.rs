@@ -80,6 +80,29 @@ impl Ticks {
     }
 }
 
+/// The kernel's tick counter, read when asked: the daemon reads it as each
+/// drain starts, to tell the program which flow-cache slots that drain
+/// will have read (`drain::CounterMaps::allow_recycling`).
+pub struct TickCounter(Probe);
+
+impl TickCounter {
+    pub fn load() -> Result<Self, ClockError> {
+        Probe::load().map(Self).map_err(probe_failed)
+    }
+
+    /// The counter now (a flow stamp).
+    pub fn now(&self) -> Result<u64, ClockError> {
+        self.0
+            .read()
+            .map(|reading| reading.ticks)
+            .map_err(probe_failed)
+    }
+}
+
+fn probe_failed(error: io::Error) -> ClockError {
+    ClockError(format!("BPF_PROG_TEST_RUN of a probe: {error}"))
+}
+
 /// One reading of the tick counter, and CLOCK_MONOTONIC_COARSE unchanged
 /// around it (so both belong to the same tick).
 #[derive(Debug, Clone, Copy)]
@@ -149,13 +172,12 @@ const CALIBRATION_TICKS: usize = 10;
 /// a busy CPU is its start plus the interrupt's latency (microseconds), so
 /// ten ticks give the tick's length to well under a part in a thousand.
 fn calibrate() -> Result<Ticks, ClockError> {
-    let failed = |error: io::Error| ClockError(format!("BPF_PROG_TEST_RUN of a probe: {error}"));
-    let probe = Probe::load().map_err(failed)?;
-    let start = probe.read().map_err(failed)?;
+    let probe = Probe::load().map_err(probe_failed)?;
+    let start = probe.read().map_err(probe_failed)?;
     let mut previous = start;
     let mut changes = Vec::with_capacity(CALIBRATION_TICKS);
     while changes.len() < CALIBRATION_TICKS {
-        let reading = probe.read().map_err(failed)?;
+        let reading = probe.read().map_err(probe_failed)?;
         // Both moved: the kernel advances the counter before the coarse
         // clock, so a reading between the two is not a tick's start.
         if reading.ticks != previous.ticks && reading.coarse_ns != previous.coarse_ns {

@@ -667,6 +667,7 @@ fn merge(snapshots: &[&Snapshot]) -> Report {
         flow_table.evictions += report.flow_table.evictions;
         flow_table.insert_failures += report.flow_table.insert_failures;
         flow_table.drains += report.flow_table.drains;
+        flow_table.recycles += report.flow_table.recycles;
         for feed in &report.feeds {
             let known = feeds
                 .iter()
@@ -1133,6 +1134,7 @@ mod tests {
                 evictions: 0,
                 insert_failures: 0,
                 drains: 60,
+                recycles: 0,
             },
             feeds: vec![FeedOrigin {
                 name: "bundled".to_string(),

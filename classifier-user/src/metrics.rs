@@ -248,6 +248,13 @@ fn register_kernel_counters(registry: &mut Registry, totals: &Totals, state: &Me
         counter(state.flow_evictions),
     );
     registry.register(
+        "flow_table_recycles",
+        since_attach(
+            "Flow-cache slots given to new flows after a drain had read the idle flows in them",
+        ),
+        counter(totals.flow_recycles),
+    );
+    registry.register(
         "flow_table_insert_failures",
         since_attach(
             "Flow-key inserts the kernel refused (the packet still counts in the other counters)",

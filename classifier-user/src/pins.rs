@@ -139,7 +139,7 @@ impl SensorMeta {
 pub fn layout() -> String {
     use std::mem::size_of;
     format!(
-        "totals{}-services{}-protocols{}-flowkey{}-flowvalue{}-flowslot{}-flowclock-ticks-endpointhint{}",
+        "totals{}-services{}-protocols{}-flowkey{}-flowvalue{}-flowslot{}-flowclock-ticks-endpointhint{}-recycledslots",
         size_of::<Totals>(),
         size_of::<ServiceCounters>(),
         classifier_common::PROTOCOL_SERVICES.len(),
@@ -283,12 +283,13 @@ fn open_counters(dir: &Path) -> Result<CounterMaps, PinError> {
             MapData::from_pin(&path).map_err(|error| path_error(&path, error_chain(&error)))?;
         Map::from_map_data(data).map_err(|error| path_error(&path, error_chain(&error)))
     };
-    let [totals, services, flows, flow_cache] = CounterMaps::NAMES;
+    let [totals, services, flows, flow_cache, flow_cache_drained] = CounterMaps::NAMES;
     Ok(CounterMaps {
         totals: open(totals)?,
         services: open(services)?,
         flows: open(flows)?,
         flow_cache: open(flow_cache)?,
+        flow_cache_drained: open(flow_cache_drained)?,
     })
 }
 

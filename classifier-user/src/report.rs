@@ -161,6 +161,10 @@ pub struct FlowTable {
     pub evictions: u64,
     pub insert_failures: u64,
     pub drains: u64,
+    /// Flow-cache slots given to new flows after a drain read the flows in
+    /// them (inserts that lost nothing).
+    #[serde(default)]
+    pub recycles: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -476,6 +480,7 @@ impl Report {
                 evictions: ledger.flow_evictions,
                 insert_failures: kernel.flow_insert_failures,
                 drains: ledger.drains,
+                recycles: kernel.flow_recycles,
             },
             feeds: context.feeds,
             services: rows,
@@ -597,9 +602,10 @@ impl Report {
         let f = &self.flow_table;
         let _ = writeln!(
             out,
-            "\nflow table: {} flows, {} inserts, {} evictions, {} failed inserts, {} drains",
+            "\nflow table: {} flows, {} inserts ({} into recycled cache slots), {} evictions, {} failed inserts, {} drains",
             self.flows.len(),
             f.inserts,
+            f.recycles,
             f.evictions,
             f.insert_failures,
             f.drains

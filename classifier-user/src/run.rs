@@ -542,6 +542,8 @@ struct Daemon {
     evidence: Option<crate::evidence::Evidence>,
     /// Turns the program's tick stamps into Unix time.
     ticks: crate::flow_clock::Ticks,
+    /// Reads the tick each drain starts at.
+    tick_counter: crate::flow_clock::TickCounter,
 }
 
 impl Daemon {
@@ -562,12 +564,22 @@ impl Daemon {
         let started = std::time::Instant::now();
         let services = self.sensor.meta.services.len();
         self.learn();
+        // Read before the drain: once the drain is folded in whole, the
+        // program may recycle flow-cache slots idle since before it.
+        let drain_started_tick = self.tick_counter.now();
         let result = drain::drain_into(
             &self.sensor.counters,
             services,
             &mut self.ledger,
             self.ticks.flow_clock(),
         )
+        .and_then(|()| match drain_started_tick {
+            Ok(tick) => self.sensor.counters.allow_recycling(tick),
+            Err(error) => {
+                log::warn!("flow-cache slots stay unrecycled this drain: {error}");
+                Ok(())
+            }
+        })
         .map(|()| {
             release_free_memory();
             // Only a drain that worked feeds the watchdog.
@@ -805,8 +817,10 @@ pub fn run_config(mut config: RunConfig) -> Result<Report, RunError> {
             // loaded): the ledger drains everything the kernel has.
             None => (Ledger::default(), None, sensor.meta.attached_at_unix_ns),
         };
-        let ticks = match crate::flow_clock::Ticks::calibrated() {
-            Ok(ticks) => ticks,
+        let clocks = crate::flow_clock::Ticks::calibrated()
+            .and_then(|ticks| Ok((ticks, crate::flow_clock::TickCounter::load()?)));
+        let (ticks, tick_counter) = match clocks {
+            Ok(clocks) => clocks,
             Err(error) => {
                 abandon(sensor, &config);
                 return Err(error.into());
@@ -852,6 +866,7 @@ pub fn run_config(mut config: RunConfig) -> Result<Report, RunError> {
         let mut daemon = Daemon {
             notifier: Notifier::from_env(),
             ticks,
+            tick_counter,
             evidence,
             sensor,
             ledger,

@@ -915,6 +915,7 @@ mod tests {
                 services: Vec::new(),
                 flows: Vec::new(),
                 cached_flows: Vec::new(),
+                cache_slots: Vec::new(),
                 cache_slots_used: 0,
             };
             self.ledger

@@ -80,6 +80,72 @@ fn a_full_flow_table_evicts_counts_it_and_keeps_service_counts_exact() {
     assert_eq!(streamed.flow_evictions, ledger.flow_evictions);
 }
 
+/// A flow-cache slot goes to a new flow only once a drain has read the
+/// flow in it and that flow has been idle since before the drain: before
+/// that, a new flow of the same slot goes to the LRU table. Every flow keeps
+/// every packet across the hand-over.
+#[test]
+fn idle_cache_slots_are_recycled_only_after_a_drain_read_them() {
+    if !require_root() {
+        return;
+    }
+    // One slot on the one CPU the test runs on: every flow wants it.
+    classifier_tests::pin_to_cpu(0).expect("pin to CPU 0");
+    let feed = EndpointFeed::from_sources(&[("test".into(), TEST_FEED.into())]).expect("feed");
+    let capacities = Capacities {
+        flow_cache_slots: 1,
+        ..Capacities::default()
+    };
+    let mut sensor = Sensor::load(
+        &WatchedSet::from_arguments(&[], &[]).expect("default"),
+        &feed,
+        capacities,
+    )
+    .expect("loads");
+    let send = |sensor: &Sensor, port: u16, packets: usize| {
+        let frame = FrameSpec::udp("175.45.176.1", "203.0.113.5", 40000, port).build();
+        for _ in 0..packets {
+            assert_eq!(run_frame(sensor, &frame).expect("test run"), 2);
+        }
+    };
+    let ticks = classifier_user::flow_clock::TickCounter::load().expect("tick counter");
+    let clock = FlowClock::kernel().expect("clock");
+    let mut ledger = Ledger::default();
+    let packets_of = |ledger: &Ledger, port: u16| {
+        ledger
+            .flows
+            .iter()
+            .find(|(key, _)| key.port == port)
+            .map_or(0, |(_, flow)| flow.packets)
+    };
+
+    send(&sensor, 1, 3);
+    // Nothing drained yet: the second flow goes to the LRU table.
+    send(&sensor, 2, 2);
+    // Let the first flow age past the margin, then drain and publish.
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let started = ticks.now().expect("tick");
+    drain::read_into(&sensor, &mut ledger, clock).expect("drain");
+    assert_eq!(ledger.totals.flow_recycles, 0);
+    sensor.allow_recycling(started).expect("publish");
+
+    // The third flow takes the first one's slot.
+    send(&sensor, 3, 4);
+    // The slot's flow is now the third, seen after the drain: the first
+    // flow, back again, goes to the LRU table.
+    send(&sensor, 1, 1);
+    drain::read_into(&sensor, &mut ledger, clock).expect("drain");
+    assert_eq!(ledger.totals.flow_recycles, 1);
+    assert_eq!(ledger.totals.flow_inserts, 4);
+    assert_eq!(ledger.totals.matched, 10);
+    assert_eq!(
+        [1, 2, 3].map(|port| packets_of(&ledger, port)),
+        [3 + 1, 2, 4]
+    );
+    assert_eq!(ledger.live_flows, 3, "one slot and two table entries");
+    assert_eq!(ledger.flow_evictions, 0);
+}
+
 /// The program stamps flows with the kernel's tick counter; the drain turns
 /// ticks into Unix time. A flow's first and last packets, 200 ms apart,
 /// come out at the wall-clock times they were sent, to within a tick.

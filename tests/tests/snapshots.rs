@@ -605,27 +605,26 @@ fn a_full_flow_table_keeps_counts_exact_and_shows_evictions_in_metrics_and_snaps
     );
     // 100 flows (one per watched host) into a table of 16 (and one cache
     // slot per CPU): most are evicted before a drain sees them.
-    let frames: Vec<Vec<u8>> = (0..100u8)
-        .map(|host| {
-            FrameSpec::udp(&format!("175.45.177.{host}"), "198.51.100.10", 40000, 443).build()
-        })
-        .collect();
-    link.send(&frames).expect("send");
-    std::thread::sleep(Duration::from_millis(400));
-    let body = link.sensor.http_get("127.0.0.1:9477", "/metrics");
-    let metric = |name: &str| -> u64 {
-        body.lines()
-            .find_map(|line| line.strip_prefix(&format!("{name} ")))
-            .and_then(|value| value.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in:\n{body}"))
-    };
+    send_flows(&link, "175.45.177", 100);
+    let metric = scrape(&link, "127.0.0.1:9477");
     let evictions = metric("classifier_flow_table_evictions_total");
     assert!(evictions >= 80, "{evictions} evictions");
     assert_eq!(metric("classifier_matched_packets_total"), 100);
+    assert_eq!(metric("classifier_flow_table_recycles_total"), 0);
+
+    // Once a drain (one a second) has read the idle flows in the cache
+    // slots, new flows take the slots over instead of evicting.
+    std::thread::sleep(Duration::from_millis(1500));
+    send_flows(&link, "175.45.178", 20);
+    let metric = scrape(&link, "127.0.0.1:9477");
+    let recycles = metric("classifier_flow_table_recycles_total");
+    assert!(recycles >= 1, "{recycles} recycled slots");
+    assert_eq!(metric("classifier_matched_packets_total"), 120);
+    let evictions = metric("classifier_flow_table_evictions_total");
     let (report, _) = daemon.stop(libc::SIGTERM);
     assert_eq!(
         services(&report)["alpha"]["packets"],
-        100,
+        120,
         "counts stay exact"
     );
     let reports = read_snapshots(&snapshots);
@@ -637,8 +636,32 @@ fn a_full_flow_table_keeps_counts_exact_and_shows_evictions_in_metrics_and_snaps
         snapshot_evictions, evictions,
         "the snapshots carry the evictions"
     );
-    assert_eq!(counted(&reports).services["alpha"].0, 100);
+    assert_eq!(counted(&reports).services["alpha"].0, 120);
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Sends one frame from each of `hosts` watched hosts of `subnet` (a /24's
+/// first three octets) to an endpoint of service alpha, and gives the
+/// daemon time to count them.
+fn send_flows(link: &VethLink, subnet: &str, hosts: u8) {
+    let frames: Vec<Vec<u8>> = (0..hosts)
+        .map(|host| {
+            FrameSpec::udp(&format!("{subnet}.{host}"), "198.51.100.10", 40000, 443).build()
+        })
+        .collect();
+    link.send(&frames).expect("send");
+    std::thread::sleep(Duration::from_millis(400));
+}
+
+/// The daemon's metrics at `address`, read once: a metric's value by name.
+fn scrape(link: &VethLink, address: &str) -> impl Fn(&str) -> u64 {
+    let body = link.sensor.http_get(address, "/metrics");
+    move |name: &str| -> u64 {
+        body.lines()
+            .find_map(|line| line.strip_prefix(&format!("{name} ")))
+            .and_then(|value| value.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{body}"))
+    }
 }
 
 /// The temporary files snapshot writers left in `dir`

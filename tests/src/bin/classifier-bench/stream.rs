@@ -22,10 +22,21 @@ pub fn compare_stream(
     ours: BorrowedFd<'_>,
     streams: &[Vec<Vec<u8>>],
 ) -> Result<Measurement> {
+    compare_stream_with(floor, ours, streams, || Ok(()))
+}
+
+/// [`compare_stream`], calling `before_round` before each round (untimed).
+pub fn compare_stream_with(
+    floor: BorrowedFd<'_>,
+    ours: BorrowedFd<'_>,
+    streams: &[Vec<Vec<u8>>],
+    mut before_round: impl FnMut() -> Result<()>,
+) -> Result<Measurement> {
     let mut floor_ns = Vec::new();
     let mut ours_ns = Vec::new();
     let mut ratios = Vec::new();
     for (round, frames) in streams.iter().enumerate() {
+        before_round()?;
         let (mut floor_sum, mut ours_sum) = (0u64, 0u64);
         for frame in frames {
             let floor_first = round % 2 == 0;

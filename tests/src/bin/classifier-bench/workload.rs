@@ -190,12 +190,14 @@ pub fn stream_cases(
             "c watched -> endpoint (cold: random feed addresses)",
             Vec::new(),
         ),
-        ("c new flow (one known endpoint)", Vec::new()),
+        (NEW_FLOW_TABLE_CASE, Vec::new()),
+        (NEW_FLOW_CASE, Vec::new()),
     ];
     for _ in 0..rounds {
         let mut cold_a = Vec::with_capacity(per_round);
         let mut cold_c = Vec::with_capacity(per_round);
         let mut new_flows = Vec::with_capacity(per_round);
+        let mut drained_new_flows = Vec::with_capacity(NEW_FLOWS_PER_DRAIN);
         for _ in 0..per_round {
             cold_a.push(random_unwatched_frame(&mut random));
             let net = v4[random.below(v4.len() as u64) as usize];
@@ -208,20 +210,43 @@ pub fn stream_cases(
                 FrameSpec::udp(&watched.to_string(), &endpoint.to_string(), 40000, 443),
                 64,
             ));
-            // The flow key is the watched address, the endpoint and its port.
-            let watched = Ipv4Addr::from(0xaf2d_b000 | (next_flow >> 16));
-            let port = (next_flow & 0xffff) as u16;
-            next_flow += 1;
-            new_flows.push(built_at(
-                FrameSpec::udp(&watched.to_string(), "203.0.113.77", 40000, port),
-                64,
-            ));
+            new_flows.push(new_flow_frame(&mut next_flow));
+        }
+        for _ in 0..NEW_FLOWS_PER_DRAIN.min(per_round) {
+            drained_new_flows.push(new_flow_frame(&mut next_flow));
         }
         streams[0].1.push(cold_a);
         streams[1].1.push(cold_c);
         streams[2].1.push(new_flows);
+        streams[3].1.push(drained_new_flows);
     }
     streams
+}
+
+/// The first packet of a new flow whose cache slot is held by a flow no
+/// drain has read: it goes to the LRU table (a lookup miss and an insert
+/// that evicts).
+pub const NEW_FLOW_TABLE_CASE: &str =
+    "c new flow, its cache slot held by an undrained flow (LRU table insert)";
+/// The first packet of a new flow arriving as on a sensor whose daemon
+/// drains: [`NEW_FLOWS_PER_DRAIN`] of them between drains, into a flow
+/// cache of the default size whose slots hold flows the last drain read.
+pub const NEW_FLOW_CASE: &str =
+    "c new flow, 2,048 new flows per drain, 16,384 cache slots (claims a drained slot)";
+/// New flows per round of [`NEW_FLOW_CASE`] (an eighth of the default
+/// cache, so most land in a slot no other new flow of the round took).
+pub const NEW_FLOWS_PER_DRAIN: usize = 2_048;
+
+/// The next new flow's frame: the flow key is the watched address, the
+/// endpoint and its port.
+fn new_flow_frame(next_flow: &mut u32) -> Vec<u8> {
+    let watched = Ipv4Addr::from(0xaf2d_b000 | (*next_flow >> 16));
+    let port = (*next_flow & 0xffff) as u16;
+    *next_flow += 1;
+    built_at(
+        FrameSpec::udp(&watched.to_string(), "203.0.113.77", 40000, port),
+        64,
+    )
 }
 
 /// Frames per stream-mode round.
