@@ -26,7 +26,8 @@ pub const MAP_FLOWS: &str = "FLOWS";
 /// idle since before the tick in [`MAP_FLOW_CACHE_DRAINED`].
 pub const MAP_FLOW_CACHE: &str = "FLOW_CACHE";
 /// Array, one `u64`: a flow-clock stamp (ticks) published by the daemon
-/// after each complete drain (the tick the drain started at, less
+/// after each complete drain, or with snapshots once a checkpoint holding
+/// the drain is on disk (the tick the drain started at, less
 /// [`RECYCLE_MARGIN_TICKS`]). A flow-cache slot whose flow was last seen
 /// before it holds counts the daemon has already read, so the program may
 /// give the slot to a new flow. 0 (the default, and always on a replay)
@@ -430,7 +431,7 @@ pub struct Totals {
     pub capture_throttled: u64,
     /// Flow-cache slots given to a new flow after a drain had read the
     /// counts of the idle flow in them (also counted in `flow_inserts`;
-    /// nothing is lost, unlike an eviction).
+    /// unlike an eviction, the flow replaced was drained first).
     #[cfg_attr(feature = "user", serde(default))]
     pub flow_recycles: u64,
     pub malformed: [u64; MALFORMED_SLOTS],

@@ -15,7 +15,6 @@
 use std::{collections::HashMap, os::fd::AsFd};
 
 use foldhash::fast::RandomState;
-use indexmap::IndexMap;
 
 use aya::maps::{IterableMap, Map, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use classifier_common::{
@@ -193,8 +192,9 @@ impl CounterMaps {
     /// [`RECYCLE_MARGIN_TICKS`]): call it only after a drain that started
     /// at that tick (the kernel's tick counter, `flow_clock::TickCounter`)
     /// has been folded into the ledger whole, which has then read every
-    /// such slot's final counts. Only the daemon that owns the ledger may
-    /// call it.
+    /// such slot's final counts, and, when a later daemon may resume from
+    /// a checkpoint, after a checkpoint holding that drain is on disk.
+    /// Only the daemon that owns the ledger may call it.
     pub fn allow_recycling(&mut self, drain_started_tick: u64) -> Result<(), DrainError> {
         let mut drained: aya::maps::Array<_, u64> =
             aya::maps::Array::try_from(&mut self.flow_cache_drained)
@@ -227,7 +227,7 @@ pub fn read_counters(maps: &CounterMaps, services: usize) -> Result<KernelReadin
         flows.push((*key, *sample));
     })?;
     let mut cache_slots = Vec::new();
-    visit_flow_cache(&maps.flow_cache, cpus, |position, slot| {
+    let cache_slots_used = visit_flow_cache(&maps.flow_cache, cpus, |position, slot| {
         cache_slots.push((position, *slot));
     })?;
     let mut by_key: HashMap<FlowKey, FlowSample, RandomState> = HashMap::default();
@@ -242,7 +242,7 @@ pub fn read_counters(maps: &CounterMaps, services: usize) -> Result<KernelReadin
         services,
         flows,
         cached_flows: by_key.into_iter().collect(),
-        cache_slots_used: cache_slots.len(),
+        cache_slots_used,
         cache_slots,
     })
 }
@@ -272,9 +272,7 @@ pub fn drain_into(
     let table_flows = visit_flow_table(&table, cpus, |key, sample| {
         ledger.absorb_table_flow(key, sample, drain, clock);
     })?;
-    let mut cache_slots_used = 0;
-    visit_flow_cache(&maps.flow_cache, cpus, |position, slot| {
-        cache_slots_used += 1;
+    let cache_slots_used = visit_flow_cache(&maps.flow_cache, cpus, |position, slot| {
         ledger.absorb_cache_slot(position, slot, clock);
     })?;
     ledger.count_live_flows(table_flows + cache_slots_used);
@@ -371,19 +369,25 @@ fn read_flow_table_by_key(
 }
 
 /// Visits the flow cache's claimed slots one by one, with their
-/// [`CachePosition`]s. A slot whose check does not agree with its key, its
-/// tail or its position was being claimed while we read it; it is left for
-/// the next reading.
+/// [`CachePosition`]s; returns how many slots hold a flow. A slot whose
+/// check does not agree with its key, its tail or its position was being
+/// claimed while we read it: it is left for the next reading, but counts
+/// as holding a flow (the old one or the new), so that a claim caught in
+/// the middle never looks like an eviction.
 fn visit_flow_cache(
     cache: &Map,
     cpus: usize,
     mut visit: impl FnMut(CachePosition, &FlowSlot),
-) -> Result<(), DrainError> {
+) -> Result<usize, DrainError> {
     let cache: PerCpuArray<_, FlowSlot> =
         PerCpuArray::try_from(cache).map_err(drain_error(MAP_FLOW_CACHE))?;
     let mask = cache.len() - 1;
+    let mut occupied = 0;
     let mut take = |index: u32, slots: &[FlowSlot]| {
         for (cpu, slot) in slots.iter().enumerate() {
+            if slot.check != 0 || slot.value.slot_tail != 0 {
+                occupied += 1;
+            }
             if trusted(slot, index, mask) {
                 visit(index as usize * cpus + cpu, slot);
             }
@@ -400,7 +404,7 @@ fn visit_flow_cache(
             take(index, &slots);
         }
     }
-    Ok(())
+    Ok(occupied)
 }
 
 /// Whether a slot read at `index` holds a whole claim (see `FlowSlot`).
@@ -413,7 +417,7 @@ fn trusted(slot: &FlowSlot, index: u32, mask: u32) -> bool {
 }
 
 /// A flow as the ledger keeps it. Times are Unix nanoseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct FlowRecord {
     /// Counted since the ledger's base.
     pub packets: u64,
@@ -439,12 +443,7 @@ pub struct FlowRecord {
 }
 const _: () = assert!(size_of::<FlowRecord>() == 96);
 
-/// The ledger's flows: the records in one vector, found through a hash
-/// index. A hash map holding the records themselves takes about twice as
-/// much memory (its table stays at most 7/8 full and doubles), and here
-/// the records are most of the daemon's memory. The hash is seeded per
-/// process: flow keys come from the network.
-pub type FlowRecords = IndexMap<FlowKey, FlowRecord, RandomState>;
+pub use crate::flow_records::FlowRecords;
 
 /// [`Ledger::drains`] as flow records stamp it.
 fn drain_stamp(drains: u64) -> u32 {
@@ -455,7 +454,7 @@ fn drain_stamp(drains: u64) -> u32 {
 /// the first-seen time that tells a recreated table entry from the old one.
 /// (The ledger holds one record per flow ever seen, so records stay small.)
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, bytemuck::Pod, bytemuck::Zeroable)]
 struct Baseline {
     packets: u64,
     bytes: u64,
@@ -798,7 +797,7 @@ impl Ledger {
 
     /// A flow's record, new (with the sample's times) if it has none.
     fn record(&mut self, key: &FlowKey, sample: &FlowSample, clock: FlowClock) -> &mut FlowRecord {
-        self.flows.entry(*key).or_insert(FlowRecord {
+        self.flows.get_or_insert_with(key, || FlowRecord {
             packets: 0,
             bytes: 0,
             ip_bytes: 0,
@@ -875,7 +874,7 @@ impl Ledger {
         };
         let drain = drain_stamp(self.drains);
         let mut flows = Vec::new();
-        for (key, record) in &mut self.flows {
+        for (key, record) in self.flows.iter_mut() {
             record.marked_packets = record.packets;
             record.marked_bytes = record.bytes;
             if record.seen_in_drain == drain {
@@ -1079,12 +1078,7 @@ pub fn monotonic_to_unix_ns() -> i128 {
 mod tests {
     use super::*;
 
-    fn key(port: u16) -> FlowKey {
-        FlowKey {
-            port,
-            ..bytemuck::Zeroable::zeroed()
-        }
-    }
+    use crate::test_support::port_key as key;
 
     fn reading(flows: Vec<(FlowKey, FlowSample)>) -> KernelReading {
         cached_reading(flows, Vec::new())

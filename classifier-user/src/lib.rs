@@ -10,6 +10,7 @@ pub mod evidence;
 pub mod feedcheck;
 pub mod feeds;
 pub mod flow_clock;
+pub mod flow_records;
 pub mod generate;
 pub mod history;
 pub mod html;

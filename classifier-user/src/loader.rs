@@ -623,13 +623,13 @@ impl Sensor {
         )))
     }
 
-    /// Detaches from every interface; the maps stay readable.
     /// See [`CounterMaps::allow_recycling`]: only for whoever owns the
     /// ledger this sensor's drains go into.
     pub fn allow_recycling(&mut self, drain_started_tick: u64) -> Result<(), DrainError> {
         self.counters.allow_recycling(drain_started_tick)
     }
 
+    /// Detaches from every interface; the maps stay readable.
     pub fn detach_all(&mut self) {
         let attachments = std::mem::take(&mut self.attachments);
         let Ok(program) = self.program_mut() else {

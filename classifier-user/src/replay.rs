@@ -106,7 +106,7 @@ impl Replay {
             }
             self.drain()?;
             if let Some(snapshotter) = &mut self.snapshotter {
-                snapshotter.cut(&mut self.ledger, boundary);
+                snapshotter.cut(&mut self.ledger, boundary, None);
                 snapshotter.write_pending(true);
                 self.boundary = Some(snapshotter.next_boundary(boundary));
             }
@@ -294,7 +294,7 @@ pub fn pcap(args: &PcapArgs) -> Result<(), Box<dyn std::error::Error>> {
     let last_ns = replay.progress.last_ns;
     replay.drain()?;
     if let Some(snapshotter) = &mut replay.snapshotter {
-        snapshotter.cut(&mut replay.ledger, last_ns.max(first_ns));
+        snapshotter.cut(&mut replay.ledger, last_ns.max(first_ns), None);
         if !snapshotter.write_pending(true) {
             return Err(format!(
                 "{} snapshot(s) could not be written (see above)",

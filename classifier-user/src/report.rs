@@ -162,7 +162,7 @@ pub struct FlowTable {
     pub insert_failures: u64,
     pub drains: u64,
     /// Flow-cache slots given to new flows after a drain read the flows in
-    /// them (inserts that lost nothing).
+    /// them (inserts whose flow replaced was drained first).
     #[serde(default)]
     pub recycles: u64,
 }

@@ -544,6 +544,8 @@ struct Daemon {
     ticks: crate::flow_clock::Ticks,
     /// Reads the tick each drain starts at.
     tick_counter: crate::flow_clock::TickCounter,
+    /// The tick the last drain that worked started at.
+    last_drain_tick: Option<u64>,
 }
 
 impl Daemon {
@@ -573,14 +575,19 @@ impl Daemon {
             &mut self.ledger,
             self.ticks.flow_clock(),
         )
-        .and_then(|()| match drain_started_tick {
-            Ok(tick) => self.sensor.counters.allow_recycling(tick),
-            Err(error) => {
-                log::warn!("flow-cache slots stay unrecycled this drain: {error}");
-                Ok(())
-            }
-        })
         .map(|()| {
+            match drain_started_tick {
+                Ok(tick) => {
+                    self.last_drain_tick = Some(tick);
+                    // Nothing resumes from this ledger: what it drained is
+                    // final. With snapshots, only once a checkpoint that
+                    // holds it is on disk (`write_snapshots`).
+                    if self.snapshots.is_none() {
+                        self.allow_recycling(tick);
+                    }
+                }
+                Err(error) => log::warn!("no flow-cache slot recycled after this drain: {error}"),
+            }
             release_free_memory();
             // Only a drain that worked feeds the watchdog.
             self.notifier.drained();
@@ -725,6 +732,26 @@ impl Daemon {
         Ok(())
     }
 
+    /// Lets the program recycle flow-cache slots idle since before `tick`
+    /// (see `CounterMaps::allow_recycling`).
+    fn allow_recycling(&mut self, tick: u64) {
+        if let Err(error) = self.sensor.counters.allow_recycling(tick) {
+            log::warn!("no flow-cache slot recycled after this drain: {error}");
+        }
+    }
+
+    /// Writes the snapshots cut and not yet written (`now`: even during a
+    /// failed write's back-off), then lets the program recycle what the
+    /// checkpoints written hold.
+    fn write_snapshots(&mut self, now: bool) {
+        if let Some(snapshots) = &mut self.snapshots {
+            snapshots.write_pending(now);
+            if let Some(tick) = snapshots.take_persisted_recycle_tick() {
+                self.allow_recycling(tick);
+            }
+        }
+    }
+
     fn cut_snapshot(&mut self, end_unix_ns: i64) {
         if let Some(snapshots) = &mut self.snapshots {
             let totals = self.ledger.totals_since_mark();
@@ -732,8 +759,8 @@ impl Daemon {
                 .learning
                 .as_ref()
                 .map(|(learner, _)| learner.report(&totals));
-            snapshots.cut(&mut self.ledger, end_unix_ns);
-            snapshots.write_pending(true);
+            snapshots.cut(&mut self.ledger, end_unix_ns, self.last_drain_tick);
+            self.write_snapshots(true);
         }
         // Capture files follow the snapshots' intervals.
         self.capture();
@@ -867,6 +894,7 @@ pub fn run_config(mut config: RunConfig) -> Result<Report, RunError> {
             notifier: Notifier::from_env(),
             ticks,
             tick_counter,
+            last_drain_tick: None,
             evidence,
             sensor,
             ledger,
@@ -991,9 +1019,7 @@ pub fn run_config(mut config: RunConfig) -> Result<Report, RunError> {
                 _ = ticker.tick() => {
                     let _ = daemon.drain();
                     daemon.capture();
-                    if let Some(snapshots) = &mut daemon.snapshots {
-                        snapshots.write_pending(false);
-                    }
+                    daemon.write_snapshots(false);
                 }
                 _ = export_ticker.tick(), if daemon.exporter.is_some() => {
                     let _ = daemon.drain();

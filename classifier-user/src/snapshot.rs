@@ -101,6 +101,10 @@ struct Pending {
     start_unix_ns: i64,
     end_unix_ns: i64,
     checkpoint: CheckpointText,
+    /// The tick the drain the checkpoint holds started at, if known: once
+    /// the checkpoint is on disk, the program may recycle flow-cache slots
+    /// idle since before it (`CounterMaps::allow_recycling`).
+    recycle_tick: Option<u64>,
 }
 
 /// What every snapshot of this daemon says about its source.
@@ -130,6 +134,8 @@ pub struct Snapshotter {
     clock_stepped: bool,
     previous: Option<PreviousSnapshot>,
     pending: VecDeque<Pending>,
+    /// The newest `Pending::recycle_tick` written to disk, not yet taken.
+    persisted_recycle_tick: Option<u64>,
     retry_at: Option<Instant>,
     backoff: Duration,
     pub writes: u64,
@@ -352,6 +358,7 @@ impl Snapshotter {
             previous: link.map(|(previous, _)| previous),
             // A cut the previous daemon did not finish writing goes first.
             pending: interrupted.into_iter().collect(),
+            persisted_recycle_tick: None,
             _lock: lock,
             retry_at: None,
             backoff: Duration::from_secs(1),
@@ -406,8 +413,9 @@ impl Snapshotter {
     }
 
     /// Cuts the ledger at `end_unix_ns` (just drained) into a snapshot and
-    /// queues it for writing.
-    pub fn cut(&mut self, ledger: &mut Ledger, end_unix_ns: i64) {
+    /// queues it for writing. `recycle_tick`: the tick the ledger's last
+    /// drain started at (see [`Self::take_persisted_recycle_tick`]).
+    pub fn cut(&mut self, ledger: &mut Ledger, end_unix_ns: i64, recycle_tick: Option<u64>) {
         // A clock stepped back never makes an interval end before it began.
         let end_unix_ns = end_unix_ns.max(self.start_unix_ns);
         let interval = ledger.since_mark();
@@ -452,12 +460,21 @@ impl Snapshotter {
             start_unix_ns,
             end_unix_ns,
             checkpoint: checkpoint.to_text(),
+            recycle_tick,
         });
         self.start_unix_ns = end_unix_ns;
         self.restarts = 0;
         self.gap_before_seconds = 0.0;
         self.counter_reset = false;
         self.clock_stepped = false;
+    }
+
+    /// The tick of the newest checkpoint written since the last call: a
+    /// daemon that resumes after a crash counts from a checkpoint at least
+    /// that new, so flow-cache slots idle since before it hold nothing it
+    /// would miss.
+    pub fn take_persisted_recycle_tick(&mut self) -> Option<u64> {
+        self.persisted_recycle_tick.take()
     }
 
     /// Writes queued snapshots in order, unless a failed write's back-off
@@ -470,6 +487,9 @@ impl Snapshotter {
             match write_one(&self.dir, &self.source.instance, &self.previous, pending) {
                 Ok(previous) => {
                     log::info!("wrote snapshot {}", previous.file);
+                    if let Some(tick) = pending.recycle_tick {
+                        self.persisted_recycle_tick = self.persisted_recycle_tick.max(Some(tick));
+                    }
                     self.previous = Some(previous);
                     self.pending.pop_front();
                     self.writes += 1;
@@ -744,6 +764,7 @@ fn interrupted_write(dir: &Path, state: &StateFile) -> Option<Pending> {
         start_unix_ns: 0,
         end_unix_ns: state.snapshot_end_unix_ns,
         checkpoint: state.checkpoint.clone(),
+        recycle_tick: None,
     })
 }
 
@@ -925,7 +946,8 @@ mod tests {
                     self.snapshotter.note_clock_step(step);
                 }
                 let before = self.snapshotter.start_unix_ns;
-                self.snapshotter.cut(&mut self.ledger, cut.end_unix_ns);
+                self.snapshotter
+                    .cut(&mut self.ledger, cut.end_unix_ns, None);
                 assert_eq!(cut.start_unix_ns, before, "schedule and snapshots agree");
                 self.reasons.push(cut.reason);
             }
@@ -937,7 +959,7 @@ mod tests {
         fn stop(mut self) -> (Vec<Cut>, Vec<CutReason>) {
             self.drain();
             let now = self.clock.read().wall_unix_ns;
-            self.snapshotter.cut(&mut self.ledger, now);
+            self.snapshotter.cut(&mut self.ledger, now, None);
             let cuts: Vec<Cut> = self
                 .snapshotter
                 .pending
@@ -967,6 +989,24 @@ mod tests {
             assert_eq!(counted, self.kernel_packets, "no count lost or doubled");
             (cuts, self.reasons)
         }
+    }
+
+    #[test]
+    fn slots_recycle_only_after_the_checkpoint_holding_their_drain_is_written() {
+        let start = 1_700_000_000 * NS_PER_SECOND as i64;
+        let mut daemon = Daemon::start("recycle", start);
+        daemon.run(3, 1_000_000_000);
+        let snapshots = &mut daemon.snapshotter;
+        snapshots.cut(&mut daemon.ledger, start + 3_000_000_000, Some(7));
+        assert_eq!(snapshots.take_persisted_recycle_tick(), None, "not written");
+        assert!(snapshots.write_pending(true));
+        assert_eq!(snapshots.take_persisted_recycle_tick(), Some(7));
+        assert_eq!(snapshots.take_persisted_recycle_tick(), None, "taken");
+        // Two cuts written together: the newer drain's tick.
+        snapshots.cut(&mut daemon.ledger, start + 4_000_000_000, Some(9));
+        snapshots.cut(&mut daemon.ledger, start + 5_000_000_000, None);
+        assert!(snapshots.write_pending(true));
+        assert_eq!(snapshots.take_persisted_recycle_tick(), Some(9));
     }
 
     fn rfc3339(unix_ns: i64) -> String {

@@ -35,3 +35,11 @@ pub fn xorshift(seed: u64) -> impl FnMut() -> u64 {
         state
     }
 }
+
+/// A flow key told apart by its port alone.
+pub fn port_key(port: u16) -> classifier_common::FlowKey {
+    classifier_common::FlowKey {
+        port,
+        ..bytemuck::Zeroable::zeroed()
+    }
+}
