@@ -268,9 +268,9 @@ pub fn drain_into(
         .map_err(drain_error(MAP_FLOWS))?
         .max_entries();
     ledger.make_room(table_capacity);
-    let drain = ledger.next_drain();
+    ledger.next_drain();
     let table_flows = visit_flow_table(&table, cpus, |key, sample| {
-        ledger.absorb_table_flow(key, sample, drain, clock);
+        ledger.absorb_table_flow(key, sample, clock);
     })?;
     let cache_slots_used = visit_flow_cache(&maps.flow_cache, cpus, |position, slot| {
         ledger.absorb_cache_slot(position, slot, clock);
@@ -430,10 +430,6 @@ pub struct FlowRecord {
     pub tcp_flags: u8,
     /// `classifier_common::ORIGIN_*`: what named the service.
     pub origin: u8,
-    /// The drain that last saw the flow in the kernel ([`Ledger::drains`]
-    /// in 32 bits, which fill the padding after the small fields: it wraps
-    /// after 2^32 drains, 136 years at one a second).
-    seen_in_drain: u32,
     /// The LRU table's value at the last drain, to take deltas against
     /// (flow-cache slots have theirs in [`Ledger`], slot by slot).
     table: Baseline,
@@ -441,25 +437,24 @@ pub struct FlowRecord {
     marked_packets: u64,
     marked_bytes: u64,
 }
-const _: () = assert!(size_of::<FlowRecord>() == 96);
+// One per flow ever seen: a million flows take 128 MB with their keys.
+const _: () = assert!(size_of::<FlowRecord>() == 88);
 
 pub use crate::flow_records::FlowRecords;
 
-/// [`Ledger::drains`] as flow records stamp it.
-fn drain_stamp(drains: u64) -> u32 {
-    drains as u32
-}
-
-/// What a delta is taken against: a source's counts at the last drain, and
-/// the first-seen time that tells a recreated table entry from the old one.
-/// (The ledger holds one record per flow ever seen, so records stay small.)
-#[repr(C)]
+/// What a table entry's delta is taken against: its counts at the last
+/// drain, and the low half of its first-seen stamp, which tells an entry
+/// evicted and created again from the old one. (Packed into the record's
+/// padding: the ledger holds one record per flow ever seen. Two entries of
+/// one flow whose first-seen stamps differ by a multiple of 2^32 ticks, 50
+/// days at HZ=1000, would be taken for one.)
+#[repr(C, packed)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, bytemuck::Pod, bytemuck::Zeroable)]
 struct Baseline {
     packets: u64,
     bytes: u64,
     ip_bytes: u64,
-    first_seen_ns: u64,
+    first_seen_low: u32,
 }
 
 impl From<&FlowSample> for Baseline {
@@ -468,7 +463,7 @@ impl From<&FlowSample> for Baseline {
             packets: sample.packets,
             bytes: sample.bytes,
             ip_bytes: sample.ip_bytes,
-            first_seen_ns: sample.first_seen_ns,
+            first_seen_low: sample.first_seen_ns as u32,
         }
     }
 }
@@ -531,6 +526,9 @@ pub struct Ledger {
     pub kernel_evictions: u64,
     /// Every flow-cache slot's last reading, by [`CachePosition`].
     cache_slots: Vec<SlotBaseline>,
+    /// The flows the last drain found in the LRU table: a bit per record,
+    /// by its position in `flows` (what a checkpoint keeps baselines of).
+    in_table: Vec<u64>,
     base: KernelCounters,
     mark: Mark,
     /// Frames counted in userspace because the kernel cannot run them
@@ -576,6 +574,7 @@ impl Default for Ledger {
             kernel_services: Vec::new(),
             kernel_evictions: 0,
             cache_slots: Vec::new(),
+            in_table: Vec::new(),
             base: KernelCounters::default(),
             mark: Mark::default(),
             outside_kernel: bytemuck::Zeroable::zeroed(),
@@ -587,7 +586,7 @@ const EMPTY_BASELINE: Baseline = Baseline {
     packets: 0,
     bytes: 0,
     ip_bytes: 0,
-    first_seen_ns: 0,
+    first_seen_low: 0,
 };
 
 /// `op` applied to every counter of `a` and `b` (Totals is all u64s).
@@ -662,7 +661,6 @@ impl Ledger {
                     table: flow.table,
                     marked_packets: 0,
                     marked_bytes: 0,
-                    seen_in_drain: 0,
                 },
             );
         }
@@ -679,12 +677,12 @@ impl Ledger {
     pub fn absorb(&mut self, reading: KernelReading, clock: FlowClock) {
         let live_flows = reading.flows.len() + reading.cache_slots_used;
         self.absorb_counters(reading.totals, reading.services);
-        let drain = self.next_drain();
+        self.next_drain();
         self.flows.reserve(
             (reading.flows.len() + reading.cached_flows.len()).saturating_sub(self.flows.len()),
         );
         for (key, sample) in &reading.flows {
-            self.absorb_table_flow(key, sample, drain, clock);
+            self.absorb_table_flow(key, sample, clock);
         }
         for (position, slot) in &reading.cache_slots {
             self.absorb_cache_slot(*position, slot, clock);
@@ -718,10 +716,10 @@ impl Ledger {
             .reserve(expected.saturating_sub(self.flows.len()));
     }
 
-    /// Starts folding a reading's flows: the stamp they are seen with.
-    fn next_drain(&mut self) -> u32 {
+    /// Starts folding a reading's flows.
+    fn next_drain(&mut self) {
         self.drains += 1;
-        drain_stamp(self.drains)
+        self.in_table.clear();
     }
 
     /// Ends folding a reading: `live_flows` flow keys were alive in the
@@ -743,18 +741,18 @@ impl Ledger {
 
     /// Folds one flow of the LRU table in: what it gained since the table
     /// last showed it.
-    fn absorb_table_flow(
-        &mut self,
-        key: &FlowKey,
-        sample: &FlowSample,
-        drain: u32,
-        clock: FlowClock,
-    ) {
-        let record = self.record(key, sample, clock);
+    fn absorb_table_flow(&mut self, key: &FlowKey, sample: &FlowSample, clock: FlowClock) {
+        let (position, record) = self
+            .flows
+            .position_or_insert_with(key, || new_record(sample, clock));
         let (gain, baseline) = gained(&record.table, sample);
         record.table = baseline;
-        record.seen_in_drain = drain;
         add(record, sample, gain, clock);
+        let word = position / 64;
+        if word >= self.in_table.len() {
+            self.in_table.resize(word + 1, 0);
+        }
+        self.in_table[word] |= 1 << (position % 64);
     }
 
     /// Folds one flow-cache slot in: what it gained since this position's
@@ -797,20 +795,9 @@ impl Ledger {
 
     /// A flow's record, new (with the sample's times) if it has none.
     fn record(&mut self, key: &FlowKey, sample: &FlowSample, clock: FlowClock) -> &mut FlowRecord {
-        self.flows.get_or_insert_with(key, || FlowRecord {
-            packets: 0,
-            bytes: 0,
-            ip_bytes: 0,
-            first_seen_unix_ns: clock.unix_ns(sample.first_seen_ns),
-            last_seen_unix_ns: clock.unix_ns(sample.last_seen_ns),
-            service: sample.service,
-            tcp_flags: 0,
-            origin: sample.origin,
-            table: EMPTY_BASELINE,
-            marked_packets: 0,
-            marked_bytes: 0,
-            seen_in_drain: 0,
-        })
+        self.flows
+            .position_or_insert_with(key, || new_record(sample, clock))
+            .1
     }
 
     /// Counts a frame too short to have an Ethernet header, which the kernel
@@ -854,6 +841,7 @@ impl Ledger {
             kernel_services: self.kernel_services.clone(),
             kernel_evictions: self.kernel_evictions,
             cache_slots: Vec::new(),
+            in_table: Vec::new(),
             base: KernelCounters::default(),
             mark: Mark::default(),
             outside_kernel: bytemuck::Zeroable::zeroed(),
@@ -872,15 +860,19 @@ impl Ledger {
             },
             drains: self.drains,
         };
-        let drain = drain_stamp(self.drains);
         let mut flows = Vec::new();
-        for (key, record) in self.flows.iter_mut() {
+        for (position, (key, record)) in self.flows.iter_mut().enumerate() {
             record.marked_packets = record.packets;
             record.marked_bytes = record.bytes;
-            if record.seen_in_drain == drain {
+            let in_table = self
+                .in_table
+                .get(position / 64)
+                .is_some_and(|word| word >> (position % 64) & 1 == 1);
+            if in_table {
                 flows.push(CheckpointFlow {
                     key: *key,
                     table: record.table,
+                    _pad: 0,
                 });
             }
         }
@@ -921,6 +913,7 @@ pub struct Checkpoint {
 pub struct CheckpointFlow {
     key: FlowKey,
     table: Baseline,
+    _pad: u32,
 }
 
 /// One claimed flow-cache slot's baseline in a [`Checkpoint`].
@@ -931,9 +924,10 @@ pub struct CheckpointSlot {
     baseline: SlotBaseline,
 }
 
-/// [`CheckpointText::layout`] of this build: 2 since flow-cache slots have
-/// their own baselines (a checkpoint without the field is layout 1).
-const CHECKPOINT_LAYOUT: u32 = 2;
+/// [`CheckpointText::layout`] of this build: 2 when flow-cache slots got
+/// baselines of their own, 3 when table baselines kept only the low half of
+/// the first-seen stamp (a checkpoint without the field is layout 1).
+const CHECKPOINT_LAYOUT: u32 = 3;
 
 /// A [`Checkpoint`] as JSON: the kernel structures as hex of their bytes.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -1020,8 +1014,9 @@ impl Checkpoint {
 /// new baseline. An entry whose packets went down or whose first-seen time
 /// changed was evicted and created again: all of it is new.
 fn gained(last: &Baseline, sample: &FlowSample) -> (Gain, Baseline) {
-    let recreated = last.packets != 0
-        && (sample.packets < last.packets || sample.first_seen_ns != last.first_seen_ns);
+    let (last_packets, last_bytes, last_ip_bytes) = (last.packets, last.bytes, last.ip_bytes);
+    let recreated = last_packets != 0
+        && (sample.packets < last_packets || sample.first_seen_ns as u32 != last.first_seen_low);
     if recreated {
         (
             (sample.packets, sample.bytes, sample.ip_bytes),
@@ -1030,12 +1025,30 @@ fn gained(last: &Baseline, sample: &FlowSample) -> (Gain, Baseline) {
     } else {
         (
             (
-                sample.packets - last.packets,
-                sample.bytes.saturating_sub(last.bytes),
-                sample.ip_bytes.saturating_sub(last.ip_bytes),
+                sample.packets - last_packets,
+                sample.bytes.saturating_sub(last_bytes),
+                sample.ip_bytes.saturating_sub(last_ip_bytes),
             ),
             sample.into(),
         )
+    }
+}
+
+/// The record of a flow first seen in `sample`: nothing counted yet, the
+/// sample's times.
+fn new_record(sample: &FlowSample, clock: FlowClock) -> FlowRecord {
+    FlowRecord {
+        packets: 0,
+        bytes: 0,
+        ip_bytes: 0,
+        first_seen_unix_ns: clock.unix_ns(sample.first_seen_ns),
+        last_seen_unix_ns: clock.unix_ns(sample.last_seen_ns),
+        service: sample.service,
+        tcp_flags: 0,
+        origin: sample.origin,
+        table: EMPTY_BASELINE,
+        marked_packets: 0,
+        marked_bytes: 0,
     }
 }
 
@@ -1340,6 +1353,27 @@ mod tests {
         assert!(Checkpoint::from_text(&serde_json::from_value(text.clone()).unwrap()).is_some());
         text.as_object_mut().unwrap().remove("layout");
         assert!(Checkpoint::from_text(&serde_json::from_value(text).unwrap()).is_none());
+    }
+
+    #[test]
+    fn a_checkpoint_keeps_the_table_baselines_of_the_flows_the_last_drain_saw() {
+        let mut ledger = Ledger::default();
+        ledger.absorb(
+            reading(vec![
+                (key(1), sample(3, 10, 20)),
+                (key(2), sample(1, 15, 15)),
+            ]),
+            FlowClock::UNIX_NS,
+        );
+        // Flow 1 was evicted from the table.
+        ledger.absorb(
+            reading(vec![(key(2), sample(4, 15, 30))]),
+            FlowClock::UNIX_NS,
+        );
+        let checkpoint = ledger.cut();
+        let keys: Vec<FlowKey> = checkpoint.flows.iter().map(|flow| flow.key).collect();
+        assert_eq!(keys, [key(2)]);
+        assert_eq!({ checkpoint.flows[0].table.packets }, 4);
     }
 
     #[test]

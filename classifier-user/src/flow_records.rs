@@ -61,6 +61,16 @@ impl FlowRecords {
         key: &FlowKey,
         new: impl FnOnce() -> FlowRecord,
     ) -> &mut FlowRecord {
+        self.position_or_insert_with(key, new).1
+    }
+
+    /// [`Self::get_or_insert_with`], with the record's position: its
+    /// index in [`Self::iter`] (records are never removed).
+    pub fn position_or_insert_with(
+        &mut self,
+        key: &FlowKey,
+        new: impl FnOnce() -> FlowRecord,
+    ) -> (usize, &mut FlowRecord) {
         let hash = self.hasher.hash_one(key);
         let Self {
             entries,
@@ -82,7 +92,8 @@ impl FlowRecords {
                 position
             }
         };
-        &mut entries[position as usize].1
+        let position = position as usize;
+        (position, &mut entries[position].1)
     }
 
     /// Sets the record of `key`.
