@@ -272,6 +272,7 @@ pub fn drain_into(
     let table_flows = visit_flow_table(&table, cpus, |key, sample| {
         ledger.absorb_table_flow(key, sample, clock);
     })?;
+    ledger.table_read_whole();
     let cache_slots_used = visit_flow_cache(&maps.flow_cache, cpus, |position, slot| {
         ledger.absorb_cache_slot(position, slot, clock);
     })?;
@@ -442,12 +443,34 @@ const _: () = assert!(size_of::<FlowRecord>() == 88);
 
 pub use crate::flow_records::FlowRecords;
 
+/// A bit per flow record, by its position in [`FlowRecords`].
+#[derive(Debug, Clone, Default)]
+struct Bits(Vec<u64>);
+
+impl Bits {
+    fn set(&mut self, position: usize) {
+        let word = position / 64;
+        if word >= self.0.len() {
+            self.0.resize(word + 1, 0);
+        }
+        self.0[word] |= 1 << (position % 64);
+    }
+
+    fn get(&self, position: usize) -> bool {
+        self.0
+            .get(position / 64)
+            .is_some_and(|word| word >> (position % 64) & 1 == 1)
+    }
+}
+
 /// What a table entry's delta is taken against: its counts at the last
 /// drain, and the low half of its first-seen stamp, which tells an entry
 /// evicted and created again from the old one. (Packed into the record's
 /// padding: the ledger holds one record per flow ever seen. Two entries of
-/// one flow whose first-seen stamps differ by a multiple of 2^32 ticks, 50
-/// days at HZ=1000, would be taken for one.)
+/// one flow whose first-seen stamps differ by a multiple of 2^32, 50 days
+/// of ticks at HZ=1000 or 4.3 s of a replay's nanoseconds, to the stamp,
+/// with the second holding at least as many packets as the first, would be
+/// taken for one.)
 #[repr(C, packed)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, bytemuck::Pod, bytemuck::Zeroable)]
 struct Baseline {
@@ -526,9 +549,12 @@ pub struct Ledger {
     pub kernel_evictions: u64,
     /// Every flow-cache slot's last reading, by [`CachePosition`].
     cache_slots: Vec<SlotBaseline>,
-    /// The flows the last drain found in the LRU table: a bit per record,
-    /// by its position in `flows` (what a checkpoint keeps baselines of).
-    in_table: Vec<u64>,
+    /// The flows the last drain that read the whole LRU table found in it,
+    /// and any found since (what a checkpoint keeps the table baselines of:
+    /// more than needed is harmless, one missing would count it again)...
+    in_table: Bits,
+    /// ...and those found by the drain under way.
+    in_table_now: Bits,
     base: KernelCounters,
     mark: Mark,
     /// Frames counted in userspace because the kernel cannot run them
@@ -574,7 +600,8 @@ impl Default for Ledger {
             kernel_services: Vec::new(),
             kernel_evictions: 0,
             cache_slots: Vec::new(),
-            in_table: Vec::new(),
+            in_table: Bits::default(),
+            in_table_now: Bits::default(),
             base: KernelCounters::default(),
             mark: Mark::default(),
             outside_kernel: bytemuck::Zeroable::zeroed(),
@@ -647,22 +674,26 @@ impl Ledger {
             ..Self::default()
         };
         for flow in &checkpoint.flows {
-            ledger.flows.insert(
-                flow.key,
-                FlowRecord {
-                    packets: 0,
-                    bytes: 0,
-                    ip_bytes: 0,
-                    first_seen_unix_ns: i64::MAX,
-                    last_seen_unix_ns: i64::MIN,
-                    service: 0,
-                    tcp_flags: 0,
-                    origin: 0,
-                    table: flow.table,
-                    marked_packets: 0,
-                    marked_bytes: 0,
-                },
-            );
+            let (position, record) =
+                ledger
+                    .flows
+                    .position_or_insert_with(&flow.key, || FlowRecord {
+                        packets: 0,
+                        bytes: 0,
+                        ip_bytes: 0,
+                        first_seen_unix_ns: i64::MAX,
+                        last_seen_unix_ns: i64::MIN,
+                        service: 0,
+                        tcp_flags: 0,
+                        origin: 0,
+                        table: EMPTY_BASELINE,
+                        marked_packets: 0,
+                        marked_bytes: 0,
+                    });
+            record.table = flow.table;
+            // Until a drain reads the table, its entries are the
+            // checkpoint's.
+            ledger.in_table.set(position);
         }
         for slot in &checkpoint.slots {
             let position = usize::try_from(slot.position).unwrap_or(usize::MAX);
@@ -684,6 +715,7 @@ impl Ledger {
         for (key, sample) in &reading.flows {
             self.absorb_table_flow(key, sample, clock);
         }
+        self.table_read_whole();
         for (position, slot) in &reading.cache_slots {
             self.absorb_cache_slot(*position, slot, clock);
         }
@@ -719,7 +751,13 @@ impl Ledger {
     /// Starts folding a reading's flows.
     fn next_drain(&mut self) {
         self.drains += 1;
-        self.in_table.clear();
+        self.in_table_now = Bits::default();
+    }
+
+    /// The drain under way has read the whole LRU table: what it found
+    /// there is what the table holds.
+    fn table_read_whole(&mut self) {
+        self.in_table = std::mem::take(&mut self.in_table_now);
     }
 
     /// Ends folding a reading: `live_flows` flow keys were alive in the
@@ -748,11 +786,8 @@ impl Ledger {
         let (gain, baseline) = gained(&record.table, sample);
         record.table = baseline;
         add(record, sample, gain, clock);
-        let word = position / 64;
-        if word >= self.in_table.len() {
-            self.in_table.resize(word + 1, 0);
-        }
-        self.in_table[word] |= 1 << (position % 64);
+        self.in_table.set(position);
+        self.in_table_now.set(position);
     }
 
     /// Folds one flow-cache slot in: what it gained since this position's
@@ -841,7 +876,8 @@ impl Ledger {
             kernel_services: self.kernel_services.clone(),
             kernel_evictions: self.kernel_evictions,
             cache_slots: Vec::new(),
-            in_table: Vec::new(),
+            in_table: Bits::default(),
+            in_table_now: Bits::default(),
             base: KernelCounters::default(),
             mark: Mark::default(),
             outside_kernel: bytemuck::Zeroable::zeroed(),
@@ -864,11 +900,7 @@ impl Ledger {
         for (position, (key, record)) in self.flows.iter_mut().enumerate() {
             record.marked_packets = record.packets;
             record.marked_bytes = record.bytes;
-            let in_table = self
-                .in_table
-                .get(position / 64)
-                .is_some_and(|word| word >> (position % 64) & 1 == 1);
-            if in_table {
+            if self.in_table.get(position) {
                 flows.push(CheckpointFlow {
                     key: *key,
                     table: record.table,
@@ -926,8 +958,36 @@ pub struct CheckpointSlot {
 
 /// [`CheckpointText::layout`] of this build: 2 when flow-cache slots got
 /// baselines of their own, 3 when table baselines kept only the low half of
-/// the first-seen stamp (a checkpoint without the field is layout 1).
+/// the first-seen stamp (a checkpoint without the field is layout 1). A
+/// layout-2 checkpoint is read too (its program is the same); layout 1 is
+/// refused, and no program it could resume is adopted (older pins).
 const CHECKPOINT_LAYOUT: u32 = 3;
+
+/// A table baseline as a layout-2 checkpoint holds it.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct CheckpointFlowV2 {
+    key: FlowKey,
+    packets: u64,
+    bytes: u64,
+    ip_bytes: u64,
+    first_seen_ns: u64,
+}
+
+impl From<CheckpointFlowV2> for CheckpointFlow {
+    fn from(old: CheckpointFlowV2) -> Self {
+        Self {
+            key: old.key,
+            table: Baseline {
+                packets: old.packets,
+                bytes: old.bytes,
+                ip_bytes: old.ip_bytes,
+                first_seen_low: old.first_seen_ns as u32,
+            },
+            _pad: 0,
+        }
+    }
+}
 
 /// A [`Checkpoint`] as JSON: the kernel structures as hex of their bytes.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -993,9 +1053,14 @@ impl Checkpoint {
 
     /// `None` when the text is not a checkpoint of this build's layout.
     pub fn from_text(text: &CheckpointText) -> Option<Self> {
-        if text.layout != CHECKPOINT_LAYOUT {
-            return None;
-        }
+        let flows = match text.layout {
+            CHECKPOINT_LAYOUT => pod_vec(&text.flows)?,
+            2 => pod_vec::<CheckpointFlowV2>(&text.flows)?
+                .into_iter()
+                .map(CheckpointFlow::from)
+                .collect(),
+            _ => return None,
+        };
         let totals = pod_vec::<Totals>(&text.totals)?;
         let [totals] = totals.as_slice() else {
             return None;
@@ -1004,7 +1069,7 @@ impl Checkpoint {
             totals: *totals,
             services: pod_vec(&text.services)?,
             evictions: text.evictions,
-            flows: pod_vec(&text.flows)?,
+            flows,
             slots: pod_vec(&text.slots)?,
         })
     }
@@ -1356,7 +1421,7 @@ mod tests {
     }
 
     #[test]
-    fn a_checkpoint_keeps_the_table_baselines_of_the_flows_the_last_drain_saw() {
+    fn checkpointed_table_baselines_follow_what_the_table_holds() {
         let mut ledger = Ledger::default();
         ledger.absorb(
             reading(vec![
@@ -1365,15 +1430,52 @@ mod tests {
             ]),
             FlowClock::UNIX_NS,
         );
-        // Flow 1 was evicted from the table.
-        ledger.absorb(
+        let checkpoint = ledger.cut();
+        let checkpointed = |checkpoint: &Checkpoint| -> Vec<FlowKey> {
+            checkpoint.flows.iter().map(|flow| flow.key).collect()
+        };
+        assert_eq!(checkpointed(&checkpoint), [key(1), key(2)]);
+        // A resumed daemon that cuts before its first drain checkpoints the
+        // same baselines.
+        let mut resumed = Ledger::resume(&checkpoint);
+        assert_eq!(resumed.cut().flows, checkpoint.flows);
+        // A drain that fails after reading flow 2 only: flow 1 may still be
+        // in the table, so its baseline stays in the next checkpoint.
+        resumed.next_drain();
+        resumed.absorb_table_flow(&key(2), &sample(2, 15, 25), FlowClock::UNIX_NS);
+        assert_eq!(checkpointed(&resumed.cut()), [key(1), key(2)]);
+        // A whole drain without flow 1 (evicted): it leaves the checkpoint.
+        resumed.absorb(
             reading(vec![(key(2), sample(4, 15, 30))]),
             FlowClock::UNIX_NS,
         );
-        let checkpoint = ledger.cut();
-        let keys: Vec<FlowKey> = checkpoint.flows.iter().map(|flow| flow.key).collect();
-        assert_eq!(keys, [key(2)]);
+        let checkpoint = resumed.cut();
+        assert_eq!(checkpointed(&checkpoint), [key(1), key(2)][1..]);
         assert_eq!({ checkpoint.flows[0].table.packets }, 4);
+    }
+
+    #[test]
+    fn a_layout_2_checkpoint_is_read() {
+        let old = CheckpointFlowV2 {
+            key: key(7),
+            packets: 5,
+            bytes: 500,
+            ip_bytes: 430,
+            first_seen_ns: (9 << 32) | 77,
+        };
+        let mut ledger = Ledger::default();
+        ledger.absorb(full_reading(1, Vec::new()), FlowClock::UNIX_NS);
+        let mut text = ledger.cut().to_text();
+        text.layout = 2;
+        text.flows = to_hex(bytemuck::bytes_of(&old));
+        let checkpoint = Checkpoint::from_text(&text).expect("layout 2 is read");
+        let mut resumed = Ledger::resume(&checkpoint);
+        // The same table entry, grown by two packets: only those count.
+        resumed.absorb(
+            reading(vec![(key(7), sample(7, (9 << 32) | 77, 90))]),
+            FlowClock::UNIX_NS,
+        );
+        assert_eq!(resumed.since_mark().flows[&key(7)].packets, 2);
     }
 
     #[test]

@@ -84,8 +84,8 @@ impl FlowRecords {
         ) {
             hashbrown::hash_table::Entry::Occupied(found) => *found.get(),
             hashbrown::hash_table::Entry::Vacant(vacant) => {
-                // A record takes over 100 bytes: memory runs out long
-                // before 2^32 of them.
+                // A record takes 128 bytes with its key: memory runs out
+                // long before 2^32 of them.
                 let position = u32::try_from(entries.len()).expect("fewer than 2^32 flows");
                 entries.push((*key, new()));
                 vacant.insert(position);
