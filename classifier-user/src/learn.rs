@@ -875,6 +875,35 @@ impl EndpointHints {
         unsafe { std::ptr::write_volatile(self.address.add(offset), value) };
     }
 
+    /// Hints in ordinary memory, for tests of the bookkeeping.
+    #[cfg(test)]
+    fn in_memory() -> Self {
+        // SAFETY: a fresh private anonymous mapping, unmapped by drop.
+        let address = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                HINTS_LEN,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(address, libc::MAP_FAILED, "anonymous mapping");
+        Self {
+            address: address.cast(),
+            learned: std::collections::HashSet::new(),
+            learned_per_byte: vec![0; size_of::<EndpointHint>()],
+        }
+    }
+
+    /// The learned hint's byte for `key`.
+    #[cfg(test)]
+    fn learned_hint(&self, key: &[u8; 16]) -> u8 {
+        // SAFETY: inside the mapping, as in `set`.
+        unsafe { std::ptr::read_volatile(self.address.add(Self::learned_byte(key))) }
+    }
+
     fn learned_byte(key: &[u8; 16]) -> usize {
         let (page, byte) = endpoint_hint_index(bytemuck::cast(*key));
         page * ENDPOINT_HINT_PAGE + byte
@@ -1352,5 +1381,29 @@ pub mod tests {
         // Unreadable responses are counted.
         learner.absorb(&record(b"\x00\x07garbage"), 4020 * second);
         assert_eq!(learner.stats.dns_unparsed, 1);
+    }
+
+    #[test]
+    fn a_learned_hint_byte_stays_set_while_any_endpoint_sharing_it_is_learned() {
+        // Two endpoints whose learned hint is the same byte.
+        let mut seen = std::collections::HashMap::new();
+        let (first, second) = (0u32..)
+            .map(|n| key_bytes(IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + n))))
+            .find_map(|key| {
+                seen.insert(EndpointHints::learned_byte(&key), key)
+                    .map(|earlier| (earlier, key))
+            })
+            .expect("a shared byte");
+        let mut hints = EndpointHints::in_memory();
+        hints.learned_added(first);
+        hints.learned_added(second);
+        hints.learned_added(second);
+        assert_eq!(hints.learned_hint(&first), 1);
+        hints.learned_removed(&first);
+        assert_eq!(hints.learned_hint(&second), 1, "the other is still learned");
+        hints.learned_removed(&first);
+        assert_eq!(hints.learned_hint(&second), 1, "removing twice counts once");
+        hints.learned_removed(&second);
+        assert_eq!(hints.learned_hint(&second), 0, "the last one clears it");
     }
 }
