@@ -609,13 +609,6 @@ impl Default for Ledger {
     }
 }
 
-const EMPTY_BASELINE: Baseline = Baseline {
-    packets: 0,
-    bytes: 0,
-    ip_bytes: 0,
-    first_seen_low: 0,
-};
-
 /// `op` applied to every counter of `a` and `b` (Totals is all u64s).
 fn totals_fieldwise(a: &Totals, b: &Totals, op: impl Fn(u64, u64) -> u64) -> Totals {
     let mut out = *a;
@@ -678,17 +671,9 @@ impl Ledger {
                 ledger
                     .flows
                     .position_or_insert_with(&flow.key, || FlowRecord {
-                        packets: 0,
-                        bytes: 0,
-                        ip_bytes: 0,
                         first_seen_unix_ns: i64::MAX,
                         last_seen_unix_ns: i64::MIN,
-                        service: 0,
-                        tcp_flags: 0,
-                        origin: 0,
-                        table: EMPTY_BASELINE,
-                        marked_packets: 0,
-                        marked_bytes: 0,
+                        ..FlowRecord::default()
                     });
             record.table = flow.table;
             // Until a drain reads the table, its entries are the
@@ -1103,17 +1088,11 @@ fn gained(last: &Baseline, sample: &FlowSample) -> (Gain, Baseline) {
 /// sample's times.
 fn new_record(sample: &FlowSample, clock: FlowClock) -> FlowRecord {
     FlowRecord {
-        packets: 0,
-        bytes: 0,
-        ip_bytes: 0,
         first_seen_unix_ns: clock.unix_ns(sample.first_seen_ns),
         last_seen_unix_ns: clock.unix_ns(sample.last_seen_ns),
         service: sample.service,
-        tcp_flags: 0,
         origin: sample.origin,
-        table: EMPTY_BASELINE,
-        marked_packets: 0,
-        marked_bytes: 0,
+        ..FlowRecord::default()
     }
 }
 
