@@ -456,6 +456,16 @@ impl Bits {
         self.0[word] |= 1 << (position % 64);
     }
 
+    /// Sets every bit `other` has.
+    fn add(&mut self, other: &Self) {
+        if other.0.len() > self.0.len() {
+            self.0.resize(other.0.len(), 0);
+        }
+        for (word, theirs) in self.0.iter_mut().zip(&other.0) {
+            *word |= theirs;
+        }
+    }
+
     fn get(&self, position: usize) -> bool {
         self.0
             .get(position / 64)
@@ -549,11 +559,11 @@ pub struct Ledger {
     pub kernel_evictions: u64,
     /// Every flow-cache slot's last reading, by [`CachePosition`].
     cache_slots: Vec<SlotBaseline>,
-    /// The flows the last drain that read the whole LRU table found in it,
-    /// and any found since (what a checkpoint keeps the table baselines of:
-    /// more than needed is harmless, one missing would count it again)...
+    /// The flows the last drain that read the whole LRU table found in it...
     in_table: Bits,
-    /// ...and those found by the drain under way.
+    /// ...and those found by the drain under way. A checkpoint keeps the
+    /// table baselines of both: more than needed is harmless, one missing
+    /// would count it again.
     in_table_now: Bits,
     base: KernelCounters,
     mark: Mark,
@@ -736,7 +746,9 @@ impl Ledger {
     /// Starts folding a reading's flows.
     fn next_drain(&mut self) {
         self.drains += 1;
-        self.in_table_now = Bits::default();
+        // What a drain that failed part way found stays checkpointed.
+        let unfinished = std::mem::take(&mut self.in_table_now);
+        self.in_table.add(&unfinished);
     }
 
     /// The drain under way has read the whole LRU table: what it found
@@ -771,7 +783,6 @@ impl Ledger {
         let (gain, baseline) = gained(&record.table, sample);
         record.table = baseline;
         add(record, sample, gain, clock);
-        self.in_table.set(position);
         self.in_table_now.set(position);
     }
 
@@ -816,8 +827,7 @@ impl Ledger {
     /// A flow's record, new (with the sample's times) if it has none.
     fn record(&mut self, key: &FlowKey, sample: &FlowSample, clock: FlowClock) -> &mut FlowRecord {
         self.flows
-            .position_or_insert_with(key, || new_record(sample, clock))
-            .1
+            .get_or_insert_with(key, || new_record(sample, clock))
     }
 
     /// Counts a frame too short to have an Ethernet header, which the kernel
@@ -860,12 +870,7 @@ impl Ledger {
             kernel_totals: self.kernel_totals,
             kernel_services: self.kernel_services.clone(),
             kernel_evictions: self.kernel_evictions,
-            cache_slots: Vec::new(),
-            in_table: Bits::default(),
-            in_table_now: Bits::default(),
-            base: KernelCounters::default(),
-            mark: Mark::default(),
-            outside_kernel: bytemuck::Zeroable::zeroed(),
+            ..Self::default()
         }
     }
 
@@ -885,7 +890,7 @@ impl Ledger {
         for (position, (key, record)) in self.flows.iter_mut().enumerate() {
             record.marked_packets = record.packets;
             record.marked_bytes = record.bytes;
-            if self.in_table.get(position) {
+            if self.in_table.get(position) || self.in_table_now.get(position) {
                 flows.push(CheckpointFlow {
                     key: *key,
                     table: record.table,

@@ -860,11 +860,17 @@ impl EndpointHints {
         if address == libc::MAP_FAILED {
             return Err(failed(std::io::Error::last_os_error().to_string()));
         }
-        Ok(Self {
-            address: address.cast(),
+        Ok(Self::over(address))
+    }
+
+    /// Hints in `mapping` (`HINTS_LEN` bytes, unmapped by drop), nothing
+    /// learned yet.
+    fn over(mapping: *mut libc::c_void) -> Self {
+        Self {
+            address: mapping.cast(),
             learned: std::collections::HashSet::new(),
             learned_per_byte: vec![0; size_of::<EndpointHint>()],
-        })
+        }
     }
 
     fn set(&mut self, which: u32, key: &[u8; 16], value: u8) {
@@ -890,11 +896,7 @@ impl EndpointHints {
             )
         };
         assert_ne!(address, libc::MAP_FAILED, "anonymous mapping");
-        Self {
-            address: address.cast(),
-            learned: std::collections::HashSet::new(),
-            learned_per_byte: vec![0; size_of::<EndpointHint>()],
-        }
+        Self::over(address)
     }
 
     /// The learned hint's byte for `key`.
@@ -936,7 +938,7 @@ impl EndpointHints {
 
 impl Drop for EndpointHints {
     fn drop(&mut self) {
-        // SAFETY: unmapping the mapping made in `EndpointHints::map`.
+        // SAFETY: unmapping the mapping the hints were made `over`.
         unsafe { libc::munmap(self.address.cast(), HINTS_LEN) };
     }
 }
