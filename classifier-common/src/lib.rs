@@ -384,8 +384,9 @@ pub const fn popcount(word: u64) -> u32 {
 pub const HINT_V4: u32 = 0;
 /// Index of the IPv6 hint in [`MAP_WATCHED_HINT`].
 pub const HINT_V6: u32 = 1;
-pub const HINT_BITS: usize = 65_536;
-pub const HINT_WORDS: usize = HINT_BITS / 64;
+/// Entries of a [`WatchedHint`]: one per value of [`hint_index_v4`] and
+/// [`hint_index_v6`].
+pub const HINT_ENTRIES: usize = 65_536;
 
 // ---- map values and keys -----------------------------------------------------
 
@@ -566,16 +567,26 @@ pub struct EndpointValue {
 }
 const _: () = assert!(size_of::<EndpointValue>() == 4);
 
-/// A 65,536-bit prefilter over watched prefixes: if an address's bit is clear
-/// it is not watched, and no trie lookup is needed. Set bits are confirmed in
-/// the watched trie. The bit of an address is [`hint_index_v4`] or
-/// [`hint_index_v6`].
+/// A 65,536-entry prefilter over watched prefixes: if an address's entry is
+/// 0 it is not watched, and no table or trie lookup is needed; an address
+/// whose entry is 1 is looked up. The entry of an address is
+/// [`hint_index_v4`] or [`hint_index_v6`]. Bytes rather than bits: testing
+/// a byte is a load, testing a bit a load, two shifts and a mask, and every
+/// packet tests two.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct WatchedHint {
-    pub words: [u64; HINT_WORDS],
+    pub entries: [u8; HINT_ENTRIES],
 }
-const _: () = assert!(size_of::<WatchedHint>() == 8192);
+const _: () = assert!(size_of::<WatchedHint>() == 65_536);
+
+impl WatchedHint {
+    /// Whether the entry at `index` is set (an index past the end is not).
+    #[inline(always)]
+    pub fn is_set(&self, index: usize) -> bool {
+        self.entries.get(index).is_some_and(|entry| *entry != 0)
+    }
+}
 
 /// One byte per [`endpoint_hint_index`]: 1 where an endpoint with that
 /// index may be in the hash map the hint stands for. Bytes, not bits, so
@@ -604,7 +615,7 @@ pub const fn endpoint_hint_index(words: [u64; 2]) -> (usize, usize) {
     (index / ENDPOINT_HINT_PAGE, index % ENDPOINT_HINT_PAGE)
 }
 
-/// Hint bit of an IPv4 address: its /16, first octet in the low byte. That is
+/// Hint entry of an IPv4 address: its /16, first octet in the low byte. That is
 /// the low 16 bits of the address loaded from the frame as a little-endian
 /// `u32` (see [`hint_index_v4_loaded`]), so the hot path needs no byte swap.
 #[inline(always)]
@@ -619,7 +630,7 @@ pub const fn hint_index_v4_loaded(addr: u32) -> usize {
     (addr & 0xffff) as usize
 }
 
-/// Hint bit of an IPv6 address: its first two 16-bit groups folded together,
+/// Hint entry of an IPv6 address: its first two 16-bit groups folded together,
 /// each taken in the frame's byte order (see [`hint_index_v6_loaded`]).
 #[inline(always)]
 pub const fn hint_index_v6(addr: &[u8; 16]) -> usize {

@@ -1,7 +1,7 @@
 //! Classification: is either address watched, and is the other end a known
-//! endpoint of which service. The watched check runs first and is one bit
-//! test per address for almost all traffic; only addresses whose bit is set
-//! reach a lookup.
+//! endpoint of which service. The watched check runs first and is one byte
+//! test per address for almost all traffic; only addresses whose hint entry
+//! is set reach a lookup.
 //!
 //! IPv4: the hint, then the IPv4 table (layout in classifier-common), whose
 //! one walk answers both "watched?" and "which service?". IPv6: the hint,
@@ -11,7 +11,7 @@ use aya_ebpf::maps::lpm_trie::Key;
 use classifier_common::{
     DIR_INBOUND, DIR_OUTBOUND, FAMILY_V4, HINT_V4, HINT_V6, V4_ENTRY_INDEX_MASK,
     V4_ENTRY_KIND_SHIFT, V4_ENTRY_LEAF, V4_ENTRY_NODE, V4_VALUE_SERVICE_MASK, V4_VALUE_WATCHED,
-    WatchedHint, hint_index_v4_loaded, hint_index_v6, rank_upto,
+    hint_index_v4_loaded, hint_index_v6, rank_upto,
 };
 
 use crate::{
@@ -28,14 +28,6 @@ pub struct Watched<A> {
     pub port: u16,
     /// The endpoint's service id; 0 when the other end is no known endpoint.
     pub service: u32,
-}
-
-#[inline(always)]
-fn hint_bit(hint: &WatchedHint, index: usize) -> bool {
-    match hint.words.get(index >> 6) {
-        Some(word) => (word >> (index & 63)) & 1 == 1,
-        None => false,
-    }
 }
 
 /// The IPv4 table's value for `addr`: [`V4_VALUE_WATCHED`] | service id.
@@ -76,7 +68,7 @@ fn v4_value(addr: u32) -> u16 {
     }
 }
 
-/// Whether either address of a fast-path frame has its hint bit set: the
+/// Whether either address of a fast-path frame has its hint entry set: the
 /// fast path's only question.
 #[inline(always)]
 pub fn either_hinted(plain: &Plain) -> bool {
@@ -86,7 +78,7 @@ pub fn either_hinted(plain: &Plain) -> bool {
         HINT_V6
     };
     match WATCHED_HINT.get(family_hint) {
-        Some(hint) => hint_bit(hint, plain.src_hint) || hint_bit(hint, plain.dst_hint),
+        Some(hint) => hint.is_set(plain.src_hint) || hint.is_set(plain.dst_hint),
         None => true,
     }
 }
@@ -95,8 +87,8 @@ pub fn either_hinted(plain: &Plain) -> bool {
 #[inline(always)]
 pub fn classify_v4(packet: &Packet<u32>) -> Option<Watched<u32>> {
     let hint = WATCHED_HINT.get(HINT_V4)?;
-    let src_hinted = hint_bit(hint, hint_index_v4_loaded(packet.src.to_be()));
-    let dst_hinted = hint_bit(hint, hint_index_v4_loaded(packet.dst.to_be()));
+    let src_hinted = hint.is_set(hint_index_v4_loaded(packet.src.to_be()));
+    let dst_hinted = hint.is_set(hint_index_v4_loaded(packet.dst.to_be()));
     if !src_hinted && !dst_hinted {
         return None;
     }
@@ -111,7 +103,7 @@ pub fn classify_v4(packet: &Packet<u32>) -> Option<Watched<u32>> {
     if !src_watched && !dst_watched {
         return None;
     }
-    // The source's value is only known when its hint bit was set, which it
+    // The source's value is only known when its hint entry was set, which it
     // is whenever the source is watched; an inbound match needs that.
     let src_service = if src_hinted || !dst_watched {
         src
@@ -159,7 +151,7 @@ fn is_watched_v6(addr: &[u8; 16]) -> bool {
     let Some(hint) = WATCHED_HINT.get(HINT_V6) else {
         return false;
     };
-    hint_bit(hint, hint_index_v6(addr)) && WATCHED_V6.get(Key::new(128, *addr)).is_some()
+    hint.is_set(hint_index_v6(addr)) && WATCHED_V6.get(Key::new(128, *addr)).is_some()
 }
 
 #[inline(always)]

@@ -168,7 +168,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Malformed> {
     }
 }
 
-/// The prefilter bits of the commonest frames, untagged IPv4 with a 20-byte
+/// The prefilter entries of the commonest frames, untagged IPv4 with a 20-byte
 /// header and untagged IPv6 without extension headers, when [`parse`] would
 /// accept the frame as well-formed (the same length rules). Checking that
 /// takes a handful of instructions, so traffic between unwatched addresses

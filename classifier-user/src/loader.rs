@@ -18,7 +18,7 @@ use aya::{
 };
 use classifier_common::{
     EndpointValue, GLOBAL_CAPTURE_CLOCK, GLOBAL_FLOW_CACHE_MASK, GLOBAL_LEARN_RATE, GLOBAL_VERDICT,
-    HINT_BITS, HINT_V4, HINT_V6, MAP_CAPTURE_CLOCK, MAP_CAPTURE_CONFIG, MAP_CAPTURE_EVENTS,
+    HINT_V4, HINT_V6, MAP_CAPTURE_CLOCK, MAP_CAPTURE_CONFIG, MAP_CAPTURE_EVENTS,
     MAP_ENDPOINT_HINTS, MAP_ENDPOINTS_V6, MAP_FLOW_CACHE, MAP_FLOWS, MAP_LEARN_EVENTS, MAP_LEARNED,
     MAP_V4_LEAVES, MAP_V4_NODES, MAP_V4_RUNS, MAP_VERDICTS, MAP_WATCHED_HINT, MAP_WATCHED_V6,
     MAX_SERVICES, PROGRAM_NAME, WatchedHint, hint_index_v4, hint_index_v6,
@@ -507,7 +507,7 @@ impl Sensor {
             (HINT_V6, watched_hint_v6(&watched.v6)),
         ] {
             hints
-                .set(index, hint, 0)
+                .set(index, hint.as_ref(), 0)
                 .map_err(|source| fill_error(MAP_WATCHED_HINT, source))?;
         }
         Ok(())
@@ -739,30 +739,27 @@ fn capacity(family: &'static str, prefixes: usize, flag: Option<u32>) -> Result<
     }
 }
 
-/// The prefilter bits for IPv4: every /16 that a watched prefix touches.
-pub fn watched_hint_v4(prefixes: &[Ipv4Net]) -> WatchedHint {
-    let mut hint = WatchedHint {
-        words: [0; classifier_common::HINT_WORDS],
-    };
+/// The prefilter entries for IPv4: every /16 that a watched prefix touches.
+pub fn watched_hint_v4(prefixes: &[Ipv4Net]) -> Box<WatchedHint> {
+    let mut hint = empty_hint();
     for net in prefixes {
         let first = u32::from(net.network()) >> 16;
         let count = 1u32 << 16u8.saturating_sub(net.prefix_len());
         for sixteen in first..first + count {
-            set_bit(&mut hint, hint_index_v4((sixteen << 16).to_be_bytes()));
+            hint.entries[hint_index_v4((sixteen << 16).to_be_bytes())] = 1;
         }
     }
     hint
 }
 
-/// The prefilter bits for IPv6: the folded first 32 bits of every address a
-/// watched prefix covers; prefixes shorter than /16 set every bit.
-pub fn watched_hint_v6(prefixes: &[Ipv6Net]) -> WatchedHint {
-    let mut hint = WatchedHint {
-        words: [0; classifier_common::HINT_WORDS],
-    };
+/// The prefilter entries for IPv6: the folded first 32 bits of every
+/// address a watched prefix covers; prefixes shorter than /16 set every
+/// entry.
+pub fn watched_hint_v6(prefixes: &[Ipv6Net]) -> Box<WatchedHint> {
+    let mut hint = empty_hint();
     for net in prefixes {
         if net.prefix_len() < 16 {
-            hint.words = [u64::MAX; classifier_common::HINT_WORDS];
+            hint.entries.fill(1);
             break;
         }
         let base = u32::from_be_bytes(net.network().octets()[..4].try_into().expect("4 bytes"));
@@ -770,15 +767,15 @@ pub fn watched_hint_v6(prefixes: &[Ipv6Net]) -> WatchedHint {
         for low in 0..(1u32 << variable_bits) {
             let mut octets = [0u8; 16];
             octets[..4].copy_from_slice(&(base | low).to_be_bytes());
-            set_bit(&mut hint, hint_index_v6(&octets));
+            hint.entries[hint_index_v6(&octets)] = 1;
         }
     }
     hint
 }
 
-fn set_bit(hint: &mut WatchedHint, index: usize) {
-    debug_assert!(index < HINT_BITS);
-    hint.words[index / 64] |= 1 << (index % 64);
+/// On the heap: a hint is 64 KiB.
+fn empty_hint() -> Box<WatchedHint> {
+    bytemuck::zeroed_box()
 }
 
 /// The interface's index, or `None` when it does not exist.
@@ -819,10 +816,7 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn bit(hint: &WatchedHint, index: usize) -> bool {
-        hint.words[index / 64] >> (index % 64) & 1 == 1
-    }
+    use classifier_common::HINT_ENTRIES;
 
     #[test]
     fn v4_hint_covers_exactly_the_touched_slash16s() {
@@ -830,7 +824,7 @@ mod tests {
             "175.45.176.0/22".parse().unwrap(),
             "10.0.0.0/15".parse().unwrap(),
         ]);
-        let set: Vec<usize> = (0..HINT_BITS).filter(|i| bit(&hint, *i)).collect();
+        let set: Vec<usize> = (0..HINT_ENTRIES).filter(|i| hint.is_set(*i)).collect();
         // The first octet is the low byte (the frame's byte order).
         assert_eq!(set, [10, (1 << 8) + 10, (45 << 8) + 175]);
     }
@@ -841,11 +835,11 @@ mod tests {
         let hint = watched_hint_v6(&[net]);
         for addr in ["2001:db8:40::1", "2001:db8:7f:ffff::9"] {
             let addr: std::net::Ipv6Addr = addr.parse().unwrap();
-            assert!(bit(&hint, hint_index_v6(&addr.octets())), "{addr}");
+            assert!(hint.is_set(hint_index_v6(&addr.octets())), "{addr}");
         }
-        assert_eq!((0..HINT_BITS).filter(|i| bit(&hint, *i)).count(), 1);
+        assert_eq!((0..HINT_ENTRIES).filter(|i| hint.is_set(*i)).count(), 1);
         let all = watched_hint_v6(&["2000::/3".parse().unwrap()]);
-        assert!((0..HINT_BITS).all(|i| bit(&all, i)));
+        assert!((0..HINT_ENTRIES).all(|i| all.is_set(i)));
     }
 
     #[test]
