@@ -38,8 +38,10 @@ pub const MAP_FLOW_CACHE_DRAINED: &str = "FLOW_CACHE_DRAINED";
 /// counter just before the drain began may still be writing the flow's
 /// slot (a virtual CPU can be paused between the two).
 pub const RECYCLE_MARGIN_TICKS: u64 = 2;
-/// Array, one [`WatchedHint`] per family (index [`HINT_V4`], [`HINT_V6`]).
-pub const MAP_WATCHED_HINT: &str = "WATCHED_HINT";
+/// The program's `.bss.watched` section, one [`WatchedHints`]: a global
+/// the program reads in place (an address built in at load time, no map
+/// lookup), which the loader fills before the program is attached.
+pub const MAP_WATCHED_HINT: &str = ".bss.watched";
 /// Array of [`V4Node`]s: the IPv4 table's first level (nodes
 /// `0..V4_TOP_NODES`) and its second-level nodes after them.
 pub const MAP_V4_NODES: &str = "V4_NODES";
@@ -380,10 +382,6 @@ pub const fn popcount(word: u64) -> u32 {
     (x.wrapping_mul(0x0101_0101_0101_0101) >> 56) as u32
 }
 
-/// Index of the IPv4 hint in [`MAP_WATCHED_HINT`].
-pub const HINT_V4: u32 = 0;
-/// Index of the IPv6 hint in [`MAP_WATCHED_HINT`].
-pub const HINT_V6: u32 = 1;
 /// Entries of a [`WatchedHint`]: one per value of [`hint_index_v4`] and
 /// [`hint_index_v6`].
 pub const HINT_ENTRIES: usize = 65_536;
@@ -580,6 +578,14 @@ pub struct WatchedHint {
 }
 const _: () = assert!(size_of::<WatchedHint>() == 65_536);
 
+/// The value of [`MAP_WATCHED_HINT`]: the prefilter of each family.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct WatchedHints {
+    pub v4: WatchedHint,
+    pub v6: WatchedHint,
+}
+
 impl WatchedHint {
     /// Whether the entry at `index` is set (an index past the end is not).
     #[inline(always)]
@@ -648,7 +654,7 @@ pub const fn hint_index_v6_loaded(first_word: u32) -> usize {
 mod user {
     use super::{
         CaptureConfig, EndpointValue, FlowKey, FlowSlot, FlowValue, ServiceCounters, Totals,
-        V4Leaf, V4Node, V4Runs, WatchedHint,
+        V4Leaf, V4Node, V4Runs, WatchedHint, WatchedHints,
     };
 
     // SAFETY: each type is `#[repr(C)]`, `Pod` (no padding, any bit pattern
@@ -660,6 +666,7 @@ mod user {
     unsafe impl aya::Pod for FlowSlot {}
     unsafe impl aya::Pod for EndpointValue {}
     unsafe impl aya::Pod for WatchedHint {}
+    unsafe impl aya::Pod for WatchedHints {}
     unsafe impl aya::Pod for V4Node {}
     unsafe impl aya::Pod for V4Leaf {}
     unsafe impl aya::Pod for V4Runs {}

@@ -9,14 +9,15 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use classifier_common::{
-    DIR_INBOUND, DIR_OUTBOUND, FAMILY_V4, HINT_V4, HINT_V6, V4_ENTRY_INDEX_MASK,
-    V4_ENTRY_KIND_SHIFT, V4_ENTRY_LEAF, V4_ENTRY_NODE, V4_VALUE_SERVICE_MASK, V4_VALUE_WATCHED,
-    hint_index_v4_loaded, hint_index_v6, rank_upto,
+    DIR_INBOUND, DIR_OUTBOUND, FAMILY_V4, V4_ENTRY_INDEX_MASK, V4_ENTRY_KIND_SHIFT, V4_ENTRY_LEAF,
+    V4_ENTRY_NODE, V4_VALUE_SERVICE_MASK, V4_VALUE_WATCHED, hint_index_v4_loaded, hint_index_v6,
+    rank_upto,
 };
 
 use crate::{
-    ENDPOINTS_V6, V4_LEAVES, V4_NODES, V4_RUNS, WATCHED_HINT, WATCHED_V6,
+    ENDPOINTS_V6, V4_LEAVES, V4_NODES, V4_RUNS, WATCHED_V6,
     parse::{Packet, Plain},
+    watched_hints,
 };
 
 /// A packet with a watched address, seen from that address's side.
@@ -72,21 +73,19 @@ fn v4_value(addr: u32) -> u16 {
 /// fast path's only question.
 #[inline(always)]
 pub fn either_hinted(plain: &Plain) -> bool {
-    let family_hint = if plain.family == FAMILY_V4 {
-        HINT_V4
+    let hints = watched_hints();
+    let hint = if plain.family == FAMILY_V4 {
+        &hints.v4
     } else {
-        HINT_V6
+        &hints.v6
     };
-    match WATCHED_HINT.get(family_hint) {
-        Some(hint) => hint.is_set(plain.src_hint) || hint.is_set(plain.dst_hint),
-        None => true,
-    }
+    hint.is_set(plain.src_hint) || hint.is_set(plain.dst_hint)
 }
 
 /// `None` for IPv4 traffic without a watched address (the common case).
 #[inline(always)]
 pub fn classify_v4(packet: &Packet<u32>) -> Option<Watched<u32>> {
-    let hint = WATCHED_HINT.get(HINT_V4)?;
+    let hint = &watched_hints().v4;
     let src_hinted = hint.is_set(hint_index_v4_loaded(packet.src.to_be()));
     let dst_hinted = hint.is_set(hint_index_v4_loaded(packet.dst.to_be()));
     if !src_hinted && !dst_hinted {
@@ -148,10 +147,7 @@ pub fn classify_v6(packet: &Packet<[u8; 16]>) -> Option<Watched<[u8; 16]>> {
 
 #[inline(always)]
 fn is_watched_v6(addr: &[u8; 16]) -> bool {
-    let Some(hint) = WATCHED_HINT.get(HINT_V6) else {
-        return false;
-    };
-    hint.is_set(hint_index_v6(addr)) && WATCHED_V6.get(Key::new(128, *addr)).is_some()
+    watched_hints().v6.is_set(hint_index_v6(addr)) && WATCHED_V6.get(Key::new(128, *addr)).is_some()
 }
 
 #[inline(always)]

@@ -19,9 +19,9 @@ use aya_ebpf::{
 };
 use classifier_common::{
     BPF_F_MMAPABLE, CAPTURE_FLOW_CAPACITY, CAPTURE_RING_BYTES, CaptureConfig, DEFAULT_LEARN_RATE,
-    EndpointHint, EndpointValue, FlowKey, FlowSlot, FlowValue, LEARN_RING_BYTES, LEARNED_CAPACITY,
-    MAX_SERVICES, RateBudget, ServiceCounters, TCP_PROBE_CAPACITY, Totals, V4_TOP_NODES, V4Leaf,
-    V4Node, V4Runs, VERDICT_CAPACITY, WatchedHint,
+    EndpointHint, EndpointValue, FlowKey, FlowSlot, FlowValue, HINT_ENTRIES, LEARN_RING_BYTES,
+    LEARNED_CAPACITY, MAX_SERVICES, RateBudget, ServiceCounters, TCP_PROBE_CAPACITY, Totals,
+    V4_TOP_NODES, V4Leaf, V4Node, V4Runs, VERDICT_CAPACITY, WatchedHint, WatchedHints,
 };
 
 // Map names must equal the `MAP_*` constants of classifier-common; the
@@ -76,8 +76,6 @@ static CAPTURE_FLOWS: LruHashMap<FlowKey, u32> =
 #[map]
 static TCP_PROBES: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(TCP_PROBE_CAPACITY, 0);
 #[map]
-static WATCHED_HINT: Array<WatchedHint> = Array::with_max_entries(2, 0);
-#[map]
 static V4_NODES: Array<V4Node> = Array::with_max_entries(V4_TOP_NODES, BPF_F_MMAPABLE);
 #[map]
 static V4_LEAVES: Array<V4Leaf> = Array::with_max_entries(1, BPF_F_MMAPABLE);
@@ -105,6 +103,28 @@ static LEARN_RATE: u32 = DEFAULT_LEARN_RATE;
 fn load_time(global: &'static u32) -> u32 {
     // SAFETY: a valid static; the loader may have rewritten its value.
     unsafe { core::ptr::read_volatile(global) }
+}
+
+/// The watched prefilter (`classifier_common::MAP_WATCHED_HINT`): a global,
+/// so reading it costs no map lookup (the verifier builds its address into
+/// the program). Mutable and exported only so the compiler cannot assume
+/// the zeroes it starts with: the loader fills it before the program is
+/// attached, and the program only reads it.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = ".bss.watched")]
+static mut WATCHED_HINT: WatchedHints = WatchedHints {
+    v4: WatchedHint {
+        entries: [0; HINT_ENTRIES],
+    },
+    v6: WatchedHint {
+        entries: [0; HINT_ENTRIES],
+    },
+};
+
+#[inline(always)]
+fn watched_hints() -> &'static WatchedHints {
+    // SAFETY: only userspace writes the global, before the program runs.
+    unsafe { &*core::ptr::addr_of!(WATCHED_HINT) }
 }
 
 #[xdp]

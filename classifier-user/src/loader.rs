@@ -18,10 +18,10 @@ use aya::{
 };
 use classifier_common::{
     EndpointValue, GLOBAL_CAPTURE_CLOCK, GLOBAL_FLOW_CACHE_MASK, GLOBAL_LEARN_RATE, GLOBAL_VERDICT,
-    HINT_V4, HINT_V6, MAP_CAPTURE_CLOCK, MAP_CAPTURE_CONFIG, MAP_CAPTURE_EVENTS,
-    MAP_ENDPOINT_HINTS, MAP_ENDPOINTS_V6, MAP_FLOW_CACHE, MAP_FLOWS, MAP_LEARN_EVENTS, MAP_LEARNED,
-    MAP_V4_LEAVES, MAP_V4_NODES, MAP_V4_RUNS, MAP_VERDICTS, MAP_WATCHED_HINT, MAP_WATCHED_V6,
-    MAX_SERVICES, PROGRAM_NAME, WatchedHint, hint_index_v4, hint_index_v6,
+    MAP_CAPTURE_CLOCK, MAP_CAPTURE_CONFIG, MAP_CAPTURE_EVENTS, MAP_ENDPOINT_HINTS,
+    MAP_ENDPOINTS_V6, MAP_FLOW_CACHE, MAP_FLOWS, MAP_LEARN_EVENTS, MAP_LEARNED, MAP_V4_LEAVES,
+    MAP_V4_NODES, MAP_V4_RUNS, MAP_VERDICTS, MAP_WATCHED_HINT, MAP_WATCHED_V6, MAX_SERVICES,
+    PROGRAM_NAME, WatchedHint, WatchedHints, hint_index_v4, hint_index_v6,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
@@ -500,17 +500,10 @@ impl Sensor {
             .map(|net| (net.prefix_len(), net.network().octets(), 1u32));
         fill_trie(&mut self.ebpf, MAP_WATCHED_V6, v6)?;
 
-        let mut hints: Array<_, WatchedHint> = Array::try_from(self.map_mut(MAP_WATCHED_HINT)?)
+        let mut map: Array<_, WatchedHints> = Array::try_from(self.map_mut(MAP_WATCHED_HINT)?)
             .map_err(|source| fill_error(MAP_WATCHED_HINT, source))?;
-        for (index, hint) in [
-            (HINT_V4, watched_hint_v4(&watched.v4)),
-            (HINT_V6, watched_hint_v6(&watched.v6)),
-        ] {
-            hints
-                .set(index, hint.as_ref(), 0)
-                .map_err(|source| fill_error(MAP_WATCHED_HINT, source))?;
-        }
-        Ok(())
+        map.set(0, watched_hints(watched).as_ref(), 0)
+            .map_err(|source| fill_error(MAP_WATCHED_HINT, source))
     }
 
     fn fill_endpoints_v6(&mut self, endpoints: &EndpointFeed) -> Result<(), LoadError> {
@@ -739,9 +732,17 @@ fn capacity(family: &'static str, prefixes: usize, flag: Option<u32>) -> Result<
     }
 }
 
-/// The prefilter entries for IPv4: every /16 that a watched prefix touches.
-pub fn watched_hint_v4(prefixes: &[Ipv4Net]) -> Box<WatchedHint> {
-    let mut hint = empty_hint();
+/// The watched prefilter of both families, on the heap (128 KiB).
+pub fn watched_hints(watched: &WatchedSet) -> Box<WatchedHints> {
+    let mut hints: Box<WatchedHints> = bytemuck::zeroed_box();
+    mark_watched_v4(&mut hints.v4, &watched.v4);
+    mark_watched_v6(&mut hints.v6, &watched.v6);
+    hints
+}
+
+/// Sets the prefilter entries for IPv4: every /16 that a watched prefix
+/// touches.
+fn mark_watched_v4(hint: &mut WatchedHint, prefixes: &[Ipv4Net]) {
     for net in prefixes {
         let first = u32::from(net.network()) >> 16;
         let count = 1u32 << 16u8.saturating_sub(net.prefix_len());
@@ -749,14 +750,12 @@ pub fn watched_hint_v4(prefixes: &[Ipv4Net]) -> Box<WatchedHint> {
             hint.entries[hint_index_v4((sixteen << 16).to_be_bytes())] = 1;
         }
     }
-    hint
 }
 
-/// The prefilter entries for IPv6: the folded first 32 bits of every
+/// Sets the prefilter entries for IPv6: the folded first 32 bits of every
 /// address a watched prefix covers; prefixes shorter than /16 set every
 /// entry.
-pub fn watched_hint_v6(prefixes: &[Ipv6Net]) -> Box<WatchedHint> {
-    let mut hint = empty_hint();
+fn mark_watched_v6(hint: &mut WatchedHint, prefixes: &[Ipv6Net]) {
     for net in prefixes {
         if net.prefix_len() < 16 {
             hint.entries.fill(1);
@@ -770,12 +769,6 @@ pub fn watched_hint_v6(prefixes: &[Ipv6Net]) -> Box<WatchedHint> {
             hint.entries[hint_index_v6(&octets)] = 1;
         }
     }
-    hint
-}
-
-/// On the heap: a hint is 64 KiB.
-fn empty_hint() -> Box<WatchedHint> {
-    bytemuck::zeroed_box()
 }
 
 /// The interface's index, or `None` when it does not exist.
@@ -817,6 +810,18 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
 mod tests {
     use super::*;
     use classifier_common::HINT_ENTRIES;
+
+    fn watched_hint_v4(prefixes: &[Ipv4Net]) -> Box<WatchedHint> {
+        let mut hint: Box<WatchedHint> = bytemuck::zeroed_box();
+        mark_watched_v4(&mut hint, prefixes);
+        hint
+    }
+
+    fn watched_hint_v6(prefixes: &[Ipv6Net]) -> Box<WatchedHint> {
+        let mut hint: Box<WatchedHint> = bytemuck::zeroed_box();
+        mark_watched_v6(&mut hint, prefixes);
+        hint
+    }
 
     #[test]
     fn v4_hint_covers_exactly_the_touched_slash16s() {
