@@ -42,8 +42,11 @@ pub const RECYCLE_MARGIN_TICKS: u64 = 2;
 /// the program reads in place (an address built in at load time, no map
 /// lookup), which the loader fills before the program is attached.
 pub const MAP_WATCHED_HINT: &str = ".bss.watched";
-/// Array of [`V4Node`]s: the IPv4 table's first level (nodes
-/// `0..V4_TOP_NODES`) and its second-level nodes after them.
+/// The program's `.bss.v4top` section, one [`V4Top`]: the IPv4 table's
+/// first level as a global the program reads in place (no map lookup),
+/// which the loader fills before the program is attached.
+pub const MAP_V4_TOP: &str = ".bss.v4top";
+/// Array of [`V4Node`]s: the IPv4 table's second-level nodes.
 pub const MAP_V4_NODES: &str = "V4_NODES";
 /// Array of [`V4Leaf`]s: the IPv4 table's /24 leaves.
 pub const MAP_V4_LEAVES: &str = "V4_LEAVES";
@@ -113,13 +116,14 @@ pub const CAPTURE_FLOW_CAPACITY: u32 = 65_536;
 
 /// Every map the program declares, for checks that the object and the
 /// loader agree.
-pub const ALL_MAPS: [&str; 22] = [
+pub const ALL_MAPS: [&str; 23] = [
     MAP_TOTALS,
     MAP_SERVICES,
     MAP_FLOWS,
     MAP_FLOW_CACHE,
     MAP_FLOW_CACHE_DRAINED,
     MAP_WATCHED_HINT,
+    MAP_V4_TOP,
     MAP_V4_NODES,
     MAP_V4_LEAVES,
     MAP_V4_RUNS,
@@ -344,6 +348,15 @@ pub struct V4Node {
     pub entries: [u32; V4_NODE_WIDTH],
 }
 const _: () = assert!(size_of::<V4Node>() == 256);
+
+/// The IPv4 table's first level ([`MAP_V4_TOP`]): entry `a >> 14` of an
+/// address `a` (host order) is entry `(a >> 14) % 64` of node `a >> 20`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct V4Top {
+    pub nodes: [V4Node; V4_TOP_NODES as usize],
+}
+const _: () = assert!(size_of::<V4Top>() == 1 << 20);
 
 /// A /24 of the IPv4 table. Bit `i` of `starts` (word `i / 64`) is set when
 /// a new run starts at address `i` (never at 0). The value of address `i` is
@@ -654,7 +667,7 @@ pub const fn hint_index_v6_loaded(first_word: u32) -> usize {
 mod user {
     use super::{
         CaptureConfig, EndpointValue, FlowKey, FlowSlot, FlowValue, ServiceCounters, Totals,
-        V4Leaf, V4Node, V4Runs, WatchedHint, WatchedHints,
+        V4Leaf, V4Node, V4Runs, V4Top, WatchedHint, WatchedHints,
     };
 
     // SAFETY: each type is `#[repr(C)]`, `Pod` (no padding, any bit pattern
@@ -668,6 +681,7 @@ mod user {
     unsafe impl aya::Pod for WatchedHint {}
     unsafe impl aya::Pod for WatchedHints {}
     unsafe impl aya::Pod for V4Node {}
+    unsafe impl aya::Pod for V4Top {}
     unsafe impl aya::Pod for V4Leaf {}
     unsafe impl aya::Pod for V4Runs {}
     unsafe impl aya::Pod for CaptureConfig {}

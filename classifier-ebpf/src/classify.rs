@@ -17,7 +17,7 @@ use classifier_common::{
 use crate::{
     ENDPOINTS_V6, V4_LEAVES, V4_NODES, V4_RUNS, WATCHED_V6,
     parse::{Packet, Plain},
-    watched_hints,
+    v4_top, watched_hints,
 };
 
 /// A packet with a watched address, seen from that address's side.
@@ -35,7 +35,7 @@ pub struct Watched<A> {
 #[inline(always)]
 fn v4_value(addr: u32) -> u16 {
     let top = addr >> 14;
-    let Some(node) = V4_NODES.get(top >> 6) else {
+    let Some(node) = v4_top().nodes.get((top >> 6) as usize) else {
         return 0;
     };
     let Some(&entry) = node.entries.get((top & 63) as usize) else {

@@ -21,7 +21,8 @@ use classifier_common::{
     BPF_F_MMAPABLE, CAPTURE_FLOW_CAPACITY, CAPTURE_RING_BYTES, CaptureConfig, DEFAULT_LEARN_RATE,
     EndpointHint, EndpointValue, FlowKey, FlowSlot, FlowValue, HINT_ENTRIES, LEARN_RING_BYTES,
     LEARNED_CAPACITY, MAX_SERVICES, RateBudget, ServiceCounters, TCP_PROBE_CAPACITY, Totals,
-    V4_TOP_NODES, V4Leaf, V4Node, V4Runs, VERDICT_CAPACITY, WatchedHint, WatchedHints,
+    V4_NODE_WIDTH, V4_TOP_NODES, V4Leaf, V4Node, V4Runs, V4Top, VERDICT_CAPACITY, WatchedHint,
+    WatchedHints,
 };
 
 // Map names must equal the `MAP_*` constants of classifier-common; the
@@ -76,7 +77,7 @@ static CAPTURE_FLOWS: LruHashMap<FlowKey, u32> =
 #[map]
 static TCP_PROBES: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(TCP_PROBE_CAPACITY, 0);
 #[map]
-static V4_NODES: Array<V4Node> = Array::with_max_entries(V4_TOP_NODES, BPF_F_MMAPABLE);
+static V4_NODES: Array<V4Node> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 #[map]
 static V4_LEAVES: Array<V4Leaf> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 #[map]
@@ -125,6 +126,23 @@ static mut WATCHED_HINT: WatchedHints = WatchedHints {
 fn watched_hints() -> &'static WatchedHints {
     // SAFETY: only userspace writes the global, before the program runs.
     unsafe { &*core::ptr::addr_of!(WATCHED_HINT) }
+}
+
+/// The IPv4 table's first level (`classifier_common::MAP_V4_TOP`): a
+/// global like the prefilter, for the same reason (the walk's first step
+/// takes no map lookup).
+#[unsafe(no_mangle)]
+#[unsafe(link_section = ".bss.v4top")]
+static mut V4_TOP: V4Top = V4Top {
+    nodes: [V4Node {
+        entries: [0; V4_NODE_WIDTH],
+    }; V4_TOP_NODES as usize],
+};
+
+#[inline(always)]
+fn v4_top() -> &'static V4Top {
+    // SAFETY: only userspace writes the global, before the program runs.
+    unsafe { &*core::ptr::addr_of!(V4_TOP) }
 }
 
 #[xdp]

@@ -683,7 +683,7 @@ impl FeedCheck {
         );
         let _ = writeln!(
             out,
-            "  IPv4 table      nodes {}, leaves {}, runs {}: {} bytes (with the watched set)",
+            "  IPv4 table      first level, second-level nodes {}, leaves {}, runs {}: {} bytes (with the watched set)",
             grouped(table.nodes as u64),
             grouped(table.leaves as u64),
             grouped(table.runs as u64),

@@ -20,8 +20,8 @@ use classifier_common::{
     EndpointValue, GLOBAL_CAPTURE_CLOCK, GLOBAL_FLOW_CACHE_MASK, GLOBAL_LEARN_RATE, GLOBAL_VERDICT,
     MAP_CAPTURE_CLOCK, MAP_CAPTURE_CONFIG, MAP_CAPTURE_EVENTS, MAP_ENDPOINT_HINTS,
     MAP_ENDPOINTS_V6, MAP_FLOW_CACHE, MAP_FLOWS, MAP_LEARN_EVENTS, MAP_LEARNED, MAP_V4_LEAVES,
-    MAP_V4_NODES, MAP_V4_RUNS, MAP_VERDICTS, MAP_WATCHED_HINT, MAP_WATCHED_V6, MAX_SERVICES,
-    PROGRAM_NAME, WatchedHint, WatchedHints, hint_index_v4, hint_index_v6,
+    MAP_V4_NODES, MAP_V4_RUNS, MAP_V4_TOP, MAP_VERDICTS, MAP_WATCHED_HINT, MAP_WATCHED_V6,
+    MAX_SERVICES, PROGRAM_NAME, V4Top, WatchedHint, WatchedHints, hint_index_v4, hint_index_v6,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
@@ -432,7 +432,7 @@ impl Sensor {
             .override_global(GLOBAL_CAPTURE_CLOCK, &(clock as u32), true)
             .override_global(GLOBAL_LEARN_RATE, &capacities.learn_rate, true)
             .map_max_entries(MAP_FLOW_CACHE, cache_slots)
-            .map_max_entries(MAP_V4_NODES, table.nodes.len() as u32)
+            .map_max_entries(MAP_V4_NODES, table.nodes.len().max(1) as u32)
             .map_max_entries(MAP_V4_LEAVES, table.leaves.len().max(1) as u32)
             .map_max_entries(MAP_V4_RUNS, table.runs.len().max(1) as u32)
             .map_max_entries(MAP_ENDPOINTS_V6, v6_capacity)
@@ -479,6 +479,10 @@ impl Sensor {
         };
         sensor.fill_watched(watched)?;
         sensor.fill_endpoints_v6(endpoints)?;
+        let mut top: Array<_, V4Top> = Array::try_from(sensor.map_mut(MAP_V4_TOP)?)
+            .map_err(|source| fill_error(MAP_V4_TOP, source))?;
+        top.set(0, table.top.as_ref(), 0)
+            .map_err(|source| fill_error(MAP_V4_TOP, source))?;
         for (name, bytes) in [
             (MAP_V4_NODES, bytemuck::cast_slice(&table.nodes)),
             (MAP_V4_LEAVES, bytemuck::cast_slice(&table.leaves)),

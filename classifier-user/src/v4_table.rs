@@ -7,7 +7,7 @@
 use classifier_common::{
     V4_ENTRY_INDEX_MASK, V4_ENTRY_KIND_SHIFT, V4_ENTRY_LEAF, V4_ENTRY_NODE, V4_ENTRY_VALUE,
     V4_NODE_WIDTH, V4_RUNS_PER_ELEMENT, V4_TOP_NODES, V4_VALUE_WATCHED, V4Leaf, V4Node, V4Runs,
-    rank_upto,
+    V4Top, rank_upto,
 };
 use ipnet::Ipv4Net;
 
@@ -20,7 +20,9 @@ const ADDRESS_SPACE: u64 = 1 << 32;
 /// The filled arrays, ready to be copied into the maps.
 #[derive(Debug, Clone)]
 pub struct V4Table {
-    /// `V4_TOP_NODES` first-level nodes, then the second-level ones.
+    /// The first level (1 MiB, on the heap).
+    pub top: Box<V4Top>,
+    /// The second-level nodes.
     pub nodes: Vec<V4Node>,
     pub leaves: Vec<V4Leaf>,
     pub runs: Vec<V4Runs>,
@@ -48,7 +50,7 @@ impl V4Table {
     /// does.
     pub fn lookup(&self, address: u32) -> u16 {
         let top = address >> 14;
-        let mut entry = self.nodes[(top >> 6) as usize].entries[(top & 63) as usize];
+        let mut entry = self.top.nodes[(top >> 6) as usize].entries[(top & 63) as usize];
         if entry >> V4_ENTRY_KIND_SHIFT == V4_ENTRY_NODE {
             let node = &self.nodes[(entry & V4_ENTRY_INDEX_MASK) as usize];
             entry = node.entries[((address >> 8) & 63) as usize];
@@ -63,9 +65,10 @@ impl V4Table {
         entry as u16
     }
 
-    /// Bytes the three arrays take in the kernel.
+    /// Bytes the first level and the three arrays take in the kernel.
     pub fn kernel_bytes(&self) -> usize {
-        self.nodes.len() * size_of::<V4Node>()
+        size_of::<V4Top>()
+            + self.nodes.len() * size_of::<V4Node>()
             + self.leaves.len() * size_of::<V4Leaf>()
             + self.runs.len() * size_of::<V4Runs>()
     }
@@ -171,21 +174,14 @@ struct Builder {
 
 impl Builder {
     fn build(mut self, runs: &[Run]) -> V4Table {
-        let mut top = vec![
-            V4Node {
-                entries: [0; V4_NODE_WIDTH]
-            };
-            V4_TOP_NODES as usize
-        ];
+        let mut top: Box<V4Top> = bytemuck::zeroed_box();
         // `r` is the run in effect at the block being built.
         let mut r = 0;
         for block in 0..(V4_TOP_NODES as usize * V4_NODE_WIDTH) {
             let start = block as u64 * TOP_BLOCK;
-            top[block / V4_NODE_WIDTH].entries[block % V4_NODE_WIDTH] =
+            top.nodes[block / V4_NODE_WIDTH].entries[block % V4_NODE_WIDTH] =
                 self.top_entry(runs, &mut r, start);
         }
-        let mut nodes = top;
-        nodes.append(&mut self.second_level);
         let runs = self
             .run_values
             .chunks(V4_RUNS_PER_ELEMENT)
@@ -196,7 +192,8 @@ impl Builder {
             })
             .collect();
         V4Table {
-            nodes,
+            top,
+            nodes: self.second_level,
             leaves: self.leaves,
             runs,
         }
@@ -216,7 +213,7 @@ impl Builder {
                 None => self.leaf(runs, r, start),
             };
         }
-        let index = V4_TOP_NODES as usize + self.second_level.len();
+        let index = self.second_level.len();
         self.second_level.push(node);
         entry(V4_ENTRY_NODE, index as u32)
     }
@@ -331,7 +328,7 @@ mod tests {
         let table = V4Table::build(&[], &[]);
         assert_eq!(table.lookup(0), 0);
         assert_eq!(table.lookup(u32::MAX), 0);
-        assert_eq!(table.nodes.len(), V4_TOP_NODES as usize);
+        assert!(table.nodes.is_empty());
         assert!(table.leaves.is_empty());
     }
 
