@@ -79,15 +79,15 @@ pub const LEARN_RING_BYTES: u32 = 1 << 20;
 pub const MAP_LEARNED: &str = "LEARNED";
 /// Entries of [`MAP_LEARNED`].
 pub const LEARNED_CAPACITY: u32 = 65_536;
-/// Two [`EndpointHint`]s (mmapable array): which endpoints may have a
-/// learned entry ([`ENDPOINT_HINT_LEARNED`], kept by userspace) and which
-/// may have flows with a verdict ([`ENDPOINT_HINT_VERDICTS`], set by
-/// whoever stores a verdict, never cleared). A packet whose endpoint's byte
-/// is 0 skips that hash lookup.
+/// One [`EndpointHints`] (mmapable array of one value): which endpoints
+/// may have a learned entry ([`ENDPOINT_HINT_LEARNED`], kept by userspace)
+/// and which may have flows with a verdict ([`ENDPOINT_HINT_VERDICTS`], set
+/// by whoever stores a verdict, never cleared). A packet whose endpoint's
+/// byte is 0 skips that hash lookup.
 pub const MAP_ENDPOINT_HINTS: &str = "ENDPOINT_HINTS";
-/// [`MAP_ENDPOINT_HINTS`] index of the learned endpoints' hint.
+/// [`EndpointHints`] index of the learned endpoints' hint.
 pub const ENDPOINT_HINT_LEARNED: u32 = 0;
-/// [`MAP_ENDPOINT_HINTS`] index of the verdicts' hint.
+/// [`EndpointHints`] index of the verdicts' hint.
 pub const ENDPOINT_HINT_VERDICTS: u32 = 1;
 /// LRU hash of [`FlowKey`] (direction 0) to the payload segments handed
 /// over so far (low 16 bits from the watched host, high 16 bits to it).
@@ -615,6 +615,15 @@ impl WatchedHint {
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct EndpointHint {
     pub pages: [[u8; ENDPOINT_HINT_PAGE]; ENDPOINT_HINT_PAGES],
+}
+
+/// The value of [`MAP_ENDPOINT_HINTS`]: both hints in one value, so that a
+/// packet asking both questions looks the map up once. Indexed by
+/// [`ENDPOINT_HINT_LEARNED`] and [`ENDPOINT_HINT_VERDICTS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct EndpointHints {
+    pub hints: [EndpointHint; 2],
 }
 /// Bytes of an [`EndpointHint`] per page (the `pages` split only keeps the
 /// array types bytemuck knows).

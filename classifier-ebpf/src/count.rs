@@ -142,10 +142,11 @@ fn count_watched<A: KeyAddress>(
         // the endpoint's hint byte says it may find something (most such
         // traffic finds nothing).
         let endpoint_hint = endpoint_hint_index(endpoint_words);
-        service = learned_service(&key.endpoint, endpoint_hint);
+        let hints = learn::endpoint_hints();
+        service = learned_service(hints, &key.endpoint, endpoint_hint);
         origin = ORIGIN_LEARNED;
         if service == 0 {
-            service = match verdict(key, endpoint_hint) {
+            service = match verdict(hints, key, endpoint_hint) {
                 Some(verdict) => verdict,
                 None => {
                     let recognised = recognise(ctx, packet);
@@ -154,7 +155,7 @@ fn count_watched<A: KeyAddress>(
                         // without it. A full table evicts the oldest
                         // verdict; a failed insert only loses the verdict
                         // for later packets.
-                        learn::mark_hint(ENDPOINT_HINT_VERDICTS, endpoint_hint);
+                        learn::mark_hint(hints, ENDPOINT_HINT_VERDICTS, endpoint_hint);
                         let _ = VERDICTS.insert(&*key, &recognised, 0);
                     }
                     recognised

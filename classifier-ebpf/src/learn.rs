@@ -10,8 +10,8 @@
 
 use aya_ebpf::{helpers::bpf_xdp_load_bytes, maps::Array, programs::XdpContext};
 use classifier_common::{
-    DIR_INBOUND, ENDPOINT_HINT_LEARNED, ENDPOINT_HINT_VERDICTS, FlowKey, LEARN_BYTES, LEARN_DNS,
-    LEARN_TCP, LEARN_TCP_SEGMENTS, LearnRecord, RateBudget, Totals,
+    DIR_INBOUND, ENDPOINT_HINT_LEARNED, ENDPOINT_HINT_VERDICTS, EndpointHints, FlowKey,
+    LEARN_BYTES, LEARN_DNS, LEARN_TCP, LEARN_TCP_SEGMENTS, LearnRecord, RateBudget, Totals,
 };
 
 use crate::{
@@ -26,11 +26,22 @@ const PROTO_TCP: u8 = 6;
 const PROTO_UDP: u8 = 17;
 const PORT_DNS: u16 = 53;
 
+/// Both endpoint hints (one lookup for all a packet asks of them); `None`
+/// only if the map were missing its value, which then hints nothing.
+#[inline(always)]
+pub fn endpoint_hints() -> Option<*mut EndpointHints> {
+    ENDPOINT_HINTS.get_ptr_mut(0)
+}
+
 /// The service userspace learned for `endpoint` (key bytes, hint index
 /// `hint`), or 0.
 #[inline(always)]
-pub fn learned_service(endpoint: &[u8; 16], hint: (usize, usize)) -> u32 {
-    if !hinted(ENDPOINT_HINT_LEARNED, hint) {
+pub fn learned_service(
+    hints: Option<*mut EndpointHints>,
+    endpoint: &[u8; 16],
+    hint: (usize, usize),
+) -> u32 {
+    if !hinted(hints, ENDPOINT_HINT_LEARNED, hint) {
         return 0;
     }
     // SAFETY: a map value, read once.
@@ -42,8 +53,12 @@ pub fn learned_service(endpoint: &[u8; 16], hint: (usize, usize)) -> u32 {
 /// The verdict stored for the flow `key` (direction 0) whose endpoint has
 /// hint index `hint`.
 #[inline(always)]
-pub fn verdict(key: &FlowKey, hint: (usize, usize)) -> Option<u32> {
-    if !hinted(ENDPOINT_HINT_VERDICTS, hint) {
+pub fn verdict(
+    hints: Option<*mut EndpointHints>,
+    key: &FlowKey,
+    hint: (usize, usize),
+) -> Option<u32> {
+    if !hinted(hints, ENDPOINT_HINT_VERDICTS, hint) {
         return None;
     }
     // SAFETY: a map value, read once.
@@ -52,9 +67,10 @@ pub fn verdict(key: &FlowKey, hint: (usize, usize)) -> Option<u32> {
 
 /// Whether the endpoint hint `which` has the byte `(page, byte)` set.
 #[inline(always)]
-fn hinted(which: u32, (page, byte): (usize, usize)) -> bool {
-    ENDPOINT_HINTS
-        .get(which)
+fn hinted(hints: Option<*mut EndpointHints>, which: u32, (page, byte): (usize, usize)) -> bool {
+    // SAFETY: the map's value, valid while the program runs; read once.
+    hints
+        .and_then(|hints| unsafe { (*hints).hints.get(which as usize) })
         .and_then(|hint| hint.pages.get(page))
         .and_then(|page| page.get(byte))
         .is_some_and(|&set| set != 0)
@@ -62,14 +78,15 @@ fn hinted(which: u32, (page, byte): (usize, usize)) -> bool {
 
 /// Sets the byte `(page, byte)` of the endpoint hint `which`.
 #[inline(always)]
-pub fn mark_hint(which: u32, (page, byte): (usize, usize)) {
-    if let Some(hint) = ENDPOINT_HINTS.get_ptr_mut(which) {
+pub fn mark_hint(hints: Option<*mut EndpointHints>, which: u32, (page, byte): (usize, usize)) {
+    if let Some(hints) = hints {
         // SAFETY: the map's value, valid while the program runs; a byte
         // store, which no other CPU's store can undo but a clearing.
         unsafe {
-            if let Some(set) = (*hint)
-                .pages
-                .get_mut(page)
+            if let Some(set) = (*hints)
+                .hints
+                .get_mut(which as usize)
+                .and_then(|hint| hint.pages.get_mut(page))
                 .and_then(|page| page.get_mut(byte))
             {
                 core::ptr::write_volatile(set, 1);

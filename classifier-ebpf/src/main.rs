@@ -19,7 +19,7 @@ use aya_ebpf::{
 };
 use classifier_common::{
     BPF_F_MMAPABLE, CAPTURE_FLOW_CAPACITY, CAPTURE_RING_BYTES, CaptureConfig, DEFAULT_LEARN_RATE,
-    EndpointHint, EndpointValue, FlowKey, FlowSlot, FlowValue, HINT_ENTRIES, LEARN_RING_BYTES,
+    EndpointHints, EndpointValue, FlowKey, FlowSlot, FlowValue, HINT_ENTRIES, LEARN_RING_BYTES,
     LEARNED_CAPACITY, MAX_SERVICES, RateBudget, ServiceCounters, TCP_PROBE_CAPACITY, Totals,
     V4_NODE_WIDTH, V4_TOP_NODES, V4Leaf, V4Node, V4Runs, V4Top, VERDICT_CAPACITY, WatchedHint,
     WatchedHints,
@@ -56,7 +56,7 @@ static LEARNED: HashMap<[u8; 16], u32> = HashMap::with_max_entries(LEARNED_CAPAC
 /// Which endpoints may have a learned entry or flows with a verdict
 /// (`classifier_common::MAP_ENDPOINT_HINTS`).
 #[map]
-static ENDPOINT_HINTS: Array<EndpointHint> = Array::with_max_entries(2, BPF_F_MMAPABLE);
+static ENDPOINT_HINTS: Array<EndpointHints> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 /// Records handed over this second (`LEARN_RATE` a second at most).
 #[map]
 static LEARN_BUDGET: Array<RateBudget> = Array::with_max_entries(1, 0);

@@ -837,7 +837,7 @@ struct EndpointHints {
 // through `&mut self`.
 unsafe impl Send for EndpointHints {}
 
-const HINTS_LEN: usize = 2 * size_of::<EndpointHint>();
+const HINTS_LEN: usize = size_of::<classifier_common::EndpointHints>();
 
 impl EndpointHints {
     fn map(map: &Map) -> Result<Self, LearnError> {
@@ -845,8 +845,9 @@ impl EndpointHints {
         let Map::Array(data) = map else {
             return Err(failed("not an array".into()));
         };
-        // SAFETY: a fresh shared mapping of the map's fd, as long as its two
-        // values (the kernel refuses a longer one); unmapped by drop.
+        // SAFETY: a fresh shared mapping of the map's fd, as long as its one
+        // value, both hints (the kernel refuses a longer one); unmapped by
+        // drop.
         let address = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),

@@ -146,7 +146,7 @@ pub fn layout() -> String {
         size_of::<FlowKey>(),
         size_of::<FlowValue>(),
         size_of::<FlowSlot>(),
-        size_of::<classifier_common::EndpointHint>()
+        size_of::<classifier_common::EndpointHints>()
     )
 }
 
