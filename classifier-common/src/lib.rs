@@ -614,7 +614,7 @@ impl WatchedHint {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct EndpointHint {
-    pub pages: [[u8; ENDPOINT_HINT_PAGE]; ENDPOINT_HINT_PAGES],
+    pub bytes: [u8; ENDPOINT_HINT_BYTES],
 }
 
 /// The value of [`MAP_ENDPOINT_HINTS`]: both hints in one value, so that a
@@ -625,22 +625,18 @@ pub struct EndpointHint {
 pub struct EndpointHints {
     pub hints: [EndpointHint; 2],
 }
-/// Bytes of an [`EndpointHint`] per page (the `pages` split only keeps the
-/// array types bytemuck knows).
-pub const ENDPOINT_HINT_PAGE: usize = 4096;
-/// Pages of an [`EndpointHint`].
-pub const ENDPOINT_HINT_PAGES: usize = 16;
+/// Bytes of an [`EndpointHint`]: one per value of [`endpoint_hint_index`].
+pub const ENDPOINT_HINT_BYTES: usize = 65_536;
 const _: () = assert!(size_of::<EndpointHint>() == 65_536);
 
 /// The [`EndpointHint`] byte of an endpoint, from its key bytes (16, IPv4
 /// mapped) taken as two native-order words: a multiplicative hash of both,
 /// so that learned endpoints spread over the hint instead of sharing a /16
-/// with busy traffic. `(page, byte)`.
+/// with busy traffic.
 #[inline(always)]
-pub const fn endpoint_hint_index(words: [u64; 2]) -> (usize, usize) {
+pub const fn endpoint_hint_index(words: [u64; 2]) -> usize {
     let hash = (words[0] ^ words[1].rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    let index = (hash >> 48) as usize;
-    (index / ENDPOINT_HINT_PAGE, index % ENDPOINT_HINT_PAGE)
+    (hash >> 48) as usize
 }
 
 /// Hint entry of an IPv4 address: its /16, first octet in the low byte. That is

@@ -36,11 +36,7 @@ pub fn endpoint_hints() -> Option<*mut EndpointHints> {
 /// The service userspace learned for `endpoint` (key bytes, hint index
 /// `hint`), or 0.
 #[inline(always)]
-pub fn learned_service(
-    hints: Option<*mut EndpointHints>,
-    endpoint: &[u8; 16],
-    hint: (usize, usize),
-) -> u32 {
+pub fn learned_service(hints: Option<*mut EndpointHints>, endpoint: &[u8; 16], hint: usize) -> u32 {
     if !hinted(hints, ENDPOINT_HINT_LEARNED, hint) {
         return 0;
     }
@@ -53,11 +49,7 @@ pub fn learned_service(
 /// The verdict stored for the flow `key` (direction 0) whose endpoint has
 /// hint index `hint`.
 #[inline(always)]
-pub fn verdict(
-    hints: Option<*mut EndpointHints>,
-    key: &FlowKey,
-    hint: (usize, usize),
-) -> Option<u32> {
+pub fn verdict(hints: Option<*mut EndpointHints>, key: &FlowKey, hint: usize) -> Option<u32> {
     if !hinted(hints, ENDPOINT_HINT_VERDICTS, hint) {
         return None;
     }
@@ -65,20 +57,19 @@ pub fn verdict(
     VERDICTS.get_ptr(key).map(|verdict| unsafe { *verdict })
 }
 
-/// Whether the endpoint hint `which` has the byte `(page, byte)` set.
+/// Whether the endpoint hint `which` has its byte `index` set.
 #[inline(always)]
-fn hinted(hints: Option<*mut EndpointHints>, which: u32, (page, byte): (usize, usize)) -> bool {
+fn hinted(hints: Option<*mut EndpointHints>, which: u32, index: usize) -> bool {
     // SAFETY: the map's value, valid while the program runs; read once.
     hints
         .and_then(|hints| unsafe { (*hints).hints.get(which as usize) })
-        .and_then(|hint| hint.pages.get(page))
-        .and_then(|page| page.get(byte))
+        .and_then(|hint| hint.bytes.get(index))
         .is_some_and(|&set| set != 0)
 }
 
-/// Sets the byte `(page, byte)` of the endpoint hint `which`.
+/// Sets the byte `index` of the endpoint hint `which`.
 #[inline(always)]
-pub fn mark_hint(hints: Option<*mut EndpointHints>, which: u32, (page, byte): (usize, usize)) {
+pub fn mark_hint(hints: Option<*mut EndpointHints>, which: u32, index: usize) {
     if let Some(hints) = hints {
         // SAFETY: the map's value, valid while the program runs; a byte
         // store, which no other CPU's store can undo but a clearing.
@@ -86,8 +77,7 @@ pub fn mark_hint(hints: Option<*mut EndpointHints>, which: u32, (page, byte): (u
             if let Some(set) = (*hints)
                 .hints
                 .get_mut(which as usize)
-                .and_then(|hint| hint.pages.get_mut(page))
-                .and_then(|page| page.get_mut(byte))
+                .and_then(|hint| hint.bytes.get_mut(index))
             {
                 core::ptr::write_volatile(set, 1);
             }

@@ -17,9 +17,9 @@ use std::{
 
 use aya::maps::{HashMap as BpfHashMap, Map, MapData, RingBuf};
 use classifier_common::{
-    ENDPOINT_HINT_LEARNED, ENDPOINT_HINT_PAGE, ENDPOINT_HINT_VERDICTS, EndpointHint, FAMILY_V4,
-    FlowKey, LEARN_BYTES, LEARN_DNS, LEARN_TCP, LearnRecord, MAP_ENDPOINT_HINTS, MAP_LEARN_EVENTS,
-    MAP_LEARNED, MAP_VERDICTS, endpoint_hint_index,
+    ENDPOINT_HINT_LEARNED, ENDPOINT_HINT_VERDICTS, EndpointHint, FAMILY_V4, FlowKey, LEARN_BYTES,
+    LEARN_DNS, LEARN_TCP, LearnRecord, MAP_ENDPOINT_HINTS, MAP_LEARN_EVENTS, MAP_LEARNED,
+    MAP_VERDICTS, endpoint_hint_index,
 };
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -875,8 +875,8 @@ impl EndpointHints {
     }
 
     fn set(&mut self, which: u32, key: &[u8; 16], value: u8) {
-        let (page, byte) = endpoint_hint_index(bytemuck::cast(*key));
-        let offset = which as usize * size_of::<EndpointHint>() + page * ENDPOINT_HINT_PAGE + byte;
+        let offset =
+            which as usize * size_of::<EndpointHint>() + endpoint_hint_index(bytemuck::cast(*key));
         // SAFETY: `offset` < HINTS_LEN: `which` is 0 or 1, the index inside
         // one hint; the mapping lives as long as `self`.
         unsafe { std::ptr::write_volatile(self.address.add(offset), value) };
@@ -908,8 +908,7 @@ impl EndpointHints {
     }
 
     fn learned_byte(key: &[u8; 16]) -> usize {
-        let (page, byte) = endpoint_hint_index(bytemuck::cast(*key));
-        page * ENDPOINT_HINT_PAGE + byte
+        endpoint_hint_index(bytemuck::cast(*key))
     }
 
     /// Before `key` goes into the learned map.

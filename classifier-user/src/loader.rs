@@ -21,7 +21,7 @@ use classifier_common::{
     MAP_CAPTURE_CLOCK, MAP_CAPTURE_CONFIG, MAP_CAPTURE_EVENTS, MAP_ENDPOINT_HINTS,
     MAP_ENDPOINTS_V6, MAP_FLOW_CACHE, MAP_FLOWS, MAP_LEARN_EVENTS, MAP_LEARNED, MAP_V4_LEAVES,
     MAP_V4_NODES, MAP_V4_RUNS, MAP_V4_TOP, MAP_VERDICTS, MAP_WATCHED_HINT, MAP_WATCHED_V6,
-    MAX_SERVICES, PROGRAM_NAME, V4Top, WatchedHint, WatchedHints, hint_index_v4, hint_index_v6,
+    MAX_SERVICES, PROGRAM_NAME, WatchedHint, WatchedHints, hint_index_v4, hint_index_v6,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
@@ -479,10 +479,7 @@ impl Sensor {
         };
         sensor.fill_watched(watched)?;
         sensor.fill_endpoints_v6(endpoints)?;
-        let mut top: Array<_, V4Top> = Array::try_from(sensor.map_mut(MAP_V4_TOP)?)
-            .map_err(|source| fill_error(MAP_V4_TOP, source))?;
-        top.set(0, table.top.as_ref(), 0)
-            .map_err(|source| fill_error(MAP_V4_TOP, source))?;
+        sensor.fill_global(MAP_V4_TOP, table.top.as_ref())?;
         for (name, bytes) in [
             (MAP_V4_NODES, bytemuck::cast_slice(&table.nodes)),
             (MAP_V4_LEAVES, bytemuck::cast_slice(&table.leaves)),
@@ -497,6 +494,17 @@ impl Sensor {
         self.ebpf.map_mut(name).ok_or(LoadError::MissingMap(name))
     }
 
+    /// Writes `value` into the program global `name` (a data section,
+    /// which aya makes an array of one value); the program reads it in
+    /// place.
+    fn fill_global<V: aya::Pod>(&mut self, name: &'static str, value: &V) -> Result<(), LoadError> {
+        let mut global: Array<_, V> =
+            Array::try_from(self.map_mut(name)?).map_err(|source| fill_error(name, source))?;
+        global
+            .set(0, value, 0)
+            .map_err(|source| fill_error(name, source))
+    }
+
     fn fill_watched(&mut self, watched: &WatchedSet) -> Result<(), LoadError> {
         let v6 = watched
             .v6
@@ -504,10 +512,7 @@ impl Sensor {
             .map(|net| (net.prefix_len(), net.network().octets(), 1u32));
         fill_trie(&mut self.ebpf, MAP_WATCHED_V6, v6)?;
 
-        let mut map: Array<_, WatchedHints> = Array::try_from(self.map_mut(MAP_WATCHED_HINT)?)
-            .map_err(|source| fill_error(MAP_WATCHED_HINT, source))?;
-        map.set(0, watched_hints(watched).as_ref(), 0)
-            .map_err(|source| fill_error(MAP_WATCHED_HINT, source))
+        self.fill_global(MAP_WATCHED_HINT, watched_hints(watched).as_ref())
     }
 
     fn fill_endpoints_v6(&mut self, endpoints: &EndpointFeed) -> Result<(), LoadError> {
