@@ -63,20 +63,21 @@ struct AlignedKey(FlowKey);
 
 #[inline(always)]
 pub fn packet(ctx: &XdpContext) {
-    let Some(totals) = TOTALS.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: a per-CPU array slot belongs to this CPU while the program runs.
-    let totals = unsafe { &mut *totals };
-    let bytes = (ctx.data_end() - ctx.data()) as u64;
-    totals.bytes += bytes;
-
+    // The fast path decides before anything else, so that what it keeps
+    // across the counter lookup is only the frame's length.
     if let Some(plain) = plain(ctx)
         && !either_hinted(&plain)
     {
-        count_family(totals, plain.family);
+        count_plain(ctx, plain.family);
         return;
     }
+    // Watched traffic and rare frames: kept out of the fast path's way.
+    core::hint::cold_path();
+    let Some(totals) = totals() else {
+        return;
+    };
+    let bytes = frame_bytes(ctx);
+    totals.bytes += bytes;
 
     match parse(ctx) {
         Ok(Parsed::NotIp) => totals.other += 1,
@@ -98,6 +99,28 @@ pub fn packet(ctx: &XdpContext) {
                 *slot += 1;
             }
         }
+    }
+}
+
+/// This CPU's totals.
+#[inline(always)]
+fn totals() -> Option<&'static mut Totals> {
+    let totals = TOTALS.get_ptr_mut(0)?;
+    // SAFETY: a per-CPU array slot belongs to this CPU while the program runs.
+    Some(unsafe { &mut *totals })
+}
+
+#[inline(always)]
+fn frame_bytes(ctx: &XdpContext) -> u64 {
+    (ctx.data_end() - ctx.data()) as u64
+}
+
+/// A fast-path frame: its bytes and its family.
+#[inline(always)]
+fn count_plain(ctx: &XdpContext, family: u8) {
+    if let Some(totals) = totals() {
+        totals.bytes += frame_bytes(ctx);
+        count_family(totals, family);
     }
 }
 

@@ -13,7 +13,7 @@ use classifier_common::{
     MALFORMED_IPV4_TRUNCATED, MALFORMED_IPV6_BAD_HEADER, MALFORMED_IPV6_EXT_TOO_DEEP,
     MALFORMED_IPV6_EXT_TRUNCATED, MALFORMED_IPV6_TRUNCATED, MALFORMED_L4_TRUNCATED,
     MALFORMED_VLAN_TOO_DEEP, MALFORMED_VLAN_TRUNCATED, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS,
-    hint_index_v4_loaded, hint_index_v6_loaded,
+    hint_index_v6_loaded,
 };
 
 const ETH_P_IPV4: u16 = 0x0800;
@@ -181,11 +181,19 @@ pub struct Plain {
     pub dst_hint: usize,
 }
 
+/// The shortest frame the fast path takes: Ethernet, then an IPv4 header
+/// and a TCP header's fixed part, or an IPv6 header.
+const PLAIN_MIN_FRAME: usize = ETH_HEADER_LEN + IPV4_HEADER_LEN + TCP_HEADER_LEN;
+const _: () = assert!(PLAIN_MIN_FRAME == ETH_HEADER_LEN + IPV6_HEADER_LEN);
+
 #[inline(always)]
 pub fn plain(ctx: &XdpContext) -> Option<Plain> {
     let data = ctx.data();
     let data_end = ctx.data_end();
-    if data + ETH_HEADER_LEN > data_end {
+    // One bounds check covers the Ethernet header, the IP header and, for
+    // IPv4, the longest fixed transport header read here (TCP's 20 bytes):
+    // shorter frames (below Ethernet's 60-byte minimum) take the full parser.
+    if data + PLAIN_MIN_FRAME > data_end {
         return None;
     }
     let ethertype = load::<u16>(data + 12);
@@ -201,34 +209,33 @@ pub fn plain(ctx: &XdpContext) -> Option<Plain> {
 
 #[inline(always)]
 fn plain_ipv4(ip: usize, data_end: usize) -> Option<Plain> {
-    if ip + IPV4_HEADER_LEN > data_end || load::<u8>(ip) != 0x45 {
+    if load::<u8>(ip) != 0x45 {
         return None;
     }
     let total_len = load_be16(ip + 2) as usize;
     // Later fragments carry no transport header.
     let l4_len = if load_be16(ip + 6) & 0x1fff == 0 {
-        l4_header_len(FAMILY_V4, load::<u8>(ip + 9))
+        match load::<u8>(ip + 9) {
+            PROTO_TCP => tcp_header_len(load::<u8>(ip + IPV4_HEADER_LEN + 12)),
+            protocol => l4_header_len(FAMILY_V4, protocol),
+        }
     } else {
         0
-    };
-    let l4_len = if l4_len == TCP_HEADER_LEN {
-        tcp_header_len_at(ip + IPV4_HEADER_LEN, data_end)?
-    } else {
-        l4_len
     };
     if total_len < IPV4_HEADER_LEN + l4_len || ip + total_len > data_end {
         return None;
     }
+    // The hint index is the address's first two bytes as loaded.
     Some(Plain {
         family: FAMILY_V4,
-        src_hint: hint_index_v4_loaded(load::<u32>(ip + 12)),
-        dst_hint: hint_index_v4_loaded(load::<u32>(ip + 16)),
+        src_hint: load::<u16>(ip + 12) as usize,
+        dst_hint: load::<u16>(ip + 16) as usize,
     })
 }
 
 #[inline(always)]
 fn plain_ipv6(ip: usize, data_end: usize) -> Option<Plain> {
-    if ip + IPV6_HEADER_LEN > data_end || load::<u8>(ip) >> 4 != 6 {
+    if load::<u8>(ip) >> 4 != 6 {
         return None;
     }
     let payload_len = load_be16(ip + 4) as usize;
