@@ -591,12 +591,41 @@ pub struct WatchedHint {
 }
 const _: () = assert!(size_of::<WatchedHint>() == 65_536);
 
-/// The value of [`MAP_WATCHED_HINT`]: the prefilter of each family.
+/// The value of [`MAP_WATCHED_HINT`]: the prefilter of each family, and
+/// the IPv4 prefilter's /24 detail.
+///
+/// An IPv4 entry says more than "look it up": 0, no watched address in
+/// the /16; [`WATCHED_V4_WALK`], ask the IPv4 table; any other value `k`,
+/// the /16's watched /24s are `v4_blocks[k - 1]`. So the watched side of a
+/// packet is known from two loads, with no table walk, unless a watched
+/// prefix longer than /24 lies in its /24 (or the blocks ran out).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct WatchedHints {
     pub v4: WatchedHint,
     pub v6: WatchedHint,
+    pub v4_blocks: [WatchedBlock; WATCHED_V4_BLOCKS],
+}
+
+/// Distinct /24 patterns the IPv4 prefilter can hold (entries 1 to 254;
+/// /16s with the same pattern share a block).
+pub const WATCHED_V4_BLOCKS: usize = 254;
+/// An IPv4 prefilter entry whose /16 holds watched addresses but names no
+/// block: the IPv4 table decides.
+pub const WATCHED_V4_WALK: u8 = 255;
+/// A /24 in a [`WatchedBlock`]: no watched address…
+pub const WATCHED_24_NONE: u8 = 0;
+/// …every address watched…
+pub const WATCHED_24_ALL: u8 = 1;
+/// …or some: the IPv4 table decides.
+pub const WATCHED_24_SOME: u8 = 2;
+
+/// One /16's /24s, a byte each ([`WATCHED_24_NONE`], [`WATCHED_24_ALL`],
+/// [`WATCHED_24_SOME`]), indexed by the address's third octet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq, Hash)]
+pub struct WatchedBlock {
+    pub slash24: [u8; 256],
 }
 
 impl WatchedHint {

@@ -3,15 +3,16 @@
 //! test per address for almost all traffic; only addresses whose hint entry
 //! is set reach a lookup.
 //!
-//! IPv4: the hint, then the IPv4 table (layout in classifier-common), whose
-//! one walk answers both "watched?" and "which service?". IPv6: the hint,
-//! then LPM tries.
+//! IPv4: the hint entry and its block of /24s answer "watched?" (the IPv4
+//! table only for /24s that hold longer watched prefixes); the IPv4 table
+//! (layout in classifier-common) answers "which service?" for the other
+//! end. IPv6: the hint, then LPM tries.
 
 use aya_ebpf::maps::lpm_trie::Key;
 use classifier_common::{
     DIR_INBOUND, DIR_OUTBOUND, FAMILY_V4, V4_ENTRY_INDEX_MASK, V4_ENTRY_KIND_SHIFT, V4_ENTRY_LEAF,
-    V4_ENTRY_NODE, V4_VALUE_SERVICE_MASK, V4_VALUE_WATCHED, hint_index_v4_loaded, hint_index_v6,
-    rank_upto,
+    V4_ENTRY_NODE, V4_VALUE_SERVICE_MASK, V4_VALUE_WATCHED, WATCHED_24_ALL, WATCHED_24_NONE,
+    WATCHED_24_SOME, WATCHED_V4_WALK, hint_index_v4_loaded, hint_index_v6, rank_upto,
 };
 
 use crate::{
@@ -85,37 +86,58 @@ pub fn either_hinted(plain: &Plain) -> bool {
 /// `None` for IPv4 traffic without a watched address (the common case).
 #[inline(always)]
 pub fn classify_v4(packet: &Packet<u32>) -> Option<Watched<u32>> {
-    let hint = &watched_hints().v4;
-    let src_hinted = hint.is_set(hint_index_v4_loaded(packet.src.to_be()));
-    let dst_hinted = hint.is_set(hint_index_v4_loaded(packet.dst.to_be()));
-    if !src_hinted && !dst_hinted {
-        return None;
-    }
-    let src = if src_hinted { v4_value(packet.src) } else { 0 };
-    let dst = if dst_hinted || src & V4_VALUE_WATCHED != 0 {
-        v4_value(packet.dst)
-    } else {
-        0
-    };
-    let src_watched = src & V4_VALUE_WATCHED != 0;
-    let dst_watched = dst & V4_VALUE_WATCHED != 0;
+    let src_watched = is_watched_v4(packet.src);
+    let dst_watched = is_watched_v4(packet.dst);
     if !src_watched && !dst_watched {
         return None;
     }
-    // The source's value is only known when its hint entry was set, which it
-    // is whenever the source is watched; an inbound match needs that.
-    let src_service = if src_hinted || !dst_watched {
-        src
+    let dst_service = if src_watched {
+        endpoint_service_v4(packet.dst)
     } else {
-        v4_value(packet.src)
+        0
+    };
+    let src_service = if dst_service == 0 && dst_watched {
+        endpoint_service_v4(packet.src)
+    } else {
+        0
     };
     Some(orient(
         packet,
         src_watched,
-        u32::from(dst & V4_VALUE_SERVICE_MASK),
+        dst_service,
         dst_watched,
-        u32::from(src_service & V4_VALUE_SERVICE_MASK),
+        src_service,
     ))
+}
+
+/// Whether `addr` (host order) is watched: its prefilter entry, then the
+/// entry's block of /24s; the IPv4 table only where those do not decide
+/// (`classifier_common::WatchedHints`).
+#[inline(always)]
+fn is_watched_v4(addr: u32) -> bool {
+    let hints = watched_hints();
+    let Some(&entry) = hints.v4.entries.get(hint_index_v4_loaded(addr.to_be())) else {
+        return false;
+    };
+    let slash24 = match entry {
+        0 => return false,
+        WATCHED_V4_WALK => WATCHED_24_SOME,
+        block => match hints.v4_blocks.get(usize::from(block) - 1) {
+            Some(block) => block.slash24.get(((addr >> 8) & 0xff) as usize).copied(),
+            None => None,
+        }
+        .unwrap_or(WATCHED_24_NONE),
+    };
+    match slash24 {
+        WATCHED_24_ALL => true,
+        WATCHED_24_SOME => v4_value(addr) & V4_VALUE_WATCHED != 0,
+        _ => false,
+    }
+}
+
+#[inline(always)]
+fn endpoint_service_v4(addr: u32) -> u32 {
+    u32::from(v4_value(addr) & V4_VALUE_SERVICE_MASK)
 }
 
 /// `None` for IPv6 traffic without a watched address.

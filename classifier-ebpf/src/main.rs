@@ -21,8 +21,8 @@ use classifier_common::{
     BPF_F_MMAPABLE, CAPTURE_FLOW_CAPACITY, CAPTURE_RING_BYTES, CaptureConfig, DEFAULT_LEARN_RATE,
     EndpointHints, EndpointValue, FlowKey, FlowSlot, FlowValue, HINT_ENTRIES, LEARN_RING_BYTES,
     LEARNED_CAPACITY, MAX_SERVICES, RateBudget, ServiceCounters, TCP_PROBE_CAPACITY, Totals,
-    V4_NODE_WIDTH, V4_TOP_NODES, V4Leaf, V4Node, V4Runs, V4Top, VERDICT_CAPACITY, WatchedHint,
-    WatchedHints,
+    V4_NODE_WIDTH, V4_TOP_NODES, V4Leaf, V4Node, V4Runs, V4Top, VERDICT_CAPACITY,
+    WATCHED_V4_BLOCKS, WatchedBlock, WatchedHint, WatchedHints,
 };
 
 // Map names must equal the `MAP_*` constants of classifier-common; the
@@ -120,6 +120,7 @@ static mut WATCHED_HINT: WatchedHints = WatchedHints {
     v6: WatchedHint {
         entries: [0; HINT_ENTRIES],
     },
+    v4_blocks: [WatchedBlock { slash24: [0; 256] }; WATCHED_V4_BLOCKS],
 };
 
 #[inline(always)]

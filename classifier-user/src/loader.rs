@@ -3,7 +3,7 @@
 //! loaded `Sensor` to `drain` and `testrun`.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     os::fd::{AsFd, AsRawFd},
     path::Path,
 };
@@ -21,7 +21,9 @@ use classifier_common::{
     MAP_CAPTURE_CLOCK, MAP_CAPTURE_CONFIG, MAP_CAPTURE_EVENTS, MAP_ENDPOINT_HINTS,
     MAP_ENDPOINTS_V6, MAP_FLOW_CACHE, MAP_FLOWS, MAP_LEARN_EVENTS, MAP_LEARNED, MAP_V4_LEAVES,
     MAP_V4_NODES, MAP_V4_RUNS, MAP_V4_TOP, MAP_VERDICTS, MAP_WATCHED_HINT, MAP_WATCHED_V6,
-    MAX_SERVICES, PROGRAM_NAME, WatchedHint, WatchedHints, hint_index_v4, hint_index_v6,
+    MAX_SERVICES, PROGRAM_NAME, WATCHED_24_ALL, WATCHED_24_NONE, WATCHED_24_SOME,
+    WATCHED_V4_BLOCKS, WATCHED_V4_WALK, WatchedBlock, WatchedHint, WatchedHints, hint_index_v4,
+    hint_index_v6,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
@@ -744,20 +746,55 @@ fn capacity(family: &'static str, prefixes: usize, flag: Option<u32>) -> Result<
 /// The watched prefilter of both families, on the heap (128 KiB).
 pub fn watched_hints(watched: &WatchedSet) -> Box<WatchedHints> {
     let mut hints: Box<WatchedHints> = bytemuck::zeroed_box();
-    mark_watched_v4(&mut hints.v4, &watched.v4);
+    mark_watched_v4(&mut hints, &watched.v4);
     mark_watched_v6(&mut hints.v6, &watched.v6);
     hints
 }
 
-/// Sets the prefilter entries for IPv4: every /16 that a watched prefix
-/// touches.
-fn mark_watched_v4(hint: &mut WatchedHint, prefixes: &[Ipv4Net]) {
+/// Sets the prefilter entries for IPv4, every /16 that a watched prefix
+/// touches, and their blocks of /24s: a /24 inside a watched prefix of /24
+/// or shorter is all watched, one holding only longer watched prefixes
+/// some. /16s with the same /24s share a block; /16s beyond the last
+/// block get [`WATCHED_V4_WALK`] (the IPv4 table decides).
+fn mark_watched_v4(hints: &mut WatchedHints, prefixes: &[Ipv4Net]) {
+    let mut slash16s: BTreeMap<u32, WatchedBlock> = BTreeMap::new();
     for net in prefixes {
-        let first = u32::from(net.network()) >> 16;
-        let count = 1u32 << 16u8.saturating_sub(net.prefix_len());
-        for sixteen in first..first + count {
-            hint.entries[hint_index_v4((sixteen << 16).to_be_bytes())] = 1;
+        let first = u32::from(net.network());
+        let len = net.prefix_len();
+        let slash16_count = 1u32 << 16u8.saturating_sub(len);
+        for slash16 in (first >> 16)..(first >> 16) + slash16_count {
+            let block = slash16s.entry(slash16).or_insert(WatchedBlock {
+                slash24: [WATCHED_24_NONE; 256],
+            });
+            if len <= 16 {
+                block.slash24 = [WATCHED_24_ALL; 256];
+                continue;
+            }
+            let third = ((first >> 8) & 0xff) as usize;
+            let slash24_count = 1usize << 24u8.saturating_sub(len);
+            for slash24 in &mut block.slash24[third..third + slash24_count] {
+                if len <= 24 {
+                    *slash24 = WATCHED_24_ALL;
+                } else if *slash24 == WATCHED_24_NONE {
+                    *slash24 = WATCHED_24_SOME;
+                }
+            }
         }
+    }
+    let mut blocks: HashMap<WatchedBlock, u8> = HashMap::new();
+    for (slash16, block) in slash16s {
+        let next = blocks.len();
+        let entry = match blocks.get(&block) {
+            Some(&entry) => entry,
+            None if next < WATCHED_V4_BLOCKS => {
+                hints.v4_blocks[next] = block;
+                let entry = u8::try_from(next + 1).expect("at most 254 blocks");
+                blocks.insert(block, entry);
+                entry
+            }
+            None => WATCHED_V4_WALK,
+        };
+        hints.v4.entries[hint_index_v4((slash16 << 16).to_be_bytes())] = entry;
     }
 }
 
@@ -820,10 +857,26 @@ mod tests {
     use super::*;
     use classifier_common::HINT_ENTRIES;
 
-    fn watched_hint_v4(prefixes: &[Ipv4Net]) -> Box<WatchedHint> {
-        let mut hint: Box<WatchedHint> = bytemuck::zeroed_box();
-        mark_watched_v4(&mut hint, prefixes);
-        hint
+    fn watched_hints_v4(prefixes: &[Ipv4Net]) -> Box<WatchedHints> {
+        let mut hints: Box<WatchedHints> = bytemuck::zeroed_box();
+        mark_watched_v4(&mut hints, prefixes);
+        hints
+    }
+
+    fn nets(texts: &[&str]) -> Vec<Ipv4Net> {
+        texts.iter().map(|text| text.parse().unwrap()).collect()
+    }
+
+    /// What the program reads for `addr`: the entry, and the /24's byte of
+    /// the entry's block.
+    fn watched_v4(hints: &WatchedHints, addr: &str) -> (u8, Option<u8>) {
+        let octets = addr.parse::<std::net::Ipv4Addr>().unwrap().octets();
+        let entry = hints.v4.entries[hint_index_v4(octets)];
+        let slash24 = match entry {
+            0 | WATCHED_V4_WALK => None,
+            block => Some(hints.v4_blocks[usize::from(block) - 1].slash24[usize::from(octets[2])]),
+        };
+        (entry, slash24)
     }
 
     fn watched_hint_v6(prefixes: &[Ipv6Net]) -> Box<WatchedHint> {
@@ -834,13 +887,93 @@ mod tests {
 
     #[test]
     fn v4_hint_covers_exactly_the_touched_slash16s() {
-        let hint = watched_hint_v4(&[
-            "175.45.176.0/22".parse().unwrap(),
-            "10.0.0.0/15".parse().unwrap(),
-        ]);
-        let set: Vec<usize> = (0..HINT_ENTRIES).filter(|i| hint.is_set(*i)).collect();
+        let hints = watched_hints_v4(&nets(&["175.45.176.0/22", "10.0.0.0/15"]));
+        let set: Vec<usize> = (0..HINT_ENTRIES).filter(|i| hints.v4.is_set(*i)).collect();
         // The first octet is the low byte (the frame's byte order).
         assert_eq!(set, [10, (1 << 8) + 10, (45 << 8) + 175]);
+    }
+
+    #[test]
+    fn v4_blocks_say_which_slash24s_are_watched_and_are_shared() {
+        let hints = watched_hints_v4(&nets(&[
+            "175.45.176.0/22",
+            "175.45.200.128/25",
+            "175.45.201.0/24",
+            "175.45.201.9/32",
+            "10.0.0.0/15",
+            "172.16.0.0/12",
+        ]));
+        let (entry, _) = watched_v4(&hints, "175.45.176.1");
+        assert_eq!(
+            watched_v4(&hints, "175.45.179.255"),
+            (entry, Some(WATCHED_24_ALL))
+        );
+        assert_eq!(
+            watched_v4(&hints, "175.45.180.0"),
+            (entry, Some(WATCHED_24_NONE))
+        );
+        assert_eq!(
+            watched_v4(&hints, "175.45.175.255"),
+            (entry, Some(WATCHED_24_NONE))
+        );
+        // A /25 leaves its /24 to the table; a /32 inside a watched /24 does not.
+        assert_eq!(
+            watched_v4(&hints, "175.45.200.1"),
+            (entry, Some(WATCHED_24_SOME))
+        );
+        assert_eq!(
+            watched_v4(&hints, "175.45.201.9"),
+            (entry, Some(WATCHED_24_ALL))
+        );
+        assert_eq!(watched_v4(&hints, "175.46.176.1"), (0, None));
+        // Every /16 of 10.0.0.0/15 and 172.16.0.0/12 is all watched: one block.
+        let (all, _) = watched_v4(&hints, "10.0.0.0");
+        for addr in ["10.1.255.255", "172.16.0.1", "172.31.128.7"] {
+            assert_eq!(
+                watched_v4(&hints, addr),
+                (all, Some(WATCHED_24_ALL)),
+                "{addr}"
+            );
+        }
+        assert_ne!(all, entry);
+        assert_eq!(
+            hints.v4_blocks[2..],
+            [bytemuck::Zeroable::zeroed(); WATCHED_V4_BLOCKS - 2]
+        );
+    }
+
+    #[test]
+    fn v4_slash16s_beyond_the_last_block_leave_it_to_the_table() {
+        // 300 /16s, each with its own pattern of two watched /24s.
+        let texts: Vec<String> = (0..300u32)
+            .map(|i| {
+                let (a, b) = (10 + i / 256, i % 256);
+                format!(
+                    "{a}.{b}.{}.0/24,{a}.{b}.{}.0/24",
+                    i % 256,
+                    (i / 256 + 100) % 256
+                )
+            })
+            .collect();
+        let prefixes: Vec<Ipv4Net> = texts
+            .iter()
+            .flat_map(|pair| pair.split(',').map(|text| text.parse().unwrap()))
+            .collect();
+        let hints = watched_hints_v4(&prefixes);
+        let entries: Vec<u8> = (0..300u32)
+            .map(|i| watched_v4(&hints, &format!("{}.{}.0.0", 10 + i / 256, i % 256)).0)
+            .collect();
+        assert_eq!(
+            entries[..WATCHED_V4_BLOCKS],
+            (1..=254).collect::<Vec<u8>>()[..]
+        );
+        assert!(
+            entries[WATCHED_V4_BLOCKS..]
+                .iter()
+                .all(|&entry| entry == WATCHED_V4_WALK)
+        );
+        assert_eq!(watched_v4(&hints, "10.3.3.9"), (4, Some(WATCHED_24_ALL)));
+        assert_eq!(watched_v4(&hints, "10.3.4.9"), (4, Some(WATCHED_24_NONE)));
     }
 
     #[test]

@@ -296,16 +296,30 @@ fn watched_prefix_edges_agree_with_a_reference_longest_prefix_match() {
         return;
     }
     // Watched prefixes of many lengths; sources at their edges and
-    // neighbours, all sending to one known endpoint.
-    let watched_prefixes = [
+    // neighbours, all sending to one known endpoint. Prefixes longer than
+    // /24 inside a watched /24 and beside one; then /24s in 300 more /16s,
+    // more /24 patterns than the prefilter has blocks (the /16s past them
+    // leave every address to the IPv4 table), some beside a /28.
+    let mut watched_prefixes: Vec<String> = [
         "175.45.176.0/22",
         "10.0.0.0/9",
         "100.64.7.0/24",
+        "100.64.7.200/29",
         "100.64.9.128/25",
+        "100.64.9.16/30",
         "192.0.2.77/32",
         "172.16.0.0/12",
         "203.0.113.0/27",
-    ];
+    ]
+    .map(String::from)
+    .to_vec();
+    for i in 0..300 {
+        let (a, b) = (11 + i / 256, i % 256);
+        watched_prefixes.push(format!("{a}.{b}.{b}.0/24"));
+        if i % 50 == 0 {
+            watched_prefixes.push(format!("{a}.{b}.200.16/28"));
+        }
+    }
     let watched_nets: Vec<Ipv4Net> = watched_prefixes
         .iter()
         .map(|text| text.parse().expect("valid"))
@@ -323,8 +337,7 @@ fn watched_prefix_edges_agree_with_a_reference_longest_prefix_match() {
         net: "198.51.100.0/24".parse().expect("valid"),
         service: "svc".into(),
     }]);
-    let watched =
-        WatchedSet::from_arguments(&watched_prefixes.map(String::from), &[]).expect("watched");
+    let watched = WatchedSet::from_arguments(&watched_prefixes, &[]).expect("watched");
     let mut sensor = Sensor::load(&watched, &feed, Capacities::default()).expect("loads");
     let _link = attach_in_test_namespace(&mut sensor, "lookupw");
     for &source in &sources {
