@@ -7,23 +7,34 @@
 //! read.
 
 use aya_ebpf::{helpers::bpf_xdp_load_bytes, programs::XdpContext};
-use classifier_common::{CAPTURE_MAX_BYTES, CaptureRecord, FlowKey, Totals};
+use classifier_common::{CAPTURE_MAX_BYTES, CaptureRecord, Totals};
 
 use crate::{
-    CAPTURE_BUDGET, CAPTURE_CONFIG, CAPTURE_EVENTS, CAPTURE_FLOWS, count::clock_ns,
+    CAPTURE_BUDGET, CAPTURE_CONFIG, CAPTURE_EVENTS, CAPTURE_FLOWS,
+    classify::Watched,
+    count::{AlignedKey, KeyAddress, clock_ns},
     learn::within_budget,
+    parse::Packet,
 };
 
 /// Captures the frame's first bytes when the configuration asks for this
 /// packet of the flow `key`.
 #[inline(always)]
-pub fn matched(ctx: &XdpContext, totals: &mut Totals, key: &FlowKey, service: u32, frame_len: u64) {
+pub fn matched<A: KeyAddress>(
+    ctx: &XdpContext,
+    totals: &mut Totals,
+    packet: &Packet<A>,
+    watched: &Watched<A>,
+    service: u32,
+    frame_len: u64,
+) {
     let Some(config) = CAPTURE_CONFIG.get(0) else {
         return;
     };
     if config.bytes == 0 || frame_len == 0 {
         return;
     }
+    let key = &AlignedKey::new(packet, watched, watched.direction).0;
     // The flow's first `per_flow` packets; CPUs racing on one flow may
     // pass one more.
     match CAPTURE_FLOWS.get_ptr_mut(key) {
@@ -67,7 +78,7 @@ pub fn matched(ctx: &XdpContext, totals: &mut Totals, key: &FlowKey, service: u3
         (*record).frame_len = frame_len as u32;
         (*record).len = len as u32;
         (*record).service = service as u16;
-        (*record).direction = key.direction;
+        (*record).direction = watched.direction;
         bpf_xdp_load_bytes(ctx.ctx, 0, (*record).data.as_mut_ptr().cast(), len as u32)
     };
     if copied != 0 {

@@ -57,10 +57,6 @@ impl KeyAddress for [u8; 16] {
     }
 }
 
-/// A flow key on the stack, aligned so it is written and compared in words.
-#[repr(C, align(8))]
-struct AlignedKey(FlowKey);
-
 #[inline(always)]
 pub fn packet(ctx: &XdpContext) {
     // The fast path decides before anything else, so that what it keeps
@@ -133,6 +129,28 @@ fn count_family(totals: &mut Totals, family: u8) {
     }
 }
 
+/// A flow key on the stack, aligned so it is written and compared in words.
+#[repr(C, align(8))]
+pub struct AlignedKey(pub FlowKey);
+
+impl AlignedKey {
+    /// The key of `packet`'s flow in `direction` (0 for what verdicts and
+    /// TCP probes are keyed by). Built where a map needs it: most watched
+    /// packets whose other end no feed names need none.
+    #[inline(always)]
+    pub fn new<A: KeyAddress>(packet: &Packet<A>, watched: &Watched<A>, direction: u8) -> Self {
+        let mut aligned = AlignedKey(Zeroable::zeroed());
+        let key = &mut aligned.0;
+        key.watched = watched.watched.key_bytes();
+        key.endpoint = watched.endpoint.key_bytes();
+        key.port = watched.port;
+        key.family = A::FAMILY;
+        key.protocol = packet.protocol;
+        key.direction = direction;
+        aligned
+    }
+}
+
 #[inline(always)]
 #[expect(
     clippy::needless_borrows_for_generic_args,
@@ -146,14 +164,6 @@ fn count_watched<A: KeyAddress>(
     bytes: u64,
 ) {
     totals.watched += 1;
-    let mut aligned = AlignedKey(Zeroable::zeroed());
-    let key = &mut aligned.0;
-    key.watched = watched.watched.key_bytes();
-    let endpoint_words = watched.endpoint.key_words();
-    key.endpoint = bytemuck::cast(endpoint_words);
-    key.port = watched.port;
-    key.family = A::FAMILY;
-    key.protocol = packet.protocol;
 
     learn::dns_response(ctx, totals, packet, watched);
     let mut service = watched.service;
@@ -164,12 +174,13 @@ fn count_watched<A: KeyAddress>(
         // taught, or this packet's protocol. Each hash lookup only where
         // the endpoint's hint byte says it may find something (most such
         // traffic finds nothing).
+        let endpoint_words = watched.endpoint.key_words();
         let endpoint_hint = endpoint_hint_index(endpoint_words);
         let hints = learn::endpoint_hints();
-        service = learned_service(hints, &key.endpoint, endpoint_hint);
+        service = learned_service(hints, endpoint_words, endpoint_hint);
         origin = ORIGIN_LEARNED;
         if service == 0 {
-            service = match verdict(hints, key, endpoint_hint) {
+            service = match verdict(hints, packet, watched, endpoint_hint) {
                 Some(verdict) => verdict,
                 None => {
                     let recognised = recognise(ctx, packet);
@@ -179,13 +190,14 @@ fn count_watched<A: KeyAddress>(
                         // verdict; a failed insert only loses the verdict
                         // for later packets.
                         learn::mark_hint(hints, ENDPOINT_HINT_VERDICTS, endpoint_hint);
-                        let _ = VERDICTS.insert(&*key, &recognised, 0);
+                        let key = &AlignedKey::new(packet, watched, 0).0;
+                        let _ = VERDICTS.insert(key, &recognised, 0);
                     }
                     recognised
                 }
             };
             if service == 0 {
-                learn::tcp_segment(ctx, totals, packet, watched, key);
+                learn::tcp_segment(ctx, totals, packet, watched);
                 return;
             }
             // Verdicts for the protocol services come from their
@@ -210,10 +222,8 @@ fn count_watched<A: KeyAddress>(
         }
     }
 
-    key.direction = watched.direction;
-
-    count_flow(totals, packet, key, service, origin, bytes, flow_time());
-    capture::matched(ctx, totals, key, service, bytes);
+    count_flow(totals, packet, watched, service, origin, bytes, flow_time());
+    capture::matched(ctx, totals, packet, watched, service, bytes);
 }
 
 /// Counts the packet in its flow: the flow cache first (a known flow costs
@@ -221,15 +231,17 @@ fn count_watched<A: KeyAddress>(
 /// one whose flow the daemon has drained since it was last seen), else the
 /// LRU table.
 #[inline(always)]
-fn count_flow<A>(
+fn count_flow<A: KeyAddress>(
     totals: &mut Totals,
     packet: &Packet<A>,
-    key: &FlowKey,
+    watched: &Watched<A>,
     service: u32,
     origin: u8,
     bytes: u64,
     now: u64,
 ) {
+    let aligned = AlignedKey::new(packet, watched, watched.direction);
+    let key = &aligned.0;
     let check = flow_check(key);
     if let Some(slot) = FLOW_CACHE.get_ptr_mut(flow_slot(check, load_time(&FLOW_CACHE_MASK))) {
         // SAFETY: a per-CPU slot belongs to this CPU while the program runs.

@@ -10,14 +10,14 @@
 
 use aya_ebpf::{helpers::bpf_xdp_load_bytes, maps::Array, programs::XdpContext};
 use classifier_common::{
-    DIR_INBOUND, ENDPOINT_HINT_LEARNED, ENDPOINT_HINT_VERDICTS, EndpointHints, FlowKey,
-    LEARN_BYTES, LEARN_DNS, LEARN_TCP, LEARN_TCP_SEGMENTS, LearnRecord, RateBudget, Totals,
+    DIR_INBOUND, ENDPOINT_HINT_LEARNED, ENDPOINT_HINT_VERDICTS, EndpointHints, LEARN_BYTES,
+    LEARN_DNS, LEARN_TCP, LEARN_TCP_SEGMENTS, LearnRecord, RateBudget, Totals,
 };
 
 use crate::{
     ENDPOINT_HINTS, LEARN_BUDGET, LEARN_EVENTS, LEARN_RATE, LEARNED, TCP_PROBES, VERDICTS,
     classify::Watched,
-    count::{KeyAddress, clock_ns},
+    count::{AlignedKey, KeyAddress, clock_ns},
     load_time,
     parse::{MAX_FRAME, Packet},
 };
@@ -36,23 +36,34 @@ pub fn endpoint_hints() -> Option<*mut EndpointHints> {
 /// The service userspace learned for `endpoint` (key bytes, hint index
 /// `hint`), or 0.
 #[inline(always)]
-pub fn learned_service(hints: Option<*mut EndpointHints>, endpoint: &[u8; 16], hint: usize) -> u32 {
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "by value, the key is copied to the stack again"
+)]
+pub fn learned_service(hints: Option<*mut EndpointHints>, endpoint: [u64; 2], hint: usize) -> u32 {
     if !hinted(hints, ENDPOINT_HINT_LEARNED, hint) {
         return 0;
     }
+    let endpoint: [u8; 16] = bytemuck::cast(endpoint);
     // SAFETY: a map value, read once.
     LEARNED
-        .get_ptr(endpoint)
+        .get_ptr(&endpoint)
         .map_or(0, |service| unsafe { *service })
 }
 
 /// The verdict stored for the flow `key` (direction 0) whose endpoint has
 /// hint index `hint`.
 #[inline(always)]
-pub fn verdict(hints: Option<*mut EndpointHints>, key: &FlowKey, hint: usize) -> Option<u32> {
+pub fn verdict<A: KeyAddress>(
+    hints: Option<*mut EndpointHints>,
+    packet: &Packet<A>,
+    watched: &Watched<A>,
+    hint: usize,
+) -> Option<u32> {
     if !hinted(hints, ENDPOINT_HINT_VERDICTS, hint) {
         return None;
     }
+    let key = &AlignedKey::new(packet, watched, 0).0;
     // SAFETY: a map value, read once.
     VERDICTS.get_ptr(key).map(|verdict| unsafe { *verdict })
 }
@@ -112,11 +123,11 @@ pub fn tcp_segment<A: KeyAddress>(
     totals: &mut Totals,
     packet: &Packet<A>,
     watched: &Watched<A>,
-    key: &FlowKey,
 ) {
     if packet.protocol != PROTO_TCP || packet.payload_end <= packet.payload_start {
         return;
     }
+    let key = &AlignedKey::new(packet, watched, 0).0;
     let shift = if watched.direction == DIR_INBOUND {
         16
     } else {
