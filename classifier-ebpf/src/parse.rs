@@ -213,14 +213,15 @@ fn plain_ipv4(ip: usize, data_end: usize) -> Option<Plain> {
         return None;
     }
     let total_len = load_be16(ip + 2) as usize;
-    // Later fragments carry no transport header.
-    let l4_len = if load_be16(ip + 6) & 0x1fff == 0 {
-        match load::<u8>(ip + 9) {
-            PROTO_TCP => tcp_header_len(load::<u8>(ip + IPV4_HEADER_LEN + 12)),
-            protocol => l4_header_len(FAMILY_V4, protocol),
-        }
+    // The fast path may ask more than the full parser, never less: what it
+    // refuses, the full parser judges. So it asks every packet for its
+    // transport header as if it were a first fragment, and for 8 bytes
+    // where the full parser asks UDP's 8, ICMP's 4 or none (a packet that
+    // short is rare): fewer tests on the commonest frames.
+    let l4_len = if load::<u8>(ip + 9) == PROTO_TCP {
+        tcp_header_len(load::<u8>(ip + IPV4_HEADER_LEN + 12))
     } else {
-        0
+        UDP_HEADER_LEN
     };
     if total_len < IPV4_HEADER_LEN + l4_len || ip + total_len > data_end {
         return None;
@@ -240,10 +241,12 @@ fn plain_ipv6(ip: usize, data_end: usize) -> Option<Plain> {
     }
     let payload_len = load_be16(ip + 4) as usize;
     let next_header = load::<u8>(ip + 6);
+    // As for IPv4: 8 bytes where the full parser asks UDP's 8, ICMPv6's 4
+    // or none.
     let l4_len = if next_header == PROTO_TCP {
         tcp_header_len_at(ip + IPV6_HEADER_LEN, data_end)?
     } else {
-        l4_header_len(FAMILY_V6, next_header)
+        UDP_HEADER_LEN
     };
     // Extension headers and jumbograms (payload length 0) take the full parser.
     if matches!(
@@ -410,19 +413,6 @@ fn parse_ipv6(cursor: &mut Cursor) -> Result<Packet<[u8; 16]>, Malformed> {
             parse_l4(cursor, FAMILY_V6, &mut packet)?;
             Ok(packet)
         }
-    }
-}
-
-/// Bytes of the transport header [`parse_l4`] takes for `protocol` (0: it
-/// takes none); the fast path requires the same.
-#[inline(always)]
-const fn l4_header_len(family: u8, protocol: u8) -> usize {
-    match protocol {
-        PROTO_TCP => TCP_HEADER_LEN,
-        PROTO_UDP => UDP_HEADER_LEN,
-        PROTO_ICMP if family == FAMILY_V4 => ICMP_HEADER_LEN,
-        PROTO_ICMPV6 if family == FAMILY_V6 => ICMP_HEADER_LEN,
-        _ => 0,
     }
 }
 
