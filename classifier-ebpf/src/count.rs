@@ -59,8 +59,8 @@ impl KeyAddress for [u8; 16] {
 
 #[inline(always)]
 pub fn packet(ctx: &XdpContext) {
-    // The fast path decides before anything else, so that what it keeps
-    // across the counter lookup is only the frame's length.
+    // The fast path decides before anything else, so that nothing it read
+    // is kept across the counter lookup (only the context and the family).
     if let Some(plain) = plain(ctx)
         && !either_hinted(&plain)
     {

@@ -170,7 +170,8 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Malformed> {
 
 /// The prefilter entries of the commonest frames, untagged IPv4 with a 20-byte
 /// header and untagged IPv6 without extension headers, when [`parse`] would
-/// accept the frame as well-formed (the same length rules). Checking that
+/// accept the frame as well-formed (its length rules or stricter ones, so
+/// what `plain` takes `parse` would take too). Checking that
 /// takes a handful of instructions, so traffic between unwatched addresses
 /// skips the full parse; any other frame gives `None` and goes to [`parse`].
 pub struct Plain {
