@@ -636,6 +636,40 @@ impl WatchedHint {
     }
 }
 
+impl WatchedHints {
+    /// The block an IPv4 prefilter entry names: `None` for 0 (nothing
+    /// watched) and [`WATCHED_V4_WALK`].
+    #[inline(always)]
+    pub fn v4_block(&self, entry: u8) -> Option<&WatchedBlock> {
+        match entry {
+            0 | WATCHED_V4_WALK => None,
+            block => self.v4_blocks.get(usize::from(block) - 1),
+        }
+    }
+
+    /// What the IPv4 prefilter says of `addr` (host order): its /24's byte
+    /// ([`WATCHED_24_NONE`], [`WATCHED_24_ALL`] or [`WATCHED_24_SOME`]);
+    /// an entry of [`WATCHED_V4_WALK`] leaves every /24 to the table.
+    #[inline(always)]
+    pub fn v4_slash24(&self, addr: u32) -> u8 {
+        let entry = self
+            .v4
+            .entries
+            .get(hint_index_v4_loaded(addr.to_be()))
+            .copied()
+            .unwrap_or(0);
+        match self.v4_block(entry) {
+            Some(block) => block
+                .slash24
+                .get(((addr >> 8) & 0xff) as usize)
+                .copied()
+                .unwrap_or(WATCHED_24_NONE),
+            None if entry == WATCHED_V4_WALK => WATCHED_24_SOME,
+            None => WATCHED_24_NONE,
+        }
+    }
+}
+
 /// One byte per [`endpoint_hint_index`]: 1 where an endpoint with that
 /// index may be in the hash map the hint stands for. Bytes, not bits, so
 /// that the program and userspace set them with plain stores (setting a

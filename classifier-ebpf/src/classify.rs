@@ -11,8 +11,8 @@
 use aya_ebpf::maps::lpm_trie::Key;
 use classifier_common::{
     DIR_INBOUND, DIR_OUTBOUND, FAMILY_V4, V4_ENTRY_INDEX_MASK, V4_ENTRY_KIND_SHIFT, V4_ENTRY_LEAF,
-    V4_ENTRY_NODE, V4_VALUE_SERVICE_MASK, V4_VALUE_WATCHED, WATCHED_24_ALL, WATCHED_24_NONE,
-    WATCHED_24_SOME, WATCHED_V4_WALK, hint_index_v4_loaded, hint_index_v6, rank_upto,
+    V4_ENTRY_NODE, V4_VALUE_SERVICE_MASK, V4_VALUE_WATCHED, WATCHED_24_ALL, WATCHED_24_SOME,
+    hint_index_v6, rank_upto,
 };
 
 use crate::{
@@ -115,20 +115,7 @@ pub fn classify_v4(packet: &Packet<u32>) -> Option<Watched<u32>> {
 /// (`classifier_common::WatchedHints`).
 #[inline(always)]
 fn is_watched_v4(addr: u32) -> bool {
-    let hints = watched_hints();
-    let Some(&entry) = hints.v4.entries.get(hint_index_v4_loaded(addr.to_be())) else {
-        return false;
-    };
-    let slash24 = match entry {
-        0 => return false,
-        WATCHED_V4_WALK => WATCHED_24_SOME,
-        block => match hints.v4_blocks.get(usize::from(block) - 1) {
-            Some(block) => block.slash24.get(((addr >> 8) & 0xff) as usize).copied(),
-            None => None,
-        }
-        .unwrap_or(WATCHED_24_NONE),
-    };
-    match slash24 {
+    match watched_hints().v4_slash24(addr) {
         WATCHED_24_ALL => true,
         WATCHED_24_SOME => v4_value(addr) & V4_VALUE_WATCHED != 0,
         _ => false,

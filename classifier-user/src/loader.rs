@@ -868,14 +868,13 @@ mod tests {
     }
 
     /// What the program reads for `addr`: the entry, and the /24's byte of
-    /// the entry's block.
+    /// the entry's block (`None` for an entry naming no block).
     fn watched_v4(hints: &WatchedHints, addr: &str) -> (u8, Option<u8>) {
-        let octets = addr.parse::<std::net::Ipv4Addr>().unwrap().octets();
-        let entry = hints.v4.entries[hint_index_v4(octets)];
-        let slash24 = match entry {
-            0 | WATCHED_V4_WALK => None,
-            block => Some(hints.v4_blocks[usize::from(block) - 1].slash24[usize::from(octets[2])]),
-        };
+        let addr: std::net::Ipv4Addr = addr.parse().unwrap();
+        let entry = hints.v4.entries[hint_index_v4(addr.octets())];
+        let slash24 = hints
+            .v4_block(entry)
+            .map(|_| hints.v4_slash24(u32::from(addr)));
         (entry, slash24)
     }
 
@@ -904,27 +903,17 @@ mod tests {
             "172.16.0.0/12",
         ]));
         let (entry, _) = watched_v4(&hints, "175.45.176.1");
-        assert_eq!(
-            watched_v4(&hints, "175.45.179.255"),
-            (entry, Some(WATCHED_24_ALL))
-        );
-        assert_eq!(
-            watched_v4(&hints, "175.45.180.0"),
-            (entry, Some(WATCHED_24_NONE))
-        );
-        assert_eq!(
-            watched_v4(&hints, "175.45.175.255"),
-            (entry, Some(WATCHED_24_NONE))
-        );
-        // A /25 leaves its /24 to the table; a /32 inside a watched /24 does not.
-        assert_eq!(
-            watched_v4(&hints, "175.45.200.1"),
-            (entry, Some(WATCHED_24_SOME))
-        );
-        assert_eq!(
-            watched_v4(&hints, "175.45.201.9"),
-            (entry, Some(WATCHED_24_ALL))
-        );
+        for (addr, slash24) in [
+            ("175.45.179.255", WATCHED_24_ALL),
+            ("175.45.180.0", WATCHED_24_NONE),
+            ("175.45.175.255", WATCHED_24_NONE),
+            // A /25 leaves its /24 to the table; a /32 inside a watched /24
+            // does not.
+            ("175.45.200.1", WATCHED_24_SOME),
+            ("175.45.201.9", WATCHED_24_ALL),
+        ] {
+            assert_eq!(watched_v4(&hints, addr), (entry, Some(slash24)), "{addr}");
+        }
         assert_eq!(watched_v4(&hints, "175.46.176.1"), (0, None));
         // Every /16 of 10.0.0.0/15 and 172.16.0.0/12 is all watched: one block.
         let (all, _) = watched_v4(&hints, "10.0.0.0");
