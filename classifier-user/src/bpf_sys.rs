@@ -3,7 +3,7 @@
 
 use std::{
     io,
-    os::fd::{AsRawFd, BorrowedFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd},
 };
 
 use aya_obj::generated::{bpf_attr, bpf_cmd};
@@ -24,6 +24,41 @@ pub(crate) fn bpf(command: bpf_cmd, attr: &mut bpf_attr) -> io::Result<i32> {
     } else {
         i32::try_from(result).map_err(io::Error::other)
     }
+}
+
+/// BPF_OBJ_GET_INFO_BY_FD: fills `info` (the kernel's `bpf_*_info` for
+/// the kind of object `object` is).
+fn obj_info<T>(object: BorrowedFd<'_>, info: &mut T) -> io::Result<()> {
+    // SAFETY: bpf_attr is plain old data; all zeroes is valid.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    attr.info.bpf_fd = u32::try_from(object.as_raw_fd()).map_err(io::Error::other)?;
+    attr.info.info_len = u32::try_from(size_of::<T>()).map_err(io::Error::other)?;
+    attr.info.info = std::ptr::from_mut(info) as u64;
+    bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr).map(|_| ())
+}
+
+/// What the kernel made of a loaded program.
+#[derive(Clone, Copy, Debug)]
+pub struct ProgramImage {
+    /// Bytes of machine code the JIT compiled it to; 0 when the JIT is off
+    /// (the program is interpreted).
+    pub jited_bytes: u32,
+    /// Instructions the verifier processed to accept it (the kernel gives
+    /// up at 1,000,000).
+    pub verified_insns: u32,
+}
+
+/// [`ProgramImage`] of the program `program`.
+pub fn program_image(program: BorrowedFd<'_>) -> io::Result<ProgramImage> {
+    use aya_obj::generated::bpf_prog_info;
+    // SAFETY: bpf_prog_info is plain old data; all zeroes is valid (and
+    // asks for none of the arrays it can point to).
+    let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
+    obj_info(program, &mut info)?;
+    Ok(ProgramImage {
+        jited_bytes: info.jited_prog_len,
+        verified_insns: info.verified_insns,
+    })
 }
 
 /// Entries read per BPF_MAP_LOOKUP_BATCH call.
@@ -153,12 +188,7 @@ pub fn xdp_link_on(if_index: u32, program_id: u32) -> io::Result<Option<std::os:
         let link = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
         // SAFETY: bpf_link_info is plain old data; all zeroes is valid.
         let mut info: bpf_link_info = unsafe { std::mem::zeroed() };
-        // SAFETY: as above.
-        let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
-        attr.info.bpf_fd = u32::try_from(link.as_raw_fd()).map_err(io::Error::other)?;
-        attr.info.info_len = u32::try_from(size_of::<bpf_link_info>()).map_err(io::Error::other)?;
-        attr.info.info = std::ptr::from_mut(&mut info) as u64;
-        bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+        obj_info(link.as_fd(), &mut info)?;
         // SAFETY: the xdp member is the one an XDP link's info fills.
         if info.type_ == bpf_link_type::BPF_LINK_TYPE_XDP as u32
             && info.prog_id == program_id
@@ -242,12 +272,7 @@ pub fn btf_bytes(btf_id: u32) -> io::Result<Vec<u8>> {
         let mut info: bpf_btf_info = unsafe { std::mem::zeroed() };
         info.btf = bytes.as_mut_ptr() as u64;
         info.btf_size = u32::try_from(bytes.len()).map_err(io::Error::other)?;
-        // SAFETY: as above.
-        let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
-        attr.info.bpf_fd = u32::try_from(btf.as_raw_fd()).map_err(io::Error::other)?;
-        attr.info.info_len = u32::try_from(size_of::<bpf_btf_info>()).map_err(io::Error::other)?;
-        attr.info.info = std::ptr::from_mut(&mut info) as u64;
-        bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+        obj_info(btf.as_fd(), &mut info)?;
         let size = info.btf_size as usize;
         if size <= bytes.len() {
             bytes.truncate(size);

@@ -907,7 +907,7 @@ fn examples<T: AsRef<str>>(items: &[T]) -> String {
 }
 
 /// 31691 → "31,691".
-fn grouped(number: u64) -> String {
+pub fn grouped(number: u64) -> String {
     let digits = number.to_string();
     let mut out = String::new();
     for (index, digit) in digits.chars().enumerate() {

@@ -25,6 +25,8 @@ use std::{
 use anyhow::{Context, Result, ensure};
 use classifier_tests::netns::VethLink;
 use classifier_user::{
+    bpf_sys::{ProgramImage, program_image},
+    feedcheck::grouped,
     feeds::EndpointFeed,
     loader::{AttachMode, Capacities, Sensor, Verdict, interface_index},
     testrun::{attach_xdp_link, load_constant_xdp, program_fd, run_repeated},
@@ -339,6 +341,8 @@ fn main() -> Result<()> {
     with_target.extend(random_feed(0, 0, 1).endpoints);
     let bundled = EndpointFeed::from_endpoints(with_target);
     let sensor = Sensor::load(&watched(1), &bundled, Capacities::default())?;
+    let jit = Jit::of(floor.as_fd(), program_fd(&sensor)?)?;
+    figures.insert("verified_insns", f64::from(jit.ours.verified_insns));
     for size in [64, 1500] {
         for (case, frame) in cases(size).into_iter().filter(|(c, _)| options.wants(c)) {
             let cost = measure(floor.as_fd(), program_fd(&sensor)?, &frame, &options)?;
@@ -495,7 +499,7 @@ fn main() -> Result<()> {
         userspace(&options, &link, &mut figures, &mut notes)?;
     }
 
-    let report = markdown(&options, &rows, &figures, &notes);
+    let report = markdown(&options, &jit, &rows, &figures, &notes);
     std::fs::write(&options.output, &report)
         .with_context(|| format!("write {}", options.output.display()))?;
     print!("{report}");
@@ -512,8 +516,35 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// The JIT's state, read before the bench enters its namespaces (a
+/// namespace of its own has no `bpf_jit_enable`), and what it made of the
+/// empty program and ours.
+struct Jit {
+    enable: String,
+    floor: ProgramImage,
+    ours: ProgramImage,
+}
+
+impl Jit {
+    /// Refuses to measure interpreted programs: the figures are the JIT's.
+    fn of(floor: BorrowedFd<'_>, ours: BorrowedFd<'_>) -> Result<Self> {
+        let jit = Jit {
+            enable: read_trimmed("/proc/sys/net/core/bpf_jit_enable"),
+            floor: program_image(floor).context("read the empty program's info")?,
+            ours: program_image(ours).context("read our program's info")?,
+        };
+        ensure!(
+            jit.floor.jited_bytes > 0 && jit.ours.jited_bytes > 0,
+            "the BPF JIT is off (net.core.bpf_jit_enable = {}): the bench measures JIT-compiled programs; turn it on with `sysctl net.core.bpf_jit_enable=1`",
+            jit.enable
+        );
+        Ok(jit)
+    }
+}
+
 fn markdown(
     options: &Options,
+    jit: &Jit,
     rows: &[Row],
     figures: &BTreeMap<&str, f64>,
     notes: &[String],
@@ -538,8 +569,15 @@ fn markdown(
     );
     let _ = writeln!(
         out,
-        "- BPF JIT: {} (`/proc/sys/net/core/bpf_jit_enable`)",
-        read_trimmed("/proc/sys/net/core/bpf_jit_enable")
+        "- BPF JIT: on (`net.core.bpf_jit_enable` = {}); machine code of the empty program {} bytes, of ours {} bytes",
+        jit.enable,
+        grouped(u64::from(jit.floor.jited_bytes)),
+        grouped(u64::from(jit.ours.jited_bytes))
+    );
+    let _ = writeln!(
+        out,
+        "- verifier: ours accepted after {} instructions processed, of the kernel's limit of 1,000,000",
+        grouped(u64::from(jit.ours.verified_insns))
     );
     let _ = writeln!(
         out,
