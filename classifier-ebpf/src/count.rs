@@ -22,7 +22,7 @@ use crate::{
     classify::{Watched, classify_v4, classify_v6, either_hinted},
     learn::{self, learned_service, verdict},
     load_time,
-    parse::{Packet, Parsed, parse, plain},
+    parse::{Packet, Parsed, parse, plain, plain_ipv4_packet},
     protocols::recognise,
 };
 
@@ -61,12 +61,14 @@ impl KeyAddress for [u8; 16] {
 pub fn packet(ctx: &XdpContext) {
     // The fast path decides before anything else, so that nothing it read
     // is kept across the counter lookup (only the context and the family).
-    if let Some(plain) = plain(ctx)
-        && !either_hinted(&plain)
-    {
-        count_plain(ctx, plain.family);
-        return;
-    }
+    let plain_ipv4 = match plain(ctx) {
+        Some(plain) if !either_hinted(&plain) => {
+            count_plain(ctx, plain.family);
+            return;
+        }
+        Some(plain) => plain.family == FAMILY_V4,
+        None => false,
+    };
     // Watched traffic and rare frames: kept out of the fast path's way.
     core::hint::cold_path();
     let Some(totals) = totals() else {
@@ -75,7 +77,13 @@ pub fn packet(ctx: &XdpContext) {
     let bytes = frame_bytes(ctx);
     totals.bytes += bytes;
 
-    match parse(ctx) {
+    // A hinted plain IPv4 frame is read where the fast path found its
+    // headers; any other frame is parsed.
+    let parsed = match plain_ipv4.then(|| plain_ipv4_packet(ctx)).flatten() {
+        Some(packet) => Ok(Parsed::V4(packet)),
+        None => parse(ctx),
+    };
+    match parsed {
         Ok(Parsed::NotIp) => totals.other += 1,
         Ok(Parsed::V4(packet)) => {
             totals.ipv4 += 1;

@@ -846,6 +846,84 @@ fn the_fast_paths_count_every_case_as_the_full_parser_does() {
     });
 }
 
+/// A watched frame that is untagged IPv4 with a 20-byte header is counted
+/// from the reading the fast path made of its headers (`plain_ipv4_packet`
+/// in the program); the same frame behind a VLAN tag takes the full
+/// parser. Every such case must count alike both ways: the same totals,
+/// per-service counters and flow records, but for the tag's 4 bytes.
+#[test]
+fn plain_ipv4_frames_count_as_the_full_parser_counts_them_tagged() {
+    if !require_root() {
+        return;
+    }
+    let plain = cases()
+        .into_iter()
+        .filter(|case| case.frame.get(12..15) == Some(&[0x08, 0x00, 0x45][..]));
+    let mut compared = 0;
+    let mut failures = Vec::new();
+    for case in plain {
+        let untagged = counted(&case.frame, 0);
+        let tagged = counted(&vlan_tagged(&case.frame), VLAN_TAG as u64);
+        if untagged != tagged {
+            failures.push(format!(
+                "{}:
+    untagged {untagged:?}
+    tagged   {tagged:?}",
+                case.name
+            ));
+        }
+        compared += 1;
+    }
+    assert!(compared >= 20, "only {compared} plain IPv4 cases");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// `frame` with an 802.1Q tag after its MAC addresses.
+fn vlan_tagged(frame: &[u8]) -> Vec<u8> {
+    let mut tagged = frame[..12].to_vec();
+    tagged.extend(TPID_8021Q.to_be_bytes());
+    tagged.extend([0x00, 0x07]);
+    tagged.extend(&frame[12..]);
+    tagged
+}
+
+/// What a fresh sensor counts of one `frame`, its frame bytes less `extra`
+/// a packet: totals, per-service counters, and each flow's key and record
+/// (its timestamps aside).
+fn counted(frame: &[u8], extra: u64) -> String {
+    let sensor = load_sensor();
+    assert_eq!(run_frame(&sensor, frame).expect("test run"), XDP_PASS);
+    let mut reading = drain::read(&sensor).expect("maps drain");
+    reading.totals.bytes -= extra * reading.totals.packets();
+    for counters in &mut reading.services {
+        for direction in 0..counters.packets.len() {
+            counters.bytes[direction] -= extra * counters.packets[direction];
+        }
+    }
+    let flows: Vec<String> = reading
+        .all_flows()
+        .map(|(key, flow)| {
+            format!(
+                "{key:?} packets {} bytes {} ip_bytes {} service {} tcp_flags {:#x} origin {}",
+                flow.packets,
+                flow.bytes - extra * flow.packets,
+                flow.ip_bytes,
+                flow.service,
+                flow.tcp_flags,
+                flow.origin
+            )
+        })
+        .collect();
+    let services: Vec<String> = reading
+        .services
+        .iter()
+        .enumerate()
+        .filter(|(_, counters)| counters.packets.iter().any(|&packets| packets > 0))
+        .map(|(id, counters)| format!("service {id} {counters:?}"))
+        .collect();
+    format!("{:?} {services:?} {flows:?}", reading.totals)
+}
+
 #[test]
 fn counts_accumulate_over_many_frames_and_flows() {
     if !require_root() {
