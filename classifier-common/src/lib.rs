@@ -89,11 +89,26 @@ pub const MAP_ENDPOINT_HINTS: &str = "ENDPOINT_HINTS";
 pub const ENDPOINT_HINT_LEARNED: u32 = 0;
 /// [`EndpointHints`] index of the verdicts' hint.
 pub const ENDPOINT_HINT_VERDICTS: u32 = 1;
-/// LRU hash of [`FlowKey`] (direction 0) to the payload segments handed
-/// over so far (low 16 bits from the watched host, high 16 bits to it).
+/// Per-CPU array of [`TcpProbeSlot`]s: the payload segments handed over so
+/// far per TCP flow and direction, in the slot `flow_slot` picks for the
+/// flow key's check (direction 0). A flow whose slot another flow took
+/// since starts again from its next segment.
 pub const MAP_TCP_PROBES: &str = "TCP_PROBES";
-/// Entries of [`MAP_TCP_PROBES`].
-pub const TCP_PROBE_CAPACITY: u32 = 65_536;
+/// Slots of [`MAP_TCP_PROBES`] on each CPU (a power of two).
+pub const TCP_PROBE_SLOTS: u32 = 8_192;
+
+/// What [`MAP_TCP_PROBES`] holds for one flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct TcpProbeSlot {
+    /// [`flow_check`] of the flow's key with direction 0; 0 for a slot no
+    /// flow has used.
+    pub check: u64,
+    /// Segments handed over, by direction (`DIR_*`).
+    pub segments: [u16; DIRECTIONS],
+    pub _pad: [u8; 4],
+}
+const _: () = assert!(size_of::<TcpProbeSlot>() == 16);
 /// Array (shared by all CPUs), one [`RateBudget`]: the records handed
 /// over in the current second, against [`GLOBAL_LEARN_RATE`].
 pub const MAP_LEARN_BUDGET: &str = "LEARN_BUDGET";

@@ -20,8 +20,8 @@ use aya_ebpf::{
 use classifier_common::{
     BPF_F_MMAPABLE, CAPTURE_FLOW_CAPACITY, CAPTURE_RING_BYTES, CaptureConfig, DEFAULT_LEARN_RATE,
     EndpointHints, EndpointValue, FlowKey, FlowSlot, FlowValue, HINT_ENTRIES, LEARN_RING_BYTES,
-    LEARNED_CAPACITY, MAX_SERVICES, RateBudget, ServiceCounters, TCP_PROBE_CAPACITY, Totals,
-    V4_NODE_WIDTH, V4_TOP_NODES, V4Leaf, V4Node, V4Runs, V4Top, VERDICT_CAPACITY,
+    LEARNED_CAPACITY, MAX_SERVICES, RateBudget, ServiceCounters, TCP_PROBE_SLOTS, TcpProbeSlot,
+    Totals, V4_NODE_WIDTH, V4_TOP_NODES, V4Leaf, V4Node, V4Runs, V4Top, VERDICT_CAPACITY,
     WATCHED_V4_BLOCKS, WatchedBlock, WatchedHint, WatchedHints,
 };
 
@@ -75,7 +75,7 @@ static CAPTURE_FLOWS: LruHashMap<FlowKey, u32> =
     LruHashMap::with_max_entries(CAPTURE_FLOW_CAPACITY, 0);
 /// Payload segments handed over per TCP flow and direction.
 #[map]
-static TCP_PROBES: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(TCP_PROBE_CAPACITY, 0);
+static TCP_PROBES: PerCpuArray<TcpProbeSlot> = PerCpuArray::with_max_entries(TCP_PROBE_SLOTS, 0);
 #[map]
 static V4_NODES: Array<V4Node> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 #[map]

@@ -374,3 +374,83 @@ fn the_daemon_learns_from_an_answer_on_the_link() {
     drop(pins);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The program hands over the first `LEARN_TCP_SEGMENTS` payload segments
+/// of each direction of a TCP flow whose other end no feed names, and no
+/// more; a flow whose probe slot another flow has taken since starts again
+/// (README, "TLS"). Run on one CPU: each CPU keeps its own slots.
+#[test]
+fn tcp_flows_hand_over_their_first_segments_in_each_direction() {
+    use classifier_common::{
+        FAMILY_V4, FlowKey, LEARN_TCP_SEGMENTS, TCP_PROBE_SLOTS, flow_check, flow_slot,
+    };
+    use classifier_tests::frames::Transport;
+    use classifier_user::{
+        drain,
+        feeds::{EndpointFeed, WatchedSet},
+        loader::{Capacities, Sensor},
+        testrun::run_frame,
+    };
+    if !require_root() {
+        return;
+    }
+    classifier_tests::pin_to_cpu(0).expect("pin to CPU 0");
+    let watched = WatchedSet::from_arguments(&[format!("{WATCHED}/32")], &[]).expect("valid");
+    let feed =
+        EndpointFeed::from_sources(&[("test-feed".into(), TEST_FEED.into())]).expect("valid feed");
+    let sensor = Sensor::load(&watched, &feed, Capacities::default()).expect("the program loads");
+    let segment = |src: &str, dst: &str, src_port: u16, dst_port: u16| {
+        let transport = Transport::Tcp {
+            src: src_port,
+            dst: dst_port,
+            syn: false,
+            ack: true,
+        };
+        FrameSpec::new(src, dst, transport).payload(100).build()
+    };
+    let send = |frame: &[u8]| run_frame(&sensor, frame).expect("test run");
+    let records = || {
+        drain::read(&sensor)
+            .expect("maps drain")
+            .totals
+            .learn_records
+    };
+    let server = Ipv4Addr::new(192, 0, 2, 80);
+    let probe_slot = |server: Ipv4Addr, port: u16| {
+        let mapped = |address: Ipv4Addr| address.to_ipv6_mapped().octets();
+        let key = FlowKey {
+            watched: mapped(WATCHED.parse().expect("valid")),
+            endpoint: mapped(server),
+            port,
+            family: FAMILY_V4,
+            protocol: 6,
+            direction: 0,
+            _pad: [0; 3],
+        };
+        let check = flow_check(&key);
+        (flow_slot(check, TCP_PROBE_SLOTS - 1), check)
+    };
+
+    let outbound = segment(WATCHED, &server.to_string(), 40000, 443);
+    let inbound = segment(&server.to_string(), WATCHED, 443, 40000);
+    for _ in 0..LEARN_TCP_SEGMENTS + 2 {
+        send(&outbound);
+        send(&inbound);
+    }
+    let limit = u64::from(LEARN_TCP_SEGMENTS);
+    assert_eq!(records(), 2 * limit, "each direction's first segments");
+
+    // Another flow whose key lands in the same slot takes it over.
+    let (slot, check) = probe_slot(server, 443);
+    let (other, other_port) = (1..=254)
+        .flat_map(|last| (1..=u16::MAX).map(move |port| (Ipv4Addr::new(192, 0, 2, last), port)))
+        .find(|&(address, port)| {
+            let (other_slot, other_check) = probe_slot(address, port);
+            other_slot == slot && other_check != check
+        })
+        .expect("a key in the same slot");
+    send(&segment(WATCHED, &other.to_string(), 40000, other_port));
+    assert_eq!(records(), 2 * limit + 1, "the other flow's first segment");
+    send(&outbound);
+    assert_eq!(records(), 2 * limit + 2, "the first flow starts again");
+}

@@ -362,6 +362,10 @@ fn main() -> Result<()> {
     };
     figures.insert("nonwatched_ratio", ratio_of(&rows, "a ", 64));
     figures.insert("watched_nonendpoint_ratio", ratio_of(&rows, "b ", 64));
+    figures.insert(
+        "watched_nonendpoint_tcp_ratio",
+        ratio_of(&rows, "b watched -> non-endpoint, a TCP", 64),
+    );
 
     // Everything attached lives on a veth pair in two namespaces of our own.
     let link = VethLink::create_with_queues("bench", online_cpus())

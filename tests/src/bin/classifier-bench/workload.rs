@@ -3,7 +3,7 @@
 
 use classifier_tests::{
     Random,
-    frames::{FrameSpec, TPID_8021AD, TPID_8021Q, patched},
+    frames::{FrameSpec, TPID_8021AD, TPID_8021Q, Transport, patched},
 };
 use classifier_user::feeds::{Endpoint, EndpointFeed, WatchedSet};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -84,6 +84,19 @@ pub fn cases(size: usize) -> Vec<(&'static str, Vec<u8>)> {
         (
             "b watched -> non-endpoint",
             sized(FrameSpec::udp(watched4, "198.18.0.1", 40000, 443)),
+        ),
+        (
+            "b watched -> non-endpoint, a TCP segment with payload",
+            sized(FrameSpec::new(
+                watched4,
+                "198.18.0.1",
+                Transport::Tcp {
+                    src: 40000,
+                    dst: 443,
+                    syn: false,
+                    ack: true,
+                },
+            )),
         ),
         (
             "c watched -> endpoint",
