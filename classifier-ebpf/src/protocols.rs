@@ -121,13 +121,15 @@ fn udp(payload: &Payload, ports: [u16; 2]) -> u32 {
     {
         return SERVICE_L2TP;
     }
-    if wireguard(payload) {
+    // WireGuard and OpenVPN both need the first 4 bytes (an OpenVPN
+    // reset is 14 at least): one read for both.
+    let Some(head) = payload.bytes::<4>(0) else {
+        return 0;
+    };
+    if wireguard(head, payload.len) {
         return SERVICE_WIREGUARD;
     }
-    // (Two bytes read: LLVM turns a one-byte bound check into a compare the
-    // verifier does not learn from.)
-    if let Some([first, _]) = payload.bytes::<2>(0)
-        && openvpn_reset(first)
+    if openvpn_reset(head[0])
         && payload.len >= OPENVPN_RESET_MIN
         && payload.len <= OPENVPN_RESET_MAX
     {
@@ -170,12 +172,12 @@ fn openvpn_reset(first: u8) -> bool {
 /// reply (3, 64), or transport data (4: a 16-byte header, the padded
 /// plaintext and a 16-byte tag, so at least 32 bytes and a multiple of 16).
 #[inline(always)]
-fn wireguard(payload: &Payload) -> bool {
-    match payload.bytes::<4>(0) {
-        Some([1, 0, 0, 0]) => payload.len == 148,
-        Some([2, 0, 0, 0]) => payload.len == 92,
-        Some([3, 0, 0, 0]) => payload.len == 64,
-        Some([4, 0, 0, 0]) => payload.len >= 32 && payload.len.is_multiple_of(16),
+fn wireguard(head: [u8; 4], len: usize) -> bool {
+    match head {
+        [1, 0, 0, 0] => len == 148,
+        [2, 0, 0, 0] => len == 92,
+        [3, 0, 0, 0] => len == 64,
+        [4, 0, 0, 0] => len >= 32 && len.is_multiple_of(16),
         _ => false,
     }
 }
