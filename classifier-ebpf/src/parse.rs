@@ -327,28 +327,14 @@ pub fn plain_ipv4_packet(ctx: &XdpContext) -> Option<Packet<u32>> {
         return None;
     }
     let ip = data + ETH_HEADER_LEN;
-    let total_len = load_be16(ip + 2);
-    let mut packet = Packet {
-        protocol: load::<u8>(ip + 9),
-        tcp_flags: 0,
-        src_port: 0,
-        dst_port: 0,
-        src: u32::from_be(load::<u32>(ip + 12)),
-        dst: u32::from_be(load::<u32>(ip + 16)),
-        payload_start: 1,
-        payload_end: 0,
-        ip_len: total_len,
+    let total_len = load_be16(ip + 2) as usize;
+    let mut cursor = Cursor {
+        data,
+        data_end,
+        offset: ETH_HEADER_LEN + IPV4_HEADER_LEN,
+        limit: ETH_HEADER_LEN + total_len,
     };
-    if load_be16(ip + 6) & IPV4_FRAGMENT_OFFSET == 0 {
-        let mut cursor = Cursor {
-            data,
-            data_end,
-            offset: ETH_HEADER_LEN + IPV4_HEADER_LEN,
-            limit: ETH_HEADER_LEN + total_len as usize,
-        };
-        parse_l4(&mut cursor, FAMILY_V4, &mut packet).ok()?;
-    }
-    Some(packet)
+    ipv4_packet(&mut cursor, ip, total_len).ok()
 }
 
 /// The length of the TCP header at `tcp` (options included), `None` when
@@ -401,7 +387,18 @@ fn parse_ipv4(cursor: &mut Cursor) -> Result<Packet<u32>, Malformed> {
     cursor
         .skip((header_len - IPV4_HEADER_LEN) & 0x3f)
         .ok_or(truncated)?;
+    ipv4_packet(cursor, header, total_len)
+}
 
+/// The packet whose IPv4 header (`total_len` long with its payload, both
+/// checked) starts at `header`, the cursor past the header's options: its
+/// fixed fields, then the transport header of a first fragment.
+#[inline(always)]
+fn ipv4_packet(
+    cursor: &mut Cursor,
+    header: usize,
+    total_len: usize,
+) -> Result<Packet<u32>, Malformed> {
     let mut packet = Packet {
         protocol: load::<u8>(header + 9),
         tcp_flags: 0,
