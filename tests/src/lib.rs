@@ -68,6 +68,19 @@ cidr,service,note
 /// Watched prefixes the tests use: the default range and one IPv6 range.
 pub const TEST_WATCHED: [&str; 2] = ["175.45.176.0/22", "2001:db8:aa::/48"];
 
+/// The program loaded with [`TEST_FEED`], watching `prefixes`.
+pub fn load_test_sensor(
+    prefixes: &[&str],
+    capacities: classifier_user::loader::Capacities,
+) -> classifier_user::loader::Sensor {
+    use classifier_user::feeds::{EndpointFeed, WatchedSet};
+    let watched: Vec<String> = prefixes.iter().map(ToString::to_string).collect();
+    let watched = WatchedSet::from_arguments(&watched, &[]).expect("valid watched set");
+    let feed =
+        EndpointFeed::from_sources(&[("test-feed".into(), TEST_FEED.into())]).expect("valid feed");
+    classifier_user::loader::Sensor::load(&watched, &feed, capacities).expect("the program loads")
+}
+
 /// Pins the calling thread to one CPU, so per-CPU maps see one CPU's view
 /// (and measurements one CPU's caches).
 pub fn pin_to_cpu(cpu: usize) -> std::io::Result<()> {

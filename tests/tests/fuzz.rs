@@ -48,12 +48,12 @@ use classifier_common::{
 use classifier_tests::{
     Random, TEST_FEED, TEST_WATCHED,
     frames::{ETH_HEADER, IPV4_HEADER, IPV6_HEADER, TPID_8021AD, TPID_8021Q},
+    load_test_sensor,
     oracle::{Family, Flow, Oracle, Outcome, Verdict},
     pin_to_cpu, require_root,
 };
 use classifier_user::{
     drain,
-    feeds::{EndpointFeed, WatchedSet},
     loader::{Capacities, Sensor},
     report::{direction_name, key_address},
     testrun::{MIN_TEST_FRAME, program_fd, run_frame},
@@ -90,16 +90,12 @@ fn watched_prefixes() -> Vec<&'static str> {
 }
 
 fn load_sensor() -> Sensor {
-    let watched: Vec<String> = watched_prefixes().iter().map(ToString::to_string).collect();
-    let watched = WatchedSet::from_arguments(&watched, &[]).expect("valid watched set");
-    let feed =
-        EndpointFeed::from_sources(&[("test-feed".into(), TEST_FEED.into())]).expect("valid feed");
     let capacities = Capacities {
         flows: FLOW_CAPACITY,
         flow_cache_slots: 1,
         ..Capacities::default()
     };
-    Sensor::load(&watched, &feed, capacities).expect("the program loads")
+    load_test_sensor(&watched_prefixes(), capacities)
 }
 
 /// The highest-numbered CPU this thread may run on (benchmarks pin

@@ -385,20 +385,13 @@ fn tcp_flows_hand_over_their_first_segments_in_each_direction() {
         FAMILY_V4, FlowKey, LEARN_TCP_SEGMENTS, TCP_PROBE_SLOTS, flow_check, flow_slot,
     };
     use classifier_tests::frames::Transport;
-    use classifier_user::{
-        drain,
-        feeds::{EndpointFeed, WatchedSet},
-        loader::{Capacities, Sensor},
-        testrun::run_frame,
-    };
+    use classifier_user::{drain, loader::Capacities, testrun::run_frame};
     if !require_root() {
         return;
     }
     classifier_tests::pin_to_cpu(0).expect("pin to CPU 0");
-    let watched = WatchedSet::from_arguments(&[format!("{WATCHED}/32")], &[]).expect("valid");
-    let feed =
-        EndpointFeed::from_sources(&[("test-feed".into(), TEST_FEED.into())]).expect("valid feed");
-    let sensor = Sensor::load(&watched, &feed, Capacities::default()).expect("the program loads");
+    let sensor =
+        classifier_tests::load_test_sensor(&[&format!("{WATCHED}/32")], Capacities::default());
     let segment = |src: &str, dst: &str, src_port: u16, dst_port: u16| {
         let transport = Transport::Tcp {
             src: src_port,

@@ -9,16 +9,15 @@ use classifier_common::{
     MALFORMED_VLAN_TOO_DEEP, MALFORMED_VLAN_TRUNCATED,
 };
 use classifier_tests::{
-    TEST_FEED, TEST_WATCHED,
+    TEST_WATCHED,
     frames::{
         ETH_HEADER, Ext, FrameSpec, IPV4_HEADER, IPV6_HEADER, TPID_8021AD, TPID_8021Q, Transport,
         VLAN_TAG, arp, patched, truncated,
     },
-    require_root,
+    load_test_sensor, require_root,
 };
 use classifier_user::{
     drain,
-    feeds::{EndpointFeed, WatchedSet},
     flow_clock::FlowClock,
     loader::{Capacities, Sensor},
     report::{direction_name, key_address},
@@ -693,11 +692,7 @@ fn load_sensor() -> Sensor {
 }
 
 fn load_sensor_watching(prefixes: &[&str]) -> Sensor {
-    let watched: Vec<String> = prefixes.iter().map(ToString::to_string).collect();
-    let watched = WatchedSet::from_arguments(&watched, &[]).expect("valid watched set");
-    let feed =
-        EndpointFeed::from_sources(&[("test-feed".into(), TEST_FEED.into())]).expect("valid feed");
-    Sensor::load(&watched, &feed, Capacities::default()).expect("the program loads")
+    load_test_sensor(prefixes, Capacities::default())
 }
 
 /// Every difference between what the kernel counted for `case` and what it

@@ -32,8 +32,8 @@ use classifier_user::{
     testrun::{attach_xdp_link, load_constant_xdp, program_fd, run_repeated},
 };
 use workload::{
-    NEW_FLOW_CASE, NEW_FLOW_TABLE_CASE, cases, random_feed, random_unwatched_frames, stream_cases,
-    stream_length, watched,
+    NEW_FLOW_CASE, NEW_FLOW_TABLE_CASE, WATCHED_TCP_CASE, cases, random_feed,
+    random_unwatched_frames, stream_cases, stream_length, watched,
 };
 
 const XDP_DROP: u32 = 1;
@@ -364,7 +364,7 @@ fn main() -> Result<()> {
     figures.insert("watched_nonendpoint_ratio", ratio_of(&rows, "b ", 64));
     figures.insert(
         "watched_nonendpoint_tcp_ratio",
-        ratio_of(&rows, "b watched -> non-endpoint, a TCP", 64),
+        ratio_of(&rows, WATCHED_TCP_CASE, 64),
     );
 
     // Everything attached lives on a veth pair in two namespaces of our own.

@@ -71,6 +71,10 @@ fn built_at(spec: FrameSpec, size: usize) -> Vec<u8> {
     spec.payload(size.saturating_sub(base)).build()
 }
 
+/// The watched → non-endpoint case whose frame is a TCP segment with
+/// payload (the learning code counts such segments).
+pub const WATCHED_TCP_CASE: &str = "b watched -> non-endpoint, a TCP segment with payload";
+
 /// The frames of each case, at a given size.
 pub fn cases(size: usize) -> Vec<(&'static str, Vec<u8>)> {
     let sized = |spec: FrameSpec| built_at(spec, size);
@@ -86,7 +90,7 @@ pub fn cases(size: usize) -> Vec<(&'static str, Vec<u8>)> {
             sized(FrameSpec::udp(watched4, "198.18.0.1", 40000, 443)),
         ),
         (
-            "b watched -> non-endpoint, a TCP segment with payload",
+            WATCHED_TCP_CASE,
             sized(FrameSpec::new(
                 watched4,
                 "198.18.0.1",
