@@ -500,6 +500,19 @@ pub struct FlowKey {
 }
 const _: () = assert!(size_of::<FlowKey>() == 40);
 
+impl FlowKey {
+    /// The key's last word: `port`, `family`, `protocol`, `direction` and
+    /// the zero padding, laid out as the fields are. The program writes its
+    /// keys as five whole words: fields stored one by one and then read as
+    /// a word (to hash it) cannot be forwarded from the store buffer, and
+    /// the read waits for the stores to reach the cache.
+    #[inline(always)]
+    pub const fn tail_word(port: u16, family: u8, protocol: u8, direction: u8) -> u64 {
+        let [port_0, port_1] = port.to_ne_bytes();
+        u64::from_ne_bytes([port_0, port_1, family, protocol, direction, 0, 0, 0])
+    }
+}
+
 /// Flow-table value. Times are stamps of the flow clock: the kernel's tick
 /// counter (jiffies) on a sensor, Unix ns on a replay (`classifier pcap`).
 #[repr(C)]
@@ -551,15 +564,34 @@ pub struct FlowSlot {
 }
 const _: () = assert!(size_of::<FlowSlot>() == 96);
 
-/// A flow key's hash, never 0 (0 marks an empty [`FlowSlot`]).
+/// A flow key's hash, never 0 (0 marks an empty [`FlowSlot`]). Every
+/// matched packet computes it before it can find its slot, so it is built
+/// for a short dependency chain: the five words are multiplied each by a
+/// constant of their own (independent multiplies the CPU runs side by
+/// side), XORed together, and the result mixed once (the high bits folded
+/// down, so an IPv4 address's last octet, in a word's top byte, reaches
+/// the slot index).
 #[inline(always)]
 pub fn flow_check(key: &FlowKey) -> u64 {
+    const FACTORS: [u64; 5] = [
+        0x9e37_79b9_7f4a_7c15,
+        0xc2b2_ae3d_27d4_eb4f,
+        0x1656_67b1_9e37_79f9,
+        0xd6e8_feb8_6659_fd93,
+        0xff51_afd7_ed55_8ccd,
+    ];
     let words: [u64; 5] = bytemuck::cast(*key);
-    let mut hash = 0x9e37_79b9_7f4a_7c15_u64;
-    for word in words {
-        hash = (hash ^ word).wrapping_mul(0xff51_afd7_ed55_8ccd);
-        hash ^= hash >> 32;
-    }
+    let products = [
+        words[0].wrapping_mul(FACTORS[0]),
+        words[1].wrapping_mul(FACTORS[1]),
+        words[2].wrapping_mul(FACTORS[2]),
+        words[3].wrapping_mul(FACTORS[3]),
+        words[4].wrapping_mul(FACTORS[4]),
+    ];
+    let mut hash = (products[0] ^ products[1]) ^ (products[2] ^ products[3]) ^ products[4];
+    hash ^= hash >> 29;
+    hash = hash.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    hash ^= hash >> 32;
     hash | 1
 }
 
@@ -768,4 +800,71 @@ mod user {
     unsafe impl aya::Pod for V4Leaf {}
     unsafe impl aya::Pod for V4Runs {}
     unsafe impl aya::Pod for CaptureConfig {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ipv4_key(watched: [u8; 4], endpoint: [u8; 4], port: u16) -> FlowKey {
+        let mapped = |[a, b, c, d]: [u8; 4]| [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a, b, c, d];
+        FlowKey {
+            watched: mapped(watched),
+            endpoint: mapped(endpoint),
+            port,
+            family: FAMILY_V4,
+            protocol: 17,
+            direction: DIR_OUTBOUND,
+            _pad: [0; 3],
+        }
+    }
+
+    #[test]
+    fn the_tail_word_is_the_keys_last_eight_bytes() {
+        let key = ipv4_key([175, 45, 176, 9], [203, 0, 113, 77], 0xbeef);
+        let words: [u64; 5] = bytemuck::cast(key);
+        assert_eq!(
+            FlowKey::tail_word(0xbeef, FAMILY_V4, 17, DIR_OUTBOUND),
+            words[4]
+        );
+    }
+
+    /// Keys that differ in one field only (the watched address's last
+    /// octet and port, the endpoint's last octet) spread over the slots as
+    /// well as random ones would: 16,384 random keys in 16,384 slots fill
+    /// about 1 - 1/e of them (63.2%); clustering fills fewer.
+    #[test]
+    fn keys_differing_in_one_field_spread_over_the_slots() {
+        const SLOTS: u32 = 1 << 14;
+        let families: [fn(u32) -> FlowKey; 3] = [
+            |i| {
+                ipv4_key(
+                    [175, 45, 176, (i & 0xff) as u8],
+                    [203, 0, 113, 77],
+                    (i >> 8) as u16,
+                )
+            },
+            |i| {
+                ipv4_key(
+                    [175, 45, 176, 9],
+                    [203, 0, (i >> 8) as u8, (i & 0xff) as u8],
+                    443,
+                )
+            },
+            |i| ipv4_key([175, 45, 176, 9], [203, 0, 113, 77], i as u16),
+        ];
+        for (family, key) in families.iter().enumerate() {
+            let mut used = [false; SLOTS as usize];
+            for i in 0..SLOTS {
+                let check = flow_check(&key(i));
+                assert_ne!(check, 0);
+                used[flow_slot(check, SLOTS - 1) as usize] = true;
+            }
+            let filled = used.iter().filter(|&&slot| slot).count() as f64 / f64::from(SLOTS);
+            assert!(
+                filled > 0.61,
+                "key family {family} filled {filled:.3} of the slots"
+            );
+        }
+    }
 }

@@ -147,15 +147,12 @@ impl AlignedKey {
     /// packets whose other end no feed names need none.
     #[inline(always)]
     pub fn new<A: KeyAddress>(packet: &Packet<A>, watched: &Watched<A>, direction: u8) -> Self {
-        let mut aligned = AlignedKey(Zeroable::zeroed());
-        let key = &mut aligned.0;
-        key.watched = watched.watched.key_bytes();
-        key.endpoint = watched.endpoint.key_bytes();
-        key.port = watched.port;
-        key.family = A::FAMILY;
-        key.protocol = packet.protocol;
-        key.direction = direction;
-        aligned
+        let [watched_0, watched_1] = watched.watched.key_words();
+        let [endpoint_0, endpoint_1] = watched.endpoint.key_words();
+        let tail = FlowKey::tail_word(watched.port, A::FAMILY, packet.protocol, direction);
+        AlignedKey(bytemuck::cast([
+            watched_0, watched_1, endpoint_0, endpoint_1, tail,
+        ]))
     }
 }
 
