@@ -829,8 +829,8 @@ mod tests {
         );
     }
 
-    /// Keys that differ in one field only (the watched address's last
-    /// octet and port, the endpoint's last octet) spread over the slots as
+    /// Keys that differ in little (the watched address's last octet and
+    /// the port, the endpoint's last two octets, the port) spread over the slots as
     /// well as random ones would: 16,384 random keys in 16,384 slots fill
     /// about 1 - 1/e of them (63.2%); clustering fills fewer.
     #[test]

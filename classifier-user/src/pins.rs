@@ -135,11 +135,15 @@ impl SensorMeta {
     }
 }
 
-/// The sizes of everything userspace reads from the kernel.
+/// The sizes of everything userspace reads from the kernel, and marks of
+/// what changed their meaning at the same size: `flowcheck2` is the flow
+/// hash of whole-word keys (a drain checks each cache slot against
+/// `flow_check`, so pins left by a program with another hash are refused
+/// rather than their slots skipped as untrusted).
 pub fn layout() -> String {
     use std::mem::size_of;
     format!(
-        "totals{}-services{}-protocols{}-flowkey{}-flowvalue{}-flowslot{}-flowclock-ticks-endpointhint{}-recycledslots",
+        "totals{}-services{}-protocols{}-flowkey{}-flowvalue{}-flowslot{}-flowclock-ticks-endpointhint{}-recycledslots-flowcheck2",
         size_of::<Totals>(),
         size_of::<ServiceCounters>(),
         classifier_common::PROTOCOL_SERVICES.len(),
