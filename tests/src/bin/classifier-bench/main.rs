@@ -65,23 +65,43 @@ impl Options {
     }
 }
 
+/// The bench's command line; `cargo xtask bench` passes it on.
+#[derive(clap::Parser)]
+#[command(
+    name = "classifier-bench",
+    about = "Measures the classifier's XDP program against an empty one, its peers and its userspace (what `cargo xtask bench` runs)"
+)]
+struct Args {
+    /// Small sizes and one round: checks that the bench runs and its
+    /// figures are sane (CI's smoke); its figures are not to be quoted.
+    #[arg(long)]
+    quick: bool,
+    /// Where the Markdown report goes.
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    output: PathBuf,
+    /// Also write the figures as one JSON object here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// The command the report says it was written by.
+    #[arg(long, default_value = "cargo xtask bench")]
+    command: String,
+    /// Only the cases whose name contains this (for working on one path);
+    /// `userspace` runs only the drain and daemon figures. Pass --output
+    /// too, so a partial run does not overwrite BENCHMARKS.md.
+    #[arg(long)]
+    only: Option<String>,
+}
+
 fn options() -> Result<Options> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let quick = args.iter().any(|a| a == "--quick");
-    let value = |flag: &str| {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
+    let args = <Args as clap::Parser>::parse();
     Ok(Options {
-        quick,
-        rounds: if quick { 1 } else { 15 },
-        repeat: if quick { 100_000 } else { 2_000_000 },
-        output: value("--output").map_or_else(|| PathBuf::from("BENCHMARKS.md"), PathBuf::from),
-        json: value("--json").map(PathBuf::from),
-        command: value("--command").unwrap_or_else(|| "cargo xtask bench".into()),
-        only: value("--only"),
+        quick: args.quick,
+        rounds: if args.quick { 1 } else { 15 },
+        repeat: if args.quick { 100_000 } else { 2_000_000 },
+        output: args.output,
+        json: args.json,
+        command: args.command,
+        only: args.only,
     })
 }
 
