@@ -581,14 +581,10 @@ pub fn flow_check(key: &FlowKey) -> u64 {
         0xff51_afd7_ed55_8ccd,
     ];
     let words: [u64; 5] = bytemuck::cast(*key);
-    let products = [
-        words[0].wrapping_mul(FACTORS[0]),
-        words[1].wrapping_mul(FACTORS[1]),
-        words[2].wrapping_mul(FACTORS[2]),
-        words[3].wrapping_mul(FACTORS[3]),
-        words[4].wrapping_mul(FACTORS[4]),
-    ];
-    let mut hash = (products[0] ^ products[1]) ^ (products[2] ^ products[3]) ^ products[4];
+    let mut hash = words
+        .iter()
+        .zip(FACTORS)
+        .fold(0, |hash, (word, factor)| hash ^ word.wrapping_mul(factor));
     hash ^= hash >> 29;
     hash = hash.wrapping_mul(0xbf58_476d_1ce4_e5b9);
     hash ^= hash >> 32;
@@ -807,7 +803,7 @@ mod tests {
     use super::*;
 
     fn ipv4_key(watched: [u8; 4], endpoint: [u8; 4], port: u16) -> FlowKey {
-        let mapped = |[a, b, c, d]: [u8; 4]| [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a, b, c, d];
+        let mapped = |octets: [u8; 4]| core::net::Ipv4Addr::from(octets).to_ipv6_mapped().octets();
         FlowKey {
             watched: mapped(watched),
             endpoint: mapped(endpoint),

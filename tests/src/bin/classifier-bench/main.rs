@@ -39,39 +39,13 @@ use workload::{
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 
-struct Options {
-    quick: bool,
-    rounds: usize,
-    repeat: u32,
-    output: PathBuf,
-    json: Option<PathBuf>,
-    command: String,
-    /// Only cases whose name contains this (for working on one path);
-    /// `userspace` runs only the drain and daemon figures.
-    only: Option<String>,
-}
-
-impl Options {
-    fn wants(&self, case: &str) -> bool {
-        self.only
-            .as_ref()
-            .is_none_or(|only| case.contains(only.as_str()))
-    }
-
-    /// Whether the drain and daemon figures run (always, unless `--only`
-    /// picks kernel cases).
-    fn wants_userspace(&self) -> bool {
-        self.only.as_deref().is_none_or(|only| only == "userspace")
-    }
-}
-
 /// The bench's command line; `cargo xtask bench` passes it on.
 #[derive(clap::Parser)]
 #[command(
     name = "classifier-bench",
     about = "Measures the classifier's XDP program against an empty one, its peers and its userspace (what `cargo xtask bench` runs)"
 )]
-struct Args {
+struct Options {
     /// Small sizes and one round: checks that the bench runs and its
     /// figures are sane (CI's smoke); its figures are not to be quoted.
     #[arg(long)]
@@ -92,17 +66,28 @@ struct Args {
     only: Option<String>,
 }
 
-fn options() -> Result<Options> {
-    let args = <Args as clap::Parser>::parse();
-    Ok(Options {
-        quick: args.quick,
-        rounds: if args.quick { 1 } else { 15 },
-        repeat: if args.quick { 100_000 } else { 2_000_000 },
-        output: args.output,
-        json: args.json,
-        command: args.command,
-        only: args.only,
-    })
+impl Options {
+    /// Warm-mode rounds per case.
+    fn rounds(&self) -> usize {
+        if self.quick { 1 } else { 15 }
+    }
+
+    /// Warm-mode repeats per test run.
+    fn repeat(&self) -> u32 {
+        if self.quick { 100_000 } else { 2_000_000 }
+    }
+
+    fn wants(&self, case: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|only| case.contains(only.as_str()))
+    }
+
+    /// Whether the drain and daemon figures run (always, unless `--only`
+    /// picks kernel cases).
+    fn wants_userspace(&self) -> bool {
+        self.only.as_deref().is_none_or(|only| only == "userspace")
+    }
 }
 
 /// xdp-filter's program against ours on the same non-matching frame, and
@@ -278,11 +263,11 @@ fn measure(
     let mut ratios = Vec::new();
     // One unmeasured run warms caches, the flow entry and the JIT image.
     run_repeated(ours, frame, 1000)?;
-    for _ in 0..options.rounds {
-        let floor_first = timed_run(floor, frame, options.repeat)?;
-        let ours_first = timed_run(ours, frame, options.repeat)?;
-        let ours_second = timed_run(ours, frame, options.repeat)?;
-        let floor_second = timed_run(floor, frame, options.repeat)?;
+    for _ in 0..options.rounds() {
+        let floor_first = timed_run(floor, frame, options.repeat())?;
+        let ours_first = timed_run(ours, frame, options.repeat())?;
+        let ours_second = timed_run(ours, frame, options.repeat())?;
+        let floor_second = timed_run(floor, frame, options.repeat())?;
         ratios.push((ours_first + ours_second) / (floor_first + floor_second));
         floor_ns.extend([floor_first, floor_second]);
         ours_ns.extend([ours_first, ours_second]);
@@ -343,7 +328,7 @@ struct Row {
 }
 
 fn main() -> Result<()> {
-    let options = options()?;
+    let options = <Options as clap::Parser>::parse();
     if options.only.is_none() {
         // The peers, installed first if missing: later the bench runs in a
         // namespace of its own, where apt-get cannot reach the mirror.
@@ -606,7 +591,8 @@ fn markdown(
     let _ = writeln!(
         out,
         "- method: BPF_PROG_TEST_RUN in one process pinned to CPU 0, the empty XDP_PASS program and ours alternating (empty, ours, ours, empty per round), the ratio the median of the rounds' ratios. Warm mode: the same frame repeated {} times per run (so the flow entry exists), timed by the thread's CPU time, {} rounds. Stream mode: a different frame per run (random addresses, or a new flow each), both programs attached to a veth so runs skip the XDP dispatcher update, timed by the kernel, summed over the stream.\n",
-        options.repeat, options.rounds
+        options.repeat(),
+        options.rounds()
     );
     let _ = writeln!(
         out,
