@@ -46,12 +46,29 @@ pub const MAP_WATCHED_HINT: &str = ".bss.watched";
 /// first level as a global the program reads in place (no map lookup),
 /// which the loader fills before the program is attached.
 pub const MAP_V4_TOP: &str = ".bss.v4top";
-/// Array of [`V4Node`]s: the IPv4 table's second-level nodes.
-pub const MAP_V4_NODES: &str = "V4_NODES";
-/// Array of [`V4Leaf`]s: the IPv4 table's /24 leaves.
-pub const MAP_V4_LEAVES: &str = "V4_LEAVES";
-/// Array of [`V4Runs`]: the values of the runs the leaves rank into.
-pub const MAP_V4_RUNS: &str = "V4_RUNS";
+/// Array (mmapable) of one value: the IPv4 table's levels below the first,
+/// one after the other: the second-level [`V4Node`]s, the /24 [`V4Leaf`]s
+/// and the [`V4Runs`] ([`V4_LOWER_GLOBALS`] say how many of each and where
+/// they start). One value, so the program looks it up once, off the walk's
+/// chain, and walks it with plain loads; an array of each kind cost a
+/// lookup per level, each storing its index on the stack and loading it
+/// back. The object declares the value [`V4_LOWER_DECLARED_SIZE`] bytes
+/// long; the loader sets the table's size in its copy of the object before
+/// loading it.
+pub const MAP_V4_LOWER: &str = "V4_LOWER";
+/// The value size of [`MAP_V4_LOWER`] in the object file.
+pub const V4_LOWER_DECLARED_SIZE: usize = 8;
+/// Load-time globals of the program describing [`MAP_V4_LOWER`]'s value, in
+/// this order: nodes, leaves, where the leaves start (bytes), runs
+/// elements, where they start. The program checks every index against
+/// them, which is also how the verifier knows each read is inside the value.
+pub const V4_LOWER_GLOBALS: [&str; 5] = [
+    "V4_NODE_COUNT",
+    "V4_LEAF_COUNT",
+    "V4_LEAVES_AT",
+    "V4_RUN_COUNT",
+    "V4_RUNS_AT",
+];
 /// LPM trie of IPv6 watched prefixes (`u32` value, always 1).
 pub const MAP_WATCHED_V6: &str = "WATCHED_V6";
 /// LPM trie of IPv6 endpoint prefixes to [`EndpointValue`].
@@ -131,7 +148,7 @@ pub const CAPTURE_FLOW_CAPACITY: u32 = 65_536;
 
 /// Every map the program declares, for checks that the object and the
 /// loader agree.
-pub const ALL_MAPS: [&str; 23] = [
+pub const ALL_MAPS: [&str; 21] = [
     MAP_TOTALS,
     MAP_SERVICES,
     MAP_FLOWS,
@@ -139,9 +156,7 @@ pub const ALL_MAPS: [&str; 23] = [
     MAP_FLOW_CACHE_DRAINED,
     MAP_WATCHED_HINT,
     MAP_V4_TOP,
-    MAP_V4_NODES,
-    MAP_V4_LEAVES,
-    MAP_V4_RUNS,
+    MAP_V4_LOWER,
     MAP_WATCHED_V6,
     MAP_ENDPOINTS_V6,
     MAP_CAPTURE_CLOCK,
@@ -344,9 +359,9 @@ pub const V4_TOP_NODES: u32 = 1 << 12;
 pub const V4_ENTRY_KIND_SHIFT: u32 = 30;
 /// The low 16 bits are the block's [value](V4_VALUE_WATCHED).
 pub const V4_ENTRY_VALUE: u32 = 0;
-/// The low 30 bits index a second-level node (in [`MAP_V4_NODES`]).
+/// The low 30 bits index a second-level node (in [`MAP_V4_LOWER`]).
 pub const V4_ENTRY_NODE: u32 = 1;
-/// The low 30 bits index a leaf (in [`MAP_V4_LEAVES`]).
+/// The low 30 bits index a leaf (in [`MAP_V4_LOWER`]).
 pub const V4_ENTRY_LEAF: u32 = 2;
 pub const V4_ENTRY_INDEX_MASK: u32 = (1 << V4_ENTRY_KIND_SHIFT) - 1;
 /// A value's bit for "watched"; its low bits are the endpoint service id

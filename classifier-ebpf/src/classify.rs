@@ -11,12 +11,13 @@
 use aya_ebpf::maps::lpm_trie::Key;
 use classifier_common::{
     DIR_INBOUND, DIR_OUTBOUND, FAMILY_V4, V4_ENTRY_INDEX_MASK, V4_ENTRY_KIND_SHIFT, V4_ENTRY_LEAF,
-    V4_ENTRY_NODE, V4_VALUE_SERVICE_MASK, V4_VALUE_WATCHED, WATCHED_24_ALL, WATCHED_24_SOME,
-    hint_index_v6, rank_upto,
+    V4_ENTRY_NODE, V4_ENTRY_VALUE, V4_VALUE_SERVICE_MASK, V4_VALUE_WATCHED, V4Leaf, V4Node, V4Runs,
+    WATCHED_24_ALL, WATCHED_24_SOME, hint_index_v6, rank_upto,
 };
 
 use crate::{
-    ENDPOINTS_V6, V4_LEAVES, V4_NODES, V4_RUNS, WATCHED_V6,
+    ENDPOINTS_V6, V4_LEAF_COUNT, V4_LEAVES_AT, V4_LOWER, V4_NODE_COUNT, V4_RUN_COUNT, V4_RUNS_AT,
+    WATCHED_V6, load_time,
     parse::{Packet, Plain},
     v4_top, watched_hints,
 };
@@ -42,9 +43,19 @@ fn v4_value(addr: u32) -> u16 {
     let Some(&entry) = node.entries.get((top & 63) as usize) else {
         return 0;
     };
+    if entry >> V4_ENTRY_KIND_SHIFT == V4_ENTRY_VALUE {
+        return entry as u16;
+    }
+    // The lower levels' one lookup, whose key does not depend on `addr`.
+    let Some(lower) = V4_LOWER.get_ptr(0) else {
+        return 0;
+    };
+    let lower = lower.cast::<u8>();
     let mut entry = entry;
     if entry >> V4_ENTRY_KIND_SHIFT == V4_ENTRY_NODE {
-        let Some(node) = V4_NODES.get(entry & V4_ENTRY_INDEX_MASK) else {
+        let Some(node) =
+            lower_item::<V4Node>(lower, entry & V4_ENTRY_INDEX_MASK, 0, &V4_NODE_COUNT)
+        else {
             return 0;
         };
         let Some(&next) = node.entries.get(((addr >> 8) & 63) as usize) else {
@@ -55,7 +66,12 @@ fn v4_value(addr: u32) -> u16 {
     if entry >> V4_ENTRY_KIND_SHIFT != V4_ENTRY_LEAF {
         return entry as u16;
     }
-    let Some(leaf) = V4_LEAVES.get(entry & V4_ENTRY_INDEX_MASK) else {
+    let Some(leaf) = lower_item::<V4Leaf>(
+        lower,
+        entry & V4_ENTRY_INDEX_MASK,
+        load_time(&V4_LEAVES_AT),
+        &V4_LEAF_COUNT,
+    ) else {
         return 0;
     };
     let offset = addr & 0xff;
@@ -64,10 +80,25 @@ fn v4_value(addr: u32) -> u16 {
         return 0;
     };
     let run = active + rank_upto(starts, offset & 63);
-    match V4_RUNS.get(run >> 2) {
+    match lower_item::<V4Runs>(lower, run >> 2, load_time(&V4_RUNS_AT), &V4_RUN_COUNT) {
         Some(runs) => runs.values.get((run & 3) as usize).copied().unwrap_or(0),
         None => 0,
     }
+}
+
+/// Element `index` of the array of `T`s that starts `at` bytes into the
+/// lower levels' value and holds `count` elements; `None` past its end. The
+/// check against the load-time count is also what shows the verifier that
+/// the read stays inside the value.
+#[inline(always)]
+fn lower_item<T>(lower: *const u8, index: u32, at: u32, count: &'static u32) -> Option<&'static T> {
+    if index >= load_time(count) {
+        return None;
+    }
+    let offset = at as usize + index as usize * size_of::<T>();
+    // SAFETY: the loader sized the value to hold `count` `T`s from `at`
+    // (`classifier_common::MAP_V4_LOWER`), and only userspace writes it.
+    Some(unsafe { &*lower.wrapping_add(offset).cast::<T>() })
 }
 
 /// Whether either address of a fast-path frame has its hint entry set: the

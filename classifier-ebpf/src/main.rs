@@ -21,7 +21,7 @@ use classifier_common::{
     BPF_F_MMAPABLE, CAPTURE_FLOW_CAPACITY, CAPTURE_RING_BYTES, CaptureConfig, DEFAULT_LEARN_RATE,
     EndpointHints, EndpointValue, FlowKey, FlowSlot, FlowValue, HINT_ENTRIES, LEARN_RING_BYTES,
     LEARNED_CAPACITY, MAX_SERVICES, RateBudget, ServiceCounters, TCP_PROBE_SLOTS, TcpProbeSlot,
-    Totals, V4_NODE_WIDTH, V4_TOP_NODES, V4Leaf, V4Node, V4Runs, V4Top, VERDICT_CAPACITY,
+    Totals, V4_LOWER_DECLARED_SIZE, V4_NODE_WIDTH, V4_TOP_NODES, V4Node, V4Top, VERDICT_CAPACITY,
     WATCHED_V4_BLOCKS, WatchedBlock, WatchedHint, WatchedHints,
 };
 
@@ -76,12 +76,10 @@ static CAPTURE_FLOWS: LruHashMap<FlowKey, u32> =
 /// Payload segments handed over per TCP flow and direction.
 #[map]
 static TCP_PROBES: PerCpuArray<TcpProbeSlot> = PerCpuArray::with_max_entries(TCP_PROBE_SLOTS, 0);
+/// The IPv4 table below its first level, in one value whose size the
+/// loader sets (`classifier_common::MAP_V4_LOWER`).
 #[map]
-static V4_NODES: Array<V4Node> = Array::with_max_entries(1, BPF_F_MMAPABLE);
-#[map]
-static V4_LEAVES: Array<V4Leaf> = Array::with_max_entries(1, BPF_F_MMAPABLE);
-#[map]
-static V4_RUNS: Array<V4Runs> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+static V4_LOWER: Array<[u8; V4_LOWER_DECLARED_SIZE]> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 #[map]
 static WATCHED_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(256, 0);
 #[map]
@@ -99,6 +97,17 @@ static VERDICT: u32 = xdp_action::XDP_PASS;
 static CAPTURE_CLOCK_ON: u32 = 0;
 #[unsafe(no_mangle)]
 static LEARN_RATE: u32 = DEFAULT_LEARN_RATE;
+// What `V4_LOWER`'s value holds (`classifier_common::V4_LOWER_GLOBALS`).
+#[unsafe(no_mangle)]
+static V4_NODE_COUNT: u32 = 0;
+#[unsafe(no_mangle)]
+static V4_LEAF_COUNT: u32 = 0;
+#[unsafe(no_mangle)]
+static V4_LEAVES_AT: u32 = 0;
+#[unsafe(no_mangle)]
+static V4_RUN_COUNT: u32 = 0;
+#[unsafe(no_mangle)]
+static V4_RUNS_AT: u32 = 0;
 
 #[inline(always)]
 fn load_time(global: &'static u32) -> u32 {

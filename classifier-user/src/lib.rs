@@ -21,6 +21,7 @@ pub mod live;
 pub mod loader;
 pub mod metrics;
 pub mod notify;
+pub mod object_file;
 pub mod pins;
 pub mod privileges;
 pub mod pseudonym;

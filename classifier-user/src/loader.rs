@@ -19,18 +19,18 @@ use aya::{
 use classifier_common::{
     EndpointValue, GLOBAL_CAPTURE_CLOCK, GLOBAL_FLOW_CACHE_MASK, GLOBAL_LEARN_RATE, GLOBAL_VERDICT,
     MAP_CAPTURE_CLOCK, MAP_CAPTURE_CONFIG, MAP_CAPTURE_EVENTS, MAP_ENDPOINT_HINTS,
-    MAP_ENDPOINTS_V6, MAP_FLOW_CACHE, MAP_FLOWS, MAP_LEARN_EVENTS, MAP_LEARNED, MAP_V4_LEAVES,
-    MAP_V4_NODES, MAP_V4_RUNS, MAP_V4_TOP, MAP_VERDICTS, MAP_WATCHED_HINT, MAP_WATCHED_V6,
-    MAX_SERVICES, PROGRAM_NAME, WATCHED_24_ALL, WATCHED_24_NONE, WATCHED_24_SOME,
-    WATCHED_V4_BLOCKS, WATCHED_V4_WALK, WatchedBlock, WatchedHint, WatchedHints, hint_index_v4,
-    hint_index_v6,
+    MAP_ENDPOINTS_V6, MAP_FLOW_CACHE, MAP_FLOWS, MAP_LEARN_EVENTS, MAP_LEARNED, MAP_V4_LOWER,
+    MAP_V4_TOP, MAP_VERDICTS, MAP_WATCHED_HINT, MAP_WATCHED_V6, MAX_SERVICES, PROGRAM_NAME,
+    V4_LOWER_DECLARED_SIZE, WATCHED_24_ALL, WATCHED_24_NONE, WATCHED_24_SOME, WATCHED_V4_BLOCKS,
+    WATCHED_V4_WALK, WatchedBlock, WatchedHint, WatchedHints, hint_index_v4, hint_index_v6,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::{
     drain::{CounterMaps, DrainError},
     feeds::{EndpointFeed, WatchedSet},
-    v4_table::V4Table,
+    object_file::{ObjectError, with_value_size},
+    v4_table::{V4_LOWER_MAX_BYTES, V4Table},
 };
 
 const XDP_DROP: u32 = 1;
@@ -82,6 +82,13 @@ pub enum LoadError {
         prefixes: usize,
         capacity: u32,
     },
+    #[error(transparent)]
+    ObjectFile(#[from] ObjectError),
+    #[error(
+        "the IPv4 table of the watched set and endpoint feed needs more than {} MiB below its first level, more than the kernel's verifier lets a program address in one map value",
+        V4_LOWER_MAX_BYTES >> 20
+    )]
+    V4TableTooLarge,
     #[error("interface {iface}: {problem}")]
     Attach { iface: String, problem: String },
 }
@@ -395,6 +402,13 @@ impl Sensor {
         capacity("v4", v4_count, capacities.endpoints_v4)?;
         let v6_capacity = capacity("v6", v6_count, capacities.endpoints_v6)?;
         let table = v4_table(watched, endpoints, &services);
+        let lower = table.lower().ok_or(LoadError::V4TableTooLarge)?;
+        let object = with_value_size(
+            EBPF_OBJECT,
+            MAP_V4_LOWER,
+            V4_LOWER_DECLARED_SIZE,
+            lower.bytes.len() as u32,
+        )?;
         let cache_slots = capacities
             .flow_cache_slots
             .clamp(1, 1 << 24)
@@ -428,19 +442,19 @@ impl Sensor {
                 loader.map_pin_path(name, dir.join(name));
             }
         }
+        for (name, value) in &lower.globals {
+            loader.override_global(name, value, true);
+        }
         let mut ebpf = loader
             .override_global(GLOBAL_FLOW_CACHE_MASK, &cache_mask, true)
             .override_global(GLOBAL_VERDICT, &verdict, true)
             .override_global(GLOBAL_CAPTURE_CLOCK, &(clock as u32), true)
             .override_global(GLOBAL_LEARN_RATE, &capacities.learn_rate, true)
             .map_max_entries(MAP_FLOW_CACHE, cache_slots)
-            .map_max_entries(MAP_V4_NODES, table.nodes.len().max(1) as u32)
-            .map_max_entries(MAP_V4_LEAVES, table.leaves.len().max(1) as u32)
-            .map_max_entries(MAP_V4_RUNS, table.runs.len().max(1) as u32)
             .map_max_entries(MAP_ENDPOINTS_V6, v6_capacity)
             .map_max_entries(MAP_WATCHED_V6, watched.v6.len().max(256) as u32)
             .map_max_entries(MAP_FLOWS, capacities.flows.max(1))
-            .load(EBPF_OBJECT)
+            .load(object.bytes())
             .map_err(LoadError::Object)?;
 
         for name in classifier_common::ALL_MAPS {
@@ -482,13 +496,7 @@ impl Sensor {
         sensor.fill_watched(watched)?;
         sensor.fill_endpoints_v6(endpoints)?;
         sensor.fill_global(MAP_V4_TOP, table.top.as_ref())?;
-        for (name, bytes) in [
-            (MAP_V4_NODES, bytemuck::cast_slice(&table.nodes)),
-            (MAP_V4_LEAVES, bytemuck::cast_slice(&table.leaves)),
-            (MAP_V4_RUNS, bytemuck::cast_slice(&table.runs)),
-        ] {
-            fill_mmapable_array(sensor.ebpf.map(name), name, bytes)?;
-        }
+        fill_mmapable_array(sensor.ebpf.map(MAP_V4_LOWER), MAP_V4_LOWER, &lower.bytes)?;
         Ok(sensor)
     }
 
@@ -855,7 +863,7 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use classifier_common::HINT_ENTRIES;
+    use classifier_common::{HINT_ENTRIES, MAP_TCP_PROBES, MAP_TOTALS};
 
     fn watched_hints_v4(prefixes: &[Ipv4Net]) -> Box<WatchedHints> {
         let mut hints: Box<WatchedHints> = bytemuck::zeroed_box();
@@ -993,5 +1001,51 @@ mod tests {
             Some(classifier_common::SERVICE_OPENVPN)
         );
         assert_eq!(table.name(9), None);
+    }
+
+    /// The value size of `map` in `object`, as aya's object parser reads it.
+    fn parsed_value_size(object: &[u8], map: &str) -> u32 {
+        let parsed = aya_obj::Object::parse(object).expect("the object parses");
+        parsed.maps[map].value_size()
+    }
+
+    #[test]
+    fn the_lower_levels_map_takes_the_size_set_in_the_copy_of_the_object() {
+        assert!(!EBPF_OBJECT.is_empty(), "built without the XDP object");
+        assert_eq!(
+            parsed_value_size(EBPF_OBJECT, MAP_V4_LOWER),
+            V4_LOWER_DECLARED_SIZE as u32
+        );
+        let resized =
+            with_value_size(EBPF_OBJECT, MAP_V4_LOWER, V4_LOWER_DECLARED_SIZE, 123_456).unwrap();
+        assert_eq!(parsed_value_size(resized.bytes(), MAP_V4_LOWER), 123_456);
+        // Nothing else moved.
+        assert_eq!(resized.bytes().len(), EBPF_OBJECT.len());
+        assert_eq!(
+            parsed_value_size(resized.bytes(), MAP_TOTALS),
+            parsed_value_size(EBPF_OBJECT, MAP_TOTALS)
+        );
+    }
+
+    #[test]
+    fn resizing_a_map_the_object_declares_otherwise_is_refused_with_its_name() {
+        let wrong_size = with_value_size(EBPF_OBJECT, MAP_V4_LOWER, 16, 64).unwrap_err();
+        assert!(
+            wrong_size.to_string().contains("V4_LOWER")
+                && wrong_size.to_string().contains("value size 8"),
+            "{wrong_size}"
+        );
+        // A per-CPU array of many entries, not a one-value array.
+        let wrong_kind =
+            with_value_size(EBPF_OBJECT, MAP_TCP_PROBES, V4_LOWER_DECLARED_SIZE, 64).unwrap_err();
+        assert!(
+            wrong_kind.to_string().contains("TCP_PROBES"),
+            "{wrong_kind}"
+        );
+        let missing = with_value_size(EBPF_OBJECT, "NO_SUCH_MAP", 8, 64).unwrap_err();
+        assert!(
+            missing.to_string().contains("NO_SUCH_MAP: no such symbol"),
+            "{missing}"
+        );
     }
 }

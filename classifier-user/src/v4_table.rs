@@ -6,8 +6,8 @@
 
 use classifier_common::{
     V4_ENTRY_INDEX_MASK, V4_ENTRY_KIND_SHIFT, V4_ENTRY_LEAF, V4_ENTRY_NODE, V4_ENTRY_VALUE,
-    V4_NODE_WIDTH, V4_RUNS_PER_ELEMENT, V4_TOP_NODES, V4_VALUE_WATCHED, V4Leaf, V4Node, V4Runs,
-    V4Top, rank_upto,
+    V4_LOWER_DECLARED_SIZE, V4_LOWER_GLOBALS, V4_NODE_WIDTH, V4_RUNS_PER_ELEMENT, V4_TOP_NODES,
+    V4_VALUE_WATCHED, V4Leaf, V4Node, V4Runs, V4Top, rank_upto,
 };
 use ipnet::Ipv4Net;
 
@@ -26,6 +26,19 @@ pub struct V4Table {
     pub nodes: Vec<V4Node>,
     pub leaves: Vec<V4Leaf>,
     pub runs: Vec<V4Runs>,
+}
+
+/// The most bytes the levels below the first may take: the verifier refuses
+/// a read at a variable offset of 2^29 bytes or more into a map value.
+pub const V4_LOWER_MAX_BYTES: usize = 1 << 29;
+
+/// The levels below the first as `classifier_common::MAP_V4_LOWER`'s one
+/// value, and the program's globals that describe it.
+#[derive(Debug, Clone)]
+pub struct V4Lower {
+    pub bytes: Vec<u8>,
+    /// In the order of [`V4_LOWER_GLOBALS`].
+    pub globals: [(&'static str, u32); 5],
 }
 
 /// A maximal range of addresses with one value: from `start` up to the next
@@ -65,7 +78,39 @@ impl V4Table {
         entry as u16
     }
 
-    /// Bytes the first level and the three arrays take in the kernel.
+    /// The nodes, leaves and runs one after the other; `None` when they
+    /// take more than [`V4_LOWER_MAX_BYTES`].
+    pub fn lower(&self) -> Option<V4Lower> {
+        let nodes: &[u8] = bytemuck::cast_slice(&self.nodes);
+        let leaves: &[u8] = bytemuck::cast_slice(&self.leaves);
+        let runs: &[u8] = bytemuck::cast_slice(&self.runs);
+        let len = nodes.len() + leaves.len() + runs.len();
+        if len > V4_LOWER_MAX_BYTES {
+            return None;
+        }
+        let mut bytes = Vec::with_capacity(len.max(V4_LOWER_DECLARED_SIZE));
+        for part in [nodes, leaves, runs] {
+            bytes.extend_from_slice(part);
+        }
+        // A value is never empty.
+        bytes.resize(len.max(V4_LOWER_DECLARED_SIZE), 0);
+        // All below 2^29, checked above.
+        let [nodes_count, leaves_count, leaves_at, runs_count, runs_at] = [
+            self.nodes.len(),
+            self.leaves.len(),
+            nodes.len(),
+            self.runs.len(),
+            nodes.len() + leaves.len(),
+        ]
+        .map(|number| number as u32);
+        let values = [nodes_count, leaves_count, leaves_at, runs_count, runs_at];
+        Some(V4Lower {
+            bytes,
+            globals: std::array::from_fn(|i| (V4_LOWER_GLOBALS[i], values[i])),
+        })
+    }
+
+    /// Bytes the first level and the levels below take in the kernel.
     pub fn kernel_bytes(&self) -> usize {
         size_of::<V4Top>()
             + self.nodes.len() * size_of::<V4Node>()
