@@ -71,10 +71,10 @@ pub fn packet(ctx: &XdpContext) {
     };
     // Watched traffic and rare frames: kept out of the fast path's way.
     core::hint::cold_path();
+    let bytes = frame_bytes(ctx);
     let Some(totals) = totals() else {
         return;
     };
-    let bytes = frame_bytes(ctx);
     totals.bytes += bytes;
 
     // A hinted plain IPv4 frame is read where the fast path found its
@@ -122,8 +122,11 @@ fn frame_bytes(ctx: &XdpContext) -> u64 {
 /// A fast-path frame: its bytes and its family.
 #[inline(always)]
 fn count_plain(ctx: &XdpContext, family: u8) {
+    // Read before the lookup, which clobbers the registers the frame's
+    // bounds are in: kept in one register instead of read again.
+    let bytes = frame_bytes(ctx);
     if let Some(totals) = totals() {
-        totals.bytes += frame_bytes(ctx);
+        totals.bytes += bytes;
         count_family(totals, family);
     }
 }
