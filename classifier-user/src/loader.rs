@@ -407,7 +407,7 @@ impl Sensor {
             EBPF_OBJECT,
             MAP_V4_LOWER,
             V4_LOWER_DECLARED_SIZE,
-            lower.bytes.len() as u32,
+            lower.value_size,
         )?;
         let cache_slots = capacities
             .flow_cache_slots
@@ -496,7 +496,7 @@ impl Sensor {
         sensor.fill_watched(watched)?;
         sensor.fill_endpoints_v6(endpoints)?;
         sensor.fill_global(MAP_V4_TOP, table.top.as_ref())?;
-        fill_mmapable_array(sensor.ebpf.map(MAP_V4_LOWER), MAP_V4_LOWER, &lower.bytes)?;
+        fill_mmapable_array(sensor.ebpf.map(MAP_V4_LOWER), MAP_V4_LOWER, &lower.parts)?;
         Ok(sensor)
     }
 
@@ -680,26 +680,28 @@ fn v4_table(watched: &WatchedSet, endpoints: &EndpointFeed, services: &ServiceTa
     V4Table::build(&watched.v4, &v4_endpoints)
 }
 
-/// Copies `bytes` into a `BPF_F_MMAPABLE` array through a shared mapping:
-/// one copy instead of a syscall per element. The map was sized to fit.
+/// Copies `parts`, one after the other, into a `BPF_F_MMAPABLE` array
+/// through a shared mapping: one copy instead of a syscall per element. The
+/// map was sized to fit.
 fn fill_mmapable_array(
     map: Option<&Map>,
     name: &'static str,
-    bytes: &[u8],
+    parts: &[&[u8]],
 ) -> Result<(), LoadError> {
     let Some(Map::Array(data)) = map else {
         return Err(LoadError::MissingMap(name));
     };
-    if bytes.is_empty() {
+    let len: usize = parts.iter().map(|part| part.len()).sum();
+    if len == 0 {
         return Ok(());
     }
     let mmap_error = |source| LoadError::Mmap { map: name, source };
-    // SAFETY: a fresh shared mapping of the map's fd, as long as `bytes`;
-    // the kernel refuses (and we report) a map smaller than that.
+    // SAFETY: a fresh shared mapping of the map's fd, `len` long; the
+    // kernel refuses (and we report) a map smaller than that.
     let address = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
-            bytes.len(),
+            len,
             libc::PROT_READ | libc::PROT_WRITE,
             libc::MAP_SHARED,
             data.fd().as_fd().as_raw_fd(),
@@ -709,10 +711,15 @@ fn fill_mmapable_array(
     if address == libc::MAP_FAILED {
         return Err(mmap_error(std::io::Error::last_os_error()));
     }
-    // SAFETY: the mapping is `bytes.len()` long and writable; unmapped once.
+    // SAFETY: the mapping is `len` long and writable, and the parts add up
+    // to `len`; unmapped once.
     unsafe {
-        std::ptr::copy_nonoverlapping(bytes.as_ptr(), address.cast::<u8>(), bytes.len());
-        if libc::munmap(address, bytes.len()) != 0 {
+        let mut at = address.cast::<u8>();
+        for part in parts {
+            std::ptr::copy_nonoverlapping(part.as_ptr(), at, part.len());
+            at = at.add(part.len());
+        }
+        if libc::munmap(address, len) != 0 {
             return Err(mmap_error(std::io::Error::last_os_error()));
         }
     }

@@ -35,8 +35,13 @@ pub const V4_LOWER_MAX_BYTES: usize = 1 << 29;
 /// The levels below the first as `classifier_common::MAP_V4_LOWER`'s one
 /// value, and the program's globals that describe it.
 #[derive(Debug, Clone)]
-pub struct V4Lower {
-    pub bytes: Vec<u8>,
+pub struct V4Lower<'a> {
+    /// The value's bytes: the nodes, leaves and runs one after the other
+    /// (borrowed from the table, not copied).
+    pub parts: [&'a [u8]; 3],
+    /// The parts' length, or the declared size when that is more (a value
+    /// is never empty).
+    pub value_size: u32,
     /// In the order of [`V4_LOWER_GLOBALS`].
     pub globals: [(&'static str, u32); 5],
 }
@@ -78,9 +83,9 @@ impl V4Table {
         entry as u16
     }
 
-    /// The nodes, leaves and runs one after the other; `None` when they
-    /// take more than [`V4_LOWER_MAX_BYTES`].
-    pub fn lower(&self) -> Option<V4Lower> {
+    /// The nodes, leaves and runs as one value; `None` when they take
+    /// more than [`V4_LOWER_MAX_BYTES`].
+    pub fn lower(&self) -> Option<V4Lower<'_>> {
         let nodes: &[u8] = bytemuck::cast_slice(&self.nodes);
         let leaves: &[u8] = bytemuck::cast_slice(&self.leaves);
         let runs: &[u8] = bytemuck::cast_slice(&self.runs);
@@ -88,14 +93,8 @@ impl V4Table {
         if len > V4_LOWER_MAX_BYTES {
             return None;
         }
-        let mut bytes = Vec::with_capacity(len.max(V4_LOWER_DECLARED_SIZE));
-        for part in [nodes, leaves, runs] {
-            bytes.extend_from_slice(part);
-        }
-        // A value is never empty.
-        bytes.resize(len.max(V4_LOWER_DECLARED_SIZE), 0);
-        // All below 2^29, checked above.
-        let [nodes_count, leaves_count, leaves_at, runs_count, runs_at] = [
+        // Every number below is at most `len`, below 2^29.
+        let values = [
             self.nodes.len(),
             self.leaves.len(),
             nodes.len(),
@@ -103,9 +102,9 @@ impl V4Table {
             nodes.len() + leaves.len(),
         ]
         .map(|number| number as u32);
-        let values = [nodes_count, leaves_count, leaves_at, runs_count, runs_at];
         Some(V4Lower {
-            bytes,
+            parts: [nodes, leaves, runs],
+            value_size: len.max(V4_LOWER_DECLARED_SIZE) as u32,
             globals: std::array::from_fn(|i| (V4_LOWER_GLOBALS[i], values[i])),
         })
     }
@@ -375,6 +374,41 @@ mod tests {
         assert_eq!(table.lookup(u32::MAX), 0);
         assert!(table.nodes.is_empty());
         assert!(table.leaves.is_empty());
+        let lower = table.lower().expect("fits");
+        assert_eq!(lower.value_size as usize, V4_LOWER_DECLARED_SIZE);
+        assert!(lower.globals.iter().all(|(_, value)| *value == 0));
+    }
+
+    #[test]
+    fn the_lower_levels_lie_one_after_the_other_where_the_globals_say() {
+        // A /20 (a second-level node), a /25 (a leaf) and a /32 beside it.
+        let endpoints = [
+            (net("198.51.96.0/20"), 1),
+            (net("203.0.113.0/25"), 2),
+            (net("203.0.113.200/32"), 3),
+        ];
+        let table = V4Table::build(&[], &endpoints);
+        let lower = table.lower().expect("fits");
+        let (nodes, leaves, runs) = (table.nodes.len(), table.leaves.len(), table.runs.len());
+        assert!(nodes > 0 && leaves > 0 && runs > 0);
+        let leaves_at = nodes * size_of::<V4Node>();
+        let runs_at = leaves_at + leaves * size_of::<V4Leaf>();
+        let expected = [nodes, leaves, leaves_at, runs, runs_at].map(|n| n as u32);
+        assert_eq!(lower.globals.map(|(_, value)| value), expected);
+        assert_eq!(
+            lower.globals.map(|(name, _)| name),
+            classifier_common::V4_LOWER_GLOBALS
+        );
+        let lengths = lower.parts.map(<[u8]>::len);
+        assert_eq!(
+            lengths,
+            [leaves_at, runs_at - leaves_at, runs * size_of::<V4Runs>()]
+        );
+        assert_eq!(lower.value_size as usize, lengths.iter().sum::<usize>());
+        assert_eq!(
+            lower.parts[1],
+            bytemuck::cast_slice::<V4Leaf, u8>(&table.leaves)
+        );
     }
 
     #[test]

@@ -625,8 +625,9 @@ fn markdown(
 /// does, once the flows before it have aged past the recycling margin:
 /// reads the tick, drains every map into a ledger and lets the program
 /// recycle the slots that drain read. Returns the cost and a note of how
-/// many of the new flows claimed a slot (the rest found theirs taken by a
-/// new flow of the same round and went to the LRU table).
+/// many of the new flows claimed a slot a drain had read (the rest claimed
+/// an empty one, or found theirs taken by a new flow of the same round and
+/// went to the LRU table).
 fn new_flows_between_drains(
     floor: BorrowedFd<'_>,
     sensor: &mut Sensor,
@@ -651,7 +652,7 @@ fn new_flows_between_drains(
     let recycled = after.flow_recycles - before.flow_recycles;
     let flows: usize = streams.iter().map(Vec::len).sum();
     let note = format!(
-        "New flows between drains ({}): {recycled} of {flows} new flows ({:.1}%) claimed a cache slot the last drain had read; the others found theirs taken by a new flow of the same round and went to the LRU table.",
+        "New flows between drains ({}): {recycled} of {flows} new flows ({:.1}%) claimed a cache slot the last drain had read; the others claimed an empty slot (in a partial run, whose cache starts empty) or found theirs taken by a new flow of the same round and went to the LRU table.",
         NEW_FLOW_CASE,
         100.0 * recycled as f64 / flows.max(1) as f64
     );
