@@ -12,7 +12,7 @@ use classifier_common::{CAPTURE_MAX_BYTES, CaptureRecord, Totals};
 use crate::{
     CAPTURE_BUDGET, CAPTURE_CONFIG, CAPTURE_EVENTS, CAPTURE_FLOWS,
     classify::Watched,
-    count::{AlignedKey, KeyAddress, clock_ns},
+    count::{KeyAddress, clock_ns, flow_key},
     learn::within_budget,
     parse::Packet,
 };
@@ -34,7 +34,7 @@ pub fn matched<A: KeyAddress>(
     if config.bytes == 0 || frame_len == 0 {
         return;
     }
-    let key = &AlignedKey::new(packet, watched, watched.direction).0;
+    let key = &flow_key(packet, watched, watched.direction);
     // The flow's first `per_flow` packets; CPUs racing on one flow may
     // pass one more.
     match CAPTURE_FLOWS.get_ptr_mut(key) {

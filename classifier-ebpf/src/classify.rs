@@ -53,9 +53,12 @@ fn v4_value(addr: u32) -> u16 {
     let lower = lower.cast::<u8>();
     let mut entry = entry;
     if entry >> V4_ENTRY_KIND_SHIFT == V4_ENTRY_NODE {
-        let Some(node) =
-            lower_item::<V4Node>(lower, entry & V4_ENTRY_INDEX_MASK, 0, &V4_NODE_COUNT)
-        else {
+        let Some(node) = lower_item::<V4Node>(
+            lower,
+            entry & V4_ENTRY_INDEX_MASK,
+            0,
+            load_time(&V4_NODE_COUNT),
+        ) else {
             return 0;
         };
         let Some(&next) = node.entries.get(((addr >> 8) & 63) as usize) else {
@@ -70,7 +73,7 @@ fn v4_value(addr: u32) -> u16 {
         lower,
         entry & V4_ENTRY_INDEX_MASK,
         load_time(&V4_LEAVES_AT),
-        &V4_LEAF_COUNT,
+        load_time(&V4_LEAF_COUNT),
     ) else {
         return 0;
     };
@@ -80,19 +83,24 @@ fn v4_value(addr: u32) -> u16 {
         return 0;
     };
     let run = active + rank_upto(starts, offset & 63);
-    match lower_item::<V4Runs>(lower, run >> 2, load_time(&V4_RUNS_AT), &V4_RUN_COUNT) {
+    match lower_item::<V4Runs>(
+        lower,
+        run >> 2,
+        load_time(&V4_RUNS_AT),
+        load_time(&V4_RUN_COUNT),
+    ) {
         Some(runs) => runs.values.get((run & 3) as usize).copied().unwrap_or(0),
         None => 0,
     }
 }
 
 /// Element `index` of the array of `T`s that starts `at` bytes into the
-/// lower levels' value and holds `count` elements; `None` past its end. The
-/// check against the load-time count is also what shows the verifier that
-/// the read stays inside the value.
+/// lower levels' value and holds `count` elements (both load-time
+/// globals); `None` past its end. The check against the count is also what
+/// shows the verifier that the read stays inside the value.
 #[inline(always)]
-fn lower_item<T>(lower: *const u8, index: u32, at: u32, count: &'static u32) -> Option<&'static T> {
-    if index >= load_time(count) {
+fn lower_item<T>(lower: *const u8, index: u32, at: u32, count: u32) -> Option<&'static T> {
+    if index >= count {
         return None;
     }
     let offset = at as usize + index as usize * size_of::<T>();

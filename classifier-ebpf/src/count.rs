@@ -140,23 +140,16 @@ fn count_family(totals: &mut Totals, family: u8) {
     }
 }
 
-/// A flow key on the stack, aligned so it is written and compared in words.
-#[repr(C, align(8))]
-pub struct AlignedKey(pub FlowKey);
-
-impl AlignedKey {
-    /// The key of `packet`'s flow in `direction` (0 for what verdicts and
-    /// TCP probes are keyed by). Built where a map needs it: most watched
-    /// packets whose other end no feed names need none.
-    #[inline(always)]
-    pub fn new<A: KeyAddress>(packet: &Packet<A>, watched: &Watched<A>, direction: u8) -> Self {
-        let [watched_0, watched_1] = watched.watched.key_words();
-        let [endpoint_0, endpoint_1] = watched.endpoint.key_words();
-        let tail = FlowKey::tail_word(watched.port, A::FAMILY, packet.protocol, direction);
-        AlignedKey(bytemuck::cast([
-            watched_0, watched_1, endpoint_0, endpoint_1, tail,
-        ]))
-    }
+/// The key of `packet`'s flow in `direction` (0 for what verdicts and TCP
+/// probes are keyed by), written as five whole words (`FlowKey` is 8-byte
+/// aligned, so it is compared in words too). Built where a map needs it:
+/// most watched packets whose other end no feed names need none.
+#[inline(always)]
+pub fn flow_key<A: KeyAddress>(packet: &Packet<A>, watched: &Watched<A>, direction: u8) -> FlowKey {
+    let [watched_0, watched_1] = watched.watched.key_words();
+    let [endpoint_0, endpoint_1] = watched.endpoint.key_words();
+    let tail = FlowKey::tail_word(watched.port, A::FAMILY, packet.protocol, direction);
+    bytemuck::cast([watched_0, watched_1, endpoint_0, endpoint_1, tail])
 }
 
 #[inline(always)]
@@ -198,7 +191,7 @@ fn count_watched<A: KeyAddress>(
                         // verdict; a failed insert only loses the verdict
                         // for later packets.
                         learn::mark_hint(hints, ENDPOINT_HINT_VERDICTS, endpoint_hint);
-                        let key = &AlignedKey::new(packet, watched, 0).0;
+                        let key = &flow_key(packet, watched, 0);
                         let _ = VERDICTS.insert(key, &recognised, 0);
                     }
                     recognised
@@ -248,8 +241,7 @@ fn count_flow<A: KeyAddress>(
     bytes: u64,
     now: u64,
 ) {
-    let aligned = AlignedKey::new(packet, watched, watched.direction);
-    let key = &aligned.0;
+    let key = &flow_key(packet, watched, watched.direction);
     let check = flow_check(key);
     if let Some(slot) = FLOW_CACHE.get_ptr_mut(flow_slot(check, load_time(&FLOW_CACHE_MASK))) {
         // SAFETY: a per-CPU slot belongs to this CPU while the program runs.

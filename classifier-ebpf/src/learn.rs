@@ -18,7 +18,7 @@ use classifier_common::{
 use crate::{
     ENDPOINT_HINTS, LEARN_BUDGET, LEARN_EVENTS, LEARN_RATE, LEARNED, TCP_PROBES, VERDICTS,
     classify::Watched,
-    count::{AlignedKey, KeyAddress, clock_ns},
+    count::{KeyAddress, clock_ns, flow_key},
     load_time,
     parse::{MAX_FRAME, Packet},
 };
@@ -64,7 +64,7 @@ pub fn verdict<A: KeyAddress>(
     if !hinted(hints, ENDPOINT_HINT_VERDICTS, hint) {
         return None;
     }
-    let key = &AlignedKey::new(packet, watched, 0).0;
+    let key = &flow_key(packet, watched, 0);
     // SAFETY: a map value, read once.
     VERDICTS.get_ptr(key).map(|verdict| unsafe { *verdict })
 }
@@ -130,7 +130,7 @@ pub fn tcp_segment<A: KeyAddress>(
     if packet.protocol != PROTO_TCP || packet.payload_end <= packet.payload_start {
         return;
     }
-    let check = flow_check(&AlignedKey::new(packet, watched, 0).0);
+    let check = flow_check(&flow_key(packet, watched, 0));
     let Some(slot) = TCP_PROBES.get_ptr_mut(flow_slot(check, TCP_PROBE_SLOTS - 1)) else {
         return;
     };
