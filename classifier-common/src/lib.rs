@@ -19,8 +19,11 @@ pub const MAP_SERVICES: &str = "SERVICES";
 /// LRU per-CPU hash of [`FlowKey`] to [`FlowValue`]: the flows that found
 /// their [`MAP_FLOW_CACHE`] slot taken.
 pub const MAP_FLOWS: &str = "FLOWS";
-/// Per-CPU array of [`FlowSlot`]s: a direct-mapped flow cache, slot
-/// `flow_slot(flow_check(key))`. A slot is claimed by the first flow that
+/// Per-CPU array of [`FlowBucket`]s: a direct-mapped flow cache, slot
+/// `flow_slot(flow_check(key))`, which is slot `% FLOW_BUCKET_SLOTS` of
+/// bucket `/ FLOW_BUCKET_SLOTS` (buckets rather than one slot per entry: a
+/// new flow's first packet then reads one slot it has not seen, not also
+/// its entry's pointer in a table of one per slot). A slot is claimed by the first flow that
 /// hashes to it and keeps it until a drain has read its final counts: a
 /// new flow may then take it over (recycle it) once the flow in it has been
 /// idle since before the tick in [`MAP_FLOW_CACHE_DRAINED`].
@@ -578,6 +581,62 @@ pub struct FlowSlot {
     pub value: FlowValue,
 }
 const _: () = assert!(size_of::<FlowSlot>() == 96);
+
+/// Slots in one value of [`MAP_FLOW_CACHE`].
+pub const FLOW_BUCKET_SLOTS: u32 = 256;
+/// One value of [`MAP_FLOW_CACHE`].
+pub type FlowBucket = [FlowSlot; FLOW_BUCKET_SLOTS as usize];
+// The kernel's largest per-CPU value (PCPU_MIN_UNIT_SIZE).
+const _: () = assert!(size_of::<FlowBucket>() <= 32 * 1024);
+
+/// How [`MAP_FLOW_CACHE`] holds a cache of a power of two of slots per
+/// CPU: buckets of [`FLOW_BUCKET_SLOTS`] slots, or one bucket of all the
+/// slots when there are fewer (the loader sets the value size, so slot
+/// `i` is always slot `i % FLOW_BUCKET_SLOTS` of bucket
+/// `i / FLOW_BUCKET_SLOTS`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowCacheShape {
+    pub buckets: u32,
+    pub bucket_slots: u32,
+}
+
+impl FlowCacheShape {
+    /// The shape of a cache of `slots` slots (a power of two, at least 1).
+    pub const fn of(slots: u32) -> Self {
+        let bucket_slots = if slots < FLOW_BUCKET_SLOTS {
+            slots
+        } else {
+            FLOW_BUCKET_SLOTS
+        };
+        Self {
+            buckets: slots / bucket_slots,
+            bucket_slots,
+        }
+    }
+
+    /// The shape of a loaded cache map, from its value size and entries;
+    /// `None` when they are not a shape [`Self::of`] gives.
+    pub fn of_map(value_size: u32, max_entries: u32) -> Option<Self> {
+        let slot = size_of::<FlowSlot>() as u32;
+        if !value_size.is_multiple_of(slot) {
+            return None;
+        }
+        let slots = max_entries
+            .checked_mul(value_size / slot)
+            .filter(|slots| slots.is_power_of_two())?;
+        let shape = Self::of(slots);
+        (shape.value_size() == value_size && shape.buckets == max_entries).then_some(shape)
+    }
+
+    pub const fn slots(self) -> u32 {
+        self.buckets * self.bucket_slots
+    }
+
+    /// The bytes of one value.
+    pub const fn value_size(self) -> u32 {
+        self.bucket_slots * size_of::<FlowSlot>() as u32
+    }
+}
 
 /// A flow key's hash, never 0 (0 marks an empty [`FlowSlot`]). Every
 /// matched packet computes it before it can find its slot, so it is built

@@ -11,9 +11,9 @@ use aya_ebpf::{
 };
 use bytemuck::Zeroable;
 use classifier_common::{
-    ENDPOINT_HINT_VERDICTS, FAMILY_V4, FAMILY_V6, FlowKey, FlowValue, ORIGIN_FEED, ORIGIN_LEARNED,
-    ORIGIN_PROTOCOL, SERVICE_L2TP, Totals, endpoint_hint_index, flow_check, flow_slot, same_flow,
-    slot_tail,
+    ENDPOINT_HINT_VERDICTS, FAMILY_V4, FAMILY_V6, FLOW_BUCKET_SLOTS, FlowKey, FlowValue,
+    ORIGIN_FEED, ORIGIN_LEARNED, ORIGIN_PROTOCOL, SERVICE_L2TP, Totals, endpoint_hint_index,
+    flow_check, flow_slot, same_flow, slot_tail,
 };
 
 use crate::{
@@ -243,9 +243,15 @@ fn count_flow<A: KeyAddress>(
 ) {
     let key = &flow_key(packet, watched, watched.direction);
     let check = flow_check(key);
-    if let Some(slot) = FLOW_CACHE.get_ptr_mut(flow_slot(check, load_time(&FLOW_CACHE_MASK))) {
-        // SAFETY: a per-CPU slot belongs to this CPU while the program runs.
-        let slot = unsafe { &mut *slot };
+    let index = flow_slot(check, load_time(&FLOW_CACHE_MASK));
+    // A cache of fewer slots than a bucket is one smaller bucket
+    // (`FlowCacheShape`): the index is at most the mask, a load-time
+    // constant the verifier knows, which keeps the read inside it.
+    let bucket = FLOW_CACHE.get_ptr_mut(index / FLOW_BUCKET_SLOTS);
+    // SAFETY: a per-CPU value belongs to this CPU while the program runs.
+    let slot = bucket
+        .and_then(|bucket| unsafe { &mut *bucket }.get_mut((index % FLOW_BUCKET_SLOTS) as usize));
+    if let Some(slot) = slot {
         if slot.check == check && same_flow(&slot.key, key) {
             update_flow(&mut slot.value, packet, service, origin, bytes, now);
             return;

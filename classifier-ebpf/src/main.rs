@@ -19,7 +19,7 @@ use aya_ebpf::{
 };
 use classifier_common::{
     BPF_F_MMAPABLE, CAPTURE_FLOW_CAPACITY, CAPTURE_RING_BYTES, CaptureConfig, DEFAULT_LEARN_RATE,
-    EndpointHints, EndpointValue, FlowKey, FlowSlot, FlowValue, HINT_ENTRIES, LEARN_RING_BYTES,
+    EndpointHints, EndpointValue, FlowBucket, FlowKey, FlowValue, HINT_ENTRIES, LEARN_RING_BYTES,
     LEARNED_CAPACITY, MAX_SERVICES, RateBudget, ServiceCounters, TCP_PROBE_SLOTS, TcpProbeSlot,
     Totals, V4_LOWER_DECLARED_SIZE, V4_NODE_WIDTH, V4_TOP_NODES, V4Node, V4Top, VERDICT_CAPACITY,
     WATCHED_V4_BLOCKS, WatchedBlock, WatchedHint, WatchedHints,
@@ -35,7 +35,7 @@ static SERVICES: PerCpuArray<ServiceCounters> = PerCpuArray::with_max_entries(MA
 #[map]
 static FLOWS: LruPerCpuHashMap<FlowKey, FlowValue> = LruPerCpuHashMap::with_max_entries(65_536, 0);
 #[map]
-static FLOW_CACHE: PerCpuArray<FlowSlot> = PerCpuArray::with_max_entries(1, 0);
+static FLOW_CACHE: PerCpuArray<FlowBucket> = PerCpuArray::with_max_entries(1, 0);
 /// The flow clock's stamp before which a cached flow's counts have been
 /// drained (`classifier_common::MAP_FLOW_CACHE_DRAINED`).
 #[map]

@@ -61,32 +61,37 @@ pub fn program_image(program: BorrowedFd<'_>) -> io::Result<ProgramImage> {
     })
 }
 
-/// Entries read per BPF_MAP_LOOKUP_BATCH call.
+/// Entries read per BPF_MAP_LOOKUP_BATCH call, at most…
 const BATCH: usize = 8192;
+/// …and fewer where their values would take more than this many bytes.
+const BATCH_BYTES: usize = 4 << 20;
 
-/// Visits every entry of a per-CPU hash or array map (`K` → one `V` per
-/// possible CPU) with BPF_MAP_LOOKUP_BATCH: thousands of entries per call
-/// instead of two calls per entry, decoded in place. `Ok(false)` when the
-/// kernel has no batch operations for the map (nothing was visited), or
-/// `V`'s size is not a multiple of 8 (the kernel's per-CPU stride). Entries
-/// created or deleted while reading may or may not be seen, as with any walk
-/// of a live map.
+/// Visits every entry of a per-CPU hash or array map (`K` → one value per
+/// possible CPU, each value `elements` `V`s) with BPF_MAP_LOOKUP_BATCH:
+/// many entries per call instead of two calls per entry, decoded in place;
+/// `visit` gets each entry's `V`s, CPU by CPU. `Ok(false)` when the kernel
+/// has no batch operations for the map (nothing was visited), or `V`'s size
+/// is not a multiple of 8 (the kernel's per-CPU stride). Entries created or
+/// deleted while reading may or may not be seen, as with any walk of a live
+/// map.
 pub fn visit_per_cpu_batched<K: Pod, V: Pod>(
     map: BorrowedFd<'_>,
     cpus: usize,
+    elements: usize,
     mut visit: impl FnMut(&K, &[V]),
 ) -> io::Result<bool> {
-    if !size_of::<V>().is_multiple_of(8) || cpus == 0 {
+    if !size_of::<V>().is_multiple_of(8) || cpus == 0 || elements == 0 {
         return Ok(false);
     }
-    let mut capacity = BATCH;
+    let per_entry = cpus * elements;
+    let mut capacity = (BATCH_BYTES / (per_entry * size_of::<V>()).max(1)).clamp(1, BATCH);
     let mut token = [0u8; 8];
     let mut first = true;
     let mut keys: Vec<K> = Vec::new();
     let mut values: Vec<V> = Vec::new();
     loop {
         keys.resize(capacity, K::zeroed());
-        values.resize(capacity * cpus, V::zeroed());
+        values.resize(capacity * per_entry, V::zeroed());
         let mut next_token = [0u8; 8];
         // SAFETY: bpf_attr is plain old data; all zeroes is valid.
         let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
@@ -121,8 +126,8 @@ pub fn visit_per_cpu_batched<K: Pod, V: Pod>(
             }
             Err(error) => return Err(error),
         };
-        for (key, per_cpu) in keys.iter().zip(values.chunks_exact(cpus)).take(count) {
-            visit(key, per_cpu);
+        for (key, entry) in keys.iter().zip(values.chunks_exact(per_entry)).take(count) {
+            visit(key, entry);
         }
         if done {
             return Ok(true);

@@ -18,9 +18,9 @@ use foldhash::fast::RandomState;
 
 use aya::maps::{IterableMap, Map, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use classifier_common::{
-    FlowKey, FlowSlot, FlowValue, MAP_FLOW_CACHE, MAP_FLOW_CACHE_DRAINED, MAP_FLOWS, MAP_SERVICES,
-    MAP_TOTALS, MAX_SERVICES, RECYCLE_MARGIN_TICKS, ServiceCounters, Totals, flow_check, flow_slot,
-    slot_tail,
+    FlowCacheShape, FlowKey, FlowSlot, FlowValue, MAP_FLOW_CACHE, MAP_FLOW_CACHE_DRAINED,
+    MAP_FLOWS, MAP_SERVICES, MAP_TOTALS, MAX_SERVICES, RECYCLE_MARGIN_TICKS, ServiceCounters,
+    Totals, flow_check, flow_slot, slot_tail,
 };
 
 use crate::{
@@ -324,6 +324,7 @@ fn visit_flow_table(
     let batched = visit_per_cpu_batched::<FlowKey, FlowValue>(
         flow_map.map().fd().as_fd(),
         cpus,
+        1,
         |key, values| {
             if let Some(sample) = sum_flow(values.iter()) {
                 flows += 1;
@@ -380,30 +381,49 @@ fn visit_flow_cache(
     cpus: usize,
     mut visit: impl FnMut(CachePosition, &FlowSlot),
 ) -> Result<usize, DrainError> {
-    let cache: PerCpuArray<_, FlowSlot> =
-        PerCpuArray::try_from(cache).map_err(drain_error(MAP_FLOW_CACHE))?;
-    let mask = cache.len() - 1;
-    let mut occupied = 0;
-    let mut take = |index: u32, slots: &[FlowSlot]| {
-        for (cpu, slot) in slots.iter().enumerate() {
-            if slot.check != 0 || slot.value.slot_tail != 0 {
-                occupied += 1;
-            }
-            if trusted(slot, index, mask) {
-                visit(index as usize * cpus + cpu, slot);
-            }
-        }
+    let Map::PerCpuArray(map) = cache else {
+        return Err(DrainError {
+            map: MAP_FLOW_CACHE,
+            problem: "not a per-CPU array".into(),
+        });
     };
-    let batched =
-        visit_per_cpu_batched::<u32, FlowSlot>(cache.map().fd().as_fd(), cpus, |index, slots| {
-            take(*index, slots)
-        })
-        .map_err(batch_error(MAP_FLOW_CACHE))?;
-    if !batched {
-        for index in 0..cache.len() {
-            let slots = cache.get(&index, 0).map_err(drain_error(MAP_FLOW_CACHE))?;
-            take(index, &slots);
+    let info = map.info().map_err(drain_error(MAP_FLOW_CACHE))?;
+    let shape = FlowCacheShape::of_map(info.value_size(), info.max_entries()).ok_or_else(|| {
+        DrainError {
+            map: MAP_FLOW_CACHE,
+            problem: format!(
+                "{} values of {} bytes are no flow-cache shape",
+                info.max_entries(),
+                info.value_size()
+            ),
         }
+    })?;
+    let mask = shape.slots() - 1;
+    let bucket_slots = shape.bucket_slots as usize;
+    let mut occupied = 0;
+    let batched = visit_per_cpu_batched::<u32, FlowSlot>(
+        map.fd().as_fd(),
+        cpus,
+        bucket_slots,
+        |bucket, slots| {
+            for (at, slot) in slots.iter().enumerate() {
+                let (cpu, within) = (at / bucket_slots, at % bucket_slots);
+                let index = *bucket * shape.bucket_slots + within as u32;
+                if slot.check != 0 || slot.value.slot_tail != 0 {
+                    occupied += 1;
+                }
+                if trusted(slot, index, mask) {
+                    visit(index as usize * cpus + cpu, slot);
+                }
+            }
+        },
+    )
+    .map_err(batch_error(MAP_FLOW_CACHE))?;
+    if !batched {
+        return Err(DrainError {
+            map: MAP_FLOW_CACHE,
+            problem: "the kernel cannot read it in batches (BPF_MAP_LOOKUP_BATCH)".into(),
+        });
     }
     Ok(occupied)
 }

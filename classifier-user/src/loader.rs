@@ -17,19 +17,20 @@ use aya::{
     programs::{Extension, Program, ProgramError, ProgramFd, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use classifier_common::{
-    EndpointValue, GLOBAL_CAPTURE_CLOCK, GLOBAL_FLOW_CACHE_MASK, GLOBAL_LEARN_RATE, GLOBAL_VERDICT,
-    MAP_CAPTURE_CLOCK, MAP_CAPTURE_CONFIG, MAP_CAPTURE_EVENTS, MAP_ENDPOINT_HINTS,
-    MAP_ENDPOINTS_V6, MAP_FLOW_CACHE, MAP_FLOWS, MAP_LEARN_EVENTS, MAP_LEARNED, MAP_V4_LOWER,
-    MAP_V4_TOP, MAP_VERDICTS, MAP_WATCHED_HINT, MAP_WATCHED_V6, MAX_SERVICES, PROGRAM_NAME,
-    V4_LOWER_DECLARED_SIZE, WATCHED_24_ALL, WATCHED_24_NONE, WATCHED_24_SOME, WATCHED_V4_BLOCKS,
-    WATCHED_V4_WALK, WatchedBlock, WatchedHint, WatchedHints, hint_index_v4, hint_index_v6,
+    EndpointValue, FlowBucket, FlowCacheShape, GLOBAL_CAPTURE_CLOCK, GLOBAL_FLOW_CACHE_MASK,
+    GLOBAL_LEARN_RATE, GLOBAL_VERDICT, MAP_CAPTURE_CLOCK, MAP_CAPTURE_CONFIG, MAP_CAPTURE_EVENTS,
+    MAP_ENDPOINT_HINTS, MAP_ENDPOINTS_V6, MAP_FLOW_CACHE, MAP_FLOWS, MAP_LEARN_EVENTS, MAP_LEARNED,
+    MAP_V4_LOWER, MAP_V4_TOP, MAP_VERDICTS, MAP_WATCHED_HINT, MAP_WATCHED_V6, MAX_SERVICES,
+    PROGRAM_NAME, V4_LOWER_DECLARED_SIZE, WATCHED_24_ALL, WATCHED_24_NONE, WATCHED_24_SOME,
+    WATCHED_V4_BLOCKS, WATCHED_V4_WALK, WatchedBlock, WatchedHint, WatchedHints, hint_index_v4,
+    hint_index_v6,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::{
     drain::{CounterMaps, DrainError},
     feeds::{EndpointFeed, WatchedSet},
-    object_file::{ObjectError, with_value_size},
+    object_file::{ObjectError, ValueSize, with_value_sizes},
     v4_table::{V4_LOWER_MAX_BYTES, V4Table},
 };
 
@@ -43,7 +44,7 @@ static EBPF_OBJECT: &[u8] =
 
 /// Default flow-table capacity (keys; each holds one value per CPU).
 pub const DEFAULT_FLOW_CAPACITY: u32 = 65_536;
-/// Default flow-cache slots per CPU (88 bytes each).
+/// Default flow-cache slots per CPU (96 bytes each).
 pub const DEFAULT_FLOW_CACHE_SLOTS: u32 = 16_384;
 
 #[derive(Debug, thiserror::Error)]
@@ -403,17 +404,27 @@ impl Sensor {
         let v6_capacity = capacity("v6", v6_count, capacities.endpoints_v6)?;
         let table = v4_table(watched, endpoints, &services);
         let lower = table.lower().ok_or(LoadError::V4TableTooLarge)?;
-        let object = with_value_size(
-            EBPF_OBJECT,
-            MAP_V4_LOWER,
-            V4_LOWER_DECLARED_SIZE,
-            lower.value_size,
-        )?;
         let cache_slots = capacities
             .flow_cache_slots
             .clamp(1, 1 << 24)
             .next_power_of_two();
         let cache_mask = cache_slots - 1;
+        let cache = FlowCacheShape::of(cache_slots);
+        let object = with_value_sizes(
+            EBPF_OBJECT,
+            &[
+                ValueSize {
+                    map: MAP_V4_LOWER,
+                    declared: V4_LOWER_DECLARED_SIZE,
+                    loaded: lower.value_size,
+                },
+                ValueSize {
+                    map: MAP_FLOW_CACHE,
+                    declared: size_of::<FlowBucket>(),
+                    loaded: cache.value_size(),
+                },
+            ],
+        )?;
         let verdict = match verdict {
             Verdict::Pass => XDP_PASS,
             Verdict::Drop => XDP_DROP,
@@ -450,7 +461,7 @@ impl Sensor {
             .override_global(GLOBAL_VERDICT, &verdict, true)
             .override_global(GLOBAL_CAPTURE_CLOCK, &(clock as u32), true)
             .override_global(GLOBAL_LEARN_RATE, &capacities.learn_rate, true)
-            .map_max_entries(MAP_FLOW_CACHE, cache_slots)
+            .map_max_entries(MAP_FLOW_CACHE, cache.buckets)
             .map_max_entries(MAP_ENDPOINTS_V6, v6_capacity)
             .map_max_entries(MAP_WATCHED_V6, watched.v6.len().max(256) as u32)
             .map_max_entries(MAP_FLOWS, capacities.flows.max(1))
@@ -870,7 +881,11 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use classifier_common::{HINT_ENTRIES, MAP_TCP_PROBES, MAP_TOTALS};
+    use classifier_common::{
+        FLOW_BUCKET_SLOTS, FlowSlot, HINT_ENTRIES, MAP_TCP_PROBES, MAP_TOTALS, TcpProbeSlot,
+    };
+
+    use crate::object_file::AlignedObject;
 
     fn watched_hints_v4(prefixes: &[Ipv4Net]) -> Box<WatchedHints> {
         let mut hints: Box<WatchedHints> = bytemuck::zeroed_box();
@@ -1016,16 +1031,55 @@ mod tests {
         parsed.maps[map].value_size()
     }
 
+    fn resized(
+        map: &'static str,
+        declared: usize,
+        loaded: u32,
+    ) -> Result<AlignedObject, ObjectError> {
+        with_value_sizes(
+            EBPF_OBJECT,
+            &[ValueSize {
+                map,
+                declared,
+                loaded,
+            }],
+        )
+    }
+
     #[test]
-    fn the_lower_levels_map_takes_the_size_set_in_the_copy_of_the_object() {
+    fn the_maps_sized_at_load_time_take_the_sizes_set_in_the_copy_of_the_object() {
         assert!(!EBPF_OBJECT.is_empty(), "built without the XDP object");
         assert_eq!(
             parsed_value_size(EBPF_OBJECT, MAP_V4_LOWER),
             V4_LOWER_DECLARED_SIZE as u32
         );
-        let resized =
-            with_value_size(EBPF_OBJECT, MAP_V4_LOWER, V4_LOWER_DECLARED_SIZE, 123_456).unwrap();
+        let bucket = size_of::<FlowBucket>();
+        assert_eq!(
+            parsed_value_size(EBPF_OBJECT, MAP_FLOW_CACHE),
+            bucket as u32
+        );
+        let cache = FlowCacheShape::of(4);
+        let resized = with_value_sizes(
+            EBPF_OBJECT,
+            &[
+                ValueSize {
+                    map: MAP_V4_LOWER,
+                    declared: V4_LOWER_DECLARED_SIZE,
+                    loaded: 123_456,
+                },
+                ValueSize {
+                    map: MAP_FLOW_CACHE,
+                    declared: bucket,
+                    loaded: cache.value_size(),
+                },
+            ],
+        )
+        .unwrap();
         assert_eq!(parsed_value_size(resized.bytes(), MAP_V4_LOWER), 123_456);
+        assert_eq!(
+            parsed_value_size(resized.bytes(), MAP_FLOW_CACHE),
+            4 * size_of::<FlowSlot>() as u32
+        );
         // Nothing else moved.
         assert_eq!(resized.bytes().len(), EBPF_OBJECT.len());
         assert_eq!(
@@ -1036,23 +1090,63 @@ mod tests {
 
     #[test]
     fn resizing_a_map_the_object_declares_otherwise_is_refused_with_its_name() {
-        let wrong_size = with_value_size(EBPF_OBJECT, MAP_V4_LOWER, 16, 64).unwrap_err();
+        let wrong_size = resized(MAP_V4_LOWER, 16, 64).unwrap_err();
         assert!(
             wrong_size.to_string().contains("V4_LOWER")
                 && wrong_size.to_string().contains("value size 8"),
             "{wrong_size}"
         );
-        // A per-CPU array of many entries, not a one-value array.
-        let wrong_kind =
-            with_value_size(EBPF_OBJECT, MAP_TCP_PROBES, V4_LOWER_DECLARED_SIZE, 64).unwrap_err();
+        // A per-CPU array of many entries, not one declared with one value.
+        let wrong_kind = resized(MAP_TCP_PROBES, size_of::<TcpProbeSlot>(), 64).unwrap_err();
         assert!(
-            wrong_kind.to_string().contains("TCP_PROBES"),
+            wrong_kind.to_string().contains("TCP_PROBES")
+                && wrong_kind.to_string().contains("8192 entries"),
             "{wrong_kind}"
         );
-        let missing = with_value_size(EBPF_OBJECT, "NO_SUCH_MAP", 8, 64).unwrap_err();
+        let missing = resized("NO_SUCH_MAP", 8, 64).unwrap_err();
         assert!(
             missing.to_string().contains("NO_SUCH_MAP: no such symbol"),
             "{missing}"
         );
+    }
+
+    #[test]
+    fn the_flow_cache_is_held_in_buckets_or_in_one_smaller_bucket() {
+        let slot = size_of::<FlowSlot>() as u32;
+        for (slots, buckets, bucket_slots) in [
+            (1, 1, 1),
+            (4, 1, 4),
+            (FLOW_BUCKET_SLOTS, 1, FLOW_BUCKET_SLOTS),
+            (DEFAULT_FLOW_CACHE_SLOTS, 64, FLOW_BUCKET_SLOTS),
+            (1 << 24, 1 << 16, FLOW_BUCKET_SLOTS),
+        ] {
+            let shape = FlowCacheShape::of(slots);
+            assert_eq!(
+                shape,
+                FlowCacheShape {
+                    buckets,
+                    bucket_slots
+                },
+                "{slots} slots"
+            );
+            assert_eq!(shape.slots(), slots);
+            assert_eq!(shape.value_size(), bucket_slots * slot);
+            // A drain reads the shape back from the map.
+            assert_eq!(
+                FlowCacheShape::of_map(shape.value_size(), buckets),
+                Some(shape)
+            );
+        }
+        // What no loader makes: part slots, a bucket too large, a small
+        // bucket among several.
+        assert_eq!(FlowCacheShape::of_map(slot + 8, 1), None);
+        assert_eq!(
+            FlowCacheShape::of_map(2 * FLOW_BUCKET_SLOTS * slot, 1),
+            None
+        );
+        assert_eq!(FlowCacheShape::of_map(4 * slot, 2), None);
+        assert_eq!(FlowCacheShape::of_map(3 * slot, 1), None);
+        assert_eq!(FlowCacheShape::of_map(0, 1), None);
+        assert_eq!(FlowCacheShape::of_map(slot, 0), None);
     }
 }

@@ -1,12 +1,13 @@
 //! The XDP object file as the loader hands it to aya. aya takes an array's
-//! value size only from the object's map definition, so a map whose value
-//! is sized at load time (the IPv4 table's lower levels) is resized in a
-//! copy of the object before loading it.
+//! value size only from the object's map definition, so maps whose values
+//! are sized at load time (the IPv4 table's lower levels, the flow cache's
+//! buckets) are resized in a copy of the object before loading it.
 
 use object::{Object, ObjectSection, ObjectSymbol};
 
-/// `BPF_MAP_TYPE_ARRAY`.
+/// `BPF_MAP_TYPE_ARRAY` and `BPF_MAP_TYPE_PERCPU_ARRAY`.
 const MAP_TYPE_ARRAY: u32 = 2;
+const MAP_TYPE_PERCPU_ARRAY: u32 = 6;
 /// The section aya-ebpf's `#[map]` places legacy map definitions in: each a
 /// `bpf_map_def` of `u32`s (type, key size, value size, max entries, ...).
 const MAPS_SECTION: &str = "maps";
@@ -20,17 +21,41 @@ pub struct ObjectError {
     pub problem: String,
 }
 
-/// A copy of `object` in which the one-value array `map`, declared with
-/// values of `declared` bytes, has values of `value_size` bytes. The copy
-/// is 8-byte aligned, as the object parser wants it.
-pub fn with_value_size(
+/// A map whose values are sized at load time: its name, the value size the
+/// object declares, and the size it is loaded with.
+#[derive(Clone, Copy, Debug)]
+pub struct ValueSize {
+    pub map: &'static str,
+    pub declared: usize,
+    pub loaded: u32,
+}
+
+/// A copy of `object` in which each one-value array or per-CPU array named
+/// in `sizes` (declared with one entry, whatever the loader then sizes it
+/// to) has values of its loaded size. The copy is 8-byte aligned, as the
+/// object parser wants it.
+pub fn with_value_sizes(object: &[u8], sizes: &[ValueSize]) -> Result<AlignedObject, ObjectError> {
+    let file = object::File::parse(object).map_err(|e| ObjectError {
+        map: sizes.first().map_or("?", |size| size.map),
+        problem: format!("cannot parse: {e}"),
+    })?;
+    let mut copy = AlignedObject::new(object);
+    for size in sizes {
+        let at = value_size_at(&file, object, size)?;
+        copy.bytes_mut()[at..at + 4].copy_from_slice(&size.loaded.to_le_bytes());
+    }
+    Ok(copy)
+}
+
+/// Where in `object` the value size of `size.map`'s definition lies,
+/// checked to be what `size` says the object declares.
+fn value_size_at(
+    file: &object::File<'_>,
     object: &[u8],
-    map: &'static str,
-    declared: usize,
-    value_size: u32,
-) -> Result<AlignedObject, ObjectError> {
+    size: &ValueSize,
+) -> Result<usize, ObjectError> {
+    let ValueSize { map, declared, .. } = *size;
     let error = |problem: String| ObjectError { map, problem };
-    let file = object::File::parse(object).map_err(|e| error(format!("cannot parse: {e}")))?;
     let symbol = file
         .symbols()
         .find(|symbol| symbol.name() == Ok(map))
@@ -48,10 +73,11 @@ pub fn with_value_size(
     let (section_start, section_len) = section
         .file_range()
         .ok_or_else(|| error("its section has no bytes in the file".into()))?;
-    let within = symbol.address() - section.address();
-    if within + 16 > section_len {
-        return Err(error("its definition runs past its section".into()));
-    }
+    let within = symbol
+        .address()
+        .checked_sub(section.address())
+        .filter(|within| within.checked_add(16).is_some_and(|end| end <= section_len))
+        .ok_or_else(|| error("its definition lies outside its section".into()))?;
     let at = usize::try_from(section_start + within).expect("an offset into a slice");
     let field = |index: usize| {
         let start = at + 4 * index;
@@ -59,17 +85,14 @@ pub fn with_value_size(
     };
     let (map_type, key_size, value_size_now, max_entries) =
         (field(0), field(1), field(2), field(3));
-    if (map_type, key_size, value_size_now as usize, max_entries)
-        != (MAP_TYPE_ARRAY, 4, declared, 1)
+    if !matches!(map_type, MAP_TYPE_ARRAY | MAP_TYPE_PERCPU_ARRAY)
+        || (key_size, value_size_now as usize, max_entries) != (4, declared, 1)
     {
         return Err(error(format!(
-            "expected a one-value array of {declared}-byte values, found type {map_type}, key size {key_size}, value size {value_size_now}, {max_entries} entries"
+            "expected an array or per-CPU array declared with one {declared}-byte value, found type {map_type}, key size {key_size}, value size {value_size_now}, {max_entries} entries"
         )));
     }
-    let mut copy = AlignedObject::new(object);
-    copy.bytes_mut()[at + VALUE_SIZE_AT..at + VALUE_SIZE_AT + 4]
-        .copy_from_slice(&value_size.to_le_bytes());
-    Ok(copy)
+    Ok(at + VALUE_SIZE_AT)
 }
 
 /// Object bytes in 8-byte aligned storage.

@@ -143,13 +143,14 @@ impl SensorMeta {
 pub fn layout() -> String {
     use std::mem::size_of;
     format!(
-        "totals{}-services{}-protocols{}-flowkey{}-flowvalue{}-flowslot{}-flowclock-ticks-endpointhint{}-recycledslots-flowcheck2",
+        "totals{}-services{}-protocols{}-flowkey{}-flowvalue{}-flowslot{}-flowbucket{}-flowclock-ticks-endpointhint{}-recycledslots-flowcheck2",
         size_of::<Totals>(),
         size_of::<ServiceCounters>(),
         classifier_common::PROTOCOL_SERVICES.len(),
         size_of::<FlowKey>(),
         size_of::<FlowValue>(),
         size_of::<FlowSlot>(),
+        classifier_common::FLOW_BUCKET_SLOTS,
         size_of::<classifier_common::EndpointHints>()
     )
 }
