@@ -32,7 +32,7 @@ use classifier_user::{
     testrun::{attach_xdp_link, load_constant_xdp, program_fd, run_repeated},
 };
 use workload::{
-    NEW_FLOW_CASE, NEW_FLOW_TABLE_CASE, WATCHED_TCP_CASE, cases, random_feed,
+    KNOWN_FLOW_CASE, NEW_FLOW_CASE, NEW_FLOW_TABLE_CASE, WATCHED_TCP_CASE, cases, random_feed,
     random_unwatched_frames, stream_cases, stream_length, watched,
 };
 
@@ -477,6 +477,9 @@ fn main() -> Result<()> {
                             stream::compare_stream(floor.as_fd(), program_fd(&sensor)?, &streams)?;
                         if case == NEW_FLOW_TABLE_CASE {
                             figures.insert("new_flow_table_ratio", cost.ratio);
+                        }
+                        if case == KNOWN_FLOW_CASE {
+                            figures.insert("known_flow_stream_ratio", cost.ratio);
                         }
                         cost
                     };

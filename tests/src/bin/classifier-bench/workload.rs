@@ -184,7 +184,8 @@ pub fn random_unwatched_frames(count: usize, seed: u64) -> Vec<Vec<u8>> {
 /// Frames for stream mode, one stream per round, each frame 64 bytes:
 /// non-watched random addresses; a watched source to random addresses of
 /// the feed's IPv4 prefixes (cold table, a new flow almost every frame);
-/// and a watched source to one known endpoint, a new flow every frame.
+/// one known flow's frame; and a watched source to one known endpoint, a
+/// new flow every frame.
 pub fn stream_cases(
     options: &Options,
     feed: &EndpointFeed,
@@ -207,9 +208,13 @@ pub fn stream_cases(
             "c watched -> endpoint (cold: random feed addresses)",
             Vec::new(),
         ),
+        (KNOWN_FLOW_CASE, Vec::new()),
         (NEW_FLOW_TABLE_CASE, Vec::new()),
         (NEW_FLOW_CASE, Vec::new()),
     ];
+    // One flow, the same frame in every run (flow numbers far above the
+    // new flows').
+    let known_flow = new_flow_frame(&mut 0x00ff_0000);
     for _ in 0..rounds {
         let mut cold_a = Vec::with_capacity(per_round);
         let mut cold_c = Vec::with_capacity(per_round);
@@ -234,12 +239,18 @@ pub fn stream_cases(
         }
         streams[0].1.push(cold_a);
         streams[1].1.push(cold_c);
-        streams[2].1.push(new_flows);
-        streams[3].1.push(drained_new_flows);
+        streams[2].1.push(vec![known_flow.clone(); per_round]);
+        streams[3].1.push(new_flows);
+        streams[4].1.push(drained_new_flows);
     }
     streams
 }
 
+/// A known flow's packet in stream mode: the same frame in every run, so
+/// what sets it apart from the warm match rows is what each run finds
+/// cold (the program's code and data after the syscall), the part of the
+/// new-flow rows that is not the new flow.
+pub const KNOWN_FLOW_CASE: &str = "c known flow, the same frame every run (what a run finds cold)";
 /// The first packet of a new flow whose cache slot is held by a flow no
 /// drain has read: it goes to the LRU table (a lookup miss and an insert
 /// that evicts).
