@@ -19,14 +19,14 @@ pub const MAP_SERVICES: &str = "SERVICES";
 /// LRU per-CPU hash of [`FlowKey`] to [`FlowValue`]: the flows that found
 /// their [`MAP_FLOW_CACHE`] slot taken.
 pub const MAP_FLOWS: &str = "FLOWS";
-/// Per-CPU array of [`FlowBucket`]s: a direct-mapped flow cache, slot
-/// `flow_slot(flow_check(key))`, which is slot `% FLOW_BUCKET_SLOTS` of
-/// bucket `/ FLOW_BUCKET_SLOTS` (buckets rather than one slot per entry: a
-/// new flow's first packet then reads one slot it has not seen, not also
-/// its entry's pointer in a table of one per slot). A slot is claimed by the first flow that
-/// hashes to it and keeps it until a drain has read its final counts: a
-/// new flow may then take it over (recycle it) once the flow in it has been
-/// idle since before the tick in [`MAP_FLOW_CACHE_DRAINED`].
+/// Per-CPU array of [`FlowBucket`]s ([`FlowCacheShape`]): a direct-mapped
+/// flow cache, slot `flow_slot(flow_check(key))`. Buckets rather than one
+/// slot per entry, so that a new flow's first packet reads its slot and not
+/// also the slot's pointer in a table of one per slot. A slot is claimed by
+/// the first flow that hashes to it and keeps it until a drain has read its
+/// final counts: a new flow may then take it over (recycle it) once the
+/// flow in it has been idle since before the tick in
+/// [`MAP_FLOW_CACHE_DRAINED`].
 pub const MAP_FLOW_CACHE: &str = "FLOW_CACHE";
 /// Array, one `u64`: a flow-clock stamp (ticks) published by the daemon
 /// after each complete drain, or with snapshots once a checkpoint holding
