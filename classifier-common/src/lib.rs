@@ -191,6 +191,12 @@ pub const GLOBAL_VERDICT: &str = "VERDICT";
 /// sensor); 1 with the time in [`MAP_CAPTURE_CLOCK`] (replaying a capture).
 /// A load-time constant, so the verifier removes the branch not taken.
 pub const GLOBAL_CAPTURE_CLOCK: &str = "CAPTURE_CLOCK_ON";
+/// …and, for benchmarks only, 1 to count every matched packet as the first
+/// of a new flow: its flow key is varied by this CPU's count of flow
+/// inserts and failed inserts, so a frame repeated by BPF_PROG_TEST_RUN
+/// measures a new flow with the program warm. 0 (a sensor) lets the
+/// verifier remove the branch.
+pub const GLOBAL_NEW_FLOW_EVERY_PACKET: &str = "NEW_FLOW_EVERY_PACKET";
 /// …and the most packets handed to userspace to learn from per second
 /// (of the flows' clock), all CPUs together; more are counted in
 /// `Totals::learn_throttled` and not handed over.

@@ -97,6 +97,8 @@ static VERDICT: u32 = xdp_action::XDP_PASS;
 static CAPTURE_CLOCK_ON: u32 = 0;
 #[unsafe(no_mangle)]
 static LEARN_RATE: u32 = DEFAULT_LEARN_RATE;
+#[unsafe(no_mangle)]
+static NEW_FLOW_EVERY_PACKET: u32 = 0;
 // What `V4_LOWER`'s value holds (`classifier_common::V4_LOWER_GLOBALS`).
 #[unsafe(no_mangle)]
 static V4_NODE_COUNT: u32 = 0;

@@ -18,12 +18,12 @@ use aya::{
 };
 use classifier_common::{
     EndpointValue, FlowBucket, FlowCacheShape, GLOBAL_CAPTURE_CLOCK, GLOBAL_FLOW_CACHE_MASK,
-    GLOBAL_LEARN_RATE, GLOBAL_VERDICT, MAP_CAPTURE_CLOCK, MAP_CAPTURE_CONFIG, MAP_CAPTURE_EVENTS,
-    MAP_ENDPOINT_HINTS, MAP_ENDPOINTS_V6, MAP_FLOW_CACHE, MAP_FLOWS, MAP_LEARN_EVENTS, MAP_LEARNED,
-    MAP_V4_LOWER, MAP_V4_TOP, MAP_VERDICTS, MAP_WATCHED_HINT, MAP_WATCHED_V6, MAX_SERVICES,
-    PROGRAM_NAME, V4_LOWER_DECLARED_SIZE, WATCHED_24_ALL, WATCHED_24_NONE, WATCHED_24_SOME,
-    WATCHED_V4_BLOCKS, WATCHED_V4_WALK, WatchedBlock, WatchedHint, WatchedHints, hint_index_v4,
-    hint_index_v6,
+    GLOBAL_LEARN_RATE, GLOBAL_NEW_FLOW_EVERY_PACKET, GLOBAL_VERDICT, MAP_CAPTURE_CLOCK,
+    MAP_CAPTURE_CONFIG, MAP_CAPTURE_EVENTS, MAP_ENDPOINT_HINTS, MAP_ENDPOINTS_V6, MAP_FLOW_CACHE,
+    MAP_FLOWS, MAP_LEARN_EVENTS, MAP_LEARNED, MAP_V4_LOWER, MAP_V4_TOP, MAP_VERDICTS,
+    MAP_WATCHED_HINT, MAP_WATCHED_V6, MAX_SERVICES, PROGRAM_NAME, V4_LOWER_DECLARED_SIZE,
+    WATCHED_24_ALL, WATCHED_24_NONE, WATCHED_24_SOME, WATCHED_V4_BLOCKS, WATCHED_V4_WALK,
+    WatchedBlock, WatchedHint, WatchedHints, hint_index_v4, hint_index_v6,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
@@ -171,6 +171,23 @@ pub enum Verdict {
     Drop,
 }
 
+/// How the program is set up: as a sensor ([`ProgramSetup::SENSOR`]), or
+/// for a benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProgramSetup {
+    pub verdict: Verdict,
+    /// Benchmarks only: every matched packet counts as the first of a new
+    /// flow (`classifier_common::GLOBAL_NEW_FLOW_EVERY_PACKET`).
+    pub new_flow_every_packet: bool,
+}
+
+impl ProgramSetup {
+    pub const SENSOR: Self = Self {
+        verdict: Verdict::Pass,
+        new_flow_every_packet: false,
+    };
+}
+
 /// What flows are stamped with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
@@ -306,22 +323,23 @@ impl Sensor {
         endpoints: &EndpointFeed,
         capacities: Capacities,
     ) -> Result<Self, LoadError> {
-        Self::load_with_verdict(watched, endpoints, capacities, Verdict::Pass)
+        Self::load_for_bench(watched, endpoints, capacities, ProgramSetup::SENSOR)
     }
 
-    /// [`Sensor::load`], choosing the verdict (benchmarks drop).
-    pub fn load_with_verdict(
+    /// [`Sensor::load`], set up as a benchmark asks (to drop, to make every
+    /// matched packet a new flow).
+    pub fn load_for_bench(
         watched: &WatchedSet,
         endpoints: &EndpointFeed,
         capacities: Capacities,
-        verdict: Verdict,
+        setup: ProgramSetup,
     ) -> Result<Self, LoadError> {
         let services = ServiceTable::new(endpoints.services());
         Self::load_with(
             watched,
             endpoints,
             capacities,
-            verdict,
+            setup,
             Clock::Kernel,
             services,
             None,
@@ -344,7 +362,7 @@ impl Sensor {
             watched,
             endpoints,
             capacities,
-            Verdict::Pass,
+            ProgramSetup::SENSOR,
             Clock::Kernel,
             services,
             Some(pinned),
@@ -364,7 +382,7 @@ impl Sensor {
             watched,
             endpoints,
             capacities,
-            Verdict::Pass,
+            ProgramSetup::SENSOR,
             Clock::Capture,
             services,
             None,
@@ -385,7 +403,7 @@ impl Sensor {
         watched: &WatchedSet,
         endpoints: &EndpointFeed,
         capacities: Capacities,
-        verdict: Verdict,
+        setup: ProgramSetup,
         clock: Clock,
         services: ServiceTable,
         pinned: Option<Pinned<'_>>,
@@ -425,10 +443,11 @@ impl Sensor {
                 },
             ],
         )?;
-        let verdict = match verdict {
+        let verdict = match setup.verdict {
             Verdict::Pass => XDP_PASS,
             Verdict::Drop => XDP_DROP,
         };
+        let new_flow_every_packet = u32::from(setup.new_flow_every_packet);
 
         raise_memlock_limit();
         let mut loader = EbpfLoader::new();
@@ -461,6 +480,7 @@ impl Sensor {
             .override_global(GLOBAL_VERDICT, &verdict, true)
             .override_global(GLOBAL_CAPTURE_CLOCK, &(clock as u32), true)
             .override_global(GLOBAL_LEARN_RATE, &capacities.learn_rate, true)
+            .override_global(GLOBAL_NEW_FLOW_EVERY_PACKET, &new_flow_every_packet, true)
             .map_max_entries(MAP_FLOW_CACHE, cache.buckets)
             .map_max_entries(MAP_ENDPOINTS_V6, v6_capacity)
             .map_max_entries(MAP_WATCHED_V6, watched.v6.len().max(256) as u32)

@@ -28,12 +28,13 @@ use classifier_user::{
     bpf_sys::{ProgramImage, program_image},
     feedcheck::grouped,
     feeds::EndpointFeed,
-    loader::{AttachMode, Capacities, Sensor, Verdict, interface_index},
+    loader::{AttachMode, Capacities, ProgramSetup, Sensor, Verdict, interface_index},
     testrun::{attach_xdp_link, load_constant_xdp, program_fd, run_repeated},
 };
 use workload::{
-    KNOWN_FLOW_CASE, NEW_FLOW_CASE, NEW_FLOW_TABLE_CASE, WATCHED_TCP_CASE, cases, random_feed,
-    random_unwatched_frames, stream_cases, stream_length, watched,
+    KNOWN_FLOW_CASE, MATCH_CASE, NEW_FLOW_CASE, NEW_FLOW_TABLE_CASE, NEW_FLOW_WARM_CASE,
+    WATCHED_TCP_CASE, cases, random_feed, random_unwatched_frames, stream_cases, stream_length,
+    watched,
 };
 
 const XDP_DROP: u32 = 1;
@@ -340,6 +341,8 @@ fn main() -> Result<()> {
     let mut rows: Vec<Row> = Vec::new();
     let mut figures: BTreeMap<&str, f64> = BTreeMap::new();
 
+    let mut warm_notes = Vec::new();
+
     // Cases a–f on the bundled feed.
     let bundled = EndpointFeed::from_arguments(&[]).context("bundled feed")?;
     let mut with_target = bundled.endpoints.clone();
@@ -358,6 +361,17 @@ fn main() -> Result<()> {
                 cost,
             });
         }
+    }
+    if options.wants(NEW_FLOW_WARM_CASE) {
+        let (cost, note) = new_flows_warm(floor.as_fd(), &bundled, &options)?;
+        figures.insert("new_flow_warm_ratio", cost.ratio);
+        rows.push(Row {
+            group: "bundled feed (33,401 prefixes), 1 watched prefix".into(),
+            case: NEW_FLOW_WARM_CASE.into(),
+            bytes: 64,
+            cost,
+        });
+        warm_notes.push(note);
     }
     let ratio_of = |rows: &[Row], prefix: &str, bytes: usize| {
         rows.iter()
@@ -379,7 +393,7 @@ fn main() -> Result<()> {
         .enter_on_this_thread()
         .context("enter the sensor namespace")?;
     let _floor_on_peer = attach_on_peer(&link, floor.as_fd())?;
-    let mut notes = Vec::new();
+    let mut notes = warm_notes;
     let mut sensor = sensor;
     if options.only.is_none() {
         let cpus = online_cpus();
@@ -388,8 +402,15 @@ fn main() -> Result<()> {
         let live_rounds = if options.quick { 1 } else { 5 };
         let bench = live::LiveBench::new(&link, frame, frames_per_cpu, cpus)?;
         let empty_drop = load_constant_xdp(XDP_DROP).context("load the empty XDP_DROP program")?;
-        let mut dropping =
-            Sensor::load_with_verdict(&watched(1), &bundled, Capacities::default(), Verdict::Drop)?;
+        let mut dropping = Sensor::load_for_bench(
+            &watched(1),
+            &bundled,
+            Capacities::default(),
+            ProgramSetup {
+                verdict: Verdict::Drop,
+                ..ProgramSetup::SENSOR
+            },
+        )?;
         let drop = bench.compare(empty_drop.as_fd(), &mut dropping, live_rounds)?;
         let pass = bench.compare(floor.as_fd(), &mut sensor, live_rounds)?;
         figures.insert("live_drop_ratio", drop.ratio);
@@ -622,6 +643,45 @@ fn markdown(
     out.push('\n');
     out.push_str(include_str!("tried.md"));
     out
+}
+
+/// [`NEW_FLOW_WARM_CASE`]: the match frame, repeated, into a program set
+/// up to count every matched packet as a new flow, with every cache slot
+/// recyclable (as if a drain had just read the flow in it). Returns the
+/// cost and a note of how many of the packets claimed a cache slot.
+fn new_flows_warm(
+    floor: BorrowedFd<'_>,
+    feed: &EndpointFeed,
+    options: &Options,
+) -> Result<(Measurement, String)> {
+    let mut sensor = Sensor::load_for_bench(
+        &watched(1),
+        feed,
+        Capacities::default(),
+        ProgramSetup {
+            new_flow_every_packet: true,
+            ..ProgramSetup::SENSOR
+        },
+    )?;
+    sensor.allow_recycling(u64::MAX)?;
+    let frame = cases(64)
+        .into_iter()
+        .find(|(case, _)| *case == MATCH_CASE)
+        .context("the match case")?
+        .1;
+    let cost = measure(floor, program_fd(&sensor)?, &frame, options)?;
+    let totals = classifier_user::drain::read(&sensor)?.totals;
+    anyhow::ensure!(
+        totals.matched > 0 && totals.flow_inserts == totals.matched,
+        "{NEW_FLOW_WARM_CASE}: {} of {} matched packets were counted as new flows, not all",
+        totals.flow_inserts,
+        totals.matched
+    );
+    let note = format!(
+        "New flows, warm ({NEW_FLOW_WARM_CASE}): of {} matched packets, {} were counted as a new flow ({} of them in a cache slot another flow had held), {} failed to insert.",
+        totals.matched, totals.flow_inserts, totals.flow_recycles, totals.flow_insert_failures,
+    );
+    Ok((cost, note))
 }
 
 /// [`NEW_FLOW_CASE`]: before each round the bench does what the daemon

@@ -103,7 +103,7 @@ pub fn cases(size: usize) -> Vec<(&'static str, Vec<u8>)> {
             )),
         ),
         (
-            "c watched -> endpoint",
+            MATCH_CASE,
             sized(FrameSpec::udp(watched4, endpoint4, 40000, 443)),
         ),
         (
@@ -246,6 +246,12 @@ pub fn stream_cases(
     streams
 }
 
+/// A watched source to a feed's endpoint, the flow known.
+pub const MATCH_CASE: &str = "c watched -> endpoint";
+/// The match frame repeated into a program set up to count every matched
+/// packet as a new flow, with every cache slot recyclable: a new flow's
+/// first packet with the program's code and data warm.
+pub const NEW_FLOW_WARM_CASE: &str = "c new flow every packet, warm (claims a drained slot)";
 /// A known flow's packet in stream mode: the same frame in every run, so
 /// what sets it apart from the warm match rows is what each run finds
 /// cold (the program's code and data after the syscall), the part of the
