@@ -671,7 +671,7 @@ fn new_flows_warm(
         .1;
     let cost = measure(floor, program_fd(&sensor)?, &frame, options)?;
     let totals = classifier_user::drain::read(&sensor)?.totals;
-    anyhow::ensure!(
+    ensure!(
         totals.matched > 0 && totals.flow_inserts == totals.matched,
         "{NEW_FLOW_WARM_CASE}: {} of {} matched packets were counted as new flows, not all",
         totals.flow_inserts,
