@@ -323,12 +323,13 @@ impl Sensor {
         endpoints: &EndpointFeed,
         capacities: Capacities,
     ) -> Result<Self, LoadError> {
-        Self::load_for_bench(watched, endpoints, capacities, ProgramSetup::SENSOR)
+        Self::load_as(watched, endpoints, capacities, ProgramSetup::SENSOR)
     }
 
-    /// [`Sensor::load`], set up as a benchmark asks (to drop, to make every
-    /// matched packet a new flow).
-    pub fn load_for_bench(
+    /// [`Sensor::load`] with the program set up as `setup` says: as a
+    /// sensor, or as a benchmark asks (to drop after counting, to count
+    /// every matched packet as a new flow).
+    pub fn load_as(
         watched: &WatchedSet,
         endpoints: &EndpointFeed,
         capacities: Capacities,

@@ -402,7 +402,7 @@ fn main() -> Result<()> {
         let live_rounds = if options.quick { 1 } else { 5 };
         let bench = live::LiveBench::new(&link, frame, frames_per_cpu, cpus)?;
         let empty_drop = load_constant_xdp(XDP_DROP).context("load the empty XDP_DROP program")?;
-        let mut dropping = Sensor::load_for_bench(
+        let mut dropping = Sensor::load_as(
             &watched(1),
             &bundled,
             Capacities::default(),
@@ -654,7 +654,7 @@ fn new_flows_warm(
     feed: &EndpointFeed,
     options: &Options,
 ) -> Result<(Measurement, String)> {
-    let mut sensor = Sensor::load_for_bench(
+    let mut sensor = Sensor::load_as(
         &watched(1),
         feed,
         Capacities::default(),
