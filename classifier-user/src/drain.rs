@@ -406,14 +406,15 @@ fn visit_flow_cache(
         cpus,
         bucket_slots,
         |bucket, slots| {
-            for (at, slot) in slots.iter().enumerate() {
-                let (cpu, within) = (at / bucket_slots, at % bucket_slots);
-                let index = *bucket * shape.bucket_slots + within as u32;
-                if slot.check != 0 || slot.value.slot_tail != 0 {
-                    occupied += 1;
-                }
-                if trusted(slot, index, mask) {
-                    visit(index as usize * cpus + cpu, slot);
+            let first = *bucket * shape.bucket_slots;
+            for (cpu, cpu_slots) in slots.chunks_exact(bucket_slots).enumerate() {
+                for (index, slot) in (first..).zip(cpu_slots) {
+                    if slot.check != 0 || slot.value.slot_tail != 0 {
+                        occupied += 1;
+                    }
+                    if trusted(slot, index, mask) {
+                        visit(index as usize * cpus + cpu, slot);
+                    }
                 }
             }
         },

@@ -355,7 +355,7 @@ fn main() -> Result<()> {
         for (case, frame) in cases(size).into_iter().filter(|(c, _)| options.wants(c)) {
             let cost = measure(floor.as_fd(), program_fd(&sensor)?, &frame, &options)?;
             rows.push(Row {
-                group: "bundled feed (33,401 prefixes), 1 watched prefix".into(),
+                group: BUNDLED_GROUP.into(),
                 case: case.into(),
                 bytes: frame.len(),
                 cost,
@@ -366,7 +366,7 @@ fn main() -> Result<()> {
         let (cost, note) = new_flows_warm(floor.as_fd(), &bundled, &options)?;
         figures.insert("new_flow_warm_ratio", cost.ratio);
         rows.push(Row {
-            group: "bundled feed (33,401 prefixes), 1 watched prefix".into(),
+            group: BUNDLED_GROUP.into(),
             case: NEW_FLOW_WARM_CASE.into(),
             bytes: 64,
             cost,
@@ -644,6 +644,9 @@ fn markdown(
     out.push_str(include_str!("tried.md"));
     out
 }
+
+/// The rows measured on the bundled feed.
+const BUNDLED_GROUP: &str = "bundled feed (33,401 prefixes), 1 watched prefix";
 
 /// [`NEW_FLOW_WARM_CASE`]: the match frame, repeated, into a program set
 /// up to count every matched packet as a new flow, with every cache slot
