@@ -412,6 +412,24 @@ mod tests {
     }
 
     #[test]
+    fn lower_levels_past_the_verifiers_reach_are_refused_and_up_to_it_are_not() {
+        // Tables as large as a feed of millions of partial /24s builds,
+        // without the feed: zeroed vectors the allocator hands over as
+        // untouched pages, which `lower` only measures.
+        let table_of = |leaves: usize| V4Table {
+            top: bytemuck::zeroed_box(),
+            nodes: Vec::new(),
+            leaves: bytemuck::zeroed_vec(leaves),
+            runs: Vec::new(),
+        };
+        let most_leaves = V4_LOWER_MAX_BYTES / size_of::<V4Leaf>();
+        let at_the_limit = table_of(most_leaves);
+        let lower = at_the_limit.lower().expect("up to the limit fits");
+        assert_eq!(lower.value_size as usize, most_leaves * size_of::<V4Leaf>());
+        assert!(table_of(most_leaves + 1).lower().is_none());
+    }
+
+    #[test]
     fn random_nested_feeds_match_the_reference() {
         let mut next = crate::test_support::xorshift(0x1234_5678_9abc_def0);
         for _ in 0..20 {
