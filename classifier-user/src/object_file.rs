@@ -5,8 +5,9 @@
 
 use object::{Object, ObjectSection, ObjectSymbol};
 
-/// `BPF_MAP_TYPE_ARRAY` and `BPF_MAP_TYPE_PERCPU_ARRAY`.
+/// `BPF_MAP_TYPE_ARRAY`.
 const MAP_TYPE_ARRAY: u32 = 2;
+/// `BPF_MAP_TYPE_PERCPU_ARRAY`.
 const MAP_TYPE_PERCPU_ARRAY: u32 = 6;
 /// The section aya-ebpf's `#[map]` places legacy map definitions in: each a
 /// `bpf_map_def` of `u32`s (type, key size, value size, max entries, ...).

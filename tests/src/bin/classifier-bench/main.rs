@@ -340,8 +340,7 @@ fn main() -> Result<()> {
     let floor = load_constant_xdp(XDP_PASS).context("load the empty XDP program")?;
     let mut rows: Vec<Row> = Vec::new();
     let mut figures: BTreeMap<&str, f64> = BTreeMap::new();
-
-    let mut warm_notes = Vec::new();
+    let mut notes = Vec::new();
 
     // Cases a–f on the bundled feed.
     let bundled = EndpointFeed::from_arguments(&[]).context("bundled feed")?;
@@ -371,7 +370,7 @@ fn main() -> Result<()> {
             bytes: 64,
             cost,
         });
-        warm_notes.push(note);
+        notes.push(note);
     }
     let ratio_of = |rows: &[Row], prefix: &str, bytes: usize| {
         rows.iter()
@@ -393,7 +392,6 @@ fn main() -> Result<()> {
         .enter_on_this_thread()
         .context("enter the sensor namespace")?;
     let _floor_on_peer = attach_on_peer(&link, floor.as_fd())?;
-    let mut notes = warm_notes;
     let mut sensor = sensor;
     if options.only.is_none() {
         let cpus = online_cpus();
