@@ -49,17 +49,18 @@ pub const MAP_WATCHED_HINT: &str = ".bss.watched";
 /// first level as a global the program reads in place (no map lookup),
 /// which the loader fills before the program is attached.
 pub const MAP_V4_TOP: &str = ".bss.v4top";
-/// Array (mmapable) of one value: the IPv4 table's levels below the first,
-/// one after the other: the second-level [`V4Node`]s, the /24 [`V4Leaf`]s
-/// and the [`V4Runs`] ([`V4_LOWER_GLOBALS`] say how many of each and where
-/// they start). One value, so the program looks it up once, off the walk's
-/// chain, and walks it with plain loads; an array of each kind cost a
-/// lookup per level, each storing its index on the stack and loading it
-/// back. The object declares the value [`V4_LOWER_DECLARED_SIZE`] bytes
-/// long; the loader sets the table's size in its copy of the object before
-/// loading it.
-pub const MAP_V4_LOWER: &str = "V4_LOWER";
-/// The value size of [`MAP_V4_LOWER`] in the object file.
+/// The program's `.bss.v4lower` section: the IPv4 table's levels below the
+/// first, one after the other: the second-level [`V4Node`]s, the /24
+/// [`V4Leaf`]s and the [`V4Runs`] ([`V4_LOWER_GLOBALS`] say how many of
+/// each and where they start). One global, so the program walks it with
+/// plain loads from an address built in at load time (no map lookup); an
+/// array of each kind cost a lookup per level, each storing its index on
+/// the stack and loading it back. The object declares the section
+/// [`V4_LOWER_DECLARED_SIZE`] bytes long; the loader sets the table's size
+/// in its copy of the object before loading it, and fills it before the
+/// program is attached.
+pub const MAP_V4_LOWER: &str = ".bss.v4lower";
+/// The size of [`MAP_V4_LOWER`] in the object file.
 pub const V4_LOWER_DECLARED_SIZE: usize = 8;
 /// Load-time globals of the program describing [`MAP_V4_LOWER`]'s value, in
 /// this order: nodes, leaves, where the leaves start (bytes), runs

@@ -16,10 +16,10 @@ use classifier_common::{
 };
 
 use crate::{
-    ENDPOINTS_V6, V4_LEAF_COUNT, V4_LEAVES_AT, V4_LOWER, V4_NODE_COUNT, V4_RUN_COUNT, V4_RUNS_AT,
-    WATCHED_V6, load_time,
+    ENDPOINTS_V6, V4_LEAF_COUNT, V4_LEAVES_AT, V4_NODE_COUNT, V4_RUN_COUNT, V4_RUNS_AT, WATCHED_V6,
+    load_time,
     parse::{Packet, Plain},
-    v4_top, watched_hints,
+    v4_lower, v4_top, watched_hints,
 };
 
 /// A packet with a watched address, seen from that address's side.
@@ -46,11 +46,7 @@ fn v4_value(addr: u32) -> u16 {
     if entry >> V4_ENTRY_KIND_SHIFT == V4_ENTRY_VALUE {
         return entry as u16;
     }
-    // The lower levels' one lookup, whose key does not depend on `addr`.
-    let Some(lower) = V4_LOWER.get_ptr(0) else {
-        return 0;
-    };
-    let lower = lower.cast::<u8>();
+    let lower = v4_lower();
     let mut entry = entry;
     if entry >> V4_ENTRY_KIND_SHIFT == V4_ENTRY_NODE {
         let Some(node) = lower_item::<V4Node>(
@@ -95,16 +91,16 @@ fn v4_value(addr: u32) -> u16 {
 }
 
 /// Element `index` of the array of `T`s that starts `at` bytes into the
-/// lower levels' value and holds `count` elements (both load-time
+/// lower levels' global and holds `count` elements (both load-time
 /// globals); `None` past its end. The check against the count is also what
-/// shows the verifier that the read stays inside the value.
+/// shows the verifier that the read stays inside the global.
 #[inline(always)]
 fn lower_item<T>(lower: *const u8, index: u32, at: u32, count: u32) -> Option<&'static T> {
     if index >= count {
         return None;
     }
     let offset = at as usize + index as usize * size_of::<T>();
-    // SAFETY: the loader sized the value to hold `count` `T`s from `at`
+    // SAFETY: the loader sized the global to hold `count` `T`s from `at`
     // (`classifier_common::MAP_V4_LOWER`), and only userspace writes it.
     Some(unsafe { &*lower.wrapping_add(offset).cast::<T>() })
 }

@@ -76,10 +76,6 @@ static CAPTURE_FLOWS: LruHashMap<FlowKey, u32> =
 /// Payload segments handed over per TCP flow and direction.
 #[map]
 static TCP_PROBES: PerCpuArray<TcpProbeSlot> = PerCpuArray::with_max_entries(TCP_PROBE_SLOTS, 0);
-/// The IPv4 table below its first level, in one value whose size the
-/// loader sets (`classifier_common::MAP_V4_LOWER`).
-#[map]
-static V4_LOWER: Array<[u8; V4_LOWER_DECLARED_SIZE]> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 #[map]
 static WATCHED_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(256, 0);
 #[map]
@@ -155,6 +151,22 @@ static mut V4_TOP: V4Top = V4Top {
 fn v4_top() -> &'static V4Top {
     // SAFETY: only userspace writes the global, before the program runs.
     unsafe { &*core::ptr::addr_of!(V4_TOP) }
+}
+
+/// The IPv4 table below its first level (`classifier_common::MAP_V4_LOWER`):
+/// a global like the first level, declared [`V4_LOWER_DECLARED_SIZE`] bytes
+/// long; the loader sets the section's size to the table's in its copy of
+/// the object, so the global the kernel makes holds the whole table.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = ".bss.v4lower")]
+static mut V4_LOWER: [u64; V4_LOWER_DECLARED_SIZE / 8] = [0; V4_LOWER_DECLARED_SIZE / 8];
+
+/// The address of the IPv4 table's lower levels, as a bare address: the
+/// table is larger than the global the compiler sees, so reads into it go
+/// through an address the compiler cannot bound.
+#[inline(always)]
+fn v4_lower() -> *const u8 {
+    core::ptr::with_exposed_provenance(core::ptr::addr_of!(V4_LOWER).expose_provenance())
 }
 
 // Inlined into the entry the macro wraps it in: left to LLVM, a larger body

@@ -37,6 +37,20 @@ fn obj_info<T>(object: BorrowedFd<'_>, info: &mut T) -> io::Result<()> {
     bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr).map(|_| ())
 }
 
+/// BPF_MAP_UPDATE_ELEM of the only value of a one-value array: `value`
+/// must be as long as the map's values (the kernel reads that many bytes).
+pub fn set_only_value(map: BorrowedFd<'_>, value: &[u8]) -> io::Result<()> {
+    let key = 0u32;
+    // SAFETY: bpf_attr is plain old data; all zeroes is valid.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: writing the map-element member of a zeroed union.
+    let element = unsafe { &mut attr.__bindgen_anon_2 };
+    element.map_fd = u32::try_from(map.as_raw_fd()).map_err(io::Error::other)?;
+    element.key = std::ptr::from_ref(&key) as u64;
+    element.__bindgen_anon_1.value = value.as_ptr() as u64;
+    bpf(bpf_cmd::BPF_MAP_UPDATE_ELEM, &mut attr).map(|_| ())
+}
+
 /// What the kernel made of a loaded program.
 #[derive(Clone, Copy, Debug)]
 pub struct ProgramImage {

@@ -31,7 +31,7 @@ use crate::{
     drain::{CounterMaps, DrainError},
     feeds::{EndpointFeed, WatchedSet},
     object_file::{ObjectError, ValueSize, with_value_sizes},
-    v4_table::{V4_LOWER_MAX_BYTES, V4Table},
+    v4_table::{V4_LOWER_MAX_BYTES, V4Lower, V4Table},
 };
 
 const XDP_DROP: u32 = 1;
@@ -528,7 +528,7 @@ impl Sensor {
         sensor.fill_watched(watched)?;
         sensor.fill_endpoints_v6(endpoints)?;
         sensor.fill_global(MAP_V4_TOP, table.top.as_ref())?;
-        fill_mmapable_array(sensor.ebpf.map(MAP_V4_LOWER), MAP_V4_LOWER, &lower.parts)?;
+        sensor.fill_v4_lower(&lower)?;
         Ok(sensor)
     }
 
@@ -545,6 +545,28 @@ impl Sensor {
         global
             .set(0, value, 0)
             .map_err(|source| fill_error(name, source))
+    }
+
+    /// Writes the IPv4 table's lower levels into their global, whose size
+    /// the loader set to theirs (one write of the whole value).
+    fn fill_v4_lower(&mut self, lower: &V4Lower<'_>) -> Result<(), LoadError> {
+        let mut value = Vec::with_capacity(lower.value_size as usize);
+        for part in lower.parts {
+            value.extend_from_slice(part);
+        }
+        value.resize(lower.value_size as usize, 0);
+        let Map::Array(global) = self.map_mut(MAP_V4_LOWER)? else {
+            return Err(LoadError::MissingMap(MAP_V4_LOWER));
+        };
+        crate::bpf_sys::set_only_value(global.fd().as_fd(), &value).map_err(|io_error| {
+            fill_error(
+                MAP_V4_LOWER,
+                aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                    call: "bpf_map_update_elem",
+                    io_error,
+                }),
+            )
+        })
     }
 
     fn fill_watched(&mut self, watched: &WatchedSet) -> Result<(), LoadError> {
@@ -710,52 +732,6 @@ fn v4_table(watched: &WatchedSet, endpoints: &EndpointFeed, services: &ServiceTa
         })
         .collect();
     V4Table::build(&watched.v4, &v4_endpoints)
-}
-
-/// Copies `parts`, one after the other, into a `BPF_F_MMAPABLE` array
-/// through a shared mapping: one copy instead of a syscall per element. The
-/// map was sized to fit.
-fn fill_mmapable_array(
-    map: Option<&Map>,
-    name: &'static str,
-    parts: &[&[u8]],
-) -> Result<(), LoadError> {
-    let Some(Map::Array(data)) = map else {
-        return Err(LoadError::MissingMap(name));
-    };
-    let len: usize = parts.iter().map(|part| part.len()).sum();
-    if len == 0 {
-        return Ok(());
-    }
-    let mmap_error = |source| LoadError::Mmap { map: name, source };
-    // SAFETY: a fresh shared mapping of the map's fd, `len` long; the
-    // kernel refuses (and we report) a map smaller than that.
-    let address = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            data.fd().as_fd().as_raw_fd(),
-            0,
-        )
-    };
-    if address == libc::MAP_FAILED {
-        return Err(mmap_error(std::io::Error::last_os_error()));
-    }
-    // SAFETY: the mapping is `len` long and writable, and the parts add up
-    // to `len`; unmapped once.
-    unsafe {
-        let mut at = address.cast::<u8>();
-        for part in parts {
-            std::ptr::copy_nonoverlapping(part.as_ptr(), at, part.len());
-            at = at.add(part.len());
-        }
-        if libc::munmap(address, len) != 0 {
-            return Err(mmap_error(std::io::Error::last_os_error()));
-        }
-    }
-    Ok(())
 }
 
 fn fill_trie<K: aya::Pod, V: aya::Pod>(
@@ -1111,12 +1087,20 @@ mod tests {
 
     #[test]
     fn resizing_a_map_the_object_declares_otherwise_is_refused_with_its_name() {
-        let wrong_size = resized(MAP_V4_LOWER, 16, 64).unwrap_err();
+        let wrong_size = resized(MAP_FLOW_CACHE, 16, 64).unwrap_err();
         assert!(
-            wrong_size.to_string().contains("V4_LOWER")
-                && wrong_size.to_string().contains("value size 8"),
+            wrong_size.to_string().contains("FLOW_CACHE")
+                && wrong_size.to_string().contains("value size 24576"),
             "{wrong_size}"
         );
+        let wrong_section_size = resized(MAP_V4_LOWER, 16, 64).unwrap_err();
+        assert!(
+            wrong_section_size.to_string().contains(".bss.v4lower")
+                && wrong_section_size.to_string().contains("of 8 bytes"),
+            "{wrong_section_size}"
+        );
+        let not_bss = resized(".bss.no_such_section", 8, 64).unwrap_err();
+        assert!(not_bss.to_string().contains("no such section"), "{not_bss}");
         // A per-CPU array of many entries, not one declared with one value.
         let wrong_kind = resized(MAP_TCP_PROBES, size_of::<TcpProbeSlot>(), 64).unwrap_err();
         assert!(
