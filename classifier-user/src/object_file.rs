@@ -18,14 +18,6 @@ const VALUE_SIZE_AT: usize = 8;
 /// Where a global lives whose size is set at load time: a section of its
 /// own whose name starts with this, of which aya makes a one-value array.
 const DATA_SECTION_PREFIX: &str = ".bss.";
-/// `SHT_NOBITS`, the type of a `.bss` section (no bytes in the file).
-const SHT_NOBITS: u32 = 8;
-/// In an ELF64 header: where the section headers start, and their size.
-const E_SHOFF_AT: usize = 0x28;
-const E_SHENTSIZE_AT: usize = 0x3a;
-/// In an ELF64 section header: its type and its size.
-const SH_TYPE_AT: usize = 4;
-const SH_SIZE_AT: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 #[error("the XDP object's map {map}: {problem} (object and loader disagree)")]
@@ -56,7 +48,7 @@ pub fn with_value_sizes(object: &[u8], sizes: &[ValueSize]) -> Result<AlignedObj
     let mut copy = AlignedObject::new(object);
     for size in sizes {
         if size.map.starts_with(DATA_SECTION_PREFIX) {
-            let at = section_size_at(&file, object, size)?;
+            let at = section_size_at(object, size)?;
             copy.bytes_mut()[at..at + 8].copy_from_slice(&u64::from(size.loaded).to_le_bytes());
         } else {
             let at = value_size_at(&file, object, size)?;
@@ -69,40 +61,28 @@ pub fn with_value_sizes(object: &[u8], sizes: &[ValueSize]) -> Result<AlignedObj
 /// Where in `object` the size of section `size.map` lies (in its section
 /// header), checked to be a `.bss` section of the size `size` says the
 /// object declares.
-fn section_size_at(
-    file: &object::File<'_>,
-    object: &[u8],
-    size: &ValueSize,
-) -> Result<usize, ObjectError> {
+fn section_size_at(object: &[u8], size: &ValueSize) -> Result<usize, ObjectError> {
+    use object::{LittleEndian as LE, elf::SectionHeader64, read::elf::ElfFile64};
     let ValueSize { map, declared, .. } = *size;
     let error = |problem: String| ObjectError { map, problem };
-    if !matches!(file, object::File::Elf64(_)) || !file.is_little_endian() {
-        return Err(error("the object is not a little-endian ELF64 file".into()));
-    }
-    let section = file
+    let elf = ElfFile64::<LE>::parse(object)
+        .map_err(|e| error(format!("the object is not a little-endian ELF64 file: {e}")))?;
+    let section = elf
         .section_by_name(map)
         .ok_or_else(|| error("no such section".into()))?;
-    let read = |at: usize, len: usize| {
-        object
-            .get(at..at + len)
-            .map(|bytes| {
-                let mut le = [0u8; 8];
-                le[..len].copy_from_slice(bytes);
-                u64::from_le_bytes(le)
-            })
-            .ok_or_else(|| error("its section header lies outside the file".into()))
-    };
-    let headers = usize::try_from(read(E_SHOFF_AT, 8)?).map_err(|e| error(e.to_string()))?;
-    let header_size =
-        usize::try_from(read(E_SHENTSIZE_AT, 2)?).map_err(|e| error(e.to_string()))?;
-    let header = headers + section.index().0 * header_size;
-    let (kind, size_now) = (read(header + SH_TYPE_AT, 4)?, read(header + SH_SIZE_AT, 8)?);
-    if kind != u64::from(SHT_NOBITS) || size_now != declared as u64 {
+    let header = section.elf_section_header();
+    let (kind, size_now) = (header.sh_type.get(LE), header.sh_size.get(LE));
+    if kind != object::elf::SHT_NOBITS || size_now != declared as u64 {
         return Err(error(format!(
             "expected a .bss section of {declared} bytes, found type {kind} of {size_now} bytes"
         )));
     }
-    Ok(header + SH_SIZE_AT)
+    let headers =
+        usize::try_from(elf.elf_header().e_shoff.get(LE)).map_err(|e| error(e.to_string()))?;
+    let header_size = usize::from(elf.elf_header().e_shentsize.get(LE));
+    Ok(headers
+        + section.index().0 * header_size
+        + std::mem::offset_of!(SectionHeader64<LE>, sh_size))
 }
 
 /// Where in `object` the value size of `size.map`'s definition lies,
