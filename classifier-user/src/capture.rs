@@ -48,6 +48,8 @@
 //!   iterator ends.
 
 use std::{
+    cmp::Reverse,
+    collections::BinaryHeap,
     fmt,
     fs::File,
     io::{self, Read},
@@ -812,6 +814,87 @@ impl ChunkedInput {
         Ok(())
     }
 }
+
+/// The frames of several capture files in time order, as `mergecap`
+/// merges them: the earliest next frame of any file comes first, a tie goes
+/// to the file given first, and each file's own order is kept (a file whose
+/// frames go back in time is read as it is). Rotated or per-interface
+/// captures can so be given in any order. Yields each frame with the index
+/// of its file; ends after the first error.
+pub struct TimeOrderedFrames {
+    readers: Vec<CaptureReader>,
+    /// The next frame of each file, read ahead.
+    pending: Vec<Option<CaptureFrame>>,
+    /// (time, file) of every pending frame; the earliest on top.
+    order: BinaryHeap<Reverse<(i64, usize)>>,
+    /// The file whose frame was handed out last, read ahead on the next
+    /// call (so an error in it comes after the frame before it).
+    refill: Option<usize>,
+    started: bool,
+    finished: bool,
+}
+
+impl TimeOrderedFrames {
+    pub fn new(readers: Vec<CaptureReader>) -> Self {
+        Self {
+            pending: readers.iter().map(|_| None).collect(),
+            readers,
+            order: BinaryHeap::new(),
+            refill: None,
+            started: false,
+            finished: false,
+        }
+    }
+
+    /// Bytes parsed so far over all files.
+    pub fn bytes_read(&self) -> u64 {
+        self.readers.iter().map(CaptureReader::bytes_read).sum()
+    }
+
+    fn read_ahead(&mut self, file: usize) -> Result<(), CaptureError> {
+        if let Some(frame) = self.readers[file].next().transpose()? {
+            self.order.push(Reverse((frame.timestamp_ns, file)));
+            self.pending[file] = Some(frame);
+        }
+        Ok(())
+    }
+
+    fn next_frame(&mut self) -> Result<Option<(usize, CaptureFrame)>, CaptureError> {
+        if !self.started {
+            self.started = true;
+            for file in 0..self.readers.len() {
+                self.read_ahead(file)?;
+            }
+        }
+        if let Some(file) = self.refill.take() {
+            self.read_ahead(file)?;
+        }
+        while let Some(Reverse((_, file))) = self.order.pop() {
+            if let Some(frame) = self.pending[file].take() {
+                self.refill = Some(file);
+                return Ok(Some((file, frame)));
+            }
+        }
+        Ok(None)
+    }
+}
+
+impl Iterator for TimeOrderedFrames {
+    type Item = Result<(usize, CaptureFrame), CaptureError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.finished {
+            return None;
+        }
+        let result = self.next_frame().transpose();
+        if !matches!(result, Some(Ok(_))) {
+            self.finished = true;
+        }
+        result
+    }
+}
+
+impl FusedIterator for TimeOrderedFrames {}
 
 #[cfg(test)]
 mod tests {

@@ -340,8 +340,9 @@ pub fn parse_whole_seconds(text: &str) -> Result<Duration, String> {
 #[derive(Debug, Args)]
 pub struct PcapArgs {
     /// Capture files (classic pcap in either byte order, micro- or
-    /// nanosecond; pcapng), read in the order given. Link types: Ethernet,
-    /// raw IP, Linux cooked (SLL, SLL2).
+    /// nanosecond; pcapng). Several files are one capture: their frames are
+    /// merged in time order (as mergecap does), whatever order the files are
+    /// given in. Link types: Ethernet, raw IP, Linux cooked (SLL, SLL2).
     #[arg(value_name = "FILE", required = true)]
     pub files: Vec<PathBuf>,
 

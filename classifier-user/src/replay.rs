@@ -8,13 +8,19 @@
 //! `start`/`end` are the first and last frame's; snapshot intervals are cut
 //! when a frame's time passes a boundary (an idle stretch of the capture
 //! yields empty snapshots, as a live sensor would write).
+//!
+//! Several files are read as one capture in time order (merged frame by
+//! frame as `mergecap` does), whatever order they are given in: rotated
+//! captures whose names sort out of order (`cap`, `cap1`, `cap10`, `cap2`)
+//! and captures of several interfaces over the same time give the same
+//! report and snapshots as one file holding all their frames.
 
 use std::{io::IsTerminal, path::Path, time::Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::{
-    capture::{CaptureError, CaptureReader},
+    capture::{CaptureError, CaptureReader, TimeOrderedFrames},
     cli::PcapArgs,
     drain::{self, Ledger},
     feeds::{EndpointFeed, WatchedSet},
@@ -187,7 +193,7 @@ pub fn pcap(args: &PcapArgs) -> Result<(), Box<dyn std::error::Error>> {
     // Open every file first: a bad one is refused before anything runs.
     let mut readers = Vec::new();
     for path in &args.files {
-        readers.push((path, CaptureReader::open(path)?));
+        readers.push(CaptureReader::open(path)?);
     }
     let capacities = Capacities {
         flows: args.flow_capacity,
@@ -257,26 +263,21 @@ pub fn pcap(args: &PcapArgs) -> Result<(), Box<dyn std::error::Error>> {
 
     let bar = progress_bar(&args.files, args.format);
     let started = Instant::now();
-    let mut done_bytes = 0;
-    for (path, reader) in readers {
-        let file = path.display().to_string();
-        bar.set_message(file_name(path));
-        let mut reader = reader;
-        while let Some(frame) = reader.next() {
-            let frame = frame?;
-            replay.frame(
-                &file,
-                frame.number,
-                frame.timestamp_ns,
-                &frame.data,
-                frame.original_len,
-            )?;
-            if frame.number.is_multiple_of(4096) {
-                bar.set_position(done_bytes + reader.bytes_read());
-            }
+    let files: Vec<String> = args.files.iter().map(|p| p.display().to_string()).collect();
+    let mut frames = TimeOrderedFrames::new(readers);
+    while let Some(next) = frames.next() {
+        let (file, frame) = next?;
+        replay.frame(
+            &files[file],
+            frame.number,
+            frame.timestamp_ns,
+            &frame.data,
+            frame.original_len,
+        )?;
+        if replay.progress.frames.is_multiple_of(4096) {
+            bar.set_message(file_name(&args.files[file]));
+            bar.set_position(frames.bytes_read());
         }
-        done_bytes += reader.file_len();
-        bar.set_position(done_bytes);
     }
     bar.finish_and_clear();
     let elapsed = started.elapsed().as_secs_f64();

@@ -147,7 +147,65 @@ fn snapshots_of_a_pcap_follow_the_capture_clock() {
     );
     let output = classifier(&["report", text(&snapshots), "--verify"]);
     assert!(output.status.success(), "{output:?}");
+
+    // The same frames dealt into two files, given in reverse order: merged
+    // in time order, they give the same report and the same snapshots.
+    let [holds_first_frame, holds_second_frame] = deal_into_two(&capture, &dir);
+    let dealt_snapshots = dir.join("dealt-snapshots");
+    let dealt = pcap_report(&[
+        text(&holds_second_frame),
+        text(&holds_first_frame),
+        "--snapshot-dir",
+        text(&dealt_snapshots),
+        "--snapshot-interval",
+        "5s",
+    ]);
+    for field in ["start", "end", "totals", "malformed"] {
+        assert_eq!(dealt[field], report[field], "{field}");
+    }
+    assert_eq!(services(&dealt), services(&report));
+    assert_eq!(dealt["flows"], report["flows"]);
+    let dealt_files = snapshot_files(&dealt_snapshots);
+    assert_eq!(dealt_files.len(), files.len(), "{dealt_files:?}");
+    for (whole, dealt) in files.iter().zip(&dealt_files) {
+        let read = |path: &std::path::PathBuf| -> Value {
+            serde_json::from_str(&std::fs::read_to_string(path).expect("read")).expect("JSON")
+        };
+        let (whole, dealt) = (read(whole), read(dealt));
+        for field in ["start", "end", "totals", "flows"] {
+            assert_eq!(dealt[field], whole[field], "{field}");
+        }
+    }
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The capture's frames dealt alternately into two pcaps in `dir`: the
+/// first, third, … frame into the first, the second, fourth, … into the
+/// second.
+fn deal_into_two(capture: &Path, dir: &Path) -> [std::path::PathBuf; 2] {
+    use pcap_file::{
+        DataLink, TsResolution,
+        pcap::{PcapHeader, PcapPacket, PcapWriter},
+    };
+    let paths = [dir.join("frames-1-3-5.pcap"), dir.join("frames-2-4-6.pcap")];
+    let header = PcapHeader {
+        datalink: DataLink::ETHERNET,
+        ts_resolution: TsResolution::NanoSecond,
+        ..PcapHeader::default()
+    };
+    let mut writers = paths.clone().map(|path| {
+        PcapWriter::with_header(std::fs::File::create(path).expect("create"), header)
+            .expect("pcap header")
+    });
+    let reader = classifier_user::capture::CaptureReader::open(capture).expect("the capture opens");
+    for (index, frame) in reader.enumerate() {
+        let frame = frame.expect("a frame");
+        let time = std::time::Duration::from_nanos(u64::try_from(frame.timestamp_ns).unwrap_or(0));
+        writers[index % 2]
+            .write_packet(&PcapPacket::new(time, frame.original_len, &frame.data))
+            .expect("write a packet");
+    }
+    paths
 }
 
 /// A fleet: the same capture seen by two sensors (`--sensor-name`), their
