@@ -184,12 +184,14 @@ pub struct RunArgs {
     )]
     pub flow_cache_slots: u32,
 
-    /// Most IPv4 endpoint prefixes accepted (default: no limit).
+    /// Most IPv4 endpoint prefixes accepted: a larger feed is refused with
+    /// the numbers (default: no limit; the table is sized from the feed).
     #[arg(long, value_name = "N")]
     pub endpoint_capacity_v4: Option<u32>,
 
-    /// IPv6 endpoint map capacity, so most IPv6 prefixes accepted (default:
-    /// the feed's size).
+    /// Most IPv6 endpoint prefixes accepted: the IPv6 trie is made this
+    /// large and a larger feed is refused with the numbers (default: no
+    /// limit; the trie is sized from the feed).
     #[arg(long, value_name = "N")]
     pub endpoint_capacity_v6: Option<u32>,
 
@@ -477,11 +479,13 @@ pub struct ReportArgs {
     pub paths: Vec<PathBuf>,
 
     /// Only snapshots that start at or after this time (RFC 3339, e.g.
-    /// 2026-11-24T19:00:00Z, or a date 2026-11-24).
+    /// 2026-11-24T19:00:00Z, or a date 2026-11-24 meaning its midnight UTC).
     #[arg(long, value_name = "T")]
     pub from: Option<String>,
 
-    /// Only snapshots that end at or before this time.
+    /// Only snapshots that end at or before this time (as --from: a date
+    /// 2026-11-25 means its midnight UTC, so 2026-11-24 to 2026-11-25 is
+    /// one day).
     #[arg(long, value_name = "T")]
     pub to: Option<String>,
 
