@@ -410,8 +410,8 @@ pub struct SelectionCounts {
     pub used: usize,
     /// Byte-identical copies skipped.
     pub duplicates: usize,
-    /// Different files of the same sensor and interfaces whose time
-    /// overlaps one kept, skipped.
+    /// Different files that share a sensor and interface with one kept
+    /// and overlap its time, skipped.
     pub overlapping: usize,
     /// Snapshots wholly outside `--from`/`--to`.
     pub outside: usize,
@@ -597,43 +597,63 @@ fn check_pseudonym_keys(snapshots: &[Snapshot]) -> Result<(), HistoryError> {
     }
 }
 
-/// Of files of one sensor and interface set whose times overlap, keeps the
-/// one that starts first (ties: the longer, then by file name). Touching
-/// bounds (one ends when the next starts) are not an overlap. Returns the
-/// kept ones ordered by start.
+/// Of files whose times overlap and that share a sensor and interface,
+/// keeps the one that starts first (ties: the longer, then by file name).
+/// A merged report names several sensors (`s1,s2`) and interfaces, so one
+/// saved among its snapshots overlaps each of them. Touching bounds (one
+/// ends when the next starts) are not an overlap. Returns the kept ones
+/// ordered by start.
 fn drop_overlapping(mut snapshots: Vec<Snapshot>, counts: &mut SelectionCounts) -> Vec<Snapshot> {
     snapshots
         .sort_by_cached_key(|s| (s.start, Reverse(s.end), name_order(&s.name), s.path.clone()));
-    // Per sensor and interface set: the latest end kept so far and its file.
-    let mut latest: HashMap<(String, Vec<String>), (OffsetDateTime, PathBuf)> = HashMap::new();
+    // Per sensor and interface: the latest end kept so far and its file.
+    let mut latest: HashMap<(String, String), (OffsetDateTime, PathBuf)> = HashMap::new();
     let mut kept = Vec::new();
     for snapshot in snapshots {
-        let mut interfaces = snapshot.report.interfaces.clone();
-        interfaces.sort();
-        interfaces.dedup();
-        let group = (snapshot.report.sensor.clone(), interfaces);
-        if let Some((end, kept_file)) = latest.get(&group)
-            && snapshot.start < *end
-        {
+        let pairs = sensor_interface_pairs(&snapshot.report);
+        let overlapped = pairs.iter().find_map(|pair| {
+            latest
+                .get(pair)
+                .filter(|(end, _)| snapshot.start < *end)
+                .map(|(_, file)| (pair, file))
+        });
+        if let Some(((sensor, interface), kept_file)) = overlapped {
             log::warn!(
-                "{} overlaps {} (sensor {}, interfaces {}): skipped so nothing is counted twice",
+                "{} overlaps {} (sensor {sensor}, interface {interface}): skipped so nothing is counted twice",
                 snapshot.path.display(),
                 kept_file.display(),
-                group.0,
-                group.1.join(",")
             );
             counts.overlapping += 1;
             continue;
         }
-        let later_end = latest
-            .get(&group)
-            .is_none_or(|(end, _)| snapshot.end > *end);
-        if later_end {
-            latest.insert(group, (snapshot.end, snapshot.path.clone()));
+        for pair in pairs {
+            let later_end = latest.get(&pair).is_none_or(|(end, _)| snapshot.end > *end);
+            if later_end {
+                latest.insert(pair, (snapshot.end, snapshot.path.clone()));
+            }
         }
         kept.push(snapshot);
     }
     kept
+}
+
+/// Each sensor the report names (a merged one names several, joined by
+/// ',') with each of its interfaces.
+fn sensor_interface_pairs(report: &Report) -> Vec<(String, String)> {
+    let interfaces: &[String] = if report.interfaces.is_empty() {
+        &[String::new()]
+    } else {
+        &report.interfaces
+    };
+    report
+        .sensor
+        .split(',')
+        .flat_map(|sensor| {
+            interfaces
+                .iter()
+                .map(move |interface| (sensor.to_string(), interface.clone()))
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------
@@ -1532,6 +1552,54 @@ mod tests {
             "{line}"
         );
         assert!(line.contains("1 overlapping"), "{line}");
+    }
+
+    #[test]
+    fn a_merged_report_saved_among_its_snapshots_is_not_counted_twice() {
+        let folder = TempFolder::new("merged-among");
+        let hour = |sensor: &str, interface: &str, packets: u64| {
+            let mut report = snapshot(
+                "2026-11-24T19:00:00Z",
+                "2026-11-24T20:00:00Z",
+                vec![flow(
+                    "175.45.176.9",
+                    "198.51.100.9",
+                    TOR,
+                    packets,
+                    "2026-11-24T19:10:00Z",
+                    "2026-11-24T19:11:00Z",
+                )],
+            );
+            report.sensor = sensor.to_string();
+            report.interfaces = vec![interface.to_string()];
+            report
+        };
+        // Two sensors, and a second interface of the first one.
+        write_report(
+            &folder.file("classifier-20261124T190000Z.json"),
+            &hour("s1", "eth1", 3),
+        );
+        write_report(
+            &folder.file("classifier-20261124T190000Z-1.json"),
+            &hour("s1", "eth2", 5),
+        );
+        write_report(
+            &folder.file("classifier-20261124T190000Z-2.json"),
+            &hour("s2", "eth1", 7),
+        );
+        let first = merge_folder(&folder, &TimeRange::default());
+        assert_eq!(service(&first.report, TOR).packets, 3 + 5 + 7);
+        assert_eq!(first.report.sensor, "s1,s2");
+
+        // `classifier report FOLDER --format json -o FOLDER/classifier-day.json`.
+        write_report(&folder.file("classifier-day.json"), &first.report);
+        let again = merge_folder(&folder, &TimeRange::default());
+        assert_eq!(service(&again.report, TOR).packets, 3 + 5 + 7);
+        assert_eq!(again.report.totals, first.report.totals);
+        // Same start and length: the snapshots' names sort first, so they
+        // are kept and the merged report is the one skipped.
+        assert_eq!(again.counts.used, 3);
+        assert_eq!(again.counts.overlapping, 1);
     }
 
     #[test]
