@@ -59,8 +59,9 @@ pub struct FeedArgs {
     #[arg(long = "watch", value_name = "CIDR")]
     pub watch: Vec<String>,
 
-    /// File of watched prefixes, one per line ('#' comments; extra
-    /// comma-separated columns ignored).
+    /// File of watched prefixes (repeatable), one per line ('#' comments;
+    /// extra comma-separated columns ignored; `175.45.176.0 255.255.252.0`,
+    /// an address and its netmask, is that /22).
     #[arg(long = "watch-file", value_name = "FILE")]
     pub watch_files: Vec<PathBuf>,
 

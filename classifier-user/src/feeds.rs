@@ -5,7 +5,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
-    net::IpAddr,
+    net::{IpAddr, Ipv4Addr},
     path::{Path, PathBuf},
     str::FromStr,
 };
@@ -49,6 +49,8 @@ pub enum LineProblem {
     HostBitsSet { given: String, network: String },
     UnknownFamily(String),
     MissingField(&'static str),
+    BadNetmask { address: String, netmask: String },
+    MisplacedNetmask(String),
     BadServiceName(String),
     Csv(String),
 }
@@ -67,6 +69,14 @@ impl fmt::Display for LineProblem {
                 )
             }
             Self::MissingField(name) => write!(f, "missing {name}"),
+            Self::BadNetmask { address, netmask } => write!(
+                f,
+                "bad netmask {netmask} after {address} (its one bits must be contiguous)"
+            ),
+            Self::MisplacedNetmask(text) => write!(
+                f,
+                "a netmask only follows a bare IPv4 address (175.45.176.0 255.255.252.0), not {text:?}"
+            ),
             Self::BadServiceName(name) => write!(
                 f,
                 "bad service name {name:?} (use a lowercase slug of a-z, 0-9 and '-', at most {MAX_SERVICE_NAME} characters)"
@@ -236,8 +246,10 @@ impl WatchedSet {
 }
 
 /// A list of prefixes, one per line: `#` starts a comment, blank lines are
-/// skipped, and anything after the first comma or blank is ignored (so the
-/// `cidr,label,source` CSV shape works too, its header line included).
+/// skipped, an IPv4 address followed by a dotted netmask
+/// (`175.45.176.0 255.255.252.0`) is that prefix, and anything else after
+/// the first comma or blank is ignored (so the `cidr,label,source` CSV
+/// shape works too, its header line included).
 pub fn parse_prefix_list(origin: &str, text: &str) -> Result<Vec<IpNet>, FeedError> {
     let lines = parse_prefix_list_lines(origin, text)?;
     Ok(lines.into_iter().map(|(_, net)| net).collect())
@@ -259,7 +271,7 @@ pub fn parse_prefix_list_lines(origin: &str, text: &str) -> Result<Vec<(u64, IpN
             continue;
         }
         let line = index as u64 + 1;
-        let net = parse_prefix(field).map_err(|problem| FeedError::Line {
+        let net = parse_list_entry(content, field).map_err(|problem| FeedError::Line {
             origin: origin.to_string(),
             line,
             problem,
@@ -267,6 +279,35 @@ pub fn parse_prefix_list_lines(origin: &str, text: &str) -> Result<Vec<(u64, IpN
         prefixes.push((line, net));
     }
     Ok(prefixes)
+}
+
+/// One list line's prefix: `field` (its first field) alone, or with the
+/// dotted netmask that follows it after blanks.
+fn parse_list_entry(content: &str, field: &str) -> Result<IpNet, LineProblem> {
+    let rest = &content[field.len()..];
+    let netmask = rest
+        .starts_with(char::is_whitespace)
+        .then(|| rest.split_whitespace().next())
+        .flatten()
+        .and_then(|word| word.parse::<Ipv4Addr>().ok());
+    let Some(netmask) = netmask else {
+        return parse_prefix(field);
+    };
+    let given = || format!("{field} {netmask}");
+    let Ok(address) = field.parse::<Ipv4Addr>() else {
+        return Err(LineProblem::MisplacedNetmask(given()));
+    };
+    let net = Ipv4Net::with_netmask(address, netmask).map_err(|_| LineProblem::BadNetmask {
+        address: address.to_string(),
+        netmask: netmask.to_string(),
+    })?;
+    if net.trunc() != net {
+        return Err(LineProblem::HostBitsSet {
+            given: given(),
+            network: net.trunc().to_string(),
+        });
+    }
+    Ok(IpNet::V4(net))
 }
 
 // ---- endpoint feed ---------------------------------------------------------------
@@ -686,6 +727,45 @@ mod tests {
             error.to_string(),
             "--watch 10.0.0.0/40: bad CIDR \"10.0.0.0/40\""
         );
+    }
+
+    #[test]
+    fn an_address_and_netmask_line_is_its_prefix_never_a_host() {
+        let list = parse_prefix_list(
+            "w.txt",
+            "175.45.176.0 255.255.252.0\n10.0.0.0\t255.0.0.0 # tab\n192.0.2.7 255.255.255.255\n",
+        )
+        .unwrap();
+        let expected: Vec<IpNet> = ["175.45.176.0/22", "10.0.0.0/8", "192.0.2.7/32"]
+            .iter()
+            .map(|text| text.parse().unwrap())
+            .collect();
+        assert_eq!(list, expected);
+        // A label after the address is still ignored.
+        let list = parse_prefix_list("w.txt", "192.0.2.7 office\n").unwrap();
+        assert_eq!(list, ["192.0.2.7/32".parse::<IpNet>().unwrap()]);
+        let refusals = [
+            (
+                "175.45.176.0 255.0.255.0\n",
+                "w.txt: line 1: bad netmask 255.0.255.0 after 175.45.176.0 (its one bits must be contiguous)",
+            ),
+            (
+                "175.45.176.1 255.255.252.0\n",
+                "w.txt: line 1: host bits set in 175.45.176.1 255.255.252.0 (did you mean 175.45.176.0/22?)",
+            ),
+            (
+                "175.45.176.0/22 255.255.252.0\n",
+                "w.txt: line 1: a netmask only follows a bare IPv4 address (175.45.176.0 255.255.252.0), not \"175.45.176.0/22 255.255.252.0\"",
+            ),
+            (
+                "2001:db8:: 255.255.0.0\n",
+                "w.txt: line 1: a netmask only follows a bare IPv4 address (175.45.176.0 255.255.252.0), not \"2001:db8:: 255.255.0.0\"",
+            ),
+        ];
+        for (text, expected) in refusals {
+            let error = parse_prefix_list("w.txt", text).unwrap_err();
+            assert_eq!(error.to_string(), expected);
+        }
     }
 
     #[test]
