@@ -10,7 +10,10 @@
 use std::{
     ffi::CString,
     io::{Read as _, Write as _},
-    os::unix::{ffi::OsStrExt as _, fs::PermissionsExt as _},
+    os::unix::{
+        ffi::OsStrExt as _,
+        fs::{FileTypeExt as _, PermissionsExt as _},
+    },
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -151,6 +154,7 @@ pub fn group_id(group: &str) -> Result<u32, LiveError> {
 }
 
 /// The bound socket; its file is removed when this is dropped.
+#[derive(Debug)]
 pub struct LiveSocket {
     pub path: PathBuf,
     pub listener: tokio::net::UnixListener,
@@ -165,7 +169,8 @@ impl Drop for LiveSocket {
 /// Binds the socket at `path` (making its folder, mode 0755, if missing),
 /// owned by group `gid` with mode 0660, or 0600 without a group. A stale
 /// socket left by a killed daemon is replaced; one that answers is
-/// another daemon's and is refused.
+/// another daemon's and is refused, as is anything at `path` that is not a
+/// socket (a mistyped path never costs a file).
 pub fn bind(path: &Path, gid: Option<u32>) -> Result<LiveSocket, LiveError> {
     if let Some(parent) = path.parent()
         && !parent.as_os_str().is_empty()
@@ -174,7 +179,16 @@ pub fn bind(path: &Path, gid: Option<u32>) -> Result<LiveSocket, LiveError> {
         std::fs::create_dir_all(parent).map_err(|error| socket_error(path, error))?;
         let _ = std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755));
     }
-    if std::fs::symlink_metadata(path).is_ok() {
+    if let Ok(metadata) = std::fs::symlink_metadata(path) {
+        if !metadata.file_type().is_socket() {
+            return Err(socket_error(
+                path,
+                format!(
+                    "it is {}, not a socket: left as it is (choose another --stats-socket)",
+                    file_kind(&metadata)
+                ),
+            ));
+        }
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(socket_error(
                 path,
@@ -327,5 +341,72 @@ pub fn find_socket(path: &Path) -> Result<PathBuf, LiveError> {
                     .join(", ")
             ),
         )),
+    }
+}
+
+/// "a file", "a folder", "a symbolic link" or "something else".
+fn file_kind(metadata: &std::fs::Metadata) -> &'static str {
+    let kind = metadata.file_type();
+    if kind.is_file() {
+        "a file"
+    } else if kind.is_dir() {
+        "a folder"
+    } else if kind.is_symlink() {
+        "a symbolic link"
+    } else {
+        "something else"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A folder of its own under the system's temp folder, removed on drop.
+    struct TempFolder(PathBuf);
+
+    impl TempFolder {
+        fn new(name: &str) -> Self {
+            let path =
+                std::env::temp_dir().join(format!("classifier-live-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&path);
+            std::fs::create_dir_all(&path).unwrap();
+            Self(path)
+        }
+    }
+
+    impl Drop for TempFolder {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stale_socket_is_replaced_but_never_a_file() {
+        let folder = TempFolder::new("bind");
+        let path = folder.0.join("stats.sock");
+
+        // A socket nobody serves any more (a killed daemon's) is replaced.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        let socket = bind(&path, None).unwrap();
+        // One that answers is another daemon's.
+        let error = bind(&path, None).unwrap_err().to_string();
+        assert!(
+            error.contains("another classifier run serves it"),
+            "{error}"
+        );
+        drop(socket);
+
+        // A mistyped path that names someone's file is left alone.
+        std::fs::write(&path, b"notes").unwrap();
+        let error = bind(&path, None).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            format!(
+                "stats socket {}: it is a file, not a socket: left as it is (choose another --stats-socket)",
+                path.display()
+            )
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), b"notes");
     }
 }
