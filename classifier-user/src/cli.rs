@@ -281,7 +281,8 @@ pub struct RunArgs {
     pub sensor_name: Option<String>,
 
     /// Replace watched addresses in snapshots and reports by keyed
-    /// pseudonyms (HMAC-SHA256 with the file's bytes as key; see README).
+    /// pseudonyms (HMAC-SHA256 with the file's bytes as key: a regular
+    /// file of 16 to 1024 bytes, e.g. head -c 32 /dev/urandom > key).
     #[arg(long, value_name = "FILE")]
     pub pseudonymize_key: Option<PathBuf>,
 }
@@ -373,7 +374,8 @@ pub struct PcapArgs {
     pub sensor_name: Option<String>,
 
     /// Replace watched addresses in the report and snapshots by keyed
-    /// pseudonyms (see README).
+    /// pseudonyms (as `run --pseudonymize-key`: a regular file of 16 to
+    /// 1024 bytes).
     #[arg(long, value_name = "FILE")]
     pub pseudonymize_key: Option<PathBuf>,
 

@@ -15,6 +15,7 @@
 //! n² / 2²⁹ for n sources (0.2 % for 1,000). Endpoints are not replaced.
 
 use std::{
+    io::Read as _,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
 };
@@ -26,6 +27,9 @@ use crate::{feeds::sha256_hex, report::Report};
 
 /// Shortest key accepted, in bytes.
 pub const MIN_KEY_BYTES: usize = 16;
+/// Longest key file accepted, in bytes: a key is a few dozen random bytes,
+/// so more is the wrong file.
+pub const MAX_KEY_BYTES: usize = 1024;
 const DOMAIN: &[u8] = b"classifier-pseudonym-v1";
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +44,14 @@ pub enum PseudonymError {
         "pseudonymize key {path}: {len} bytes; use at least {MIN_KEY_BYTES} random bytes (e.g. head -c 32 /dev/urandom > key)"
     )]
     TooShort { path: PathBuf, len: usize },
+    #[error(
+        "pseudonymize key {path}: more than {MAX_KEY_BYTES} bytes; a key is a few dozen random bytes (e.g. head -c 32 /dev/urandom > key)"
+    )]
+    TooLong { path: PathBuf },
+    #[error(
+        "pseudonymize key {path}: not a regular file; a key read from a device or pipe would change from run to run (write one: head -c 32 /dev/urandom > key)"
+    )]
+    NotAFile { path: PathBuf },
 }
 
 /// Maps watched addresses to their pseudonyms under one key.
@@ -60,12 +72,28 @@ impl std::fmt::Debug for Pseudonymizer {
 }
 
 impl Pseudonymizer {
-    /// The key is the file's bytes, as they are.
+    /// The key is the file's bytes, as they are: a regular file (a
+    /// symbolic link to one too) of `MIN_KEY_BYTES` to `MAX_KEY_BYTES`.
     pub fn from_file(path: &Path) -> Result<Self, PseudonymError> {
-        let key = std::fs::read(path).map_err(|source| PseudonymError::Read {
+        let read_error = |source| PseudonymError::Read {
             path: path.to_path_buf(),
             source,
-        })?;
+        };
+        let file = std::fs::File::open(path).map_err(read_error)?;
+        if !file.metadata().map_err(read_error)?.is_file() {
+            return Err(PseudonymError::NotAFile {
+                path: path.to_path_buf(),
+            });
+        }
+        let mut key = Vec::new();
+        file.take(MAX_KEY_BYTES as u64 + 1)
+            .read_to_end(&mut key)
+            .map_err(read_error)?;
+        if key.len() > MAX_KEY_BYTES {
+            return Err(PseudonymError::TooLong {
+                path: path.to_path_buf(),
+            });
+        }
         if key.len() < MIN_KEY_BYTES {
             return Err(PseudonymError::TooShort {
                 path: path.to_path_buf(),
@@ -168,5 +196,32 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         assert!(error.contains(&path.display().to_string()), "{error}");
         assert!(error.contains("5 bytes"), "{error}");
+    }
+
+    #[test]
+    fn a_key_file_too_long_or_not_a_file_is_refused() {
+        let path = std::env::temp_dir().join(format!("long-key-{}", std::process::id()));
+        std::fs::write(&path, vec![7u8; MAX_KEY_BYTES + 1]).unwrap();
+        let error = Pseudonymizer::from_file(&path).unwrap_err().to_string();
+        std::fs::write(&path, vec![7u8; MAX_KEY_BYTES]).unwrap();
+        let longest = Pseudonymizer::from_file(&path);
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(
+            error,
+            format!(
+                "pseudonymize key {}: more than 1024 bytes; a key is a few dozen random bytes (e.g. head -c 32 /dev/urandom > key)",
+                path.display()
+            )
+        );
+        assert!(longest.is_ok(), "{longest:?}");
+
+        // Reading a device as the key would never end (or differ each run).
+        let error = Pseudonymizer::from_file(Path::new("/dev/urandom"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("pseudonymize key /dev/urandom: not a regular file"),
+            "{error}"
+        );
     }
 }
