@@ -37,8 +37,9 @@
 //!   captured; [`CaptureFrame::is_partial`] tells the caller.
 //! - Timestamps are Unix nanoseconds for every format: pcap seconds plus
 //!   micro- or nanoseconds; pcapng units of the interface's `if_tsresol`
-//!   (default microseconds, powers of ten or of two) plus its `if_tsoffset`,
-//!   saturated at the limits of `i64`. A pcapng Simple Packet Block has no
+//!   (default microseconds, powers of ten or of two) plus its `if_tsoffset`;
+//!   a time before 1970 or past 2262 (the limit of `i64` nanoseconds, met by
+//!   nanoseconds written without `if_tsresol`) is an error naming the frame. A pcapng Simple Packet Block has no
 //!   timestamp and gets the previous frame's (0 before any).
 //! - Frames are numbered from 1 in each file, counting packets only (as
 //!   Wireshark does). An error names the file and the frame being read;
@@ -233,6 +234,14 @@ pub enum ReadProblem {
     Corrupt(String),
     /// The frame's link type cannot become Ethernet.
     UnsupportedLinkType(LinkType),
+    /// A pcapng timestamp, in its interface's units and offset, is before
+    /// 1970 or past 2262.
+    TimestampOutOfRange {
+        units: u64,
+        /// `if_tsresol`.
+        resolution: u8,
+        offset_seconds: i64,
+    },
     /// A cooked (SLL/SLL2) frame is shorter than its cooked header.
     ShorterThanLinkHeader {
         link_type: LinkType,
@@ -256,6 +265,22 @@ impl fmt::Display for ReadProblem {
                 f,
                 "link type {link_type} is not supported (supported: Ethernet, raw IP, Linux cooked SLL/SLL2)"
             ),
+            Self::TimestampOutOfRange {
+                units,
+                resolution,
+                offset_seconds,
+            } => {
+                let base = if resolution & 0x80 != 0 { 2 } else { 10 };
+                let exponent = resolution & 0x7f;
+                write!(
+                    f,
+                    "timestamp outside 1970 to 2262 ({units} units of {base}^-{exponent} s, offset {offset_seconds} s)"
+                )?;
+                if *resolution == DEFAULT_PCAPNG_TIMESTAMP_RESOLUTION && *offset_seconds >= 0 {
+                    f.write_str("; nanoseconds written without if_tsresol 9?")?;
+                }
+                Ok(())
+            }
             Self::ShorterThanLinkHeader {
                 link_type,
                 captured,
@@ -315,26 +340,30 @@ struct PcapNgInterface {
 }
 
 impl PcapNgInterface {
-    fn timestamp_ns(&self, units: u64) -> i64 {
+    /// Unix nanoseconds of a packet's timestamp `units`; a time before
+    /// 1970 or past what `i64` nanoseconds hold (2262) is refused.
+    fn timestamp_ns(&self, units: u64) -> Result<i64, ReadProblem> {
         let exponent = u32::from(self.timestamp_resolution & 0x7f);
-        let units = i128::from(units);
+        let wide_units = i128::from(units);
         let since_offset = if self.timestamp_resolution & 0x80 != 0 {
-            (units * i128::from(NANOS_PER_SECOND)) >> exponent
+            (wide_units * i128::from(NANOS_PER_SECOND)) >> exponent
         } else if exponent <= 9 {
-            units * 10_i128.pow(9 - exponent)
+            wide_units * 10_i128.pow(9 - exponent)
         } else {
             10_i128
                 .checked_pow(exponent - 9)
-                .map_or(0, |units_per_ns| units / units_per_ns)
+                .map_or(0, |units_per_ns| wide_units / units_per_ns)
         };
         let nanos =
             since_offset + i128::from(self.timestamp_offset_seconds) * i128::from(NANOS_PER_SECOND);
-        saturate_to_i64(nanos)
+        i64::try_from(nanos).ok().filter(|nanos| *nanos >= 0).ok_or(
+            ReadProblem::TimestampOutOfRange {
+                units,
+                resolution: self.timestamp_resolution,
+                offset_seconds: self.timestamp_offset_seconds,
+            },
+        )
     }
-}
-
-fn saturate_to_i64(value: i128) -> i64 {
-    i64::try_from(value).unwrap_or(if value < 0 { i64::MIN } else { i64::MAX })
 }
 
 /// One pcapng block, reduced to what the reader uses.
@@ -615,7 +644,7 @@ impl CaptureReader {
                         data,
                     } => {
                         let interface = described_interface(interfaces, interface_id)?;
-                        let timestamp_ns = interface.timestamp_ns(timestamp_units);
+                        let timestamp_ns = interface.timestamp_ns(timestamp_units)?;
                         (interface, timestamp_ns, original_len, data)
                     }
                     PcapNgRecord::SimplePacket { original_len, data } => {
@@ -1236,6 +1265,61 @@ mod tests {
         assert_eq!(frames[0].data, captured);
         assert_eq!(frames[0].original_len, 1514);
         assert!(frames[0].is_partial());
+    }
+
+    #[test]
+    fn a_pcapng_time_outside_1970_to_2262_is_an_error_naming_the_frame() {
+        let folder = TempFolder::new("pcapng-time");
+        let ethernet = ethernet_frame(0x0800, &ipv4_packet(2));
+        let write = |name: &str, options, units: u64| {
+            let path = folder.file(name);
+            let file = File::create(&path).unwrap();
+            let mut writer = PcapNgWriter::new(file).unwrap();
+            writer
+                .write_pcapng_block(InterfaceDescriptionBlock {
+                    linktype: DataLink::ETHERNET,
+                    snaplen: 0,
+                    options,
+                })
+                .unwrap();
+            for units in [1_700_000_000_000_000, units] {
+                writer
+                    .write_pcapng_block(EnhancedPacketBlock {
+                        interface_id: 0,
+                        timestamp: Duration::from_nanos(units),
+                        original_len: u32::try_from(ethernet.len()).unwrap(),
+                        data: Cow::Owned(ethernet.clone()),
+                        options: vec![],
+                    })
+                    .unwrap();
+            }
+            path
+        };
+        // Nanoseconds written without if_tsresol read as microseconds: the
+        // year 55,000, past what a nanosecond clock holds.
+        let nanoseconds_as_micros = write("ns.pcapng", vec![], 1_700_000_000_123_456_789);
+        // An if_tsoffset that puts the frame before 1970.
+        let before_1970 = write(
+            "offset.pcapng",
+            vec![InterfaceDescriptionOption::IfTsOffset(
+                (-1_800_000_000_i64) as u64,
+            )],
+            1_700_000_000_000_000,
+        );
+        for (path, expected) in [
+            (
+                &nanoseconds_as_micros,
+                "frame 2: timestamp outside 1970 to 2262 (1700000000123456789 units of 10^-6 s, offset 0 s); nanoseconds written without if_tsresol 9?",
+            ),
+            (
+                &before_1970,
+                "frame 1: timestamp outside 1970 to 2262 (1700000000000000 units of 10^-6 s, offset -1800000000 s)",
+            ),
+        ] {
+            let results: Vec<_> = CaptureReader::open(path).unwrap().collect();
+            let error = results.last().unwrap().as_ref().unwrap_err().to_string();
+            assert_eq!(error, format!("{}: {expected}", path.display()));
+        }
     }
 
     #[test]
