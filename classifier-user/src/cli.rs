@@ -87,14 +87,15 @@ pub struct LearnArgs {
     pub exclude_files: Vec<PathBuf>,
 
     /// Longest a learned address is kept (its DNS TTL, at most this).
-    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
     pub learn_ttl: Duration,
 
     /// Most packets the program hands to userspace to learn from per
     /// second, all CPUs together (DNS responses to watched hosts, first
     /// TCP segments of unlisted flows; up to 2 KiB each). More are counted
-    /// as throttled, never handed over.
-    #[arg(long, value_name = "PACKETS", default_value_t = classifier_common::DEFAULT_LEARN_RATE)]
+    /// as throttled, never handed over. At least 1 (--no-learn for none).
+    #[arg(long, value_name = "PACKETS", default_value_t = classifier_common::DEFAULT_LEARN_RATE,
+          value_parser = clap::value_parser!(u32).range(1..))]
     pub learn_rate: u32,
 
     /// Learn nothing (the domain feed is not read; the program hands no
@@ -126,12 +127,15 @@ pub struct CaptureArgs {
     pub capture_bytes: u32,
 
     /// Most packets captured per second, all flows together; more are
-    /// counted as throttled.
-    #[arg(long, value_name = "R", default_value_t = 1000)]
+    /// counted as throttled. At least 1.
+    #[arg(long, value_name = "R", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..))]
     pub capture_rate: u32,
 
     /// Packets captured per flow: its first N (each direction is a flow).
-    #[arg(long, value_name = "N", default_value_t = 16)]
+    /// At least 1.
+    #[arg(long, value_name = "N", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(1..))]
     pub capture_per_flow: u32,
 
     /// Allow captures with --pseudonymize-key: the files hold real
@@ -171,7 +175,8 @@ pub struct RunArgs {
     /// Flow-table capacity in flows: the LRU table behind the flow cache
     /// (the least recently seen flow is evicted when full; evictions are
     /// counted).
-    #[arg(long, default_value_t = crate::loader::DEFAULT_FLOW_CAPACITY)]
+    #[arg(long, default_value_t = crate::loader::DEFAULT_FLOW_CAPACITY,
+          value_parser = clap::value_parser!(u32).range(1..))]
     pub flow_capacity: u32,
 
     /// Flow-cache slots per CPU, rounded up to a power of two (96 bytes
@@ -380,7 +385,8 @@ pub struct PcapArgs {
     pub pseudonymize_key: Option<PathBuf>,
 
     /// Flow-table capacity (as for `run`).
-    #[arg(long, default_value_t = crate::loader::DEFAULT_FLOW_CAPACITY)]
+    #[arg(long, default_value_t = crate::loader::DEFAULT_FLOW_CAPACITY,
+          value_parser = clap::value_parser!(u32).range(1..))]
     pub flow_capacity: u32,
 }
 

@@ -146,6 +146,10 @@ fn cases(f: &Fixtures) -> Vec<Case> {
         b"# one service\n203.0.113.0/24\n203.0.113.9/24\n",
     );
     let good_list = f.file("good.txt", b"203.0.113.0/24\n");
+    let bad_netmask = f.file(
+        "bad-netmask.txt",
+        b"# firewall style\n175.45.176.0 255.0.255.0\n",
+    );
     let hosting = f.file(
         "hosting.csv",
         b"cidr,name\n104.16.0.0/13,CDN\n104.16.0.1/12,CDN\n",
@@ -361,6 +365,64 @@ fn cases(f: &Fixtures) -> Vec<Case> {
             2,
             "error: invalid value '0' for '--flow-cache-slots <FLOW_CACHE_SLOTS>'",
             "--flow-cache-slots",
+        ),
+        // Zero where zero would quietly do nothing.
+        run_case(
+            f,
+            &["--flow-capacity", "0"],
+            2,
+            "error: invalid value '0' for '--flow-capacity <FLOW_CAPACITY>'",
+            "--flow-capacity",
+        ),
+        run_case(
+            f,
+            &["--learn-rate", "0"],
+            2,
+            "error: invalid value '0' for '--learn-rate <PACKETS>'",
+            "--learn-rate",
+        ),
+        run_case(
+            f,
+            &["--learn-ttl", "0s"],
+            2,
+            "error: invalid value '0s' for '--learn-ttl <DURATION>': must be longer than zero",
+            "--learn-ttl",
+        ),
+        run_case(
+            f,
+            &["--capture-rate", "0"],
+            2,
+            "error: invalid value '0' for '--capture-rate <R>'",
+            "--capture-rate",
+        ),
+        run_case(
+            f,
+            &["--capture-per-flow", "0"],
+            2,
+            "error: invalid value '0' for '--capture-per-flow <N>'",
+            "--capture-per-flow",
+        ),
+        case(
+            &["pcap", "capture.pcap", "--flow-capacity", "0"],
+            2,
+            "error: invalid value '0' for '--flow-capacity <FLOW_CAPACITY>'",
+            "--flow-capacity",
+        ),
+        run_case(
+            f,
+            &["--pseudonymize-key", "/dev/urandom"],
+            1,
+            "classifier: pseudonymize key /dev/urandom: not a regular file",
+            "/dev/urandom",
+        ),
+        run_case(
+            f,
+            &["--watch-file", &bad_netmask],
+            1,
+            &format!(
+                "classifier: {bad_netmask}: line 2: bad netmask 255.0.255.0 after 175.45.176.0"
+            ),
+            &bad_netmask,
         ),
         run_case(
             f,
