@@ -93,9 +93,9 @@ pub struct LearnArgs {
     /// Most packets the program hands to userspace to learn from per
     /// second, all CPUs together (DNS responses to watched hosts, first
     /// TCP segments of unlisted flows; up to 2 KiB each). More are counted
-    /// as throttled, never handed over. At least 1 (--no-learn for none).
-    #[arg(long, value_name = "PACKETS", default_value_t = classifier_common::DEFAULT_LEARN_RATE,
-          value_parser = clap::value_parser!(u32).range(1..))]
+    /// as throttled, never handed over (0: none, each counted as
+    /// throttled; --no-learn looks at none).
+    #[arg(long, value_name = "PACKETS", default_value_t = classifier_common::DEFAULT_LEARN_RATE)]
     pub learn_rate: u32,
 
     /// Learn nothing (the domain feed is not read; the program hands no

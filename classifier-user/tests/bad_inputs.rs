@@ -376,13 +376,6 @@ fn cases(f: &Fixtures) -> Vec<Case> {
         ),
         run_case(
             f,
-            &["--learn-rate", "0"],
-            2,
-            "error: invalid value '0' for '--learn-rate <PACKETS>'",
-            "--learn-rate",
-        ),
-        run_case(
-            f,
             &["--learn-ttl", "0s"],
             2,
             "error: invalid value '0s' for '--learn-ttl <DURATION>': must be longer than zero",
