@@ -282,6 +282,24 @@ fn release_free_memory() {
     unsafe { libc::malloc_trim(0) };
 }
 
+/// An adopted program keeps the flow table and cache it was loaded with:
+/// says so when this run asked for other sizes.
+fn warn_about_kept_sizes(meta: &SensorMeta, asked: Capacities) {
+    let cpus = aya::util::nr_cpus().map_or(1, |cpus| cpus as u64).max(1);
+    let asked_slots = u64::from(asked.flow_cache_slots.next_power_of_two()) * cpus;
+    if meta.flow_capacity != u64::from(asked.flows) || meta.flow_cache_slots != asked_slots {
+        log::warn!(
+            "the adopted program keeps its flow table of {} flows and {} cache slots per CPU; \
+             this run's --flow-capacity {} and --flow-cache-slots {} apply once it is detached \
+             (stop this daemon without --keep-attached, then run again)",
+            meta.flow_capacity,
+            meta.flow_cache_slots / cpus,
+            asked.flows,
+            asked.flow_cache_slots,
+        );
+    }
+}
+
 /// The program this daemon counts with: adopted from pins a previous
 /// daemon left, or loaded, attached and pinned now.
 fn adopt_or_load(config: &mut RunConfig) -> Result<(PinnedSensor, std::fs::File), RunError> {
@@ -314,6 +332,7 @@ fn adopt_or_load(config: &mut RunConfig) -> Result<(PinnedSensor, std::fs::File)
                     .join(", ")
             );
         }
+        warn_about_kept_sizes(meta, config.capacities);
         return Ok((sensor, lock));
     }
 

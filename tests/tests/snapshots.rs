@@ -174,6 +174,8 @@ fn snapshots_add_up_exactly_across_boundaries_a_kept_attachment_and_a_kill() {
         second.stderr_seen
     );
     assert!(second.said("resuming after snapshot"));
+    // Same sizes as the program it adopts: nothing to say about them.
+    assert!(!second.said("--flow-capacity"), "{:?}", second.stderr_seen);
     link.send(&sent.round(5)).expect("send");
     second.wait_for("wrote snapshot");
     link.send(&sent.round(6)).expect("send");
@@ -181,9 +183,20 @@ fn snapshots_add_up_exactly_across_boundaries_a_kept_attachment_and_a_kill() {
     second.kill();
     link.send(&sent.round(7)).expect("send");
 
-    // Third daemon adopts again and stops for good: detach, pins removed.
-    let third = Daemon::start(&link, &feed, &args);
+    // Third daemon adopts again, asking for another flow table (which an
+    // adopted program cannot change: it says so), and stops for good:
+    // detach, pins removed.
+    let third = Daemon::start(
+        &link,
+        &feed,
+        &[&args[..], &["--flow-capacity", "4096"]].concat(),
+    );
     assert!(third.said("adopting the program"));
+    assert!(
+        third.said("this run's --flow-capacity 4096 and --flow-cache-slots"),
+        "{:?}",
+        third.stderr_seen
+    );
     link.send(&sent.round(8)).expect("send");
     let (_, log) = third.stop(libc::SIGTERM);
     assert!(log.iter().any(|l| l.contains("detached; final drain")));
