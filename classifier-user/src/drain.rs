@@ -682,8 +682,18 @@ pub fn services_minus(a: &[ServiceCounters], b: &[ServiceCounters]) -> Vec<Servi
 
 impl Ledger {
     /// A ledger that counts from a checkpoint: what was already reported
-    /// (by a snapshot another daemon wrote) is not counted again.
-    pub fn resume(checkpoint: &Checkpoint) -> Self {
+    /// (by a snapshot another daemon wrote) is not counted again. `None`
+    /// when the checkpoint names a flow-cache slot at or past
+    /// `cache_positions` (the program's slots over all CPUs): it is not
+    /// this program's, or it is corrupt.
+    pub fn resume(checkpoint: &Checkpoint, cache_positions: u64) -> Option<Self> {
+        if checkpoint
+            .slots
+            .iter()
+            .any(|slot| slot.position >= cache_positions)
+        {
+            return None;
+        }
         // The kernel's counters start at the checkpoint's, so a cut before
         // any drain succeeds checkpoints the same place again (not zero).
         let mut ledger = Self {
@@ -717,7 +727,7 @@ impl Ledger {
                 *baseline = slot.baseline;
             }
         }
-        ledger
+        Some(ledger)
     }
 
     /// Folds in a reading; `clock` turns its flow stamps into Unix time.
@@ -1163,6 +1173,9 @@ mod tests {
 
     use crate::test_support::port_key as key;
 
+    /// Flow-cache slots over all CPUs of the programs these tests resume.
+    const SLOTS: u64 = 1024;
+
     fn reading(flows: Vec<(FlowKey, FlowSample)>) -> KernelReading {
         cached_reading(flows, Vec::new())
     }
@@ -1389,7 +1402,7 @@ mod tests {
         // Another daemon resumes from the first cut's checkpoint, through text.
         let text = serde_json::to_string(&checkpoint.to_text()).unwrap();
         let checkpoint = Checkpoint::from_text(&serde_json::from_str(&text).unwrap()).unwrap();
-        let mut resumed = Ledger::resume(&checkpoint);
+        let mut resumed = Ledger::resume(&checkpoint, SLOTS).unwrap();
         resumed.absorb(
             full_reading(
                 25,
@@ -1442,7 +1455,7 @@ mod tests {
         assert_eq!(checkpointed(&checkpoint), [key(1), key(2)]);
         // A resumed daemon that cuts before its first drain checkpoints the
         // same baselines.
-        let mut resumed = Ledger::resume(&checkpoint);
+        let mut resumed = Ledger::resume(&checkpoint, SLOTS).unwrap();
         assert_eq!(resumed.cut().flows, checkpoint.flows);
         // A drain that fails after reading flow 2 only: flow 1 may still be
         // in the table, so its baseline stays in the next checkpoint.
@@ -1460,6 +1473,21 @@ mod tests {
     }
 
     #[test]
+    fn a_checkpoint_naming_a_slot_past_the_cache_is_refused_not_allocated_for() {
+        let mut ledger = Ledger::default();
+        ledger.absorb(
+            cached_reading(Vec::new(), vec![(5, key(1), sample(4, 10, 20))]),
+            FlowClock::UNIX_NS,
+        );
+        let mut checkpoint = ledger.cut();
+        assert!(Ledger::resume(&checkpoint, 6).is_some());
+        assert!(Ledger::resume(&checkpoint, 5).is_none());
+        // A corrupt position would have made the ledger grow to it.
+        checkpoint.slots[0].position = 1 << 50;
+        assert!(Ledger::resume(&checkpoint, SLOTS).is_none());
+    }
+
+    #[test]
     fn a_layout_2_checkpoint_is_read() {
         let old = CheckpointFlowV2 {
             key: key(7),
@@ -1474,7 +1502,7 @@ mod tests {
         text.layout = 2;
         text.flows = to_hex(bytemuck::bytes_of(&old));
         let checkpoint = Checkpoint::from_text(&text).expect("layout 2 is read");
-        let mut resumed = Ledger::resume(&checkpoint);
+        let mut resumed = Ledger::resume(&checkpoint, SLOTS).unwrap();
         // The same table entry, grown by two packets: only those count.
         resumed.absorb(
             reading(vec![(key(7), sample(7, (9 << 32) | 77, 90))]),
@@ -1492,7 +1520,7 @@ mod tests {
         );
         let text = serde_json::to_string(&ledger.cut().to_text()).unwrap();
         let checkpoint = Checkpoint::from_text(&serde_json::from_str(&text).unwrap()).unwrap();
-        let mut resumed = Ledger::resume(&checkpoint);
+        let mut resumed = Ledger::resume(&checkpoint, SLOTS).unwrap();
         resumed.absorb(
             cached_reading(
                 Vec::new(),

@@ -311,24 +311,25 @@ impl Snapshotter {
         let counter_reset = state
             .as_ref()
             .is_some_and(|state| state.instance != meta.instance);
-        let checkpoint = resumable.and_then(|state| {
-            let checkpoint = Checkpoint::from_text(&state.checkpoint);
-            if checkpoint.is_none() {
+        let resumed = resumable.and_then(|state| {
+            let ledger = Checkpoint::from_text(&state.checkpoint)
+                .and_then(|checkpoint| Ledger::resume(&checkpoint, meta.flow_cache_slots));
+            if ledger.is_none() {
                 log::warn!(
-                    "{}: its checkpoint does not fit this build; counting from the program's attachment",
+                    "{}: its checkpoint does not fit this build or program; counting from the program's attachment",
                     dir.join(STATE_FILE).display()
                 );
             }
-            checkpoint.map(|checkpoint| (state, checkpoint))
+            ledger.map(|ledger| (state, ledger))
         });
-        let (ledger, start_unix_ns) = match checkpoint {
-            Some((state, checkpoint)) => {
+        let (ledger, start_unix_ns) = match resumed {
+            Some((state, ledger)) => {
                 log::info!(
                     "resuming after snapshot {}: counts since {} go into the next snapshot",
                     state.snapshot_file,
                     crate::report::rfc3339(unix_ns_to_time(state.snapshot_end_unix_ns))
                 );
-                (Ledger::resume(&checkpoint), state.snapshot_end_unix_ns)
+                (ledger, state.snapshot_end_unix_ns)
             }
             // The ledger counts from zero: everything since the attachment.
             None => (Ledger::default(), meta.attached_at_unix_ns),
