@@ -157,6 +157,8 @@ impl DomainFeed {
                 if service.is_empty() {
                     return Err(problem("no service".into()));
                 }
+                crate::feeds::check_service_name(service)
+                    .map_err(|bad| problem(bad.to_string()))?;
                 let stripped = raw_domain.trim_start_matches("*.").trim_start_matches('.');
                 let Some(domain) = normalise_domain(stripped) else {
                     return Err(problem(format!("{raw_domain:?} is not a domain name")));
@@ -1205,6 +1207,19 @@ pub mod tests {
         assert_eq!(
             refused("domain,service\nexample.com,\n"),
             "bad.csv: line 2: no service"
+        );
+        // Service names as the endpoint feed takes them: a slug of at
+        // most 32 bytes (IPFIX and the kernel's service table hold that).
+        assert_eq!(
+            refused("domain,service\nexample.com,Hot Spot\n"),
+            "bad.csv: line 2: bad service name \"Hot Spot\" (use a lowercase slug of a-z, 0-9 and '-', at most 32 characters)"
+        );
+        let long = "é".repeat(17);
+        assert_eq!(
+            refused(&format!("domain,service\nexample.com,{long}\n")),
+            format!(
+                "bad.csv: line 2: bad service name \"{long}\" (use a lowercase slug of a-z, 0-9 and '-', at most 32 characters)"
+            )
         );
         assert_eq!(
             refused("cidr,service\n1.2.3.0/24,a\n"),
