@@ -45,9 +45,12 @@ impl Source {
         })
     }
 
-    fn read(&self, key: Option<&Pseudonymizer>) -> Result<LiveStats, LiveError> {
+    fn read(&mut self, key: Option<&Pseudonymizer>) -> Result<LiveStats, LiveError> {
         match self {
-            Self::Pins(pinned) => LiveStats::read(pinned, key),
+            Self::Pins(pinned) => {
+                refresh_meta(pinned)?;
+                LiveStats::read(pinned, key)
+            }
             Self::Socket(path) => {
                 let mut stats = live::fetch(path)?;
                 match (&stats.pseudonym_key_id, key) {
@@ -85,13 +88,29 @@ impl Source {
     }
 }
 
+/// Follows the sensor's META from reading to reading: a reload rewrites it
+/// (new services and feeds, same counters); a program loaded since has
+/// counters of its own, which are opened. A META caught half rewritten is
+/// read again next time.
+fn refresh_meta(pinned: &mut PinnedCounters) -> Result<(), LiveError> {
+    match pins::read_meta(&pinned.dir) {
+        Ok(Some(meta)) if meta.instance != pinned.meta.instance => {
+            *pinned = pins::open_counters_at(&pinned.dir)?;
+        }
+        Ok(Some(meta)) => pinned.meta = meta,
+        Ok(None) => {}
+        Err(error) => log::debug!("keeping the last META: {error}"),
+    }
+    Ok(())
+}
+
 /// One reading and when it was taken.
 struct Sample {
     stats: LiveStats,
     taken: Instant,
 }
 
-fn sample(source: &Source, key: Option<&Pseudonymizer>) -> Result<Sample, LiveError> {
+fn sample(source: &mut Source, key: Option<&Pseudonymizer>) -> Result<Sample, LiveError> {
     Ok(Sample {
         stats: source.read(key)?,
         taken: Instant::now(),
@@ -103,8 +122,8 @@ pub fn stats(args: &StatsArgs) -> Result<(), Box<dyn std::error::Error>> {
         Some(path) => Some(Pseudonymizer::from_file(path)?),
         None => None,
     };
-    let source = Source::open(args)?;
-    let mut previous = sample(&source, key.as_ref())?;
+    let mut source = Source::open(args)?;
+    let mut previous = sample(&mut source, key.as_ref())?;
     if args.json && args.watch.is_none() {
         let json = previous
             .stats
@@ -117,7 +136,7 @@ pub fn stats(args: &StatsArgs) -> Result<(), Box<dyn std::error::Error>> {
     let mut stdout = std::io::stdout();
     loop {
         std::thread::sleep(period);
-        let current = match sample(&source, key.as_ref()) {
+        let current = match sample(&mut source, key.as_ref()) {
             Ok(current) => current,
             Err(error) => match source.stopped() {
                 Some(why) if args.watch.is_some() => {

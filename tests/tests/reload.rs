@@ -54,6 +54,31 @@ fn a_reload_swaps_feeds_without_a_gap_and_a_bad_feed_leaves_the_old_one() {
         ],
     );
 
+    // A `stats --watch` started before the reload follows the program
+    // across it (the new service and the reload count, not the old META).
+    let mut watcher = Command::new(classifier_binary())
+        .args([
+            "stats",
+            "--json",
+            "--watch",
+            "0.2",
+            "--pin-path",
+            text(&pins.path),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("stats --watch");
+    let watched_lines = {
+        let stdout = watcher.stdout.take().expect("piped");
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                .collect::<Vec<String>>()
+        })
+    };
+
     // Traffic to alpha and to 203.0.113.5 (delta now, epsilon after the
     // reload) flows in a loop while the feed is swapped.
     let to_alpha = FrameSpec::udp("175.45.176.1", "198.51.100.10", 40000, 443).build();
@@ -110,6 +135,21 @@ fn a_reload_swaps_feeds_without_a_gap_and_a_bad_feed_leaves_the_old_one() {
         service_packets(&after, "epsilon") - service_packets(&before, "epsilon"),
         25,
         "the reloaded feed still serves after a refused one"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+    let lines = watched_lines.join().expect("stats --watch lines");
+    let last: Value = serde_json::from_str(lines.last().expect("a line")).expect("JSON line");
+    assert!(
+        service_packets(&last, "epsilon") >= service_packets(&after, "epsilon"),
+        "stats --watch after the reload: {last}"
+    );
+    assert!(
+        last["feeds"]
+            .as_array()
+            .is_some_and(|feeds| feeds.iter().all(|feed| feed["loaded_at"] != Value::Null)),
+        "{last}"
     );
     let body = link.sensor.http_get("127.0.0.1:9477", "/metrics");
     assert!(body.contains("classifier_feed_reloads_total 1"), "{body}");
