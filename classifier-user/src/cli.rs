@@ -21,7 +21,8 @@ pub struct Cli {
 pub enum Command {
     /// Attach to interfaces and count until SIGINT or SIGTERM, then detach
     /// and print the report. Pins the program under --pin-path, serves
-    /// Prometheus metrics and writes snapshots.
+    /// Prometheus metrics and live counters, and with --snapshot-dir writes
+    /// interval snapshots.
     Run(Box<RunArgs>),
     /// Live counters of a running sensor, read from its pinned maps (from
     /// another process; the daemon keeps running).
@@ -81,8 +82,9 @@ pub struct LearnArgs {
     #[arg(long = "domains", value_name = "FILE")]
     pub domain_files: Vec<PathBuf>,
 
-    /// Shared-hosting and CDN ranges (`cidr,name` CSV) never learned.
-    /// Default: the bundled list (data/shared-hosting.csv).
+    /// Shared-hosting and CDN ranges never learned (repeatable): `cidr,name`
+    /// or `cidr name` per line, '#' comments. Default: the bundled list
+    /// (data/shared-hosting.csv).
     #[arg(long = "learn-exclude", value_name = "FILE")]
     pub exclude_files: Vec<PathBuf>,
 
@@ -217,7 +219,8 @@ pub struct RunArgs {
     /// Remove an XDP program another tool attached to an interface (named
     /// in the refusal without this flag) and attach ours in its place. An
     /// interface runs one XDP program per mode: without the flag `run`
-    /// refuses to take a DDoS filter's or another sensor's place.
+    /// refuses to take a DDoS filter's or another sensor's place. Not with
+    /// --xdp-dispatcher, which shares the interface instead.
     #[arg(long, conflicts_with = "xdp_dispatcher")]
     pub replace: bool,
 
@@ -361,6 +364,8 @@ pub struct PcapArgs {
     #[command(flatten)]
     pub learn: LearnArgs,
 
+    /// table: the study's table; json: the classifier.report.v1 report
+    /// (the same as `run --report-format json`).
     #[arg(long, value_enum, default_value = "table")]
     pub format: ReportFormat,
 
@@ -572,9 +577,10 @@ pub struct FeedsCheckArgs {
     #[arg(long, value_name = "SHARE", default_value_t = 0.5, value_parser = parse_share)]
     pub min_kept: f64,
 
-    /// Ranges of large shared-hosting or CDN networks: `cidr[,name]` per
-    /// line ('#' comments, an optional `cidr,name` header); endpoint
-    /// prefixes overlapping them are warned about.
+    /// Ranges of large shared-hosting or CDN networks (repeatable):
+    /// `cidr[,name]` or `cidr name` per line ('#' comments, an optional
+    /// `cidr,name` header); endpoint prefixes overlapping them are warned
+    /// about.
     #[arg(long = "shared-hosting", value_name = "FILE")]
     pub shared_hosting: Vec<PathBuf>,
 
@@ -596,6 +602,8 @@ pub struct FeedsCheckArgs {
     #[arg(long, value_name = "N")]
     pub endpoint_capacity_v6: Option<u32>,
 
+    /// table: the findings for a reader; json: the same as one object, for
+    /// scripts and CI.
     #[arg(long, value_enum, default_value = "table")]
     pub format: ReportFormat,
 
