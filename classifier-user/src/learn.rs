@@ -500,6 +500,10 @@ pub struct LearnStats {
     pub tls_flows_named: u64,
     #[serde(default)]
     pub streams_dropped: u64,
+    /// Endpoints taken over from a previous daemon's program (adopted),
+    /// kept --learn-ttl from the takeover at most.
+    #[serde(default)]
+    pub inherited: u64,
 }
 
 /// A change the kernel's `LEARNED` map must take.
@@ -753,6 +757,32 @@ impl Learner {
         changes
     }
 
+    /// Takes over an endpoint a previous daemon learned into the program it
+    /// left attached. Its TTL is not known, so it is kept `ttl` from now at
+    /// most (then it expires like any other); `how` says "inherited".
+    pub fn inherit(&mut self, address: IpAddr, service: &str, now_unix_ns: i64) {
+        if self.entries.contains_key(&address) {
+            return;
+        }
+        let keep = i64::try_from(self.ttl.as_nanos()).unwrap_or(i64::MAX);
+        let expires_at_unix_ns = now_unix_ns.saturating_add(keep);
+        let time = |unix_ns| crate::report::rfc3339(crate::snapshot::unix_ns_to_time(unix_ns));
+        let unknown = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        self.stats.inherited += 1;
+        self.remember(LearnedEndpoint {
+            address,
+            service: service.to_string(),
+            domain: String::new(),
+            name: String::new(),
+            watched: unknown,
+            resolver: unknown,
+            how: "inherited".into(),
+            learned_at: time(now_unix_ns),
+            expires_at: time(expires_at_unix_ns),
+            expires_at_unix_ns,
+        });
+    }
+
     /// Keeps `endpoint` (replacing what was known for its address).
     fn remember(&mut self, endpoint: LearnedEndpoint) {
         self.next_expiry_unix_ns = self.next_expiry_unix_ns.min(endpoint.expires_at_unix_ns);
@@ -1000,6 +1030,35 @@ impl LearnMaps {
             maps.hints.verdict_added(&key.endpoint);
         }
         Ok(maps)
+    }
+
+    /// Hands the endpoints the program's map already holds (a previous
+    /// daemon learned them and left the program attached) to `learner`, so
+    /// they expire; returns how many. An entry of a service the table does
+    /// not name is removed.
+    pub fn inherit(
+        &mut self,
+        learner: &mut Learner,
+        services: &ServiceTable,
+        now_unix_ns: i64,
+    ) -> Result<usize, LearnError> {
+        let held: Vec<([u8; 16], u32)> = self
+            .learned
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(|error| LearnError::Map(format!("{MAP_LEARNED}: {error}")))?;
+        let mut inherited = 0;
+        for (key, id) in held {
+            let address = IpAddr::V6(Ipv6Addr::from(key)).to_canonical();
+            match services.name(id) {
+                Some(service) => {
+                    learner.inherit(address, service, now_unix_ns);
+                    inherited += 1;
+                }
+                None => self.apply(&[Change::Remove { address }], services),
+            }
+        }
+        Ok(inherited)
     }
 
     /// A descriptor of the ring buffer that polls readable when records

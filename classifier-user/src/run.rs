@@ -874,7 +874,22 @@ pub fn run_config(mut config: RunConfig) -> Result<Report, RunError> {
         };
         let metrics = Arc::new(Mutex::new(MetricsState::default()));
         let learning = match config.learner.take() {
-            Some(learner) => match crate::learn::LearnMaps::from_pins(&sensor.dir) {
+            Some(mut learner) => match crate::learn::LearnMaps::from_pins(&sensor.dir).and_then(
+                |mut maps| {
+                    let inherited = maps.inherit(
+                        &mut learner,
+                        &sensor.meta.service_table(),
+                        snapshot::now_unix_ns(),
+                    )?;
+                    if inherited > 0 {
+                        log::info!(
+                            "took over {inherited} learned endpoint(s) from the adopted program: kept {} at most",
+                            humantime::format_duration(learner.ttl)
+                        );
+                    }
+                    Ok(maps)
+                },
+            ) {
                 Ok(maps) => Some((learner, maps)),
                 Err(error) => {
                     abandon(sensor, &config);

@@ -328,6 +328,7 @@ fn the_daemon_learns_from_an_answer_on_the_link() {
             text(&pins.path),
             "--snapshot-dir",
             text(&snapshots),
+            "--keep-attached",
         ],
     );
     let answer = dns_reply(
@@ -371,6 +372,48 @@ fn the_daemon_learns_from_an_answer_on_the_link() {
             .any(|snapshot| snapshot["learning"]["endpoints"][0]["address"] == "192.0.2.77"),
         "a snapshot lists the learned endpoint"
     );
+
+    // The program stayed attached with the endpoint learned. A daemon that
+    // adopts it takes the endpoint over and lets it expire (its TTL is
+    // unknown: --learn-ttl from the takeover), so it counts until then.
+    let adopter = Daemon::start(
+        &link,
+        &feed,
+        &[
+            "--domains",
+            text(&domains),
+            "--pin-path",
+            text(&pins.path),
+            "--snapshot-dir",
+            text(&snapshots),
+            "--learn-ttl",
+            "2s",
+        ],
+    );
+    assert!(
+        adopter.said("took over 1 learned endpoint(s) from the adopted program: kept 2s at most"),
+        "{:?}",
+        adopter.stderr_seen
+    );
+    link.send(&[traffic("192.0.2.77"), traffic("192.0.2.77")])
+        .expect("send");
+    std::thread::sleep(Duration::from_millis(3500));
+    link.send(&vec![traffic("192.0.2.77"); 3]).expect("send");
+    let (report, _) = adopter.stop(libc::SIGTERM);
+    assert_eq!(
+        services(&report)["hotspot-shield"]["packets"],
+        2,
+        "{report}"
+    );
+    let learning = &report["learning"];
+    assert_eq!(learning["stats"]["inherited"], 1, "{learning}");
+    assert_eq!(learning["stats"]["expired"], 1, "{learning}");
+    assert_eq!(
+        learning["endpoints"],
+        Value::Array(Vec::new()),
+        "{learning}"
+    );
+    assert_eq!(report["totals"]["watched"], 5, "{report}");
     drop(pins);
     let _ = std::fs::remove_dir_all(dir);
 }
