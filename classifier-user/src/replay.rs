@@ -39,6 +39,11 @@ use crate::{
 /// flow table evicts them, as the live daemon drains every second.
 const DRAIN_EVERY_FRAMES: u64 = 200_000;
 
+/// Most idle snapshots one step of the capture's clock may write (over a
+/// decade of hourly files): a longer jump is a corrupt timestamp far more
+/// often than a capture that really paused that long.
+const MAX_IDLE_SNAPSHOTS: i64 = 100_000;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
     #[error(transparent)]
@@ -52,6 +57,16 @@ pub enum ReplayError {
     },
     #[error("{0}: no frames")]
     Empty(String),
+    #[error(
+        "{file}: frame {frame}: its time {time} is {days:.1} days after the frame before; --snapshot-dir would write {idle} idle snapshots (a corrupt timestamp? split the capture there)"
+    )]
+    TimeJump {
+        file: String,
+        frame: u64,
+        time: String,
+        days: f64,
+        idle: i64,
+    },
 }
 
 /// What the replay counted outside the report.
@@ -130,6 +145,23 @@ impl Replay {
     ) -> Result<(), Box<dyn std::error::Error>> {
         if self.progress.first_ns.is_none() {
             self.start(time_ns)?;
+        }
+        if let (Some(boundary), Some((_, interval))) = (self.boundary, &self.snapshots) {
+            let interval_ns = i64::try_from(interval.as_nanos())
+                .unwrap_or(i64::MAX)
+                .max(1);
+            let idle = time_ns.saturating_sub(boundary) / interval_ns;
+            if idle > MAX_IDLE_SNAPSHOTS {
+                let before = self.progress.last_ns;
+                return Err(ReplayError::TimeJump {
+                    file: file.to_string(),
+                    frame: number,
+                    time: crate::report::rfc3339(unix_ns_to_time(time_ns)),
+                    days: time_ns.saturating_sub(before) as f64 / 86_400e9,
+                    idle,
+                }
+                .into());
+            }
         }
         self.cut_passed_boundaries(time_ns)?;
         let progress = &mut self.progress;

@@ -359,6 +359,31 @@ fn bad_captures_are_refused_with_file_and_frame() {
         "{error}"
     );
 
+    // The second frame 200,000 s after the first: with 1-second snapshots
+    // that would be 200,000 idle files, so it is refused (a corrupt stamp).
+    let jump = dir.join("jump.pcap");
+    let mut changed = bytes.clone();
+    let first_seconds = u32::from_le_bytes(bytes[24..28].try_into().unwrap());
+    changed[first..first + 4].copy_from_slice(&(first_seconds + 200_000).to_le_bytes());
+    std::fs::write(&jump, &changed).expect("write");
+    let jump_snapshots = dir.join("jump-snapshots");
+    let output = classifier(&[
+        "pcap",
+        text(&jump),
+        "--snapshot-dir",
+        text(&jump_snapshots),
+        "--snapshot-interval",
+        "1s",
+    ]);
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{error}");
+    assert!(
+        error.contains(&format!("{}: frame 2: its time ", jump.display()))
+            && error.contains("2.3 days after the frame before; --snapshot-dir would write"),
+        "{error}"
+    );
+    assert!(snapshot_files(&jump_snapshots).len() <= 1);
+
     // Link type 105 (IEEE 802.11).
     let wifi = dir.join("wifi.pcap");
     let mut changed = bytes.clone();
