@@ -1061,6 +1061,11 @@ impl LearnMaps {
         Ok(inherited)
     }
 
+    /// Endpoints the program's learned map holds.
+    pub fn learned_len(&self) -> usize {
+        self.hints.learned.len()
+    }
+
     /// A descriptor of the ring buffer that polls readable when records
     /// wait.
     pub fn ring_fd(&self) -> std::io::Result<std::os::fd::OwnedFd> {

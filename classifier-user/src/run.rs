@@ -300,6 +300,22 @@ fn warn_about_kept_sizes(meta: &SensorMeta, asked: Capacities) {
     }
 }
 
+/// With --no-learn, an adopted program still counts the endpoints a
+/// previous daemon learned into it (nothing expires them now): says so.
+fn warn_about_kept_learning(sensor: &PinnedSensor) {
+    if !sensor.adopted {
+        return;
+    }
+    match crate::learn::LearnMaps::from_pins(&sensor.dir) {
+        Ok(maps) if maps.learned_len() > 0 => log::warn!(
+            "--no-learn: the adopted program holds {} learned endpoint(s) and counts them until it is detached",
+            maps.learned_len()
+        ),
+        Ok(_) => {}
+        Err(error) => log::debug!("cannot read the adopted program's learned endpoints: {error}"),
+    }
+}
+
 /// The program this daemon counts with: adopted from pins a previous
 /// daemon left, or loaded, attached and pinned now.
 fn adopt_or_load(config: &mut RunConfig) -> Result<(PinnedSensor, std::fs::File), RunError> {
@@ -896,7 +912,10 @@ pub fn run_config(mut config: RunConfig) -> Result<Report, RunError> {
                     return Err(error.into());
                 }
             },
-            None => None,
+            None => {
+                warn_about_kept_learning(&sensor);
+                None
+            }
         };
         // An adopted program may still capture for the daemon before; this
         // one sets its own configuration (none: capture nothing).

@@ -373,9 +373,30 @@ fn the_daemon_learns_from_an_answer_on_the_link() {
         "a snapshot lists the learned endpoint"
     );
 
-    // The program stayed attached with the endpoint learned. A daemon that
-    // adopts it takes the endpoint over and lets it expire (its TTL is
-    // unknown: --learn-ttl from the takeover), so it counts until then.
+    // The program stayed attached with the endpoint learned. A daemon
+    // that adopts it with --no-learn says the program still counts it.
+    let without_learning = Daemon::start(
+        &link,
+        &feed,
+        &[
+            "--no-learn",
+            "--pin-path",
+            text(&pins.path),
+            "--keep-attached",
+        ],
+    );
+    assert!(
+        without_learning.said(
+            "--no-learn: the adopted program holds 1 learned endpoint(s) and counts them until it is detached"
+        ),
+        "{:?}",
+        without_learning.stderr_seen
+    );
+    let _ = without_learning.stop(libc::SIGTERM);
+
+    // A daemon that adopts it learning takes the endpoint over and lets it
+    // expire (its TTL is unknown: --learn-ttl from the takeover), so it
+    // counts until then.
     let adopter = Daemon::start(
         &link,
         &feed,
