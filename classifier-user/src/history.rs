@@ -229,8 +229,12 @@ fn parse_bound(flag: &'static str, text: &str) -> Result<OffsetDateTime, History
         })
 }
 
+/// An RFC 3339 time, in UTC; `None` also for one whose UTC date is past
+/// year 9999 (`9999-12-31T23:30:00-01:00`), which cannot be shown.
 fn parse_time(text: &str) -> Option<OffsetDateTime> {
-    OffsetDateTime::parse(text, &Rfc3339).ok()
+    OffsetDateTime::parse(text, &Rfc3339)
+        .ok()?
+        .checked_to_offset(UtcOffset::UTC)
 }
 
 /// Orders two RFC 3339 times by the instant they name (as text when one
@@ -329,7 +333,7 @@ impl Snapshot {
 /// The files named by `paths`: files as given, folders expanded to their
 /// `classifier-*.json` files (not recursively; hidden and temp files
 /// skipped). Each path once, in the order given (folders by name).
-fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, HistoryError> {
+fn collect_files(paths: &[PathBuf]) -> Result<Vec<FoundFile>, HistoryError> {
     let mut files = Vec::new();
     for path in paths {
         let metadata = std::fs::metadata(path).map_err(|source| HistoryError::ReadPath {
@@ -337,7 +341,10 @@ fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, HistoryError> {
             source,
         })?;
         if !metadata.is_dir() {
-            files.push(path.clone());
+            files.push(FoundFile {
+                path: path.clone(),
+                in_folder: false,
+            });
             continue;
         }
         let read_error = |source| HistoryError::ReadPath {
@@ -356,16 +363,32 @@ fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, HistoryError> {
             log::warn!("{}: no snapshot files (classifier-*.json)", path.display());
         }
         in_folder.sort();
-        files.extend(in_folder.into_iter().map(|(_, file)| file));
+        files.extend(in_folder.into_iter().map(|(_, path)| FoundFile {
+            path,
+            in_folder: true,
+        }));
     }
     let mut seen = HashSet::new();
-    files.retain(|file| seen.insert(file.clone()));
+    files.retain(|file| seen.insert(file.path.clone()));
     if files.is_empty() {
         return Err(HistoryError::NoSnapshots {
             paths: join_paths(paths),
         });
     }
     Ok(files)
+}
+
+/// A file to read, and whether a folder scan found it (rather than the
+/// command line naming it).
+struct FoundFile {
+    path: PathBuf,
+    in_folder: bool,
+}
+
+/// The note for a merged report (no `snapshot` section) met where
+/// snapshots are read.
+fn merged_report_note(name: &str) -> String {
+    format!("{name}: a merged report, not a snapshot (no snapshot section): skipped")
 }
 
 /// Reads and checks one report file: valid JSON, our schema, RFC 3339
@@ -489,10 +512,25 @@ impl Interval {
 /// Loads the snapshots under `paths`, keeps those within `range` once
 /// each, and merges them.
 pub fn merge_paths(paths: &[PathBuf], range: &TimeRange) -> Result<MergedHistory, HistoryError> {
-    let snapshots = collect_files(paths)?
-        .into_iter()
-        .map(|file| load_snapshot(&file).map_err(|problem| HistoryError::File { file, problem }))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut snapshots = Vec::new();
+    for file in collect_files(paths)? {
+        let snapshot = load_snapshot(&file.path).map_err(|problem| HistoryError::File {
+            file: file.path.clone(),
+            problem,
+        })?;
+        // A folder's merged report (`report DIR -o DIR/classifier-day.json`)
+        // sums its snapshots; named on the command line it is taken.
+        if file.in_folder && snapshot.report.snapshot.is_none() {
+            log::warn!("{}", merged_report_note(&file.path.display().to_string()));
+            continue;
+        }
+        snapshots.push(snapshot);
+    }
+    if snapshots.is_empty() {
+        return Err(HistoryError::NoSnapshots {
+            paths: join_paths(paths),
+        });
+    }
     let (used, counts) = select(snapshots, range, paths)?;
     let mut sensors: BTreeMap<&str, Vec<&Snapshot>> = BTreeMap::new();
     for snapshot in &used {
@@ -923,7 +961,7 @@ impl fmt::Display for FolderChain {
 /// the files given (grouped by the folder holding them).
 pub fn verify_paths(paths: &[PathBuf]) -> Result<Vec<FolderChain>, HistoryError> {
     let mut by_folder: BTreeMap<PathBuf, Vec<PathBuf>> = BTreeMap::new();
-    for file in collect_files(paths)? {
+    for FoundFile { path: file, .. } in collect_files(paths)? {
         let folder = file
             .parent()
             .filter(|parent| !parent.as_os_str().is_empty())
@@ -947,6 +985,7 @@ fn check_chain(mut files: Vec<PathBuf>) -> ChainCheck {
     let mut notes = Vec::new();
     let mut previous: Option<Snapshot> = None;
     let mut first_start = String::new();
+    let mut checked = 0;
     for file in &files {
         let snapshot = match load_snapshot(file) {
             Ok(snapshot) => snapshot,
@@ -957,6 +996,11 @@ fn check_chain(mut files: Vec<PathBuf>) -> ChainCheck {
                 };
             }
         };
+        if snapshot.report.snapshot.is_none() {
+            notes.push(merged_report_note(&snapshot.name));
+            continue;
+        }
+        checked += 1;
         let link = check_name(&snapshot).and_then(|()| match &previous {
             None => check_first_link(&snapshot, &names),
             Some(previous) => check_link(&snapshot, previous, &names).map(|()| None),
@@ -976,7 +1020,7 @@ fn check_chain(mut files: Vec<PathBuf>) -> ChainCheck {
         previous = Some(snapshot);
     }
     ChainCheck::Intact {
-        snapshots: files.len(),
+        snapshots: checked,
         start: first_start,
         end: previous.map(|last| last.report.end).unwrap_or_default(),
         notes,
@@ -985,13 +1029,10 @@ fn check_chain(mut files: Vec<PathBuf>) -> ChainCheck {
 
 /// The file name must be a snapshot name naming its start (to the second).
 fn check_name(snapshot: &Snapshot) -> Result<(), String> {
-    if snapshot.report.snapshot.is_none() {
-        return Err("not a snapshot file (no snapshot section)".to_string());
-    }
     let Some(name) = SnapshotName::parse(&snapshot.name) else {
         return Err("name is not classifier-YYYYMMDDTHHMMSSZ[-N].json".to_string());
     };
-    let start = snapshot.start.to_offset(UtcOffset::UTC);
+    let start = snapshot.start;
     let whole_second = start - time::Duration::nanoseconds(i64::from(start.nanosecond()));
     if name.start != whole_second {
         return Err(format!(
@@ -1572,6 +1613,9 @@ mod tests {
             );
             report.sensor = sensor.to_string();
             report.interfaces = vec![interface.to_string()];
+            if let Some(info) = report.snapshot.as_mut() {
+                info.pseudonym_key_id = Some("0123456789abcdef".to_string());
+            }
             report
         };
         // Two sensors, and a second interface of the first one.
@@ -1591,15 +1635,95 @@ mod tests {
         assert_eq!(service(&first.report, TOR).packets, 3 + 5 + 7);
         assert_eq!(first.report.sensor, "s1,s2");
 
-        // `classifier report FOLDER --format json -o FOLDER/classifier-day.json`.
+        // `classifier report FOLDER --format json -o FOLDER/classifier-day.json`:
+        // a folder's merged report is not one of its snapshots.
         write_report(&folder.file("classifier-day.json"), &first.report);
         let again = merge_folder(&folder, &TimeRange::default());
-        assert_eq!(service(&again.report, TOR).packets, 3 + 5 + 7);
-        assert_eq!(again.report.totals, first.report.totals);
-        // Same start and length: the snapshots' names sort first, so they
-        // are kept and the merged report is the one skipped.
+        assert_eq!(again.report, first.report);
         assert_eq!(again.counts.used, 3);
-        assert_eq!(again.counts.overlapping, 1);
+        assert_eq!(again.by_sensor.len(), 2);
+
+        // Named on the command line beside them, it overlaps each of them
+        // (it names both sensors and all interfaces): counted once.
+        let both = merge_paths(
+            &[folder.file("classifier-day.json"), folder.0.clone()],
+            &TimeRange::default(),
+        );
+        let error = both.map(|merged| merged.report.totals).unwrap_err();
+        assert!(
+            error.to_string().contains("pseudonym"),
+            "a merged report carries no key id: {error}"
+        );
+        let mut plain = first.report.clone();
+        plain.sensor = "s1,s2".to_string();
+        let unkeyed = TempFolder::new("merged-unkeyed");
+        write_report(&unkeyed.file("day.json"), &plain);
+        for name in ["a.json", "b.json"] {
+            let mut one = hour("s1", "eth1", 3);
+            if let Some(info) = one.snapshot.as_mut() {
+                info.pseudonym_key_id = None;
+            }
+            if name == "b.json" {
+                one.sensor = "s2".to_string();
+            }
+            write_report(&unkeyed.file(name), &one);
+        }
+        let merged = merge_paths(
+            &[
+                unkeyed.file("a.json"),
+                unkeyed.file("b.json"),
+                unkeyed.file("day.json"),
+            ],
+            &TimeRange::default(),
+        )
+        .unwrap();
+        assert_eq!(merged.counts.used, 2);
+        assert_eq!(merged.counts.overlapping, 1);
+        assert_eq!(service(&merged.report, TOR).packets, 6);
+    }
+
+    #[test]
+    fn verify_skips_a_merged_report_in_the_folder() {
+        let folder = TempFolder::new("verify-merged");
+        write_chain(&folder, three_hours());
+        let merged = merge_folder(&folder, &TimeRange::default());
+        write_report(&folder.file("classifier-all.json"), &merged.report);
+        let chains = verify_paths(std::slice::from_ref(&folder.0)).unwrap();
+        let ChainCheck::Intact {
+            snapshots, notes, ..
+        } = &chains[0].check
+        else {
+            panic!("expected intact, got {:?}", chains[0].check);
+        };
+        assert_eq!(*snapshots, 3);
+        assert_eq!(
+            notes,
+            &[
+                "classifier-all.json: a merged report, not a snapshot (no snapshot section): skipped"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_time_past_year_9999_in_utc_is_refused_naming_the_file() {
+        let folder = TempFolder::new("far-future");
+        let report = snapshot(
+            "9999-12-31T23:30:00-01:00",
+            "9999-12-31T23:45:00-01:00",
+            Vec::new(),
+        );
+        let path = folder.file("classifier-99991231T233000Z.json");
+        write_report(&path, &report);
+        let error = merge_paths(std::slice::from_ref(&path), &TimeRange::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("classifier-99991231T233000Z.json") && error.contains("start"),
+            "{error}"
+        );
+        let (file, problem) = broken(&verify_paths(std::slice::from_ref(&folder.0)).unwrap());
+        assert_eq!(file, "classifier-99991231T233000Z.json");
+        assert!(problem.contains("start"), "{problem}");
     }
 
     #[test]

@@ -624,7 +624,7 @@ fn seen_span(first: Option<&str>, last: Option<&str>) -> String {
     let utc = |text: &str| {
         OffsetDateTime::parse(text, &Rfc3339)
             .ok()
-            .map(|time| time.to_offset(time::UtcOffset::UTC))
+            .and_then(|time| time.checked_to_offset(time::UtcOffset::UTC))
     };
     let (Some(first_time), Some(last_time)) = (utc(first), utc(last)) else {
         return format!("{first} .. {last}");
