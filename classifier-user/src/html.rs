@@ -124,8 +124,19 @@ fn provenance(page: &mut String, history: &MergedHistory) {
 fn services_section(figures: &mut String, tables: &mut String, report: &Report) {
     let sources: BTreeSet<_> = report.flows.iter().map(|flow| flow.watched).collect();
     let all_sources = sources.len() as f64;
-    let mut rows: Vec<_> = report.services.iter().filter(|row| row.flows > 0).collect();
-    rows.sort_by(|a, b| b.flows.cmp(&a.flows).then(a.service.cmp(&b.service)));
+    // Every service that saw traffic, also one whose packets were counted
+    // when the flow table had no room for its flows.
+    let mut rows: Vec<_> = report
+        .services
+        .iter()
+        .filter(|row| row.flows > 0 || row.packets > 0)
+        .collect();
+    rows.sort_by(|a, b| {
+        (b.flows, b.packets)
+            .cmp(&(a.flows, a.packets))
+            .then(a.service.cmp(&b.service))
+    });
+    let with_flows = rows.iter().filter(|row| row.flows > 0).count();
     let source_share = |unique: u64| {
         if all_sources > 0.0 {
             unique as f64 / all_sources
@@ -137,7 +148,7 @@ fn services_section(figures: &mut String, tables: &mut String, report: &Report) 
     // The chart names the services with the most flows; the table has all.
     let bars: Vec<(String, [f64; 2])> = rows
         .iter()
-        .take(CHART_SERVICES)
+        .take(CHART_SERVICES.min(with_flows))
         .map(|row| {
             (
                 row.service.clone(),
@@ -150,7 +161,7 @@ fn services_section(figures: &mut String, tables: &mut String, report: &Report) 
         report.services.iter().map(|row| row.flows).sum::<u64>(),
         sources.len(),
         bars.len(),
-        rows.len()
+        with_flows
     );
     figures.push_str(
         "<section id=\"shares-figure\">\n<h2>Services: shares of flows and sources</h2>\n",
@@ -731,6 +742,37 @@ mod tests {
             partial: false,
             packets: packets.iter().map(|(s, p)| (s.to_string(), *p)).collect(),
         }
+    }
+
+    #[test]
+    fn a_service_with_packets_but_no_flows_is_in_the_services_table() {
+        // Under flow-table pressure a service's packets are counted though
+        // no flow of it could be recorded: the table still lists it.
+        let mut report = Report::build(
+            &crate::drain::Ledger::default(),
+            &crate::loader::ServiceTable::new(Vec::new()),
+            crate::report::ReportContext {
+                start: time("2026-11-24T19:00:00Z"),
+                end: time("2026-11-24T20:00:00Z"),
+                sensor: "s1".into(),
+                interfaces: vec!["eth1".into()],
+                feeds: Vec::new(),
+            },
+        );
+        let mut row = crate::report::ServiceRow::empty("pia".into());
+        row.packets = 10;
+        row.bytes = 900;
+        report.services = vec![row];
+        let (mut figures, mut tables) = (String::new(), String::new());
+        services_section(&mut figures, &mut tables, &report);
+        assert!(
+            tables.contains("<tr data-service=\"pia\"><td>pia</td>"),
+            "{tables}"
+        );
+        assert!(
+            figures.contains("(0 of 0 services with flows drawn"),
+            "{figures}"
+        );
     }
 
     #[test]
