@@ -941,31 +941,34 @@ fn location(sources: &[EndpointSource], listed: &Listed) -> Location {
 /// (the first listed keeps it, as `EndpointFeed::from_endpoints` does).
 fn repeats(listed: &[Listed], sources: &[EndpointSource]) -> (Vec<Duplicate>, Vec<Conflict>) {
     let mut first: HashMap<IpNet, &Listed> = HashMap::new();
+    // Each service's first listing of each prefix: a second one is a
+    // duplicate, also of a service that lost the prefix.
+    let mut first_of_service: HashMap<(IpNet, &str), &Listed> = HashMap::new();
     let mut duplicates = Vec::new();
     let mut conflicts = Vec::new();
     for item in listed {
         let endpoint = &item.row.endpoint;
+        if let Some(earlier) = first_of_service.get(&(endpoint.net, endpoint.service.as_str())) {
+            duplicates.push(Duplicate {
+                prefix: endpoint.net.to_string(),
+                service: endpoint.service.clone(),
+                first: location(sources, earlier),
+                again: location(sources, item),
+            });
+            continue;
+        }
+        first_of_service.insert((endpoint.net, endpoint.service.as_str()), item);
         let Some(kept) = first.get(&endpoint.net) else {
             first.insert(endpoint.net, item);
             continue;
         };
-        let kept_endpoint = &kept.row.endpoint;
-        if kept_endpoint.service == endpoint.service {
-            duplicates.push(Duplicate {
-                prefix: endpoint.net.to_string(),
-                service: endpoint.service.clone(),
-                first: location(sources, kept),
-                again: location(sources, item),
-            });
-        } else {
-            conflicts.push(Conflict {
-                prefix: endpoint.net.to_string(),
-                kept_by: kept_endpoint.service.clone(),
-                kept_at: location(sources, kept),
-                dropped: endpoint.service.clone(),
-                dropped_at: location(sources, item),
-            });
-        }
+        conflicts.push(Conflict {
+            prefix: endpoint.net.to_string(),
+            kept_by: kept.row.endpoint.service.clone(),
+            kept_at: location(sources, kept),
+            dropped: endpoint.service.clone(),
+            dropped_at: location(sources, item),
+        });
     }
     (duplicates, conflicts)
 }
@@ -1288,6 +1291,40 @@ mod tests {
         let b = report.services.iter().find(|s| s.service == "b").unwrap();
         assert_eq!((b.ipv4, b.lost_to_conflicts), (1, 1));
         assert_eq!(report.totals.ipv4, 4);
+    }
+
+    #[test]
+    fn a_losing_service_listing_a_prefix_twice_loses_it_once() {
+        let text = "cidr,service\n1.2.3.0/24,nordvpn\n1.2.3.0/24,pia\n1.2.3.0/24,pia\n";
+        let check = inputs(&[("f.csv", None, text)]);
+        let report = FeedCheck::build(&check, &Rules::default()).unwrap();
+        let feed = EndpointFeed::from_sources(&[("f.csv".into(), text.into())]).unwrap();
+        assert_eq!((report.conflicts.len(), feed.warnings.conflicts), (1, 1));
+        assert_eq!((report.duplicates.len(), feed.warnings.duplicates), (1, 1));
+        let duplicate = &report.duplicates[0];
+        assert_eq!(
+            (
+                duplicate.service.as_str(),
+                duplicate.first.line,
+                duplicate.again.line
+            ),
+            ("pia", 3, 4)
+        );
+        let pia = report.services.iter().find(|s| s.service == "pia").unwrap();
+        assert_eq!(pia.lost_to_conflicts, 1);
+        let messages: Vec<&str> = report.warnings.iter().map(|w| w.message.as_str()).collect();
+        assert!(
+            messages.contains(
+                &"pia: no prefixes (all 1 it lists are kept by services listed before it)"
+            ),
+            "{messages:?}"
+        );
+        assert!(
+            messages
+                .iter()
+                .any(|m| m.starts_with("nordvpn and pia both list 1 prefix: nordvpn keeps it")),
+            "{messages:?}"
+        );
     }
 
     #[test]

@@ -390,9 +390,15 @@ impl EndpointFeed {
     pub fn from_endpoints(rows: impl IntoIterator<Item = Endpoint>) -> Self {
         let mut warnings = FeedWarnings::default();
         let mut by_prefix: BTreeMap<IpNet, String> = BTreeMap::new();
+        // Every (prefix, service) listed: a service that lost a prefix and
+        // lists it again has lost it once, and listed it twice.
+        let mut listed: BTreeSet<(IpNet, String)> = BTreeSet::new();
         for row in rows {
+            if !listed.insert((row.net, row.service.clone())) {
+                warnings.duplicates += 1;
+                continue;
+            }
             match by_prefix.get(&row.net) {
-                Some(service) if *service == row.service => warnings.duplicates += 1,
                 Some(_) => warnings.conflicts += 1,
                 None => {
                     by_prefix.insert(row.net, row.service);
