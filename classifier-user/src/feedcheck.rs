@@ -1443,6 +1443,19 @@ mod tests {
         let report = FeedCheck::build(&check, &rules).unwrap();
         assert_eq!(report.capacity.endpoints_v6, 1);
         assert!(report.capacity.v4_table.bytes > 0);
+
+        // One service more than fit: the numbers are the feed's own.
+        let mut text = String::from("cidr,service\n");
+        for index in 0..1018_u32 {
+            let [_, a, b, c] = (index + 1).to_be_bytes();
+            text.push_str(&format!("10.{a}.{b}.{c}/32,s{index}\n"));
+        }
+        let error =
+            FeedCheck::build(&inputs(&[("many.csv", None, &text)]), &Rules::default()).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "many.csv: the endpoint feed has 1018 services; at most 1017 fit beside the 6 protocol services"
+        );
     }
 
     #[test]

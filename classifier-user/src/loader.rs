@@ -46,6 +46,8 @@ static EBPF_OBJECT: &[u8] =
 pub const DEFAULT_FLOW_CAPACITY: u32 = 65_536;
 /// Default flow-cache slots per CPU (96 bytes each).
 pub const DEFAULT_FLOW_CACHE_SLOTS: u32 = 16_384;
+/// The protocol services every service table starts with (ids 1 to 6).
+const PROTOCOL_SERVICE_COUNT: usize = classifier_common::PROTOCOL_SERVICES.len();
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -73,7 +75,13 @@ pub enum LoadError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the endpoint feed has {services} services; at most {} fit", MAX_SERVICES - 1)]
+    /// `services`: the service table's length, protocol services included.
+    #[error(
+        "the endpoint feed has {} services; at most {} fit beside the {} protocol services",
+        services.saturating_sub(PROTOCOL_SERVICE_COUNT),
+        MAX_SERVICES as usize - 1 - PROTOCOL_SERVICE_COUNT,
+        PROTOCOL_SERVICE_COUNT
+    )]
     TooManyServices { services: usize },
     #[error(
         "the endpoint feed has {prefixes} {family} prefixes but the capacity is {capacity} (raise --endpoint-capacity-{family})"
