@@ -287,6 +287,14 @@ enum Column<'a> {
     },
 }
 
+impl Column<'_> {
+    fn bounds(&self) -> (OffsetDateTime, OffsetDateTime) {
+        match self {
+            Self::Counted { start, end, .. } | Self::Gap { start, end } => (*start, *end),
+        }
+    }
+}
+
 fn columns(intervals: &[Interval]) -> Vec<Column<'_>> {
     let mut grouped: BTreeMap<(OffsetDateTime, OffsetDateTime), Vec<&Interval>> = BTreeMap::new();
     for interval in intervals {
@@ -314,6 +322,14 @@ fn columns(intervals: &[Interval]) -> Vec<Column<'_>> {
         });
     }
     columns
+}
+
+/// The first start and the latest end of the columns (the last column,
+/// ordered by start, may end before an earlier, longer one).
+fn time_span(columns: &[Column<'_>]) -> Option<(OffsetDateTime, OffsetDateTime)> {
+    let start = columns.iter().map(|column| column.bounds().0).min()?;
+    let end = columns.iter().map(|column| column.bounds().1).max()?;
+    Some((start, end))
 }
 
 /// Figure 2 into `figures`, the table behind it into `tables`.
@@ -430,14 +446,9 @@ fn series_chart(
     const PLOT_HEIGHT: f64 = 240.0;
     let plot = CHART_WIDTH - LEFT - 20.0;
     let height = TOP + PLOT_HEIGHT + 60.0;
-    let bounds = |column: &Column<'_>| match column {
-        Column::Counted { start, end, .. } | Column::Gap { start, end } => (*start, *end),
-    };
-    let (Some(first), Some(last)) = (columns.first(), columns.last()) else {
+    let Some((t0, t1)) = time_span(columns) else {
         return;
     };
-    let (t0, _) = bounds(first);
-    let (_, t1) = bounds(last);
     let span = (t1 - t0).as_seconds_f64().max(1e-9);
     let x_of = |t: OffsetDateTime| LEFT + plot * ((t - t0).as_seconds_f64() / span);
     let highest = stacks
@@ -480,7 +491,7 @@ fn series_chart(
     page.push('\n');
 
     for (column, stack) in columns.iter().zip(stacks) {
-        let (start, end) = bounds(column);
+        let (start, end) = column.bounds();
         let (x0, x1) = (x_of(start), x_of(end));
         let width = ((x1 - x0) * 0.9).max(1.0);
         let x = x0 + (x1 - x0 - width) / 2.0;
@@ -818,5 +829,19 @@ mod tests {
             })
             .collect();
         assert_eq!(kinds, ["10x2", "11x1", "gap 12-13", "13x1"]);
+    }
+
+    #[test]
+    fn the_time_axis_ends_at_the_latest_end_not_the_last_column() {
+        // Sensor b's short interval starts after a's hour and ends inside it.
+        let intervals = [
+            interval("a", "2026-11-26T11:00:00Z", "2026-11-26T12:00:00Z", &[]),
+            interval("b", "2026-11-26T11:20:00Z", "2026-11-26T11:40:00Z", &[]),
+        ];
+        let (start, end) = time_span(&columns(&intervals)).unwrap();
+        assert_eq!(
+            (start, end),
+            (time("2026-11-26T11:00:00Z"), time("2026-11-26T12:00:00Z"))
+        );
     }
 }
