@@ -43,6 +43,9 @@ pub struct CaptureSettings {
     pub bytes: u32,
     pub rate: u32,
     pub per_flow: u32,
+    /// Files also close after this long (without snapshots, whose cuts
+    /// rotate them: `None`).
+    pub rotate_after: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -101,7 +104,11 @@ impl Evidence {
         configure(pin_dir, Some(settings))?;
         Ok(Self {
             ring,
-            writer: EvidenceWriter::new(settings.dir.clone(), settings.bytes),
+            writer: EvidenceWriter::new(
+                settings.dir.clone(),
+                settings.bytes,
+                settings.rotate_after,
+            ),
         })
     }
 
@@ -149,6 +156,7 @@ impl Evidence {
 pub struct EvidenceWriter {
     dir: PathBuf,
     snaplen: u32,
+    rotate_after: Option<Duration>,
     current: Option<OpenFile>,
     pub files: u64,
     pub packets: u64,
@@ -163,10 +171,11 @@ struct OpenFile {
 }
 
 impl EvidenceWriter {
-    pub fn new(dir: PathBuf, snaplen: u32) -> Self {
+    pub fn new(dir: PathBuf, snaplen: u32, rotate_after: Option<Duration>) -> Self {
         Self {
             dir,
             snaplen,
+            rotate_after,
             current: None,
             files: 0,
             packets: 0,
@@ -175,11 +184,15 @@ impl EvidenceWriter {
     }
 
     /// Appends one packet, opening a file (named by its first packet's
-    /// time) when none is open or the open one is an hour old.
+    /// time) when none is open or the open one is `rotate_after` old.
     pub fn write(&mut self, record: &CaptureRecord, service: &str, unix_ns: i64) {
-        let too_old = self.current.as_ref().is_some_and(|file| {
-            unix_ns - file.opened_unix_ns >= ROTATION_WITHOUT_SNAPSHOTS.as_nanos() as i64
-        });
+        let too_old = self
+            .current
+            .as_ref()
+            .zip(self.rotate_after)
+            .is_some_and(|(file, after)| {
+                i128::from(unix_ns) - i128::from(file.opened_unix_ns) >= after.as_nanos() as i128
+            });
         if too_old {
             self.close();
         }
@@ -258,11 +271,22 @@ impl EvidenceWriter {
         Ok(self.current.as_mut().expect("just opened"))
     }
 
+    /// Flushes the open file; a failure is logged once until a write or
+    /// flush works again (a full disk fails every flush).
     fn flush(&mut self) {
         if let Some(file) = &mut self.current {
             use std::io::Write as _;
-            if let Err(error) = file.writer.get_mut().flush() {
-                log::error!("evidence capture: {}: {error}", file.path.display());
+            match file.writer.get_mut().flush() {
+                Ok(()) => self.failing = false,
+                Err(error) => {
+                    if !self.failing {
+                        log::error!(
+                            "evidence capture: cannot write to {}: {error} (packets are still counted)",
+                            file.path.display()
+                        );
+                    }
+                    self.failing = true;
+                }
             }
         }
     }
@@ -271,5 +295,42 @@ impl EvidenceWriter {
     pub fn close(&mut self) {
         self.flush();
         self.current = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUR_NS: i64 = 3_600_000_000_000;
+
+    fn files_written(rotate_after: Option<Duration>) -> u64 {
+        let dir = std::env::temp_dir().join(format!(
+            "classifier-evidence-{}-{}",
+            std::process::id(),
+            rotate_after.is_some()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut writer = EvidenceWriter::new(dir.clone(), 64, rotate_after);
+        let mut record: CaptureRecord = bytemuck::Zeroable::zeroed();
+        record.len = 60;
+        record.frame_len = 60;
+        let start = 1_700_000_000 * 1_000_000_000;
+        for hour in 0..3 {
+            writer.write(&record, "pia", start + hour * HOUR_NS + 1);
+        }
+        writer.close();
+        let files = writer.files;
+        assert_eq!(writer.packets, 3);
+        std::fs::remove_dir_all(&dir).unwrap();
+        files
+    }
+
+    #[test]
+    fn files_rotate_hourly_only_without_snapshots() {
+        assert_eq!(files_written(Some(ROTATION_WITHOUT_SNAPSHOTS)), 3);
+        // With snapshots the cuts rotate the files (Evidence::rotate).
+        assert_eq!(files_written(None), 1);
     }
 }

@@ -212,6 +212,10 @@ fn capture_settings(
         bytes: capture.capture_bytes,
         rate: capture.capture_rate,
         per_flow: capture.capture_per_flow,
+        rotate_after: args
+            .snapshot_dir
+            .is_none()
+            .then_some(crate::evidence::ROTATION_WITHOUT_SNAPSHOTS),
     }))
 }
 
@@ -581,6 +585,8 @@ struct Daemon {
     tick_counter: crate::flow_clock::TickCounter,
     /// The tick the last drain that worked started at.
     last_drain_tick: Option<u64>,
+    /// How long the last drain took (the metric until the next drain).
+    last_drain_time: Duration,
 }
 
 impl Daemon {
@@ -631,7 +637,8 @@ impl Daemon {
             self.drain_failures += 1;
             log::error!("drain failed (will retry): {error}");
         }
-        self.publish(started.elapsed());
+        self.last_drain_time = started.elapsed();
+        self.publish();
         result
     }
 
@@ -661,14 +668,14 @@ impl Daemon {
         }
     }
 
-    fn publish(&self, drain_time: Duration) {
+    fn publish(&self) {
         let mut state = metrics_state(&self.sensor, &self.ledger);
         state.drain_failures = self.drain_failures;
         state.learning = self
             .learning
             .as_ref()
             .map(|(learner, _)| (learner.stats, learner.len() as u64));
-        state.last_drain_seconds = drain_time.as_secs_f64();
+        state.last_drain_seconds = self.last_drain_time.as_secs_f64();
         state.ipfix = self.exporter.as_ref().map(|exporter| exporter.stats);
         if let Some(snapshots) = &self.snapshots {
             state.snapshot_writes = snapshots.writes;
@@ -690,7 +697,7 @@ impl Daemon {
         self.notifier.ready("counting (feeds reloaded or kept)");
         let mut meta = self.sensor.meta.clone();
         match result {
-            Ok(()) => return self.publish(Duration::ZERO),
+            Ok(()) => return self.publish(),
             Err(error) => {
                 let reason = error_chain(&error);
                 log::error!("feed reload refused; the old feeds keep serving: {reason}");
@@ -701,7 +708,7 @@ impl Daemon {
         if let Err(error) = self.sensor.update_meta(meta) {
             log::error!("cannot record the failed reload: {error}");
         }
-        self.publish(Duration::ZERO);
+        self.publish();
     }
 
     fn swap_in_feeds(
@@ -802,7 +809,7 @@ impl Daemon {
         if let Some(evidence) = &mut self.evidence {
             evidence.rotate();
         }
-        self.publish(Duration::ZERO);
+        self.publish();
     }
 }
 
@@ -954,6 +961,7 @@ pub fn run_config(mut config: RunConfig) -> Result<Report, RunError> {
             snapshots,
             metrics: metrics.clone(),
             drain_failures: 0,
+            last_drain_time: Duration::ZERO,
             learning,
             exporter: config.ipfix.as_ref().map(|(targets, interval, domain)| {
                 log::info!(
@@ -968,7 +976,7 @@ pub fn run_config(mut config: RunConfig) -> Result<Report, RunError> {
                 crate::ipfix::Exporter::new(targets, *domain)
             }),
         };
-        daemon.publish(Duration::ZERO);
+        daemon.publish();
         let also: &[(u32, &str)] = if config.xdp_dispatcher.is_some() {
             &[privileges::DISPATCHER_KEPT]
         } else {
