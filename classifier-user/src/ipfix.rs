@@ -257,6 +257,8 @@ struct Collector {
     connection: Connection,
     sequence: u32,
     templates_sent: Option<Instant>,
+    /// The TCP connection was opened for this send (templates lead it).
+    fresh_connection: bool,
     /// The last send failed (logged once until a send works again).
     failing: bool,
 }
@@ -273,6 +275,7 @@ impl Collector {
             connection,
             sequence: 0,
             templates_sent: None,
+            fresh_connection: false,
             failing: false,
         }
     }
@@ -285,27 +288,24 @@ impl Collector {
             .ok_or_else(|| std::io::Error::other("the name has no address"))
     }
 
-    /// Sends `records`; on failure the sequence number still advances
-    /// (RFC 7011: it counts records sent, and a collector that missed
-    /// some sees the gap).
-    fn send(
-        &mut self,
-        records: &[FlowExport],
-        export_time: u32,
-        domain: u32,
-    ) -> std::io::Result<()> {
+    /// Resolves the target and opens the connection when none is open: a
+    /// TCP stream, or a UDP socket of the destination's family (opened
+    /// again when the name now resolves to the other family).
+    fn connect(&mut self) -> std::io::Result<SocketAddr> {
         let destination = self.resolve()?;
-        let templates = match &self.connection {
-            Connection::Udp(_) => self
-                .templates_sent
-                .is_none_or(|sent| sent.elapsed() >= TEMPLATE_REFRESH),
-            Connection::Tcp(stream) => stream.is_none(),
-        };
+        if let Connection::Udp(Some(socket)) = &self.connection
+            && socket
+                .local_addr()
+                .is_ok_and(|local| local.is_ipv6() != destination.is_ipv6())
+        {
+            self.connection = Connection::Udp(None);
+        }
         match &mut self.connection {
             Connection::Tcp(stream @ None) => {
                 let connected = TcpStream::connect_timeout(&destination, Duration::from_secs(2))?;
                 connected.set_write_timeout(Some(Duration::from_secs(2)))?;
                 *stream = Some(connected);
+                self.fresh_connection = true;
             }
             Connection::Udp(socket @ None) => {
                 let any = if destination.is_ipv6() {
@@ -317,6 +317,34 @@ impl Collector {
             }
             _ => {}
         }
+        Ok(destination)
+    }
+
+    /// Sends `records`; on failure the sequence number still advances
+    /// (RFC 7011: it counts records sent, and a collector that missed
+    /// some sees the gap).
+    fn send(
+        &mut self,
+        records: &[FlowExport],
+        export_time: u32,
+        domain: u32,
+    ) -> std::io::Result<()> {
+        let destination = match self.connect() {
+            Ok(destination) => destination,
+            Err(error) => {
+                let count = u32::try_from(records.len()).unwrap_or(u32::MAX);
+                self.sequence = self.sequence.wrapping_add(count);
+                return Err(error);
+            }
+        };
+        let templates = match &self.connection {
+            Connection::Udp(_) => self
+                .templates_sent
+                .is_none_or(|sent| sent.elapsed() >= TEMPLATE_REFRESH),
+            // `connect` has just opened it when it was closed.
+            Connection::Tcp(_) => self.fresh_connection,
+        };
+        self.fresh_connection = false;
         let messages = encode(records, templates, export_time, domain, &mut self.sequence);
         for message in &messages {
             let sent = match &mut self.connection {
@@ -577,6 +605,11 @@ mod tests {
         drop(listener);
         let mut down = Collector::new(format!("tcp://{closed}").parse().unwrap());
         assert!(down.send(&records, 3, 9).is_err());
+        // The records it could not deliver still advance the sequence
+        // number, so the collector sees the gap once it is back.
+        assert_eq!(down.sequence, 1);
+        assert!(down.send(&records, 4, 9).is_err());
+        assert_eq!(down.sequence, 2);
     }
 
     #[test]
