@@ -393,6 +393,16 @@ impl Exporter {
         }
     }
 
+    /// Takes every flow's counts in `ledger` as exported: a daemon that
+    /// adopts a program exports from the takeover on (the daemon before
+    /// exported up to its stop), so a collector never gets them twice.
+    pub fn take_as_exported(&mut self, ledger: &Ledger) {
+        for (key, flow) in &ledger.flows {
+            self.exported
+                .insert(*key, (flow.packets, flow.ip_bytes, flow.bytes));
+        }
+    }
+
     /// The flows that gained packets since the last export, as records.
     pub fn deltas(
         &mut self,

@@ -977,6 +977,16 @@ pub fn run_config(mut config: RunConfig) -> Result<Report, RunError> {
             }),
         };
         daemon.publish();
+        if daemon.sensor.adopted && daemon.exporter.is_some() {
+            // The daemon before exported what the program counted up to its
+            // stop: IPFIX deltas start from what the program holds now.
+            if let Err(error) = daemon.drain() {
+                log::warn!("IPFIX: cannot read the adopted program's flows: {error}");
+            }
+            if let Some(exporter) = &mut daemon.exporter {
+                exporter.take_as_exported(&daemon.ledger);
+            }
+        }
         let also: &[(u32, &str)] = if config.xdp_dispatcher.is_some() {
             &[privileges::DISPATCHER_KEPT]
         } else {

@@ -110,10 +110,19 @@ fn flows_exported_over_ipfix_are_what_was_sent() {
     let stored = dir.join("nfcapd");
     let link = VethLink::create("ipfix").expect("namespaces and veth");
     let collector = Nfcapd::start(&link, &stored);
+    let pins = classifier_tests::daemon::TestMount::bpf(&dir.join("bpf"));
     let daemon = Daemon::start(
         &link,
         &feed,
-        &["--ipfix", COLLECTOR, "--ipfix-interval", "1s"],
+        &[
+            "--ipfix",
+            COLLECTOR,
+            "--ipfix-interval",
+            "1s",
+            "--pin-path",
+            text(&pins.path),
+            "--keep-attached",
+        ],
     );
 
     // IP bytes per frame: header and payload, without Ethernet or VLAN
@@ -167,21 +176,43 @@ fn flows_exported_over_ipfix_are_what_was_sent() {
     frames.push(FrameSpec::udp(v4_host, "192.0.2.1", 40000, 443).build());
 
     // Two rounds: the second export carries only what was added since.
-    let half = frames.len() / 2;
-    link.send(&frames[..half]).expect("send");
+    // Then the daemon stops with the program left attached, and the next
+    // daemon, which adopts it, exports only what comes after: the
+    // collector gets each packet once.
+    let (first, second) = frames.split_at(frames.len() / 2);
+    let (second, third) = second.split_at(second.len() / 2);
+    link.send(first).expect("send");
     std::thread::sleep(Duration::from_millis(2500));
-    link.send(&frames[half..]).expect("send");
+    link.send(second).expect("send");
     let (report, log) = daemon.stop(libc::SIGTERM);
     assert!(
         log.iter().any(|line| line.contains("observation domain")),
         "{log:?}"
     );
+    let adopter = Daemon::start(
+        &link,
+        &feed,
+        &[
+            "--ipfix",
+            COLLECTOR,
+            "--ipfix-interval",
+            "1s",
+            "--pin-path",
+            text(&pins.path),
+        ],
+    );
+    assert!(adopter.said("adopting the program"));
+    link.send(third).expect("send");
+    let (adopted_report, _) = adopter.stop(libc::SIGTERM);
     collector.stop();
 
     let exported = nfdump_flows(&stored);
     assert_eq!(exported, sent, "nfdump's flows vs what was sent");
-    // The report counts the same packets (frame bytes, there).
-    assert_eq!(services(&report)["alpha"]["packets"], 13);
+    // The report counts the same packets (frame bytes, there): the
+    // adopter's counts since the program was attached.
+    assert!(services(&report)["alpha"]["packets"].as_u64() < Some(13));
+    assert_eq!(services(&adopted_report)["alpha"]["packets"], 13);
+    drop(pins);
 
     // With --pseudonymize-key the watched addresses exported are
     // pseudonyms (240.0.0.0/4, 100::/64), the endpoints as they are.
