@@ -305,14 +305,9 @@ mod tests {
     const HOUR_NS: i64 = 3_600_000_000_000;
 
     fn files_written(rotate_after: Option<Duration>) -> u64 {
-        let dir = std::env::temp_dir().join(format!(
-            "classifier-evidence-{}-{}",
-            std::process::id(),
-            rotate_after.is_some()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut writer = EvidenceWriter::new(dir.clone(), 64, rotate_after);
+        let folder =
+            crate::test_support::TempFolder::new(&format!("evidence-{}", rotate_after.is_some()));
+        let mut writer = EvidenceWriter::new(folder.0.clone(), 64, rotate_after);
         let mut record: CaptureRecord = bytemuck::Zeroable::zeroed();
         record.len = 60;
         record.frame_len = 60;
@@ -323,7 +318,6 @@ mod tests {
         writer.close();
         let files = writer.files;
         assert_eq!(writer.packets, 3);
-        std::fs::remove_dir_all(&dir).unwrap();
         files
     }
 

@@ -361,30 +361,12 @@ fn file_kind(metadata: &std::fs::Metadata) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A folder of its own under the system's temp folder, removed on drop.
-    struct TempFolder(PathBuf);
-
-    impl TempFolder {
-        fn new(name: &str) -> Self {
-            let path =
-                std::env::temp_dir().join(format!("classifier-live-{name}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&path);
-            std::fs::create_dir_all(&path).unwrap();
-            Self(path)
-        }
-    }
-
-    impl Drop for TempFolder {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::test_support::TempFolder;
 
     #[tokio::test]
     async fn a_stale_socket_is_replaced_but_never_a_file() {
-        let folder = TempFolder::new("bind");
-        let path = folder.0.join("stats.sock");
+        let folder = TempFolder::new("live-bind");
+        let path = folder.file("stats.sock");
 
         // A socket nobody serves any more (a killed daemon's) is replaced.
         drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
