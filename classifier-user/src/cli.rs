@@ -289,8 +289,9 @@ pub struct RunArgs {
     pub sensor_name: Option<String>,
 
     /// Replace watched addresses in snapshots and reports by keyed
-    /// pseudonyms (HMAC-SHA256 with the file's bytes as key: a regular
-    /// file of 16 to 1024 bytes, e.g. head -c 32 /dev/urandom > key).
+    /// pseudonyms (HMAC-SHA256 with the file's bytes as key: 16 to 1024
+    /// bytes of a file or pipe, not a device; e.g. head -c 32 /dev/urandom
+    /// > key).
     #[arg(long, value_name = "FILE")]
     pub pseudonymize_key: Option<PathBuf>,
 }
@@ -384,8 +385,8 @@ pub struct PcapArgs {
     pub sensor_name: Option<String>,
 
     /// Replace watched addresses in the report and snapshots by keyed
-    /// pseudonyms (as `run --pseudonymize-key`: a regular file of 16 to
-    /// 1024 bytes).
+    /// pseudonyms (as `run --pseudonymize-key`: 16 to 1024 bytes of a
+    /// file or pipe).
     #[arg(long, value_name = "FILE")]
     pub pseudonymize_key: Option<PathBuf>,
 

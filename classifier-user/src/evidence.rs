@@ -218,10 +218,8 @@ impl EvidenceWriter {
                 .map_err(|error| std::io::Error::other(error.to_string()))
         });
         match result {
-            Ok(()) => {
-                self.packets += 1;
-                self.failing = false;
-            }
+            // Into the buffer: only a flush that works says the disk does.
+            Ok(()) => self.packets += 1,
             Err(error) => {
                 if !self.failing {
                     log::error!(

@@ -289,6 +289,7 @@ fn parse_list_entry(content: &str, field: &str) -> Result<IpNet, LineProblem> {
         .starts_with(char::is_whitespace)
         .then(|| rest.split_whitespace().next())
         .flatten()
+        .and_then(|word| word.split(',').next())
         .and_then(|word| word.parse::<Ipv4Addr>().ok());
     let Some(netmask) = netmask else {
         return parse_prefix(field);
@@ -747,9 +748,12 @@ mod tests {
             .map(|text| text.parse().unwrap())
             .collect();
         assert_eq!(list, expected);
-        // A label after the address is still ignored.
+        // A label after the address is still ignored; one after the
+        // netmask too.
         let list = parse_prefix_list("w.txt", "192.0.2.7 office\n").unwrap();
         assert_eq!(list, ["192.0.2.7/32".parse::<IpNet>().unwrap()]);
+        let list = parse_prefix_list("w.txt", "175.45.176.0 255.255.252.0,north-korea\n").unwrap();
+        assert_eq!(list, ["175.45.176.0/22".parse::<IpNet>().unwrap()]);
         let refusals = [
             (
                 "175.45.176.0 255.0.255.0\n",

@@ -53,6 +53,10 @@ pub enum HistoryError {
     #[error("no snapshot files (classifier-*.json) found in {paths}")]
     NoSnapshots { paths: String },
     #[error(
+        "{paths} holds only merged reports ({merged} without a snapshot section), which a folder read skips: name them as files to merge them"
+    )]
+    OnlyMergedReports { paths: String, merged: usize },
+    #[error(
         "--{flag} {value:?}: expected an RFC 3339 time (e.g. 2026-11-24T19:00:00Z) \
          or a date (2026-11-24, meaning midnight UTC)"
     )]
@@ -513,6 +517,7 @@ impl Interval {
 /// each, and merges them.
 pub fn merge_paths(paths: &[PathBuf], range: &TimeRange) -> Result<MergedHistory, HistoryError> {
     let mut snapshots = Vec::new();
+    let mut merged_skipped = 0;
     for file in collect_files(paths)? {
         let snapshot = load_snapshot(&file.path).map_err(|problem| HistoryError::File {
             file: file.path.clone(),
@@ -522,13 +527,15 @@ pub fn merge_paths(paths: &[PathBuf], range: &TimeRange) -> Result<MergedHistory
         // sums its snapshots; named on the command line it is taken.
         if file.in_folder && snapshot.report.snapshot.is_none() {
             log::warn!("{}", merged_report_note(&file.path.display().to_string()));
+            merged_skipped += 1;
             continue;
         }
         snapshots.push(snapshot);
     }
     if snapshots.is_empty() {
-        return Err(HistoryError::NoSnapshots {
+        return Err(HistoryError::OnlyMergedReports {
             paths: join_paths(paths),
+            merged: merged_skipped,
         });
     }
     let (used, counts) = select(snapshots, range, paths)?;
@@ -1680,6 +1687,26 @@ mod tests {
         assert_eq!(merged.counts.used, 2);
         assert_eq!(merged.counts.overlapping, 1);
         assert_eq!(service(&merged.report, TOR).packets, 6);
+
+        // A folder of merged reports only (daily roll-ups) says so.
+        let rollups = TempFolder::new("rollups");
+        write_report(&rollups.file("classifier-day.json"), &plain);
+        let error = merge_paths(std::slice::from_ref(&rollups.0), &TimeRange::default())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            error,
+            format!(
+                "{} holds only merged reports (1 without a snapshot section), which a folder read skips: name them as files to merge them",
+                rollups.0.display()
+            )
+        );
+        let by_name = merge_paths(
+            &[rollups.file("classifier-day.json")],
+            &TimeRange::default(),
+        )
+        .unwrap();
+        assert_eq!(by_name.report.totals, plain.totals);
     }
 
     #[test]

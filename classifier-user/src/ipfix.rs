@@ -298,7 +298,9 @@ impl Collector {
                 .local_addr()
                 .is_ok_and(|local| local.is_ipv6() != destination.is_ipv6())
         {
+            // A new transport session: the templates go first again.
             self.connection = Connection::Udp(None);
+            self.templates_sent = None;
         }
         match &mut self.connection {
             Connection::Tcp(stream @ None) => {

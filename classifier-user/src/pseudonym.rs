@@ -49,7 +49,7 @@ pub enum PseudonymError {
     )]
     TooLong { path: PathBuf },
     #[error(
-        "pseudonymize key {path}: not a regular file; a key read from a device or pipe would change from run to run (write one: head -c 32 /dev/urandom > key)"
+        "pseudonymize key {path}: a device or folder, not a key file; a key read from a device would change from run to run (write one: head -c 32 /dev/urandom > key)"
     )]
     NotAFile { path: PathBuf },
 }
@@ -72,19 +72,22 @@ impl std::fmt::Debug for Pseudonymizer {
 }
 
 impl Pseudonymizer {
-    /// The key is the file's bytes, as they are: a regular file (a
-    /// symbolic link to one too) of `MIN_KEY_BYTES` to `MAX_KEY_BYTES`.
+    /// The key is the file's bytes, as they are: `MIN_KEY_BYTES` to
+    /// `MAX_KEY_BYTES` of a file or a pipe (`<(pass show key)`); a device
+    /// or folder is refused before it is opened.
     pub fn from_file(path: &Path) -> Result<Self, PseudonymError> {
+        use std::os::unix::fs::FileTypeExt as _;
         let read_error = |source| PseudonymError::Read {
             path: path.to_path_buf(),
             source,
         };
-        let file = std::fs::File::open(path).map_err(read_error)?;
-        if !file.metadata().map_err(read_error)?.is_file() {
+        let kind = std::fs::metadata(path).map_err(read_error)?.file_type();
+        if !(kind.is_file() || kind.is_fifo()) {
             return Err(PseudonymError::NotAFile {
                 path: path.to_path_buf(),
             });
         }
+        let file = std::fs::File::open(path).map_err(read_error)?;
         let mut key = Vec::new();
         file.take(MAX_KEY_BYTES as u64 + 1)
             .read_to_end(&mut key)
@@ -220,8 +223,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            error.starts_with("pseudonymize key /dev/urandom: not a regular file"),
+            error.starts_with("pseudonymize key /dev/urandom: a device or folder, not a key file"),
             "{error}"
         );
+        // A pipe is read to its end (a key from a secret store), at most
+        // one byte past the limit.
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "head -c 32 /dev/zero"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pipe = child.stdout.take().unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&pipe);
+        let from_pipe = Pseudonymizer::from_file(Path::new(&format!("/proc/self/fd/{fd}")));
+        let _ = child.wait();
+        assert!(from_pipe.is_ok(), "{from_pipe:?}");
     }
 }

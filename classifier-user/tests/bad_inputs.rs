@@ -405,7 +405,7 @@ fn cases(f: &Fixtures) -> Vec<Case> {
             f,
             &["--pseudonymize-key", "/dev/urandom"],
             1,
-            "classifier: pseudonymize key /dev/urandom: not a regular file",
+            "classifier: pseudonymize key /dev/urandom: a device or folder, not a key file",
             "/dev/urandom",
         ),
         run_case(

@@ -145,12 +145,6 @@ fn a_reload_swaps_feeds_without_a_gap_and_a_bad_feed_leaves_the_old_one() {
         service_packets(&last, "epsilon") >= service_packets(&after, "epsilon"),
         "stats --watch after the reload: {last}"
     );
-    assert!(
-        last["feeds"]
-            .as_array()
-            .is_some_and(|feeds| feeds.iter().all(|feed| feed["loaded_at"] != Value::Null)),
-        "{last}"
-    );
     let body = link.sensor.http_get("127.0.0.1:9477", "/metrics");
     assert!(body.contains("classifier_feed_reloads_total 1"), "{body}");
     assert!(
