@@ -160,7 +160,7 @@ pub struct EvidenceWriter {
     current: Option<OpenFile>,
     pub files: u64,
     pub packets: u64,
-    /// The last write failed (logged once until one works).
+    /// A write or flush failed (logged once until a flush works).
     failing: bool,
 }
 
@@ -221,13 +221,8 @@ impl EvidenceWriter {
             // Into the buffer: only a flush that works says the disk does.
             Ok(()) => self.packets += 1,
             Err(error) => {
-                if !self.failing {
-                    log::error!(
-                        "evidence capture: cannot write to {}: {error} (packets are still counted)",
-                        self.dir.display()
-                    );
-                }
-                self.failing = true;
+                let dir = self.dir.clone();
+                self.failed(&dir, &error);
             }
         }
     }
@@ -269,24 +264,31 @@ impl EvidenceWriter {
         Ok(self.current.as_mut().expect("just opened"))
     }
 
-    /// Flushes the open file; a failure is logged once until a write or
-    /// flush works again (a full disk fails every flush).
+    /// Flushes the open file; a failure is logged once until a flush works
+    /// again (a full disk fails every flush).
     fn flush(&mut self) {
-        if let Some(file) = &mut self.current {
-            use std::io::Write as _;
-            match file.writer.get_mut().flush() {
-                Ok(()) => self.failing = false,
-                Err(error) => {
-                    if !self.failing {
-                        log::error!(
-                            "evidence capture: cannot write to {}: {error} (packets are still counted)",
-                            file.path.display()
-                        );
-                    }
-                    self.failing = true;
-                }
+        use std::io::Write as _;
+        let Some(file) = &mut self.current else {
+            return;
+        };
+        match file.writer.get_mut().flush() {
+            Ok(()) => self.failing = false,
+            Err(error) => {
+                let path = file.path.clone();
+                self.failed(&path, &error);
             }
         }
+    }
+
+    /// Logs a failed write to `place`, once until a flush works again.
+    fn failed(&mut self, place: &Path, error: &std::io::Error) {
+        if !self.failing {
+            log::error!(
+                "evidence capture: cannot write to {}: {error} (packets are still counted)",
+                place.display()
+            );
+        }
+        self.failing = true;
     }
 
     /// Flushes and closes the open file.

@@ -1319,6 +1319,16 @@ mod tests {
         merge_paths(std::slice::from_ref(&folder.0), range).unwrap()
     }
 
+    /// The snapshots checked and the notes of an intact first chain.
+    fn intact(chains: &[FolderChain]) -> (usize, Vec<String>) {
+        match &chains[0].check {
+            ChainCheck::Intact {
+                snapshots, notes, ..
+            } => (*snapshots, notes.clone()),
+            broken => panic!("expected intact, got {broken:?}"),
+        }
+    }
+
     fn broken(chains: &[FolderChain]) -> (String, String) {
         match &chains[0].check {
             ChainCheck::Broken { file, problem } => (file.clone(), problem.clone()),
@@ -1715,14 +1725,8 @@ mod tests {
         write_chain(&folder, three_hours());
         let merged = merge_folder(&folder, &TimeRange::default());
         write_report(&folder.file("classifier-all.json"), &merged.report);
-        let chains = verify_paths(std::slice::from_ref(&folder.0)).unwrap();
-        let ChainCheck::Intact {
-            snapshots, notes, ..
-        } = &chains[0].check
-        else {
-            panic!("expected intact, got {:?}", chains[0].check);
-        };
-        assert_eq!(*snapshots, 3);
+        let (snapshots, notes) = intact(&verify_paths(std::slice::from_ref(&folder.0)).unwrap());
+        assert_eq!(snapshots, 3);
         assert_eq!(
             notes,
             &[
@@ -1820,14 +1824,8 @@ mod tests {
 
         // Pruning the oldest file leaves a note, not a break.
         std::fs::remove_file(&paths[0]).unwrap();
-        let chains = verify_paths(std::slice::from_ref(&folder.0)).unwrap();
-        let ChainCheck::Intact {
-            snapshots, notes, ..
-        } = &chains[0].check
-        else {
-            panic!("expected intact, got {:?}", chains[0].check);
-        };
-        assert_eq!(*snapshots, 2);
+        let (snapshots, notes) = intact(&verify_paths(std::slice::from_ref(&folder.0)).unwrap());
+        assert_eq!(snapshots, 2);
         assert!(notes[0].contains("pruned"), "{notes:?}");
     }
 

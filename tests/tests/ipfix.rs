@@ -111,18 +111,18 @@ fn flows_exported_over_ipfix_are_what_was_sent() {
     let link = VethLink::create("ipfix").expect("namespaces and veth");
     let collector = Nfcapd::start(&link, &stored);
     let pins = classifier_tests::daemon::TestMount::bpf(&dir.join("bpf"));
+    let exporting = [
+        "--ipfix",
+        COLLECTOR,
+        "--ipfix-interval",
+        "1s",
+        "--pin-path",
+        text(&pins.path),
+    ];
     let daemon = Daemon::start(
         &link,
         &feed,
-        &[
-            "--ipfix",
-            COLLECTOR,
-            "--ipfix-interval",
-            "1s",
-            "--pin-path",
-            text(&pins.path),
-            "--keep-attached",
-        ],
+        &[&exporting[..], &["--keep-attached"]].concat(),
     );
 
     // IP bytes per frame: header and payload, without Ethernet or VLAN
@@ -189,18 +189,7 @@ fn flows_exported_over_ipfix_are_what_was_sent() {
         log.iter().any(|line| line.contains("observation domain")),
         "{log:?}"
     );
-    let adopter = Daemon::start(
-        &link,
-        &feed,
-        &[
-            "--ipfix",
-            COLLECTOR,
-            "--ipfix-interval",
-            "1s",
-            "--pin-path",
-            text(&pins.path),
-        ],
-    );
+    let adopter = Daemon::start(&link, &feed, &exporting);
     assert!(adopter.said("adopting the program"));
     link.send(third).expect("send");
     let (adopted_report, _) = adopter.stop(libc::SIGTERM);

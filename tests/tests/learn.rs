@@ -318,18 +318,18 @@ fn the_daemon_learns_from_an_answer_on_the_link() {
     let snapshots = dir.join("snapshots");
     let pins = classifier_tests::daemon::TestMount::bpf(&dir.join("bpf"));
     let link = VethLink::create("learnlive").expect("namespaces and veth");
+    let daemon_args = [
+        "--domains",
+        text(&domains),
+        "--pin-path",
+        text(&pins.path),
+        "--snapshot-dir",
+        text(&snapshots),
+    ];
     let daemon = Daemon::start(
         &link,
         &feed,
-        &[
-            "--domains",
-            text(&domains),
-            "--pin-path",
-            text(&pins.path),
-            "--snapshot-dir",
-            text(&snapshots),
-            "--keep-attached",
-        ],
+        &[&daemon_args[..], &["--keep-attached"]].concat(),
     );
     let answer = dns_reply(
         "www.hotspotshield.com",
@@ -400,16 +400,7 @@ fn the_daemon_learns_from_an_answer_on_the_link() {
     let adopter = Daemon::start(
         &link,
         &feed,
-        &[
-            "--domains",
-            text(&domains),
-            "--pin-path",
-            text(&pins.path),
-            "--snapshot-dir",
-            text(&snapshots),
-            "--learn-ttl",
-            "2s",
-        ],
+        &[&daemon_args[..], &["--learn-ttl", "2s"]].concat(),
     );
     assert!(
         adopter.said("took over 1 learned endpoint(s) from the adopted program: kept 2s at most"),
