@@ -1,9 +1,9 @@
 //! Evidence captures: the first bytes of matched packets (watched address
 //! and known endpoint) go to userspace through a ring buffer, which writes
-//! them to pcapng files. Only the first `per_flow` packets of each flow
-//! (counted in a table all CPUs share) and at most `rate` packets a second
-//! in all; the ones over the rate, and those that find the ring buffer
-//! full, are counted. Off (the default) it costs matched packets one array
+//! them to pcapng files. At most `per_flow` packets of each flow (counted
+//! in a table all CPUs share; a packet over the rate takes no turn) and at
+//! most `rate` packets a second in all; the ones over the rate, and those
+//! that find the ring buffer full, are counted. Off (the default) it costs matched packets one array
 //! read.
 
 use aya_ebpf::{helpers::bpf_xdp_load_bytes, programs::XdpContext};
@@ -35,28 +35,27 @@ pub fn matched<A: KeyAddress>(
         return;
     }
     let key = &flow_key(packet, watched, watched.direction);
-    // The flow's first `per_flow` packets; CPUs racing on one flow may
-    // pass one more.
-    match CAPTURE_FLOWS.get_ptr_mut(key) {
-        // SAFETY: a map value, read and written once.
-        Some(count) => unsafe {
-            if *count >= config.per_flow {
-                return;
-            }
-            *count += 1;
-        },
-        None => {
-            if config.per_flow == 0 {
-                return;
-            }
-            // A full table evicts the oldest flow's count.
-            let _ = CAPTURE_FLOWS.insert(key, 1, 0);
-        }
+    // The flow's first `per_flow` captured packets; CPUs racing on one
+    // flow may pass one more. A packet the rate refuses takes none of the
+    // flow's turns, so its next packet may still be captured.
+    let count = CAPTURE_FLOWS.get_ptr_mut(key);
+    // SAFETY: a map value, read once here and written once below.
+    let captured = count.map_or(0, |count| unsafe { *count });
+    if captured >= config.per_flow {
+        return;
     }
     let now = clock_ns();
     if !within_budget(&CAPTURE_BUDGET, config.rate, now) {
         totals.capture_throttled += 1;
         return;
+    }
+    match count {
+        // SAFETY: as above.
+        Some(count) => unsafe { *count = captured + 1 },
+        // A full table evicts the oldest flow's count.
+        None => {
+            let _ = CAPTURE_FLOWS.insert(key, 1, 0);
+        }
     }
     let wanted = config.bytes as usize;
     let len = if (frame_len as usize) < wanted {

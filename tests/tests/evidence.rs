@@ -170,3 +170,68 @@ fn matched_packets_are_captured_with_their_service_and_nothing_else() {
     assert_eq!(totals["capture_throttled"], 0);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Waits until the kernel's coarse monotonic clock (the one the program's
+/// capture budget counts seconds by) has just started a second, so frames
+/// sent at once fall in one budget second.
+fn wait_for_second_start() {
+    loop {
+        let mut now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid out-pointer.
+        assert_eq!(
+            unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut now) },
+            0
+        );
+        if now.tv_nsec < 200_000_000 {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn packets_over_the_capture_rate_keep_their_flows_turns() {
+    if !require_root() {
+        return;
+    }
+    let dir = temp_dir("evidence-rate");
+    let feed = write_feed(&dir);
+    let captures = dir.join("captures");
+    let link = VethLink::create("evrate").expect("namespaces and veth");
+    let daemon = Daemon::start(
+        &link,
+        &feed,
+        &[
+            "--capture-dir",
+            text(&captures),
+            "--capture-rate",
+            "2",
+            "--capture-per-flow",
+            "3",
+        ],
+    );
+    let frame = FrameSpec::udp("175.45.176.9", "198.51.100.10", 40000, 443).build();
+    // Five packets of one flow in one second: two captured, three over
+    // the rate. A second later, the flow's third turn is still its own.
+    wait_for_second_start();
+    link.send(&vec![frame.clone(); 5]).expect("send");
+    std::thread::sleep(Duration::from_millis(1000));
+    wait_for_second_start();
+    link.send(&vec![frame; 3]).expect("send");
+    let (report, _) = daemon.stop(libc::SIGTERM);
+
+    let totals = &report["totals"];
+    assert_eq!(totals["matched"], 8, "{totals}");
+    assert_eq!(totals["captured"], 3, "{totals}");
+    assert_eq!(totals["capture_throttled"], 3, "{totals}");
+    assert_eq!(totals["capture_drops"], 0, "{totals}");
+    let shown: usize = std::fs::read_dir(&captures)
+        .expect("the capture folder")
+        .map(|entry| tshark(&entry.expect("entry").path()).len())
+        .sum();
+    assert_eq!(shown, 3);
+    let _ = std::fs::remove_dir_all(dir);
+}
