@@ -28,11 +28,24 @@
 //! Messages stay under [`MAX_MESSAGE`] bytes (a 1,500-byte path MTU less
 //! IP and UDP headers). Sequence numbers count the data records sent
 //! before each message, per collector (§3.1).
+//!
+//! Each collector is served by a thread of its own, so a collector that
+//! hangs (a name that takes long to resolve, a connect or write that
+//! waits out its 2 s timeout) neither stalls the daemon's drains, metrics
+//! and stats socket nor delays the other collectors. A collector
+//! [`QUEUED_EXPORTS`] exports behind loses the newest one (counted as a
+//! failure; its sequence number still advances past those records, from
+//! the next message on).
 
 use std::{
     collections::HashMap,
     io::Write,
     net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs, UdpSocket},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        mpsc,
+    },
     time::{Duration, Instant},
 };
 
@@ -52,6 +65,11 @@ const HEADER_LEN: usize = 16;
 const SET_HEADER_LEN: usize = 4;
 /// Bytes of applicationName in a record.
 const NAME_LEN: usize = 32;
+/// Exports waiting for a collector's thread; one further behind loses the
+/// newest export.
+pub const QUEUED_EXPORTS: usize = 4;
+/// How long the daemon waits at exit for its last export to be sent.
+pub const FINAL_SEND_WAIT: Duration = Duration::from_secs(5);
 
 /// (information element, length) of each template, in record order.
 fn fields(v6: bool) -> [(u16, u16); 12] {
@@ -259,8 +277,6 @@ struct Collector {
     templates_sent: Option<Instant>,
     /// The TCP connection was opened for this send (templates lead it).
     fresh_connection: bool,
-    /// The last send failed (logged once until a send works again).
-    failing: bool,
 }
 
 impl Collector {
@@ -276,7 +292,6 @@ impl Collector {
             sequence: 0,
             templates_sent: None,
             fresh_connection: false,
-            failing: false,
         }
     }
 
@@ -376,22 +391,134 @@ pub struct ExportStats {
     pub messages_failed: u64,
 }
 
+/// The export counts all collectors' threads add to.
+#[derive(Default)]
+struct SharedStats {
+    records: AtomicU64,
+    failures: AtomicU64,
+}
+
+/// One export for one collector: the records (shared by every
+/// collector's queue), and the records of exports dropped just before it.
+struct Batch {
+    records: Arc<Vec<FlowExport>>,
+    export_time: u32,
+    dropped_before: u32,
+}
+
+/// What a collector's thread and the daemon both know of it.
+#[derive(Default)]
+struct CollectorState {
+    /// The last send failed (logged once until a send works again).
+    failing: AtomicBool,
+}
+
+/// A collector's thread and the queue it takes exports from.
+struct CollectorThread {
+    target: Target,
+    queue: mpsc::SyncSender<Batch>,
+    state: Arc<CollectorState>,
+    /// Records of exports dropped since the last one queued: the next
+    /// one's sequence number counts them.
+    dropped: u32,
+}
+
+impl CollectorThread {
+    fn spawn(
+        target: Target,
+        domain: u32,
+        stats: Arc<SharedStats>,
+        finished: (mpsc::Sender<usize>, usize),
+    ) -> std::io::Result<Self> {
+        let (queue, exports) = mpsc::sync_channel::<Batch>(QUEUED_EXPORTS);
+        let state = Arc::new(CollectorState::default());
+        let mut collector = Collector::new(target.clone());
+        let shared = state.clone();
+        std::thread::Builder::new()
+            .name("ipfix".into())
+            .spawn(move || {
+                for batch in exports {
+                    collector.sequence = collector.sequence.wrapping_add(batch.dropped_before);
+                    let sent = collector.send(&batch.records, batch.export_time, domain);
+                    note_outcome(&collector.target, &shared, &stats, &batch, sent);
+                }
+                let (finish_line, index) = finished;
+                let _ = finish_line.send(index);
+            })?;
+        Ok(Self {
+            target,
+            queue,
+            state,
+            dropped: 0,
+        })
+    }
+}
+
+/// Counts and logs (once per failing spell) how an export to `target` went.
+fn note_outcome(
+    target: &Target,
+    state: &CollectorState,
+    stats: &SharedStats,
+    batch: &Batch,
+    outcome: std::io::Result<()>,
+) {
+    match outcome {
+        Ok(()) => {
+            if state.failing.swap(false, Ordering::Relaxed) {
+                log::info!("IPFIX: {target} reachable again");
+            }
+            stats
+                .records
+                .fetch_add(batch.records.len() as u64, Ordering::Relaxed);
+        }
+        Err(error) => {
+            if !state.failing.swap(true, Ordering::Relaxed) {
+                log::warn!(
+                    "IPFIX: cannot send to {target} ({error}); {} record(s) not delivered, counted in classifier_ipfix_send_failures_total",
+                    batch.records.len()
+                );
+            }
+            stats.failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Exports flow deltas to the collectors.
 pub struct Exporter {
-    collectors: Vec<Collector>,
-    domain: u32,
+    collectors: Vec<CollectorThread>,
+    /// Each collector's thread sends its index here when it ends.
+    finished: mpsc::Receiver<usize>,
     /// Per flow, the ledger's counts at the last export.
     exported: HashMap<FlowKey, (u64, u64, u64)>,
-    pub stats: ExportStats,
+    stats: Arc<SharedStats>,
 }
 
 impl Exporter {
-    pub fn new(targets: &[Target], domain: u32) -> Self {
-        Self {
-            collectors: targets.iter().cloned().map(Collector::new).collect(),
-            domain,
+    /// Starts one sending thread per collector.
+    pub fn new(targets: &[Target], domain: u32) -> std::io::Result<Self> {
+        let stats = Arc::new(SharedStats::default());
+        let (finish_line, finished) = mpsc::channel();
+        let collectors = targets
+            .iter()
+            .enumerate()
+            .map(|(index, target)| {
+                let finished = (finish_line.clone(), index);
+                CollectorThread::spawn(target.clone(), domain, stats.clone(), finished)
+            })
+            .collect::<std::io::Result<_>>()?;
+        Ok(Self {
+            collectors,
+            finished,
             exported: HashMap::new(),
-            stats: ExportStats::default(),
+            stats,
+        })
+    }
+
+    /// What the collectors' threads have done so far.
+    pub fn stats(&self) -> ExportStats {
+        ExportStats {
+            records: self.stats.records.load(Ordering::Relaxed),
+            messages_failed: self.stats.failures.load(Ordering::Relaxed),
         }
     }
 
@@ -456,10 +583,11 @@ impl Exporter {
         records
     }
 
-    /// Exports what the flows gained since the last export to every
-    /// collector. A collector that cannot be reached costs a logged,
-    /// counted failure; its records are not re-sent (snapshots keep every
-    /// count regardless).
+    /// Hands what the flows gained since the last export to every
+    /// collector's thread, without waiting for any. A collector that
+    /// cannot be reached, or is [`QUEUED_EXPORTS`] exports behind, costs a
+    /// logged, counted failure; its records are not re-sent (snapshots
+    /// keep every count regardless).
     pub fn export(
         &mut self,
         ledger: &Ledger,
@@ -468,26 +596,63 @@ impl Exporter {
         now_unix_seconds: u32,
     ) {
         let records = self.deltas(ledger, services, pseudonymizer);
-        let domain = self.domain;
+        self.hand_over(records, now_unix_seconds);
+    }
+
+    /// Queues `records` for every collector's thread (see [`Self::export`]).
+    fn hand_over(&mut self, records: Vec<FlowExport>, now_unix_seconds: u32) {
+        let records = Arc::new(records);
         for collector in &mut self.collectors {
-            match collector.send(&records, now_unix_seconds, domain) {
-                Ok(()) => {
-                    if collector.failing {
-                        log::info!("IPFIX: {} reachable again", collector.target);
-                    }
-                    collector.failing = false;
-                    self.stats.records += records.len() as u64;
-                }
-                Err(error) => {
-                    if !collector.failing {
-                        log::warn!(
-                            "IPFIX: cannot send to {} ({error}); {} record(s) not delivered, counted in classifier_ipfix_send_failures_total",
-                            collector.target,
-                            records.len()
-                        );
-                    }
-                    collector.failing = true;
-                    self.stats.messages_failed += 1;
+            let batch = Batch {
+                records: records.clone(),
+                export_time: now_unix_seconds,
+                dropped_before: std::mem::take(&mut collector.dropped),
+            };
+            if let Err(mpsc::TrySendError::Full(batch) | mpsc::TrySendError::Disconnected(batch)) =
+                collector.queue.try_send(batch)
+            {
+                let count = u32::try_from(batch.records.len()).unwrap_or(u32::MAX);
+                collector.dropped = batch.dropped_before.wrapping_add(count);
+                let behind = std::io::Error::other(format!(
+                    "{QUEUED_EXPORTS} exports still waiting to be sent"
+                ));
+                note_outcome(
+                    &collector.target,
+                    &collector.state,
+                    &self.stats,
+                    &batch,
+                    Err(behind),
+                );
+            }
+        }
+    }
+
+    /// Waits up to `wait` for the collectors' threads to send what they
+    /// hold (the last export at exit); says which could not.
+    pub fn finish(self, wait: Duration) {
+        let Self {
+            collectors,
+            finished,
+            ..
+        } = self;
+        let mut sending: Vec<Option<Target>> =
+            collectors.iter().map(|c| Some(c.target.clone())).collect();
+        // Closing the queues ends each thread once its queue is sent.
+        drop(collectors);
+        let deadline = Instant::now() + wait;
+        while sending.iter().any(Option::is_some) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match finished.recv_timeout(left) {
+                Ok(index) => sending[index] = None,
+                Err(_) => {
+                    let late: Vec<String> =
+                        sending.iter().flatten().map(ToString::to_string).collect();
+                    log::warn!(
+                        "IPFIX: still sending to {} after {}; records not sent by now are not delivered",
+                        late.join(", "),
+                        humantime::format_duration(wait)
+                    );
+                    return;
                 }
             }
         }
@@ -622,6 +787,66 @@ mod tests {
         assert_eq!(down.sequence, 1);
         assert!(down.send(&records, 4, 9).is_err());
         assert_eq!(down.sequence, 2);
+    }
+
+    #[test]
+    fn a_hanging_collector_loses_exports_past_its_queue_and_its_sequence_counts_them() {
+        use std::{io::Read, os::fd::AsRawFd};
+        // A listener whose accept queue one connection fills: the
+        // exporter's connect waits (its SYN is dropped).
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+        // SAFETY: a valid listening socket; listen(2) again sets the backlog.
+        assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);
+        let address = listener.local_addr().unwrap();
+        let filler = TcpStream::connect(address).expect("fill the queue");
+        let target: Target = format!("tcp://{address}").parse().unwrap();
+        let mut exporter = Exporter::new(&[target], 9).expect("exporter");
+        let export = |exporter: &mut Exporter, n: u8| {
+            exporter.hand_over(
+                vec![record(&format!("175.45.176.{n}"), "198.51.100.1", 1)],
+                1,
+            );
+        };
+        // The first export is taken by the thread, which waits on connect.
+        export(&mut exporter, 0);
+        std::thread::sleep(Duration::from_millis(200));
+        // The next fill its queue; one more is dropped, at once.
+        for n in 1..=QUEUED_EXPORTS as u8 {
+            export(&mut exporter, n);
+        }
+        assert_eq!(exporter.stats().messages_failed, 0);
+        export(&mut exporter, 99);
+        assert_eq!(exporter.stats().messages_failed, 1);
+
+        // The collector comes back (the queued connection accepted, room
+        // for more): the thread's connect gets through on its SYN's retry.
+        let (queued, _) = listener.accept().expect("the filler");
+        drop((queued, filler));
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 16) }, 0);
+        let (mut stream, _) = listener.accept().expect("the exporter connected");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut read_sequence = || {
+            let mut header = [0u8; HEADER_LEN];
+            stream.read_exact(&mut header).unwrap();
+            let mut rest = vec![0; usize::from(u16_at(&header, 2)) - HEADER_LEN];
+            stream.read_exact(&mut rest).unwrap();
+            u32::from_be_bytes(header[8..12].try_into().unwrap())
+        };
+        let queued: Vec<u32> = (0..=QUEUED_EXPORTS).map(|_| read_sequence()).collect();
+        assert_eq!(queued, (0..=QUEUED_EXPORTS as u32).collect::<Vec<_>>());
+        // The next export's sequence number counts the dropped record.
+        export(&mut exporter, 100);
+        assert_eq!(read_sequence(), QUEUED_EXPORTS as u32 + 2);
+        let stats = exporter.stats.clone();
+        exporter.finish(Duration::from_secs(5));
+        assert_eq!(
+            stats.records.load(Ordering::Relaxed),
+            QUEUED_EXPORTS as u64 + 2
+        );
+        assert_eq!(stats.failures.load(Ordering::Relaxed), 1);
     }
 
     #[test]

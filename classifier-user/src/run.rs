@@ -42,6 +42,8 @@ pub enum RunError {
     Clock(#[from] crate::flow_clock::ClockError),
     #[error("cannot set up signal handling: {0}")]
     Signals(#[source] std::io::Error),
+    #[error("IPFIX: cannot start a thread to send with: {0}")]
+    IpfixThread(#[source] std::io::Error),
     #[error(transparent)]
     Pin(#[from] PinError),
     #[error(transparent)]
@@ -663,7 +665,7 @@ impl Daemon {
                 now,
             );
             if let Ok(mut shared) = self.metrics.lock() {
-                shared.ipfix = Some(exporter.stats);
+                shared.ipfix = Some(exporter.stats());
             }
         }
     }
@@ -676,7 +678,7 @@ impl Daemon {
             .as_ref()
             .map(|(learner, _)| (learner.stats, learner.len() as u64));
         state.last_drain_seconds = self.last_drain_time.as_secs_f64();
-        state.ipfix = self.exporter.as_ref().map(|exporter| exporter.stats);
+        state.ipfix = self.exporter.as_ref().map(crate::ipfix::Exporter::stats);
         if let Some(snapshots) = &self.snapshots {
             state.snapshot_writes = snapshots.writes;
             state.snapshot_write_failures = snapshots.write_failures;
@@ -950,6 +952,27 @@ pub fn run_config(mut config: RunConfig) -> Result<Report, RunError> {
                 None
             }
         };
+        let exporter = match &config.ipfix {
+            Some((targets, interval, domain)) => match crate::ipfix::Exporter::new(targets, *domain) {
+                Ok(exporter) => {
+                    log::info!(
+                        "IPFIX: exporting every {} to {} (observation domain {domain})",
+                        humantime::format_duration(*interval),
+                        targets
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                    Some(exporter)
+                }
+                Err(error) => {
+                    abandon(sensor, &config);
+                    return Err(RunError::IpfixThread(error));
+                }
+            },
+            None => None,
+        };
         let mut daemon = Daemon {
             notifier: Notifier::from_env(),
             ticks,
@@ -963,18 +986,7 @@ pub fn run_config(mut config: RunConfig) -> Result<Report, RunError> {
             drain_failures: 0,
             last_drain_time: Duration::ZERO,
             learning,
-            exporter: config.ipfix.as_ref().map(|(targets, interval, domain)| {
-                log::info!(
-                    "IPFIX: exporting every {} to {} (observation domain {domain})",
-                    humantime::format_duration(*interval),
-                    targets
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
-                crate::ipfix::Exporter::new(targets, *domain)
-            }),
+            exporter,
         };
         daemon.publish();
         if daemon.sensor.adopted && daemon.exporter.is_some() {
@@ -1169,9 +1181,12 @@ fn finish(mut daemon: Daemon, config: &RunConfig, start_unix_ns: i64) -> Result<
     // A failed final drain is logged (by `drain`); the last snapshot and
     // the report then hold the counts up to the last good drain.
     let _ = daemon.drain();
-    // The last deltas go to the collectors before exit, the last captured
-    // packets to their file.
+    // The last deltas go to the collectors before exit (waiting a while
+    // for them to be sent), the last captured packets to their file.
     daemon.export(config.pseudonymizer.as_ref());
+    if let Some(exporter) = daemon.exporter.take() {
+        exporter.finish(crate::ipfix::FINAL_SEND_WAIT);
+    }
     daemon.capture();
     if let Some(evidence) = &mut daemon.evidence {
         evidence.rotate();

@@ -7,6 +7,7 @@
 
 use std::{
     collections::BTreeMap,
+    os::fd::AsRawFd,
     process::{Command, Stdio},
     time::Duration,
 };
@@ -243,5 +244,113 @@ fn flows_exported_over_ipfix_are_what_was_sent() {
         };
         assert_eq!(Some(counts), sent.get(&key), "{key:?}");
     }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A TCP collector that hangs: a listener on `address` inside the
+/// namespace whose accept queue one never-accepted connection fills, so
+/// the SYN of any further connect is dropped and the connect waits.
+struct HangingCollector {
+    _listener: std::net::TcpListener,
+    _queued: std::net::TcpStream,
+}
+
+impl HangingCollector {
+    fn start(link: &VethLink, address: &'static str) -> Self {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    link.sensor
+                        .enter_on_this_thread()
+                        .expect("enter the namespace");
+                    let listener = std::net::TcpListener::bind(address).expect("listen");
+                    // listen(2) again sets the backlog: 0 holds one connection.
+                    // SAFETY: a valid listening socket.
+                    let set = unsafe { libc::listen(listener.as_raw_fd(), 0) };
+                    assert_eq!(set, 0, "listen backlog");
+                    let queued = std::net::TcpStream::connect(address).expect("fill the queue");
+                    let refused = std::net::TcpStream::connect_timeout(
+                        &address.parse().expect("address"),
+                        Duration::from_millis(300),
+                    );
+                    assert!(refused.is_err(), "a second connect should hang");
+                    Self {
+                        _listener: listener,
+                        _queued: queued,
+                    }
+                })
+                .join()
+                .expect("collector thread")
+        })
+    }
+}
+
+#[test]
+fn a_hanging_collector_neither_stalls_the_daemon_nor_the_other_collectors() {
+    if !require_root() {
+        return;
+    }
+    let dir = temp_dir("ipfix-hang");
+    let feed = write_feed(&dir);
+    let stored = dir.join("nfcapd");
+    let link = VethLink::create("ipfixhang").expect("namespaces and veth");
+    let collector = Nfcapd::start(&link, &stored);
+    let hanging = HangingCollector::start(&link, "127.0.0.1:4740");
+    let metrics = "127.0.0.1:9477";
+    let daemon = Daemon::start(
+        &link,
+        &feed,
+        &[
+            "--ipfix",
+            COLLECTOR,
+            "--ipfix",
+            "tcp://127.0.0.1:4740",
+            "--ipfix-interval",
+            "1s",
+            "--metrics-addr",
+            metrics,
+        ],
+    );
+    let frames: Vec<Vec<u8>> = [16, 100, 200]
+        .into_iter()
+        .map(|payload| {
+            FrameSpec::udp("175.45.176.9", "198.51.100.10", 40000, 443)
+                .payload(payload)
+                .build()
+        })
+        .collect();
+    link.send(&frames).expect("send");
+    // Over several export intervals, each one waiting on the hanging
+    // collector's connect, the metrics are answered at once.
+    let mut slowest = Duration::ZERO;
+    let mut body = String::new();
+    for _ in 0..10 {
+        let asked = std::time::Instant::now();
+        body = link.sensor.http_get(metrics, "/metrics");
+        slowest = slowest.max(asked.elapsed());
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    assert!(
+        slowest < Duration::from_secs(1),
+        "a scrape took {slowest:?}"
+    );
+    let failures: u64 = body
+        .lines()
+        .find_map(|line| line.strip_prefix("classifier_ipfix_send_failures_total "))
+        .and_then(|value| value.trim().parse().ok())
+        .expect("the send failures metric");
+    assert!(failures >= 1, "{body}");
+    daemon.stop(libc::SIGTERM);
+    collector.stop();
+    drop(hanging);
+    // The collector that answers got every packet, once.
+    let exported = nfdump_flows(&stored);
+    let flow = ("175.45.176.9".to_string(), "198.51.100.10".to_string());
+    assert_eq!(
+        exported.get(&flow).map(|counts| counts.0),
+        Some(3),
+        "{exported:?}"
+    );
+    assert_eq!(exported.len(), 1, "{exported:?}");
     let _ = std::fs::remove_dir_all(dir);
 }
