@@ -952,6 +952,23 @@ pub fn run_config(mut config: RunConfig) -> Result<Report, RunError> {
                 None
             }
         };
+        // Capabilities are per thread: dropped before any thread starts (the
+        // IPFIX senders), so none keeps them.
+        let also: &[(u32, &str)] = if config.xdp_dispatcher.is_some() {
+            &[privileges::DISPATCHER_KEPT]
+        } else {
+            &[]
+        };
+        match privileges::drop_all_but_kept(also) {
+            Ok(left) => log::info!(
+                "dropped every capability but {} (what a feed reload needs)",
+                match privileges::kept_names(left.effective) {
+                    names if names.is_empty() => "none".to_string(),
+                    names => names.join(", "),
+                }
+            ),
+            Err(error) => log::warn!("cannot drop capabilities: {error}"),
+        }
         let exporter = match &config.ipfix {
             Some((targets, interval, domain)) => match crate::ipfix::Exporter::new(targets, *domain) {
                 Ok(exporter) => {
@@ -998,21 +1015,6 @@ pub fn run_config(mut config: RunConfig) -> Result<Report, RunError> {
             if let Some(exporter) = &mut daemon.exporter {
                 exporter.take_as_exported(&daemon.ledger);
             }
-        }
-        let also: &[(u32, &str)] = if config.xdp_dispatcher.is_some() {
-            &[privileges::DISPATCHER_KEPT]
-        } else {
-            &[]
-        };
-        match privileges::drop_all_but_kept(also) {
-            Ok(left) => log::info!(
-                "dropped every capability but {} (what a feed reload needs)",
-                match privileges::kept_names(left.effective) {
-                    names if names.is_empty() => "none".to_string(),
-                    names => names.join(", "),
-                }
-            ),
-            Err(error) => log::warn!("cannot drop capabilities: {error}"),
         }
         if let Some(socket) = stats_socket {
             log::info!(

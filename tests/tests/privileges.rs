@@ -33,6 +33,26 @@ fn mask(pid: u32, field: &str) -> u64 {
     u64::from_str_radix(&status(pid, field), 16).expect("hex mask")
 }
 
+/// Each thread's name and `field` mask: capabilities are per thread.
+fn thread_masks(pid: u32, field: &str) -> Vec<(String, u64)> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the daemon's threads")
+        .map(|task| {
+            let path = task.expect("a thread").path();
+            let status = std::fs::read_to_string(path.join("status")).expect("status");
+            let value = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|line| line.strip_prefix(&format!("{name}:")))
+                    .map(|value| value.trim().to_string())
+                    .unwrap_or_else(|| panic!("no {name} in {}", path.display()))
+            };
+            let mask = u64::from_str_radix(&value(field), 16).expect("hex mask");
+            (value("Name"), mask)
+        })
+        .collect()
+}
+
 #[test]
 fn a_root_daemon_drops_every_capability_but_what_reloads_need() {
     if !require_root() {
@@ -42,12 +62,26 @@ fn a_root_daemon_drops_every_capability_but_what_reloads_need() {
     let feed = write_feed(&dir);
     let pins = TestMount::bpf(&dir.join("bpf"));
     let link = VethLink::create("capsroot").expect("namespaces and veth");
-    let daemon = Daemon::start(&link, &feed, &["--pin-path", text(&pins.path)]);
+    // With IPFIX export, which sends from threads of its own.
+    let daemon = Daemon::start(
+        &link,
+        &feed,
+        &["--pin-path", text(&pins.path), "--ipfix", "127.0.0.1:4739"],
+    );
     let pid = daemon.pid();
     let kept = CAP_BPF | CAP_NET_ADMIN | CAP_PERFMON;
     assert_eq!(mask(pid, "CapEff"), kept, "effective set after attach");
     assert_eq!(mask(pid, "CapPrm"), kept, "permitted set after attach");
     assert_eq!(mask(pid, "CapInh"), 0);
+    // The main thread and the IPFIX sender (which may not have named
+    // itself yet).
+    let threads = thread_masks(pid, "CapEff");
+    assert!(threads.len() >= 2, "{threads:?}");
+    for (field, expected) in [("CapEff", kept), ("CapPrm", kept), ("CapInh", 0)] {
+        for (name, mask) in thread_masks(pid, field) {
+            assert_eq!(mask, expected, "{field} of thread {name}");
+        }
+    }
     assert!(daemon.said("dropped every capability but CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON"));
     link.send(&[FrameSpec::udp("175.45.176.1", "198.51.100.10", 1, 443).build()])
         .expect("send");
