@@ -326,11 +326,15 @@ struct Snapshot {
 }
 
 impl Snapshot {
+    /// The report's key id; a snapshot written before reports carried
+    /// it has it in its snapshot section only.
     fn pseudonym_key_id(&self) -> Option<&str> {
-        self.report
-            .snapshot
-            .as_ref()
-            .and_then(|info| info.pseudonym_key_id.as_deref())
+        self.report.pseudonym_key_id.as_deref().or_else(|| {
+            self.report
+                .snapshot
+                .as_ref()
+                .and_then(|info| info.pseudonym_key_id.as_deref())
+        })
     }
 }
 
@@ -770,6 +774,11 @@ fn merge(snapshots: &[&Snapshot]) -> Report {
         end: end.map_or_else(String::new, crate::report::rfc3339),
         sensor: sensors.join(","),
         interfaces: interfaces.into_iter().collect(),
+        // One key for all (`check_pseudonym_keys`).
+        pseudonym_key_id: snapshots
+            .first()
+            .and_then(|s| s.pseudonym_key_id())
+            .map(str::to_string),
         totals,
         malformed,
         flow_table,
@@ -1185,6 +1194,7 @@ mod tests {
             end: end.to_string(),
             sensor: "s1".to_string(),
             interfaces: vec!["eth1".to_string()],
+            pseudonym_key_id: None,
             totals: Totals {
                 packets: packets + 10,
                 bytes: bytes + 1000,
@@ -1660,19 +1670,40 @@ mod tests {
         assert_eq!(again.counts.used, 3);
         assert_eq!(again.by_sensor.len(), 2);
 
-        // Named on the command line beside them, it overlaps each of them
-        // (it names both sensors and all interfaces): counted once.
+        // It carries its snapshots' key. Named on the command line beside
+        // them, it overlaps each of them (it names both sensors and all
+        // interfaces): counted once.
+        assert_eq!(
+            first.report.pseudonym_key_id.as_deref(),
+            Some("0123456789abcdef")
+        );
         let both = merge_paths(
             &[folder.file("classifier-day.json"), folder.0.clone()],
             &TimeRange::default(),
-        );
-        let error = both.map(|merged| merged.report.totals).unwrap_err();
+        )
+        .unwrap();
+        assert_eq!(service(&both.report, TOR).packets, 3 + 5 + 7);
+        assert_eq!(both.counts.used, 3);
+        assert_eq!(both.counts.overlapping, 1);
+        // Beside snapshots of real addresses, its pseudonyms are refused.
+        let mut raw = hour("s3", "eth1", 1);
+        if let Some(info) = raw.snapshot.as_mut() {
+            info.pseudonym_key_id = None;
+        }
+        let raw_folder = TempFolder::new("merged-raw");
+        write_report(&raw_folder.file("classifier-20261124T190000Z.json"), &raw);
+        let error = merge_paths(
+            &[folder.file("classifier-day.json"), raw_folder.0.clone()],
+            &TimeRange::default(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
-            error.to_string().contains("pseudonym"),
-            "a merged report carries no key id: {error}"
+            error.contains("pseudonym keys (0123456789abcdef vs none)"),
+            "{error}"
         );
         let mut plain = first.report.clone();
-        plain.sensor = "s1,s2".to_string();
+        plain.pseudonym_key_id = None;
         let unkeyed = TempFolder::new("merged-unkeyed");
         write_report(&unkeyed.file("day.json"), &plain);
         for name in ["a.json", "b.json"] {

@@ -101,14 +101,25 @@ fn provenance(page: &mut String, history: &MergedHistory) {
          <tr><th>Period</th><td>{} to {}</td></tr>\n\
          <tr><th>Sensors</th><td>{}</td></tr>\n\
          <tr><th>Interfaces</th><td>{}</td></tr>\n\
-         <tr><th>Snapshots</th><td>{}</td></tr>\n</table>\n",
+         <tr><th>Snapshots</th><td>{}</td></tr>\n",
         escape(&report.start),
         escape(&report.end),
         escape(&sensors.into_iter().collect::<Vec<_>>().join(", ")),
         escape(&report.interfaces.join(", ")),
         escape(&counts.coverage_line()),
     );
-    page.push_str("<h2>Feeds</h2>\n<table id=\"feeds\">\n<tr><th>Feed</th><th>SHA-256</th></tr>\n");
+    if let Some(key_id) = &report.pseudonym_key_id {
+        // Readers of the top sources must know what they are.
+        let _ = writeln!(
+            page,
+            "<tr><th>Watched addresses</th><td>keyed pseudonyms, not real addresses \
+             (240.0.0.0/4, 100::/64; key id <code>{}</code>)</td></tr>",
+            escape(key_id)
+        );
+    }
+    page.push_str(
+        "</table>\n<h2>Feeds</h2>\n<table id=\"feeds\">\n<tr><th>Feed</th><th>SHA-256</th></tr>\n",
+    );
     for feed in &report.feeds {
         let _ = writeln!(
             page,
@@ -783,6 +794,46 @@ mod tests {
         assert!(
             figures.contains("(0 of 0 services with flows drawn"),
             "{figures}"
+        );
+    }
+
+    #[test]
+    fn pseudonyms_are_named_as_such_with_their_key() {
+        let history = |key: Option<&str>| {
+            let mut report = Report::build(
+                &crate::drain::Ledger::default(),
+                &crate::loader::ServiceTable::new(Vec::new()),
+                crate::report::ReportContext {
+                    start: time("2026-11-24T19:00:00Z"),
+                    end: time("2026-11-24T20:00:00Z"),
+                    sensor: "s1".into(),
+                    interfaces: vec!["eth1".into()],
+                    feeds: Vec::new(),
+                },
+            );
+            report.pseudonym_key_id = key.map(str::to_string);
+            MergedHistory {
+                report,
+                counts: Default::default(),
+                intervals: Vec::new(),
+                by_sensor: Vec::new(),
+            }
+        };
+        let mut keyed = String::new();
+        provenance(&mut keyed, &history(Some("0123456789abcdef")));
+        assert!(
+            keyed.contains(
+                "<tr><th>Watched addresses</th><td>keyed pseudonyms, not real addresses \
+                 (240.0.0.0/4, 100::/64; key id <code>0123456789abcdef</code>)</td></tr>\n</table>"
+            ),
+            "{keyed}"
+        );
+        let mut plain = String::new();
+        provenance(&mut plain, &history(None));
+        assert!(!plain.contains("pseudonyms"), "{plain}");
+        assert!(
+            plain.contains("</td></tr>\n</table>\n<h2>Feeds</h2>"),
+            "{plain}"
         );
     }
 

@@ -150,6 +150,7 @@ impl Pseudonymizer {
                 endpoint.watched = self.address(endpoint.watched);
             }
         }
+        report.pseudonym_key_id = Some(self.key_id.clone());
         if let Some(snapshot) = &mut report.snapshot {
             snapshot.pseudonym_key_id = Some(self.key_id.clone());
             // A watched host prefix names a resident too.

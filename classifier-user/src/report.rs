@@ -32,6 +32,11 @@ pub struct Report {
     pub end: String,
     pub sensor: String,
     pub interfaces: Vec<String>,
+    /// Set when watched addresses are keyed pseudonyms: the first 16 hex
+    /// digits of the key's SHA-256, on every such report (a snapshot's
+    /// section carries it too), so merges never mix keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pseudonym_key_id: Option<String>,
     pub totals: Totals,
     /// Malformed packets by reason (every reason listed, zeros included).
     pub malformed: BTreeMap<String, u64>,
@@ -487,6 +492,7 @@ impl Report {
             top_sources: top_rows(&flow_rows, |flow| flow.watched),
             top_endpoints: top_rows(&flow_rows, |flow| flow.endpoint),
             flows: flow_rows,
+            pseudonym_key_id: None,
             snapshot: None,
             learning: None,
         }
