@@ -1129,7 +1129,7 @@ pub fn parse_shared_hosting(origin: &str, text: &str) -> Result<Vec<(IpNet, Stri
     // Column indexes of the cidr and the name.
     let mut columns = (0, Some(1));
     let mut first_line = true;
-    for (index, line) in text.lines().enumerate() {
+    for (index, line) in feeds::without_bom(text).lines().enumerate() {
         let content = line.split('#').next().unwrap_or("").trim();
         if content.is_empty() {
             continue;

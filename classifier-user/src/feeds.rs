@@ -46,13 +46,29 @@ pub enum FeedError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LineProblem {
     BadCidr(String),
-    HostBitsSet { given: String, network: String },
+    HostBitsSet {
+        given: String,
+        network: String,
+    },
     UnknownFamily(String),
     MissingField(&'static str),
-    BadNetmask { address: String, netmask: String },
+    BadNetmask {
+        address: String,
+        netmask: String,
+    },
     MisplacedNetmask(String),
+    /// After a bare address, a word that is neither a netmask nor a label.
+    NotANetmask {
+        address: String,
+        word: String,
+    },
     BadServiceName(String),
     Csv(String),
+    /// A byte that is not UTF-8 (`byte`, at `column` from 1).
+    NotUtf8 {
+        byte: u8,
+        column: usize,
+    },
 }
 
 impl fmt::Display for LineProblem {
@@ -76,6 +92,14 @@ impl fmt::Display for LineProblem {
             Self::MisplacedNetmask(text) => write!(
                 f,
                 "a netmask only follows a bare IPv4 address (175.45.176.0 255.255.252.0), not {text:?}"
+            ),
+            Self::NotANetmask { address, word } => write!(
+                f,
+                "{word:?} after {address} is neither a dotted netmask nor a label (a prefix is written {address}/LEN or {address} 255.255.252.0; a range is not read)"
+            ),
+            Self::NotUtf8 { byte, column } => write!(
+                f,
+                "byte 0x{byte:02X} at column {column} is not UTF-8 (save the file as UTF-8)"
             ),
             Self::BadServiceName(name) => write!(
                 f,
@@ -174,12 +198,36 @@ pub struct FamilyCounts {
     pub ipv6: u64,
 }
 
-/// Reads a feed file as text; the error names the file.
+/// Reads a feed file as text; the error names the file, and for bytes
+/// that are not UTF-8 the line and column.
 pub fn read_file(path: &Path) -> Result<String, FeedError> {
-    std::fs::read_to_string(path).map_err(|source| FeedError::Read {
-        origin: path.display().to_string(),
+    let origin = || path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|source| FeedError::Read {
+        origin: origin(),
         source,
+    })?;
+    String::from_utf8(bytes).map_err(|error| {
+        let bytes = error.as_bytes();
+        let valid = &bytes[..error.utf8_error().valid_up_to()];
+        let line_start = valid
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |at| at + 1);
+        FeedError::Line {
+            origin: origin(),
+            line: valid.iter().filter(|&&b| b == b'\n').count() as u64 + 1,
+            problem: LineProblem::NotUtf8 {
+                byte: bytes[valid.len()],
+                column: valid.len() - line_start + 1,
+            },
+        }
     })
+}
+
+/// `text` without a leading byte-order mark (which editors saving "UTF-8
+/// with BOM" write); the csv crate drops it itself.
+pub fn without_bom(text: &str) -> &str {
+    text.strip_prefix('\u{feff}').unwrap_or(text)
 }
 
 // ---- watched set ---------------------------------------------------------------
@@ -258,7 +306,7 @@ pub fn parse_prefix_list(origin: &str, text: &str) -> Result<Vec<IpNet>, FeedErr
 /// [`parse_prefix_list`], each prefix with its line number (from 1).
 pub fn parse_prefix_list_lines(origin: &str, text: &str) -> Result<Vec<(u64, IpNet)>, FeedError> {
     let mut prefixes = Vec::new();
-    for (index, line) in text.lines().enumerate() {
+    for (index, line) in without_bom(text).lines().enumerate() {
         let content = line.split('#').next().unwrap_or("").trim();
         if content.is_empty() {
             continue;
@@ -285,13 +333,26 @@ pub fn parse_prefix_list_lines(origin: &str, text: &str) -> Result<Vec<(u64, IpN
 /// dotted netmask that follows it after blanks.
 fn parse_list_entry(content: &str, field: &str) -> Result<IpNet, LineProblem> {
     let rest = &content[field.len()..];
-    let netmask = rest
+    let next_word = rest
         .starts_with(char::is_whitespace)
         .then(|| rest.split_whitespace().next())
         .flatten()
         .and_then(|word| word.split(',').next())
-        .and_then(|word| word.parse::<Ipv4Addr>().ok());
-    let Some(netmask) = netmask else {
+        .filter(|word| !word.is_empty());
+    let Some(netmask) = next_word.and_then(|word| word.parse::<Ipv4Addr>().ok()) else {
+        // `175.45.176.0 22`, `… /22`, `… - 175.45.179.255` or a netmask
+        // cut short would otherwise be one address and a label.
+        if let Some(word) = next_word
+            && !field.contains('/')
+            && word
+                .chars()
+                .all(|c| c.is_ascii_digit() || "./-:".contains(c))
+        {
+            return Err(LineProblem::NotANetmask {
+                address: field.to_string(),
+                word: word.to_string(),
+            });
+        }
         return parse_prefix(field);
     };
     let given = || format!("{field} {netmask}");
@@ -496,6 +557,12 @@ pub fn parse_endpoint_rows(origin: &str, text: &str) -> Result<Vec<FeedRow>, Fee
             problem: LineProblem::Csv(error.to_string()),
         })?;
         let line = lines.line_of(record.position());
+        // Blank but for spaces, or a comment after spaces: skipped, as
+        // plain lists skip them (the csv crate skips only `#` in column 1
+        // and empty lines).
+        if record.iter().all(str::is_empty) || record.get(0).is_some_and(|f| f.starts_with('#')) {
+            continue;
+        }
         let fail = |problem| FeedError::Line {
             origin: origin.to_string(),
             line,
@@ -771,6 +838,27 @@ mod tests {
                 "2001:db8:: 255.255.0.0\n",
                 "w.txt: line 1: a netmask only follows a bare IPv4 address (175.45.176.0 255.255.252.0), not \"2001:db8:: 255.255.0.0\"",
             ),
+            // None of these may shrink to the one address 175.45.176.0.
+            (
+                "175.45.176.0 22\n",
+                "w.txt: line 1: \"22\" after 175.45.176.0 is neither a dotted netmask nor a label (a prefix is written 175.45.176.0/LEN or 175.45.176.0 255.255.252.0; a range is not read)",
+            ),
+            (
+                "# list\n175.45.176.0 /22\n",
+                "w.txt: line 2: \"/22\" after 175.45.176.0 is neither a dotted netmask nor a label (a prefix is written 175.45.176.0/LEN or 175.45.176.0 255.255.252.0; a range is not read)",
+            ),
+            (
+                "175.45.176.0 - 175.45.179.255\n",
+                "w.txt: line 1: \"-\" after 175.45.176.0 is neither a dotted netmask nor a label (a prefix is written 175.45.176.0/LEN or 175.45.176.0 255.255.252.0; a range is not read)",
+            ),
+            (
+                "175.45.176.0 255.255.252\n",
+                "w.txt: line 1: \"255.255.252\" after 175.45.176.0 is neither a dotted netmask nor a label (a prefix is written 175.45.176.0/LEN or 175.45.176.0 255.255.252.0; a range is not read)",
+            ),
+            (
+                "175.45.176.0 255.255.252.0/22\n",
+                "w.txt: line 1: \"255.255.252.0/22\" after 175.45.176.0 is neither a dotted netmask nor a label (a prefix is written 175.45.176.0/LEN or 175.45.176.0 255.255.252.0; a range is not read)",
+            ),
         ];
         for (text, expected) in refusals {
             let error = parse_prefix_list("w.txt", text).unwrap_err();
@@ -805,6 +893,49 @@ mod tests {
         assert_eq!(rows[0].net.to_string(), "192.0.2.1/32");
         let watched = WatchedSet::from_arguments(&["::ffff:175.45.176.0/118".into()], &[]).unwrap();
         assert_eq!(watched.v4, ["175.45.176.0/22".parse::<Ipv4Net>().unwrap()]);
+    }
+
+    #[test]
+    fn byte_order_marks_spaces_and_indented_comments_are_read_as_editors_mean_them() {
+        // "UTF-8 with BOM": the csv crate drops it, plain lists too.
+        let list = parse_prefix_list("w.txt", "\u{feff}175.45.176.0/22\n").unwrap();
+        assert_eq!(list, ["175.45.176.0/22".parse::<IpNet>().unwrap()]);
+        let list = parse_prefix_list("w.txt", "\u{feff}# watched\n10.0.0.0/8\n").unwrap();
+        assert_eq!(list, ["10.0.0.0/8".parse::<IpNet>().unwrap()]);
+        let rows = parse_endpoint_rows("f", "\u{feff}cidr,service\n1.2.3.0/24,pia\n").unwrap();
+        assert_eq!(rows.len(), 1);
+        // A CSV line of spaces, or a comment after spaces, is skipped as
+        // in plain lists; the lines after keep their numbers.
+        let rows = parse_endpoint_rows(
+            "f",
+            "cidr,service\n   \n  # old\n1.2.3.0/24,pia\n \t \n5.0.0.0/8,a\n",
+        )
+        .unwrap();
+        let lines: Vec<u64> = rows.iter().map(|row| row.line).collect();
+        assert_eq!(lines, [4, 6]);
+        assert_eq!(
+            feed_error("cidr,service\n  # old\n   \n1.2.3.4/24,pia\n"),
+            "feed.csv: line 4: host bits set in 1.2.3.4/24 (did you mean 1.2.3.0/24?)"
+        );
+    }
+
+    #[test]
+    fn a_byte_that_is_not_utf8_is_named_with_its_line_and_column() {
+        let folder = crate::test_support::TempFolder::new("feed-latin1");
+        let path = folder.file("feed.csv");
+        std::fs::write(
+            &path,
+            b"cidr,service,note\n1.2.3.0/24,pia,ok\n5.0.0.0/8,a,caf\xe9\n",
+        )
+        .unwrap();
+        let error = read_file(&path).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            format!(
+                "{}: line 3: byte 0xE9 at column 16 is not UTF-8 (save the file as UTF-8)",
+                path.display()
+            )
+        );
     }
 
     #[test]

@@ -62,8 +62,17 @@ fn read_sources(paths: &[PathBuf]) -> Result<Vec<(String, String)>, LearnError> 
         .iter()
         .map(|path| {
             let file = path.display().to_string();
-            match std::fs::read_to_string(path) {
+            match crate::feeds::read_file(path) {
                 Ok(text) => Ok((file, text)),
+                Err(crate::feeds::FeedError::Line { line, problem, .. }) => Err(LearnError::Line {
+                    file,
+                    line: line as usize,
+                    problem: problem.to_string(),
+                }),
+                Err(crate::feeds::FeedError::Read { source, .. }) => Err(LearnError::File {
+                    file,
+                    problem: format!("cannot read: {source}"),
+                }),
                 Err(error) => Err(LearnError::File {
                     file,
                     problem: error.to_string(),
@@ -127,7 +136,7 @@ impl DomainFeed {
         let mut listed: HashMap<String, (String, usize)> = HashMap::new();
         for (file, text) in sources {
             let mut columns = None;
-            for (index, raw) in text.lines().enumerate() {
+            for (index, raw) in crate::feeds::without_bom(text).lines().enumerate() {
                 let line = index + 1;
                 let problem = |problem: String| LearnError::Line {
                     file: file.clone(),

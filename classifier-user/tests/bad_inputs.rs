@@ -150,6 +150,7 @@ fn cases(f: &Fixtures) -> Vec<Case> {
         "bad-netmask.txt",
         b"# firewall style\n175.45.176.0 255.0.255.0\n",
     );
+    let length_after_address = f.file("length.txt", b"175.45.176.0 22\n");
     let hosting = f.file(
         "hosting.csv",
         b"cidr,name\n104.16.0.0/13,CDN\n104.16.0.1/12,CDN\n",
@@ -284,7 +285,9 @@ fn cases(f: &Fixtures) -> Vec<Case> {
             f,
             &["--endpoints", &binary],
             1,
-            &format!("classifier: {binary}: cannot read: stream did not contain valid UTF-8"),
+            &format!(
+                "classifier: {binary}: line 1: byte 0xFF at column 2 is not UTF-8 (save the file as UTF-8)"
+            ),
             &binary,
         ),
         // Watched prefixes.
@@ -416,6 +419,15 @@ fn cases(f: &Fixtures) -> Vec<Case> {
                 "classifier: {bad_netmask}: line 2: bad netmask 255.0.255.0 after 175.45.176.0"
             ),
             &bad_netmask,
+        ),
+        run_case(
+            f,
+            &["--watch-file", &length_after_address],
+            1,
+            &format!(
+                "classifier: {length_after_address}: line 1: \"22\" after 175.45.176.0 is neither a dotted netmask nor a label"
+            ),
+            &length_after_address,
         ),
         run_case(
             f,
@@ -614,7 +626,7 @@ fn cases(f: &Fixtures) -> Vec<Case> {
         case(
             &["feeds", "check", "--shared-hosting", &binary],
             1,
-            &format!("classifier: {binary}: cannot read: "),
+            &format!("classifier: {binary}: line 1: byte 0xFF at column 2 is not UTF-8"),
             &binary,
         ),
         case(
