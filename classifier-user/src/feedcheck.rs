@@ -1417,6 +1417,15 @@ mod tests {
         );
         let error = parse_shared_hosting("h.csv", "name,cidr\nx,\n").unwrap_err();
         assert_eq!(error.to_string(), "h.csv: line 2: missing cidr");
+        // Saved as "UTF-8 with BOM": the header is still the header.
+        let ranges = parse_shared_hosting("h.csv", "\u{feff}name,cidr\nx,1.2.3.0/24\n").unwrap();
+        assert_eq!(
+            ranges,
+            ["1.2.3.0/24"
+                .parse()
+                .map(|net| (net, "x".to_string()))
+                .unwrap()]
+        );
     }
 
     #[test]

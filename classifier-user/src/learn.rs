@@ -1203,9 +1203,10 @@ pub mod tests {
     }
 
     fn feed() -> DomainFeed {
+        // Saved as "UTF-8 with BOM", as spreadsheets do.
         DomainFeed::from_sources(&[(
             "test.csv".into(),
-            "domain,service\nhotspotshield.com,hotspot-shield\n*.psiphon3.net,psiphon\nvpn.example.org,example-vpn\n".into(),
+            "\u{feff}domain,service\nhotspotshield.com,hotspot-shield\n*.psiphon3.net,psiphon\nvpn.example.org,example-vpn\n".into(),
         )])
         .expect("valid")
     }
