@@ -603,6 +603,16 @@ pub struct FeedsCheckArgs {
     #[arg(long, value_name = "N")]
     pub endpoint_capacity_v6: Option<u32>,
 
+    /// The domain feed `run` would learn with (repeatable; default: the
+    /// bundled one): read and checked, and services only it names count
+    /// towards the service limit, as in `run`.
+    #[arg(long = "domains", value_name = "FILE")]
+    pub domain_files: Vec<PathBuf>,
+
+    /// As `run --no-learn`: no domain feed, its services not counted.
+    #[arg(long)]
+    pub no_learn: bool,
+
     /// table: the findings for a reader; json: the same as one object, for
     /// scripts and CI.
     #[arg(long, value_enum, default_value = "table")]

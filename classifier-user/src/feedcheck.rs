@@ -63,6 +63,8 @@ pub enum CheckError {
     Json(#[source] serde_json::Error),
     #[error("{warnings} feed warning(s) and --strict (see the report's warnings)")]
     Strict { warnings: usize },
+    #[error(transparent)]
+    Domains(#[from] crate::learn::LearnError),
 }
 
 /// `classifier feeds …`.
@@ -134,6 +136,9 @@ pub struct CheckInputs {
     pub watched_from: Vec<String>,
     pub against: Vec<NamedText>,
     pub shared_hosting: Vec<NamedText>,
+    /// The services of the domain feed `run` would learn with (none with
+    /// `--no-learn`): they take service ids too.
+    pub domain_services: Vec<String>,
 }
 
 impl CheckInputs {
@@ -193,6 +198,11 @@ impl CheckInputs {
             watched_from,
             against: read_all(&args.against)?,
             shared_hosting: read_all(&args.shared_hosting)?,
+            domain_services: if args.no_learn {
+                Vec::new()
+            } else {
+                crate::learn::DomainFeed::from_files(&args.domain_files)?.services()
+            },
         })
     }
 }
@@ -391,7 +401,10 @@ pub struct SharedHostingOverlap {
 /// The maps the loader would size for these feeds.
 #[derive(Debug, Clone, Serialize)]
 pub struct Capacity {
+    /// The services that take ids: the feed's, and the domain feed's.
     pub services: usize,
+    /// Of those, named only by the domain feed.
+    pub domain_only_services: usize,
     pub max_services: usize,
     pub endpoints_v4: usize,
     /// `--endpoint-capacity-v4`; `None`: no limit.
@@ -494,7 +507,13 @@ impl FeedCheck {
         // The same merge as `run`: the first service listed keeps a prefix.
         let feed = EndpointFeed::from_endpoints(listed.iter().map(|l| l.row.endpoint.clone()));
         let feed_names: Vec<&str> = inputs.endpoints.iter().map(|s| s.name.as_str()).collect();
-        let capacity = capacity(&feed, &inputs.watched, rules, &feed_names.join(", "))?;
+        let capacity = capacity(
+            &feed,
+            &inputs.domain_services,
+            &inputs.watched,
+            rules,
+            &feed_names.join(", "),
+        )?;
         let (duplicates, conflicts) = repeats(&listed, &inputs.endpoints);
         let against = (!inputs.against.is_empty())
             .then(|| counts_by_service(&EndpointFeed::from_endpoints(against_rows)));
@@ -671,9 +690,13 @@ impl FeedCheck {
         let _ = writeln!(out, "\ncapacity");
         let _ = writeln!(
             out,
-            "  services        {} of at most {}",
+            "  services        {} of at most {}{}",
             capacity.services,
-            grouped(capacity.max_services as u64)
+            grouped(capacity.max_services as u64),
+            match capacity.domain_only_services {
+                0 => String::new(),
+                only => format!(" ({only} named only by the domain feed)"),
+            }
         );
         let _ = writeln!(
             out,
@@ -1056,6 +1079,7 @@ fn nested_prefixes(endpoints: &[Endpoint]) -> NestedPrefixes {
 /// The maps `run` would size, refused as `run` refuses them.
 fn capacity(
     feed: &EndpointFeed,
+    domain_services: &[String],
     watched: &WatchedSet,
     rules: &Rules,
     feed_names: &str,
@@ -1064,10 +1088,11 @@ fn capacity(
         feeds: feed_names.to_string(),
         error: Box::new(error),
     };
-    let services = ServiceTable::new(feed.services());
+    let services = ServiceTable::new(feed.services()).extended_with(domain_services.to_vec());
     if services.len() >= MAX_SERVICES as usize {
         return Err(refuse(LoadError::TooManyServices {
             services: services.len(),
+            feed: feed.services().len(),
         }));
     }
     let endpoints_v4 = feed.count(true);
@@ -1099,10 +1124,14 @@ fn capacity(
         })
         .collect();
     let table = V4Table::build(&watched.v4, &v4_endpoints);
+    if table.lower().is_none() {
+        return Err(refuse(LoadError::V4TableTooLarge));
+    }
     // The protocol services hold the first ids whatever the feed says.
     let protocols = classifier_common::PROTOCOL_SERVICES.len();
     Ok(Capacity {
         services: services.len() - protocols,
+        domain_only_services: services.len() - protocols - feed.services().len(),
         max_services: MAX_SERVICES as usize - 1 - protocols,
         endpoints_v4,
         capacity_v4: rules.capacity_v4,
@@ -1233,6 +1262,7 @@ mod tests {
             watched_from: vec!["the default".into()],
             against: Vec::new(),
             shared_hosting: Vec::new(),
+            domain_services: Vec::new(),
         }
     }
 
@@ -1454,16 +1484,34 @@ mod tests {
         assert!(report.capacity.v4_table.bytes > 0);
 
         // One service more than fit: the numbers are the feed's own.
-        let mut text = String::from("cidr,service\n");
-        for index in 0..1018_u32 {
-            let [_, a, b, c] = (index + 1).to_be_bytes();
-            text.push_str(&format!("10.{a}.{b}.{c}/32,s{index}\n"));
-        }
+        let feed_of = |services: u32| {
+            let mut text = String::from("cidr,service\n");
+            for index in 0..services {
+                let [_, a, b, c] = (index + 1).to_be_bytes();
+                text.push_str(&format!("10.{a}.{b}.{c}/32,s{index}\n"));
+            }
+            text
+        };
+        let text = feed_of(1018);
         let error =
             FeedCheck::build(&inputs(&[("many.csv", None, &text)]), &Rules::default()).unwrap_err();
         assert_eq!(
             error.to_string(),
             "many.csv: the endpoint feed has 1018 services; at most 1017 fit beside the 6 protocol services"
+        );
+
+        // With learning on, `run` gives the domain feed's services ids too.
+        let text = feed_of(1016);
+        let mut check = inputs(&[("many.csv", None, &text)]);
+        check.domain_services = vec!["s1".into(), "vpn-a".into()];
+        let report = FeedCheck::build(&check, &Rules::default()).unwrap();
+        assert_eq!(report.capacity.services, 1017);
+        assert_eq!(report.capacity.domain_only_services, 1);
+        check.domain_services.push("vpn-b".into());
+        let error = FeedCheck::build(&check, &Rules::default()).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "many.csv: the endpoint feed has 1016 services and 2 more are named only by the domain feed (learning; --no-learn leaves them out) or by feeds before a reload, 1018 in all; at most 1017 fit beside the 6 protocol services"
         );
     }
 

@@ -75,14 +75,21 @@ pub enum LoadError {
         #[source]
         source: std::io::Error,
     },
-    /// `services`: the service table's length, protocol services included.
+    /// `services`: the service table's length, protocol services
+    /// included; `feed`: the endpoint feed's own services.
     #[error(
-        "the endpoint feed has {} services; at most {} fit beside the {} protocol services",
-        services.saturating_sub(PROTOCOL_SERVICE_COUNT),
+        "the endpoint feed has {feed} services{}; at most {} fit beside the {} protocol services",
+        match services.saturating_sub(PROTOCOL_SERVICE_COUNT + feed) {
+            0 => String::new(),
+            more => format!(
+                " and {more} more are named only by the domain feed (learning; --no-learn leaves them out) or by feeds before a reload, {} in all",
+                services.saturating_sub(PROTOCOL_SERVICE_COUNT)
+            ),
+        },
         MAX_SERVICES as usize - 1 - PROTOCOL_SERVICE_COUNT,
         PROTOCOL_SERVICE_COUNT
     )]
-    TooManyServices { services: usize },
+    TooManyServices { services: usize, feed: usize },
     #[error(
         "the endpoint feed has {prefixes} {family} prefixes but the capacity is {capacity} (raise --endpoint-capacity-{family})"
     )]
@@ -423,6 +430,7 @@ impl Sensor {
         if services.len() >= MAX_SERVICES as usize {
             return Err(LoadError::TooManyServices {
                 services: services.len(),
+                feed: endpoints.services().len(),
             });
         }
         let v4_count = endpoints.count(true);
