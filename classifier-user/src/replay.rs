@@ -67,6 +67,14 @@ pub enum ReplayError {
         days: f64,
         idle: i64,
     },
+    #[error(
+        "{file}: frame {frame}: its time {time} leaves no room for a snapshot boundary after it (times end in 2262; a corrupt timestamp?)"
+    )]
+    NoBoundaryAfter {
+        file: String,
+        frame: u64,
+        time: String,
+    },
 }
 
 /// What the replay counted outside the report.
@@ -145,6 +153,17 @@ impl Replay {
     ) -> Result<(), Box<dyn std::error::Error>> {
         if self.progress.first_ns.is_none() {
             self.start(time_ns)?;
+        }
+        if let Some(snapshotter) = &self.snapshotter
+            && snapshotter.next_boundary(time_ns) <= time_ns
+        {
+            // Cutting would never get past it.
+            return Err(ReplayError::NoBoundaryAfter {
+                file: file.to_string(),
+                frame: number,
+                time: crate::report::rfc3339(unix_ns_to_time(time_ns)),
+            }
+            .into());
         }
         if let (Some(boundary), Some((_, interval))) = (self.boundary, &self.snapshots) {
             let interval_ns = i64::try_from(interval.as_nanos())

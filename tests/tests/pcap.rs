@@ -384,6 +384,24 @@ fn bad_captures_are_refused_with_file_and_frame() {
     );
     assert!(snapshot_files(&jump_snapshots).len() <= 1);
 
+    // A pcapng frame stamped at the last nanosecond an i64 holds (in
+    // 2262): no snapshot boundary follows it, so cutting up to it would
+    // never end (it wrote snapshot files until the disk filled).
+    let last = dir.join("last-nanosecond.pcapng");
+    write_last_nanosecond_pcapng(&last, &bytes[first + 16..second]);
+    let last_snapshots = dir.join("last-snapshots");
+    let output = classifier(&["pcap", text(&last), "--snapshot-dir", text(&last_snapshots)]);
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{error}");
+    assert!(
+        error.contains(&format!(
+            "{}: frame 1: its time 2262-04-11T23:47:16.854775807Z leaves no room for a snapshot boundary after it",
+            last.display()
+        )),
+        "{error}"
+    );
+    assert!(snapshot_files(&last_snapshots).len() <= 1);
+
     // Link type 105 (IEEE 802.11).
     let wifi = dir.join("wifi.pcap");
     let mut changed = bytes.clone();
@@ -406,6 +424,39 @@ fn bad_captures_are_refused_with_file_and_frame() {
     assert!(error.contains("neither pcap nor pcapng"), "{error}");
     assert!(output.stdout.is_empty());
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A pcapng of one Ethernet `frame` at the time i64::MAX nanoseconds
+/// (`if_tsresol` 9).
+fn write_last_nanosecond_pcapng(path: &Path, frame: &[u8]) {
+    use pcap_file::{
+        DataLink,
+        pcapng::{
+            PcapNgWriter,
+            blocks::{
+                enhanced_packet::EnhancedPacketBlock,
+                interface_description::{InterfaceDescriptionBlock, InterfaceDescriptionOption},
+            },
+        },
+    };
+    let file = std::fs::File::create(path).expect("create");
+    let mut writer = PcapNgWriter::new(file).expect("pcapng header");
+    writer
+        .write_pcapng_block(InterfaceDescriptionBlock {
+            linktype: DataLink::ETHERNET,
+            snaplen: 0,
+            options: vec![InterfaceDescriptionOption::IfTsResol(9)],
+        })
+        .expect("interface");
+    writer
+        .write_pcapng_block(EnhancedPacketBlock {
+            interface_id: 0,
+            timestamp: std::time::Duration::from_nanos(i64::MAX as u64),
+            original_len: frame.len() as u32,
+            data: std::borrow::Cow::Borrowed(frame),
+            options: vec![],
+        })
+        .expect("frame");
 }
 
 /// Captures of nDPI's test suite copied into `tests/data/` (its README).
