@@ -77,10 +77,16 @@ pub const V4_LOWER_GLOBALS: [&str; 5] = [
 pub const MAP_WATCHED_V6: &str = "WATCHED_V6";
 /// LPM trie of IPv6 endpoint prefixes to [`EndpointValue`].
 pub const MAP_ENDPOINTS_V6: &str = "ENDPOINTS_V6";
-/// Array (mmapable), one `u64`: the time flows are stamped with when the
-/// program was loaded with [`GLOBAL_CAPTURE_CLOCK`] set (a capture's frame
-/// time in Unix ns, written by `classifier pcap` before each frame).
+/// Array (mmapable) of [`CAPTURE_CLOCK_ENTRIES`] `u64`s, read when the
+/// program was loaded with [`GLOBAL_CAPTURE_CLOCK`] set, written by
+/// `classifier pcap` before each frame: the frame's time in Unix ns
+/// ([`CAPTURE_CLOCK_TIME`]), and its length ([`CAPTURE_CLOCK_FRAME_LEN`]),
+/// which the program counts instead of what the test run hands it (a frame
+/// longer than BPF_PROG_TEST_RUN passes whole is run cut short).
 pub const MAP_CAPTURE_CLOCK: &str = "CAPTURE_CLOCK";
+pub const CAPTURE_CLOCK_ENTRIES: u32 = 2;
+pub const CAPTURE_CLOCK_TIME: u32 = 0;
+pub const CAPTURE_CLOCK_FRAME_LEN: u32 = 1;
 
 /// LRU hash (shared by all CPUs) of [`FlowKey`] with direction 0 to a
 /// service id (`u32`): the verdicts flows of watched addresses whose other

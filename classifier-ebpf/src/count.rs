@@ -11,9 +11,9 @@ use aya_ebpf::{
 };
 use bytemuck::Zeroable;
 use classifier_common::{
-    ENDPOINT_HINT_VERDICTS, FAMILY_V4, FAMILY_V6, FLOW_BUCKET_SLOTS, FlowKey, FlowValue,
-    ORIGIN_FEED, ORIGIN_LEARNED, ORIGIN_PROTOCOL, SERVICE_L2TP, Totals, endpoint_hint_index,
-    flow_check, flow_slot, same_flow, slot_tail,
+    CAPTURE_CLOCK_FRAME_LEN, CAPTURE_CLOCK_TIME, ENDPOINT_HINT_VERDICTS, FAMILY_V4, FAMILY_V6,
+    FLOW_BUCKET_SLOTS, FlowKey, FlowValue, ORIGIN_FEED, ORIGIN_LEARNED, ORIGIN_PROTOCOL,
+    SERVICE_L2TP, Totals, endpoint_hint_index, flow_check, flow_slot, same_flow, slot_tail,
 };
 
 use crate::{
@@ -114,9 +114,19 @@ fn totals() -> Option<&'static mut Totals> {
     Some(unsafe { &mut *totals })
 }
 
+/// The frame's length; on a replay, the capture's (a frame longer than
+/// BPF_PROG_TEST_RUN hands over whole is run cut short; a load-time
+/// constant, so a sensor's program keeps only the first line).
 #[inline(always)]
 fn frame_bytes(ctx: &XdpContext) -> u64 {
-    (ctx.data_end() - ctx.data()) as u64
+    let handed = (ctx.data_end() - ctx.data()) as u64;
+    if load_time(&CAPTURE_CLOCK_ON) != 0 {
+        return CAPTURE_CLOCK
+            .get(CAPTURE_CLOCK_FRAME_LEN)
+            .copied()
+            .unwrap_or(handed);
+    }
+    handed
 }
 
 /// A fast-path frame: its bytes and its family.
@@ -336,7 +346,7 @@ fn drained_before(last_seen: u64) -> bool {
 #[inline(always)]
 fn flow_time() -> u64 {
     if load_time(&CAPTURE_CLOCK_ON) != 0 {
-        CAPTURE_CLOCK.get(0).copied().unwrap_or(0)
+        CAPTURE_CLOCK.get(CAPTURE_CLOCK_TIME).copied().unwrap_or(0)
     } else {
         // SAFETY: bpf_jiffies64 has no preconditions.
         unsafe { bpf_jiffies64() }
@@ -349,7 +359,7 @@ fn flow_time() -> u64 {
 #[inline(always)]
 pub fn clock_ns() -> u64 {
     if load_time(&CAPTURE_CLOCK_ON) != 0 {
-        CAPTURE_CLOCK.get(0).copied().unwrap_or(0)
+        CAPTURE_CLOCK.get(CAPTURE_CLOCK_TIME).copied().unwrap_or(0)
     } else {
         // SAFETY: bpf_ktime_get_coarse_ns has no preconditions.
         unsafe { bpf_ktime_get_coarse_ns() }

@@ -18,11 +18,12 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use classifier_common::{
-    BPF_F_MMAPABLE, CAPTURE_FLOW_CAPACITY, CAPTURE_RING_BYTES, CaptureConfig, DEFAULT_LEARN_RATE,
-    EndpointHints, EndpointValue, FlowBucket, FlowKey, FlowValue, HINT_ENTRIES, LEARN_RING_BYTES,
-    LEARNED_CAPACITY, MAX_SERVICES, RateBudget, ServiceCounters, TCP_PROBE_SLOTS, TcpProbeSlot,
-    Totals, V4_LOWER_DECLARED_SIZE, V4_NODE_WIDTH, V4_TOP_NODES, V4Node, V4Top, VERDICT_CAPACITY,
-    WATCHED_V4_BLOCKS, WatchedBlock, WatchedHint, WatchedHints,
+    BPF_F_MMAPABLE, CAPTURE_CLOCK_ENTRIES, CAPTURE_FLOW_CAPACITY, CAPTURE_RING_BYTES,
+    CaptureConfig, DEFAULT_LEARN_RATE, EndpointHints, EndpointValue, FlowBucket, FlowKey,
+    FlowValue, HINT_ENTRIES, LEARN_RING_BYTES, LEARNED_CAPACITY, MAX_SERVICES, RateBudget,
+    ServiceCounters, TCP_PROBE_SLOTS, TcpProbeSlot, Totals, V4_LOWER_DECLARED_SIZE, V4_NODE_WIDTH,
+    V4_TOP_NODES, V4Node, V4Top, VERDICT_CAPACITY, WATCHED_V4_BLOCKS, WatchedBlock, WatchedHint,
+    WatchedHints,
 };
 
 // Map names must equal the `MAP_*` constants of classifier-common; the
@@ -81,7 +82,7 @@ static WATCHED_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(256, 0);
 #[map]
 static ENDPOINTS_V6: LpmTrie<[u8; 16], EndpointValue> = LpmTrie::with_max_entries(1, 0);
 #[map]
-static CAPTURE_CLOCK: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+static CAPTURE_CLOCK: Array<u64> = Array::with_max_entries(CAPTURE_CLOCK_ENTRIES, BPF_F_MMAPABLE);
 
 // Load-time constants (names in classifier-common's `GLOBAL_*`); read
 // through `load_time` so the compiler does not fold the defaults in.

@@ -17,13 +17,13 @@ use aya::{
     programs::{Extension, Program, ProgramError, ProgramFd, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use classifier_common::{
-    EndpointValue, FlowBucket, FlowCacheShape, GLOBAL_CAPTURE_CLOCK, GLOBAL_FLOW_CACHE_MASK,
-    GLOBAL_LEARN_RATE, GLOBAL_NEW_FLOW_EVERY_PACKET, GLOBAL_VERDICT, MAP_CAPTURE_CLOCK,
-    MAP_CAPTURE_CONFIG, MAP_CAPTURE_EVENTS, MAP_ENDPOINT_HINTS, MAP_ENDPOINTS_V6, MAP_FLOW_CACHE,
-    MAP_FLOWS, MAP_LEARN_EVENTS, MAP_LEARNED, MAP_V4_LOWER, MAP_V4_TOP, MAP_VERDICTS,
-    MAP_WATCHED_HINT, MAP_WATCHED_V6, MAX_SERVICES, PROGRAM_NAME, V4_LOWER_DECLARED_SIZE,
-    WATCHED_24_ALL, WATCHED_24_NONE, WATCHED_24_SOME, WATCHED_V4_BLOCKS, WATCHED_V4_WALK,
-    WatchedBlock, WatchedHint, WatchedHints, hint_index_v4, hint_index_v6,
+    CAPTURE_CLOCK_FRAME_LEN, CAPTURE_CLOCK_TIME, EndpointValue, FlowBucket, FlowCacheShape,
+    GLOBAL_CAPTURE_CLOCK, GLOBAL_FLOW_CACHE_MASK, GLOBAL_LEARN_RATE, GLOBAL_NEW_FLOW_EVERY_PACKET,
+    GLOBAL_VERDICT, MAP_CAPTURE_CLOCK, MAP_CAPTURE_CONFIG, MAP_CAPTURE_EVENTS, MAP_ENDPOINT_HINTS,
+    MAP_ENDPOINTS_V6, MAP_FLOW_CACHE, MAP_FLOWS, MAP_LEARN_EVENTS, MAP_LEARNED, MAP_V4_LOWER,
+    MAP_V4_TOP, MAP_VERDICTS, MAP_WATCHED_HINT, MAP_WATCHED_V6, MAX_SERVICES, PROGRAM_NAME,
+    V4_LOWER_DECLARED_SIZE, WATCHED_24_ALL, WATCHED_24_NONE, WATCHED_24_SOME, WATCHED_V4_BLOCKS,
+    WATCHED_V4_WALK, WatchedBlock, WatchedHint, WatchedHints, hint_index_v4, hint_index_v6,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
@@ -222,9 +222,20 @@ pub struct CaptureClock {
 impl CaptureClock {
     /// Flows the program counts from now on are stamped `unix_ns`.
     pub fn set(&mut self, unix_ns: i64) {
-        // SAFETY: `address` is a live shared mapping of the map's one u64;
-        // the program only reads it while a test run we start is running.
-        unsafe { std::ptr::write_volatile(self.address, unix_ns as u64) };
+        self.write(CAPTURE_CLOCK_TIME, unix_ns as u64);
+    }
+
+    /// The next frame counts as `len` bytes, whatever part of it the test
+    /// run hands the program.
+    pub fn set_frame_len(&mut self, len: usize) {
+        self.write(CAPTURE_CLOCK_FRAME_LEN, len as u64);
+    }
+
+    fn write(&mut self, entry: u32, value: u64) {
+        // SAFETY: `address` is a live shared mapping of the map's values
+        // (CAPTURE_CLOCK_ENTRIES u64s, within one page); the program only
+        // reads them while a test run we start is running.
+        unsafe { std::ptr::write_volatile(self.address.add(entry as usize), value) };
     }
 }
 

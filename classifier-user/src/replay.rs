@@ -35,6 +35,57 @@ use crate::{
     testrun::{self, MIN_TEST_FRAME},
 };
 
+/// The longest frame BPF_PROG_TEST_RUN surely hands a program whole: the
+/// rest of a longer one goes into fragments the program is not told of
+/// (its linear part is a page less 256 bytes of headroom and the fragment
+/// table: 3,520 bytes on x86-64 with 17 fragments, less with more).
+pub const WHOLE_FRAME_MAX: usize = 3_000;
+
+/// `frame` as the test run gets it: longer than [`WHOLE_FRAME_MAX`], it
+/// is cut there and its IPv4 total length or IPv6 payload length (after up
+/// to two VLAN tags) shortened by what the cut takes from the IP packet,
+/// so the program parses the same headers with the same verdict (all it
+/// reads lies in the part kept); the capture clock gives it the whole
+/// frame's length to count.
+pub fn cut_for_test_run(frame: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    const ETHERTYPE_AT: usize = 12;
+    if frame.len() <= WHOLE_FRAME_MAX {
+        return std::borrow::Cow::Borrowed(frame);
+    }
+    let mut cut = frame[..WHOLE_FRAME_MAX].to_vec();
+    let be16 = |at: usize| u16::from_be_bytes([cut[at], cut[at + 1]]);
+    let mut ethertype_at = ETHERTYPE_AT;
+    for _ in 0..classifier_common::MAX_VLAN_TAGS {
+        if !matches!(be16(ethertype_at), 0x8100 | 0x88a8) {
+            break;
+        }
+        ethertype_at += 4;
+    }
+    let ip = ethertype_at + 2;
+    // Where the IP length field is, and the bytes before the part it counts.
+    let (length_at, counted_from) = match be16(ethertype_at) {
+        0x0800 => (ip + 2, ip),
+        0x86dd => (ip + 4, ip + 40),
+        _ => return std::borrow::Cow::Owned(cut),
+    };
+    let length = usize::from(be16(length_at));
+    let claimed_end = counted_from + length;
+    // An IPv6 jumbogram (payload length 0) runs to the frame's end.
+    if length == 0 || claimed_end <= WHOLE_FRAME_MAX {
+        return std::borrow::Cow::Owned(cut);
+    }
+    // Ending inside the frame: it now ends at the cut. Claiming more than
+    // the frame holds (a capture cut short): as much more than the cut.
+    let shortened = if claimed_end <= frame.len() {
+        WHOLE_FRAME_MAX - counted_from
+    } else {
+        length - (frame.len() - WHOLE_FRAME_MAX)
+    };
+    let shortened = u16::try_from(shortened).unwrap_or(u16::MAX).to_be_bytes();
+    cut[length_at..length_at + 2].copy_from_slice(&shortened);
+    std::borrow::Cow::Owned(cut)
+}
+
 /// Drain at least this often (in frames), so flows are read before a full
 /// flow table evicts them, as the live daemon drains every second.
 const DRAIN_EVERY_FRAMES: u64 = 200_000;
@@ -193,15 +244,18 @@ impl Replay {
             self.ledger.count_runt(data.len() as u64);
         } else {
             self.clock.set(time_ns);
+            self.clock.set_frame_len(data.len());
             // Entries whose time is up by this frame's time are gone first.
             if let Some((learner, maps)) = &mut self.learning {
                 maps.expire(learner, &self.sensor.services, time_ns);
             }
             let fd = testrun::program_fd(&self.sensor)?;
-            testrun::run_repeated(fd, data, 1).map_err(|source| ReplayError::Run {
-                file: file.to_string(),
-                frame: number,
-                source,
+            testrun::run_repeated(fd, &cut_for_test_run(data), 1).map_err(|source| {
+                ReplayError::Run {
+                    file: file.to_string(),
+                    frame: number,
+                    source,
+                }
             })?;
             // What the frame taught applies from the next frame on.
             if let Some((learner, maps)) = &mut self.learning {
@@ -394,4 +448,61 @@ fn file_name(path: &Path) -> String {
         || path.display().to_string(),
         |name| name.to_string_lossy().into_owned(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An Ethernet frame of `len` bytes: `tags` VLAN tags, then an IP
+    /// header of `ethertype` whose length field says `ip_length`.
+    fn frame(tags: usize, ethertype: u16, ip_length: u16, len: usize) -> Vec<u8> {
+        let mut frame = vec![0u8; 12];
+        for _ in 0..tags {
+            frame.extend_from_slice(&[0x81, 0x00, 0, 1]);
+        }
+        frame.extend_from_slice(&ethertype.to_be_bytes());
+        let ip = frame.len();
+        frame.resize(len, 0);
+        let at = if ethertype == 0x0800 { ip + 2 } else { ip + 4 };
+        frame[at..at + 2].copy_from_slice(&ip_length.to_be_bytes());
+        frame
+    }
+
+    fn field(frame: &[u8], at: usize) -> u16 {
+        u16::from_be_bytes([frame[at], frame[at + 1]])
+    }
+
+    #[test]
+    fn long_frames_are_cut_with_their_ip_length_shortened_by_the_cut() {
+        // Short enough: handed over as it is.
+        let short = frame(0, 0x0800, 2986, 3000);
+        assert!(matches!(
+            cut_for_test_run(&short),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        // IPv4 filling the frame: it ends at the cut.
+        let cut = cut_for_test_run(&frame(0, 0x0800, 8986, 9000)).into_owned();
+        assert_eq!(cut.len(), WHOLE_FRAME_MAX);
+        assert_eq!(usize::from(field(&cut, 16)), WHOLE_FRAME_MAX - 14);
+        // After a VLAN tag, and for IPv6 (the payload length after the
+        // 40-byte header).
+        let cut = cut_for_test_run(&frame(1, 0x0800, 8982, 9000)).into_owned();
+        assert_eq!(usize::from(field(&cut, 20)), WHOLE_FRAME_MAX - 18);
+        let cut = cut_for_test_run(&frame(0, 0x86dd, 8946, 9000)).into_owned();
+        assert_eq!(usize::from(field(&cut, 18)), WHOLE_FRAME_MAX - 14 - 40);
+        // An IP packet ending before the cut (padding after it) keeps its
+        // length; a jumbogram's 0 stays 0.
+        let cut = cut_for_test_run(&frame(0, 0x0800, 100, 9000)).into_owned();
+        assert_eq!(field(&cut, 16), 100);
+        let cut = cut_for_test_run(&frame(0, 0x86dd, 0, 9000)).into_owned();
+        assert_eq!(field(&cut, 18), 0);
+        // Claiming 500 bytes more than the frame holds: as much more than
+        // the cut, so the program still finds it truncated.
+        let cut = cut_for_test_run(&frame(0, 0x0800, 9486, 9000)).into_owned();
+        assert_eq!(usize::from(field(&cut, 16)), WHOLE_FRAME_MAX - 14 + 500);
+        // Not IP: cut, nothing rewritten.
+        let arp = frame(0, 0x0806, 7, 5000);
+        assert_eq!(&cut_for_test_run(&arp)[..], &arp[..WHOLE_FRAME_MAX]);
+    }
 }

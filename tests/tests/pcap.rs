@@ -426,6 +426,66 @@ fn bad_captures_are_refused_with_file_and_frame() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+#[test]
+fn frames_longer_than_a_test_run_takes_whole_are_classified_and_counted_whole() {
+    if !require_root() {
+        return;
+    }
+    use classifier_tests::frames::FrameSpec;
+    use pcap_file::pcap::{PcapPacket, PcapWriter};
+    // BPF_PROG_TEST_RUN hands a program only the first 3,520 bytes or so
+    // of a frame (the rest in fragments it is not told of): jumbo frames
+    // and the GRO/TSO super-packets a host's tcpdump records were counted
+    // as truncated IP packets of that length.
+    let dir = temp_dir("pcap-jumbo");
+    let feed = classifier_tests::daemon::write_feed(&dir);
+    let frames: Vec<Vec<u8>> = [
+        FrameSpec::udp("175.45.176.9", "198.51.100.10", 40000, 443).payload(1000),
+        FrameSpec::udp("175.45.176.9", "198.51.100.10", 40000, 443).payload(5000),
+        FrameSpec::udp("175.45.176.9", "198.51.100.10", 40000, 443).payload(8958),
+        FrameSpec::udp("198.51.100.10", "175.45.176.9", 443, 40000).payload(65_000),
+        FrameSpec::udp("175.45.176.9", "198.51.100.10", 40000, 443)
+            .payload(9000)
+            .vlans(&[0x8100]),
+        FrameSpec::udp("2001:db8:aa::9", "2001:db8:e0::10", 40001, 443).payload(9000),
+        // Unwatched, and longer than the watched fast path looks.
+        FrameSpec::udp("192.0.2.1", "198.51.100.10", 40000, 443).payload(7000),
+    ]
+    .iter()
+    .map(FrameSpec::build)
+    .collect();
+    let capture = dir.join("jumbo.pcap");
+    let mut writer =
+        PcapWriter::new(std::fs::File::create(&capture).expect("create")).expect("pcap header");
+    for (index, frame) in frames.iter().enumerate() {
+        writer
+            .write_packet(&PcapPacket::new(
+                std::time::Duration::from_secs(1_700_000_000 + index as u64),
+                frame.len() as u32,
+                frame,
+            ))
+            .expect("a frame");
+    }
+    drop(writer);
+    let mut args = vec!["--endpoints", text(&feed)];
+    for prefix in classifier_tests::TEST_WATCHED {
+        args.extend(["--watch", prefix]);
+    }
+    args.push(text(&capture));
+    let report = pcap_report(&args);
+    let totals = &report["totals"];
+    let all: usize = frames.iter().map(Vec::len).sum();
+    assert_eq!(totals["packets"], 7, "{totals}");
+    assert_eq!(totals["bytes"], all as u64, "{totals}");
+    assert_eq!(totals["malformed"], 0, "{}", report["malformed"]);
+    assert_eq!(totals["watched"], 6, "{totals}");
+    assert_eq!(totals["matched"], 6, "{totals}");
+    let alpha = &services(&report)["alpha"];
+    assert_eq!(alpha["packets"], 6);
+    assert_eq!(alpha["bytes"], (all - frames[6].len()) as u64);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// A pcapng of one Ethernet `frame` at the time i64::MAX nanoseconds
 /// (`if_tsresol` 9).
 fn write_last_nanosecond_pcapng(path: &Path, frame: &[u8]) {
