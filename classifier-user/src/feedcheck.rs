@@ -1088,12 +1088,10 @@ fn capacity(
         feeds: feed_names.to_string(),
         error: Box::new(error),
     };
-    let services = ServiceTable::new(feed.services()).extended_with(domain_services.to_vec());
+    let feed_only = ServiceTable::new(feed.services());
+    let services = feed_only.extended_with(domain_services.to_vec());
     if services.len() >= MAX_SERVICES as usize {
-        return Err(refuse(LoadError::TooManyServices {
-            services: services.len(),
-            feed: feed.services().len(),
-        }));
+        return Err(refuse(LoadError::too_many_services(&services, feed)));
     }
     let endpoints_v4 = feed.count(true);
     let endpoints_v6 = feed.count(false);
@@ -1131,7 +1129,7 @@ fn capacity(
     let protocols = classifier_common::PROTOCOL_SERVICES.len();
     Ok(Capacity {
         services: services.len() - protocols,
-        domain_only_services: services.len() - protocols - feed.services().len(),
+        domain_only_services: services.len() - feed_only.len(),
         max_services: MAX_SERVICES as usize - 1 - protocols,
         endpoints_v4,
         capacity_v4: rules.capacity_v4,
@@ -1499,6 +1497,15 @@ mod tests {
             error.to_string(),
             "many.csv: the endpoint feed has 1018 services; at most 1017 fit beside the 6 protocol services"
         );
+
+        // A feed service named as a protocol service shares its id.
+        let mut check = inputs(&[("p.csv", None, "cidr,service\n1.2.3.0/24,openvpn\n")]);
+        let report = FeedCheck::build(&check, &Rules::default()).unwrap();
+        assert_eq!(report.capacity.services, 0);
+        assert_eq!(report.capacity.domain_only_services, 0);
+        check.domain_services = vec!["openvpn".into(), "vpn-a".into()];
+        let report = FeedCheck::build(&check, &Rules::default()).unwrap();
+        assert_eq!(report.capacity.domain_only_services, 1);
 
         // With learning on, `run` gives the domain feed's services ids too.
         let text = feed_of(1016);

@@ -61,6 +61,7 @@ pub enum LineProblem {
     NotANetmask {
         address: String,
         word: String,
+        ipv6: bool,
     },
     BadServiceName(String),
     Csv(String),
@@ -93,13 +94,25 @@ impl fmt::Display for LineProblem {
                 f,
                 "a netmask only follows a bare IPv4 address (175.45.176.0 255.255.252.0), not {text:?}"
             ),
-            Self::NotANetmask { address, word } => write!(
+            Self::NotANetmask {
+                address,
+                word,
+                ipv6: false,
+            } => write!(
                 f,
                 "{word:?} after {address} is neither a dotted netmask nor a label (a prefix is written {address}/LEN or {address} 255.255.252.0; a range is not read)"
             ),
+            Self::NotANetmask {
+                address,
+                word,
+                ipv6: true,
+            } => write!(
+                f,
+                "{word:?} after {address} is not a label (a prefix is written {address}/LEN; a range is not read)"
+            ),
             Self::NotUtf8 { byte, column } => write!(
                 f,
-                "byte 0x{byte:02X} at column {column} is not UTF-8 (save the file as UTF-8)"
+                "byte 0x{byte:02X}, the line's byte {column}, is not UTF-8 (save the file as UTF-8)"
             ),
             Self::BadServiceName(name) => write!(
                 f,
@@ -341,16 +354,18 @@ fn parse_list_entry(content: &str, field: &str) -> Result<IpNet, LineProblem> {
         .filter(|word| !word.is_empty());
     let Some(netmask) = next_word.and_then(|word| word.parse::<Ipv4Addr>().ok()) else {
         // `175.45.176.0 22`, `… /22`, `… - 175.45.179.255` or a netmask
-        // cut short would otherwise be one address and a label.
-        if let Some(word) = next_word
-            && !field.contains('/')
-            && word
-                .chars()
-                .all(|c| c.is_ascii_digit() || "./-:".contains(c))
+        // cut short would otherwise be one address and a label (a label
+        // such as a date, `2024-05-01`, is still one).
+        if let (Some(word), Ok(address)) = (next_word, field.parse::<IpAddr>())
+            && (word == "-"
+                || word
+                    .chars()
+                    .all(|c| c.is_ascii_digit() || "./:".contains(c)))
         {
             return Err(LineProblem::NotANetmask {
                 address: field.to_string(),
                 word: word.to_string(),
+                ipv6: address.is_ipv6(),
             });
         }
         return parse_prefix(field);
@@ -819,6 +834,8 @@ mod tests {
         // netmask too.
         let list = parse_prefix_list("w.txt", "192.0.2.7 office\n").unwrap();
         assert_eq!(list, ["192.0.2.7/32".parse::<IpNet>().unwrap()]);
+        let list = parse_prefix_list("w.txt", "192.0.2.7 2024-05-01\n").unwrap();
+        assert_eq!(list, ["192.0.2.7/32".parse::<IpNet>().unwrap()]);
         let list = parse_prefix_list("w.txt", "175.45.176.0 255.255.252.0,north-korea\n").unwrap();
         assert_eq!(list, ["175.45.176.0/22".parse::<IpNet>().unwrap()]);
         let refusals = [
@@ -858,6 +875,15 @@ mod tests {
             (
                 "175.45.176.0 255.255.252.0/22\n",
                 "w.txt: line 1: \"255.255.252.0/22\" after 175.45.176.0 is neither a dotted netmask nor a label (a prefix is written 175.45.176.0/LEN or 175.45.176.0 255.255.252.0; a range is not read)",
+            ),
+            (
+                "2001:db8:: 64\n",
+                "w.txt: line 1: \"64\" after 2001:db8:: is not a label (a prefix is written 2001:db8::/LEN; a range is not read)",
+            ),
+            // The bad address is what is named.
+            (
+                "abc 12\n",
+                "w.txt: line 1: unknown address family in \"abc\" (neither IPv4 nor IPv6)",
             ),
         ];
         for (text, expected) in refusals {
@@ -932,7 +958,7 @@ mod tests {
         assert_eq!(
             error,
             format!(
-                "{}: line 3: byte 0xE9 at column 16 is not UTF-8 (save the file as UTF-8)",
+                "{}: line 3: byte 0xE9, the line's byte 16, is not UTF-8 (save the file as UTF-8)",
                 path.display()
             )
         );

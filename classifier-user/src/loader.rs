@@ -75,21 +75,25 @@ pub enum LoadError {
         #[source]
         source: std::io::Error,
     },
-    /// `services`: the service table's length, protocol services
-    /// included; `feed`: the endpoint feed's own services.
+    /// `total`: the services that would take ids (the protocol services
+    /// aside); `feed`: the endpoint feed's; `more`: the others (named only
+    /// by the domain feed, or kept from feeds before a reload).
     #[error(
         "the endpoint feed has {feed} services{}; at most {} fit beside the {} protocol services",
-        match services.saturating_sub(PROTOCOL_SERVICE_COUNT + feed) {
+        match more {
             0 => String::new(),
             more => format!(
-                " and {more} more are named only by the domain feed (learning; --no-learn leaves them out) or by feeds before a reload, {} in all",
-                services.saturating_sub(PROTOCOL_SERVICE_COUNT)
+                " and {more} more are named only by the domain feed (learning; --no-learn leaves them out) or by feeds before a reload, {total} in all"
             ),
         },
         MAX_SERVICES as usize - 1 - PROTOCOL_SERVICE_COUNT,
         PROTOCOL_SERVICE_COUNT
     )]
-    TooManyServices { services: usize, feed: usize },
+    TooManyServices {
+        total: usize,
+        feed: usize,
+        more: usize,
+    },
     #[error(
         "the endpoint feed has {prefixes} {family} prefixes but the capacity is {capacity} (raise --endpoint-capacity-{family})"
     )]
@@ -255,6 +259,20 @@ fn page_size() -> usize {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ServiceTable {
     names: Vec<String>,
+}
+
+impl LoadError {
+    /// The refusal of `table` (built from `feed`'s services and perhaps
+    /// others), with the counts it gives.
+    pub fn too_many_services(table: &ServiceTable, feed: &EndpointFeed) -> Self {
+        // A feed service named as a protocol service shares its id.
+        let feed_only = ServiceTable::new(feed.services()).len();
+        Self::TooManyServices {
+            total: table.len().saturating_sub(PROTOCOL_SERVICE_COUNT),
+            feed: feed_only.saturating_sub(PROTOCOL_SERVICE_COUNT),
+            more: table.len().saturating_sub(feed_only),
+        }
+    }
 }
 
 impl ServiceTable {
@@ -439,10 +457,7 @@ impl Sensor {
             return Err(LoadError::NoObject);
         }
         if services.len() >= MAX_SERVICES as usize {
-            return Err(LoadError::TooManyServices {
-                services: services.len(),
-                feed: endpoints.services().len(),
-            });
+            return Err(LoadError::too_many_services(&services, endpoints));
         }
         let v4_count = endpoints.count(true);
         let v6_count = endpoints.count(false);

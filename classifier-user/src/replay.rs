@@ -42,17 +42,19 @@ use crate::{
 pub const WHOLE_FRAME_MAX: usize = 3_000;
 
 /// `frame` as the test run gets it: longer than [`WHOLE_FRAME_MAX`], it
-/// is cut there and its IPv4 total length or IPv6 payload length (after up
-/// to two VLAN tags) shortened by what the cut takes from the IP packet,
-/// so the program parses the same headers with the same verdict (all it
-/// reads lies in the part kept); the capture clock gives it the whole
-/// frame's length to count.
+/// is cut there (a multiple of 16 bytes off, so a payload keeps its length
+/// modulo 16, which WireGuard's signature checks) and its IPv4 total
+/// length or IPv6 payload length (after up to two VLAN tags) shortened by
+/// what the cut takes from the IP packet, so the program parses the same
+/// headers with the same verdict (all it reads lies in the part kept); the
+/// capture clock gives it the whole frame's length to count.
 pub fn cut_for_test_run(frame: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     const ETHERTYPE_AT: usize = 12;
     if frame.len() <= WHOLE_FRAME_MAX {
         return std::borrow::Cow::Borrowed(frame);
     }
-    let mut cut = frame[..WHOLE_FRAME_MAX].to_vec();
+    let kept = frame.len() - (frame.len() - WHOLE_FRAME_MAX).next_multiple_of(16);
+    let mut cut = frame[..kept].to_vec();
     let be16 = |at: usize| u16::from_be_bytes([cut[at], cut[at + 1]]);
     let mut ethertype_at = ETHERTYPE_AT;
     for _ in 0..classifier_common::MAX_VLAN_TAGS {
@@ -71,15 +73,15 @@ pub fn cut_for_test_run(frame: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     let length = usize::from(be16(length_at));
     let claimed_end = counted_from + length;
     // An IPv6 jumbogram (payload length 0) runs to the frame's end.
-    if length == 0 || claimed_end <= WHOLE_FRAME_MAX {
+    if length == 0 || claimed_end <= kept {
         return std::borrow::Cow::Owned(cut);
     }
     // Ending inside the frame: it now ends at the cut. Claiming more than
     // the frame holds (a capture cut short): as much more than the cut.
     let shortened = if claimed_end <= frame.len() {
-        WHOLE_FRAME_MAX - counted_from
+        kept - counted_from
     } else {
-        length - (frame.len() - WHOLE_FRAME_MAX)
+        length - (frame.len() - kept)
     };
     let shortened = u16::try_from(shortened).unwrap_or(u16::MAX).to_be_bytes();
     cut[length_at..length_at + 2].copy_from_slice(&shortened);
@@ -485,6 +487,12 @@ mod tests {
         let cut = cut_for_test_run(&frame(0, 0x0800, 8986, 9000)).into_owned();
         assert_eq!(cut.len(), WHOLE_FRAME_MAX);
         assert_eq!(usize::from(field(&cut, 16)), WHOLE_FRAME_MAX - 14);
+        // A multiple of 16 bytes off: 6,016 of 9,001, so a payload keeps
+        // its length modulo 16 (WireGuard's signature checks it).
+        let cut = cut_for_test_run(&frame(0, 0x0800, 8987, 9001)).into_owned();
+        assert_eq!(cut.len(), 9001 - 6016);
+        assert_eq!(usize::from(field(&cut, 16)), 9001 - 6016 - 14);
+        assert_eq!((8987 - usize::from(field(&cut, 16))) % 16, 0);
         // After a VLAN tag, and for IPv6 (the payload length after the
         // 40-byte header).
         let cut = cut_for_test_run(&frame(1, 0x0800, 8982, 9000)).into_owned();

@@ -1186,9 +1186,6 @@ fn finish(mut daemon: Daemon, config: &RunConfig, start_unix_ns: i64) -> Result<
     // The last deltas go to the collectors before exit (waiting a while
     // for them to be sent), the last captured packets to their file.
     daemon.export(config.pseudonymizer.as_ref());
-    if let Some(exporter) = daemon.exporter.take() {
-        exporter.finish(crate::ipfix::FINAL_SEND_WAIT);
-    }
     daemon.capture();
     if let Some(evidence) = &mut daemon.evidence {
         evidence.rotate();
@@ -1203,6 +1200,11 @@ fn finish(mut daemon: Daemon, config: &RunConfig, start_unix_ns: i64) -> Result<
     let end_unix_ns = snapshot::now_unix_ns().max(start_unix_ns);
     daemon.cut_snapshot(end_unix_ns);
     let unwritten = daemon.snapshots.as_ref().map_or(0, Snapshotter::pending);
+    // Waited for last: the report and the last snapshot end when counting
+    // did, not after the wait.
+    if let Some(exporter) = daemon.exporter.take() {
+        exporter.finish(crate::ipfix::FINAL_SEND_WAIT);
+    }
     if !config.keep_attached
         && let Err(error) = daemon.sensor.remove_pins()
     {

@@ -286,7 +286,7 @@ fn cases(f: &Fixtures) -> Vec<Case> {
             &["--endpoints", &binary],
             1,
             &format!(
-                "classifier: {binary}: line 1: byte 0xFF at column 2 is not UTF-8 (save the file as UTF-8)"
+                "classifier: {binary}: line 1: byte 0xFF, the line's byte 2, is not UTF-8 (save the file as UTF-8)"
             ),
             &binary,
         ),
@@ -626,7 +626,7 @@ fn cases(f: &Fixtures) -> Vec<Case> {
         case(
             &["feeds", "check", "--shared-hosting", &binary],
             1,
-            &format!("classifier: {binary}: line 1: byte 0xFF at column 2 is not UTF-8"),
+            &format!("classifier: {binary}: line 1: byte 0xFF, the line's byte 2, is not UTF-8"),
             &binary,
         ),
         case(
