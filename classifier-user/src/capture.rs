@@ -74,8 +74,8 @@ const SLL_HEADER_LEN: usize = 16;
 const SLL_PROTOCOL_OFFSET: usize = 14;
 const SLL2_HEADER_LEN: usize = 20;
 const SLL2_PROTOCOL_OFFSET: usize = 0;
-const ETHERTYPE_IPV4: u16 = 0x0800;
-const ETHERTYPE_IPV6: u16 = 0x86DD;
+pub(crate) const ETHERTYPE_IPV4: u16 = 0x0800;
+pub(crate) const ETHERTYPE_IPV6: u16 = 0x86DD;
 /// EtherType for an IP packet whose version is neither 4 nor 6.
 const ETHERTYPE_UNKNOWN: u16 = 0x0000;
 

@@ -766,11 +766,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_service_with_packets_but_no_flows_is_in_the_services_table() {
-        // Under flow-table pressure a service's packets are counted though
-        // no flow of it could be recorded: the table still lists it.
-        let mut report = Report::build(
+    /// A report of sensor s1's hour with nothing counted.
+    fn empty_hour() -> Report {
+        Report::build(
             &crate::drain::Ledger::default(),
             &crate::loader::ServiceTable::new(Vec::new()),
             crate::report::ReportContext {
@@ -780,7 +778,14 @@ mod tests {
                 interfaces: vec!["eth1".into()],
                 feeds: Vec::new(),
             },
-        );
+        )
+    }
+
+    #[test]
+    fn a_service_with_packets_but_no_flows_is_in_the_services_table() {
+        // Under flow-table pressure a service's packets are counted though
+        // no flow of it could be recorded: the table still lists it.
+        let mut report = empty_hour();
         let mut row = crate::report::ServiceRow::empty("pia".into());
         row.packets = 10;
         row.bytes = 900;
@@ -800,17 +805,7 @@ mod tests {
     #[test]
     fn pseudonyms_are_named_as_such_with_their_key() {
         let history = |key: Option<&str>| {
-            let mut report = Report::build(
-                &crate::drain::Ledger::default(),
-                &crate::loader::ServiceTable::new(Vec::new()),
-                crate::report::ReportContext {
-                    start: time("2026-11-24T19:00:00Z"),
-                    end: time("2026-11-24T20:00:00Z"),
-                    sensor: "s1".into(),
-                    interfaces: vec!["eth1".into()],
-                    feeds: Vec::new(),
-                },
-            );
+            let mut report = empty_hour();
             report.pseudonym_key_id = key.map(str::to_string);
             MergedHistory {
                 report,

@@ -49,7 +49,9 @@ pub const WHOLE_FRAME_MAX: usize = 3_000;
 /// headers with the same verdict (all it reads lies in the part kept); the
 /// capture clock gives it the whole frame's length to count.
 pub fn cut_for_test_run(frame: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    use crate::capture::{ETHERTYPE_IPV4, ETHERTYPE_IPV6};
     const ETHERTYPE_AT: usize = 12;
+    const VLAN_TPIDS: [u16; 2] = [0x8100, 0x88a8];
     if frame.len() <= WHOLE_FRAME_MAX {
         return std::borrow::Cow::Borrowed(frame);
     }
@@ -58,7 +60,7 @@ pub fn cut_for_test_run(frame: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     let be16 = |at: usize| u16::from_be_bytes([cut[at], cut[at + 1]]);
     let mut ethertype_at = ETHERTYPE_AT;
     for _ in 0..classifier_common::MAX_VLAN_TAGS {
-        if !matches!(be16(ethertype_at), 0x8100 | 0x88a8) {
+        if !VLAN_TPIDS.contains(&be16(ethertype_at)) {
             break;
         }
         ethertype_at += 4;
@@ -66,8 +68,8 @@ pub fn cut_for_test_run(frame: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     let ip = ethertype_at + 2;
     // Where the IP length field is, and the bytes before the part it counts.
     let (length_at, counted_from) = match be16(ethertype_at) {
-        0x0800 => (ip + 2, ip),
-        0x86dd => (ip + 4, ip + 40),
+        ETHERTYPE_IPV4 => (ip + 2, ip),
+        ETHERTYPE_IPV6 => (ip + 4, ip + 40),
         _ => return std::borrow::Cow::Owned(cut),
     };
     let length = usize::from(be16(length_at));
