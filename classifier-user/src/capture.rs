@@ -29,7 +29,10 @@
 //! comparable with live capture. [`CaptureFrame::original_len`] is changed
 //! the same way, so it is the original length of the *Ethernet* frame.
 //!
-//! Any other link type is an error naming file, frame and link type.
+//! A cooked frame captured shorter than its cooked header has no byte of
+//! its Ethernet frame known: it becomes an empty frame (the replay counts
+//! it as a runt). Any other link type is an error naming file, frame and
+//! link type.
 //!
 //! # Lengths, timestamps and errors
 //!
@@ -242,12 +245,6 @@ pub enum ReadProblem {
         resolution: u8,
         offset_seconds: i64,
     },
-    /// A cooked (SLL/SLL2) frame is shorter than its cooked header.
-    ShorterThanLinkHeader {
-        link_type: LinkType,
-        captured: usize,
-        header_len: usize,
-    },
 }
 
 impl fmt::Display for ReadProblem {
@@ -281,15 +278,6 @@ impl fmt::Display for ReadProblem {
                 }
                 Ok(())
             }
-            Self::ShorterThanLinkHeader {
-                link_type,
-                captured,
-                header_len,
-            } => write!(
-                f,
-                "{captured} bytes captured, fewer than the {header_len}-byte {} header",
-                link_type.name()
-            ),
         }
     }
 }
@@ -702,16 +690,24 @@ fn into_ethernet(
 ) -> Result<(Vec<u8>, u32), ReadProblem> {
     let (link_header_len, ether_type) = match link_type {
         LinkType::ETHERNET => return Ok((data, original_len)),
-        LinkType::RAW | LinkType::IPV4 | LinkType::IPV6 => (0, ip_ether_type(&data)),
+        LinkType::RAW | LinkType::IPV4 | LinkType::IPV6 => (0, Some(ip_ether_type(&data))),
         LinkType::LINUX_SLL => (
             SLL_HEADER_LEN,
-            cooked_protocol(&data, link_type, SLL_HEADER_LEN, SLL_PROTOCOL_OFFSET)?,
+            cooked_protocol(&data, SLL_HEADER_LEN, SLL_PROTOCOL_OFFSET),
         ),
         LinkType::LINUX_SLL2 => (
             SLL2_HEADER_LEN,
-            cooked_protocol(&data, link_type, SLL2_HEADER_LEN, SLL2_PROTOCOL_OFFSET)?,
+            cooked_protocol(&data, SLL2_HEADER_LEN, SLL2_PROTOCOL_OFFSET),
         ),
         unsupported => return Err(ReadProblem::UnsupportedLinkType(unsupported)),
+    };
+    let frame_original_len = original_len
+        .saturating_sub(link_header_len as u32)
+        .saturating_add(ETHERNET_HEADER_LEN as u32);
+    let Some(ether_type) = ether_type else {
+        // Not even the link header was captured: no byte of the Ethernet
+        // frame is known, and the replay counts it as a runt.
+        return Ok((Vec::new(), frame_original_len));
     };
     let payload = &data[link_header_len..];
     let mut frame = Vec::with_capacity(ETHERNET_HEADER_LEN + payload.len());
@@ -719,9 +715,6 @@ fn into_ethernet(
     frame.extend_from_slice(&SYNTHETIC_SOURCE_MAC);
     frame.extend_from_slice(&ether_type.to_be_bytes());
     frame.extend_from_slice(payload);
-    let frame_original_len = original_len
-        .saturating_sub(link_header_len as u32)
-        .saturating_add(ETHERNET_HEADER_LEN as u32);
     Ok((frame, frame_original_len))
 }
 
@@ -734,21 +727,13 @@ fn ip_ether_type(packet: &[u8]) -> u16 {
     }
 }
 
-/// The protocol (an EtherType) of a Linux cooked header.
-fn cooked_protocol(
-    data: &[u8],
-    link_type: LinkType,
-    header_len: usize,
-    protocol_offset: usize,
-) -> Result<u16, ReadProblem> {
+/// The protocol (an EtherType) of a Linux cooked header; `None` when the
+/// frame is shorter than the header.
+fn cooked_protocol(data: &[u8], header_len: usize, protocol_offset: usize) -> Option<u16> {
     if data.len() < header_len {
-        return Err(ReadProblem::ShorterThanLinkHeader {
-            link_type,
-            captured: data.len(),
-            header_len,
-        });
+        return None;
     }
-    Ok(u16::from_be_bytes([
+    Some(u16::from_be_bytes([
         data[protocol_offset],
         data[protocol_offset + 1],
     ]))
@@ -1220,26 +1205,27 @@ mod tests {
     }
 
     #[test]
-    fn cooked_frame_shorter_than_its_header_is_an_error() {
+    fn cooked_frame_shorter_than_its_header_becomes_an_empty_frame() {
         let folder = TempFolder::new("short-cooked");
         let path = folder.file("short.pcap");
+        let whole_sll = [vec![0; 14], vec![0x08, 0x00], vec![0x45; 20]].concat();
         write_pcap(
             &path,
             pcap_header(DataLink::LINUX_SLL),
-            &[Packet::whole(time(0), vec![0; 10])],
+            &[
+                Packet::whole(time(0), vec![0; 10]),
+                Packet::whole(time(0), vec![0; 15]),
+                Packet::whole(time(0), whole_sll),
+            ],
         );
-        let error = CaptureReader::open(&path)
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap_err();
-        assert_eq!(
-            error.to_string(),
-            format!(
-                "{}: frame 1: 10 bytes captured, fewer than the 16-byte Linux cooked SLL header",
-                path.display()
-            )
-        );
+        let frames = read_all(&path);
+        assert_eq!(frames.len(), 3);
+        for short in &frames[..2] {
+            assert!(short.data.is_empty());
+            assert_eq!(short.original_len, 14);
+            assert!(short.is_partial());
+        }
+        assert_eq!(frames[2].data.len(), 34);
     }
 
     #[test]

@@ -486,6 +486,93 @@ fn frames_longer_than_a_test_run_takes_whole_are_classified_and_counted_whole() 
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Frames too short for their link header (a snap length under 14 bytes
+/// on Ethernet, under the 16- or 20-byte cooked header on Linux cooked
+/// captures) are counted as `other` and `ethernet_truncated`, as the
+/// program counts a runt on the wire, and the replay goes on.
+#[test]
+fn frames_shorter_than_their_link_header_are_counted_and_the_replay_goes_on() {
+    if !require_root() {
+        return;
+    }
+    use classifier_tests::frames::FrameSpec;
+    use pcap_file::{
+        DataLink,
+        pcap::{PcapHeader, PcapPacket, PcapWriter},
+    };
+    let dir = temp_dir("pcap-runts");
+    let feed = classifier_tests::daemon::write_feed(&dir);
+    let matched = FrameSpec::udp("175.45.176.9", "198.51.100.10", 40000, 443).build();
+    let write = |name: &str, datalink: DataLink, frames: &[Vec<u8>]| {
+        let path = dir.join(name);
+        let header = PcapHeader {
+            datalink,
+            ..PcapHeader::default()
+        };
+        let mut writer =
+            PcapWriter::with_header(std::fs::File::create(&path).expect("create"), header)
+                .expect("pcap header");
+        for (index, frame) in frames.iter().enumerate() {
+            writer
+                .write_packet(&PcapPacket::new(
+                    std::time::Duration::from_secs(1_700_000_000 + index as u64),
+                    frame.len().max(60) as u32,
+                    frame,
+                ))
+                .expect("a frame");
+        }
+        path
+    };
+    let report = |capture: &Path| {
+        let mut args = vec!["--endpoints", text(&feed)];
+        for prefix in classifier_tests::TEST_WATCHED {
+            args.extend(["--watch", prefix]);
+        }
+        args.push(text(capture));
+        pcap_report(&args)
+    };
+
+    let ethernet = write(
+        "ethernet.pcap",
+        DataLink::ETHERNET,
+        &[matched[..10].to_vec(), matched.clone()],
+    );
+    let counted = report(&ethernet);
+    let totals = &counted["totals"];
+    assert_eq!(totals["packets"], 2, "{totals}");
+    assert_eq!(totals["other"], 1, "{totals}");
+    assert_eq!(totals["matched"], 1, "{totals}");
+    assert_eq!(totals["bytes"], (matched.len() + 10) as u64, "{totals}");
+    assert_eq!(
+        counted["malformed"]["ethernet_truncated"], 1,
+        "{}",
+        counted["malformed"]
+    );
+
+    // SLL: packet type, ARPHRD, address length, 8-byte address, protocol;
+    // then the IP packet. 10 and 15 bytes hold no whole cooked header.
+    let mut cooked = vec![0, 0, 0, 1, 0, 6, 2, 0, 0, 0, 0, 0, 1, 0, 0x08, 0x00];
+    cooked.extend_from_slice(&matched[14..]);
+    let sll = write(
+        "cooked.pcap",
+        DataLink::LINUX_SLL,
+        &[cooked[..10].to_vec(), cooked.clone(), cooked[..15].to_vec()],
+    );
+    let counted = report(&sll);
+    let totals = &counted["totals"];
+    assert_eq!(totals["packets"], 3, "{totals}");
+    assert_eq!(totals["other"], 2, "{totals}");
+    assert_eq!(totals["matched"], 1, "{totals}");
+    // Nothing of an Ethernet frame was captured in the two short ones.
+    assert_eq!(totals["bytes"], matched.len() as u64, "{totals}");
+    assert_eq!(
+        counted["malformed"]["ethernet_truncated"], 2,
+        "{}",
+        counted["malformed"]
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// A pcapng of one Ethernet `frame` at the time i64::MAX nanoseconds
 /// (`if_tsresol` 9).
 fn write_last_nanosecond_pcapng(path: &Path, frame: &[u8]) {
