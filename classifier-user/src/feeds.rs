@@ -212,13 +212,17 @@ pub struct FamilyCounts {
 }
 
 /// Reads a feed file as text; the error names the file, and for bytes
-/// that are not UTF-8 the line and column.
+/// that are not UTF-8 the line and column. A bare carriage return (classic
+/// Mac line breaks, which some spreadsheet exports still write) ends a line
+/// as `\n` and `\r\n` do: it becomes `\n`, so every parser, the csv crate
+/// included, sees the lines and numbers them as an editor does.
 pub fn read_file(path: &Path) -> Result<String, FeedError> {
     let origin = || path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|source| FeedError::Read {
+    let mut bytes = std::fs::read(path).map_err(|source| FeedError::Read {
         origin: origin(),
         source,
     })?;
+    bare_carriage_returns_as_newlines(&mut bytes);
     String::from_utf8(bytes).map_err(|error| {
         let bytes = error.as_bytes();
         let valid = &bytes[..error.utf8_error().valid_up_to()];
@@ -235,6 +239,16 @@ pub fn read_file(path: &Path) -> Result<String, FeedError> {
             },
         }
     })
+}
+
+/// Every `\r` not followed by `\n` made `\n` (a `\r` byte is never part of
+/// a multi-byte UTF-8 character, so this holds before decoding).
+fn bare_carriage_returns_as_newlines(bytes: &mut [u8]) {
+    for at in 0..bytes.len() {
+        if bytes[at] == b'\r' && bytes.get(at + 1) != Some(&b'\n') {
+            bytes[at] = b'\n';
+        }
+    }
 }
 
 /// `text` without a leading byte-order mark (which editors saving "UTF-8
@@ -942,6 +956,33 @@ mod tests {
         assert_eq!(
             feed_error("cidr,service\n  # old\n   \n1.2.3.4/24,pia\n"),
             "feed.csv: line 4: host bits set in 1.2.3.4/24 (did you mean 1.2.3.0/24?)"
+        );
+    }
+
+    #[test]
+    fn bare_carriage_returns_end_lines() {
+        let folder = crate::test_support::TempFolder::new("feed-mac-lines");
+        let list = folder.file("watched.txt");
+        std::fs::write(
+            &list,
+            "# watched\r175.45.176.0/24\r175.45.177.0/24\r\n10.0.0.0/8",
+        )
+        .unwrap();
+        let prefixes = parse_prefix_list("w", &read_file(&list).unwrap()).unwrap();
+        assert_eq!(prefixes.len(), 3, "{prefixes:?}");
+        let feed = folder.file("feed.csv");
+        std::fs::write(&feed, "cidr,service\r1.2.3.0/24,pia\r5.0.0.1/8,a\r").unwrap();
+        let error = parse_endpoint_rows("feed.csv", &read_file(&feed).unwrap()).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "feed.csv: line 3: host bits set in 5.0.0.1/8 (did you mean 5.0.0.0/8?)"
+        );
+        let latin1 = folder.file("latin1.txt");
+        std::fs::write(&latin1, b"1.2.3.0/24\r5.0.0.0/8 caf\xe9\r").unwrap();
+        let error = read_file(&latin1).unwrap_err().to_string();
+        assert!(
+            error.contains(": line 2: byte 0xE9, the line's byte 14,"),
+            "{error}"
         );
     }
 

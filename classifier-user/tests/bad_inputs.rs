@@ -151,6 +151,11 @@ fn cases(f: &Fixtures) -> Vec<Case> {
         b"# firewall style\n175.45.176.0 255.0.255.0\n",
     );
     let length_after_address = f.file("length.txt", b"175.45.176.0 22\n");
+    // Classic Mac line breaks (bare CR), as some spreadsheet exports write.
+    let mac_lines = f.file(
+        "mac.txt",
+        b"175.45.176.0/24\r175.45.177.0/24\r175.45.178.7/24\r",
+    );
     let hosting = f.file(
         "hosting.csv",
         b"cidr,name\n104.16.0.0/13,CDN\n104.16.0.1/12,CDN\n",
@@ -428,6 +433,15 @@ fn cases(f: &Fixtures) -> Vec<Case> {
                 "classifier: {length_after_address}: line 1: \"22\" after 175.45.176.0 is neither a dotted netmask nor a label"
             ),
             &length_after_address,
+        ),
+        run_case(
+            f,
+            &["--watch-file", &mac_lines],
+            1,
+            &format!(
+                "classifier: {mac_lines}: line 3: host bits set in 175.45.178.7/24 (did you mean 175.45.178.0/24?)"
+            ),
+            &mac_lines,
         ),
         run_case(
             f,
