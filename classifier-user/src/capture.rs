@@ -484,7 +484,12 @@ impl CaptureReader {
                 (state, vec![link_type])
             }
             CaptureFormat::PcapNg => {
-                let parser = input.file_header(PcapNgParser::new).map_err(header_error)?;
+                let parser = input
+                    .file_header(|bytes| {
+                        // The section header names its own byte order.
+                        accepting_unended_options(bytes, Endianness::Little, PcapNgParser::new)
+                    })
+                    .map_err(header_error)?;
                 let state = FormatState::PcapNg {
                     parser,
                     interfaces: Vec::new(),
@@ -604,9 +609,12 @@ impl CaptureReader {
                 previous_timestamp_ns,
             } => loop {
                 let Some(record) = self.input.next_record(|bytes| {
-                    parser.next_block(bytes).map(|(rest, block)| {
-                        let endianness = parser.section().endianness;
-                        (rest, PcapNgRecord::from_block(block, endianness))
+                    let section = parser.section().endianness;
+                    accepting_unended_options(bytes, section, |block| {
+                        parser.next_block(block).map(|(rest, block)| {
+                            let endianness = parser.section().endianness;
+                            (rest, PcapNgRecord::from_block(block, endianness))
+                        })
                     })
                 })?
                 else {
@@ -650,6 +658,67 @@ impl CaptureReader {
             },
         }
     }
+}
+
+/// What pcap-file says of an option list that ends with its block rather
+/// than with an end-of-options option.
+const UNENDED_OPTIONS: &str = "Invalid option";
+
+/// Runs `parse` (a pcap-file pcapng block parser) on `bytes`. The pcapng
+/// specification has readers accept an option list that ends with its block
+/// without an end-of-options option; pcap-file refuses one, so such a block
+/// is parsed again from a copy with the option added. `section` is the byte
+/// order of the section (a section header names its own).
+fn accepting_unended_options<T>(
+    bytes: &[u8],
+    section: Endianness,
+    mut parse: impl FnMut(&[u8]) -> PcapResult<(&[u8], T)>,
+) -> PcapResult<(&[u8], T)> {
+    match parse(bytes) {
+        Err(PcapError::InvalidField(UNENDED_OPTIONS)) => {
+            let (block, len) = with_end_of_options(bytes, section)
+                .ok_or(PcapError::InvalidField(UNENDED_OPTIONS))?;
+            let (_, parsed) = parse(&block)?;
+            Ok((&bytes[len..], parsed))
+        }
+        other => other,
+    }
+}
+
+/// The whole pcapng block `bytes` starts with, with 4 zero bytes (an
+/// end-of-options option) added at the end of its body and both its length
+/// fields grown by 4, and the block's length in `bytes`.
+fn with_end_of_options(bytes: &[u8], section: Endianness) -> Option<(Vec<u8>, usize)> {
+    const SECTION_HEADER: [u8; 4] = [0x0a, 0x0d, 0x0d, 0x0a];
+    let endianness = if bytes.get(..4)? == SECTION_HEADER {
+        match bytes.get(8..12)? {
+            [0x1a, 0x2b, 0x3c, 0x4d] => Endianness::Big,
+            [0x4d, 0x3c, 0x2b, 0x1a] => Endianness::Little,
+            _ => return None,
+        }
+    } else {
+        section
+    };
+    let length_field: [u8; 4] = bytes.get(4..8)?.try_into().ok()?;
+    let len = match endianness {
+        Endianness::Big => u32::from_be_bytes(length_field),
+        Endianness::Little => u32::from_le_bytes(length_field),
+    } as usize;
+    if len < 12 || bytes.len() < len {
+        return None;
+    }
+    let grown = u32::try_from(len + 4).ok()?;
+    let grown = match endianness {
+        Endianness::Big => grown.to_be_bytes(),
+        Endianness::Little => grown.to_le_bytes(),
+    };
+    let mut block = Vec::with_capacity(len + 4);
+    block.extend_from_slice(&bytes[..4]);
+    block.extend_from_slice(&grown);
+    block.extend_from_slice(&bytes[8..len - 4]);
+    block.extend_from_slice(&[0; 4]);
+    block.extend_from_slice(&grown);
+    Some((block, len))
 }
 
 fn described_interface(
@@ -1462,6 +1531,86 @@ mod tests {
                 (2, TIME_NS + 250_000_000, &frame[..]),
             ]
         );
+    }
+
+    /// `bytes`, a pcapng file whose every block has options, with each
+    /// block's end-of-options marker (its body's last 4 bytes) removed.
+    fn without_end_of_options(bytes: &[u8], endianness: Endianness) -> Vec<u8> {
+        let word = |at: usize| {
+            let raw = bytes[at..at + 4].try_into().unwrap();
+            match endianness {
+                Endianness::Little => u32::from_le_bytes(raw),
+                Endianness::Big => u32::from_be_bytes(raw),
+            }
+        };
+        let encode = |value: u32| match endianness {
+            Endianness::Little => value.to_le_bytes(),
+            Endianness::Big => value.to_be_bytes(),
+        };
+        let mut stripped = Vec::new();
+        let mut at = 0;
+        while at < bytes.len() {
+            let len = word(at + 4) as usize;
+            assert_eq!(bytes[at + len - 8..at + len - 4], [0; 4], "an end marker");
+            stripped.extend_from_slice(&bytes[at..at + 4]);
+            stripped.extend_from_slice(&encode(len as u32 - 4));
+            stripped.extend_from_slice(&bytes[at + 8..at + len - 8]);
+            stripped.extend_from_slice(&encode(len as u32 - 4));
+            at += len;
+        }
+        stripped
+    }
+
+    #[test]
+    fn pcapng_option_lists_without_an_end_marker_are_read() {
+        // The pcapng specification: readers "MUST NOT assume an option list
+        // will have an opt_endofopt option at the end"; pcap-file does.
+        use pcap_file::pcapng::blocks::{
+            enhanced_packet::EnhancedPacketOption, section_header::SectionHeaderOption,
+        };
+        let folder = TempFolder::new("no-end-of-options");
+        let frame = ethernet_frame(0x0800, &ipv4_packet(3));
+        for endianness in [Endianness::Little, Endianness::Big] {
+            let section = || SectionHeaderBlock {
+                endianness,
+                options: vec![SectionHeaderOption::OS("Linux".into())],
+                ..SectionHeaderBlock::default()
+            };
+            let mut writer = PcapNgWriter::with_section_header(Vec::new(), section()).unwrap();
+            for second_section in [false, true] {
+                if second_section {
+                    writer.write_pcapng_block(section()).unwrap();
+                }
+                writer
+                    .write_pcapng_block(InterfaceDescriptionBlock {
+                        linktype: DataLink::ETHERNET,
+                        snaplen: 0,
+                        options: vec![InterfaceDescriptionOption::IfTsResol(9)],
+                    })
+                    .unwrap();
+                writer
+                    .write_pcapng_block(EnhancedPacketBlock {
+                        interface_id: 0,
+                        timestamp: Duration::from_nanos(TIME_NS as u64 + 7),
+                        original_len: frame.len() as u32,
+                        data: Cow::Borrowed(&frame),
+                        options: vec![EnhancedPacketOption::Comment("c".into())],
+                    })
+                    .unwrap();
+            }
+            let path = folder.file(&format!("{endianness:?}.pcapng"));
+            std::fs::write(
+                &path,
+                without_end_of_options(&writer.into_inner(), endianness),
+            )
+            .unwrap();
+            let frames = read_all(&path);
+            let summary: Vec<(i64, &[u8])> = frames
+                .iter()
+                .map(|frame| (frame.timestamp_ns, &frame.data[..]))
+                .collect();
+            assert_eq!(summary, [(TIME_NS + 7, &frame[..]); 2], "{endianness:?}");
+        }
     }
 
     #[test]
