@@ -19,7 +19,8 @@ use crate::{
     cli::{HistoryFormat, ReportArgs},
     feeds::{FeedOrigin, sha256_hex},
     report::{
-        FlowRow, FlowSummary, FlowTable, Report, ReportFormat, SCHEMA, ServiceRow, Totals, top_rows,
+        FlowRow, FlowSummary, FlowTable, MergedPart, Report, ReportFormat, SCHEMA, ServiceRow,
+        Totals, top_rows,
     },
 };
 
@@ -88,6 +89,8 @@ pub enum HistoryError {
     ChainBroken { broken: usize, folders: usize },
     #[error("{path}: cannot write the report: {source}")]
     WriteOutput { path: PathBuf, source: io::Error },
+    #[error("-o {output}: that is {input}, one of the reports being read; choose another file")]
+    OutputIsInput { output: PathBuf, input: PathBuf },
 }
 
 /// What is wrong with one snapshot file (the file is named by the caller).
@@ -102,6 +105,13 @@ pub enum FileProblem {
     Schema { found: String },
     #[error("{field} {value:?} is not an RFC 3339 time")]
     Time { field: String, value: String },
+    #[error("{what}ends ({end}) before it starts ({start})")]
+    EndsBeforeStart {
+        /// Empty for the report, `merged_from[N] ` for one of its parts.
+        what: String,
+        start: String,
+        end: String,
+    },
 }
 
 /// `classifier report`: prints the merged report (or the chain check).
@@ -125,6 +135,9 @@ pub fn report(args: &ReportArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let range = TimeRange::parse(args.from.as_deref(), args.to.as_deref())?;
+    if let Some(output) = &args.output {
+        refuse_output_over_input(output, &args.paths)?;
+    }
     let mut merged = merge_paths(&args.paths, &range)?;
     if !args.by_sensor {
         merged.by_sensor.clear();
@@ -152,6 +165,25 @@ pub fn report(args: &ReportArgs) -> Result<(), Box<dyn std::error::Error>> {
     match &args.output {
         Some(path) => write_output(path, &text)?,
         None => write_stdout(&text)?,
+    }
+    Ok(())
+}
+
+/// Refuses an `-o` file that is one of the reports `paths` names or holds:
+/// writing it would replace a snapshot (evidence, chained by SHA-256) with
+/// the merged report.
+fn refuse_output_over_input(output: &Path, paths: &[PathBuf]) -> Result<(), HistoryError> {
+    let Ok(target) = std::fs::canonicalize(output) else {
+        // Not there yet, so not an input.
+        return Ok(());
+    };
+    for file in collect_files(paths)? {
+        if std::fs::canonicalize(&file.path).is_ok_and(|input| input == target) {
+            return Err(HistoryError::OutputIsInput {
+                output: output.to_path_buf(),
+                input: file.path,
+            });
+        }
     }
     Ok(())
 }
@@ -323,6 +355,18 @@ struct Snapshot {
     report: Report,
     start: OffsetDateTime,
     end: OffsetDateTime,
+    /// What it holds: itself, or for a merged report the snapshots it
+    /// sums (one part over its whole span for a merged report written
+    /// before they were listed).
+    parts: Vec<Part>,
+}
+
+/// An interval a report holds, for each sensor and interface.
+#[derive(Debug)]
+struct Part {
+    pairs: Vec<(String, String)>,
+    start: OffsetDateTime,
+    end: OffsetDateTime,
 }
 
 impl Snapshot {
@@ -376,8 +420,21 @@ fn collect_files(paths: &[PathBuf]) -> Result<Vec<FoundFile>, HistoryError> {
             in_folder: true,
         }));
     }
-    let mut seen = HashSet::new();
-    files.retain(|file| seen.insert(file.path.clone()));
+    // A file met twice (named, and in a named folder; or by two spellings
+    // of its path) is read once, as named if it was named.
+    let mut first_index: HashMap<PathBuf, usize> = HashMap::new();
+    let mut unique: Vec<FoundFile> = Vec::new();
+    for file in files {
+        let identity = std::fs::canonicalize(&file.path).unwrap_or_else(|_| file.path.clone());
+        match first_index.get(&identity) {
+            Some(&index) => unique[index].in_folder &= file.in_folder,
+            None => {
+                first_index.insert(identity, unique.len());
+                unique.push(file);
+            }
+        }
+    }
+    let files = unique;
     if files.is_empty() {
         return Err(HistoryError::NoSnapshots {
             paths: join_paths(paths),
@@ -415,11 +472,37 @@ fn load_snapshot(path: &Path) -> Result<Snapshot, FileProblem> {
             value: value.to_string(),
         })
     };
-    let start = time_of("start", &report.start)?;
-    let end = time_of("end", &report.end)?;
+    let interval = |what: String, start: &str, end: &str| {
+        let (start_time, end_time) = (time_of("start", start)?, time_of("end", end)?);
+        if end_time < start_time {
+            return Err(FileProblem::EndsBeforeStart {
+                what,
+                start: start.to_string(),
+                end: end.to_string(),
+            });
+        }
+        Ok((start_time, end_time))
+    };
+    let (start, end) = interval(String::new(), &report.start, &report.end)?;
     for (index, flow) in report.flows.iter().enumerate() {
         time_of(&format!("flows[{index}].first_seen"), &flow.first_seen)?;
         time_of(&format!("flows[{index}].last_seen"), &flow.last_seen)?;
+    }
+    let mut parts = Vec::new();
+    for (index, part) in report.merged_from.iter().enumerate() {
+        let (start, end) = interval(format!("merged_from[{index}] "), &part.start, &part.end)?;
+        parts.push(Part {
+            pairs: sensor_interface_pairs(&part.sensor, &part.interfaces),
+            start,
+            end,
+        });
+    }
+    if parts.is_empty() {
+        parts.push(Part {
+            pairs: sensor_interface_pairs(&report.sensor, &report.interfaces),
+            start,
+            end,
+        });
     }
     Ok(Snapshot {
         path: path.to_path_buf(),
@@ -428,6 +511,7 @@ fn load_snapshot(path: &Path) -> Result<Snapshot, FileProblem> {
         report,
         start,
         end,
+        parts,
     })
 }
 
@@ -646,25 +730,38 @@ fn check_pseudonym_keys(snapshots: &[Snapshot]) -> Result<(), HistoryError> {
     }
 }
 
-/// Of files whose times overlap and that share a sensor and interface,
-/// keeps the one that starts first (ties: the longer, then by file name).
-/// A merged report names several sensors (`s1,s2`) and interfaces, so one
-/// saved among its snapshots overlaps each of them. Touching bounds (one
-/// ends when the next starts) are not an overlap. Returns the kept ones
-/// ordered by start.
+/// Among files that share a sensor and interface and overlap in time,
+/// keeps the one that starts first (ties: the longer, then a merged report
+/// before a snapshot, as it may hold more, then by file name). A merged
+/// report overlaps only the snapshots it lists (`merged_from`): read beside
+/// its own snapshots it overlaps each of them, and beside the snapshots of
+/// a gap in it, none. Touching bounds (one ends when the next starts) are
+/// not an overlap. Returns the kept ones ordered by start.
 fn drop_overlapping(mut snapshots: Vec<Snapshot>, counts: &mut SelectionCounts) -> Vec<Snapshot> {
-    snapshots
-        .sort_by_cached_key(|s| (s.start, Reverse(s.end), name_order(&s.name), s.path.clone()));
-    // Per sensor and interface: the latest end kept so far and its file.
-    let mut latest: HashMap<(String, String), (OffsetDateTime, PathBuf)> = HashMap::new();
+    snapshots.sort_by_cached_key(|s| {
+        (
+            s.start,
+            Reverse(s.end),
+            s.report.snapshot.is_some(),
+            name_order(&s.name),
+            s.path.clone(),
+        )
+    });
+    // Per sensor and interface: the intervals kept (disjoint), by start,
+    // with their end and file.
+    let mut kept_intervals: HashMap<
+        (String, String),
+        BTreeMap<OffsetDateTime, (OffsetDateTime, PathBuf)>,
+    > = HashMap::new();
     let mut kept = Vec::new();
     for snapshot in snapshots {
-        let pairs = sensor_interface_pairs(&snapshot.report);
-        let overlapped = pairs.iter().find_map(|pair| {
-            latest
-                .get(pair)
-                .filter(|(end, _)| snapshot.start < *end)
-                .map(|(_, file)| (pair, file))
+        let overlapped = snapshot.parts.iter().find_map(|part| {
+            part.pairs.iter().find_map(|pair| {
+                // Kept intervals are disjoint: the last one starting before
+                // this part ends is the only one that can reach into it.
+                let (_, (end, file)) = kept_intervals.get(pair)?.range(..part.end).next_back()?;
+                (*end > part.start).then_some((pair, file))
+            })
         });
         if let Some(((sensor, interface), kept_file)) = overlapped {
             log::warn!(
@@ -675,27 +772,29 @@ fn drop_overlapping(mut snapshots: Vec<Snapshot>, counts: &mut SelectionCounts) 
             counts.overlapping += 1;
             continue;
         }
-        for pair in pairs {
-            let later_end = latest.get(&pair).is_none_or(|(end, _)| snapshot.end > *end);
-            if later_end {
-                latest.insert(pair, (snapshot.end, snapshot.path.clone()));
+        for part in &snapshot.parts {
+            for pair in &part.pairs {
+                kept_intervals
+                    .entry(pair.clone())
+                    .or_default()
+                    .insert(part.start, (part.end, snapshot.path.clone()));
             }
         }
         kept.push(snapshot);
     }
+    kept.sort_by_key(|s| s.start);
     kept
 }
 
-/// Each sensor the report names (a merged one names several, joined by
-/// ',') with each of its interfaces.
-fn sensor_interface_pairs(report: &Report) -> Vec<(String, String)> {
-    let interfaces: &[String] = if report.interfaces.is_empty() {
+/// Each sensor named (a merged report names several, joined by ',') with
+/// each of `interfaces`.
+fn sensor_interface_pairs(sensors: &str, interfaces: &[String]) -> Vec<(String, String)> {
+    let interfaces: &[String] = if interfaces.is_empty() {
         &[String::new()]
     } else {
-        &report.interfaces
+        interfaces
     };
-    report
-        .sensor
+    sensors
         .split(',')
         .flat_map(|sensor| {
             interfaces
@@ -723,10 +822,21 @@ fn merge(snapshots: &[&Snapshot]) -> Report {
     let mut feeds: Vec<FeedOrigin> = Vec::new();
     let mut services: BTreeMap<String, ServiceRow> = BTreeMap::new();
     let mut flows: BTreeMap<FlowId, FlowRow> = BTreeMap::new();
+    let mut merged_from: Vec<MergedPart> = Vec::new();
 
     for snapshot in snapshots {
         let report = &snapshot.report;
-        sensors.insert(report.sensor.clone());
+        sensors.extend(report.sensor.split(',').map(str::to_string));
+        if report.merged_from.is_empty() {
+            merged_from.push(MergedPart {
+                sensor: report.sensor.clone(),
+                interfaces: report.interfaces.clone(),
+                start: report.start.clone(),
+                end: report.end.clone(),
+            });
+        } else {
+            merged_from.extend(report.merged_from.iter().cloned());
+        }
         interfaces.extend(report.interfaces.iter().cloned());
         add_totals(&mut totals, &report.totals);
         for (reason, count) in &report.malformed {
@@ -788,6 +898,7 @@ fn merge(snapshots: &[&Snapshot]) -> Report {
         top_endpoints: top_rows(&flows, |flow| flow.endpoint),
         flows,
         snapshot: None,
+        merged_from,
         learning: None,
     }
 }
@@ -1238,6 +1349,7 @@ mod tests {
                 },
                 pseudonym_key_id: None,
             }),
+            merged_from: Vec::new(),
             learning: None,
         }
     }
@@ -1671,8 +1783,8 @@ mod tests {
         assert_eq!(again.by_sensor.len(), 2);
 
         // It carries its snapshots' key. Named on the command line beside
-        // them, it overlaps each of them (it names both sensors and all
-        // interfaces): counted once.
+        // them, it overlaps each of them (it lists them in `merged_from`):
+        // counted once, the merged report kept (it may hold more).
         assert_eq!(
             first.report.pseudonym_key_id.as_deref(),
             Some("0123456789abcdef")
@@ -1683,8 +1795,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(service(&both.report, TOR).packets, 3 + 5 + 7);
-        assert_eq!(both.counts.used, 3);
-        assert_eq!(both.counts.overlapping, 1);
+        assert_eq!(both.counts.used, 1);
+        assert_eq!(both.counts.overlapping, 3);
         // Beside snapshots of real addresses, its pseudonyms are refused.
         let mut raw = hour("s3", "eth1", 1);
         if let Some(info) = raw.snapshot.as_mut() {
@@ -1725,9 +1837,10 @@ mod tests {
             &TimeRange::default(),
         )
         .unwrap();
-        assert_eq!(merged.counts.used, 2);
-        assert_eq!(merged.counts.overlapping, 1);
-        assert_eq!(service(&merged.report, TOR).packets, 6);
+        // The merged report, which may hold more, is kept.
+        assert_eq!(merged.counts.used, 1);
+        assert_eq!(merged.counts.overlapping, 2);
+        assert_eq!(service(&merged.report, TOR).packets, 3 + 5 + 7);
 
         // A folder of merged reports only (daily roll-ups) says so.
         let rollups = TempFolder::new("rollups");
@@ -1976,6 +2089,144 @@ mod tests {
             "tor,2,0.6666666666666666,2,18,1800,18,0,1800,0,\
              2026-11-24T20:05:00Z,2026-11-24T21:06:00Z"
         );
+    }
+
+    #[test]
+    fn a_merged_report_named_after_its_folder_is_still_read() {
+        // Sensor s1's folder, and beside its snapshot a merged report of
+        // s1 and s2 (`report s1 s2 -o s1/classifier-day.json`).
+        let folder = TempFolder::new("named-after-folder");
+        let hour = three_hours().remove(0);
+        write_report(&folder.file(&name_for(&hour.start)), &hour);
+        let mut other = hour.clone();
+        other.sensor = "s2".to_string();
+        let other_folder = TempFolder::new("named-after-folder-s2");
+        write_report(&other_folder.file(&name_for(&other.start)), &other);
+        let both = merge_paths(
+            &[folder.0.clone(), other_folder.0.clone()],
+            &TimeRange::default(),
+        )
+        .unwrap();
+        let day = folder.file("classifier-day.json");
+        write_report(&day, &both.report);
+        // Named on the command line it is read, whatever the order.
+        for paths in [
+            [day.clone(), folder.0.clone()],
+            [folder.0.clone(), day.clone()],
+        ] {
+            let merged = merge_paths(&paths, &TimeRange::default()).unwrap();
+            assert_eq!(merged.report.sensor, "s1,s2", "{paths:?}");
+            assert_eq!(merged.report.totals, both.report.totals, "{paths:?}");
+        }
+    }
+
+    #[test]
+    fn a_merged_report_with_a_gap_overlaps_only_the_snapshots_it_holds() {
+        // Hours one and three merged; beside the folder of all three, hour
+        // two is not in it and still counts.
+        let folder = TempFolder::new("merged-gap");
+        let paths = write_chain(&folder, three_hours());
+        let all = merge_folder(&folder, &TimeRange::default());
+        let ends = merge_paths(&[paths[0].clone(), paths[2].clone()], &TimeRange::default())
+            .unwrap()
+            .report;
+        assert_eq!(ends.merged_from.len(), 2);
+        let saved = TempFolder::new("merged-gap-saved");
+        let ends_path = saved.file("ends.json");
+        write_report(&ends_path, &ends);
+        for paths in [
+            [ends_path.clone(), folder.0.clone()],
+            [folder.0.clone(), ends_path.clone()],
+        ] {
+            let merged = merge_paths(&paths, &TimeRange::default()).unwrap();
+            assert_eq!(merged.report.totals, all.report.totals, "{paths:?}");
+            assert_eq!(merged.counts.used, 2, "{paths:?}");
+            assert_eq!(merged.counts.overlapping, 2, "{paths:?}");
+        }
+        // Merged again, it lists the snapshots, not the merged report.
+        let again = merge_paths(
+            &[ends_path.clone(), paths[1].clone()],
+            &TimeRange::default(),
+        )
+        .unwrap()
+        .report;
+        let starts: Vec<&str> = again
+            .merged_from
+            .iter()
+            .map(|part| part.start.as_str())
+            .collect();
+        assert_eq!(
+            starts,
+            [
+                "2026-11-24T19:00:00Z",
+                "2026-11-24T21:00:00Z",
+                "2026-11-24T20:00:00Z"
+            ]
+        );
+        assert_eq!(again.sensor, "s1");
+    }
+
+    #[test]
+    fn a_snapshot_that_ends_before_it_starts_is_refused() {
+        let folder = TempFolder::new("reversed");
+        let mut hour = three_hours().remove(0);
+        hour.end = "2026-11-24T18:59:59Z".to_string();
+        let path = folder.file(&name_for(&hour.start));
+        write_report(&path, &hour);
+        let error = merge_paths(std::slice::from_ref(&folder.0), &TimeRange::default())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            error,
+            format!(
+                "{}: ends (2026-11-24T18:59:59Z) before it starts (2026-11-24T19:00:00Z)",
+                path.display()
+            )
+        );
+    }
+
+    #[test]
+    fn the_output_may_not_be_a_report_being_read() {
+        let folder = TempFolder::new("output-is-input");
+        let paths = write_chain(&folder, three_hours());
+        let before = std::fs::read(&paths[1]).unwrap();
+        let args = |inputs: Vec<PathBuf>, output: PathBuf| ReportArgs {
+            paths: inputs,
+            from: None,
+            to: None,
+            format: HistoryFormat::Json,
+            by_sensor: false,
+            output: Some(output),
+            verify: false,
+        };
+        // Named as a file, found in a folder, or reached through another
+        // spelling of its path or a symbolic link.
+        let link = folder.0.join("link.json");
+        std::os::unix::fs::symlink(&paths[1], &link).unwrap();
+        let dotted = folder.0.join(".").join(paths[1].file_name().unwrap());
+        for (inputs, output) in [
+            (vec![paths[1].clone()], paths[1].clone()),
+            (vec![folder.0.clone()], paths[1].clone()),
+            (vec![folder.0.clone()], dotted),
+            (vec![paths[1].clone()], link),
+        ] {
+            let error = report(&args(inputs, output.clone()))
+                .unwrap_err()
+                .to_string();
+            assert_eq!(
+                error,
+                format!(
+                    "-o {}: that is {}, one of the reports being read; choose another file",
+                    output.display(),
+                    paths[1].display()
+                )
+            );
+            assert_eq!(std::fs::read(&paths[1]).unwrap(), before);
+        }
+        // A new file in the folder is fine.
+        let day = folder.file("classifier-day.json");
+        report(&args(vec![folder.0.clone()], day.clone())).unwrap();
+        assert!(day.exists());
     }
 
     #[test]

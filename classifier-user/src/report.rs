@@ -53,10 +53,24 @@ pub struct Report {
     /// Present in snapshot files: the interval, provenance and coverage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<SnapshotInfo>,
+    /// In a merged report (`classifier report`): the intervals of the
+    /// snapshots it sums, so that read beside snapshots it overlaps only
+    /// those it holds, not every one between its start and end.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub merged_from: Vec<MergedPart>,
     /// What learning did and the endpoints it holds, with provenance;
     /// absent when learning is off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub learning: Option<Learning>,
+}
+
+/// One snapshot a merged report sums: whose, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MergedPart {
+    pub sensor: String,
+    pub interfaces: Vec<String>,
+    pub start: String,
+    pub end: String,
 }
 
 /// Learning's state when the report was made.
@@ -494,6 +508,7 @@ impl Report {
             flows: flow_rows,
             pseudonym_key_id: None,
             snapshot: None,
+            merged_from: Vec::new(),
             learning: None,
         }
     }
