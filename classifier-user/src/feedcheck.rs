@@ -431,7 +431,6 @@ pub struct TableSize {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum WarningKind {
-    EmptyWatched,
     NoEndpoints,
     EmptyService,
     ShrunkService,
@@ -443,7 +442,6 @@ pub enum WarningKind {
 impl WarningKind {
     fn name(self) -> &'static str {
         match self {
-            Self::EmptyWatched => "empty-watched",
             Self::NoEndpoints => "no-endpoints",
             Self::EmptyService => "empty-service",
             Self::ShrunkService => "shrunk-service",
@@ -555,15 +553,6 @@ impl FeedCheck {
     fn health_warnings(&self, inputs: &CheckInputs, rules: &Rules) -> Vec<Warning> {
         let mut warnings = Vec::new();
         let mut warn = |kind, message: String| warnings.push(Warning { kind, message });
-        if inputs.watched.is_empty() {
-            warn(
-                WarningKind::EmptyWatched,
-                format!(
-                    "the watched set is empty ({}): nothing would be counted",
-                    inputs.watched_from.join(", ")
-                ),
-            );
-        }
         if self.totals.ipv4 + self.totals.ipv6 == 0 {
             warn(
                 WarningKind::NoEndpoints,

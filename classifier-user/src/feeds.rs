@@ -268,7 +268,7 @@ pub struct WatchedSet {
 
 impl WatchedSet {
     /// From `--watch` values and `--watch-file` paths; the default range when
-    /// both are empty.
+    /// both are empty. A watch file without a prefix is refused.
     pub fn from_arguments(values: &[String], files: &[PathBuf]) -> Result<Self, FeedError> {
         let mut prefixes = Vec::new();
         for value in values {
@@ -279,10 +279,17 @@ impl WatchedSet {
             prefixes.push(net);
         }
         for path in files {
-            prefixes.extend(parse_prefix_list(
-                &path.display().to_string(),
-                &read_file(path)?,
-            )?);
+            let origin = path.display().to_string();
+            let listed = parse_prefix_list(&origin, &read_file(path)?)?;
+            if listed.is_empty() {
+                // Emptied or cut short: watching nothing would count nothing.
+                return Err(FeedError::File {
+                    origin,
+                    problem: "no prefixes (only blank lines or comments): nothing would be watched"
+                        .into(),
+                });
+            }
+            prefixes.extend(listed);
         }
         if values.is_empty() && files.is_empty() {
             prefixes.push(parse_prefix(DEFAULT_WATCHED).expect("the default range is valid"));

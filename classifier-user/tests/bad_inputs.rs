@@ -151,6 +151,7 @@ fn cases(f: &Fixtures) -> Vec<Case> {
         b"# firewall style\n175.45.176.0 255.0.255.0\n",
     );
     let length_after_address = f.file("length.txt", b"175.45.176.0 22\n");
+    let no_prefixes = f.file("emptied.txt", b"# watched ranges\n\n");
     // Classic Mac line breaks (bare CR), as some spreadsheet exports write.
     let mac_lines = f.file(
         "mac.txt",
@@ -436,6 +437,15 @@ fn cases(f: &Fixtures) -> Vec<Case> {
         ),
         run_case(
             f,
+            &["--watch-file", &no_prefixes],
+            1,
+            &format!(
+                "classifier: {no_prefixes}: no prefixes (only blank lines or comments): nothing would be watched"
+            ),
+            &no_prefixes,
+        ),
+        run_case(
+            f,
             &["--watch-file", &mac_lines],
             1,
             &format!(
@@ -533,6 +543,12 @@ fn cases(f: &Fixtures) -> Vec<Case> {
             1,
             &format!("classifier: {folder}: cannot read: "),
             &folder,
+        ),
+        case(
+            &["pcap", &text, "--watch-file", &no_prefixes],
+            1,
+            &format!("classifier: {no_prefixes}: no prefixes"),
+            &no_prefixes,
         ),
         case(
             &["pcap", &text, "--endpoints", &host_bits],
