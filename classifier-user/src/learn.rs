@@ -54,6 +54,9 @@ pub enum LearnError {
     File { file: String, problem: String },
     #[error("{0}")]
     Map(String),
+    /// A feed parser's error, which names its file itself.
+    #[error(transparent)]
+    Feed(#[from] crate::feeds::FeedError),
 }
 
 /// Each file's name and text.
@@ -257,13 +260,7 @@ impl SharedHosting {
     pub fn from_sources(sources: &[(String, String)]) -> Result<Self, LearnError> {
         let mut ranges = Vec::new();
         for (name, text) in sources {
-            let parsed = crate::feedcheck::parse_shared_hosting(name, text).map_err(|error| {
-                LearnError::File {
-                    file: name.clone(),
-                    problem: error.to_string(),
-                }
-            })?;
-            ranges.extend(parsed);
+            ranges.extend(crate::feedcheck::parse_shared_hosting(name, text)?);
         }
         Ok(Self { ranges })
     }

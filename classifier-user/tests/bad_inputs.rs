@@ -151,6 +151,7 @@ fn cases(f: &Fixtures) -> Vec<Case> {
         b"# firewall style\n175.45.176.0 255.0.255.0\n",
     );
     let length_after_address = f.file("length.txt", b"175.45.176.0 22\n");
+    let bad_exclude = f.file("exclude.csv", b"cidr,name\n104.16.0.1/12,cloudflare\n");
     let no_prefixes = f.file("emptied.txt", b"# watched ranges\n\n");
     // Classic Mac line breaks (bare CR), as some spreadsheet exports write.
     let mac_lines = f.file(
@@ -434,6 +435,15 @@ fn cases(f: &Fixtures) -> Vec<Case> {
                 "classifier: {length_after_address}: line 1: \"22\" after 175.45.176.0 is neither a dotted netmask nor a label"
             ),
             &length_after_address,
+        ),
+        run_case(
+            f,
+            &["--learn-exclude", &bad_exclude],
+            1,
+            &format!(
+                "classifier: {bad_exclude}: line 2: host bits set in 104.16.0.1/12 (did you mean 104.16.0.0/12?)"
+            ),
+            &bad_exclude,
         ),
         run_case(
             f,
