@@ -112,6 +112,8 @@ pub enum ReplayError {
     },
     #[error("{0}: no frames")]
     Empty(String),
+    #[error("{second}: the same file as {first}: its frames would be counted twice")]
+    SameFileTwice { first: String, second: String },
     #[error(
         "{file}: frame {frame}: its time {time} is {days:.1} days after the frame before; --snapshot-dir would write {idle} idle snapshots (a corrupt timestamp? split the capture there)"
     )]
@@ -301,7 +303,18 @@ pub fn pcap(args: &PcapArgs) -> Result<(), Box<dyn std::error::Error>> {
     };
     // Open every file first: a bad one is refused before anything runs.
     let mut readers = Vec::new();
+    let mut opened: std::collections::HashMap<std::path::PathBuf, &Path> =
+        std::collections::HashMap::new();
     for path in &args.files {
+        if let Ok(identity) = std::fs::canonicalize(path)
+            && let Some(first) = opened.insert(identity, path)
+        {
+            return Err(ReplayError::SameFileTwice {
+                first: first.display().to_string(),
+                second: path.display().to_string(),
+            }
+            .into());
+        }
         readers.push(CaptureReader::open(path)?);
     }
     let capacities = Capacities {

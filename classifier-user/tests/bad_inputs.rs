@@ -152,6 +152,12 @@ fn cases(f: &Fixtures) -> Vec<Case> {
     );
     let length_after_address = f.file("length.txt", b"175.45.176.0 22\n");
     let bad_exclude = f.file("exclude.csv", b"cidr,name\n104.16.0.1/12,cloudflare\n");
+    // A classic pcap header and no frames; the same file by a second path.
+    let good_pcap = f.file(
+        "one.pcap",
+        b"\xd4\xc3\xb2\xa1\x02\x00\x04\x00\0\0\0\0\0\0\0\0\xff\xff\0\0\x01\0\0\0",
+    );
+    let good_pcap_again = f.path("./one.pcap");
     let no_prefixes = f.file("emptied.txt", b"# watched ranges\n\n");
     // Classic Mac line breaks (bare CR), as some spreadsheet exports write.
     let mac_lines = f.file(
@@ -553,6 +559,14 @@ fn cases(f: &Fixtures) -> Vec<Case> {
             1,
             &format!("classifier: {folder}: cannot read: "),
             &folder,
+        ),
+        case(
+            &["pcap", &good_pcap, &good_pcap_again],
+            1,
+            &format!(
+                "classifier: {good_pcap_again}: the same file as {good_pcap}: its frames would be counted twice"
+            ),
+            &good_pcap_again,
         ),
         case(
             &["pcap", &text, "--watch-file", &no_prefixes],
