@@ -212,6 +212,36 @@ fn allocate(
     services: &[String],
     conversations: usize,
 ) -> Result<(Vec<(String, usize)>, usize), GenerateError> {
+    let (mut allocation, psiphon, rest) = study_allocation(services, conversations);
+    let others: Vec<&String> = services
+        .iter()
+        .filter(|s| !STUDY_SHARES.iter().any(|(name, _)| name == s))
+        .collect();
+    if rest < others.len() {
+        // The study's shares grow with the total too: the least total
+        // whose rest gives each other service one.
+        let needed = (conversations + 1..)
+            .find(|&total| study_allocation(services, total).2 >= others.len())
+            .unwrap_or(usize::MAX);
+        return Err(GenerateError::TooFew {
+            conversations,
+            services: others.len(),
+            needed,
+        });
+    }
+    for (index, name) in others.iter().enumerate() {
+        let count = rest / others.len() + usize::from(index < rest % others.len());
+        allocation.push(((*name).clone(), count));
+    }
+    Ok((allocation, psiphon))
+}
+
+/// The study's services' conversations (those the feed has), Psiphon's,
+/// and what is left for the other services.
+fn study_allocation(
+    services: &[String],
+    conversations: usize,
+) -> (Vec<(String, usize)>, usize, usize) {
     let mut allocation = Vec::new();
     let mut given = 0;
     for (name, share) in STUDY_SHARES {
@@ -223,24 +253,7 @@ fn allocate(
     }
     let psiphon = (conversations as f64 * PSIPHON_SHARE).round() as usize;
     given += psiphon;
-    let others: Vec<&String> = services
-        .iter()
-        .filter(|s| !STUDY_SHARES.iter().any(|(name, _)| name == s))
-        .collect();
-    let rest = conversations.saturating_sub(given);
-    if rest < others.len() {
-        let needed = ((given + others.len()) as f64 / (1.0 - PSIPHON_SHARE)).ceil() as usize;
-        return Err(GenerateError::TooFew {
-            conversations,
-            services: others.len(),
-            needed: needed.max(conversations + others.len() - rest),
-        });
-    }
-    for (index, name) in others.iter().enumerate() {
-        let count = rest / others.len() + usize::from(index < rest % others.len());
-        allocation.push(((*name).clone(), count));
-    }
-    Ok((allocation, psiphon))
+    (allocation, psiphon, conversations.saturating_sub(given))
 }
 
 fn udp_or_tcp_frame(
@@ -738,8 +751,22 @@ mod tests {
             conversations: 20,
             ..MixOptions::default()
         };
-        let error = mix(&feed, &watched, &options).unwrap_err().to_string();
-        assert!(error.contains("use at least"), "{error}");
+        let error = mix(&feed, &watched, &options).unwrap_err();
+        let GenerateError::TooFew { needed, .. } = error else {
+            panic!("{error}")
+        };
+        // The minimum named is the minimum: it is enough, one fewer is not.
+        for (conversations, enough) in [(needed, true), (needed - 1, false)] {
+            let options = MixOptions {
+                conversations,
+                ..MixOptions::default()
+            };
+            assert_eq!(
+                mix(&feed, &watched, &options).is_ok(),
+                enough,
+                "{conversations} conversations"
+            );
+        }
     }
 
     #[test]
