@@ -166,8 +166,9 @@ pub struct RunArgs {
     #[command(flatten)]
     pub capture: CaptureArgs,
 
-    /// How often the per-CPU maps are drained (e.g. 500ms, 1s, 1m).
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    /// How often the per-CPU maps are drained (e.g. 500ms, 1s, 1m; at
+    /// least 10ms).
+    #[arg(long, default_value = "1s", value_parser = parse_drain_interval)]
     pub interval: Duration,
 
     /// Report printed on exit.
@@ -258,8 +259,8 @@ pub struct RunArgs {
     #[arg(long = "ipfix", value_name = "TARGET")]
     pub ipfix: Vec<crate::ipfix::Target>,
 
-    /// How often flows are exported over IPFIX.
-    #[arg(long, value_name = "D", default_value = "60s", value_parser = parse_duration)]
+    /// How often flows are exported over IPFIX (at least 100ms).
+    #[arg(long, value_name = "D", default_value = "60s", value_parser = parse_export_interval)]
     pub ipfix_interval: Duration,
 
     /// IPFIX observation domain id. Default: derived from the sensor's
@@ -481,8 +482,9 @@ pub fn parse_seconds(text: &str) -> Result<Duration, String> {
     let seconds: f64 = text
         .parse()
         .map_err(|_| format!("{text:?} is not a number of seconds"))?;
-    if !(seconds > 0.0 && seconds <= 86_400.0) {
-        return Err("must be more than 0 and at most 86400 seconds".into());
+    // Shorter refreshes only redraw (and ask the daemon) in a busy loop.
+    if !(0.1..=86_400.0).contains(&seconds) {
+        return Err("must be at least 0.1 and at most 86400 seconds".into());
     }
     Ok(Duration::from_secs_f64(seconds))
 }
@@ -639,6 +641,31 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         humantime::parse_duration(text).map_err(|error| format!("{error} (try 1s, 500ms, 5m)"))?;
     if duration.is_zero() {
         return Err("must be longer than zero".into());
+    }
+    Ok(duration)
+}
+
+/// `--interval`: at least 10ms; a shorter one keeps a CPU busy draining.
+fn parse_drain_interval(text: &str) -> Result<Duration, String> {
+    at_least(parse_duration(text)?, Duration::from_millis(10), "draining")
+}
+
+/// `--ipfix-interval`: at least 100ms; a shorter one keeps a CPU busy
+/// exporting.
+fn parse_export_interval(text: &str) -> Result<Duration, String> {
+    at_least(
+        parse_duration(text)?,
+        Duration::from_millis(100),
+        "exporting",
+    )
+}
+
+fn at_least(duration: Duration, least: Duration, doing: &str) -> Result<Duration, String> {
+    if duration < least {
+        return Err(format!(
+            "must be at least {} (a shorter one keeps a CPU busy {doing})",
+            humantime::format_duration(least)
+        ));
     }
     Ok(duration)
 }

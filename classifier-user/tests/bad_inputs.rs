@@ -356,6 +356,26 @@ fn cases(f: &Fixtures) -> Vec<Case> {
         ),
         run_case(
             f,
+            &["--interval", "1ns"],
+            2,
+            "error: invalid value '1ns' for '--interval <INTERVAL>': must be at least 10ms (a shorter one keeps a CPU busy draining)",
+            "--interval",
+        ),
+        run_case(
+            f,
+            &["--ipfix-interval", "1ms"],
+            2,
+            "error: invalid value '1ms' for '--ipfix-interval <D>': must be at least 100ms (a shorter one keeps a CPU busy exporting)",
+            "--ipfix-interval",
+        ),
+        case(
+            &["stats", "--watch", "0.000001"],
+            2,
+            "error: invalid value '0.000001' for '--watch <SECS>': must be at least 0.1 and at most 86400 seconds",
+            "--watch",
+        ),
+        run_case(
+            f,
             &["--snapshot-interval", "1.5s"],
             2,
             "error: invalid value '1.5s' for '--snapshot-interval <D>': must be whole seconds",
