@@ -44,6 +44,15 @@ static EBPF_OBJECT: &[u8] =
 
 /// Default flow-table capacity (keys; each holds one value per CPU).
 pub const DEFAULT_FLOW_CAPACITY: u32 = 65_536;
+/// Kernel memory of a flow table (an LRU per-CPU hash) of `flows`
+/// entries, about: per entry its key and the hash element's header (88
+/// bytes) and one value per possible CPU.
+pub fn flow_table_bytes(flows: u32) -> u64 {
+    const KEY_AND_ELEMENT: u64 = 88;
+    let cpus = aya::util::nr_cpus().map_or(1, |cpus| cpus.max(1)) as u64;
+    u64::from(flows) * (KEY_AND_ELEMENT + size_of::<classifier_common::FlowValue>() as u64 * cpus)
+}
+
 /// Default flow-cache slots per CPU (96 bytes each).
 pub const DEFAULT_FLOW_CACHE_SLOTS: u32 = 16_384;
 /// The protocol services every service table starts with (ids 1 to 6).
@@ -57,6 +66,15 @@ pub enum LoadError {
     NoObject,
     #[error("cannot load the XDP object: {0}")]
     Object(#[source] aya::EbpfError),
+    #[error(
+        "--flow-capacity {flows}: the kernel cannot make a flow table that large \
+         (about {mib} MiB of kernel memory on this machine): {source}"
+    )]
+    FlowTable {
+        flows: u32,
+        mib: u64,
+        source: std::io::Error,
+    },
     #[error("the XDP object has no map {0} (object and loader disagree)")]
     MissingMap(&'static str),
     #[error("the XDP object has no program {PROGRAM_NAME}")]
@@ -529,7 +547,18 @@ impl Sensor {
             .map_max_entries(MAP_WATCHED_V6, watched.v6.len().max(256) as u32)
             .map_max_entries(MAP_FLOWS, capacities.flows.max(1))
             .load(object.bytes())
-            .map_err(LoadError::Object)?;
+            .map_err(|error| match error {
+                aya::EbpfError::MapError(aya::maps::MapError::CreateError { name, io_error })
+                    if name == MAP_FLOWS =>
+                {
+                    LoadError::FlowTable {
+                        flows: capacities.flows,
+                        mib: flow_table_bytes(capacities.flows) / (1 << 20),
+                        source: io_error,
+                    }
+                }
+                other => LoadError::Object(other),
+            })?;
 
         for name in classifier_common::ALL_MAPS {
             if ebpf.map(name).is_none() {

@@ -415,6 +415,17 @@ fn bad_captures_are_refused_with_file_and_frame() {
         "{error}"
     );
 
+    // A flow table larger than the kernel makes: the flag is named.
+    let output = classifier(&["pcap", text(&psiphon), "--flow-capacity", "4294967295"]);
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{error}");
+    assert!(
+        error.contains(
+            "--flow-capacity 4294967295: the kernel cannot make a flow table that large (about "
+        ) && error.contains(" MiB of kernel memory on this machine): "),
+        "{error}"
+    );
+
     // Not a capture.
     let text_file = dir.join("notes.txt");
     std::fs::write(&text_file, "hello").expect("write");
