@@ -537,6 +537,9 @@ pub struct SelectionCounts {
     pub restarts: u64,
     /// Seconds without a counting program, summed over the snapshots used.
     pub gap_seconds: f64,
+    /// Seconds between the first start and the last end that no snapshot
+    /// used covers (a snapshot missing, or no daemon writing one).
+    pub uncovered_seconds: f64,
 }
 
 impl SelectionCounts {
@@ -544,14 +547,15 @@ impl SelectionCounts {
     pub fn coverage_line(&self) -> String {
         format!(
             "snapshots: {} used; skipped {} identical, {} overlapping, {} outside the range, \
-             {} partly inside; restarts {}, gaps {:.1} s",
+             {} partly inside; restarts {}, gaps {:.1} s, not covered by any snapshot {:.1} s",
             self.used,
             self.duplicates,
             self.overlapping,
             self.outside,
             self.partial,
             self.restarts,
-            self.gap_seconds
+            self.gap_seconds,
+            self.uncovered_seconds
         )
     }
 }
@@ -654,19 +658,22 @@ fn select(
     let found = snapshots.len();
     let mut counts = SelectionCounts::default();
     let mut in_range = Vec::new();
+    let mut partial_files = Vec::new();
     for snapshot in snapshots {
         if range.contains(snapshot.start, snapshot.end) {
             in_range.push(snapshot);
         } else if range.overlaps(snapshot.start, snapshot.end) {
             counts.partial += 1;
+            partial_files.push(snapshot.path.display().to_string());
         } else {
             counts.outside += 1;
         }
     }
     if counts.partial > 0 {
         log::warn!(
-            "skipped {} snapshot(s) only partly within --from/--to: a snapshot cannot be split",
-            counts.partial
+            "skipped {} snapshot(s) only partly within --from/--to (a snapshot cannot be split): {}",
+            counts.partial,
+            partial_files.join(", ")
         );
     }
     if in_range.is_empty() {
@@ -682,11 +689,33 @@ fn select(
     let used = drop_overlapping(unique, &mut counts);
 
     counts.used = used.len();
+    counts.uncovered_seconds = uncovered_seconds(&used);
     for info in used.iter().filter_map(|s| s.report.snapshot.as_ref()) {
         counts.restarts += info.coverage.restarts;
         counts.gap_seconds += info.coverage.gap_before_seconds;
     }
     Ok((used, counts))
+}
+
+/// Seconds between the first start and the last end that no part of any
+/// of `used` covers.
+fn uncovered_seconds(used: &[Snapshot]) -> f64 {
+    let mut parts: Vec<(OffsetDateTime, OffsetDateTime)> = used
+        .iter()
+        .flat_map(|s| s.parts.iter().map(|part| (part.start, part.end)))
+        .collect();
+    parts.sort();
+    let mut uncovered = 0.0;
+    let mut covered_until: Option<OffsetDateTime> = None;
+    for (start, end) in parts {
+        if let Some(until) = covered_until
+            && start > until
+        {
+            uncovered += (start - until).as_seconds_f64();
+        }
+        covered_until = Some(covered_until.map_or(end, |until| until.max(end)));
+    }
+    uncovered
 }
 
 /// Keeps the first of files with the same SHA-256.
@@ -1732,6 +1761,22 @@ mod tests {
             "{line}"
         );
         assert!(line.contains("1 overlapping"), "{line}");
+    }
+
+    #[test]
+    fn time_no_snapshot_covers_is_in_the_coverage_line() {
+        let folder = TempFolder::new("uncovered");
+        let paths = write_chain(&folder, three_hours());
+        let whole = merge_folder(&folder, &TimeRange::default());
+        assert_eq!(whole.counts.uncovered_seconds, 0.0);
+        std::fs::remove_file(&paths[1]).unwrap();
+        let line = merge_folder(&folder, &TimeRange::default())
+            .counts
+            .coverage_line();
+        assert!(
+            line.ends_with("restarts 0, gaps 0.0 s, not covered by any snapshot 3600.0 s"),
+            "{line}"
+        );
     }
 
     #[test]

@@ -657,6 +657,11 @@ fn totals_section(page: &mut String, history: &MergedHistory) {
         "<tr><th>Seconds without a counting program</th><td class=\"n\" data-field=\"gap_seconds\">{:.1}</td></tr>",
         counts.gap_seconds
     );
+    let _ = writeln!(
+        page,
+        "<tr><th>Seconds no snapshot covers</th><td class=\"n\" data-field=\"uncovered_seconds\">{:.1}</td></tr>",
+        counts.uncovered_seconds
+    );
     let reasons = report.malformed_reasons();
     if !reasons.is_empty() {
         let _ = writeln!(

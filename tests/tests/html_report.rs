@@ -280,6 +280,12 @@ fn the_html_report_renders_offline_and_its_tables_equal_the_json_report() {
         );
     }
     assert_eq!(coverage["snapshots"], files.len() as u64 - 1);
+    // The removed snapshot's 5 s are not covered by any.
+    let uncovered: Vec<String> = dom
+        .select(&selector("td[data-field=uncovered_seconds]"))
+        .map(|cell| cell.text().collect())
+        .collect();
+    assert_eq!(uncovered, ["5.0"]);
     // Top sources and endpoints.
     for (id, key) in [
         ("top-sources", "top_sources"),
