@@ -110,15 +110,27 @@ impl std::str::FromStr for Target {
         } else {
             (false, text.strip_prefix("udp://").unwrap_or(text))
         };
-        match address.rsplit_once(':') {
-            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {
-                Ok(Self {
-                    tcp,
-                    address: address.to_string(),
-                })
-            }
-            _ => Err("expected HOST:PORT, udp://HOST:PORT or tcp://HOST:PORT".to_string()),
+        let Some((host, port)) = address
+            .rsplit_once(':')
+            .filter(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0))
+        else {
+            return Err("expected HOST:PORT, udp://HOST:PORT or tcp://HOST:PORT".to_string());
+        };
+        // Addresses are checked here; a host name is resolved at each export.
+        if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            inner
+                .parse::<std::net::Ipv6Addr>()
+                .map_err(|_| format!("{inner} is not an IPv6 address"))?;
+        } else if host.contains(':') {
+            return Err(format!("an IPv6 address goes in brackets: [{host}]:{port}"));
+        } else if host.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+            host.parse::<std::net::Ipv4Addr>()
+                .map_err(|_| format!("{host} is not an IPv4 address"))?;
         }
+        Ok(Self {
+            tcp,
+            address: address.to_string(),
+        })
     }
 }
 
@@ -858,6 +870,18 @@ mod tests {
         assert_eq!(tcp.to_string(), "tcp://collector.example:4739");
         assert!("collector".parse::<Target>().is_err());
         assert!("host:0".parse::<Target>().is_err());
+        // Not left to fail at the first export as a host name.
+        assert_eq!(
+            "999.1.1.1:4739".parse::<Target>().unwrap_err(),
+            "999.1.1.1 is not an IPv4 address"
+        );
+        assert_eq!(
+            "::1:4739".parse::<Target>().unwrap_err(),
+            "an IPv6 address goes in brackets: [::1]:4739"
+        );
+        let bracketed: Target = "udp://[2001:db8::1]:4739".parse().unwrap();
+        assert_eq!(bracketed.to_string(), "udp://[2001:db8::1]:4739");
+        assert!("[2001:db8::zz]:4739".parse::<Target>().is_err());
         assert_eq!(observation_domain_of("a"), observation_domain_of("a"));
         assert_ne!(observation_domain_of("a"), observation_domain_of("b"));
     }
