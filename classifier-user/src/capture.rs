@@ -325,6 +325,8 @@ struct PcapNgInterface {
     timestamp_resolution: u8,
     /// `if_tsoffset`: seconds added to every timestamp.
     timestamp_offset_seconds: i64,
+    /// Bytes kept of each packet; 0 for no limit.
+    snaplen: u32,
 }
 
 impl PcapNgInterface {
@@ -381,6 +383,7 @@ impl PcapNgRecord {
                     link_type: LinkType(u32::from(interface.linktype)),
                     timestamp_resolution: DEFAULT_PCAPNG_TIMESTAMP_RESOLUTION,
                     timestamp_offset_seconds: 0,
+                    snaplen: interface.snaplen,
                 };
                 for option in &interface.options {
                     match option {
@@ -414,14 +417,12 @@ impl PcapNgRecord {
                 original_len: packet.original_len,
                 data: packet.data.into_owned(),
             },
-            Block::SimplePacket(packet) => {
-                // The block's data includes the padding to 4 bytes.
-                let captured = packet.data.len().min(packet.original_len as usize);
-                Self::SimplePacket {
-                    original_len: packet.original_len,
-                    data: packet.data[..captured].to_vec(),
-                }
-            }
+            // The block's data includes its padding to 4 bytes; what was
+            // captured is cut to the interface's snaplen when the packet is read.
+            Block::SimplePacket(packet) => Self::SimplePacket {
+                original_len: packet.original_len,
+                data: packet.data.into_owned(),
+            },
             _ => Self::Other,
         }
     }
@@ -643,8 +644,18 @@ impl CaptureReader {
                         let timestamp_ns = interface.timestamp_ns(timestamp_units)?;
                         (interface, timestamp_ns, original_len, data)
                     }
-                    PcapNgRecord::SimplePacket { original_len, data } => {
+                    PcapNgRecord::SimplePacket {
+                        original_len,
+                        mut data,
+                    } => {
                         let interface = described_interface(interfaces, 0)?;
+                        // Its length is not stored: the original length,
+                        // or the snaplen if that is less (the rest is padding).
+                        let mut captured = original_len as usize;
+                        if interface.snaplen > 0 {
+                            captured = captured.min(interface.snaplen as usize);
+                        }
+                        data.truncate(captured);
                         (interface, *previous_timestamp_ns, original_len, data)
                     }
                 };
@@ -1516,9 +1527,27 @@ mod tests {
                 data: Cow::Borrowed(&frame),
             })
             .unwrap();
+        // A snaplen of 65 cuts a longer frame to 65 bytes, which the block
+        // pads to 68: the padding is not part of the frame.
+        let long = ethernet_frame(0x0800, &ipv4_packet(80));
+        let mut writer =
+            PcapNgWriter::with_endianness(writer.into_inner(), Endianness::Little).unwrap();
+        writer
+            .write_pcapng_block(InterfaceDescriptionBlock::new(DataLink::ETHERNET, 65))
+            .unwrap();
+        writer
+            .write_pcapng_block(SimplePacketBlock {
+                original_len: long.len() as u32,
+                data: Cow::Borrowed(&long[..65]),
+            })
+            .unwrap();
         std::fs::write(&path, writer.into_inner()).unwrap();
 
         let frames = read_all(&path);
+        assert_eq!(frames.len(), 3);
+        assert_eq!(frames[2].data, long[..65]);
+        assert_eq!(frames[2].original_len as usize, long.len());
+        let frames = &frames[..2];
         let summary: Vec<(u64, i64, &[u8])> = frames
             .iter()
             .map(|frame| (frame.number, frame.timestamp_ns, &frame.data[..]))
