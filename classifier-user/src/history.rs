@@ -135,10 +135,10 @@ pub fn report(args: &ReportArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let range = TimeRange::parse(args.from.as_deref(), args.to.as_deref())?;
-    if let Some(output) = &args.output {
-        refuse_output_over_input(output, &args.paths)?;
-    }
     let mut merged = merge_paths(&args.paths, &range)?;
+    if let Some(output) = &args.output {
+        refuse_output_over_input(output, &merged.inputs)?;
+    }
     if !args.by_sensor {
         merged.by_sensor.clear();
     }
@@ -169,19 +169,20 @@ pub fn report(args: &ReportArgs) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// Refuses an `-o` file that is one of the reports `paths` names or holds:
-/// writing it would replace a snapshot (evidence, chained by SHA-256) with
-/// the merged report.
-fn refuse_output_over_input(output: &Path, paths: &[PathBuf]) -> Result<(), HistoryError> {
+/// Refuses an `-o` file that is one of the reports read: writing it would
+/// replace a snapshot (evidence, chained by SHA-256) with the merged
+/// report. A folder's merged report, which a folder read skips, may be
+/// written again.
+fn refuse_output_over_input(output: &Path, inputs: &[PathBuf]) -> Result<(), HistoryError> {
     let Ok(target) = std::fs::canonicalize(output) else {
         // Not there yet, so not an input.
         return Ok(());
     };
-    for file in collect_files(paths)? {
-        if std::fs::canonicalize(&file.path).is_ok_and(|input| input == target) {
+    for input in inputs {
+        if std::fs::canonicalize(input).is_ok_and(|path| path == target) {
             return Err(HistoryError::OutputIsInput {
                 output: output.to_path_buf(),
-                input: file.path,
+                input: input.clone(),
             });
         }
     }
@@ -570,6 +571,10 @@ pub struct MergedHistory {
     pub intervals: Vec<Interval>,
     /// One merged report per sensor, by sensor name (`--by-sensor`).
     pub by_sensor: Vec<Report>,
+    /// Every file read as an input, used or skipped as a copy, an overlap
+    /// or outside the range (not a folder's merged report, which a folder
+    /// read skips).
+    pub inputs: Vec<PathBuf>,
 }
 
 /// One merged snapshot's interval and its matched packets per service.
@@ -610,6 +615,7 @@ impl Interval {
 pub fn merge_paths(paths: &[PathBuf], range: &TimeRange) -> Result<MergedHistory, HistoryError> {
     let mut snapshots = Vec::new();
     let mut merged_skipped = 0;
+    let mut inputs = Vec::new();
     for file in collect_files(paths)? {
         let snapshot = load_snapshot(&file.path).map_err(|problem| HistoryError::File {
             file: file.path.clone(),
@@ -622,6 +628,7 @@ pub fn merge_paths(paths: &[PathBuf], range: &TimeRange) -> Result<MergedHistory
             merged_skipped += 1;
             continue;
         }
+        inputs.push(file.path);
         snapshots.push(snapshot);
     }
     if snapshots.is_empty() {
@@ -644,6 +651,7 @@ pub fn merge_paths(paths: &[PathBuf], range: &TimeRange) -> Result<MergedHistory
         counts,
         intervals: used.iter().map(Interval::of).collect(),
         by_sensor,
+        inputs,
     })
 }
 
@@ -2268,10 +2276,12 @@ mod tests {
             );
             assert_eq!(std::fs::read(&paths[1]).unwrap(), before);
         }
-        // A new file in the folder is fine.
+        // A new file in the folder is fine, and so is writing it again:
+        // a folder read skips a merged report.
         let day = folder.file("classifier-day.json");
         report(&args(vec![folder.0.clone()], day.clone())).unwrap();
         assert!(day.exists());
+        report(&args(vec![folder.0.clone()], day.clone())).unwrap();
     }
 
     #[test]

@@ -817,6 +817,7 @@ mod tests {
                 counts: Default::default(),
                 intervals: Vec::new(),
                 by_sensor: Vec::new(),
+                inputs: Vec::new(),
             }
         };
         let mut keyed = String::new();
