@@ -41,6 +41,9 @@ const MAX_STREAM_BYTES: usize = 32 * 1024;
 /// TCP directions followed at once at most; more are dropped, oldest first
 /// is not tracked: the table is cleared and counted.
 const MAX_STREAMS: usize = 4096;
+/// TCP directions remembered as read at most; past it they are forgotten
+/// (a forgotten one is read again from its next segment).
+const MAX_FINISHED: usize = 65_536;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LearnError {
@@ -310,6 +313,12 @@ pub fn dns_lesson(message: &[u8], tcp: bool, feed: &DomainFeed) -> Result<DnsLes
         message
     };
     let packet = simple_dns::Packet::parse(message).map_err(|_| DnsOutcome::Unparsed)?;
+    // A query, or an error response (NXDOMAIN, SERVFAIL…), answers nothing.
+    if !packet.has_flags(simple_dns::PacketFlag::RESPONSE)
+        || packet.rcode() != simple_dns::RCODE::NoError
+    {
+        return Err(DnsOutcome::Irrelevant);
+    }
     let question = packet
         .questions
         .first()
@@ -380,6 +389,12 @@ pub enum TlsNames {
     NeedMore,
     /// Not TLS, or past the handshake without names: stop following it.
     Nothing,
+}
+
+/// Whether `payload` starts with a TLS handshake record (content type 22,
+/// version 3.x) holding a ClientHello or ServerHello: a new connection.
+fn starts_tls_handshake(payload: &[u8]) -> bool {
+    matches!(payload, [0x16, 0x03, 0x00..=0x04, _, _, 0x01 | 0x02, ..])
 }
 
 /// Reads TLS records from the start of a direction's byte stream.
@@ -510,6 +525,10 @@ pub struct LearnStats {
     /// kept --learn-ttl from the takeover at most.
     #[serde(default)]
     pub inherited: u64,
+    /// Addresses not learned because they are watched: residents, not
+    /// services (and never to appear as endpoints under pseudonyms).
+    #[serde(default)]
+    pub skipped_watched: u64,
 }
 
 /// A change the kernel's `LEARNED` map must take.
@@ -545,6 +564,8 @@ pub struct Learner {
     /// TCP directions whose start is being read, and flows already named.
     streams: HashMap<StreamKey, Vec<u8>>,
     finished: std::collections::HashSet<StreamKey>,
+    /// The watched prefixes: addresses in them are never learned.
+    watched: Vec<ipnet::IpNet>,
     pub stats: LearnStats,
 }
 
@@ -595,8 +616,23 @@ impl Learner {
             next_expiry_unix_ns: i64::MAX,
             streams: HashMap::new(),
             finished: std::collections::HashSet::new(),
+            watched: Vec::new(),
             stats: LearnStats::default(),
         }
+    }
+
+    /// The watched set now counted (at start and after a reload): its
+    /// addresses are never learned as endpoints.
+    pub fn set_watched(&mut self, watched: &crate::feeds::WatchedSet) {
+        self.watched = watched.all().collect();
+    }
+
+    fn is_watched(&self, address: IpAddr) -> bool {
+        let address = match address {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(address, IpAddr::V4),
+            v4 => v4,
+        };
+        self.watched.iter().any(|net| net.contains(&address))
     }
 
     /// What `record` teaches, at `now_unix_ns`: the kernel map changes.
@@ -622,6 +658,10 @@ impl Learner {
         let resolver = key_address(record.family, record.server);
         let mut changes = Vec::new();
         for (address, ttl) in lesson.addresses {
+            if self.is_watched(address) {
+                self.stats.skipped_watched += 1;
+                continue;
+            }
             if self.shared.owner(address).is_some() {
                 self.stats.skipped_shared_hosting += 1;
                 continue;
@@ -687,14 +727,23 @@ impl Learner {
             record.family,
             record.direction,
         );
+        let len = (record.len as usize).min(LEARN_BYTES);
         if self.finished.contains(&key) {
-            return Vec::new();
+            // Flows are keyed by the server's port only: a later
+            // connection to the same server and port starts with a new
+            // handshake, which is read afresh.
+            if !starts_tls_handshake(&record.payload[..len]) {
+                return Vec::new();
+            }
+            self.finished.remove(&key);
+        }
+        if self.finished.len() >= MAX_FINISHED {
+            self.finished.clear();
         }
         if self.streams.len() >= MAX_STREAMS && !self.streams.contains_key(&key) {
             self.stats.streams_dropped += self.streams.len() as u64;
             self.streams.clear();
         }
-        let len = (record.len as usize).min(LEARN_BYTES);
         let stream = self.streams.entry(key).or_default();
         stream.extend_from_slice(&record.payload[..len]);
         let outcome = if stream.len() > MAX_STREAM_BYTES {
@@ -715,6 +764,18 @@ impl Learner {
                 (names, how)
             }
         };
+        // A ClientHello names its server only when the watched host sends
+        // it, a certificate only when the other end does: a stranger's
+        // ClientHello to a watched server names the watched host's own
+        // service, and must not make the stranger a learned endpoint.
+        let from_watched = record.direction == classifier_common::DIR_OUTBOUND;
+        if from_watched != (how == FROM_SERVER_NAME) {
+            return Vec::new();
+        }
+        if self.is_watched(key_address(record.family, record.server)) {
+            self.stats.skipped_watched += 1;
+            return Vec::new();
+        }
         let Some((service, domain, name)) = names.iter().find_map(|name| {
             let bare = name.trim_start_matches("*.");
             self.domains
@@ -1409,6 +1470,132 @@ pub mod tests {
         assert_eq!(
             dns_lesson(b"not dns at all", false, &feed()),
             Err(DnsOutcome::Unparsed)
+        );
+    }
+
+    /// A TLS record holding a ClientHello whose SNI is `name`.
+    fn client_hello(name: &str) -> Vec<u8> {
+        let name = name.as_bytes();
+        let sni_entry = [&[0u8][..], &(name.len() as u16).to_be_bytes(), name].concat();
+        let sni_list = [&(sni_entry.len() as u16).to_be_bytes()[..], &sni_entry].concat();
+        let extension = [
+            &[0u8, 0][..],
+            &(sni_list.len() as u16).to_be_bytes(),
+            &sni_list,
+        ]
+        .concat();
+        let body = [
+            &[3u8, 3][..],
+            &[7; 32],
+            &[0],             // session id
+            &[0, 2, 0, 0x2f], // one cipher suite
+            &[1, 0],          // no compression
+            &(extension.len() as u16).to_be_bytes(),
+            &extension,
+        ]
+        .concat();
+        let handshake = [&[1u8][..], &(body.len() as u32).to_be_bytes()[1..], &body].concat();
+        [
+            &[0x16u8, 3, 1][..],
+            &(handshake.len() as u16).to_be_bytes(),
+            &handshake,
+        ]
+        .concat()
+    }
+
+    /// A TCP segment of the flow 175.45.176.5 ↔ `server`:443 in
+    /// `direction` carrying `payload`.
+    fn tcp_record(server: &str, direction: u8, payload: &[u8]) -> LearnRecord {
+        let mut record = record(payload);
+        record.kind = LEARN_TCP;
+        record.protocol = 6;
+        record.port = 443;
+        record.direction = direction;
+        record.server = key_bytes(server.parse().unwrap());
+        record
+    }
+
+    #[test]
+    fn a_client_hello_teaches_only_when_the_watched_host_sends_it() {
+        let hello = client_hello("x.psiphon3.net");
+        assert_eq!(
+            tls_names(&hello),
+            TlsNames::Found(vec!["x.psiphon3.net".into()], FROM_SERVER_NAME)
+        );
+        // A stranger's ClientHello to a watched server: nothing learned.
+        let mut learner = learner(8);
+        let inbound = tcp_record("62.10.20.30", classifier_common::DIR_INBOUND, &hello);
+        assert!(learner.absorb(&inbound, 0).is_empty());
+        assert!(learner.endpoints().is_empty());
+        // The watched host's own ClientHello names its server.
+        let outbound = tcp_record("62.10.20.31", classifier_common::DIR_OUTBOUND, &hello);
+        let changes = learner.absorb(&outbound, 0);
+        assert_eq!(changes.len(), 2, "{changes:?}");
+        assert_eq!(learner.endpoints()[0].address.to_string(), "62.10.20.31");
+    }
+
+    #[test]
+    fn a_new_handshake_is_read_after_a_direction_given_up_on() {
+        // Flows are keyed by the server's port: application data of one
+        // connection first, then another connection's ClientHello.
+        let mut learner = learner(8);
+        let data = tcp_record(
+            "62.10.20.32",
+            classifier_common::DIR_OUTBOUND,
+            &[0x17, 3, 3, 0, 4, 1, 2, 3, 4],
+        );
+        assert!(learner.absorb(&data, 0).is_empty());
+        let hello = tcp_record(
+            "62.10.20.32",
+            classifier_common::DIR_OUTBOUND,
+            &client_hello("psiphon3.net"),
+        );
+        assert_eq!(learner.absorb(&hello, 0).len(), 2);
+        assert_eq!(learner.stats.tls_flows_named, 1);
+    }
+
+    #[test]
+    fn queries_error_answers_and_watched_addresses_teach_nothing() {
+        let mut learner = learner(8);
+        let answer = |address| {
+            dns_reply(
+                "x.hotspotshield.com",
+                &[Answer::A("x.hotspotshield.com", address, 300)],
+            )
+        };
+        // QR clear (a query carrying an answer section) and NXDOMAIN.
+        let mut query = answer(Ipv4Addr::new(77, 5, 5, 5));
+        query[2] &= 0x7f;
+        let mut nxdomain = answer(Ipv4Addr::new(77, 6, 6, 6));
+        nxdomain[3] = (nxdomain[3] & 0xf0) | 3;
+        for message in [&query, &nxdomain] {
+            assert!(learner.absorb(&record(message), 0).is_empty());
+        }
+        assert_eq!(learner.stats.dns_matched, 0);
+        // A watched address is a resident, never a learned endpoint, by
+        // DNS or by TLS.
+        learner.set_watched(&crate::feeds::WatchedSet::from_prefixes([
+            "175.45.176.0/22".parse().unwrap(),
+        ]));
+        assert!(
+            learner
+                .absorb(&record(&answer(Ipv4Addr::new(175, 45, 176, 32))), 0)
+                .is_empty()
+        );
+        let hello = tcp_record(
+            "175.45.176.31",
+            classifier_common::DIR_OUTBOUND,
+            &client_hello("psiphon3.net"),
+        );
+        assert!(learner.absorb(&hello, 0).is_empty());
+        assert_eq!(learner.stats.skipped_watched, 2);
+        assert!(learner.endpoints().is_empty());
+        // The same answer for an address outside it teaches.
+        assert_eq!(
+            learner
+                .absorb(&record(&answer(Ipv4Addr::new(77, 7, 7, 7))), 0)
+                .len(),
+            1
         );
     }
 

@@ -322,7 +322,10 @@ pub fn pcap(args: &PcapArgs) -> Result<(), Box<dyn std::error::Error>> {
         learn_rate: args.learn.hand_over_rate(),
         ..Capacities::default()
     };
-    let learner = Learner::from_args(&args.learn)?;
+    let mut learner = Learner::from_args(&args.learn)?;
+    if let Some(learner) = &mut learner {
+        learner.set_watched(&watched);
+    }
     let mut services = ServiceTable::new(endpoints.services());
     if let Some(learner) = &learner {
         services = services.extended_with(learner.domains.services());

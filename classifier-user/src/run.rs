@@ -138,7 +138,10 @@ impl RunConfig {
         let pseudonymizer_set = pseudonymizer.is_some();
         let watched = WatchedSet::from_arguments(&args.feeds.watch, &args.feeds.watch_files)?;
         let endpoints = EndpointFeed::from_arguments(&args.feeds.endpoint_files)?;
-        let learner = crate::learn::Learner::from_args(&args.learn)?;
+        let mut learner = crate::learn::Learner::from_args(&args.learn)?;
+        if let Some(learner) = &mut learner {
+            learner.set_watched(&watched);
+        }
         if let Some(dir) = &args.snapshot_dir {
             // A folder that cannot be made is refused before loading (and
             // only once the feeds were accepted).
@@ -762,6 +765,9 @@ impl Daemon {
             ..old.clone()
         };
         self.sensor.swap_program(sensor, meta)?;
+        if let Some((learner, _)) = &mut self.learning {
+            learner.set_watched(&watched);
+        }
         if let Some(snapshots) = &mut self.snapshots {
             snapshots.update_source(&self.sensor.meta);
         }
