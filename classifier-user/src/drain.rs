@@ -813,8 +813,12 @@ impl Ledger {
             .position_or_insert_with(key, || new_record(sample, clock));
         let (gain, baseline) = gained(&record.table, sample);
         record.table = baseline;
-        add(record, sample, gain, clock);
         self.in_table_now.set(position);
+        if keeps_service(record, sample) {
+            add(record, sample, gain, clock);
+        } else {
+            add_relabelled(&mut self.flows, key, sample, gain, clock);
+        }
     }
 
     /// Folds one flow-cache slot in: what it gained since this position's
@@ -841,7 +845,11 @@ impl Ledger {
         *last = SlotBaseline::of(slot);
         let sample = FlowSample::of(value);
         let record = self.record(&slot.key, &sample, clock);
-        add(record, &sample, gain, clock);
+        if keeps_service(record, &sample) {
+            add(record, &sample, gain, clock);
+        } else {
+            add_relabelled(&mut self.flows, &slot.key, &sample, gain, clock);
+        }
     }
 
     /// The baseline of a flow-cache position (the positions grow as the
@@ -1132,6 +1140,41 @@ fn new_record(sample: &FlowSample, clock: FlowClock) -> FlowRecord {
     }
 }
 
+/// Whether what `sample` gained goes to the flow's own `record`: it has
+/// counted nothing yet, or it counted for the service the sample names.
+fn keeps_service(record: &FlowRecord, sample: &FlowSample) -> bool {
+    record.packets == 0 || record.service == sample.service
+}
+
+/// The key of a flow's record for `service` when the flow's service changed
+/// after it had counted (a reload moved its endpoint to another service, or
+/// a learned endpoint changed service): the kernel's key with the service
+/// in its padding, which the kernel keeps zero. Each service so keeps the
+/// packets counted for it, in the exit report as in the snapshots.
+pub fn relabelled_key(key: &FlowKey, service: u16) -> FlowKey {
+    let mut relabelled = *key;
+    let [low, high] = service.wrapping_add(1).to_le_bytes();
+    relabelled._pad = [low, high, 0];
+    relabelled
+}
+
+/// Adds `gain` to the record of the flow `key` under the sample's service.
+fn add_relabelled(
+    flows: &mut FlowRecords,
+    key: &FlowKey,
+    sample: &FlowSample,
+    gain: Gain,
+    clock: FlowClock,
+) {
+    if gain.0 == 0 {
+        return;
+    }
+    let record = flows.get_or_insert_with(&relabelled_key(key, sample.service), || {
+        new_record(sample, clock)
+    });
+    add(record, sample, gain, clock);
+}
+
 /// Adds what a flow gained to its record (and the sample's service,
 /// origin, times and flags).
 fn add(record: &mut FlowRecord, sample: &FlowSample, gain: Gain, clock: FlowClock) {
@@ -1258,6 +1301,35 @@ mod tests {
         assert_eq!(record.first_seen_unix_ns, 1_010);
         assert_eq!(record.last_seen_unix_ns, 1_070);
         assert_eq!(ledger.drains, 4);
+    }
+
+    #[test]
+    fn a_flow_whose_service_changes_keeps_each_services_packets() {
+        // A reload moves the flow's endpoint from service 1 to service 2
+        // (the kernel's value then names 2), and a later one moves it back.
+        let with_service = |mut sample: FlowSample, service| {
+            sample.service = service;
+            sample
+        };
+        let clock = FlowClock::monotonic_ns(1_000);
+        let mut ledger = Ledger::default();
+        // In the table, and in a cache slot.
+        let cached = |sample| cached_reading(Vec::new(), vec![(7, key(2), sample)]);
+        ledger.absorb(reading(vec![(key(1), sample(3, 10, 20))]), clock);
+        ledger.absorb(cached(sample(4, 10, 20)), clock);
+        ledger.absorb(
+            reading(vec![(key(1), with_service(sample(8, 10, 30), 2))]),
+            clock,
+        );
+        ledger.absorb(cached(with_service(sample(6, 10, 30), 2)), clock);
+        ledger.absorb(reading(vec![(key(1), sample(9, 10, 40))]), clock);
+        let counted = |key: FlowKey| ledger.flows.get(&key).map(|r| (r.service, r.packets));
+        assert_eq!(counted(key(1)), Some((1, 3 + 1)));
+        assert_eq!(counted(relabelled_key(&key(1), 2)), Some((2, 5)));
+        assert_eq!(counted(key(2)), Some((1, 4)));
+        assert_eq!(counted(relabelled_key(&key(2), 2)), Some((2, 2)));
+        let total: u64 = ledger.flows.values().map(|r| r.packets).sum();
+        assert_eq!(total, 9 + 6);
     }
 
     #[test]

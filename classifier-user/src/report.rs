@@ -367,6 +367,8 @@ fn flow_key_order(a: &FlowKey, b: &FlowKey) -> std::cmp::Ordering {
         .then_with(|| a.direction.cmp(&b.direction))
         .then_with(|| a.protocol.cmp(&b.protocol))
         .then_with(|| a.family.cmp(&b.family))
+        // A flow counted under two services (`drain::relabelled_key`).
+        .then_with(|| a._pad.cmp(&b._pad))
 }
 
 /// The address a flow key holds, IPv4 shown as IPv4.

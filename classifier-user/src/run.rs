@@ -764,6 +764,12 @@ impl Daemon {
             feeds_loaded_at_unix_ns: now,
             ..old.clone()
         };
+        // A flow the new feed gives another service keeps, in its flow
+        // rows, what it counted for the old one up to this drain (what
+        // comes between it and the swap counts for the new one there).
+        if let Err(error) = self.drain() {
+            log::warn!("drain before the reload's swap failed: {error}");
+        }
         self.sensor.swap_program(sensor, meta)?;
         if let Some((learner, _)) = &mut self.learning {
             learner.set_watched(&watched);

@@ -165,6 +165,29 @@ fn a_reload_swaps_feeds_without_a_gap_and_a_bad_feed_leaves_the_old_one() {
         delta > 0 && epsilon > 25,
         "delta {delta}, epsilon {epsilon}"
     );
+    // The moved flow's packets stay with the service they counted for:
+    // one flow row under each (the split is the drain just before the swap,
+    // so it may differ from the counters' by what came between).
+    let mut moved: Vec<(String, u64)> = report["flows"]
+        .as_array()
+        .expect("flows")
+        .iter()
+        .filter(|flow| flow["endpoint"] == "203.0.113.5")
+        .map(|flow| {
+            (
+                flow["service"].as_str().expect("service").to_string(),
+                flow["packets"].as_u64().expect("packets"),
+            )
+        })
+        .collect();
+    moved.sort();
+    let names: Vec<&str> = moved.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(names, ["delta", "epsilon"], "{moved:?}");
+    assert!(moved.iter().all(|(_, packets)| *packets > 0), "{moved:?}");
+    assert_eq!(moved[0].1 + moved[1].1, delta + epsilon, "{moved:?}");
+    for name in ["delta", "epsilon"] {
+        assert_eq!(services(&report)[name]["flows"], 1, "{name}");
+    }
     drop(pins);
     let _ = std::fs::remove_dir_all(dir);
 }
