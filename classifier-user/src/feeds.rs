@@ -40,6 +40,39 @@ pub enum FeedError {
     File { origin: String, problem: String },
     #[error("--watch {value}: {problem}")]
     WatchArgument { value: String, problem: LineProblem },
+    #[error(
+        "--pseudonymize-key: the endpoint {endpoint} ({service}) overlaps the watched {watched}: \
+         its addresses would appear as endpoints without pseudonyms; \
+         take it out of the feed or the watched set"
+    )]
+    WatchedEndpoint {
+        endpoint: IpNet,
+        service: String,
+        watched: IpNet,
+    },
+}
+
+/// Refuses, for pseudonymized output, an endpoint prefix that overlaps a
+/// watched one: an address in both would be reported as an endpoint, where
+/// only watched addresses get pseudonyms.
+pub fn refuse_watched_endpoints(
+    watched: &WatchedSet,
+    feed: &EndpointFeed,
+) -> Result<(), FeedError> {
+    let watched: Vec<IpNet> = watched.all().collect();
+    for endpoint in &feed.endpoints {
+        if let Some(net) = watched
+            .iter()
+            .find(|net| net.contains(&endpoint.net) || endpoint.net.contains(*net))
+        {
+            return Err(FeedError::WatchedEndpoint {
+                endpoint: endpoint.net,
+                service: endpoint.service.clone(),
+                watched: *net,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// What is wrong with one line of a feed.

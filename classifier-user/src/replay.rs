@@ -301,6 +301,9 @@ pub fn pcap(args: &PcapArgs) -> Result<(), Box<dyn std::error::Error>> {
         Some(path) => Some(Pseudonymizer::from_file(path)?),
         None => None,
     };
+    if pseudonymizer.is_some() {
+        crate::feeds::refuse_watched_endpoints(&watched, &endpoints)?;
+    }
     // Open every file first: a bad one is refused before anything runs.
     let mut readers = Vec::new();
     let mut opened: std::collections::HashMap<std::path::PathBuf, &Path> =

@@ -138,6 +138,9 @@ impl RunConfig {
         let pseudonymizer_set = pseudonymizer.is_some();
         let watched = WatchedSet::from_arguments(&args.feeds.watch, &args.feeds.watch_files)?;
         let endpoints = EndpointFeed::from_arguments(&args.feeds.endpoint_files)?;
+        if pseudonymizer_set {
+            crate::feeds::refuse_watched_endpoints(&watched, &endpoints)?;
+        }
         let mut learner = crate::learn::Learner::from_args(&args.learn)?;
         if let Some(learner) = &mut learner {
             learner.set_watched(&watched);
@@ -698,7 +701,11 @@ impl Daemon {
     /// the outcome is recorded in the pinned description and the metrics.
     fn reload(&mut self, config: &RunConfig) {
         self.notifier.reloading();
-        let result = self.swap_in_feeds(&config.feed_args, config.capacities);
+        let result = self.swap_in_feeds(
+            &config.feed_args,
+            config.capacities,
+            config.pseudonymizer.is_some(),
+        );
         self.notifier.ready("counting (feeds reloaded or kept)");
         let mut meta = self.sensor.meta.clone();
         match result {
@@ -720,9 +727,13 @@ impl Daemon {
         &mut self,
         feed_args: &FeedArgs,
         capacities: Capacities,
+        pseudonymizing: bool,
     ) -> Result<(), RunError> {
         let watched = WatchedSet::from_arguments(&feed_args.watch, &feed_args.watch_files)?;
         let endpoints = EndpointFeed::from_arguments(&feed_args.endpoint_files)?;
+        if pseudonymizing {
+            crate::feeds::refuse_watched_endpoints(&watched, &endpoints)?;
+        }
         let old = &self.sensor.meta;
         let services = old.service_table().extended_with(endpoints.services());
         let cpus = aya::util::nr_cpus().map_or(1, |cpus| cpus as u64).max(1);

@@ -158,6 +158,7 @@ fn cases(f: &Fixtures) -> Vec<Case> {
         b"\xd4\xc3\xb2\xa1\x02\x00\x04\x00\0\0\0\0\0\0\0\0\xff\xff\0\0\x01\0\0\0",
     );
     let good_pcap_again = f.path("./one.pcap");
+    let watched_endpoint = f.file("inside.csv", b"cidr,service\n175.45.177.0/24,alpha\n");
     let no_prefixes = f.file("emptied.txt", b"# watched ranges\n\n");
     // Classic Mac line breaks (bare CR), as some spreadsheet exports write.
     let mac_lines = f.file(
@@ -587,6 +588,19 @@ fn cases(f: &Fixtures) -> Vec<Case> {
                 "classifier: {good_pcap_again}: the same file as {good_pcap}: its frames would be counted twice"
             ),
             &good_pcap_again,
+        ),
+        case(
+            &[
+                "pcap",
+                &good_pcap,
+                "--endpoints",
+                &watched_endpoint,
+                "--pseudonymize-key",
+                &good_key,
+            ],
+            1,
+            "classifier: --pseudonymize-key: the endpoint 175.45.177.0/24 (alpha) overlaps the watched 175.45.176.0/22: its addresses would appear as endpoints without pseudonyms",
+            "175.45.177.0/24",
         ),
         case(
             &["pcap", &text, "--watch-file", &no_prefixes],
