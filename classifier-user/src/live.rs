@@ -97,7 +97,8 @@ impl LiveStats {
             ReportContext {
                 start: unix_ns_to_time(meta.attached_at_unix_ns),
                 end: unix_ns_to_time(now_unix_ns()),
-                sensor: sensor_name(),
+                // The daemon's name; this process's is the host's.
+                sensor: meta.sensor.clone().unwrap_or_else(sensor_name),
                 interfaces: meta.interfaces.clone(),
                 feeds: meta.feeds.clone(),
             },

@@ -127,6 +127,10 @@ pub struct SensorMeta {
     /// pins, not by links of ours.
     #[serde(default)]
     pub dispatcher_priority: Option<u32>,
+    /// `--sensor-name` (or the host name) of the daemon that wrote it, so
+    /// `stats` names the sensor as its reports do.
+    #[serde(default)]
+    pub sensor: Option<String>,
 }
 
 impl SensorMeta {

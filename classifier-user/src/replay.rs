@@ -372,6 +372,7 @@ pub fn pcap(args: &PcapArgs) -> Result<(), Box<dyn std::error::Error>> {
         last_reload_error: None,
         feeds_loaded_at_unix_ns: 0,
         dispatcher_priority: None,
+        sensor: Some(sensor_name()),
     };
     let mut replay = Replay {
         sensor,

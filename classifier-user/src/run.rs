@@ -403,6 +403,7 @@ fn adopt_or_load(config: &mut RunConfig) -> Result<(PinnedSensor, std::fs::File)
         last_reload_error: None,
         feeds_loaded_at_unix_ns: attached_at_unix_ns,
         dispatcher_priority: config.xdp_dispatcher,
+        sensor: Some(sensor_name()),
     };
     let program_id = sensor
         .any_program()

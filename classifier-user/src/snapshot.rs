@@ -893,6 +893,7 @@ mod tests {
                 last_reload_error: None,
                 feeds_loaded_at_unix_ns: start,
                 dispatcher_priority: None,
+                sensor: None,
             };
             let resumed = Snapshotter::resume(
                 &folder.0,

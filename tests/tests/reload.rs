@@ -51,6 +51,8 @@ fn a_reload_swaps_feeds_without_a_gap_and_a_bad_feed_leaves_the_old_one() {
             text(&pins.path),
             "--metrics-addr",
             "127.0.0.1:9477",
+            "--sensor-name",
+            "reload-sensor",
         ],
     );
 
@@ -128,6 +130,8 @@ fn a_reload_swaps_feeds_without_a_gap_and_a_bad_feed_leaves_the_old_one() {
     daemon.wait_for("feed reload refused");
     std::thread::sleep(Duration::from_millis(300));
     let before = stats(&pins.path);
+    // Read from the pins by another process: the daemon's name, not the host's.
+    assert_eq!(before["sensor"], "reload-sensor");
     link.send(&vec![to_moved.clone(); 25]).expect("send");
     std::thread::sleep(Duration::from_millis(300));
     let after = stats(&pins.path);
