@@ -1330,6 +1330,20 @@ mod tests {
         assert_eq!(counted(relabelled_key(&key(2), 2)), Some((2, 2)));
         let total: u64 = ledger.flows.values().map(|r| r.packets).sum();
         assert_eq!(total, 9 + 6);
+        // A row per service; two flows.
+        let report = crate::report::Report::build(
+            &ledger,
+            &crate::loader::ServiceTable::new(Vec::new()),
+            crate::report::ReportContext {
+                start: time::OffsetDateTime::UNIX_EPOCH,
+                end: time::OffsetDateTime::UNIX_EPOCH,
+                sensor: "s".into(),
+                interfaces: Vec::new(),
+                feeds: Vec::new(),
+            },
+        );
+        assert_eq!(report.flows.len(), 4);
+        assert_eq!(report.distinct_flows(), 2);
     }
 
     #[test]

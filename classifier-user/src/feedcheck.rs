@@ -1145,7 +1145,7 @@ pub fn parse_shared_hosting(origin: &str, text: &str) -> Result<Vec<(IpNet, Stri
     // Column indexes of the cidr and the name.
     let mut columns = (0, Some(1));
     let mut first_line = true;
-    for (index, line) in feeds::without_bom(text).lines().enumerate() {
+    for (index, line) in feeds::feed_lines(text).enumerate() {
         let content = line.split('#').next().unwrap_or("").trim();
         if content.is_empty() {
             continue;

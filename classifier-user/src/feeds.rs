@@ -244,28 +244,35 @@ pub struct FamilyCounts {
     pub ipv6: u64,
 }
 
-/// Reads a feed file as text; the error names the file, and for bytes
-/// that are not UTF-8 the line and column. A bare carriage return (classic
-/// Mac line breaks, which some spreadsheet exports still write) ends a line
-/// as `\n` and `\r\n` do: it becomes `\n`, so every parser, the csv crate
-/// included, sees the lines and numbers them as an editor does.
+/// Reads a feed file as text, as it is (its SHA-256 is the file's); the
+/// error names the file, and for bytes that are not UTF-8 the line and
+/// column.
 pub fn read_file(path: &Path) -> Result<String, FeedError> {
     let origin = || path.display().to_string();
-    let mut bytes = std::fs::read(path).map_err(|source| FeedError::Read {
+    let bytes = std::fs::read(path).map_err(|source| FeedError::Read {
         origin: origin(),
         source,
     })?;
-    bare_carriage_returns_as_newlines(&mut bytes);
     String::from_utf8(bytes).map_err(|error| {
         let bytes = error.as_bytes();
         let valid = &bytes[..error.utf8_error().valid_up_to()];
+        // Lines as `feed_lines` counts them: `\n`, `\r\n` or a bare `\r`.
+        let breaks = |at: usize, byte: &u8| {
+            *byte == b'\n' || (*byte == b'\r' && bytes.get(at + 1) != Some(&b'\n'))
+        };
         let line_start = valid
             .iter()
-            .rposition(|&b| b == b'\n')
+            .enumerate()
+            .rposition(|(at, byte)| breaks(at, byte))
             .map_or(0, |at| at + 1);
         FeedError::Line {
             origin: origin(),
-            line: valid.iter().filter(|&&b| b == b'\n').count() as u64 + 1,
+            line: valid
+                .iter()
+                .enumerate()
+                .filter(|(at, byte)| breaks(*at, byte))
+                .count() as u64
+                + 1,
             problem: LineProblem::NotUtf8 {
                 byte: bytes[valid.len()],
                 column: valid.len() - line_start + 1,
@@ -274,14 +281,35 @@ pub fn read_file(path: &Path) -> Result<String, FeedError> {
     })
 }
 
-/// Every `\r` not followed by `\n` made `\n` (a `\r` byte is never part of
-/// a multi-byte UTF-8 character, so this holds before decoding).
-fn bare_carriage_returns_as_newlines(bytes: &mut [u8]) {
+/// `text` with every `\r` not followed by `\n` made `\n`: a bare carriage
+/// return (classic Mac line breaks, which some spreadsheet exports still
+/// write) ends a line as `\n` and `\r\n` do. Same length, so byte
+/// positions still name the same lines; borrowed when there is none.
+pub fn with_newlines(text: &str) -> std::borrow::Cow<'_, str> {
+    let bare = |at: usize| text.as_bytes().get(at + 1) != Some(&b'\n');
+    if !text
+        .bytes()
+        .enumerate()
+        .any(|(at, byte)| byte == b'\r' && bare(at))
+    {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut bytes = text.as_bytes().to_vec();
     for at in 0..bytes.len() {
         if bytes[at] == b'\r' && bytes.get(at + 1) != Some(&b'\n') {
             bytes[at] = b'\n';
         }
     }
+    // One ASCII byte replaced by another: still UTF-8.
+    std::borrow::Cow::Owned(String::from_utf8(bytes).expect("ASCII for ASCII"))
+}
+
+/// The lines of a feed's text, numbered as an editor shows them: a leading
+/// byte-order mark dropped, lines ending in `\n`, `\r\n` or a bare `\r`.
+pub fn feed_lines(text: &str) -> impl Iterator<Item = &str> {
+    without_bom(text)
+        .split('\n')
+        .flat_map(|line| line.strip_suffix('\r').unwrap_or(line).split('\r'))
 }
 
 /// `text` without a leading byte-order mark (which editors saving "UTF-8
@@ -373,7 +401,7 @@ pub fn parse_prefix_list(origin: &str, text: &str) -> Result<Vec<IpNet>, FeedErr
 /// [`parse_prefix_list`], each prefix with its line number (from 1).
 pub fn parse_prefix_list_lines(origin: &str, text: &str) -> Result<Vec<(u64, IpNet)>, FeedError> {
     let mut prefixes = Vec::new();
-    for (index, line) in without_bom(text).lines().enumerate() {
+    for (index, line) in feed_lines(text).enumerate() {
         let content = line.split('#').next().unwrap_or("").trim();
         if content.is_empty() {
             continue;
@@ -600,6 +628,8 @@ pub struct FeedRow {
 
 /// [`parse_endpoint_csv`], each row with its line number.
 pub fn parse_endpoint_rows(origin: &str, text: &str) -> Result<Vec<FeedRow>, FeedError> {
+    let text = with_newlines(text);
+    let text = text.as_ref();
     let mut reader = csv::ReaderBuilder::new()
         .comment(Some(b'#'))
         .flexible(true)
@@ -1013,6 +1043,14 @@ mod tests {
         let feed = folder.file("feed.csv");
         std::fs::write(&feed, "cidr,service\r1.2.3.0/24,pia\r5.0.0.1/8,a\r").unwrap();
         let error = parse_endpoint_rows("feed.csv", &read_file(&feed).unwrap()).unwrap_err();
+        // The feed's recorded SHA-256 is the file's own.
+        std::fs::write(&feed, "cidr,service\r1.2.3.0/24,pia\r").unwrap();
+        let loaded = EndpointFeed::from_arguments(std::slice::from_ref(&feed)).unwrap();
+        assert_eq!(loaded.endpoints.len(), 1);
+        assert_eq!(
+            loaded.origins[0].sha256,
+            sha256_hex(&std::fs::read(&feed).unwrap())
+        );
         assert_eq!(
             error.to_string(),
             "feed.csv: line 3: host bits set in 5.0.0.1/8 (did you mean 5.0.0.0/8?)"

@@ -694,36 +694,107 @@ fn select(
 
     let unique = drop_identical(in_range, &mut counts);
     check_pseudonym_keys(&unique)?;
+    let unique = drop_merged_reports_held_whole(unique, &mut counts);
     let used = drop_overlapping(unique, &mut counts);
 
     counts.used = used.len();
     counts.uncovered_seconds = uncovered_seconds(&used);
-    for info in used.iter().filter_map(|s| s.report.snapshot.as_ref()) {
-        counts.restarts += info.coverage.restarts;
-        counts.gap_seconds += info.coverage.gap_before_seconds;
+    for snapshot in &used {
+        match &snapshot.report.snapshot {
+            Some(info) => {
+                counts.restarts += info.coverage.restarts;
+                counts.gap_seconds += info.coverage.gap_before_seconds;
+            }
+            None => {
+                for part in &snapshot.report.merged_from {
+                    counts.restarts += part.restarts;
+                    counts.gap_seconds += part.gap_before_seconds;
+                }
+            }
+        }
     }
     Ok((used, counts))
 }
 
-/// Seconds between the first start and the last end that no part of any
-/// of `used` covers.
+/// Per sensor and interface, the seconds between its first start and its
+/// last end that none of its snapshots in `used` covers; summed.
 fn uncovered_seconds(used: &[Snapshot]) -> f64 {
-    let mut parts: Vec<(OffsetDateTime, OffsetDateTime)> = used
-        .iter()
-        .flat_map(|s| s.parts.iter().map(|part| (part.start, part.end)))
-        .collect();
-    parts.sort();
-    let mut uncovered = 0.0;
-    let mut covered_until: Option<OffsetDateTime> = None;
-    for (start, end) in parts {
-        if let Some(until) = covered_until
-            && start > until
-        {
-            uncovered += (start - until).as_seconds_f64();
+    let mut by_pair: HashMap<&(String, String), Vec<(OffsetDateTime, OffsetDateTime)>> =
+        HashMap::new();
+    for part in used.iter().flat_map(|s| &s.parts) {
+        for pair in &part.pairs {
+            by_pair
+                .entry(pair)
+                .or_default()
+                .push((part.start, part.end));
         }
-        covered_until = Some(covered_until.map_or(end, |until| until.max(end)));
+    }
+    let mut uncovered = 0.0;
+    for parts in by_pair.values_mut() {
+        parts.sort();
+        let mut covered_until: Option<OffsetDateTime> = None;
+        for &(start, end) in parts.iter() {
+            if let Some(until) = covered_until
+                && start > until
+            {
+                uncovered += (start - until).as_seconds_f64();
+            }
+            covered_until = Some(covered_until.map_or(end, |until| until.max(end)));
+        }
     }
     uncovered
+}
+
+/// Drops a merged report whose every listed snapshot is among the files
+/// read: they hold the same counts with each interval's own detail
+/// (timeline, coverage). A merged report that holds more (another sensor's
+/// snapshots, say) stays, and the overlap check then prefers it.
+fn drop_merged_reports_held_whole(
+    snapshots: Vec<Snapshot>,
+    counts: &mut SelectionCounts,
+) -> Vec<Snapshot> {
+    let present: HashSet<(&str, &[String], &str, &str)> = snapshots
+        .iter()
+        .filter(|s| s.report.snapshot.is_some())
+        .map(|s| {
+            let report = &s.report;
+            (
+                report.sensor.as_str(),
+                report.interfaces.as_slice(),
+                report.start.as_str(),
+                report.end.as_str(),
+            )
+        })
+        .collect();
+    let held_whole: Vec<bool> = snapshots
+        .iter()
+        .map(|s| {
+            !s.report.merged_from.is_empty()
+                && s.report.merged_from.iter().all(|part| {
+                    present.contains(&(
+                        part.sensor.as_str(),
+                        part.interfaces.as_slice(),
+                        part.start.as_str(),
+                        part.end.as_str(),
+                    ))
+                })
+        })
+        .collect();
+    snapshots
+        .into_iter()
+        .zip(held_whole)
+        .filter_map(|(snapshot, held)| {
+            if held {
+                log::info!(
+                    "{}: a merged report of snapshots all read beside it: they are used instead",
+                    snapshot.path.display()
+                );
+                counts.overlapping += 1;
+                return None;
+            }
+            Some(snapshot)
+        })
+        .collect()
 }
 
 /// Keeps the first of files with the same SHA-256.
@@ -809,7 +880,9 @@ fn drop_overlapping(mut snapshots: Vec<Snapshot>, counts: &mut SelectionCounts) 
             counts.overlapping += 1;
             continue;
         }
-        for part in &snapshot.parts {
+        // An instant holds no time another file could overlap (and would
+        // take the key of the interval starting with it).
+        for part in snapshot.parts.iter().filter(|part| part.end > part.start) {
             for pair in &part.pairs {
                 kept_intervals
                     .entry(pair.clone())
@@ -865,11 +938,14 @@ fn merge(snapshots: &[&Snapshot]) -> Report {
         let report = &snapshot.report;
         sensors.extend(report.sensor.split(',').map(str::to_string));
         if report.merged_from.is_empty() {
+            let coverage = report.snapshot.as_ref().map(|info| &info.coverage);
             merged_from.push(MergedPart {
                 sensor: report.sensor.clone(),
                 interfaces: report.interfaces.clone(),
                 start: report.start.clone(),
                 end: report.end.clone(),
+                restarts: coverage.map_or(0, |coverage| coverage.restarts),
+                gap_before_seconds: coverage.map_or(0.0, |coverage| coverage.gap_before_seconds),
             });
         } else {
             merged_from.extend(report.merged_from.iter().cloned());
@@ -1836,8 +1912,8 @@ mod tests {
         assert_eq!(again.by_sensor.len(), 2);
 
         // It carries its snapshots' key. Named on the command line beside
-        // them, it overlaps each of them (it lists them in `merged_from`):
-        // counted once, the merged report kept (it may hold more).
+        // them, it lists only snapshots read beside it (`merged_from`):
+        // they are used instead, each with its own detail.
         assert_eq!(
             first.report.pseudonym_key_id.as_deref(),
             Some("0123456789abcdef")
@@ -1848,8 +1924,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(service(&both.report, TOR).packets, 3 + 5 + 7);
-        assert_eq!(both.counts.used, 1);
-        assert_eq!(both.counts.overlapping, 3);
+        assert_eq!(both.counts.used, 3);
+        assert_eq!(both.counts.overlapping, 1);
+        assert_eq!(both.intervals.len(), 3);
         // Beside snapshots of real addresses, its pseudonyms are refused.
         let mut raw = hour("s3", "eth1", 1);
         if let Some(info) = raw.snapshot.as_mut() {
@@ -2175,10 +2252,21 @@ mod tests {
 
     #[test]
     fn a_merged_report_with_a_gap_overlaps_only_the_snapshots_it_holds() {
-        // Hours one and three merged; beside the folder of all three, hour
-        // two is not in it and still counts.
+        // Hours one and three merged, each with a daemon restart; beside
+        // it, the folder without hour three (moved away): the merged report
+        // holds what the folder lacks, so it is used; hour one overlaps it,
+        // hour two is not in it and still counts.
         let folder = TempFolder::new("merged-gap");
-        let paths = write_chain(&folder, three_hours());
+        let hours: Vec<Report> = three_hours()
+            .into_iter()
+            .map(|mut hour| {
+                if let Some(info) = hour.snapshot.as_mut() {
+                    info.coverage.restarts = 1;
+                }
+                hour
+            })
+            .collect();
+        let paths = write_chain(&folder, hours);
         let all = merge_folder(&folder, &TimeRange::default());
         let ends = merge_paths(&[paths[0].clone(), paths[2].clone()], &TimeRange::default())
             .unwrap()
@@ -2187,6 +2275,15 @@ mod tests {
         let saved = TempFolder::new("merged-gap-saved");
         let ends_path = saved.file("ends.json");
         write_report(&ends_path, &ends);
+        // With all three hours beside it, the snapshots are used instead.
+        let whole = merge_paths(
+            &[ends_path.clone(), folder.0.clone()],
+            &TimeRange::default(),
+        )
+        .unwrap();
+        assert_eq!(whole.report.totals, all.report.totals);
+        assert_eq!((whole.counts.used, whole.counts.overlapping), (3, 1));
+        std::fs::remove_file(&paths[2]).unwrap();
         for paths in [
             [ends_path.clone(), folder.0.clone()],
             [folder.0.clone(), ends_path.clone()],
@@ -2194,7 +2291,10 @@ mod tests {
             let merged = merge_paths(&paths, &TimeRange::default()).unwrap();
             assert_eq!(merged.report.totals, all.report.totals, "{paths:?}");
             assert_eq!(merged.counts.used, 2, "{paths:?}");
-            assert_eq!(merged.counts.overlapping, 2, "{paths:?}");
+            assert_eq!(merged.counts.overlapping, 1, "{paths:?}");
+            // The merged report's two restarts, and hour two's.
+            assert_eq!(merged.counts.restarts, 3, "{paths:?}");
+            assert_eq!(merged.counts.uncovered_seconds, 0.0, "{paths:?}");
         }
         // Merged again, it lists the snapshots, not the merged report.
         let again = merge_paths(
@@ -2217,6 +2317,23 @@ mod tests {
             ]
         );
         assert_eq!(again.sensor, "s1");
+    }
+
+    #[test]
+    fn an_instant_snapshot_does_not_hide_the_interval_it_starts_with() {
+        let folder = TempFolder::new("instant");
+        let mut hour = three_hours().remove(0);
+        write_report(&folder.file("classifier-20261124T190000Z.json"), &hour);
+        hour.end = hour.start.clone();
+        hour.flows.clear();
+        write_report(&folder.file("classifier-20261124T190000Z-1.json"), &hour);
+        // Half an hour in, an hour long: overlaps the first.
+        let mut late = three_hours().remove(0);
+        late.start = "2026-11-24T19:30:00Z".into();
+        late.end = "2026-11-24T20:30:00Z".into();
+        write_report(&folder.file("classifier-20261124T193000Z.json"), &late);
+        let merged = merge_folder(&folder, &TimeRange::default());
+        assert_eq!(merged.counts.overlapping, 1);
     }
 
     #[test]

@@ -695,7 +695,7 @@ fn by_sensor_section(page: &mut String, sensors: &[Report]) {
             number("packets", report.totals.packets),
             number("watched", report.totals.watched),
             number("matched", report.totals.matched),
-            number("flows", report.flows.len() as u64),
+            number("flows", report.distinct_flows() as u64),
             number("unique_sources", sources.len() as u64),
             escape(&services.join(", ")),
             sensor = escape(&report.sensor),

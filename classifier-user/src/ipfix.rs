@@ -118,8 +118,9 @@ impl std::str::FromStr for Target {
         };
         // Addresses are checked here; a host name is resolved at each export.
         if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-            inner
-                .parse::<std::net::Ipv6Addr>()
+            // A link-local address may carry its scope: [fe80::1%2]:4739.
+            address
+                .parse::<std::net::SocketAddrV6>()
                 .map_err(|_| format!("{inner} is not an IPv6 address"))?;
         } else if host.contains(':') {
             return Err(format!("an IPv6 address goes in brackets: [{host}]:{port}"));
@@ -882,6 +883,7 @@ mod tests {
         let bracketed: Target = "udp://[2001:db8::1]:4739".parse().unwrap();
         assert_eq!(bracketed.to_string(), "udp://[2001:db8::1]:4739");
         assert!("[2001:db8::zz]:4739".parse::<Target>().is_err());
+        assert!("[fe80::1%2]:4739".parse::<Target>().is_ok());
         assert_eq!(observation_domain_of("a"), observation_domain_of("a"));
         assert_ne!(observation_domain_of("a"), observation_domain_of("b"));
     }

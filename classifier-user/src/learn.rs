@@ -142,7 +142,7 @@ impl DomainFeed {
         let mut listed: HashMap<String, (String, usize)> = HashMap::new();
         for (file, text) in sources {
             let mut columns = None;
-            for (index, raw) in crate::feeds::without_bom(text).lines().enumerate() {
+            for (index, raw) in crate::feeds::feed_lines(text).enumerate() {
                 let line = index + 1;
                 let problem = |problem: String| LearnError::Line {
                     file: file.clone(),
@@ -622,12 +622,27 @@ impl Learner {
     }
 
     /// The watched set now counted (at start and after a reload): its
-    /// addresses are never learned as endpoints.
-    pub fn set_watched(&mut self, watched: &crate::feeds::WatchedSet) {
+    /// addresses are never learned as endpoints, and those learned before
+    /// it grew are forgotten (the changes remove them from the kernel).
+    pub fn set_watched(&mut self, watched: &crate::feeds::WatchedSet) -> Vec<Change> {
         self.watched = watched.all().collect();
+        let now_watched: Vec<IpAddr> = self
+            .entries
+            .keys()
+            .copied()
+            .filter(|address| self.is_watched(*address))
+            .collect();
+        now_watched
+            .into_iter()
+            .map(|address| {
+                self.entries.remove(&address);
+                self.stats.skipped_watched += 1;
+                Change::Remove { address }
+            })
+            .collect()
     }
 
-    fn is_watched(&self, address: IpAddr) -> bool {
+    pub(crate) fn is_watched(&self, address: IpAddr) -> bool {
         let address = match address {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(address, IpAddr::V4),
             v4 => v4,
@@ -1118,6 +1133,11 @@ impl LearnMaps {
         for (key, id) in held {
             let address = IpAddr::V6(Ipv6Addr::from(key)).to_canonical();
             match services.name(id) {
+                // Watched now: a resident, not an endpoint.
+                Some(_) if learner.is_watched(address) => {
+                    learner.stats.skipped_watched += 1;
+                    self.apply(&[Change::Remove { address }], services);
+                }
                 Some(service) => {
                     learner.inherit(address, service, now_unix_ns);
                     inherited += 1;
@@ -1162,6 +1182,18 @@ impl LearnMaps {
         }
         self.apply(&changes, services);
         records.len()
+    }
+
+    /// Gives `learner` the watched set now counted and removes from the
+    /// kernel what it forgets (endpoints learned in it before).
+    pub fn watch(
+        &mut self,
+        learner: &mut Learner,
+        watched: &crate::feeds::WatchedSet,
+        services: &ServiceTable,
+    ) {
+        let changes = learner.set_watched(watched);
+        self.apply(&changes, services);
     }
 
     /// Expires what is due, without reading records.
@@ -1597,6 +1629,18 @@ pub mod tests {
                 .len(),
             1
         );
+        // A reload that watches it too forgets it.
+        let changes = learner.set_watched(&crate::feeds::WatchedSet::from_prefixes([
+            "175.45.176.0/22".parse().unwrap(),
+            "77.7.7.0/24".parse().unwrap(),
+        ]));
+        assert_eq!(
+            changes,
+            [Change::Remove {
+                address: IpAddr::V4(Ipv4Addr::new(77, 7, 7, 7))
+            }]
+        );
+        assert!(learner.endpoints().is_empty());
     }
 
     #[test]

@@ -327,7 +327,8 @@ pub fn pcap(args: &PcapArgs) -> Result<(), Box<dyn std::error::Error>> {
     };
     let mut learner = Learner::from_args(&args.learn)?;
     if let Some(learner) = &mut learner {
-        learner.set_watched(&watched);
+        // Nothing learned yet: nothing to forget.
+        let _ = learner.set_watched(&watched);
     }
     let mut services = ServiceTable::new(endpoints.services());
     if let Some(learner) = &learner {

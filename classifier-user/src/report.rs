@@ -65,12 +65,18 @@ pub struct Report {
 }
 
 /// One snapshot a merged report sums: whose, and when.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MergedPart {
     pub sensor: String,
     pub interfaces: Vec<String>,
     pub start: String,
     pub end: String,
+    /// The snapshot's coverage: daemon restarts in it, and seconds without
+    /// a counting program before it.
+    #[serde(default)]
+    pub restarts: u64,
+    #[serde(default)]
+    pub gap_before_seconds: f64,
 }
 
 /// Learning's state when the report was made.
@@ -527,6 +533,24 @@ impl Report {
         }
     }
 
+    /// Flows by (watched, endpoint, protocol, port, direction): a flow with
+    /// a row under each of two services (its service changed) counts once.
+    pub fn distinct_flows(&self) -> usize {
+        self.flows
+            .iter()
+            .map(|flow| {
+                (
+                    flow.watched,
+                    flow.endpoint,
+                    flow.protocol,
+                    flow.port,
+                    &flow.direction,
+                )
+            })
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+    }
+
     /// "reason count" for every malformed reason with packets.
     pub fn malformed_reasons(&self) -> Vec<String> {
         self.malformed
@@ -626,7 +650,7 @@ impl Report {
         let _ = writeln!(
             out,
             "\nflow table: {} flows, {} inserts ({} into recycled cache slots), {} evictions, {} failed inserts, {} drains",
-            self.flows.len(),
+            self.distinct_flows(),
             f.inserts,
             f.recycles,
             f.evictions,

@@ -143,7 +143,8 @@ impl RunConfig {
         }
         let mut learner = crate::learn::Learner::from_args(&args.learn)?;
         if let Some(learner) = &mut learner {
-            learner.set_watched(&watched);
+            // Nothing learned yet: nothing to forget.
+            let _ = learner.set_watched(&watched);
         }
         if let Some(dir) = &args.snapshot_dir {
             // A folder that cannot be made is refused before loading (and
@@ -783,8 +784,8 @@ impl Daemon {
             log::warn!("drain before the reload's swap failed: {error}");
         }
         self.sensor.swap_program(sensor, meta)?;
-        if let Some((learner, _)) = &mut self.learning {
-            learner.set_watched(&watched);
+        if let Some((learner, maps)) = &mut self.learning {
+            maps.watch(learner, &watched, &self.sensor.meta.service_table());
         }
         if let Some(snapshots) = &mut self.snapshots {
             snapshots.update_source(&self.sensor.meta);
