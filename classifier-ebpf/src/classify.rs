@@ -204,7 +204,9 @@ fn endpoint_service_v6(addr: &[u8; 16]) -> u32 {
 /// Outbound when the source is watched and the destination a known
 /// endpoint; else inbound when the destination is watched and the source an
 /// endpoint; else unmatched, seen from the watched side (the source's when
-/// both are watched). Services count only towards a watched side.
+/// both are watched, but the receiver's for a DNS answer: a resolver inside
+/// the watched range answering the host that asked). Services count only
+/// towards a watched side.
 #[inline(always)]
 fn orient<A: Copy>(
     packet: &Packet<A>,
@@ -215,7 +217,9 @@ fn orient<A: Copy>(
 ) -> Watched<A> {
     let outbound_service = if src_watched { dst_service } else { 0 };
     let inbound_service = if dst_watched { src_service } else { 0 };
-    let outbound = outbound_service != 0 || (src_watched && inbound_service == 0);
+    let answer_to_watched = dst_watched && packet.src_port == crate::learn::PORT_DNS;
+    let outbound =
+        outbound_service != 0 || (src_watched && inbound_service == 0 && !answer_to_watched);
     if outbound {
         Watched {
             direction: DIR_OUTBOUND,

@@ -25,7 +25,7 @@ use crate::{
 
 const PROTO_TCP: u8 = 6;
 const PROTO_UDP: u8 = 17;
-const PORT_DNS: u16 = 53;
+pub const PORT_DNS: u16 = 53;
 
 /// Both endpoint hints (one lookup for all a packet asks of them); `None`
 /// only if the map were missing its value, which then hints nothing.

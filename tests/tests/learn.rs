@@ -247,6 +247,63 @@ fn dns_answers_to_watched_hosts_teach_endpoints_until_they_expire() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// A resolver inside the watched range (a campus's, a country's) answers
+/// the watched host that asked: the answer is read as one to a watched
+/// host, and its address is learned.
+#[test]
+fn answers_from_a_watched_resolver_teach_too() {
+    if !require_root() {
+        return;
+    }
+    let dir = temp_dir("learn-watched-resolver");
+    let domains = dir.join("domains.csv");
+    std::fs::write(
+        &domains,
+        "domain,service\nhotspotshield.com,hotspot-shield\n",
+    )
+    .expect("domains");
+    let answer = dns_reply(
+        "api.hotspotshield.com",
+        &[Answer::A("api.hotspotshield.com", [192, 0, 2, 99], 300)],
+    );
+    let resolver = "175.45.176.1";
+    let capture = dir.join("watched-resolver.pcap");
+    write_pcap(
+        &capture,
+        &[
+            (0, udp_with(resolver, WATCHED, 53, 40001, &answer)),
+            (1, traffic("192.0.2.99")),
+        ],
+    );
+    let output = run_classifier(&[
+        "pcap",
+        text(&capture),
+        "--format",
+        "json",
+        "--domains",
+        text(&domains),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).expect("JSON report");
+    let learning = &report["learning"];
+    assert_eq!(learning["stats"]["dns_responses"], 1, "{learning}");
+    assert_eq!(learning["stats"]["learned"], 1, "{learning}");
+    let endpoint = &learning["endpoints"][0];
+    assert_eq!(endpoint["address"], "192.0.2.99");
+    assert_eq!(endpoint["watched"], WATCHED);
+    assert_eq!(endpoint["resolver"], resolver);
+    assert_eq!(
+        services(&report)["hotspot-shield"]["packets"],
+        1,
+        "{report}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// The program hands over at most `--learn-rate` packets a second (of the
 /// capture's clock when replaying); the rest are counted, never silent.
 #[test]
