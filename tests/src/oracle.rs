@@ -40,7 +40,9 @@
 //!   watched source with an endpoint destination is outbound (the
 //!   destination's port); else a watched destination with an endpoint
 //!   source is inbound (the source's port); else, with a watched end,
-//!   watched but unmatched.
+//!   watched but unmatched, seen from the watched side for protocol
+//!   verdicts (the source's when both are watched, the receiver's for a
+//!   packet from port 53).
 //!
 //! etherparse 0.18 reads the IPv6 fragment header's offset with IPv4's
 //! layout (see `frames.rs`); the oracle takes the RFC 8200 offset from the
@@ -239,8 +241,10 @@ impl Oracle {
             ));
         }
         // No feed names the other end: a protocol verdict, seen from the
-        // watched side (the source's when both are watched).
-        let (direction, watched, other, port) = if src_watched {
+        // watched side (the source's when both are watched, but the
+        // receiver's for a DNS answer, from port 53).
+        let answer_to_watched = dst_watched && packet.ports.src == 53;
+        let (direction, watched, other, port) = if src_watched && !answer_to_watched {
             (DIR_OUTBOUND, packet.src, packet.dst, packet.ports.dst)
         } else {
             (DIR_INBOUND, packet.dst, packet.src, packet.ports.src)
