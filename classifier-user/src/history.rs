@@ -866,8 +866,14 @@ fn drop_overlapping(mut snapshots: Vec<Snapshot>, counts: &mut SelectionCounts) 
         let overlapped = snapshot.parts.iter().find_map(|part| {
             part.pairs.iter().find_map(|pair| {
                 // Kept intervals are disjoint: the last one starting before
-                // this part ends is the only one that can reach into it.
-                let (_, (end, file)) = kept_intervals.get(pair)?.range(..part.end).next_back()?;
+                // this part ends is the only one that can reach into it (an
+                // instant is inside one that starts with it).
+                let kept = kept_intervals.get(pair)?;
+                let (_, (end, file)) = if part.end > part.start {
+                    kept.range(..part.end).next_back()?
+                } else {
+                    kept.range(..=part.end).next_back()?
+                };
                 (*end > part.start).then_some((pair, file))
             })
         });
@@ -2333,7 +2339,16 @@ mod tests {
         late.end = "2026-11-24T20:30:00Z".into();
         write_report(&folder.file("classifier-20261124T193000Z.json"), &late);
         let merged = merge_folder(&folder, &TimeRange::default());
-        assert_eq!(merged.counts.overlapping, 1);
+        // The instant is inside the hour, and the late one overlaps it.
+        assert_eq!((merged.counts.used, merged.counts.overlapping), (1, 2));
+        // Beside an hour that starts with it, the instant is inside it.
+        let beside = TempFolder::new("instant-beside");
+        let mut whole = three_hours().remove(0);
+        write_report(&beside.file("classifier-20261124T190000Z.json"), &whole);
+        whole.end = whole.start.clone();
+        write_report(&beside.file("classifier-20261124T190000Z-1.json"), &whole);
+        let merged = merge_folder(&beside, &TimeRange::default());
+        assert_eq!((merged.counts.used, merged.counts.overlapping), (1, 1));
     }
 
     #[test]

@@ -926,6 +926,16 @@ pub fn run_config(mut config: RunConfig) -> Result<Report, RunError> {
         let learning = match config.learner.take() {
             Some(mut learner) => match crate::learn::LearnMaps::from_pins(&sensor.dir).and_then(
                 |mut maps| {
+                    // What the program counts with: an adopted one keeps
+                    // the watched set it was loaded with until a reload.
+                    let counted = WatchedSet::from_prefixes(
+                        sensor
+                            .meta
+                            .watched
+                            .iter()
+                            .filter_map(|prefix| prefix.parse().ok()),
+                    );
+                    let _ = learner.set_watched(&counted);
                     let inherited = maps.inherit(
                         &mut learner,
                         &sensor.meta.service_table(),

@@ -453,11 +453,17 @@ fn the_daemon_learns_from_an_answer_on_the_link() {
 
     // A daemon that adopts it learning takes the endpoint over and lets it
     // expire (its TTL is unknown: --learn-ttl from the takeover), so it
-    // counts until then.
+    // counts until then. It is started watching the endpoint's range too,
+    // but the adopted program counts with the set it was loaded with until
+    // a reload: the endpoint is still one.
     let adopter = Daemon::start(
         &link,
         &feed,
-        &[&daemon_args[..], &["--learn-ttl", "2s"]].concat(),
+        &[
+            &daemon_args[..],
+            &["--learn-ttl", "2s", "--watch", "192.0.2.0/24"],
+        ]
+        .concat(),
     );
     assert!(
         adopter.said("took over 1 learned endpoint(s) from the adopted program: kept 2s at most"),
