@@ -330,6 +330,13 @@ impl Collector {
             self.connection = Connection::Udp(None);
             self.templates_sent = None;
         }
+        if let Connection::Tcp(Some(stream)) = &self.connection
+            && peer_closed(stream)
+        {
+            // The collector closed it (a restart, say): what is written
+            // into it now would be lost while reported sent.
+            self.connection = Connection::Tcp(None);
+        }
         match &mut self.connection {
             Connection::Tcp(stream @ None) => {
                 let connected = TcpStream::connect_timeout(&destination, Duration::from_secs(2))?;
@@ -395,6 +402,20 @@ impl Collector {
         }
         Ok(())
     }
+}
+
+/// Whether the collector has closed `stream` (end of stream) or reset it.
+fn peer_closed(stream: &TcpStream) -> bool {
+    if stream.set_nonblocking(true).is_err() {
+        return true;
+    }
+    let closed = match stream.peek(&mut [0u8; 1]) {
+        Ok(0) => true,
+        // A collector has nothing to say; what it says is not read.
+        Ok(_) => false,
+        Err(error) => error.kind() != std::io::ErrorKind::WouldBlock,
+    };
+    stream.set_nonblocking(false).is_err() || closed
 }
 
 /// What export did, for metrics.
@@ -800,6 +821,51 @@ mod tests {
         assert_eq!(down.sequence, 1);
         assert!(down.send(&records, 4, 9).is_err());
         assert_eq!(down.sequence, 2);
+    }
+
+    #[test]
+    fn an_export_after_the_collector_closed_the_connection_goes_to_a_new_one() {
+        use std::io::Read;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+        let target: Target = format!("tcp://{}", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        let mut collector = Collector::new(target);
+        let records = [record("175.45.176.1", "198.51.100.1", 3)];
+        collector.send(&records, 1, 9).expect("first export");
+        // The collector restarts: it reads what it got and closes the
+        // connection (a FIN: writing into it still succeeds locally).
+        let (mut first, _) = listener.accept().expect("the exporter connected");
+        let mut header = [0u8; HEADER_LEN];
+        first.read_exact(&mut header).unwrap();
+        let mut rest = vec![0; usize::from(u16_at(&header, 2)) - HEADER_LEN];
+        first.read_exact(&mut rest).unwrap();
+        drop(first);
+        std::thread::sleep(Duration::from_millis(100));
+        // The next export is not written into the closed connection (where
+        // it would be lost, counted as sent) but to a new one.
+        collector.send(&records, 2, 9).expect("second export");
+        listener.set_nonblocking(true).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut second = loop {
+            match listener.accept() {
+                Ok((stream, _)) => break stream,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Err(error) => panic!("no new connection: {error}"),
+            }
+        };
+        second.set_nonblocking(false).unwrap();
+        second
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let mut header = [0u8; HEADER_LEN];
+        second.read_exact(&mut header).unwrap();
+        let mut rest = vec![0; usize::from(u16_at(&header, 2)) - HEADER_LEN];
+        second.read_exact(&mut rest).unwrap();
+        assert_eq!(u16_at(&rest, 0), TEMPLATE_SET, "templates lead it");
+        assert_eq!(&header[8..12], &1u32.to_be_bytes(), "one record before");
     }
 
     #[test]
