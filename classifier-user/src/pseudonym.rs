@@ -18,6 +18,7 @@ use std::{
     io::Read as _,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use hmac::{Hmac, Mac};
@@ -52,6 +53,43 @@ pub enum PseudonymError {
         "pseudonymize key {path}: a device or folder, not a key file; a key read from a device would change from run to run (write one: head -c 32 /dev/urandom > key)"
     )]
     NotAFile { path: PathBuf },
+    #[error(
+        "pseudonymize key {path}: a named pipe nothing wrote to within {} s (is the program that writes the key running?)",
+        waited.as_secs_f64()
+    )]
+    NoWriter { path: PathBuf, waited: Duration },
+}
+
+/// How long a named pipe given as the key may stay without a writer.
+pub const KEY_WRITER_WAIT: Duration = Duration::from_secs(10);
+
+/// Whether `file` has something to read (or its writer closed) within `wait`.
+fn readable_within(file: &std::fs::File, wait: Duration) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd as _;
+    let mut poll = libc::pollfd {
+        fd: file.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let timeout = i32::try_from(wait.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: one valid pollfd for the call's duration.
+    let ready = unsafe { libc::poll(&mut poll, 1, timeout) };
+    if ready < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(ready > 0)
+}
+
+/// Clears `O_NONBLOCK`, so reading waits for the writer to finish.
+fn set_blocking(file: &std::fs::File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on an open descriptor this function borrows.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Maps watched addresses to their pseudonyms under one key.
@@ -76,7 +114,13 @@ impl Pseudonymizer {
     /// `MAX_KEY_BYTES` of a file or a pipe (`<(pass show key)`); a device
     /// or folder is refused before it is opened.
     pub fn from_file(path: &Path) -> Result<Self, PseudonymError> {
-        use std::os::unix::fs::FileTypeExt as _;
+        Self::from_file_waiting(path, KEY_WRITER_WAIT)
+    }
+
+    /// [`Self::from_file`]; a named pipe must have something to read
+    /// within `wait` (else opening it would wait for a writer forever).
+    pub fn from_file_waiting(path: &Path, wait: Duration) -> Result<Self, PseudonymError> {
+        use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
         let read_error = |source| PseudonymError::Read {
             path: path.to_path_buf(),
             source,
@@ -87,7 +131,24 @@ impl Pseudonymizer {
                 path: path.to_path_buf(),
             });
         }
-        let file = std::fs::File::open(path).map_err(read_error)?;
+        let file = if kind.is_fifo() {
+            // Opened without waiting for a writer; then waited for, bounded.
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(path)
+                .map_err(read_error)?;
+            if !readable_within(&file, wait).map_err(read_error)? {
+                return Err(PseudonymError::NoWriter {
+                    path: path.to_path_buf(),
+                    waited: wait,
+                });
+            }
+            set_blocking(&file).map_err(read_error)?;
+            file
+        } else {
+            std::fs::File::open(path).map_err(read_error)?
+        };
         let mut key = Vec::new();
         file.take(MAX_KEY_BYTES as u64 + 1)
             .read_to_end(&mut key)
@@ -190,6 +251,33 @@ mod tests {
         };
         assert_eq!(p6.segments()[..4], [0x100, 0, 0, 0], "{p6} is in 100::/64");
         assert_eq!(one.key_id.len(), 16);
+    }
+
+    #[test]
+    fn a_named_pipe_is_read_from_its_writer_and_refused_without_one() {
+        let folder = crate::test_support::TempFolder::new("key-fifo");
+        let fifo = folder.file("key");
+        let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid path; mkfifo only creates the node.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        let wait = Duration::from_millis(300);
+        // Nobody writes: refused after the wait, not a hang.
+        let error = Pseudonymizer::from_file_waiting(&fifo, wait)
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            error.contains("a named pipe nothing wrote to within 0.3 s"),
+            "{error}"
+        );
+        // A writer that comes a little later (as `<(pass show key)` does).
+        let writer_path = fifo.clone();
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            std::fs::write(writer_path, [7u8; 32]).unwrap();
+        });
+        let key = Pseudonymizer::from_file_waiting(&fifo, Duration::from_secs(5)).expect("read");
+        writer.join().unwrap();
+        assert_eq!(key.key_id, Pseudonymizer::from_key(vec![7u8; 32]).key_id);
     }
 
     #[test]
