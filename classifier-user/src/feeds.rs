@@ -281,41 +281,32 @@ pub fn read_file(path: &Path) -> Result<String, FeedError> {
     })
 }
 
-/// `text` with every `\r` not followed by `\n` made `\n`: a bare carriage
-/// return (classic Mac line breaks, which some spreadsheet exports still
-/// write) ends a line as `\n` and `\r\n` do. Same length, so byte
-/// positions still name the same lines; borrowed when there is none.
+/// `text` with its lines (as [`feed_lines`] splits them: `\n`, `\r\n` or a
+/// bare `\r`, as classic Mac line breaks and some spreadsheet exports
+/// write) ended by `\n`, for the csv crate, which numbers lines by `\n`;
+/// borrowed when it has no `\r`.
 pub fn with_newlines(text: &str) -> std::borrow::Cow<'_, str> {
-    let bare = |at: usize| text.as_bytes().get(at + 1) != Some(&b'\n');
-    if !text
-        .bytes()
-        .enumerate()
-        .any(|(at, byte)| byte == b'\r' && bare(at))
-    {
+    if !text.contains('\r') {
         return std::borrow::Cow::Borrowed(text);
     }
-    let mut bytes = text.as_bytes().to_vec();
-    for at in 0..bytes.len() {
-        if bytes[at] == b'\r' && bytes.get(at + 1) != Some(&b'\n') {
-            bytes[at] = b'\n';
-        }
-    }
-    // One ASCII byte replaced by another: still UTF-8.
-    std::borrow::Cow::Owned(String::from_utf8(bytes).expect("ASCII for ASCII"))
+    std::borrow::Cow::Owned(split_lines(text).collect::<Vec<_>>().join("\n"))
 }
 
 /// The lines of a feed's text, numbered as an editor shows them: a leading
 /// byte-order mark dropped, lines ending in `\n`, `\r\n` or a bare `\r`.
 pub fn feed_lines(text: &str) -> impl Iterator<Item = &str> {
-    without_bom(text)
-        .split('\n')
-        .flat_map(|line| line.strip_suffix('\r').unwrap_or(line).split('\r'))
+    split_lines(without_bom(text))
 }
 
 /// `text` without a leading byte-order mark (which editors saving "UTF-8
 /// with BOM" write); the csv crate drops it itself.
-pub fn without_bom(text: &str) -> &str {
+fn without_bom(text: &str) -> &str {
     text.strip_prefix('\u{feff}').unwrap_or(text)
+}
+
+fn split_lines(text: &str) -> impl Iterator<Item = &str> {
+    text.split('\n')
+        .flat_map(|line| line.strip_suffix('\r').unwrap_or(line).split('\r'))
 }
 
 // ---- watched set ---------------------------------------------------------------

@@ -362,12 +362,15 @@ struct Snapshot {
     parts: Vec<Part>,
 }
 
-/// An interval a report holds, for each sensor and interface.
+/// An interval a report holds, for each sensor and interface, and its
+/// coverage (daemon restarts, seconds without a counting program).
 #[derive(Debug)]
 struct Part {
     pairs: Vec<(String, String)>,
     start: OffsetDateTime,
     end: OffsetDateTime,
+    restarts: u64,
+    gap_seconds: f64,
 }
 
 impl Snapshot {
@@ -496,13 +499,18 @@ fn load_snapshot(path: &Path) -> Result<Snapshot, FileProblem> {
             pairs: sensor_interface_pairs(&part.sensor, &part.interfaces),
             start,
             end,
+            restarts: part.restarts,
+            gap_seconds: part.gap_before_seconds,
         });
     }
     if parts.is_empty() {
+        let coverage = report.snapshot.as_ref().map(|info| &info.coverage);
         parts.push(Part {
             pairs: sensor_interface_pairs(&report.sensor, &report.interfaces),
             start,
             end,
+            restarts: coverage.map_or(0, |coverage| coverage.restarts),
+            gap_seconds: coverage.map_or(0.0, |coverage| coverage.gap_before_seconds),
         });
     }
     Ok(Snapshot {
@@ -699,19 +707,9 @@ fn select(
 
     counts.used = used.len();
     counts.uncovered_seconds = uncovered_seconds(&used);
-    for snapshot in &used {
-        match &snapshot.report.snapshot {
-            Some(info) => {
-                counts.restarts += info.coverage.restarts;
-                counts.gap_seconds += info.coverage.gap_before_seconds;
-            }
-            None => {
-                for part in &snapshot.report.merged_from {
-                    counts.restarts += part.restarts;
-                    counts.gap_seconds += part.gap_before_seconds;
-                }
-            }
-        }
+    for part in used.iter().flat_map(|snapshot| &snapshot.parts) {
+        counts.restarts += part.restarts;
+        counts.gap_seconds += part.gap_seconds;
     }
     Ok((used, counts))
 }
@@ -898,7 +896,6 @@ fn drop_overlapping(mut snapshots: Vec<Snapshot>, counts: &mut SelectionCounts) 
         }
         kept.push(snapshot);
     }
-    kept.sort_by_key(|s| s.start);
     kept
 }
 

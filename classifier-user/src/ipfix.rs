@@ -773,14 +773,28 @@ mod tests {
         assert_eq!(sequence, 100);
     }
 
-    #[test]
-    fn tcp_collectors_get_templates_once_per_connection_and_a_down_one_is_a_failure() {
-        use std::io::Read;
+    /// A TCP collector listening on a free port, and a [`Collector`] for it.
+    fn tcp_collector() -> (std::net::TcpListener, Collector) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
         let target: Target = format!("tcp://{}", listener.local_addr().unwrap())
             .parse()
             .unwrap();
-        let mut collector = Collector::new(target);
+        (listener, Collector::new(target))
+    }
+
+    /// One IPFIX message read from `stream`: its header, and the rest.
+    fn read_message(stream: &mut TcpStream) -> ([u8; HEADER_LEN], Vec<u8>) {
+        use std::io::Read;
+        let mut header = [0u8; HEADER_LEN];
+        stream.read_exact(&mut header).unwrap();
+        let mut rest = vec![0; usize::from(u16_at(&header, 2)) - HEADER_LEN];
+        stream.read_exact(&mut rest).unwrap();
+        (header, rest)
+    }
+
+    #[test]
+    fn tcp_collectors_get_templates_once_per_connection_and_a_down_one_is_a_failure() {
+        let (listener, mut collector) = tcp_collector();
         let records = [record("175.45.176.1", "198.51.100.1", 3)];
         collector.send(&records, 1, 9).expect("first export");
         collector.send(&records, 2, 9).expect("second export");
@@ -788,17 +802,9 @@ mod tests {
         stream
             .set_read_timeout(Some(Duration::from_secs(2)))
             .unwrap();
-        let mut first_header = [0u8; HEADER_LEN];
-        stream.read_exact(&mut first_header).unwrap();
-        let first_len = usize::from(u16_at(&first_header, 2));
-        let mut rest = vec![0; first_len - HEADER_LEN];
-        stream.read_exact(&mut rest).unwrap();
+        let (_, rest) = read_message(&mut stream);
         assert_eq!(u16_at(&rest, 0), TEMPLATE_SET, "templates lead the first");
-        let mut second_header = [0u8; HEADER_LEN];
-        stream.read_exact(&mut second_header).unwrap();
-        let second_len = usize::from(u16_at(&second_header, 2));
-        let mut rest = vec![0; second_len - HEADER_LEN];
-        stream.read_exact(&mut rest).unwrap();
+        let (second_header, rest) = read_message(&mut stream);
         assert_eq!(
             u16_at(&rest, 0),
             TEMPLATE_V4,
@@ -825,21 +831,13 @@ mod tests {
 
     #[test]
     fn an_export_after_the_collector_closed_the_connection_goes_to_a_new_one() {
-        use std::io::Read;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
-        let target: Target = format!("tcp://{}", listener.local_addr().unwrap())
-            .parse()
-            .unwrap();
-        let mut collector = Collector::new(target);
+        let (listener, mut collector) = tcp_collector();
         let records = [record("175.45.176.1", "198.51.100.1", 3)];
         collector.send(&records, 1, 9).expect("first export");
         // The collector restarts: it reads what it got and closes the
         // connection (a FIN: writing into it still succeeds locally).
         let (mut first, _) = listener.accept().expect("the exporter connected");
-        let mut header = [0u8; HEADER_LEN];
-        first.read_exact(&mut header).unwrap();
-        let mut rest = vec![0; usize::from(u16_at(&header, 2)) - HEADER_LEN];
-        first.read_exact(&mut rest).unwrap();
+        read_message(&mut first);
         drop(first);
         std::thread::sleep(Duration::from_millis(100));
         // The next export is not written into the closed connection (where
@@ -860,17 +858,14 @@ mod tests {
         second
             .set_read_timeout(Some(Duration::from_secs(2)))
             .unwrap();
-        let mut header = [0u8; HEADER_LEN];
-        second.read_exact(&mut header).unwrap();
-        let mut rest = vec![0; usize::from(u16_at(&header, 2)) - HEADER_LEN];
-        second.read_exact(&mut rest).unwrap();
+        let (header, rest) = read_message(&mut second);
         assert_eq!(u16_at(&rest, 0), TEMPLATE_SET, "templates lead it");
         assert_eq!(&header[8..12], &1u32.to_be_bytes(), "one record before");
     }
 
     #[test]
     fn a_hanging_collector_loses_exports_past_its_queue_and_its_sequence_counts_them() {
-        use std::{io::Read, os::fd::AsRawFd};
+        use std::os::fd::AsRawFd;
         // A listener whose accept queue one connection fills: the
         // exporter's connect waits (its SYN is dropped).
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
@@ -908,10 +903,7 @@ mod tests {
             .set_read_timeout(Some(Duration::from_secs(5)))
             .unwrap();
         let mut read_sequence = || {
-            let mut header = [0u8; HEADER_LEN];
-            stream.read_exact(&mut header).unwrap();
-            let mut rest = vec![0; usize::from(u16_at(&header, 2)) - HEADER_LEN];
-            stream.read_exact(&mut rest).unwrap();
+            let (header, _) = read_message(&mut stream);
             u32::from_be_bytes(header[8..12].try_into().unwrap())
         };
         let queued: Vec<u32> = (0..=QUEUED_EXPORTS).map(|_| read_sequence()).collect();

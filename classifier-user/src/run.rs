@@ -141,11 +141,7 @@ impl RunConfig {
         if pseudonymizer_set {
             crate::feeds::refuse_watched_endpoints(&watched, &endpoints)?;
         }
-        let mut learner = crate::learn::Learner::from_args(&args.learn)?;
-        if let Some(learner) = &mut learner {
-            // Nothing learned yet: nothing to forget.
-            let _ = learner.set_watched(&watched);
-        }
+        let learner = crate::learn::Learner::from_args(&args.learn)?;
         if let Some(dir) = &args.snapshot_dir {
             // A folder that cannot be made is refused before loading (and
             // only once the feeds were accepted).
@@ -926,8 +922,9 @@ pub fn run_config(mut config: RunConfig) -> Result<Report, RunError> {
         let learning = match config.learner.take() {
             Some(mut learner) => match crate::learn::LearnMaps::from_pins(&sensor.dir).and_then(
                 |mut maps| {
-                    // What the program counts with: an adopted one keeps
-                    // the watched set it was loaded with until a reload.
+                    // What the program counts with (the watched set given,
+                    // or for an adopted program the one it was loaded with
+                    // until a reload).
                     let counted = WatchedSet::from_prefixes(
                         sensor
                             .meta

@@ -53,6 +53,19 @@ pub fn run_classifier(args: &[&str]) -> std::process::Output {
         .expect("run classifier")
 }
 
+/// `classifier pcap --format json ARGS…`, which must succeed: its report.
+pub fn pcap_report(args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["pcap", "--format", "json"];
+    all.extend_from_slice(args);
+    let output = run_classifier(&all);
+    assert!(
+        output.status.success(),
+        "classifier pcap: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("pcap report JSON")
+}
+
 /// The endpoint feed the tests load: nested prefixes of different services
 /// in both families, so longest-prefix matching is exercised.
 pub const TEST_FEED: &str = "\

@@ -15,7 +15,7 @@ use classifier_tests::{
     TEST_FEED,
     daemon::{services, temp_dir},
     frames::{FrameSpec, patched},
-    path_str as text, require_root, run_classifier,
+    path_str as text, pcap_report, require_root, run_classifier,
 };
 use serde_json::Value;
 use simple_dns::{
@@ -165,11 +165,8 @@ fn dns_answers_to_watched_hosts_teach_endpoints_until_they_expire() {
     let capture = dir.join("dns.pcap");
     write_pcap(&capture, &frames);
 
-    let output = run_classifier(&[
-        "pcap",
+    let report = pcap_report(&[
         text(&capture),
-        "--format",
-        "json",
         "--endpoints",
         text(&feed),
         "--domains",
@@ -177,12 +174,6 @@ fn dns_answers_to_watched_hosts_teach_endpoints_until_they_expire() {
         "--learn-exclude",
         text(&cdn),
     ]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: Value = serde_json::from_slice(&output.stdout).expect("JSON report");
     let rows = services(&report);
     assert_eq!(rows["hotspot-shield"]["packets"], 3, "{report}");
     assert_eq!(rows["psiphon"]["packets"], 1, "{report}");
@@ -275,20 +266,7 @@ fn answers_from_a_watched_resolver_teach_too() {
             (1, traffic("192.0.2.99")),
         ],
     );
-    let output = run_classifier(&[
-        "pcap",
-        text(&capture),
-        "--format",
-        "json",
-        "--domains",
-        text(&domains),
-    ]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: Value = serde_json::from_slice(&output.stdout).expect("JSON report");
+    let report = pcap_report(&[text(&capture), "--domains", text(&domains)]);
     let learning = &report["learning"];
     assert_eq!(learning["stats"]["dns_responses"], 1, "{learning}");
     assert_eq!(learning["stats"]["learned"], 1, "{learning}");

@@ -9,21 +9,9 @@ use classifier_tests::{
     classifier_binary,
     daemon::{Daemon, services, snapshot_files, temp_dir},
     netns::VethLink,
-    path_str as text, require_root, run_classifier as classifier,
+    path_str as text, pcap_report, require_root, run_classifier as classifier,
 };
 use serde_json::Value;
-
-fn pcap_report(args: &[&str]) -> Value {
-    let mut all = vec!["pcap", "--format", "json"];
-    all.extend_from_slice(args);
-    let output = classifier(&all);
-    assert!(
-        output.status.success(),
-        "classifier pcap: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("pcap report JSON")
-}
 
 /// The generator's arguments both sides use.
 const MIX: [&str; 8] = [
