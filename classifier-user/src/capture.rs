@@ -47,8 +47,11 @@
 //! - Frames are numbered from 1 in each file, counting packets only (as
 //!   Wireshark does). An error names the file and the frame being read;
 //!   an error in a pcapng block between two packets names the next frame.
-//! - A file that ends in the middle of a record, a corrupt record, or a file
-//!   that is neither pcap nor pcapng is an error. After an error the
+//! - A file that ends in the middle of its last record, as a capture stopped
+//!   mid-write does, is read up to that record, which
+//!   [`CaptureReader::cut_tail`] then names; a longer unreadable end
+//!   ([`MAX_CUT_TAIL_LEN`]), a file header cut short, a corrupt record, or a
+//!   file that is neither pcap nor pcapng is an error. After an error the
 //!   iterator ends.
 
 use std::{
@@ -87,6 +90,12 @@ const READ_CHUNK_LEN: u64 = 64 * 1024;
 /// A record (pcap packet or pcapng block) longer than this is taken as
 /// corruption rather than buffered (libpcap's pcapng limit is the same).
 const MAX_RECORD_LEN: usize = 16 * 1024 * 1024;
+/// The most a file may end with of a record it does not hold whole and still
+/// be read up to it: one packet at libpcap's largest snap length (262,144
+/// bytes, tcpdump's default) and its record's header and options. A capture
+/// stopped mid-write (tcpdump killed, a disk filled) ends so; a longer
+/// unreadable tail is taken as corruption and refused.
+const MAX_CUT_TAIL_LEN: usize = 262_144 + 1024;
 
 const NANOS_PER_SECOND: i64 = 1_000_000_000;
 /// pcapng's `if_tsresol` when an interface does not give one: microseconds.
@@ -299,7 +308,18 @@ pub struct CaptureReader {
     format: FormatState,
     link_types: Vec<LinkType>,
     frames_read: u64,
+    cut_tail: Option<CutTail>,
     finished: bool,
+}
+
+/// The end of a capture stopped mid-write: part of one record, not read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CutTail {
+    /// The number the frame would have had (the last record may also be a
+    /// pcapng block of another kind).
+    pub frame: u64,
+    /// Bytes of the incomplete record.
+    pub bytes: u64,
 }
 
 /// What each format needs to remember between records.
@@ -507,6 +527,7 @@ impl CaptureReader {
             format: state,
             link_types,
             frames_read: 0,
+            cut_tail: None,
             finished: false,
         })
     }
@@ -543,12 +564,26 @@ impl CaptureReader {
         self.file_len
     }
 
-    /// Reads the next frame; `None` at the end of the file.
+    /// The incomplete record the file ends with, once the reader has reached
+    /// it (the frames before it were read; see [`MAX_CUT_TAIL_LEN`]).
+    pub fn cut_tail(&self) -> Option<CutTail> {
+        self.cut_tail
+    }
+
+    /// Reads the next frame; `None` at the end of the file, also when the
+    /// file ends in a short incomplete record ([`Self::cut_tail`]).
     fn read_frame(&mut self) -> Result<Option<CaptureFrame>, CaptureError> {
         let number = self.frames_read + 1;
         let packet = match self.read_packet() {
             Ok(Some(packet)) => packet,
             Ok(None) => return Ok(None),
+            Err(ReadProblem::Truncated) if self.input.unparsed().len() <= MAX_CUT_TAIL_LEN => {
+                self.cut_tail = Some(CutTail {
+                    frame: number,
+                    bytes: self.input.unparsed().len() as u64,
+                });
+                return Ok(None);
+            }
             Err(problem) => return Err(self.frame_error(number, problem)),
         };
         let (data, original_len) =
@@ -943,6 +978,15 @@ impl TimeOrderedFrames {
     /// Bytes parsed so far over all files.
     pub fn bytes_read(&self) -> u64 {
         self.readers.iter().map(CaptureReader::bytes_read).sum()
+    }
+
+    /// The files (by index) read up to an incomplete last record, and that
+    /// record; complete once the iterator has ended.
+    pub fn cut_tails(&self) -> impl Iterator<Item = (usize, CutTail)> + '_ {
+        self.readers
+            .iter()
+            .enumerate()
+            .filter_map(|(file, reader)| Some((file, reader.cut_tail()?)))
     }
 
     fn read_ahead(&mut self, file: usize) -> Result<(), CaptureError> {
@@ -1643,7 +1687,7 @@ mod tests {
     }
 
     #[test]
-    fn pcap_cut_in_the_middle_of_a_record_names_the_frame() {
+    fn pcap_cut_in_its_last_record_is_read_up_to_it() {
         let folder = TempFolder::new("truncated");
         let frame = ethernet_frame(0x0800, &ipv4_packet(20));
         let path = folder.file("whole.pcap");
@@ -1660,38 +1704,56 @@ mod tests {
         let record_len = 16 + frame.len();
         let cuts = [
             // In the third record's data, and in the second record's header.
-            (whole.len() - 10, 3),
-            (24 + record_len + 8, 2),
+            (whole.len() - 10, 3, record_len - 10),
+            (24 + record_len + 8, 2, 8),
         ];
-        for (cut_len, failing_frame) in cuts {
+        for (cut_len, cut_frame, tail_len) in cuts {
             let cut_path = folder.file(&format!("cut-{cut_len}.pcap"));
             std::fs::write(&cut_path, &whole[..cut_len]).unwrap();
             let mut reader = CaptureReader::open(&cut_path).unwrap();
-            for number in 1..failing_frame {
+            for number in 1..cut_frame {
                 assert_eq!(reader.next().unwrap().unwrap().number, number);
+                assert_eq!(reader.cut_tail(), None, "not known before the end");
             }
-            let error = reader.next().unwrap().unwrap_err();
-            assert!(
-                matches!(
-                    error,
-                    CaptureError::Frame { frame, problem: ReadProblem::Truncated, .. }
-                        if frame == failing_frame
-                ),
-                "{error:?}"
-            );
+            assert!(reader.next().is_none(), "the cut record ends the frames");
             assert_eq!(
-                error.to_string(),
-                format!(
-                    "{}: frame {failing_frame}: the file ends in the middle of a record (cut short?)",
-                    cut_path.display()
-                )
+                reader.cut_tail(),
+                Some(CutTail {
+                    frame: cut_frame,
+                    bytes: tail_len as u64
+                })
             );
-            assert!(reader.next().is_none(), "the reader stops after an error");
         }
+        let mut whole_reader = CaptureReader::open(&path).unwrap();
+        assert_eq!(whole_reader.by_ref().count(), 3);
+        assert_eq!(whole_reader.cut_tail(), None);
     }
 
     #[test]
-    fn pcapng_cut_in_the_middle_of_a_block_names_the_frame() {
+    fn pcap_ending_in_more_than_one_record_can_hold_is_refused() {
+        let folder = TempFolder::new("truncated-long");
+        let path = folder.file("long.pcap");
+        let frame = ethernet_frame(0x0800, &vec![0; MAX_CUT_TAIL_LEN]);
+        let header = PcapHeader {
+            snaplen: u32::try_from(frame.len()).unwrap(),
+            ..pcap_header(DataLink::ETHERNET)
+        };
+        write_pcap(&path, header, &[Packet::whole(time(0), frame)]);
+        let whole = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &whole[..whole.len() - 1]).unwrap();
+        let results: Vec<_> = CaptureReader::open(&path).unwrap().collect();
+        assert_eq!(results.len(), 1);
+        assert_eq!(
+            results[0].as_ref().unwrap_err().to_string(),
+            format!(
+                "{}: frame 1: the file ends in the middle of a record (cut short?)",
+                path.display()
+            )
+        );
+    }
+
+    #[test]
+    fn pcapng_cut_in_its_last_block_is_read_up_to_it() {
         let folder = TempFolder::new("truncated-ng");
         let path = folder.file("cut.pcapng");
         let frame = ethernet_frame(0x0800, &ipv4_packet(20));
@@ -1713,16 +1775,15 @@ mod tests {
         let bytes = writer.into_inner();
         std::fs::write(&path, &bytes[..bytes.len() - 8]).unwrap();
 
-        let results: Vec<_> = CaptureReader::open(&path).unwrap().collect();
-        assert_eq!(results.len(), 2);
+        let mut reader = CaptureReader::open(&path).unwrap();
+        let results: Vec<_> = reader.by_ref().collect();
+        assert_eq!(results.len(), 1);
         assert!(results[0].is_ok());
-        assert_eq!(
-            results[1].as_ref().unwrap_err().to_string(),
-            format!(
-                "{}: frame 2: the file ends in the middle of a record (cut short?)",
-                path.display()
-            )
-        );
+        // An Enhanced Packet Block: 28 bytes of header, the data padded to
+        // 4 bytes, the closing length; the last 8 bytes are missing.
+        let block_len = 28 + frame.len().next_multiple_of(4) + 4;
+        let tail = reader.cut_tail().unwrap();
+        assert_eq!((tail.frame, tail.bytes), (2, block_len as u64 - 8));
     }
 
     #[test]

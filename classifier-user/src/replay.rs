@@ -411,6 +411,15 @@ pub fn pcap(args: &PcapArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     bar.finish_and_clear();
     let elapsed = started.elapsed().as_secs_f64();
+    for (file, tail) in frames.cut_tails() {
+        log::warn!(
+            "{}: the file ends inside frame {} ({} bytes of a record, as when a capture is stopped mid-write); the {} frames before it are counted, that record is not",
+            files[file],
+            tail.frame,
+            tail.bytes,
+            tail.frame - 1
+        );
+    }
 
     let Some(first_ns) = replay.progress.first_ns else {
         return Err(ReplayError::Empty(

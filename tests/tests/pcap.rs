@@ -339,11 +339,45 @@ fn bad_captures_are_refused_with_file_and_frame() {
     let second =
         first + 16 + u32::from_le_bytes(bytes[first + 8..first + 12].try_into().unwrap()) as usize;
     std::fs::write(&cut, &bytes[..second + 20]).expect("write");
-    let output = classifier(&["pcap", text(&cut)]);
+    // As tcpdump stopped mid-write leaves it: its whole frames count, as
+    // those of a file that ends before the cut record, and a warning names
+    // the record.
+    let output = classifier(&["pcap", "--format", "json", text(&cut)]);
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{error}");
+    assert!(
+        error.contains(&format!(
+            "{}: the file ends inside frame 3 (20 bytes of a record, as when a capture is stopped mid-write); the 2 frames before it are counted, that record is not",
+            cut.display()
+        )),
+        "{error}"
+    );
+    let two_frames = dir.join("two-frames.pcap");
+    std::fs::write(&two_frames, &bytes[..second]).expect("write");
+    let without_interfaces = |mut report: Value| {
+        report["interfaces"] = Value::Null;
+        report
+    };
+    let cut_report: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(cut_report["totals"]["packets"], 2, "{cut_report}");
+    assert_eq!(
+        without_interfaces(cut_report),
+        without_interfaces(pcap_report(&[text(&two_frames)]))
+    );
+    // A file whose unreadable end is longer than any record: corrupt.
+    let long_claim = dir.join("long-claim.pcap");
+    let mut changed = bytes[..second].to_vec();
+    changed[first + 8..first + 12].copy_from_slice(&400_000u32.to_le_bytes());
+    changed.resize(first + 16 + 300_000, 0);
+    std::fs::write(&long_claim, &changed).expect("write");
+    let output = classifier(&["pcap", text(&long_claim)]);
     let error = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{error}");
     assert!(
-        error.contains(&format!("{}: frame 3", cut.display())),
+        error.contains(&format!(
+            "{}: frame 2: the file ends in the middle of a record (cut short?)",
+            long_claim.display()
+        )),
         "{error}"
     );
 
