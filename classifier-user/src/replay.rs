@@ -31,7 +31,7 @@ use crate::{
     pseudonym::Pseudonymizer,
     report::{Report, ReportContext, ReportFormat},
     run::sensor_name,
-    snapshot::{Snapshotter, unix_ns_to_time},
+    snapshot::{Snapshotter, WriteAttempt, unix_ns_to_time},
     testrun::{self, MIN_TEST_FRAME},
 };
 
@@ -193,7 +193,7 @@ impl Replay {
             self.drain()?;
             if let Some(snapshotter) = &mut self.snapshotter {
                 snapshotter.cut(&mut self.ledger, boundary, None);
-                snapshotter.write_pending(true);
+                snapshotter.write_pending(WriteAttempt::AtNextCut);
                 self.boundary = Some(snapshotter.next_boundary(boundary));
             }
         }
@@ -435,7 +435,7 @@ pub fn pcap(args: &PcapArgs) -> Result<(), Box<dyn std::error::Error>> {
     replay.drain()?;
     if let Some(snapshotter) = &mut replay.snapshotter {
         snapshotter.cut(&mut replay.ledger, last_ns.max(first_ns), None);
-        if !snapshotter.write_pending(true) {
+        if !snapshotter.write_pending(WriteAttempt::Last) {
             return Err(format!(
                 "{} snapshot(s) could not be written (see above)",
                 snapshotter.pending()

@@ -25,7 +25,7 @@ use crate::{
     privileges,
     pseudonym::{PseudonymError, Pseudonymizer},
     report::{Report, ReportContext, ReportFormat},
-    snapshot::{self, SnapshotError, Snapshotter, unix_ns_to_time},
+    snapshot::{self, SnapshotError, Snapshotter, WriteAttempt, unix_ns_to_time},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -805,19 +805,20 @@ impl Daemon {
         }
     }
 
-    /// Writes the snapshots cut and not yet written (`now`: even during a
-    /// failed write's back-off), then lets the program recycle what the
-    /// checkpoints written hold.
-    fn write_snapshots(&mut self, now: bool) {
+    /// Writes the snapshots cut and not yet written, then lets the program
+    /// recycle what the checkpoints written hold.
+    fn write_snapshots(&mut self, attempt: WriteAttempt) {
         if let Some(snapshots) = &mut self.snapshots {
-            snapshots.write_pending(now);
+            snapshots.write_pending(attempt);
             if let Some(tick) = snapshots.take_persisted_recycle_tick() {
                 self.allow_recycling(tick);
             }
         }
     }
 
-    fn cut_snapshot(&mut self, end_unix_ns: i64) {
+    /// Cuts a snapshot ending at `end_unix_ns` and writes it (`attempt`:
+    /// `Now`, or `Last` at exit).
+    fn cut_snapshot(&mut self, end_unix_ns: i64, attempt: WriteAttempt) {
         if let Some(snapshots) = &mut self.snapshots {
             let totals = self.ledger.totals_since_mark();
             snapshots.learning = self
@@ -825,7 +826,7 @@ impl Daemon {
                 .as_ref()
                 .map(|(learner, _)| learner.report(&totals));
             snapshots.cut(&mut self.ledger, end_unix_ns, self.last_drain_tick);
-            self.write_snapshots(true);
+            self.write_snapshots(attempt);
         }
         // Capture files follow the snapshots' intervals.
         self.capture();
@@ -1111,7 +1112,7 @@ pub fn run_config(mut config: RunConfig) -> Result<Report, RunError> {
                         {
                             snapshots.note_clock_step(step);
                         }
-                        daemon.cut_snapshot(cut.end_unix_ns);
+                        daemon.cut_snapshot(cut.end_unix_ns, WriteAttempt::Now);
                         continue;
                     }
                 }
@@ -1136,7 +1137,7 @@ pub fn run_config(mut config: RunConfig) -> Result<Report, RunError> {
                 _ = ticker.tick() => {
                     let _ = daemon.drain();
                     daemon.capture();
-                    daemon.write_snapshots(false);
+                    daemon.write_snapshots(WriteAttempt::WhenDue);
                 }
                 _ = export_ticker.tick(), if daemon.exporter.is_some() => {
                     let _ = daemon.drain();
@@ -1230,7 +1231,7 @@ fn finish(mut daemon: Daemon, config: &RunConfig, start_unix_ns: i64) -> Result<
     // A wall clock stepped back past the start never ends the report
     // before it began (the last snapshot clamps the same way).
     let end_unix_ns = snapshot::now_unix_ns().max(start_unix_ns);
-    daemon.cut_snapshot(end_unix_ns);
+    daemon.cut_snapshot(end_unix_ns, WriteAttempt::Last);
     let unwritten = daemon.snapshots.as_ref().map_or(0, Snapshotter::pending);
     // Waited for last: the report and the last snapshot end when counting
     // did, not after the wait.

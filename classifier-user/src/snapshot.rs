@@ -479,9 +479,10 @@ impl Snapshotter {
     }
 
     /// Writes queued snapshots in order, unless a failed write's back-off
-    /// has not passed (`now` ignores it). Returns whether all were written.
-    pub fn write_pending(&mut self, now: bool) -> bool {
-        if !now && self.retry_at.is_some_and(|at| Instant::now() < at) {
+    /// has not passed (only [`WriteAttempt::WhenDue`] waits for it).
+    /// Returns whether all were written.
+    pub fn write_pending(&mut self, attempt: WriteAttempt) -> bool {
+        if attempt == WriteAttempt::WhenDue && self.retry_at.is_some_and(|at| Instant::now() < at) {
             return self.pending.is_empty();
         }
         while let Some(pending) = self.pending.front_mut() {
@@ -500,11 +501,21 @@ impl Snapshotter {
                 }
                 Err(error) => {
                     self.write_failures += 1;
+                    let what_next = match attempt {
+                        WriteAttempt::WhenDue | WriteAttempt::Now => format!(
+                            "kept in memory, retrying in {} s (no counts are lost while the daemon runs)",
+                            self.backoff.as_secs()
+                        ),
+                        WriteAttempt::AtNextCut => {
+                            "kept in memory, retried at the next snapshot boundary and at the end"
+                                .to_string()
+                        }
+                        WriteAttempt::Last => "not written".to_string(),
+                    };
                     log::error!(
-                        "cannot write a snapshot into {}: {error}; {} snapshot(s) kept in memory, retrying in {} s (no counts are lost while the daemon runs)",
+                        "cannot write a snapshot into {}: {error}; {} snapshot(s) {what_next}",
                         self.dir.display(),
                         self.pending.len(),
-                        self.backoff.as_secs()
                     );
                     self.retry_at = Some(Instant::now() + self.backoff);
                     self.backoff = (self.backoff * 2).min(LONGEST_RETRY);
@@ -514,6 +525,21 @@ impl Snapshotter {
         }
         true
     }
+}
+
+/// When [`Snapshotter::write_pending`] writes, and what a failure leads to
+/// (its log line says which).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteAttempt {
+    /// The daemon's loop: not before a failed write's back-off has passed.
+    WhenDue,
+    /// Right away (a snapshot was just cut); a failure is retried after
+    /// the back-off.
+    Now,
+    /// A replay's boundary: a failure is retried at the next one.
+    AtNextCut,
+    /// The last attempt before exit: a failure is not retried.
+    Last,
 }
 
 /// A boundary drain this late (ns) cuts at the drain's time instead.
@@ -1001,13 +1027,13 @@ mod tests {
         let snapshots = &mut daemon.snapshotter;
         snapshots.cut(&mut daemon.ledger, start + 3_000_000_000, Some(7));
         assert_eq!(snapshots.take_persisted_recycle_tick(), None, "not written");
-        assert!(snapshots.write_pending(true));
+        assert!(snapshots.write_pending(WriteAttempt::Now));
         assert_eq!(snapshots.take_persisted_recycle_tick(), Some(7));
         assert_eq!(snapshots.take_persisted_recycle_tick(), None, "taken");
         // Two cuts written together: the newer drain's tick.
         snapshots.cut(&mut daemon.ledger, start + 4_000_000_000, Some(9));
         snapshots.cut(&mut daemon.ledger, start + 5_000_000_000, None);
-        assert!(snapshots.write_pending(true));
+        assert!(snapshots.write_pending(WriteAttempt::Now));
         assert_eq!(snapshots.take_persisted_recycle_tick(), Some(9));
     }
 

@@ -132,7 +132,17 @@ impl Daemon {
 
     /// `signal` (SIGTERM or SIGINT), then the JSON report it prints; the
     /// daemon must exit 0. Its remaining log lines are kept.
-    pub fn stop(mut self, signal: i32) -> (Value, Vec<String>) {
+    pub fn stop(self, signal: i32) -> (Value, Vec<String>) {
+        let (status, report, stderr) = self.stop_with_status(signal);
+        assert!(status.success(), "classifier exited with {status}");
+        (report, stderr)
+    }
+
+    /// As [`Self::stop`], for a daemon whose exit status the test checks.
+    pub fn stop_with_status(
+        mut self,
+        signal: i32,
+    ) -> (std::process::ExitStatus, Value, Vec<String>) {
         // Frames are processed in the receiving veth's NAPI poll; give it a moment.
         std::thread::sleep(Duration::from_millis(300));
         self.signal(signal);
@@ -145,10 +155,10 @@ impl Daemon {
             .expect("read report");
         let status = self.child.wait().expect("wait");
         self.stderr_seen.extend(self.stderr_lines.try_iter());
-        assert!(status.success(), "classifier exited with {status}");
-        let report = serde_json::from_str(&stdout)
-            .unwrap_or_else(|error| panic!("report is not JSON ({error}):\n{stdout}"));
-        (report, std::mem::take(&mut self.stderr_seen))
+        let report = serde_json::from_str(&stdout).unwrap_or_else(|error| {
+            panic!("report is not JSON ({error}, exit {status}):\n{stdout}")
+        });
+        (status, report, std::mem::take(&mut self.stderr_seen))
     }
 
     /// SIGKILL: the daemon gets no chance to clean up.

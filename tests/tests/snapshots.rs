@@ -512,11 +512,37 @@ fn a_full_disk_or_a_removed_folder_delays_snapshots_and_loses_no_count() {
     daemon.wait_for("created it again");
     daemon.wait_for("wrote snapshot");
     link.send(&sent.round(5)).expect("send");
-    let (report, _) = daemon.stop(libc::SIGTERM);
-    assert_eq!(counted(&[report]), sent);
+    daemon.wait_for("wrote snapshot");
+    daemon.wait_for("wrote snapshot");
     let mut reports = read_snapshots(&moved);
     reports.extend(read_snapshots(&snapshots));
     assert_eq!(counted(&reports), sent);
+
+    // The disk full at exit: the last snapshot cannot be written, which is
+    // said once, not as a retry; the report still holds every count and
+    // the exit status is 1.
+    let mut file = std::fs::File::create(&filler).expect("filler");
+    while file.write_all(&block).is_ok() {}
+    drop(file);
+    let (status, report, stderr) = daemon.stop_with_status(libc::SIGTERM);
+    assert_eq!(status.code(), Some(1), "{stderr:#?}");
+    assert_eq!(counted(&[report]), sent);
+    let last_failure = stderr
+        .iter()
+        .rev()
+        .find(|line| line.contains("cannot write a snapshot"))
+        .expect("the last snapshot's failure is logged");
+    assert!(
+        last_failure.ends_with("1 snapshot(s) not written"),
+        "{last_failure}"
+    );
+    assert!(
+        stderr.iter().any(|line| line.contains(
+            "1 snapshot(s) could not be written before exit (see the errors above); the report on stdout still holds every count"
+        )),
+        "{stderr:#?}"
+    );
+    std::fs::remove_file(&filler).expect("free the disk");
     for folder in [&moved, &snapshots] {
         let output = classifier(&["report", text(folder), "--verify"]);
         assert!(output.status.success(), "{output:?}");
