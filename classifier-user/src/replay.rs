@@ -15,7 +15,7 @@
 //! and captures of several interfaces over the same time give the same
 //! report and snapshots as one file holding all their frames.
 
-use std::{io::IsTerminal, path::Path, time::Instant};
+use std::{io::IsTerminal, os::unix::fs::MetadataExt, path::Path, time::Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -306,11 +306,11 @@ pub fn pcap(args: &PcapArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     // Open every file first: a bad one is refused before anything runs.
     let mut readers = Vec::new();
-    let mut opened: std::collections::HashMap<std::path::PathBuf, &Path> =
-        std::collections::HashMap::new();
+    // By device and inode: a link of any kind, or another path, is the file.
+    let mut opened: std::collections::HashMap<(u64, u64), &Path> = std::collections::HashMap::new();
     for path in &args.files {
-        if let Ok(identity) = std::fs::canonicalize(path)
-            && let Some(first) = opened.insert(identity, path)
+        if let Ok(metadata) = std::fs::metadata(path)
+            && let Some(first) = opened.insert((metadata.dev(), metadata.ino()), path)
         {
             return Err(ReplayError::SameFileTwice {
                 first: first.display().to_string(),
@@ -433,14 +433,11 @@ pub fn pcap(args: &PcapArgs) -> Result<(), Box<dyn std::error::Error>> {
     };
     let last_ns = replay.progress.last_ns;
     replay.drain()?;
+    let mut unwritten = 0;
     if let Some(snapshotter) = &mut replay.snapshotter {
         snapshotter.cut(&mut replay.ledger, last_ns.max(first_ns), None);
         if !snapshotter.write_pending(WriteAttempt::Last) {
-            return Err(format!(
-                "{} snapshot(s) could not be written (see above)",
-                snapshotter.pending()
-            )
-            .into());
+            unwritten = snapshotter.pending();
         }
     }
     let progress = &replay.progress;
@@ -474,6 +471,12 @@ pub fn pcap(args: &PcapArgs) -> Result<(), Box<dyn std::error::Error>> {
         pseudonymizer.apply(&mut report);
     }
     crate::report::write_stdout(&report.render(args.format))?;
+    if unwritten > 0 {
+        return Err(format!(
+            "{unwritten} snapshot(s) could not be written (see the errors above); the report on stdout holds every count"
+        )
+        .into());
+    }
     Ok(())
 }
 

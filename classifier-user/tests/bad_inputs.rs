@@ -158,6 +158,8 @@ fn cases(f: &Fixtures) -> Vec<Case> {
         b"\xd4\xc3\xb2\xa1\x02\x00\x04\x00\0\0\0\0\0\0\0\0\xff\xff\0\0\x01\0\0\0",
     );
     let good_pcap_again = f.path("./one.pcap");
+    let good_pcap_hard_link = f.path("hard-link.pcap");
+    std::fs::hard_link(&good_pcap, &good_pcap_hard_link).expect("a hard link");
     let watched_endpoint = f.file("inside.csv", b"cidr,service\n175.45.177.0/24,alpha\n");
     let no_prefixes = f.file("emptied.txt", b"# watched ranges\n\n");
     // Classic Mac line breaks (bare CR), as some spreadsheet exports write.
@@ -588,6 +590,14 @@ fn cases(f: &Fixtures) -> Vec<Case> {
                 "classifier: {good_pcap_again}: the same file as {good_pcap}: its frames would be counted twice"
             ),
             &good_pcap_again,
+        ),
+        case(
+            &["pcap", &good_pcap, &good_pcap_hard_link],
+            1,
+            &format!(
+                "classifier: {good_pcap_hard_link}: the same file as {good_pcap}: its frames would be counted twice"
+            ),
+            &good_pcap_hard_link,
         ),
         case(
             &[

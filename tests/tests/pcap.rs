@@ -7,7 +7,7 @@ use std::path::Path;
 
 use classifier_tests::{
     classifier_binary,
-    daemon::{Daemon, services, snapshot_files, temp_dir},
+    daemon::{Daemon, TestMount, services, snapshot_files, temp_dir},
     netns::VethLink,
     path_str as text, pcap_report, require_root, run_classifier as classifier,
 };
@@ -380,6 +380,38 @@ fn bad_captures_are_refused_with_file_and_frame() {
         )),
         "{error}"
     );
+
+    // A full disk: the snapshots cannot be written, which exits 1, but
+    // the replay's report is printed whole.
+    let disk = TestMount::tmpfs(&dir.join("disk"), 64 * 1024);
+    let full_snapshots = disk.path.join("snapshots");
+    std::fs::create_dir(&full_snapshots).expect("snapshot folder");
+    let mut filler = std::fs::File::create(disk.path.join("filler")).expect("filler");
+    while std::io::Write::write_all(&mut filler, &[0; 4096]).is_ok() {}
+    drop(filler);
+    let output = classifier(&[
+        "pcap",
+        "--format",
+        "json",
+        text(&psiphon),
+        "--snapshot-dir",
+        text(&full_snapshots),
+    ]);
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{error}");
+    assert!(
+        error.contains("1 snapshot(s) not written")
+            && error.contains(
+                "1 snapshot(s) could not be written (see the errors above); the report on stdout holds every count"
+            ),
+        "{error}"
+    );
+    let full_disk_report: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(
+        full_disk_report["totals"],
+        pcap_report(&[text(&psiphon)])["totals"]
+    );
+    drop(disk);
 
     // The second frame 200,000 s after the first: with 1-second snapshots
     // that would be 200,000 idle files, so it is refused (a corrupt stamp).
