@@ -191,13 +191,28 @@ impl Replay {
                 break;
             }
             self.drain()?;
-            if let Some(snapshotter) = &mut self.snapshotter {
-                snapshotter.cut(&mut self.ledger, boundary, None);
-                snapshotter.write_pending(WriteAttempt::AtNextCut);
+            self.cut_snapshot(boundary, WriteAttempt::AtNextCut);
+            if let Some(snapshotter) = &self.snapshotter {
                 self.boundary = Some(snapshotter.next_boundary(boundary));
             }
         }
         Ok(())
+    }
+
+    /// Cuts a snapshot ending at `end_ns`, with what learning did in its
+    /// interval as live snapshots have it, and writes it; whether every
+    /// snapshot cut so far is written.
+    fn cut_snapshot(&mut self, end_ns: i64, attempt: WriteAttempt) -> bool {
+        let Some(snapshotter) = &mut self.snapshotter else {
+            return true;
+        };
+        let totals = self.ledger.totals_since_mark();
+        snapshotter.learning = self
+            .learning
+            .as_ref()
+            .map(|(learner, _)| learner.report(&totals));
+        snapshotter.cut(&mut self.ledger, end_ns, None);
+        snapshotter.write_pending(attempt)
     }
 
     fn frame(
@@ -433,13 +448,11 @@ pub fn pcap(args: &PcapArgs) -> Result<(), Box<dyn std::error::Error>> {
     };
     let last_ns = replay.progress.last_ns;
     replay.drain()?;
-    let mut unwritten = 0;
-    if let Some(snapshotter) = &mut replay.snapshotter {
-        snapshotter.cut(&mut replay.ledger, last_ns.max(first_ns), None);
-        if !snapshotter.write_pending(WriteAttempt::Last) {
-            unwritten = snapshotter.pending();
-        }
-    }
+    let unwritten = if replay.cut_snapshot(last_ns.max(first_ns), WriteAttempt::Last) {
+        0
+    } else {
+        replay.snapshotter.as_ref().map_or(0, Snapshotter::pending)
+    };
     let progress = &replay.progress;
     log::info!(
         "{} frames in {elapsed:.2} s: {:.0} frames per second",

@@ -112,17 +112,30 @@ fn snapshots_of_a_pcap_follow_the_capture_clock() {
     // 23 s of capture in 5 s intervals: five or six snapshots.
     assert!((5..=6).contains(&files.len()), "{files:?}");
     let mut packets = 0;
+    let mut handed_over = 0;
     let mut previous_end = Value::Null;
+    let mut last_learning = Value::Null;
     for file in &files {
         let snapshot: Value =
             serde_json::from_str(&std::fs::read_to_string(file).expect("read")).expect("JSON");
         packets += snapshot["totals"]["packets"].as_u64().expect("packets");
+        // What learning did in the interval, as live snapshots have it.
+        handed_over += snapshot["learning"]["handed_over"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{}: no learning section", file.display()));
         if !previous_end.is_null() {
             assert_eq!(snapshot["start"], previous_end);
         }
         previous_end = snapshot["end"].clone();
+        last_learning = snapshot["learning"].clone();
     }
     assert_eq!(report["totals"]["packets"].as_u64(), Some(packets));
+    assert!(handed_over > 0, "the mix's certificates are handed over");
+    assert_eq!(
+        report["learning"]["handed_over"].as_u64(),
+        Some(handed_over)
+    );
+    assert_eq!(last_learning["endpoints"], report["learning"]["endpoints"]);
     assert_eq!(
         previous_end, report["end"],
         "the last snapshot ends at the last frame"
