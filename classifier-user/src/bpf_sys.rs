@@ -218,6 +218,18 @@ pub fn xdp_link_on(if_index: u32, program_id: u32) -> io::Result<Option<std::os:
     }
 }
 
+/// The interface an XDP bpf_link attaches its program to; 0 once the link
+/// is severed (its interface was removed, or the link detached).
+pub fn xdp_link_if_index(link: BorrowedFd<'_>) -> io::Result<u32> {
+    use aya_obj::generated::bpf_link_info;
+    // SAFETY: bpf_link_info is plain old data; all zeroes is valid.
+    let mut info: bpf_link_info = unsafe { std::mem::zeroed() };
+    obj_info(link, &mut info)?;
+    // SAFETY: the xdp member is the one an XDP link's info fills; a
+    // severed link's reads 0.
+    Ok(unsafe { info.__bindgen_anon_1.xdp.ifindex })
+}
+
 /// Detaches a bpf_link from whatever it attaches to; the program lives on
 /// while something else holds it.
 pub fn link_detach(link: BorrowedFd<'_>) -> io::Result<()> {

@@ -78,6 +78,10 @@ pub enum PinError {
         "the program pinned at {dir} no longer runs in libxdp's dispatcher on {iface} (`xdp-loader status {iface}` lists what does); remove the folder to start afresh"
     )]
     NotInDispatcher { dir: PathBuf, iface: String },
+    #[error(
+        "{iface}: no such interface (the program pinned at {dir} was attached to it; remove the folder to start afresh)"
+    )]
+    NoInterface { dir: PathBuf, iface: String },
 }
 
 fn path_error(path: &Path, problem: impl std::fmt::Display) -> PinError {
@@ -374,7 +378,63 @@ pub struct PinnedSensor {
     pub meta: SensorMeta,
     pub counters: CounterMaps,
     pub adopted: bool,
+    /// Interfaces whose pinned link an adoption found severed (the
+    /// interface removed or re-created since) and attached again.
+    pub reattached: Vec<String>,
     links: Vec<(String, PinnedLink)>,
+}
+
+/// Attaches the pinned program to `iface` again, in the mode it had, and
+/// pins the new link at `link_path` in place of a severed one: packets
+/// from here on are counted into the same maps.
+fn reattach(
+    dir: &Path,
+    meta: &SensorMeta,
+    iface: &str,
+    if_index: u32,
+    link_path: &Path,
+) -> Result<(), PinError> {
+    use aya::programs::{Xdp, XdpMode};
+    use aya_obj::programs::XdpAttachType;
+    let program_path = dir.join("program");
+    let program_error =
+        |error: &dyn std::error::Error| path_error(&program_path, error_chain(error));
+    let mode = meta
+        .interfaces
+        .iter()
+        .position(|name| name == iface)
+        .and_then(|at| meta.modes.get(at))
+        .map_or("native", String::as_str);
+    let xdp_mode = if mode == "generic" {
+        XdpMode::Skb
+    } else {
+        XdpMode::Driver
+    };
+    let mut program = Xdp::from_pin(&program_path, XdpAttachType::Interface)
+        .map_err(|error| program_error(&error))?;
+    let link_error = |error: &dyn std::error::Error| {
+        path_error(
+            link_path,
+            format!(
+                "cannot attach the pinned program to {iface} again ({mode} mode): {}",
+                error_chain(error)
+            ),
+        )
+    };
+    let link_id = program
+        .attach_to_if_index(if_index, xdp_mode)
+        .map_err(|error| link_error(&error))?;
+    let link = program
+        .take_link(link_id)
+        .map_err(|error| link_error(&error))?;
+    let fd_link = FdLink::try_from(link).map_err(|error| link_error(&error))?;
+    std::fs::remove_file(link_path).map_err(|error| path_error(link_path, error))?;
+    fd_link.pin(link_path).map_err(|error| link_error(&error))?;
+    log::warn!(
+        "{iface}: the link pinned at {} no longer attached the program (the interface was removed or re-created since); attached it again in {mode} mode: packets in between were not counted",
+        link_path.display()
+    );
+    Ok(())
 }
 
 impl PinnedSensor {
@@ -416,6 +476,7 @@ impl PinnedSensor {
             meta,
             counters,
             adopted: false,
+            reattached: Vec::new(),
             links,
         })
     }
@@ -438,6 +499,7 @@ impl PinnedSensor {
         };
         check_layout(dir, &meta)?;
         let mut links = Vec::new();
+        let mut reattached = Vec::new();
         if meta.dispatcher_priority.is_some() {
             let id = pinned_program_id(dir)?;
             for iface in ifaces {
@@ -459,6 +521,20 @@ impl PinnedSensor {
                         iface: iface.clone(),
                     });
                 }
+                let Some(if_index) = crate::loader::interface_index(iface) else {
+                    return Err(PinError::NoInterface {
+                        dir: dir.to_path_buf(),
+                        iface: iface.clone(),
+                    });
+                };
+                let pinned_link =
+                    crate::bpf_sys::obj_get(&path).map_err(|error| path_error(&path, error))?;
+                let linked_index = crate::bpf_sys::xdp_link_if_index(pinned_link.as_fd())
+                    .map_err(|error| path_error(&path, error))?;
+                if linked_index != if_index {
+                    reattach(dir, &meta, iface, if_index, &path)?;
+                    reattached.push(iface.clone());
+                }
                 let link = PinnedLink::from_pin(&path)
                     .map_err(|error| path_error(&path, error_chain(&error)))?;
                 links.push((iface.clone(), link));
@@ -470,6 +546,7 @@ impl PinnedSensor {
             meta,
             counters,
             adopted: true,
+            reattached,
             links,
         }))
     }

@@ -334,10 +334,18 @@ fn adopt_or_load(config: &mut RunConfig) -> Result<(PinnedSensor, std::fs::File)
     if let Some(sensor) = PinnedSensor::adopt(&dir, &config.ifaces)? {
         let meta = &sensor.meta;
         log::info!(
-            "adopting the program attached to {} since {} (instance {}): no reload, no gap",
+            "adopting the program attached to {} since {} (instance {}): {}",
             meta.interfaces.join(","),
             crate::report::rfc3339(unix_ns_to_time(meta.attached_at_unix_ns)),
-            meta.instance
+            meta.instance,
+            if sensor.reattached.is_empty() {
+                "no reload, no gap".to_string()
+            } else {
+                format!(
+                    "no reload; attached again to {} (see above)",
+                    sensor.reattached.join(",")
+                )
+            }
         );
         let theirs: Vec<&str> = meta.feeds.iter().map(|f| f.sha256.as_str()).collect();
         let ours: Vec<&str> = config

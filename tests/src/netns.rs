@@ -136,38 +136,55 @@ impl VethLink {
             .filter(char::is_ascii_alphanumeric)
             .take(6)
             .collect();
-        let sensor_iface = format!("{short}{tag}s");
-        let peer_iface = format!("{short}{tag}p");
-        ip(&[
-            "link",
-            "add",
-            &sensor_iface,
-            "netns",
-            &sensor.name,
-            "numtxqueues",
-            &queues,
-            "numrxqueues",
-            &queues,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &peer_iface,
-            "netns",
-            &peer.name,
-            "numtxqueues",
-            &queues,
-            "numrxqueues",
-            &queues,
-        ])?;
-        ip(&["-n", &sensor.name, "link", "set", &sensor_iface, "up"])?;
-        ip(&["-n", &peer.name, "link", "set", &peer_iface, "up"])?;
-        Ok(Self {
+        let link = Self {
+            sensor,
+            peer,
+            sensor_iface: format!("{short}{tag}s"),
+            peer_iface: format!("{short}{tag}p"),
+        };
+        link.add_pair(&queues)?;
+        Ok(link)
+    }
+
+    /// Removes the veth pair and makes it again under the same names, as a
+    /// driver reload or a re-created interface does: whatever was attached
+    /// to the old one is gone with it.
+    pub fn recreate(&self) -> io::Result<()> {
+        ip(&["-n", &self.sensor.name, "link", "del", &self.sensor_iface])?;
+        self.add_pair("1")
+    }
+
+    fn add_pair(&self, queues: &str) -> io::Result<()> {
+        let Self {
             sensor,
             peer,
             sensor_iface,
             peer_iface,
-        })
+        } = self;
+        ip(&[
+            "link",
+            "add",
+            sensor_iface,
+            "netns",
+            &sensor.name,
+            "numtxqueues",
+            queues,
+            "numrxqueues",
+            queues,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            peer_iface,
+            "netns",
+            &peer.name,
+            "numtxqueues",
+            queues,
+            "numrxqueues",
+            queues,
+        ])?;
+        ip(&["-n", &sensor.name, "link", "set", sensor_iface, "up"])?;
+        ip(&["-n", &peer.name, "link", "set", peer_iface, "up"])
     }
 
     /// Writes `frames` onto the peer interface with AF_PACKET; the sensor

@@ -182,16 +182,29 @@ fn snapshots_add_up_exactly_across_boundaries_a_kept_attachment_and_a_kill() {
     std::thread::sleep(Duration::from_millis(300));
     second.kill();
     link.send(&sent.round(7)).expect("send");
+    // The interface is re-created (a driver reload) while no daemon runs:
+    // the pinned link is severed with the old one.
+    std::thread::sleep(Duration::from_millis(300));
+    link.recreate().expect("re-create the veth pair");
 
-    // Third daemon adopts again, asking for another flow table (which an
-    // adopted program cannot change: it says so), and stops for good:
-    // detach, pins removed.
+    // Third daemon adopts again, attaching the program to the new
+    // interface, asking for another flow table (which an adopted program
+    // cannot change: it says so), and stops for good: detach, pins removed.
     let third = Daemon::start(
         &link,
         &feed,
         &[&args[..], &["--flow-capacity", "4096"]].concat(),
     );
     assert!(third.said("adopting the program"));
+    assert!(
+        third.said(&format!(
+            "{}: the link pinned at {} no longer attached the program (the interface was removed or re-created since); attached it again in ",
+            link.sensor_iface,
+            set_pins.join(format!("link-{}", link.sensor_iface)).display()
+        )) && third.said(&format!("no reload; attached again to {}", link.sensor_iface)),
+        "{:?}",
+        third.stderr_seen
+    );
     assert!(
         third.said("this run's --flow-capacity 4096 and --flow-cache-slots"),
         "{:?}",
