@@ -1215,10 +1215,47 @@ pub fn verify_paths(paths: &[PathBuf]) -> Result<Vec<FolderChain>, HistoryError>
     Ok(by_folder
         .into_iter()
         .map(|(folder, files)| FolderChain {
-            check: check_chain(files),
+            check: check_last_written(&folder, check_chain(files)),
             folder,
         })
         .collect())
+}
+
+/// An intact chain's folder checked against what its writer recorded of
+/// the last snapshot it wrote (the state file): a file edited since breaks
+/// the chain, which no later link would show; a file gone (moved by a
+/// pipeline, or deleted) is a note.
+fn check_last_written(folder: &Path, mut check: ChainCheck) -> ChainCheck {
+    let ChainCheck::Intact { notes, .. } = &mut check else {
+        return check;
+    };
+    let Some(last) = crate::snapshot::last_written(folder) else {
+        return check;
+    };
+    match std::fs::read(folder.join(&last.file)) {
+        Ok(bytes) => {
+            let found = crate::feeds::sha256_hex(&bytes);
+            if found != last.sha256 {
+                return ChainCheck::Broken {
+                    file: last.file,
+                    problem: format!(
+                        "the last snapshot written here should have sha256 {} (its writer's record, {}), found {found} (edited since?)",
+                        last.sha256,
+                        crate::snapshot::STATE_FILE
+                    ),
+                };
+            }
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => notes.push(format!(
+            "{}, the last snapshot written here, is not in the folder (moved away or deleted)",
+            last.file
+        )),
+        Err(error) => notes.push(format!(
+            "{}, the last snapshot written here, cannot be read: {error}",
+            last.file
+        )),
+    }
+    check
 }
 
 /// Checks one folder's files, in name order, and stops at the first break.

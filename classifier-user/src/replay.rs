@@ -115,6 +115,15 @@ pub enum ReplayError {
     #[error("{second}: the same file as {first}: its frames would be counted twice")]
     SameFileTwice { first: String, second: String },
     #[error(
+        "--snapshot-dir {dir}: its snapshots run to {end} ({file}), past the capture's first frame at {first_frame}: this capture's snapshots would overlap them (counted twice in `classifier report`); replay into another folder, or remove those snapshots"
+    )]
+    SnapshotsOverlap {
+        dir: String,
+        file: String,
+        end: String,
+        first_frame: String,
+    },
+    #[error(
         "{file}: frame {frame}: its time {time} is {days:.1} days after the frame before; --snapshot-dir would write {idle} idle snapshots (a corrupt timestamp? split the capture there)"
     )]
     TimeJump {
@@ -178,6 +187,17 @@ impl Replay {
                 sensor_name(),
                 self.pseudonymizer.clone(),
             )?;
+            if let Some((end_ns, file)) = resumed.snapshotter.folder_end()
+                && end_ns > first_ns
+            {
+                return Err(ReplayError::SnapshotsOverlap {
+                    dir: dir.display().to_string(),
+                    file: file.to_string(),
+                    end: crate::report::rfc3339(unix_ns_to_time(end_ns)),
+                    first_frame: crate::report::rfc3339(unix_ns_to_time(first_ns)),
+                }
+                .into());
+            }
             self.boundary = Some(resumed.snapshotter.next_boundary(first_ns));
             self.snapshotter = Some(resumed.snapshotter);
         }

@@ -48,7 +48,7 @@ use crate::{
 
 pub const FILE_PREFIX: &str = "classifier-";
 pub const FILE_SUFFIX: &str = ".json";
-const STATE_FILE: &str = ".classifier-state.json";
+pub const STATE_FILE: &str = ".classifier-state.json";
 const WRITTEN_MARKER: &str = ".classifier-written";
 const STATE_SCHEMA: &str = "classifier.state.v1";
 const NS_PER_SECOND: i128 = 1_000_000_000;
@@ -133,6 +133,8 @@ pub struct Snapshotter {
     /// The wall clock stepped during the interval: it is partial.
     clock_stepped: bool,
     previous: Option<PreviousSnapshot>,
+    /// Where the snapshot the folder held last ends (Unix ns), if known.
+    previous_end_unix_ns: Option<i64>,
     pending: VecDeque<Pending>,
     /// The newest `Pending::recycle_tick` written to disk, not yet taken.
     persisted_recycle_tick: Option<u64>,
@@ -221,8 +223,12 @@ pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result
     written
 }
 
-/// The newest snapshot file in `dir` (by name, which sorts by time).
-fn newest_snapshot(dir: &Path) -> Result<Option<String>, SnapshotError> {
+/// The previous-link to the newest snapshot in `dir` (by name, which sorts
+/// by time) and the end of the interval it covers. Files named like
+/// snapshots that are not (a merged report, anything else) are passed over.
+fn link_to_newest_snapshot(
+    dir: &Path,
+) -> Result<Option<(PreviousSnapshot, Option<i64>)>, SnapshotError> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .map_err(io_error(dir))?
         .filter_map(Result::ok)
@@ -230,17 +236,17 @@ fn newest_snapshot(dir: &Path) -> Result<Option<String>, SnapshotError> {
         .filter(|name| is_snapshot_name(name))
         .collect();
     names.sort_by_key(|name| snapshot_order(name));
-    Ok(names.pop())
+    Ok(names.iter().rev().find_map(|name| link_to(dir, name)))
 }
 
-/// The previous-link to `dir/name` and the end of the interval it covers.
+/// The previous-link to `dir/name` and the end of the interval it covers,
+/// if it is a snapshot.
 fn link_to(dir: &Path, name: &str) -> Option<(PreviousSnapshot, Option<i64>)> {
     let bytes = std::fs::read(dir.join(name)).ok()?;
-    let end = serde_json::from_slice::<Report>(&bytes)
+    let report = serde_json::from_slice::<Report>(&bytes).ok()?;
+    report.snapshot.as_ref()?;
+    let end = OffsetDateTime::parse(&report.end, &time::format_description::well_known::Rfc3339)
         .ok()
-        .and_then(|report| {
-            OffsetDateTime::parse(&report.end, &time::format_description::well_known::Rfc3339).ok()
-        })
         .and_then(|end| i64::try_from(end.unix_timestamp_nanos()).ok());
     Some((
         PreviousSnapshot {
@@ -302,7 +308,7 @@ impl Snapshotter {
                 },
                 Some(state.snapshot_end_unix_ns),
             )),
-            None => newest_snapshot(dir)?.and_then(|name| link_to(dir, &name)),
+            None => link_to_newest_snapshot(dir)?,
         };
         let resumable = state
             .as_ref()
@@ -356,6 +362,7 @@ impl Snapshotter {
             counter_reset,
             clock_stepped: false,
             gap_before_seconds,
+            previous_end_unix_ns: link.as_ref().and_then(|(_, end)| *end),
             previous: link.map(|(previous, _)| previous),
             // A cut the previous daemon did not finish writing goes first.
             pending: interrupted.into_iter().collect(),
@@ -468,6 +475,15 @@ impl Snapshotter {
         self.gap_before_seconds = 0.0;
         self.counter_reset = false;
         self.clock_stepped = false;
+    }
+
+    /// Where the newest snapshot the folder held when it was opened ends,
+    /// and its file name.
+    pub fn folder_end(&self) -> Option<(i64, &str)> {
+        Some((
+            self.previous_end_unix_ns?,
+            self.previous.as_ref()?.file.as_str(),
+        ))
     }
 
     /// The tick of the newest checkpoint written since the last call: a
@@ -771,6 +787,18 @@ fn write_snapshot_once(dir: &Path, name: &str, text: &str) -> std::io::Result<()
     write_atomically(dir, name, text.as_bytes())
 }
 
+/// The snapshot the writer of `dir` (a daemon or a replay) last wrote
+/// whole, with the SHA-256 it wrote: its state file's, when the marker says
+/// that write finished.
+pub fn last_written(dir: &Path) -> Option<PreviousSnapshot> {
+    let state = read_state(dir)?;
+    let marker = std::fs::read_to_string(dir.join(WRITTEN_MARKER)).ok()?;
+    (marker == state.snapshot_file).then_some(PreviousSnapshot {
+        file: state.snapshot_file,
+        sha256: state.snapshot_sha256,
+    })
+}
+
 /// The snapshot the state file holds, when the marker says it was never
 /// written (the daemon died between the writes): to be written first.
 /// Delivery is at least once: if a pipeline had already taken the file
@@ -1035,6 +1063,62 @@ mod tests {
         snapshots.cut(&mut daemon.ledger, start + 5_000_000_000, None);
         assert!(snapshots.write_pending(WriteAttempt::Now));
         assert_eq!(snapshots.take_persisted_recycle_tick(), Some(9));
+    }
+
+    #[test]
+    fn verify_checks_the_last_snapshot_against_its_writers_record() {
+        use crate::history::{ChainCheck, verify_paths};
+        let start = 1_700_000_000 * NS_PER_SECOND as i64;
+        let mut daemon = Daemon::start("verify-last", start);
+        daemon.run(3, 1_000_000_000);
+        let snapshots = &mut daemon.snapshotter;
+        snapshots.cut(&mut daemon.ledger, start + 3_000_000_000, None);
+        snapshots.cut(&mut daemon.ledger, start + 5_000_000_000, None);
+        assert!(snapshots.write_pending(WriteAttempt::Now));
+        let folder = daemon._folder.0.clone();
+        let check = || {
+            verify_paths(std::slice::from_ref(&folder)).unwrap()[0]
+                .check
+                .clone()
+        };
+        assert!(
+            matches!(check(), ChainCheck::Intact { snapshots: 2, ref notes, .. } if notes.is_empty())
+        );
+
+        // No later link covers the last file: the state file's record does.
+        let last = last_written(&folder).unwrap();
+        let path = folder.join(&last.file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replacen("\"packets\": ", "\"packets\": 1", 1)).unwrap();
+        let ChainCheck::Broken { file, problem } = check() else {
+            panic!("an edited last snapshot passed");
+        };
+        assert_eq!(file, last.file);
+        assert!(
+            problem.starts_with(&format!(
+                "the last snapshot written here should have sha256 {} (its writer's record, .classifier-state.json), found ",
+                last.sha256
+            )) && problem.ends_with(" (edited since?)"),
+            "{problem}"
+        );
+
+        // Gone (a pipeline moved it, or it was deleted): a note.
+        std::fs::remove_file(&path).unwrap();
+        let ChainCheck::Intact {
+            snapshots: 1,
+            notes,
+            ..
+        } = check()
+        else {
+            panic!("{:?}", check());
+        };
+        assert_eq!(
+            notes,
+            [format!(
+                "{}, the last snapshot written here, is not in the folder (moved away or deleted)",
+                last.file
+            )]
+        );
     }
 
     fn rfc3339(unix_ns: i64) -> String {

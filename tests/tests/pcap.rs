@@ -149,10 +149,37 @@ fn snapshots_of_a_pcap_follow_the_capture_clock() {
     let output = classifier(&["report", text(&snapshots), "--verify"]);
     assert!(output.status.success(), "{output:?}");
 
+    // The same capture again into the same folder: its snapshots would
+    // overlap those there, so it is refused and the folder left as it was.
+    let output = classifier(&[
+        "pcap",
+        text(&capture),
+        "--snapshot-dir",
+        text(&snapshots),
+        "--snapshot-interval",
+        "5s",
+    ]);
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{error}");
+    assert!(
+        error.contains(&format!(
+            "--snapshot-dir {}: its snapshots run to {} ({}), past the capture's first frame at {}: this capture's snapshots would overlap them",
+            snapshots.display(),
+            report["end"].as_str().expect("end"),
+            files.last().expect("a snapshot").file_name().expect("name").to_string_lossy(),
+            report["start"].as_str().expect("start"),
+        )),
+        "{error}"
+    );
+    assert_eq!(snapshot_files(&snapshots), files);
+
     // The same frames dealt into two files, given in reverse order: merged
     // in time order, they give the same report and the same snapshots.
     let [holds_first_frame, holds_second_frame] = deal_into_two(&capture, &dir);
     let dealt_snapshots = dir.join("dealt-snapshots");
+    // A file named like a snapshot that is none is not linked to.
+    std::fs::create_dir(&dealt_snapshots).expect("folder");
+    std::fs::write(dealt_snapshots.join("classifier-zzz.json"), "{}").expect("write");
     let dealt = pcap_report(&[
         text(&holds_second_frame),
         text(&holds_first_frame),
@@ -166,6 +193,7 @@ fn snapshots_of_a_pcap_follow_the_capture_clock() {
     }
     assert_eq!(services(&dealt), services(&report));
     assert_eq!(dealt["flows"], report["flows"]);
+    std::fs::remove_file(dealt_snapshots.join("classifier-zzz.json")).expect("remove");
     let dealt_files = snapshot_files(&dealt_snapshots);
     assert_eq!(dealt_files.len(), files.len(), "{dealt_files:?}");
     for (whole, dealt) in files.iter().zip(&dealt_files) {
@@ -176,6 +204,10 @@ fn snapshots_of_a_pcap_follow_the_capture_clock() {
         for field in ["start", "end", "totals", "flows"] {
             assert_eq!(dealt[field], whole[field], "{field}");
         }
+        assert_eq!(
+            dealt["snapshot"]["previous"]["file"],
+            whole["snapshot"]["previous"]["file"]
+        );
     }
     let _ = std::fs::remove_dir_all(dir);
 }
