@@ -237,6 +237,24 @@ pub struct FeedOrigin {
     pub loaded_at: Option<String>,
 }
 
+impl FeedOrigin {
+    /// Adds to `replaced` the feeds of `old` a reload replaced: those whose
+    /// file or contents `new` does not have (a feed reloaded unchanged is
+    /// not replaced), each once.
+    pub fn note_replaced(replaced: &mut Vec<FeedOrigin>, old: Vec<FeedOrigin>, new: &[FeedOrigin]) {
+        let same = |a: &FeedOrigin, b: &FeedOrigin| a.name == b.name && a.sha256 == b.sha256;
+        for feed in old {
+            if !new
+                .iter()
+                .chain(replaced.iter())
+                .any(|kept| same(kept, &feed))
+            {
+                replaced.push(feed);
+            }
+        }
+    }
+}
+
 /// Prefix counts of one service in one feed file.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FamilyCounts {

@@ -593,6 +593,9 @@ struct Daemon {
     learning: Option<(crate::learn::Learner, crate::learn::LearnMaps)>,
     exporter: Option<crate::ipfix::Exporter>,
     evidence: Option<crate::evidence::Evidence>,
+    /// Feeds a reload replaced during this run: the exit report lists them
+    /// before those in force, as they named endpoints in part of it.
+    replaced_feeds: Vec<crate::feeds::FeedOrigin>,
     /// Turns the program's tick stamps into Unix time.
     ticks: crate::flow_clock::Ticks,
     /// Reads the tick each drain starts at.
@@ -787,7 +790,13 @@ impl Daemon {
         if let Err(error) = self.drain() {
             log::warn!("drain before the reload's swap failed: {error}");
         }
+        let old_feeds = self.sensor.meta.feeds.clone();
         self.sensor.swap_program(sensor, meta)?;
+        crate::feeds::FeedOrigin::note_replaced(
+            &mut self.replaced_feeds,
+            old_feeds,
+            &self.sensor.meta.feeds,
+        );
         if let Some((learner, maps)) = &mut self.learning {
             maps.watch(learner, &watched, &self.sensor.meta.service_table());
         }
@@ -1045,6 +1054,7 @@ pub fn run_config(mut config: RunConfig) -> Result<Report, RunError> {
             last_drain_time: Duration::ZERO,
             learning,
             exporter,
+            replaced_feeds: Vec::new(),
         };
         daemon.publish();
         if daemon.sensor.adopted && daemon.exporter.is_some() {
@@ -1260,7 +1270,12 @@ fn finish(mut daemon: Daemon, config: &RunConfig, start_unix_ns: i64) -> Result<
             end: unix_ns_to_time(end_unix_ns),
             sensor: sensor_name(),
             interfaces: meta.interfaces.clone(),
-            feeds: meta.feeds.clone(),
+            feeds: daemon
+                .replaced_feeds
+                .iter()
+                .chain(&meta.feeds)
+                .cloned()
+                .collect(),
         },
     );
     report.learning = daemon

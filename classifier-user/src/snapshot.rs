@@ -112,6 +112,9 @@ struct Source {
     sensor: String,
     interfaces: Vec<String>,
     feeds: Vec<FeedOrigin>,
+    /// Feeds a reload replaced during the interval being counted: they
+    /// named endpoints in part of it, so its snapshot lists them too.
+    replaced_feeds: Vec<FeedOrigin>,
     services: ServiceTable,
     instance: String,
     attached_at: String,
@@ -351,6 +354,7 @@ impl Snapshotter {
                 sensor,
                 interfaces: meta.interfaces.clone(),
                 feeds: meta.feeds.clone(),
+                replaced_feeds: Vec::new(),
                 services: meta.service_table(),
                 instance: meta.instance.clone(),
                 attached_at: crate::report::rfc3339(unix_ns_to_time(meta.attached_at_unix_ns)),
@@ -385,7 +389,8 @@ impl Snapshotter {
     /// What later snapshots say about their source after a feed reload:
     /// the feeds, services and watched set now in force.
     pub fn update_source(&mut self, meta: &SensorMeta) {
-        self.source.feeds = meta.feeds.clone();
+        let replaced = std::mem::replace(&mut self.source.feeds, meta.feeds.clone());
+        FeedOrigin::note_replaced(&mut self.source.replaced_feeds, replaced, &meta.feeds);
         self.source.services = meta.service_table();
         self.source.watched = meta.watched.clone();
     }
@@ -429,6 +434,7 @@ impl Snapshotter {
         let interval = ledger.since_mark();
         let checkpoint = ledger.cut();
         let start_unix_ns = self.start_unix_ns;
+        let replaced_feeds = std::mem::take(&mut self.source.replaced_feeds);
         let source = &self.source;
         let mut report = Report::build(
             &interval,
@@ -438,7 +444,11 @@ impl Snapshotter {
                 end: unix_ns_to_time(end_unix_ns),
                 sensor: source.sensor.clone(),
                 interfaces: source.interfaces.clone(),
-                feeds: source.feeds.clone(),
+                // In the order they were loaded: those replaced first.
+                feeds: replaced_feeds
+                    .into_iter()
+                    .chain(source.feeds.clone())
+                    .collect(),
             },
         );
         report.snapshot = Some(SnapshotInfo {

@@ -11,7 +11,7 @@ use std::{
 
 use classifier_tests::{
     TEST_FEED, classifier_binary,
-    daemon::{Daemon, TestMount, services, temp_dir, write_feed},
+    daemon::{Daemon, TestMount, services, snapshot_files, temp_dir, write_feed},
     frames::FrameSpec,
     netns::VethLink,
     path_str as text, require_root,
@@ -53,6 +53,8 @@ fn a_reload_swaps_feeds_without_a_gap_and_a_bad_feed_leaves_the_old_one() {
             "127.0.0.1:9477",
             "--sensor-name",
             "reload-sensor",
+            "--snapshot-dir",
+            text(&dir.join("snapshots")),
         ],
     );
 
@@ -157,6 +159,28 @@ fn a_reload_swaps_feeds_without_a_gap_and_a_bad_feed_leaves_the_old_one() {
     );
 
     let (report, _) = daemon.stop(libc::SIGTERM);
+    // The feed the reload replaced named endpoints in part of the run: the
+    // report lists it, then the one in force (the refused one neither).
+    let feeds = report["feeds"].as_array().expect("feeds");
+    assert_eq!(feeds.len(), 2, "{feeds:?}");
+    assert_eq!(feeds[0]["name"], feeds[1]["name"]);
+    assert_ne!(feeds[0]["sha256"], feeds[1]["sha256"]);
+    assert!(feeds[0]["loaded_at"].as_str() < feeds[1]["loaded_at"].as_str());
+    // So does the hourly snapshot the reload fell in.
+    let snapshot_feeds: Vec<Value> = snapshot_files(&dir.join("snapshots"))
+        .iter()
+        .map(|file| {
+            let snapshot: Value =
+                serde_json::from_str(&std::fs::read_to_string(file).expect("read")).expect("JSON");
+            snapshot["feeds"].clone()
+        })
+        .collect();
+    assert!(
+        snapshot_feeds
+            .iter()
+            .any(|listed| listed.as_array() == Some(feeds)),
+        "{snapshot_feeds:?}"
+    );
     // Exact across the swap: every frame counted once, by one program.
     let frames = rounds * 2 + 25;
     assert_eq!(report["totals"]["packets"].as_u64(), Some(frames));
