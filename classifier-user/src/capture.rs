@@ -577,6 +577,17 @@ impl CaptureReader {
         let packet = match self.read_packet() {
             Ok(Some(packet)) => packet,
             Ok(None) => return Ok(None),
+            Err(ReadProblem::Truncated)
+                if !starts_longer_record(self.input.unparsed(), &self.format) =>
+            {
+                return Err(self.frame_error(
+                    number,
+                    ReadProblem::Corrupt(format!(
+                        "the record at byte {} is whole by its length field, but what it holds claims more bytes than that",
+                        self.input.position
+                    )),
+                ));
+            }
             Err(ReadProblem::Truncated) if self.input.unparsed().len() <= MAX_CUT_TAIL_LEN => {
                 self.cut_tail = Some(CutTail {
                     frame: number,
@@ -765,6 +776,43 @@ fn with_end_of_options(bytes: &[u8], section: Endianness) -> Option<(Vec<u8>, us
     block.extend_from_slice(&[0; 4]);
     block.extend_from_slice(&grown);
     Some((block, len))
+}
+
+/// Whether `tail`, what a file ends with, starts a record longer than it
+/// (a capture cut mid-write), as its length field says; not a complete
+/// record pcap-file could not parse (which is corruption).
+fn starts_longer_record(tail: &[u8], format: &FormatState) -> bool {
+    const SECTION_HEADER: [u8; 4] = [0x0a, 0x0d, 0x0d, 0x0a];
+    let u32_at = |at: usize, endianness: Endianness| {
+        let field: [u8; 4] = tail.get(at..at + 4)?.try_into().ok()?;
+        Some(match endianness {
+            Endianness::Big => u32::from_be_bytes(field),
+            Endianness::Little => u32::from_le_bytes(field),
+        })
+    };
+    // The record's length, if its header is there.
+    let record_len = match format {
+        // A 16-byte header whose third field is the captured length.
+        FormatState::Pcap { parser, .. } => {
+            u32_at(8, parser.header().endianness).map(|captured| 16 + u64::from(captured))
+        }
+        // A block's total length follows its type; a section header block
+        // gives its own byte order.
+        FormatState::PcapNg { parser, .. } => {
+            let endianness = if tail.get(..4) == Some(&SECTION_HEADER[..]) {
+                match tail.get(8..12) {
+                    Some([0x1a, 0x2b, 0x3c, 0x4d]) => Some(Endianness::Big),
+                    Some([0x4d, 0x3c, 0x2b, 0x1a]) => Some(Endianness::Little),
+                    Some(_) => return false,
+                    None => None,
+                }
+            } else {
+                Some(parser.section().endianness)
+            };
+            endianness.and_then(|endianness| u32_at(4, endianness).map(u64::from))
+        }
+    };
+    record_len.is_none_or(|len| len > tail.len() as u64)
 }
 
 fn described_interface(
@@ -1727,6 +1775,52 @@ mod tests {
         let mut whole_reader = CaptureReader::open(&path).unwrap();
         assert_eq!(whole_reader.by_ref().count(), 3);
         assert_eq!(whole_reader.cut_tail(), None);
+    }
+
+    #[test]
+    fn a_whole_block_whose_contents_claim_more_is_corrupt_not_cut() {
+        let folder = TempFolder::new("claims-more");
+        let path = folder.file("claims-more.pcapng");
+        let frame = ethernet_frame(0x0800, &ipv4_packet(20));
+        let mut writer = PcapNgWriter::new(Vec::new()).unwrap();
+        writer
+            .write_pcapng_block(InterfaceDescriptionBlock::new(DataLink::ETHERNET, 0))
+            .unwrap();
+        let mut block_start = 0;
+        for _ in 0..2 {
+            block_start = writer.get_ref().len();
+            writer
+                .write_pcapng_block(EnhancedPacketBlock {
+                    interface_id: 0,
+                    timestamp: Duration::ZERO,
+                    original_len: u32::try_from(frame.len()).unwrap(),
+                    data: Cow::Borrowed(&frame),
+                    options: vec![
+                        pcap_file::pcapng::blocks::enhanced_packet::EnhancedPacketOption::Flags(0),
+                    ],
+                })
+                .unwrap();
+        }
+        let mut bytes = writer.into_inner();
+        // The last block's option made a custom one (code 2988) of 2 bytes,
+        // too short for its enterprise number: pcap-file asks for more,
+        // though the block is whole.
+        let option = block_start + 28 + frame.len().next_multiple_of(4);
+        bytes[option..option + 2].copy_from_slice(&2988u16.to_le_bytes());
+        bytes[option + 2..option + 4].copy_from_slice(&2u16.to_le_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+
+        let mut reader = CaptureReader::open(&path).unwrap();
+        let results: Vec<_> = reader.by_ref().collect();
+        assert_eq!(results.len(), 2);
+        assert_eq!(
+            results[1].as_ref().unwrap_err().to_string(),
+            format!(
+                "{}: frame 2: corrupt record: the record at byte {block_start} is whole by its length field, but what it holds claims more bytes than that",
+                path.display()
+            )
+        );
+        assert_eq!(reader.cut_tail(), None);
     }
 
     #[test]
