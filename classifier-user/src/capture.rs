@@ -43,7 +43,8 @@
 //!   (default microseconds, powers of ten or of two) plus its `if_tsoffset`;
 //!   a time before 1970 or past 2262 (the limit of `i64` nanoseconds, met by
 //!   nanoseconds written without `if_tsresol`) is an error naming the frame. A pcapng Simple Packet Block has no
-//!   timestamp and gets the previous frame's (0 before any).
+//!   timestamp and gets the previous frame's; one before any timed frame
+//!   of its file is an error naming it (it has no time to be counted at).
 //! - Frames are numbered from 1 in each file, counting packets only (as
 //!   Wireshark does). An error names the file and the frame being read;
 //!   an error in a pcapng block between two packets names the next frame.
@@ -246,6 +247,9 @@ pub enum ReadProblem {
     Corrupt(String),
     /// The frame's link type cannot become Ethernet.
     UnsupportedLinkType(LinkType),
+    /// A pcapng Simple Packet Block, which has no timestamp, comes before
+    /// any packet that has one.
+    UntimedFirst,
     /// A pcapng timestamp, in its interface's units and offset, is before
     /// 1970 or past 2262.
     TimestampOutOfRange {
@@ -270,6 +274,9 @@ impl fmt::Display for ReadProblem {
             Self::UnsupportedLinkType(link_type) => write!(
                 f,
                 "link type {link_type} is not supported (supported: Ethernet, raw IP, Linux cooked SLL/SLL2)"
+            ),
+            Self::UntimedFirst => f.write_str(
+                "a Simple Packet Block carries no time and no timed packet comes before it in the file",
             ),
             Self::TimestampOutOfRange {
                 units,
@@ -333,8 +340,9 @@ enum FormatState {
         parser: PcapNgParser,
         /// Interfaces of the current section, by interface id.
         interfaces: Vec<PcapNgInterface>,
-        /// Given to Simple Packet Blocks, which carry no timestamp.
-        previous_timestamp_ns: i64,
+        /// Given to Simple Packet Blocks, which carry no timestamp; `None`
+        /// before the file's first timed packet.
+        previous_timestamp_ns: Option<i64>,
     },
 }
 
@@ -514,7 +522,7 @@ impl CaptureReader {
                 let state = FormatState::PcapNg {
                     parser,
                     interfaces: Vec::new(),
-                    previous_timestamp_ns: 0,
+                    previous_timestamp_ns: None,
                 };
                 (state, Vec::new())
             }
@@ -702,10 +710,12 @@ impl CaptureReader {
                             captured = captured.min(interface.snaplen as usize);
                         }
                         data.truncate(captured);
-                        (interface, *previous_timestamp_ns, original_len, data)
+                        let timestamp_ns =
+                            previous_timestamp_ns.ok_or(ReadProblem::UntimedFirst)?;
+                        (interface, timestamp_ns, original_len, data)
                     }
                 };
-                *previous_timestamp_ns = timestamp_ns;
+                *previous_timestamp_ns = Some(timestamp_ns);
                 return Ok(Some(StoredPacket {
                     link_type: interface.link_type,
                     timestamp_ns,
@@ -1651,6 +1661,71 @@ mod tests {
                 // A Simple Packet Block has no timestamp: the previous one.
                 (2, TIME_NS + 250_000_000, &frame[..]),
             ]
+        );
+    }
+
+    #[test]
+    fn a_simple_packet_block_before_any_timed_packet_is_an_error_naming_the_frame() {
+        let folder = TempFolder::new("untimed-first");
+        let path = folder.file("untimed-first.pcapng");
+        let frame = ethernet_frame(0x0800, &ipv4_packet(2));
+        let original_len = u32::try_from(frame.len()).unwrap();
+        let mut writer = PcapNgWriter::with_endianness(Vec::new(), Endianness::Little).unwrap();
+        writer
+            .write_pcapng_block(InterfaceDescriptionBlock::new(DataLink::ETHERNET, 0))
+            .unwrap();
+        writer
+            .write_pcapng_block(EnhancedPacketBlock {
+                interface_id: 0,
+                // pcap-file writes the nanoseconds as the units: microseconds.
+                timestamp: Duration::from_nanos(1_700_000_000_000_000),
+                original_len,
+                data: Cow::Borrowed(&frame),
+                options: vec![],
+            })
+            .unwrap();
+        // A new section: the time of the one before still stands.
+        let mut writer =
+            PcapNgWriter::with_endianness(writer.into_inner(), Endianness::Little).unwrap();
+        writer
+            .write_pcapng_block(InterfaceDescriptionBlock::new(DataLink::ETHERNET, 0))
+            .unwrap();
+        writer
+            .write_pcapng_block(SimplePacketBlock {
+                original_len,
+                data: Cow::Borrowed(&frame),
+            })
+            .unwrap();
+        let timed_first = writer.into_inner();
+        std::fs::write(&path, &timed_first).unwrap();
+        let times: Vec<i64> = read_all(&path)
+            .iter()
+            .map(|frame| frame.timestamp_ns)
+            .collect();
+        assert_eq!(times, [TIME_NS, TIME_NS]);
+
+        // A Simple Packet Block first: no time to give it, not 1970.
+        let mut writer = PcapNgWriter::with_endianness(Vec::new(), Endianness::Little).unwrap();
+        writer
+            .write_pcapng_block(InterfaceDescriptionBlock::new(DataLink::ETHERNET, 0))
+            .unwrap();
+        writer
+            .write_pcapng_block(SimplePacketBlock {
+                original_len,
+                data: Cow::Borrowed(&frame),
+            })
+            .unwrap();
+        let mut bytes = writer.into_inner();
+        bytes.extend_from_slice(&timed_first);
+        std::fs::write(&path, bytes).unwrap();
+        let results: Vec<_> = CaptureReader::open(&path).unwrap().collect();
+        assert_eq!(results.len(), 1, "the iterator ends after the error");
+        assert_eq!(
+            results[0].as_ref().unwrap_err().to_string(),
+            format!(
+                "{}: frame 1: a Simple Packet Block carries no time and no timed packet comes before it in the file",
+                path.display()
+            )
         );
     }
 
