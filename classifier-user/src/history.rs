@@ -91,6 +91,24 @@ pub enum HistoryError {
     WriteOutput { path: PathBuf, source: io::Error },
     #[error("-o {output}: that is {input}, one of the reports being read; choose another file")]
     OutputIsInput { output: PathBuf, input: PathBuf },
+    #[error(
+        "-o {output}: {name} is the name of a snapshot folder's {what}, which the daemon reads; choose another file"
+    )]
+    OutputIsSnapshotState {
+        output: PathBuf,
+        name: &'static str,
+        what: &'static str,
+    },
+    #[error(
+        "{file}: {counter} added to the sum of {before} passes the largest count ({max}); a hand-edited or corrupt snapshot?",
+        max = u64::MAX
+    )]
+    CountOverflow {
+        file: PathBuf,
+        counter: String,
+        /// The files merged before it.
+        before: String,
+    },
 }
 
 /// What is wrong with one snapshot file (the file is named by the caller).
@@ -135,6 +153,9 @@ pub fn report(args: &ReportArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let range = TimeRange::parse(args.from.as_deref(), args.to.as_deref())?;
+    if let Some(output) = &args.output {
+        refuse_output_over_snapshot_state(output)?;
+    }
     let mut merged = merge_paths(&args.paths, &range)?;
     if let Some(output) = &args.output {
         refuse_output_over_input(output, &merged.inputs)?;
@@ -183,6 +204,28 @@ fn refuse_output_over_input(output: &Path, inputs: &[PathBuf]) -> Result<(), His
             return Err(HistoryError::OutputIsInput {
                 output: output.to_path_buf(),
                 input: input.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Refuses an `-o` file named as a snapshot folder's daemon state or
+/// written marker: the daemon (or the next replay) would find a report
+/// there, warn it unreadable and lose its place in the chain.
+fn refuse_output_over_snapshot_state(output: &Path) -> Result<(), HistoryError> {
+    let Some(name) = output.file_name() else {
+        return Ok(());
+    };
+    for (reserved, what) in [
+        (crate::snapshot::STATE_FILE, "state file"),
+        (crate::snapshot::WRITTEN_MARKER, "marker file"),
+    ] {
+        if name == reserved {
+            return Err(HistoryError::OutputIsSnapshotState {
+                output: output.to_path_buf(),
+                name: reserved,
+                what,
             });
         }
     }
@@ -653,9 +696,12 @@ pub fn merge_paths(paths: &[PathBuf], range: &TimeRange) -> Result<MergedHistory
             .or_default()
             .push(snapshot);
     }
-    let by_sensor = sensors.into_values().map(|own| merge(&own)).collect();
+    let by_sensor = sensors
+        .into_values()
+        .map(|own| merge(&own))
+        .collect::<Result<_, _>>()?;
     Ok(MergedHistory {
-        report: merge(&used.iter().collect::<Vec<_>>()),
+        report: merge(&used.iter().collect::<Vec<_>>())?,
         counts,
         intervals: used.iter().map(Interval::of).collect(),
         by_sensor,
@@ -925,8 +971,10 @@ fn sensor_interface_pairs(sensors: &str, interfaces: &[String]) -> Vec<(String, 
 type FlowId = (IpAddr, IpAddr, u8, u16, String, String);
 
 /// Merges snapshots (already free of duplicates and overlaps) into one
-/// report without a `snapshot` section.
-fn merge(snapshots: &[&Snapshot]) -> Report {
+/// report without a `snapshot` section; a sum past `u64::MAX` (only a
+/// hand-edited or corrupt file holds such counts) is refused with the files
+/// named.
+fn merge(snapshots: &[&Snapshot]) -> Result<Report, HistoryError> {
     let mut sensors = BTreeSet::new();
     let mut interfaces = BTreeSet::new();
     let mut totals = Totals::default();
@@ -937,7 +985,12 @@ fn merge(snapshots: &[&Snapshot]) -> Report {
     let mut flows: BTreeMap<FlowId, FlowRow> = BTreeMap::new();
     let mut merged_from: Vec<MergedPart> = Vec::new();
 
-    for snapshot in snapshots {
+    for (index, snapshot) in snapshots.iter().enumerate() {
+        let overflow = |counter: String| HistoryError::CountOverflow {
+            file: snapshot.path.clone(),
+            counter,
+            before: files_before(&snapshots[..index]),
+        };
         let report = &snapshot.report;
         sensors.extend(report.sensor.split(',').map(str::to_string));
         if report.merged_from.is_empty() {
@@ -954,15 +1007,12 @@ fn merge(snapshots: &[&Snapshot]) -> Report {
             merged_from.extend(report.merged_from.iter().cloned());
         }
         interfaces.extend(report.interfaces.iter().cloned());
-        add_totals(&mut totals, &report.totals);
+        add_totals(&mut totals, &report.totals).map_err(overflow)?;
         for (reason, count) in &report.malformed {
-            *malformed.entry(reason.clone()).or_default() += count;
+            add_count(malformed.entry(reason.clone()).or_default(), *count)
+                .map_err(|()| overflow(format!("malformed.{reason}")))?;
         }
-        flow_table.inserts += report.flow_table.inserts;
-        flow_table.evictions += report.flow_table.evictions;
-        flow_table.insert_failures += report.flow_table.insert_failures;
-        flow_table.drains += report.flow_table.drains;
-        flow_table.recycles += report.flow_table.recycles;
+        add_flow_table(&mut flow_table, &report.flow_table).map_err(overflow)?;
         for feed in &report.feeds {
             let known = feeds
                 .iter()
@@ -972,10 +1022,10 @@ fn merge(snapshots: &[&Snapshot]) -> Report {
             }
         }
         for row in &report.services {
-            add_service_counters(&mut services, row);
+            add_service_counters(&mut services, row).map_err(overflow)?;
         }
         for flow in &report.flows {
-            add_flow(&mut flows, flow);
+            add_flow(&mut flows, flow).map_err(overflow)?;
         }
     }
 
@@ -994,7 +1044,7 @@ fn merge(snapshots: &[&Snapshot]) -> Report {
     let end = snapshots.iter().map(|s| s.end).max();
     let sensors: Vec<String> = sensors.into_iter().collect();
 
-    Report {
+    Ok(Report {
         schema: SCHEMA.to_string(),
         start: start.map_or_else(String::new, crate::report::rfc3339),
         end: end.map_or_else(String::new, crate::report::rfc3339),
@@ -1016,40 +1066,119 @@ fn merge(snapshots: &[&Snapshot]) -> Report {
         snapshot: None,
         merged_from,
         learning: None,
-    }
+    })
 }
 
-fn add_totals(sum: &mut Totals, add: &Totals) {
-    sum.packets += add.packets;
-    sum.bytes += add.bytes;
-    sum.ipv4 += add.ipv4;
-    sum.ipv6 += add.ipv6;
-    sum.other += add.other;
-    sum.malformed += add.malformed;
-    sum.watched += add.watched;
-    sum.matched += add.matched;
-    sum.captured += add.captured;
-    sum.capture_drops += add.capture_drops;
-    sum.capture_throttled += add.capture_throttled;
+/// How an overflow error names the files merged before the one that
+/// overflowed: the first few and how many more.
+fn files_before(snapshots: &[&Snapshot]) -> String {
+    const NAMED: usize = 3;
+    let mut names: Vec<String> = snapshots
+        .iter()
+        .take(NAMED)
+        .map(|snapshot| snapshot.path.display().to_string())
+        .collect();
+    if snapshots.len() > NAMED {
+        names.push(format!("{} more", snapshots.len() - NAMED));
+    }
+    names.join(", ")
+}
+
+/// `sum += add`, refused past `u64::MAX`.
+fn add_count(sum: &mut u64, add: u64) -> Result<(), ()> {
+    *sum = sum.checked_add(add).ok_or(())?;
+    Ok(())
+}
+
+/// Adds each counter (its sum, what to add, its name) with [`add_count`];
+/// an overflow gives the counter's name, `what.name`.
+fn add_named<const N: usize>(
+    what: &str,
+    counters: [(&mut u64, u64, &str); N],
+) -> Result<(), String> {
+    for (sum, add, name) in counters {
+        add_count(sum, add).map_err(|()| format!("{what}.{name}"))?;
+    }
+    Ok(())
+}
+
+fn add_totals(sum: &mut Totals, add: &Totals) -> Result<(), String> {
+    add_named(
+        "totals",
+        [
+            (&mut sum.packets, add.packets, "packets"),
+            (&mut sum.bytes, add.bytes, "bytes"),
+            (&mut sum.ipv4, add.ipv4, "ipv4"),
+            (&mut sum.ipv6, add.ipv6, "ipv6"),
+            (&mut sum.other, add.other, "other"),
+            (&mut sum.malformed, add.malformed, "malformed"),
+            (&mut sum.watched, add.watched, "watched"),
+            (&mut sum.matched, add.matched, "matched"),
+            (&mut sum.captured, add.captured, "captured"),
+            (&mut sum.capture_drops, add.capture_drops, "capture_drops"),
+            (
+                &mut sum.capture_throttled,
+                add.capture_throttled,
+                "capture_throttled",
+            ),
+        ],
+    )
+}
+
+fn add_flow_table(sum: &mut FlowTable, add: &FlowTable) -> Result<(), String> {
+    add_named(
+        "flow_table",
+        [
+            (&mut sum.inserts, add.inserts, "inserts"),
+            (&mut sum.evictions, add.evictions, "evictions"),
+            (
+                &mut sum.insert_failures,
+                add.insert_failures,
+                "insert_failures",
+            ),
+            (&mut sum.drains, add.drains, "drains"),
+            (&mut sum.recycles, add.recycles, "recycles"),
+        ],
+    )
 }
 
 /// Sums a service's packet and byte counters; flows, sources, share and
 /// times are recomputed from the merged flows.
-fn add_service_counters(services: &mut BTreeMap<String, ServiceRow>, row: &ServiceRow) {
+fn add_service_counters(
+    services: &mut BTreeMap<String, ServiceRow>,
+    row: &ServiceRow,
+) -> Result<(), String> {
     let sum = services
         .entry(row.service.clone())
         .or_insert_with(|| ServiceRow::empty(row.service.clone()));
-    sum.packets += row.packets;
-    sum.bytes += row.bytes;
-    sum.packets_outbound += row.packets_outbound;
-    sum.packets_inbound += row.packets_inbound;
-    sum.bytes_outbound += row.bytes_outbound;
-    sum.bytes_inbound += row.bytes_inbound;
+    add_named(
+        &format!("services[{}]", row.service),
+        [
+            (&mut sum.packets, row.packets, "packets"),
+            (&mut sum.bytes, row.bytes, "bytes"),
+            (
+                &mut sum.packets_outbound,
+                row.packets_outbound,
+                "packets_outbound",
+            ),
+            (
+                &mut sum.packets_inbound,
+                row.packets_inbound,
+                "packets_inbound",
+            ),
+            (
+                &mut sum.bytes_outbound,
+                row.bytes_outbound,
+                "bytes_outbound",
+            ),
+            (&mut sum.bytes_inbound, row.bytes_inbound, "bytes_inbound"),
+        ],
+    )
 }
 
 /// Adds one snapshot's flow: counts summed, earliest first seen, latest
 /// last seen, TCP flags OR-ed.
-fn add_flow(flows: &mut BTreeMap<FlowId, FlowRow>, flow: &FlowRow) {
+fn add_flow(flows: &mut BTreeMap<FlowId, FlowRow>, flow: &FlowRow) -> Result<(), String> {
     let id = (
         flow.watched,
         flow.endpoint,
@@ -1064,8 +1193,16 @@ fn add_flow(flows: &mut BTreeMap<FlowId, FlowRow>, flow: &FlowRow) {
         }
         Entry::Occupied(mut entry) => {
             let sum = entry.get_mut();
-            sum.packets += flow.packets;
-            sum.bytes += flow.bytes;
+            add_named(
+                &format!(
+                    "flows[{} {} {} port {} {}]",
+                    flow.watched, flow.direction, flow.endpoint, flow.port, flow.service
+                ),
+                [
+                    (&mut sum.packets, flow.packets, "packets"),
+                    (&mut sum.bytes, flow.bytes, "bytes"),
+                ],
+            )?;
             if compare_times(&flow.first_seen, &sum.first_seen).is_lt() {
                 sum.first_seen = flow.first_seen.clone();
             }
@@ -1075,6 +1212,7 @@ fn add_flow(flows: &mut BTreeMap<FlowId, FlowRow>, flow: &FlowRow) {
             sum.tcp_flags |= flow.tcp_flags;
         }
     }
+    Ok(())
 }
 
 /// `--format csv`: one row per service, under [`CSV_HEADER`]; with
@@ -1448,7 +1586,8 @@ mod tests {
                     first_seen: None,
                     last_seen: None,
                 },
-            );
+            )
+            .unwrap();
         }
         let packets: u64 = flows.iter().map(|f| f.packets).sum();
         let bytes: u64 = flows.iter().map(|f| f.bytes).sum();
@@ -2405,6 +2544,71 @@ mod tests {
     }
 
     #[test]
+    fn sums_past_the_largest_count_are_refused_naming_the_files() {
+        let largest = u64::MAX.to_string();
+        // Totals: a hand-edited snapshot near the largest count; the third
+        // file passes it.
+        let folder = TempFolder::new("overflow-totals");
+        let mut reports = three_hours();
+        reports[0].totals.packets = u64::MAX - 30;
+        let paths = write_chain(&folder, reports);
+        let error = merge_paths(std::slice::from_ref(&folder.0), &TimeRange::default())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            error,
+            format!(
+                "{}: totals.packets added to the sum of {}, {} passes the largest count ({largest}); a hand-edited or corrupt snapshot?",
+                paths[2].display(),
+                paths[0].display(),
+                paths[1].display()
+            )
+        );
+        // A flow's packets, the totals being small.
+        let folder = TempFolder::new("overflow-flow");
+        let mut reports = three_hours();
+        reports[1].flows[0] = reports[0].flows[0].clone();
+        reports[0].flows[0].packets = u64::MAX - 1;
+        reports[1].flows[0].packets = 2;
+        let paths = write_chain(&folder, reports);
+        let error = merge_paths(std::slice::from_ref(&folder.0), &TimeRange::default())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            error,
+            format!(
+                "{}: flows[175.45.176.1 outbound 198.51.100.1 port 443 nordvpn].packets added to the sum of {} passes the largest count ({largest}); a hand-edited or corrupt snapshot?",
+                paths[1].display(),
+                paths[0].display()
+            )
+        );
+        // A service's bytes, and the error is the command's (exit 1).
+        let folder = TempFolder::new("overflow-service");
+        let mut reports = three_hours();
+        reports[1].services[0].bytes = u64::MAX;
+        let paths = write_chain(&folder, reports);
+        let args = ReportArgs {
+            paths: vec![folder.0.clone()],
+            from: None,
+            to: None,
+            format: HistoryFormat::Json,
+            by_sensor: false,
+            output: None,
+            verify: false,
+        };
+        let error = report(&args).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            format!(
+                "{}: services[tor].bytes added to the sum of {}, {} passes the largest count ({largest}); a hand-edited or corrupt snapshot?",
+                paths[2].display(),
+                paths[0].display(),
+                paths[1].display()
+            )
+        );
+    }
+
+    #[test]
     fn the_output_may_not_be_a_report_being_read() {
         let folder = TempFolder::new("output-is-input");
         let paths = write_chain(&folder, three_hours());
@@ -2448,6 +2652,22 @@ mod tests {
         report(&args(vec![folder.0.clone()], day.clone())).unwrap();
         assert!(day.exists());
         report(&args(vec![folder.0.clone()], day.clone())).unwrap();
+        // Nor the folder's daemon state or marker, which are no reports.
+        for name in [".classifier-state.json", ".classifier-written"] {
+            let reserved = folder.file(name);
+            std::fs::write(&reserved, b"state").unwrap();
+            let error = report(&args(vec![folder.0.clone()], reserved.clone()))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.starts_with(&format!(
+                    "-o {}: {name} is the name of a snapshot folder's ",
+                    reserved.display()
+                )),
+                "{error}"
+            );
+            assert_eq!(std::fs::read(&reserved).unwrap(), b"state");
+        }
     }
 
     #[test]

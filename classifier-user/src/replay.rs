@@ -5,7 +5,8 @@
 //! Time is the capture's: the program is loaded with its capture clock on,
 //! and each frame's timestamp is written into it before the frame runs, so
 //! flows' first and last seen are the frames' own times; the report's
-//! `start`/`end` are the first and last frame's; snapshot intervals are cut
+//! `start`/`end` are the earliest and latest frame's (a file's frames may go
+//! back in time), so they hold every flow's; snapshot intervals are cut
 //! when a frame's time passes a boundary (an idle stretch of the capture
 //! yields empty snapshots, as a live sensor would write).
 //!
@@ -149,8 +150,11 @@ struct Progress {
     frames: u64,
     /// Captured shorter than they were on the wire (snap length).
     cut_short: u64,
+    /// The first frame's time, where snapshots start.
     first_ns: Option<i64>,
-    last_ns: i64,
+    /// The earliest and latest frame times: the report's period.
+    earliest_ns: i64,
+    latest_ns: i64,
 }
 
 /// Everything replaying needs besides the frames.
@@ -177,6 +181,8 @@ impl Replay {
     /// Starts snapshots at the first frame's time.
     fn start(&mut self, first_ns: i64) -> Result<(), Box<dyn std::error::Error>> {
         self.progress.first_ns = Some(first_ns);
+        self.progress.earliest_ns = first_ns;
+        self.progress.latest_ns = first_ns;
         self.meta.attached_at_unix_ns = first_ns;
         if let Some((dir, interval)) = &self.snapshots {
             let resumed = Snapshotter::resume(
@@ -263,7 +269,7 @@ impl Replay {
                 .max(1);
             let idle = time_ns.saturating_sub(boundary) / interval_ns;
             if idle > MAX_IDLE_SNAPSHOTS {
-                let before = self.progress.last_ns;
+                let before = self.progress.latest_ns;
                 return Err(ReplayError::TimeJump {
                     file: file.to_string(),
                     frame: number,
@@ -277,7 +283,8 @@ impl Replay {
         self.cut_passed_boundaries(time_ns)?;
         let progress = &mut self.progress;
         progress.frames += 1;
-        progress.last_ns = progress.last_ns.max(time_ns);
+        progress.earliest_ns = progress.earliest_ns.min(time_ns);
+        progress.latest_ns = progress.latest_ns.max(time_ns);
         if (data.len() as u64) < u64::from(original_len) {
             progress.cut_short += 1;
         }
@@ -354,6 +361,10 @@ pub fn pcap(args: &PcapArgs) -> Result<(), Box<dyn std::error::Error>> {
             .into());
         }
         readers.push(CaptureReader::open(path)?);
+    }
+    if let Some(dir) = &args.snapshot_dir {
+        // A folder that cannot be made is refused before loading.
+        crate::snapshot::create_folder(dir)?;
     }
     let capacities = Capacities {
         flows: args.flow_capacity,
@@ -456,7 +467,7 @@ pub fn pcap(args: &PcapArgs) -> Result<(), Box<dyn std::error::Error>> {
         );
     }
 
-    let Some(first_ns) = replay.progress.first_ns else {
+    if replay.progress.first_ns.is_none() {
         return Err(ReplayError::Empty(
             args.files
                 .iter()
@@ -465,10 +476,10 @@ pub fn pcap(args: &PcapArgs) -> Result<(), Box<dyn std::error::Error>> {
                 .join(", "),
         )
         .into());
-    };
-    let last_ns = replay.progress.last_ns;
+    }
+    let (earliest_ns, latest_ns) = (replay.progress.earliest_ns, replay.progress.latest_ns);
     replay.drain()?;
-    let unwritten = if replay.cut_snapshot(last_ns.max(first_ns), WriteAttempt::Last) {
+    let unwritten = if replay.cut_snapshot(latest_ns, WriteAttempt::Last) {
         0
     } else {
         replay.snapshotter.as_ref().map_or(0, Snapshotter::pending)
@@ -489,8 +500,8 @@ pub fn pcap(args: &PcapArgs) -> Result<(), Box<dyn std::error::Error>> {
         &replay.ledger,
         &replay.sensor.services,
         ReportContext {
-            start: unix_ns_to_time(first_ns),
-            end: unix_ns_to_time(last_ns.max(first_ns)),
+            start: unix_ns_to_time(earliest_ns),
+            end: unix_ns_to_time(latest_ns),
             sensor: sensor_name(),
             interfaces: names,
             feeds: endpoints.origins.clone(),

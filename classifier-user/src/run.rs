@@ -145,8 +145,7 @@ impl RunConfig {
         if let Some(dir) = &args.snapshot_dir {
             // A folder that cannot be made is refused before loading (and
             // only once the feeds were accepted).
-            std::fs::create_dir_all(dir)
-                .map_err(|source| RunError::Snapshot(SnapshotError::new(dir, source)))?;
+            crate::snapshot::create_folder(dir).map_err(RunError::Snapshot)?;
         }
         let stats_socket = match &args.stats_socket {
             Some(StatsSocket::Off) => None,

@@ -48,8 +48,12 @@ use crate::{
 
 pub const FILE_PREFIX: &str = "classifier-";
 pub const FILE_SUFFIX: &str = ".json";
+/// A snapshot folder's daemon state: the last snapshot written and its
+/// checkpoint, where the chain goes on after a restart.
 pub const STATE_FILE: &str = ".classifier-state.json";
-const WRITTEN_MARKER: &str = ".classifier-written";
+/// A snapshot folder's marker naming the last snapshot written whole; a
+/// state file naming another was interrupted, and is written first.
+pub const WRITTEN_MARKER: &str = ".classifier-written";
 const STATE_SCHEMA: &str = "classifier.state.v1";
 const NS_PER_SECOND: i128 = 1_000_000_000;
 const LONGEST_RETRY: Duration = Duration::from_secs(60);
@@ -68,6 +72,48 @@ impl SnapshotError {
             path: path.to_path_buf(),
             source,
         }
+    }
+}
+
+/// Creates the snapshot folder `dir` and its parents. When that fails
+/// because `dir` or a parent is a file or a symbolic link to nothing (the
+/// system says only "File exists" or "Not a directory"), the error says
+/// which.
+pub fn create_folder(dir: &Path) -> Result<(), SnapshotError> {
+    let Err(source) = std::fs::create_dir_all(dir) else {
+        return Ok(());
+    };
+    // The nearest of `dir` and its parents that is there is the one in the way.
+    let source = dir
+        .ancestors()
+        .find(|path| std::fs::symlink_metadata(path).is_ok())
+        .and_then(|path| not_a_folder(dir, path))
+        .map_or(source, std::io::Error::other);
+    Err(SnapshotError {
+        path: dir.to_path_buf(),
+        source,
+    })
+}
+
+/// What `path` (`dir` or one of its parents, which is there) is when it
+/// is not a folder; `None` when it is one, or cannot be told.
+fn not_a_folder(dir: &Path, path: &Path) -> Option<String> {
+    let subject = if path == dir {
+        String::new()
+    } else {
+        format!("{} is ", path.display())
+    };
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => None,
+        Ok(_) => Some(format!("{subject}a file, not a folder")),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let target = std::fs::read_link(path).ok()?;
+            Some(format!(
+                "{subject}a symbolic link to {}, which does not exist",
+                target.display()
+            ))
+        }
+        Err(_) => None,
     }
 }
 
@@ -294,7 +340,7 @@ impl Snapshotter {
         sensor: String,
         pseudonymizer: Option<Pseudonymizer>,
     ) -> Result<Resumed, SnapshotError> {
-        std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+        create_folder(dir)?;
         let lock = lock_folder(dir)?;
         remove_stale_temporaries(dir);
         let state = read_state(dir);

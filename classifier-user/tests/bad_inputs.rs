@@ -178,6 +178,11 @@ fn cases(f: &Fixtures) -> Vec<Case> {
     let missing = f.path("missing.csv");
     let folder = f.path("a-folder");
     let out_pcap = f.path("out.pcap");
+    let state_file = f.path("a-folder/.classifier-state.json");
+    let marker_file = f.path("a-folder/.classifier-written");
+    let dangling = f.path("dangling");
+    let dangling_target = f.path("nowhere");
+    std::os::unix::fs::symlink(&dangling_target, &dangling).expect("a dangling link");
 
     let host_bits_message = format!(
         "classifier: {host_bits}: line 3: host bits set in 198.51.101.7/24 (did you mean 198.51.101.0/24?)"
@@ -553,6 +558,22 @@ fn cases(f: &Fixtures) -> Vec<Case> {
             &folder,
         ),
         case(
+            &["report", &folder, "-o", &state_file],
+            1,
+            &format!(
+                "classifier: -o {state_file}: .classifier-state.json is the name of a snapshot folder's state file, which the daemon reads; choose another file"
+            ),
+            &state_file,
+        ),
+        case(
+            &["report", &folder, "-o", &marker_file],
+            1,
+            &format!(
+                "classifier: -o {marker_file}: .classifier-written is the name of a snapshot folder's marker file, which the daemon reads; choose another file"
+            ),
+            &marker_file,
+        ),
+        case(
             &["report", &not_a_report, "--from", "yesterday"],
             1,
             "classifier: --from \"yesterday\": expected an RFC 3339 time",
@@ -623,6 +644,39 @@ fn cases(f: &Fixtures) -> Vec<Case> {
             1,
             &host_bits_message,
             &host_bits,
+        ),
+        // A snapshot folder that cannot be made, refused before loading.
+        run_case(
+            f,
+            &["--snapshot-dir", &text],
+            1,
+            &format!("classifier: snapshot folder {text}: a file, not a folder"),
+            &text,
+        ),
+        case(
+            &["pcap", &good_pcap, "--snapshot-dir", &text],
+            1,
+            &format!("classifier: snapshot folder {text}: a file, not a folder"),
+            &text,
+        ),
+        case(
+            &[
+                "pcap",
+                &good_pcap,
+                "--snapshot-dir",
+                &format!("{text}/hourly"),
+            ],
+            1,
+            &format!("classifier: snapshot folder {text}/hourly: {text} is a file, not a folder"),
+            &text,
+        ),
+        case(
+            &["pcap", &good_pcap, "--snapshot-dir", &dangling],
+            1,
+            &format!(
+                "classifier: snapshot folder {dangling}: a symbolic link to {dangling_target}, which does not exist"
+            ),
+            &dangling,
         ),
         // `classifier generate` and `classifier stats`.
         case(

@@ -683,6 +683,85 @@ fn frames_shorter_than_their_link_header_are_counted_and_the_replay_goes_on() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+#[test]
+fn a_file_going_back_in_time_reports_from_its_earliest_frame_to_its_latest() {
+    if !require_root() {
+        return;
+    }
+    use classifier_tests::frames::FrameSpec;
+    use pcap_file::pcap::{PcapPacket, PcapWriter};
+    let dir = temp_dir("pcap-back-in-time");
+    let feed = classifier_tests::daemon::write_feed(&dir);
+    let later = FrameSpec::udp("175.45.176.9", "198.51.100.10", 40000, 443).build();
+    let earlier = FrameSpec::udp("175.45.176.10", "198.51.100.10", 40000, 443).build();
+    // 2023-11-14 at 11:30, 09:30 (another flow) and 11:45 UTC, in that order.
+    let capture = dir.join("back.pcap");
+    let mut writer =
+        PcapWriter::new(std::fs::File::create(&capture).expect("create")).expect("pcap header");
+    for (seconds, frame) in [
+        (1_699_961_400, &later),
+        (1_699_954_200, &earlier),
+        (1_699_962_300, &later),
+    ] {
+        writer
+            .write_packet(&PcapPacket::new(
+                std::time::Duration::from_secs(seconds),
+                frame.len() as u32,
+                frame,
+            ))
+            .expect("a frame");
+    }
+    drop(writer);
+    let snapshots = dir.join("snapshots");
+    let report = pcap_report(&[
+        "--endpoints",
+        text(&feed),
+        "--watch",
+        "175.45.176.0/22",
+        "--snapshot-dir",
+        text(&snapshots),
+        text(&capture),
+    ]);
+    assert_eq!(report["totals"]["packets"], 3, "{}", report["totals"]);
+    assert_eq!(report["start"], "2023-11-14T09:30:00Z");
+    assert_eq!(report["end"], "2023-11-14T11:45:00Z");
+    // The flows' times lie within the report's (the earlier flow's before
+    // the first frame read).
+    let flows = report["flows"].as_array().expect("flows");
+    let times: Vec<(&Value, &Value, &Value)> = flows
+        .iter()
+        .map(|flow| (&flow["watched"], &flow["first_seen"], &flow["last_seen"]))
+        .collect();
+    assert_eq!(
+        times,
+        [
+            (
+                &Value::from("175.45.176.10"),
+                &Value::from("2023-11-14T09:30:00Z"),
+                &Value::from("2023-11-14T09:30:00Z")
+            ),
+            (
+                &Value::from("175.45.176.9"),
+                &Value::from("2023-11-14T11:30:00Z"),
+                &Value::from("2023-11-14T11:45:00Z")
+            ),
+        ]
+    );
+    let alpha = &services(&report)["alpha"];
+    assert_eq!(alpha["first_seen"], report["start"], "{alpha}");
+    assert_eq!(alpha["last_seen"], report["end"], "{alpha}");
+    // Snapshots keep their intervals: from the first frame read, and the
+    // frame going back counts in the interval being cut.
+    let files = snapshot_files(&snapshots);
+    assert_eq!(files.len(), 1, "{files:?}");
+    let snapshot: Value =
+        serde_json::from_str(&std::fs::read_to_string(&files[0]).expect("read")).expect("JSON");
+    assert_eq!(snapshot["start"], "2023-11-14T11:30:00Z");
+    assert_eq!(snapshot["end"], "2023-11-14T11:45:00Z");
+    assert_eq!(snapshot["totals"]["packets"], 3);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// A pcapng of one Ethernet `frame` at the time i64::MAX nanoseconds
 /// (`if_tsresol` 9).
 fn write_last_nanosecond_pcapng(path: &Path, frame: &[u8]) {
