@@ -19,11 +19,13 @@ use aya::{
 use classifier_common::{
     CAPTURE_CLOCK_FRAME_LEN, CAPTURE_CLOCK_TIME, EndpointValue, FlowBucket, FlowCacheShape,
     GLOBAL_CAPTURE_CLOCK, GLOBAL_FLOW_CACHE_MASK, GLOBAL_LEARN_RATE, GLOBAL_NEW_FLOW_EVERY_PACKET,
-    GLOBAL_VERDICT, MAP_CAPTURE_CLOCK, MAP_CAPTURE_CONFIG, MAP_CAPTURE_EVENTS, MAP_ENDPOINT_HINTS,
-    MAP_ENDPOINTS_V6, MAP_FLOW_CACHE, MAP_FLOWS, MAP_LEARN_EVENTS, MAP_LEARNED, MAP_V4_LOWER,
-    MAP_V4_TOP, MAP_VERDICTS, MAP_WATCHED_HINT, MAP_WATCHED_V6, MAX_SERVICES, PROGRAM_NAME,
-    V4_LOWER_DECLARED_SIZE, WATCHED_24_ALL, WATCHED_24_NONE, WATCHED_24_SOME, WATCHED_V4_BLOCKS,
-    WATCHED_V4_WALK, WatchedBlock, WatchedHint, WatchedHints, hint_index_v4, hint_index_v6,
+    GLOBAL_VERDICT, MAP_CAPTURE_BUDGET, MAP_CAPTURE_CLOCK, MAP_CAPTURE_CONFIG, MAP_CAPTURE_EVENTS,
+    MAP_CAPTURE_FLOWS, MAP_ENDPOINT_HINTS, MAP_ENDPOINTS_V6, MAP_FLOW_CACHE,
+    MAP_FLOW_CACHE_DRAINED, MAP_FLOWS, MAP_LEARN_BUDGET, MAP_LEARN_EVENTS, MAP_LEARNED,
+    MAP_SERVICES, MAP_TCP_PROBES, MAP_TOTALS, MAP_V4_LOWER, MAP_V4_TOP, MAP_VERDICTS,
+    MAP_WATCHED_HINT, MAP_WATCHED_V6, MAX_SERVICES, PROGRAM_NAME, V4_LOWER_DECLARED_SIZE,
+    WATCHED_24_ALL, WATCHED_24_NONE, WATCHED_24_SOME, WATCHED_V4_BLOCKS, WATCHED_V4_WALK,
+    WatchedBlock, WatchedHint, WatchedHints, hint_index_v4, hint_index_v6,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
@@ -189,9 +191,47 @@ fn load_retrying(
     }
 }
 
+/// The maps a daemon's program shares with the program it replaces (a
+/// feed reload): the loader reuses their pins under `maps/` (creates and
+/// pins them at the first load). The counters; what flows taught (the
+/// verdicts and learning maps, which the daemon also opens by path); each
+/// flow's turns so far (packets captured, TCP segments handed over for
+/// learning), so a reload does not start them again; the capture and
+/// learning budgets of the current second, so a reload does not grant a
+/// second's worth more; and the capture ring and setting.
+pub const KEPT_MAPS: [&str; 15] = [
+    MAP_TOTALS,
+    MAP_SERVICES,
+    MAP_FLOWS,
+    MAP_FLOW_CACHE,
+    MAP_FLOW_CACHE_DRAINED,
+    MAP_VERDICTS,
+    MAP_LEARN_EVENTS,
+    MAP_LEARNED,
+    MAP_ENDPOINT_HINTS,
+    MAP_TCP_PROBES,
+    MAP_LEARN_BUDGET,
+    MAP_CAPTURE_EVENTS,
+    MAP_CAPTURE_CONFIG,
+    MAP_CAPTURE_BUDGET,
+    MAP_CAPTURE_FLOWS,
+];
+
+/// The maps each program gets afresh: the feeds (filled from them at load)
+/// and the replay clock (read only by `classifier pcap`'s program).
+pub const REBUILT_MAPS: [&str; 6] = [
+    MAP_WATCHED_HINT,
+    MAP_V4_TOP,
+    MAP_V4_LOWER,
+    MAP_WATCHED_V6,
+    MAP_ENDPOINTS_V6,
+    MAP_CAPTURE_CLOCK,
+];
+
 /// A daemon's program: where its counters are pinned, and how it runs.
 pub struct Pinned<'a> {
-    /// The counter maps live at `maps_dir/NAME`.
+    /// The counter maps (every map of [`KEPT_MAPS`]) live at
+    /// `maps_dir/NAME`.
     pub maps_dir: &'a Path,
     /// `Some`: loaded as an extension replacing this function of this
     /// program (libxdp's dispatcher, `--xdp-dispatcher`), not as an XDP
@@ -519,17 +559,7 @@ impl Sensor {
             loader.extension(PROGRAM_NAME);
         }
         if let Some(dir) = pinned.as_ref().map(|pinned| pinned.maps_dir) {
-            // The verdicts and learning maps too: a reload keeps what flows
-            // taught, and a daemon opens the learning maps by path.
-            let kept = [
-                MAP_VERDICTS,
-                MAP_LEARN_EVENTS,
-                MAP_LEARNED,
-                MAP_ENDPOINT_HINTS,
-                MAP_CAPTURE_EVENTS,
-                MAP_CAPTURE_CONFIG,
-            ];
-            for name in CounterMaps::NAMES.into_iter().chain(kept) {
+            for name in KEPT_MAPS {
                 loader.map_pin_path(name, dir.join(name));
             }
         }
@@ -949,11 +979,24 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use classifier_common::{
-        FLOW_BUCKET_SLOTS, FlowSlot, HINT_ENTRIES, MAP_TCP_PROBES, MAP_TOTALS, TcpProbeSlot,
-    };
+    use classifier_common::{FLOW_BUCKET_SLOTS, FlowSlot, HINT_ENTRIES, TcpProbeSlot};
 
     use crate::object_file::AlignedObject;
+
+    /// Every map is either handed over at a reload or built afresh, and
+    /// the counters are handed over: a map added to the program needs a
+    /// decision here.
+    #[test]
+    fn every_map_is_kept_or_rebuilt_at_a_reload() {
+        let mut sorted: Vec<&str> = KEPT_MAPS.iter().chain(&REBUILT_MAPS).copied().collect();
+        sorted.sort_unstable();
+        let mut all = classifier_common::ALL_MAPS.to_vec();
+        all.sort_unstable();
+        assert_eq!(sorted, all);
+        for name in CounterMaps::NAMES {
+            assert!(KEPT_MAPS.contains(&name), "{name}");
+        }
+    }
 
     fn watched_hints_v4(prefixes: &[Ipv4Net]) -> Box<WatchedHints> {
         let mut hints: Box<WatchedHints> = bytemuck::zeroed_box();

@@ -8,7 +8,8 @@
 //! `maps/<MAP>` for every map, `program`, `link-<iface>` per interface and
 //! `META` (an array map holding [`SensorMeta`] as JSON), pinned last: a
 //! folder with `META` is complete; one without it is a start that died
-//! half-way and is cleaned up.
+//! half-way and is cleaned up. `META` is written under a temporary name
+//! and renamed over the old one, so it is never missing while it changes.
 //!
 //! A pinned link keeps the program attached after its daemon exits (or is
 //! killed); removing the link's pin and closing its last fd detaches it.
@@ -28,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     drain::CounterMaps,
     feeds::FeedOrigin,
-    loader::{Sensor, ServiceTable, error_chain},
+    loader::{KEPT_MAPS, Sensor, ServiceTable, error_chain},
 };
 
 /// `statfs` magic of the BPF filesystem.
@@ -37,6 +38,12 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// when nothing has).
 const SYSTEM_BPF_FS: &str = "/sys/fs/bpf";
 const META: &str = "META";
+/// A new description is pinned under this name, then renamed over `META`
+/// (rename(2) replaces it in one step: readers never find the folder
+/// without one). No dot: the BPF filesystem refuses names with one
+/// (EPERM). A leftover from a crash in between is removed by the next
+/// write, or with the folder; nothing reads it.
+const META_NEXT: &str = "META-next";
 const META_SCHEMA: &str = "classifier.pins.v1";
 /// The description is stored in chunks of this many bytes.
 const META_CHUNK: usize = 4096;
@@ -252,9 +259,14 @@ fn write_meta(dir: &Path, meta: &SensorMeta) -> Result<(), PinError> {
             .set(index as u32, value, 0)
             .map_err(|error| meta_error(&error))?;
     }
-    array
-        .pin(dir.join(META))
-        .map_err(|error| meta_error(&error))
+    let next = dir.join(META_NEXT);
+    match std::fs::remove_file(&next) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(path_error(&next, error)),
+    }
+    array.pin(&next).map_err(|error| meta_error(&error))?;
+    std::fs::rename(&next, dir.join(META)).map_err(|error| path_error(&next, error))
 }
 
 /// Reads the description pinned in `dir`; `None` when there is none.
@@ -444,7 +456,8 @@ impl PinnedSensor {
     pub fn pin(mut sensor: Sensor, dir: &Path, meta: SensorMeta) -> Result<Self, PinError> {
         let maps_dir = dir.join("maps");
         std::fs::create_dir_all(&maps_dir).map_err(|error| path_error(&maps_dir, error))?;
-        // The counters were pinned by the loader (`Sensor::load_pinned`).
+        // The counters and other kept maps were pinned by the loader
+        // (`Sensor::load_pinned`).
         pin_feed_maps(&sensor, &maps_dir)?;
         let program_path = dir.join("program");
         let attachments = std::mem::take(&mut sensor.attachments);
@@ -593,8 +606,6 @@ impl PinnedSensor {
     /// Rewrites the pinned description (after a reload, or to record a
     /// failed one).
     pub fn update_meta(&mut self, meta: SensorMeta) -> Result<(), PinError> {
-        let path = self.dir.join(META);
-        std::fs::remove_file(&path).map_err(|error| path_error(&path, error))?;
         write_meta(&self.dir, &meta)?;
         self.meta = meta;
         Ok(())
@@ -665,11 +676,12 @@ pub fn try_lock_folder(dir: &Path) -> std::io::Result<Option<std::fs::File>> {
 }
 
 /// Pins (or re-pins, replacing the previous pins) a sensor's feed maps:
-/// every map but the counters, which the loader pinned.
+/// every map but those the loader pinned ([`KEPT_MAPS`], the same maps
+/// after a reload: a new pin would only hide them for a moment).
 fn pin_feed_maps(sensor: &Sensor, maps_dir: &Path) -> Result<(), PinError> {
     for (name, map) in sensor.ebpf.maps() {
         // Globals (.rodata) are part of the program, not worth a pin.
-        if name.starts_with('.') {
+        if name.starts_with('.') || KEPT_MAPS.contains(&name) {
             continue;
         }
         let path = maps_dir.join(name);

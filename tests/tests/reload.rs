@@ -1,8 +1,12 @@
 //! Hot reload on a live veth pair: `classifier reload` swaps a new feed in
 //! while traffic flows (totals exact across the swap, the program stays
-//! attached), and a bad feed is refused whole while the old one serves on.
+//! attached), and a bad feed is refused whole while the old one serves on;
+//! per-flow capture turns carry on across a reload, and the pinned `META`
+//! never goes missing while reloads rewrite it.
 
 use std::{
+    collections::BTreeSet,
+    os::unix::fs::MetadataExt,
     path::Path,
     process::Command,
     sync::atomic::{AtomicBool, AtomicU64, Ordering},
@@ -216,6 +220,132 @@ fn a_reload_swaps_feeds_without_a_gap_and_a_bad_feed_leaves_the_old_one() {
     for name in ["delta", "epsilon"] {
         assert_eq!(services(&report)[name]["flows"], 1, "{name}");
     }
+    drop(pins);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn per_flow_capture_turns_carry_on_across_a_reload() {
+    if !require_root() {
+        return;
+    }
+    let dir = temp_dir("reload-capture");
+    let feed = write_feed(&dir);
+    let pins = TestMount::bpf(&dir.join("bpf"));
+    let captures = dir.join("captures");
+    let link = VethLink::create("rlcap").expect("namespaces and veth");
+    let mut daemon = Daemon::start(
+        &link,
+        &feed,
+        &[
+            "--pin-path",
+            text(&pins.path),
+            "--capture-dir",
+            text(&captures),
+            "--capture-per-flow",
+            "1",
+        ],
+    );
+    // Three matched flows (each direction is a flow), sent three times:
+    // before the reload, again, and after it. Only their first packets
+    // are captured: the new program counts turns in the same table.
+    let flows = [
+        FrameSpec::udp("175.45.176.1", "198.51.100.10", 40000, 443).build(),
+        FrameSpec::udp("198.51.100.10", "175.45.176.1", 443, 40000).build(),
+        FrameSpec::udp("2001:db8:aa::9", "2001:db8:e0:1::10", 40001, 51820).build(),
+    ];
+    link.send(&flows).expect("send");
+    link.send(&flows).expect("send");
+    std::thread::sleep(Duration::from_millis(300));
+    let output = Command::new(classifier_binary())
+        .args(["reload", "--pin-path", text(&pins.path)])
+        .output()
+        .expect("classifier reload");
+    assert!(output.status.success(), "{output:?}");
+    daemon.wait_for("feeds reloaded");
+    link.send(&flows).expect("send");
+    std::thread::sleep(Duration::from_millis(300));
+    let (report, _) = daemon.stop(libc::SIGTERM);
+
+    let totals = &report["totals"];
+    assert_eq!(totals["matched"], 9, "{totals}");
+    assert_eq!(totals["captured"], 3, "{totals}");
+    assert_eq!(totals["capture_drops"], 0, "{totals}");
+    assert_eq!(totals["capture_throttled"], 0, "{totals}");
+    drop(pins);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn meta_never_goes_missing_while_reloads_rewrite_it() {
+    const VERSIONS: u64 = 100;
+    if !require_root() {
+        return;
+    }
+    let dir = temp_dir("reload-meta");
+    let feed = write_feed(&dir);
+    let pins = TestMount::bpf(&dir.join("bpf"));
+    let link = VethLink::create("rlmeta").expect("namespaces and veth");
+    let mut daemon = Daemon::start(&link, &feed, &["--pin-path", text(&pins.path)]);
+    let meta = pins.path.join(&link.sensor_iface).join("META");
+    assert!(meta.exists(), "{}", meta.display());
+    // A bad feed: each SIGHUP is refused fast and recorded in a new META.
+    std::fs::write(&feed, format!("{TEST_FEED}198.51.100.77/24,zeta,\n")).expect("bad feed");
+
+    // Reloads are refused until the poller has seen 100 versions of META
+    // (each rewrite pins a new map, a new inode); not one poll may miss it.
+    let stop = AtomicBool::new(false);
+    let versions = AtomicU64::new(0);
+    let (misses, polls) = std::thread::scope(|scope| {
+        let poller = scope.spawn(|| {
+            let (mut misses, mut polls) = (0u64, 0u64);
+            let mut inodes = BTreeSet::new();
+            while !stop.load(Ordering::SeqCst) {
+                match std::fs::symlink_metadata(&meta) {
+                    Ok(found) => {
+                        inodes.insert(found.ino());
+                        versions.store(inodes.len() as u64, Ordering::SeqCst);
+                    }
+                    Err(_) => misses += 1,
+                }
+                polls += 1;
+            }
+            (misses, polls)
+        });
+        let pid = i32::try_from(daemon.pid()).expect("pid");
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while versions.load(Ordering::SeqCst) < VERSIONS && std::time::Instant::now() < deadline {
+            // SAFETY: signalling our own child.
+            assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        stop.store(true, Ordering::SeqCst);
+        poller.join().expect("poller")
+    });
+    let versions = versions.load(Ordering::SeqCst);
+    assert!(versions >= VERSIONS, "{versions} versions of META");
+    assert_eq!(
+        misses, 0,
+        "META was missing {misses} times in {polls} polls"
+    );
+    daemon.wait_for("feed reload refused");
+    // The last SIGHUPs' reloads are over; nothing but the pins a sensor
+    // leaves: no temporary name remains.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut names: Vec<String> = std::fs::read_dir(meta.parent().expect("set folder"))
+        .expect("set folder")
+        .map(|entry| {
+            entry
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    names.sort();
+    let link_pin = format!("link-{}", link.sensor_iface);
+    assert_eq!(names, ["META", link_pin.as_str(), "maps", "program"]);
+    let _ = daemon.stop(libc::SIGTERM);
     drop(pins);
     let _ = std::fs::remove_dir_all(dir);
 }
