@@ -91,11 +91,11 @@ const READ_CHUNK_LEN: u64 = 64 * 1024;
 /// A record (pcap packet or pcapng block) longer than this is taken as
 /// corruption rather than buffered (libpcap's pcapng limit is the same).
 const MAX_RECORD_LEN: usize = 16 * 1024 * 1024;
-/// The most a file may end with of a record it does not hold whole and still
-/// be read up to it: one packet at libpcap's largest snap length (262,144
-/// bytes, tcpdump's default) and its record's header and options. A capture
-/// stopped mid-write (tcpdump killed, a disk filled) ends so; a longer
-/// unreadable tail is taken as corruption and refused.
+/// The longest record a file may end inside of and still be read up to it:
+/// one packet at libpcap's largest snap length (262,144 bytes, tcpdump's
+/// default) and its record's header and options. A capture stopped
+/// mid-write (tcpdump killed, a disk filled) ends so; a file whose last
+/// record claims more is taken as corrupt and refused.
 const MAX_CUT_TAIL_LEN: usize = 262_144 + 1024;
 
 const NANOS_PER_SECOND: i64 = 1_000_000_000;
@@ -322,9 +322,9 @@ pub struct CaptureReader {
 /// The end of a capture stopped mid-write: part of one record, not read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CutTail {
-    /// The number the frame would have had (the last record may also be a
-    /// pcapng block of another kind).
-    pub frame: u64,
+    /// Frames read before it (the record may be a packet's, or a pcapng
+    /// block of another kind, such as the statistics written at close).
+    pub frames_before: u64,
     /// Bytes of the incomplete record.
     pub bytes: u64,
 }
@@ -585,23 +585,8 @@ impl CaptureReader {
         let packet = match self.read_packet() {
             Ok(Some(packet)) => packet,
             Ok(None) => return Ok(None),
-            Err(ReadProblem::Truncated)
-                if !starts_longer_record(self.input.unparsed(), &self.format) =>
-            {
-                return Err(self.frame_error(
-                    number,
-                    ReadProblem::Corrupt(format!(
-                        "the record at byte {} is whole by its length field, but what it holds claims more bytes than that",
-                        self.input.position
-                    )),
-                ));
-            }
-            Err(ReadProblem::Truncated) if self.input.unparsed().len() <= MAX_CUT_TAIL_LEN => {
-                self.cut_tail = Some(CutTail {
-                    frame: number,
-                    bytes: self.input.unparsed().len() as u64,
-                });
-                return Ok(None);
+            Err(problem @ (ReadProblem::Truncated | ReadProblem::RecordTooLarge)) => {
+                return self.unread_record(number, problem);
             }
             Err(problem) => return Err(self.frame_error(number, problem)),
         };
@@ -615,6 +600,49 @@ impl CaptureReader {
             data,
             original_len,
         }))
+    }
+
+    /// What to make of a record pcap-file asked more bytes for than the
+    /// file has (`Truncated`) or than a record may hold (`RecordTooLarge`),
+    /// by its own length field: whole, it is corrupt; running past the end
+    /// of the file by no more than a record of the largest snap length, it
+    /// is the end of a capture stopped mid-write, whose frames before it
+    /// are read ([`Self::cut_tail`]); otherwise `problem` stands.
+    fn unread_record(
+        &mut self,
+        number: u64,
+        problem: ReadProblem,
+    ) -> Result<Option<CaptureFrame>, CaptureError> {
+        let tail = self.input.unparsed();
+        let at = self.input.position;
+        let at_end = matches!(problem, ReadProblem::Truncated);
+        let problem = match claimed_record_len(tail, &self.format) {
+            Claim::Length(len) if len <= tail.len() as u64 => ReadProblem::Corrupt(format!(
+                "the record at byte {at} is whole by its length field ({len} bytes), but what it holds claims more"
+            )),
+            Claim::BadByteOrder => ReadProblem::Corrupt(format!(
+                "the section header at byte {at} has no valid byte-order magic"
+            )),
+            Claim::HeaderCut if at_end => return Ok(self.end_cut(number)),
+            Claim::Length(len) if at_end && len <= MAX_CUT_TAIL_LEN as u64 => {
+                return Ok(self.end_cut(number));
+            }
+            Claim::Length(len) if at_end => ReadProblem::Corrupt(format!(
+                "the record at byte {at} claims {len} bytes, more than one of the largest snap length, and the file ends {} bytes into it",
+                tail.len()
+            )),
+            _ => problem,
+        };
+        Err(self.frame_error(number, problem))
+    }
+
+    /// Ends the frames at a record cut by the end of the file.
+    fn end_cut(&mut self, number: u64) -> Option<CaptureFrame> {
+        self.cut_tail = Some(CutTail {
+            frames_before: number - 1,
+            bytes: self.input.unparsed().len() as u64,
+        });
+        None
     }
 
     fn frame_error(&self, frame: u64, problem: ReadProblem) -> CaptureError {
@@ -756,21 +784,10 @@ fn accepting_unended_options<T>(
 /// end-of-options option) added at the end of its body and both its length
 /// fields grown by 4, and the block's length in `bytes`.
 fn with_end_of_options(bytes: &[u8], section: Endianness) -> Option<(Vec<u8>, usize)> {
-    const SECTION_HEADER: [u8; 4] = [0x0a, 0x0d, 0x0d, 0x0a];
-    let endianness = if bytes.get(..4)? == SECTION_HEADER {
-        match bytes.get(8..12)? {
-            [0x1a, 0x2b, 0x3c, 0x4d] => Endianness::Big,
-            [0x4d, 0x3c, 0x2b, 0x1a] => Endianness::Little,
-            _ => return None,
-        }
-    } else {
-        section
+    let BlockHeader::Whole { endianness, len } = pcapng_block_header(bytes, section) else {
+        return None;
     };
-    let length_field: [u8; 4] = bytes.get(4..8)?.try_into().ok()?;
-    let len = match endianness {
-        Endianness::Big => u32::from_be_bytes(length_field),
-        Endianness::Little => u32::from_le_bytes(length_field),
-    } as usize;
+    let len = len as usize;
     if len < 12 || bytes.len() < len {
         return None;
     }
@@ -788,41 +805,71 @@ fn with_end_of_options(bytes: &[u8], section: Endianness) -> Option<(Vec<u8>, us
     Some((block, len))
 }
 
-/// Whether `tail`, what a file ends with, starts a record longer than it
-/// (a capture cut mid-write), as its length field says; not a complete
-/// record pcap-file could not parse (which is corruption).
-fn starts_longer_record(tail: &[u8], format: &FormatState) -> bool {
-    const SECTION_HEADER: [u8; 4] = [0x0a, 0x0d, 0x0d, 0x0a];
-    let u32_at = |at: usize, endianness: Endianness| {
-        let field: [u8; 4] = tail.get(at..at + 4)?.try_into().ok()?;
-        Some(match endianness {
-            Endianness::Big => u32::from_be_bytes(field),
-            Endianness::Little => u32::from_le_bytes(field),
-        })
-    };
-    // The record's length, if its header is there.
-    let record_len = match format {
+/// What the start of a record says of its length.
+enum Claim {
+    /// Its header is not all there.
+    HeaderCut,
+    /// Its whole length, header included.
+    Length(u64),
+    /// A pcapng section header whose byte-order magic is neither.
+    BadByteOrder,
+}
+
+/// What the record at the start of `bytes` claims to hold.
+fn claimed_record_len(bytes: &[u8], format: &FormatState) -> Claim {
+    match format {
         // A 16-byte header whose third field is the captured length.
-        FormatState::Pcap { parser, .. } => {
-            u32_at(8, parser.header().endianness).map(|captured| 16 + u64::from(captured))
-        }
-        // A block's total length follows its type; a section header block
-        // gives its own byte order.
+        FormatState::Pcap { parser, .. } => match u32_in(bytes, 8, parser.header().endianness) {
+            Some(captured) => Claim::Length(16 + u64::from(captured)),
+            None => Claim::HeaderCut,
+        },
         FormatState::PcapNg { parser, .. } => {
-            let endianness = if tail.get(..4) == Some(&SECTION_HEADER[..]) {
-                match tail.get(8..12) {
-                    Some([0x1a, 0x2b, 0x3c, 0x4d]) => Some(Endianness::Big),
-                    Some([0x4d, 0x3c, 0x2b, 0x1a]) => Some(Endianness::Little),
-                    Some(_) => return false,
-                    None => None,
-                }
-            } else {
-                Some(parser.section().endianness)
-            };
-            endianness.and_then(|endianness| u32_at(4, endianness).map(u64::from))
+            match pcapng_block_header(bytes, parser.section().endianness) {
+                BlockHeader::Cut => Claim::HeaderCut,
+                BlockHeader::BadByteOrder => Claim::BadByteOrder,
+                BlockHeader::Whole { len, .. } => Claim::Length(u64::from(len)),
+            }
         }
+    }
+}
+
+/// The start of a pcapng block.
+enum BlockHeader {
+    /// Not all there.
+    Cut,
+    /// A section header block whose byte-order magic is neither.
+    BadByteOrder,
+    /// Its byte order and total length.
+    Whole { endianness: Endianness, len: u32 },
+}
+
+/// Reads a pcapng block's header at the start of `bytes`: a section header
+/// block gives its own byte order, any other block has `section`'s.
+fn pcapng_block_header(bytes: &[u8], section: Endianness) -> BlockHeader {
+    const SECTION_HEADER: [u8; 4] = [0x0a, 0x0d, 0x0d, 0x0a];
+    let endianness = if bytes.get(..4) == Some(&SECTION_HEADER[..]) {
+        match bytes.get(8..12) {
+            Some([0x1a, 0x2b, 0x3c, 0x4d]) => Endianness::Big,
+            Some([0x4d, 0x3c, 0x2b, 0x1a]) => Endianness::Little,
+            Some(_) => return BlockHeader::BadByteOrder,
+            None => return BlockHeader::Cut,
+        }
+    } else {
+        section
     };
-    record_len.is_none_or(|len| len > tail.len() as u64)
+    match u32_in(bytes, 4, endianness) {
+        Some(len) => BlockHeader::Whole { endianness, len },
+        None => BlockHeader::Cut,
+    }
+}
+
+/// The 32-bit field at `at` in `bytes`, if it is all there.
+fn u32_in(bytes: &[u8], at: usize, endianness: Endianness) -> Option<u32> {
+    let field: [u8; 4] = bytes.get(at..at + 4)?.try_into().ok()?;
+    Some(match endianness {
+        Endianness::Big => u32::from_be_bytes(field),
+        Endianness::Little => u32::from_le_bytes(field),
+    })
 }
 
 fn described_interface(
@@ -1842,7 +1889,7 @@ mod tests {
             assert_eq!(
                 reader.cut_tail(),
                 Some(CutTail {
-                    frame: cut_frame,
+                    frames_before: cut_frame - 1,
                     bytes: tail_len as u64
                 })
             );
@@ -1891,8 +1938,9 @@ mod tests {
         assert_eq!(
             results[1].as_ref().unwrap_err().to_string(),
             format!(
-                "{}: frame 2: corrupt record: the record at byte {block_start} is whole by its length field, but what it holds claims more bytes than that",
-                path.display()
+                "{}: frame 2: corrupt record: the record at byte {block_start} is whole by its length field ({} bytes), but what it holds claims more",
+                path.display(),
+                bytes.len() - block_start
             )
         );
         assert_eq!(reader.cut_tail(), None);
@@ -1915,10 +1963,41 @@ mod tests {
         assert_eq!(
             results[0].as_ref().unwrap_err().to_string(),
             format!(
-                "{}: frame 1: the file ends in the middle of a record (cut short?)",
-                path.display()
+                "{}: frame 1: corrupt record: the record at byte 24 claims {} bytes, more than one of the largest snap length, and the file ends {} bytes into it",
+                path.display(),
+                whole.len() - 24,
+                whole.len() - 25
             )
         );
+
+        // A short last record whose length field claims more than a record
+        // can hold: corrupt, not cut.
+        let small = folder.file("claims-a-megabyte.pcap");
+        let frame = ethernet_frame(0x0800, &ipv4_packet(20));
+        write_pcap(
+            &small,
+            pcap_header(DataLink::ETHERNET),
+            &[
+                Packet::whole(time(0), frame.clone()),
+                Packet::whole(time(0), frame.clone()),
+            ],
+        );
+        let mut bytes = std::fs::read(&small).unwrap();
+        let second = 24 + 16 + frame.len();
+        bytes[second + 8..second + 12].copy_from_slice(&1_000_000u32.to_le_bytes());
+        std::fs::write(&small, &bytes).unwrap();
+        let mut reader = CaptureReader::open(&small).unwrap();
+        let results: Vec<_> = reader.by_ref().collect();
+        assert_eq!(results.len(), 2);
+        assert_eq!(
+            results[1].as_ref().unwrap_err().to_string(),
+            format!(
+                "{}: frame 2: corrupt record: the record at byte {second} claims 1000016 bytes, more than one of the largest snap length, and the file ends {} bytes into it",
+                small.display(),
+                16 + frame.len()
+            )
+        );
+        assert_eq!(reader.cut_tail(), None);
     }
 
     #[test]
@@ -1952,7 +2031,7 @@ mod tests {
         // 4 bytes, the closing length; the last 8 bytes are missing.
         let block_len = 28 + frame.len().next_multiple_of(4) + 4;
         let tail = reader.cut_tail().unwrap();
-        assert_eq!((tail.frame, tail.bytes), (2, block_len as u64 - 8));
+        assert_eq!((tail.frames_before, tail.bytes), (1, block_len as u64 - 8));
     }
 
     #[test]

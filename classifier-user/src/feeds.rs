@@ -240,9 +240,11 @@ pub struct FeedOrigin {
 impl FeedOrigin {
     /// Adds to `replaced` the feeds of `old` a reload replaced: those whose
     /// file or contents `new` does not have (a feed reloaded unchanged is
-    /// not replaced), each once.
+    /// not replaced), each once; drops from it those `new` brings back.
     pub fn note_replaced(replaced: &mut Vec<FeedOrigin>, old: Vec<FeedOrigin>, new: &[FeedOrigin]) {
         let same = |a: &FeedOrigin, b: &FeedOrigin| a.name == b.name && a.sha256 == b.sha256;
+        // One loaded again (A, B, then A) is in force, not replaced.
+        replaced.retain(|feed| !new.iter().any(|kept| same(kept, feed)));
         for feed in old {
             if !new
                 .iter()

@@ -100,13 +100,14 @@ pub enum HistoryError {
         what: &'static str,
     },
     #[error(
-        "{file}: {counter} added to the sum of {before} passes the largest count ({max}); a hand-edited or corrupt snapshot?",
+        "{file}: {counter} {before} passes the largest count ({max}); a hand-edited or corrupt snapshot?",
         max = u64::MAX
     )]
     CountOverflow {
         file: PathBuf,
         counter: String,
-        /// The files merged before it.
+        /// How the sum came about: the files merged before it, or the
+        /// file's own rows.
         before: String,
     },
 }
@@ -754,7 +755,8 @@ fn select(
     counts.used = used.len();
     counts.uncovered_seconds = uncovered_seconds(&used);
     for part in used.iter().flat_map(|snapshot| &snapshot.parts) {
-        counts.restarts += part.restarts;
+        // Past u64::MAX only in a hand-edited file; no wrap, no panic.
+        counts.restarts = counts.restarts.saturating_add(part.restarts);
         counts.gap_seconds += part.gap_seconds;
     }
     Ok((used, counts))
@@ -1070,9 +1072,13 @@ fn merge(snapshots: &[&Snapshot]) -> Result<Report, HistoryError> {
 }
 
 /// How an overflow error names the files merged before the one that
-/// overflowed: the first few and how many more.
+/// overflowed: the first few and how many more; none when it overflowed
+/// by its own rows (a flow listed twice).
 fn files_before(snapshots: &[&Snapshot]) -> String {
     const NAMED: usize = 3;
+    if snapshots.is_empty() {
+        return "summed over the file's own rows".to_string();
+    }
     let mut names: Vec<String> = snapshots
         .iter()
         .take(NAMED)
@@ -1081,7 +1087,7 @@ fn files_before(snapshots: &[&Snapshot]) -> String {
     if snapshots.len() > NAMED {
         names.push(format!("{} more", snapshots.len() - NAMED));
     }
-    names.join(", ")
+    format!("added to the sum of {}", names.join(", "))
 }
 
 /// `sum += add`, refused past `u64::MAX`.
@@ -2579,6 +2585,26 @@ mod tests {
             format!(
                 "{}: flows[175.45.176.1 outbound 198.51.100.1 port 443 nordvpn].packets added to the sum of {} passes the largest count ({largest}); a hand-edited or corrupt snapshot?",
                 paths[1].display(),
+                paths[0].display()
+            )
+        );
+        // One flow listed twice in the first file: its own rows pass it.
+        let folder = TempFolder::new("overflow-own-rows");
+        let mut reports = three_hours();
+        let twice = reports[0].flows[0].clone();
+        reports[0].flows[0].packets = u64::MAX - 1;
+        reports[0].flows.push(FlowRow {
+            packets: 2,
+            ..twice
+        });
+        let paths = write_chain(&folder, reports);
+        let error = merge_paths(std::slice::from_ref(&folder.0), &TimeRange::default())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            error,
+            format!(
+                "{}: flows[175.45.176.1 outbound 198.51.100.1 port 443 nordvpn].packets summed over the file's own rows passes the largest count ({largest}); a hand-edited or corrupt snapshot?",
                 paths[0].display()
             )
         );

@@ -762,14 +762,14 @@ impl Sensor {
         let if_index =
             interface_index(iface).ok_or_else(|| attach_error("no such interface".into()))?;
         let program = self.program_mut()?;
-        let tries: &[(XdpMode, &'static str)] = match mode {
-            AttachMode::Auto => &[(XdpMode::Driver, "native"), (XdpMode::Skb, "generic")],
-            AttachMode::Native => &[(XdpMode::Driver, "native")],
-            AttachMode::Generic => &[(XdpMode::Skb, "generic")],
+        let tries: &[&'static str] = match mode {
+            AttachMode::Auto => &["native", "generic"],
+            AttachMode::Native => &["native"],
+            AttachMode::Generic => &["generic"],
         };
         let mut failures = Vec::new();
-        for (xdp_mode, name) in tries {
-            match program.attach_to_if_index(if_index, *xdp_mode) {
+        for name in tries {
+            match program.attach_to_if_index(if_index, xdp_mode(name)) {
                 Ok(link) => {
                     if !failures.is_empty() {
                         log::warn!("{iface}: {}; fell back to {name} mode", failures.join("; "));
@@ -947,6 +947,16 @@ pub fn interface_index(iface: &str) -> Option<u32> {
     // SAFETY: `name` is a valid NUL-terminated string.
     let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
     (index != 0).then_some(index)
+}
+
+/// The XDP mode an attach mode's name stands for (`native`, `generic`: the
+/// names `run` reports and pins record).
+pub fn xdp_mode(name: &str) -> XdpMode {
+    if name == "generic" {
+        XdpMode::Skb
+    } else {
+        XdpMode::Driver
+    }
 }
 
 /// Locked memory was the BPF map budget before Linux 5.11; harmless after.

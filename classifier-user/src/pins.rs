@@ -44,6 +44,10 @@ const META: &str = "META";
 /// (EPERM). A leftover from a crash in between is removed by the next
 /// write, or with the folder; nothing reads it.
 const META_NEXT: &str = "META-next";
+/// A link attached again on adoption is pinned under this name, then
+/// renamed over the severed link's pin. No interface is called `:next`
+/// (Linux refuses a colon in interface names), so it is no link's pin.
+const LINK_NEXT: &str = "link-:next";
 const META_SCHEMA: &str = "classifier.pins.v1";
 /// The description is stored in chunks of this many bytes.
 const META_CHUNK: usize = 4096;
@@ -406,7 +410,7 @@ fn reattach(
     if_index: u32,
     link_path: &Path,
 ) -> Result<(), PinError> {
-    use aya::programs::{Xdp, XdpMode};
+    use aya::programs::Xdp;
     use aya_obj::programs::XdpAttachType;
     let program_path = dir.join("program");
     let program_error =
@@ -417,11 +421,6 @@ fn reattach(
         .position(|name| name == iface)
         .and_then(|at| meta.modes.get(at))
         .map_or("native", String::as_str);
-    let xdp_mode = if mode == "generic" {
-        XdpMode::Skb
-    } else {
-        XdpMode::Driver
-    };
     let mut program = Xdp::from_pin(&program_path, XdpAttachType::Interface)
         .map_err(|error| program_error(&error))?;
     let link_error = |error: &dyn std::error::Error| {
@@ -434,14 +433,18 @@ fn reattach(
         )
     };
     let link_id = program
-        .attach_to_if_index(if_index, xdp_mode)
+        .attach_to_if_index(if_index, crate::loader::xdp_mode(mode))
         .map_err(|error| link_error(&error))?;
     let link = program
         .take_link(link_id)
         .map_err(|error| link_error(&error))?;
     let fd_link = FdLink::try_from(link).map_err(|error| link_error(&error))?;
-    std::fs::remove_file(link_path).map_err(|error| path_error(link_path, error))?;
-    fd_link.pin(link_path).map_err(|error| link_error(&error))?;
+    // Pinned beside the severed link's pin and renamed over it: a failure
+    // leaves the old pin, never none.
+    let next = dir.join(LINK_NEXT);
+    let _ = std::fs::remove_file(&next);
+    fd_link.pin(&next).map_err(|error| link_error(&error))?;
+    std::fs::rename(&next, link_path).map_err(|error| path_error(link_path, error))?;
     log::warn!(
         "{iface}: the link pinned at {} no longer attached the program (the interface was removed or re-created since); attached it again in {mode} mode: packets in between were not counted",
         link_path.display()

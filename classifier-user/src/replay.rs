@@ -232,12 +232,12 @@ impl Replay {
         let Some(snapshotter) = &mut self.snapshotter else {
             return true;
         };
-        let totals = self.ledger.totals_since_mark();
-        snapshotter.learning = self
-            .learning
-            .as_ref()
-            .map(|(learner, _)| learner.report(&totals));
-        snapshotter.cut(&mut self.ledger, end_ns, None);
+        snapshotter.cut_with_learning(
+            &mut self.ledger,
+            end_ns,
+            None,
+            self.learning.as_ref().map(|(learner, _)| learner),
+        );
         snapshotter.write_pending(attempt)
     }
 
@@ -459,11 +459,10 @@ pub fn pcap(args: &PcapArgs) -> Result<(), Box<dyn std::error::Error>> {
     let elapsed = started.elapsed().as_secs_f64();
     for (file, tail) in frames.cut_tails() {
         log::warn!(
-            "{}: the file ends inside frame {} ({} bytes of a record, as when a capture is stopped mid-write); the {} frames before it are counted, that record is not",
+            "{}: the file ends inside a record ({} bytes of it, as when a capture is stopped mid-write); the {} frames before it are counted, that record is not",
             files[file],
-            tail.frame,
             tail.bytes,
-            tail.frame - 1
+            tail.frames_before
         );
     }
 

@@ -836,12 +836,12 @@ impl Daemon {
     /// `Now`, or `Last` at exit).
     fn cut_snapshot(&mut self, end_unix_ns: i64, attempt: WriteAttempt) {
         if let Some(snapshots) = &mut self.snapshots {
-            let totals = self.ledger.totals_since_mark();
-            snapshots.learning = self
-                .learning
-                .as_ref()
-                .map(|(learner, _)| learner.report(&totals));
-            snapshots.cut(&mut self.ledger, end_unix_ns, self.last_drain_tick);
+            snapshots.cut_with_learning(
+                &mut self.ledger,
+                end_unix_ns,
+                self.last_drain_tick,
+                self.learning.as_ref().map(|(learner, _)| learner),
+            );
             self.write_snapshots(attempt);
         }
         // Capture files follow the snapshots' intervals.
@@ -909,13 +909,16 @@ pub fn run_config(mut config: RunConfig) -> Result<Report, RunError> {
                     sensor_name(),
                     config.pseudonymizer.clone(),
                 );
-                let resumed = match resumed {
+                let mut resumed = match resumed {
                     Ok(resumed) => resumed,
                     Err(error) => {
                         abandon(sensor, &config);
                         return Err(error.into());
                     }
                 };
+                if !sensor.reattached.is_empty() {
+                    resumed.snapshotter.note_missed_packets();
+                }
                 (
                     resumed.ledger,
                     Some(resumed.snapshotter),

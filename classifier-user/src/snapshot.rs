@@ -179,8 +179,9 @@ pub struct Snapshotter {
     restarts: u64,
     gap_before_seconds: f64,
     counter_reset: bool,
-    /// The wall clock stepped during the interval: it is partial.
-    clock_stepped: bool,
+    /// The interval is partial whatever its times say: the wall clock
+    /// stepped during it, or the program missed packets in it.
+    marked_partial: bool,
     previous: Option<PreviousSnapshot>,
     /// Where the snapshot the folder held last ends (Unix ns), if known.
     previous_end_unix_ns: Option<i64>,
@@ -193,7 +194,7 @@ pub struct Snapshotter {
     pub write_failures: u64,
     pub last_write_unix_seconds: Option<f64>,
     /// Learning's state, copied into the next snapshot cut.
-    pub learning: Option<crate::report::Learning>,
+    learning: Option<crate::report::Learning>,
     /// Held while the daemon runs: one writer per folder.
     _lock: std::fs::File,
 }
@@ -410,7 +411,7 @@ impl Snapshotter {
             start_unix_ns,
             restarts: u64::from(link.is_some()),
             counter_reset,
-            clock_stepped: false,
+            marked_partial: false,
             gap_before_seconds,
             previous_end_unix_ns: link.as_ref().and_then(|(_, end)| *end),
             previous: link.map(|(previous, _)| previous),
@@ -463,12 +464,32 @@ impl Snapshotter {
             "the wall clock stepped {:+.3} s: the snapshot is cut at the step (marked partial) and the next boundary follows the new clock",
             step_ns as f64 / 1e9
         );
-        self.clock_stepped = true;
+        self.marked_partial = true;
+    }
+
+    /// The program was found detached from an interface and attached to it
+    /// again: packets in between were missed, so the interval being counted
+    /// is partial.
+    pub fn note_missed_packets(&mut self) {
+        self.marked_partial = true;
     }
 
     /// Snapshots cut but not yet written.
     pub fn pending(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Cuts as [`Self::cut`], the snapshot carrying what `learner` did in
+    /// its interval (every snapshot has it while learning is on).
+    pub fn cut_with_learning(
+        &mut self,
+        ledger: &mut Ledger,
+        end_unix_ns: i64,
+        recycle_tick: Option<u64>,
+        learner: Option<&crate::learn::Learner>,
+    ) {
+        self.learning = learner.map(|learner| learner.report(&ledger.totals_since_mark()));
+        self.cut(ledger, end_unix_ns, recycle_tick);
     }
 
     /// Cuts the ledger at `end_unix_ns` (just drained) into a snapshot and
@@ -508,7 +529,7 @@ impl Snapshotter {
                 gap_before_seconds: self.gap_before_seconds,
                 counter_reset: self.counter_reset,
                 // Anything but exactly one aligned interval.
-                partial: self.clock_stepped
+                partial: self.marked_partial
                     || !self.is_boundary(start_unix_ns)
                     || i128::from(end_unix_ns) - i128::from(start_unix_ns) != self.interval_ns,
             },
@@ -530,7 +551,7 @@ impl Snapshotter {
         self.restarts = 0;
         self.gap_before_seconds = 0.0;
         self.counter_reset = false;
-        self.clock_stepped = false;
+        self.marked_partial = false;
     }
 
     /// Where the newest snapshot the folder held when it was opened ends,

@@ -392,7 +392,7 @@ fn bad_captures_are_refused_with_file_and_frame() {
     assert_eq!(output.status.code(), Some(0), "{error}");
     assert!(
         error.contains(&format!(
-            "{}: the file ends inside frame 3 (20 bytes of a record, as when a capture is stopped mid-write); the 2 frames before it are counted, that record is not",
+            "{}: the file ends inside a record (20 bytes of it, as when a capture is stopped mid-write); the 2 frames before it are counted, that record is not",
             cut.display()
         )),
         "{error}"
@@ -420,7 +420,7 @@ fn bad_captures_are_refused_with_file_and_frame() {
     assert_eq!(output.status.code(), Some(1), "{error}");
     assert!(
         error.contains(&format!(
-            "{}: frame 2: the file ends in the middle of a record (cut short?)",
+            "{}: frame 2: corrupt record: the record at byte {first} claims 400016 bytes, more than one of the largest snap length, and the file ends 300016 bytes into it",
             long_claim.display()
         )),
         "{error}"
