@@ -786,6 +786,29 @@ mod tests {
     }
 
     #[test]
+    fn feeds_replaced_by_reloads_are_listed_once_and_not_when_back_in_force() {
+        let feed = |sha256: &str, loaded_at: &str| FeedOrigin {
+            name: "feed.csv".into(),
+            sha256: sha256.into(),
+            prefixes: BTreeMap::new(),
+            loaded_at: Some(loaded_at.into()),
+        };
+        let mut replaced = Vec::new();
+        // A, then A again unchanged: nothing replaced.
+        FeedOrigin::note_replaced(&mut replaced, vec![feed("a", "1")], &[feed("a", "2")]);
+        assert!(replaced.is_empty());
+        // A, then B, then C: A and B replaced, each once.
+        FeedOrigin::note_replaced(&mut replaced, vec![feed("a", "2")], &[feed("b", "3")]);
+        FeedOrigin::note_replaced(&mut replaced, vec![feed("b", "3")], &[feed("c", "4")]);
+        let shas: Vec<&str> = replaced.iter().map(|f| f.sha256.as_str()).collect();
+        assert_eq!(shas, ["a", "b"]);
+        // A back in force: no longer replaced, C is.
+        FeedOrigin::note_replaced(&mut replaced, vec![feed("c", "4")], &[feed("a", "5")]);
+        let shas: Vec<&str> = replaced.iter().map(|f| f.sha256.as_str()).collect();
+        assert_eq!(shas, ["b", "c"]);
+    }
+
+    #[test]
     fn endpoint_errors_name_file_line_and_problem() {
         let cases = [
             (
