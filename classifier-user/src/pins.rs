@@ -82,7 +82,9 @@ pub enum PinError {
     )]
     Busy(PathBuf),
     #[error(
-        "the program pinned at {dir} is not attached to {iface} ({LINK_PREFIX}{iface} is missing); remove the folder to start afresh"
+        "the program pinned at {} is not attached to {iface} ({} is missing); remove the folder to start afresh",
+        .dir.display(),
+        link_path(.dir, .iface).display()
     )]
     MissingLink { dir: PathBuf, iface: String },
     #[error(
@@ -191,10 +193,23 @@ pub fn new_instance_id() -> String {
 
 /// The folder of one interface set: names sorted and joined with `+`.
 pub fn interface_set_dir(pin_path: &Path, ifaces: &[String]) -> PathBuf {
-    let mut names = ifaces.to_vec();
+    let mut names: Vec<String> = ifaces.iter().map(|iface| pin_name(iface)).collect();
     names.sort();
     names.dedup();
     pin_path.join(names.join("+"))
+}
+
+/// An interface's name as pins spell it: the BPF filesystem refuses names
+/// with a dot (EPERM), which VLAN interfaces have (`eth0.100`), so a dot
+/// becomes a colon, which Linux refuses in interface names: no two
+/// interfaces share a spelling.
+fn pin_name(iface: &str) -> String {
+    iface.replace('.', ":")
+}
+
+/// Where the link attaching the program to `iface` is pinned in `dir`.
+fn link_path(dir: &Path, iface: &str) -> PathBuf {
+    dir.join(format!("{LINK_PREFIX}{}", pin_name(iface)))
 }
 
 fn is_bpf_fs(path: &Path) -> Result<bool, PinError> {
@@ -475,7 +490,7 @@ impl PinnedSensor {
             let program = sensor
                 .program_mut()
                 .map_err(|error| path_error(&program_path, error_chain(&error)))?;
-            let path = dir.join(format!("{LINK_PREFIX}{}", attachment.iface));
+            let path = link_path(dir, &attachment.iface);
             let link_error = |error: &dyn std::error::Error| path_error(&path, error_chain(error));
             let link = program
                 .take_link(attachment.link)
@@ -530,7 +545,7 @@ impl PinnedSensor {
             }
         } else {
             for iface in ifaces {
-                let path = dir.join(format!("{LINK_PREFIX}{iface}"));
+                let path = link_path(dir, iface);
                 if !path.exists() {
                     return Err(PinError::MissingLink {
                         dir: dir.to_path_buf(),
@@ -588,7 +603,7 @@ impl PinnedSensor {
             let program = sensor.program().map_err(|error| pin_error(&error))?;
             let program_fd = program.fd().map_err(|error| pin_error(&error))?;
             for (iface, _) in &self.links {
-                let path = self.dir.join(format!("{LINK_PREFIX}{iface}"));
+                let path = link_path(&self.dir, iface);
                 let link =
                     crate::bpf_sys::obj_get(&path).map_err(|error| path_error(&path, error))?;
                 crate::bpf_sys::link_update(link.as_fd(), program_fd.as_fd()).map_err(|error| {

@@ -146,6 +146,16 @@ impl VethLink {
         Ok(link)
     }
 
+    /// Renames the sensor's interface (e.g. to a VLAN-style `NAME.5`).
+    pub fn rename_sensor_iface(&mut self, name: &str) -> io::Result<()> {
+        let netns = &self.sensor.name;
+        ip(&["-n", netns, "link", "set", &self.sensor_iface, "down"])?;
+        ip(&["-n", netns, "link", "set", &self.sensor_iface, "name", name])?;
+        ip(&["-n", netns, "link", "set", name, "up"])?;
+        self.sensor_iface = name.to_string();
+        Ok(())
+    }
+
     /// Removes the veth pair and makes it again under the same names, as a
     /// driver reload or a re-created interface does: whatever was attached
     /// to the old one is gone with it.

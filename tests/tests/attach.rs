@@ -163,3 +163,48 @@ fn a_program_attached_through_a_bpf_link_is_named_and_only_replaced_when_asked()
     drop(pins);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A VLAN interface's name has a dot (`eth0.100`), which the BPF
+/// filesystem refuses in pin names: the pins spell it with a colon, and the
+/// program is pinned, counts, and is adopted by the next daemon.
+#[test]
+fn an_interface_whose_name_has_a_dot_is_pinned_and_adopted() {
+    if !require_root() {
+        return;
+    }
+    let dir = temp_dir("dotted");
+    let feed = write_feed(&dir);
+    let pins = TestMount::bpf(&dir.join("bpf"));
+    let mut link = VethLink::create("dotted").expect("namespaces and veth");
+    let dotted = format!("{}.5", link.sensor_iface);
+    link.rename_sensor_iface(&dotted).expect("rename");
+    let args = ["--pin-path", text(&pins.path)];
+    let frame = FrameSpec::udp("175.45.176.1", "198.51.100.10", 40000, 443).build();
+
+    let first = Daemon::start(&link, &feed, &[&args[..], &["--keep-attached"]].concat());
+    link.send(&vec![frame.clone(); 5]).expect("send");
+    let (report, _) = first.stop(libc::SIGTERM);
+    assert_eq!(services(&report)["alpha"]["packets"], 5, "{report}");
+    let set = pins.path.join(dotted.replace('.', ":"));
+    assert!(set.join("META").exists(), "pins kept in {}", set.display());
+    assert!(
+        set.join(format!("link-{}", dotted.replace('.', ":")))
+            .exists()
+    );
+
+    // Counted while no daemon runs, then by the daemon that adopts it.
+    link.send(&vec![frame.clone(); 5]).expect("send");
+    std::thread::sleep(Duration::from_millis(300));
+    let second = Daemon::start(&link, &feed, &args);
+    assert!(
+        second.said(&format!("adopting the program attached to {dotted} since ")),
+        "{:?}",
+        second.stderr_seen
+    );
+    link.send(&vec![frame; 5]).expect("send");
+    let (report, _) = second.stop(libc::SIGTERM);
+    assert_eq!(services(&report)["alpha"]["packets"], 15, "{report}");
+    assert!(!set.exists(), "pins removed after a plain SIGTERM");
+    drop(pins);
+    let _ = std::fs::remove_dir_all(dir);
+}
