@@ -46,9 +46,10 @@ pub const WHOLE_FRAME_MAX: usize = 3_000;
 /// is cut there (a multiple of 16 bytes off, so a payload keeps its length
 /// modulo 16, which WireGuard's signature checks) and its IPv4 total
 /// length or IPv6 payload length (after up to two VLAN tags) shortened by
-/// what the cut takes from the IP packet, so the program parses the same
-/// headers with the same verdict (all it reads lies in the part kept); the
-/// capture clock gives it the whole frame's length to count.
+/// as much (bytes after the IP packet, a trailer, stay after it), as is an
+/// IKE message's own length on UDP 500 or 4500, so the program parses the
+/// same headers with the same verdict (all it reads lies in the part
+/// kept); the capture clock gives it the whole frame's length to count.
 pub fn cut_for_test_run(frame: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     use crate::capture::{ETHERTYPE_IPV4, ETHERTYPE_IPV6};
     const ETHERTYPE_AT: usize = 12;
@@ -79,16 +80,64 @@ pub fn cut_for_test_run(frame: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     if length == 0 || claimed_end <= kept {
         return std::borrow::Cow::Owned(cut);
     }
-    // Ending inside the frame: it now ends at the cut. Claiming more than
-    // the frame holds (a capture cut short): as much more than the cut.
-    let shortened = if claimed_end <= frame.len() {
-        kept - counted_from
+    // Shortened by what the cut took: a packet claiming more than the frame
+    // holds (a capture cut short) still does, one ending inside it keeps
+    // the trailer that followed it (an FCS, a switch's tag). After a
+    // longer trailer, it ends at the cut.
+    const TRAILER_KEPT_MAX: usize = 256;
+    let taken = frame.len() - kept;
+    let shortened = if frame.len().saturating_sub(claimed_end) <= TRAILER_KEPT_MAX {
+        length - taken
     } else {
-        length - (frame.len() - kept)
+        kept - counted_from
     };
-    let shortened = u16::try_from(shortened).unwrap_or(u16::MAX).to_be_bytes();
-    cut[length_at..length_at + 2].copy_from_slice(&shortened);
+    let shortened_field = u16::try_from(shortened).unwrap_or(u16::MAX).to_be_bytes();
+    cut[length_at..length_at + 2].copy_from_slice(&shortened_field);
+    shorten_ike_message(
+        &mut cut,
+        ip,
+        counted_from + length,
+        counted_from + shortened,
+    );
     std::borrow::Cow::Owned(cut)
+}
+
+/// An IKE message on UDP 500 (or 4500, behind its non-ESP marker) whose
+/// length field said the whole payload, in an IP packet at `ip` that ended
+/// at `old_end` and now ends at `new_end`: its length field follows the
+/// payload, as the program's signature compares the two.
+fn shorten_ike_message(cut: &mut [u8], ip: usize, old_end: usize, new_end: usize) {
+    const PROTO_UDP: u8 = 17;
+    const IKE_PORTS: [u16; 2] = [500, 4500];
+    const IKE_LENGTH_AT: usize = 24;
+    let (protocol, header_len) = match cut[ip] >> 4 {
+        4 => (cut[ip + 9], usize::from(cut[ip] & 0x0f) * 4),
+        6 => (cut[ip + 6], 40),
+        _ => return,
+    };
+    let udp = ip + header_len;
+    let Some(ports) = cut.get(udp..udp + 4) else {
+        return;
+    };
+    let ports = [
+        u16::from_be_bytes([ports[0], ports[1]]),
+        u16::from_be_bytes([ports[2], ports[3]]),
+    ];
+    if protocol != PROTO_UDP || !ports.iter().any(|port| IKE_PORTS.contains(port)) {
+        return;
+    }
+    let payload = udp + 8;
+    let marker =
+        usize::from(ports.contains(&4500) && cut.get(payload..payload + 4) == Some(&[0; 4])) * 4;
+    let length_at = payload + marker + IKE_LENGTH_AT;
+    let Some(field) = cut.get(length_at..length_at + 4) else {
+        return;
+    };
+    let length = u32::from_be_bytes([field[0], field[1], field[2], field[3]]) as usize;
+    if old_end.checked_sub(payload + marker) == Some(length) {
+        let shortened = u32::try_from(new_end - payload - marker).unwrap_or(u32::MAX);
+        cut[length_at..length_at + 4].copy_from_slice(&shortened.to_be_bytes());
+    }
 }
 
 /// Drain at least this often (in frames), so flows are read before a full
@@ -590,5 +639,48 @@ mod tests {
         // Not IP: cut, nothing rewritten.
         let arp = frame(0, 0x0806, 7, 5000);
         assert_eq!(&cut_for_test_run(&arp)[..], &arp[..WHOLE_FRAME_MAX]);
+        // A 4-byte trailer after the packet: it stays after it, and the
+        // packet keeps its length modulo 16 (6,016 bytes off).
+        let cut = cut_for_test_run(&frame(0, 0x0800, 8983, 9001)).into_owned();
+        assert_eq!(usize::from(field(&cut, 16)), 8983 - 6016);
+        // A trailer longer than 256 bytes: the packet ends at the cut.
+        let cut = cut_for_test_run(&frame(0, 0x0800, 8000, 9001)).into_owned();
+        assert_eq!(usize::from(field(&cut, 16)), 9001 - 6016 - 14);
+    }
+
+    /// An IPv4 UDP frame from `port` to `port` whose payload, `marker`
+    /// zero bytes and then an IKE header, fills it; the IKE length field
+    /// says `ike_length`.
+    fn ike_frame(port: u16, marker: usize, len: usize, ike_length: u32) -> Vec<u8> {
+        let mut frame = frame(0, 0x0800, u16::try_from(len - 14).unwrap(), len);
+        frame[14] = 0x45;
+        frame[14 + 9] = 17;
+        frame[34..36].copy_from_slice(&port.to_be_bytes());
+        frame[36..38].copy_from_slice(&port.to_be_bytes());
+        frame[42..42 + marker].fill(0);
+        let at = 42 + marker + 24;
+        frame[42 + marker] = 1;
+        frame[at..at + 4].copy_from_slice(&ike_length.to_be_bytes());
+        frame
+    }
+
+    #[test]
+    fn an_ike_message_is_shortened_with_its_packet() {
+        let ike_length = |frame: &[u8], marker: usize| {
+            let at = 42 + marker + 24;
+            u32::from_be_bytes(frame[at..at + 4].try_into().unwrap())
+        };
+        // UDP 500: the whole payload, 9,000 - 42 bytes, then 6,000 less.
+        let cut = cut_for_test_run(&ike_frame(500, 0, 9000, 8958)).into_owned();
+        assert_eq!(ike_length(&cut, 0), 8958 - 6000);
+        assert_eq!(ike_length(&cut, 0) as usize, cut.len() - 42);
+        // UDP 4500 behind the non-ESP marker.
+        let cut = cut_for_test_run(&ike_frame(4500, 4, 9000, 8954)).into_owned();
+        assert_eq!(ike_length(&cut, 4), 8954 - 6000);
+        // A length field that is not the payload's, or another port: left.
+        let cut = cut_for_test_run(&ike_frame(500, 0, 9000, 100)).into_owned();
+        assert_eq!(ike_length(&cut, 0), 100);
+        let cut = cut_for_test_run(&ike_frame(501, 0, 9000, 8958)).into_owned();
+        assert_eq!(ike_length(&cut, 0), 8958);
     }
 }

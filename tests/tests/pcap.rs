@@ -593,6 +593,48 @@ fn frames_longer_than_a_test_run_takes_whole_are_classified_and_counted_whole() 
     let alpha = &services(&report)["alpha"];
     assert_eq!(alpha["packets"], 6);
     assert_eq!(alpha["bytes"], (all - frames[6].len()) as u64);
+
+    // Recognised by their signatures after the cut: WireGuard data (a
+    // length that is a multiple of 16) followed by a 4-byte trailer, and
+    // an IKE message of 3,500 bytes (its length field equal to its
+    // payload). Both were missed: the trailer made the cut take a length
+    // that is no multiple of 16 off the packet, and the IKE length field
+    // kept the whole message's.
+    use classifier_tests::frames::patched;
+    let mut wireguard = patched(
+        FrameSpec::udp("175.45.176.9", "192.0.2.9", 5000, 51820)
+            .payload(4000)
+            .build(),
+        42,
+        &[4, 0, 0, 0],
+    );
+    wireguard.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
+    let ike = FrameSpec::udp("175.45.176.9", "192.0.2.9", 500, 500)
+        .payload(3500)
+        .build();
+    let ike = patched(
+        patched(ike, 42 + 17, &[0x20, 35]),
+        42 + 24,
+        &3500u32.to_be_bytes(),
+    );
+    let signatures = dir.join("signatures.pcap");
+    let mut writer =
+        PcapWriter::new(std::fs::File::create(&signatures).expect("create")).expect("pcap header");
+    for (index, frame) in [&wireguard, &ike].into_iter().enumerate() {
+        writer
+            .write_packet(&PcapPacket::new(
+                std::time::Duration::from_secs(1_700_000_000 + index as u64),
+                frame.len() as u32,
+                frame,
+            ))
+            .expect("a frame");
+    }
+    drop(writer);
+    let report = pcap_report(&["--no-learn", text(&signatures)]);
+    assert_eq!(report["totals"]["matched"], 2, "{}", report["totals"]);
+    let named = services(&report);
+    assert_eq!(named["wireguard"]["packets"], 1, "{named:?}");
+    assert_eq!(named["ipsec"]["packets"], 1, "{named:?}");
     let _ = std::fs::remove_dir_all(dir);
 }
 
