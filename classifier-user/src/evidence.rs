@@ -89,26 +89,27 @@ pub fn configure(pin_dir: &Path, settings: Option<&CaptureSettings>) -> Result<(
 pub struct Evidence {
     ring: RingBuf<MapData>,
     writer: EvidenceWriter,
+    /// See [`Evidence::rotate_at`].
+    rotate_at_monotonic_ns: Option<u64>,
 }
 
 impl Evidence {
     /// Opens the pinned ring buffer, configures the program and creates
     /// the folder.
     pub fn start(pin_dir: &Path, settings: &CaptureSettings) -> Result<Self, EvidenceError> {
-        std::fs::create_dir_all(&settings.dir).map_err(|source| EvidenceError::Dir {
-            dir: settings.dir.clone(),
-            source,
+        crate::snapshot::create_folder_explained(&settings.dir).map_err(|source| {
+            EvidenceError::Dir {
+                dir: settings.dir.clone(),
+                source,
+            }
         })?;
         let ring = RingBuf::try_from(open_pinned(pin_dir, MAP_CAPTURE_EVENTS)?)
             .map_err(|error| EvidenceError::Map(format!("{MAP_CAPTURE_EVENTS}: {error}")))?;
         configure(pin_dir, Some(settings))?;
         Ok(Self {
             ring,
-            writer: EvidenceWriter::new(
-                settings.dir.clone(),
-                settings.bytes,
-                settings.rotate_after,
-            ),
+            writer: EvidenceWriter::new(settings.dir.clone(), settings.rotate_after),
+            rotate_at_monotonic_ns: None,
         })
     }
 
@@ -130,6 +131,13 @@ impl Evidence {
                 bytemuck::pod_read_unaligned(&item[..size_of::<CaptureRecord>()]);
             drop(item);
             read += 1;
+            if self
+                .rotate_at_monotonic_ns
+                .is_some_and(|at| record.time_ns >= at)
+            {
+                self.rotate_at_monotonic_ns = None;
+                self.writer.close();
+            }
             let unix_ns =
                 i64::try_from(i128::from(record.time_ns) + monotonic_to_unix_ns).unwrap_or(0);
             let service = services
@@ -143,7 +151,16 @@ impl Evidence {
 
     /// Closes the current file; the next packet starts a new one.
     pub fn rotate(&mut self) {
+        self.rotate_at_monotonic_ns = None;
         self.writer.close();
+    }
+
+    /// Closes the current file before the first packet captured at or
+    /// after `monotonic_ns` (CLOCK_MONOTONIC, the program's clock): a
+    /// snapshot cut's drain started then, so its count holds the packets
+    /// before, and the file that goes with it holds them too.
+    pub fn rotate_at(&mut self, monotonic_ns: u64) {
+        self.rotate_at_monotonic_ns = Some(monotonic_ns);
     }
 
     /// Files written so far.
@@ -155,12 +172,14 @@ impl Evidence {
 /// Rotating pcapng files of captured packets.
 pub struct EvidenceWriter {
     dir: PathBuf,
-    snaplen: u32,
     rotate_after: Option<Duration>,
     current: Option<OpenFile>,
     pub files: u64,
+    /// Packets in files, once the flush after them worked.
     pub packets: u64,
-    /// A write or flush failed (logged once until a flush works).
+    /// Packets captured but lost to writes that failed (a full disk).
+    pub lost: u64,
+    /// A write or flush failed, and none has worked since (logged once).
     failing: bool,
 }
 
@@ -168,17 +187,23 @@ struct OpenFile {
     path: PathBuf,
     opened_unix_ns: i64,
     writer: PcapNgWriter<BufWriter<File>>,
+    /// Bytes on disk after the last flush that worked: whole blocks.
+    flushed_len: u64,
+    /// Packets in those bytes.
+    flushed_packets: u64,
+    /// Packets in the buffer since.
+    buffered_packets: u64,
 }
 
 impl EvidenceWriter {
-    pub fn new(dir: PathBuf, snaplen: u32, rotate_after: Option<Duration>) -> Self {
+    pub fn new(dir: PathBuf, rotate_after: Option<Duration>) -> Self {
         Self {
             dir,
-            snaplen,
             rotate_after,
             current: None,
             files: 0,
             packets: 0,
+            lost: 0,
             failing: false,
         }
     }
@@ -214,21 +239,24 @@ impl EvidenceWriter {
             };
             file.writer
                 .write_pcapng_block(block)
-                .map(|_| ())
-                .map_err(|error| std::io::Error::other(error.to_string()))
+                .map_err(|error| std::io::Error::other(error.to_string()))?;
+            file.buffered_packets += 1;
+            Ok(())
         });
-        match result {
-            // Into the buffer: only a flush that works says the disk does.
-            Ok(()) => self.packets += 1,
-            Err(error) => {
-                let dir = self.dir.clone();
-                self.failed(&dir, &error);
-            }
+        if let Err(error) = result {
+            self.failed(&error, 1);
         }
     }
 
     fn open(&mut self, unix_ns: i64) -> std::io::Result<&mut OpenFile> {
         if self.current.is_none() {
+            if !self.dir.is_dir() {
+                crate::snapshot::create_folder_explained(&self.dir)?;
+                log::warn!(
+                    "evidence capture: {} was gone; created it again",
+                    self.dir.display()
+                );
+            }
             let base = format!(
                 "evidence-{}",
                 crate::snapshot::file_stamp(crate::snapshot::unix_ns_to_time(unix_ns))
@@ -245,7 +273,10 @@ impl EvidenceWriter {
             writer
                 .write_pcapng_block(InterfaceDescriptionBlock {
                     linktype: DataLink::ETHERNET,
-                    snaplen: self.snaplen,
+                    // The most any packet holds: one the program captured
+                    // before an adopting daemon asked for fewer bytes is
+                    // longer than the setting.
+                    snaplen: CAPTURE_MAX_BYTES as u32,
                     options: vec![
                         InterfaceDescriptionOption::IfName(Cow::Borrowed("classifier")),
                         // Timestamps in nanoseconds.
@@ -253,39 +284,84 @@ impl EvidenceWriter {
                     ],
                 })
                 .map_err(|error| std::io::Error::other(error.to_string()))?;
-            log::info!("evidence capture: writing {}", path.display());
+            if !self.failing {
+                log::info!("evidence capture: writing {}", path.display());
+            }
             self.files += 1;
             self.current = Some(OpenFile {
                 path,
                 opened_unix_ns: unix_ns,
                 writer,
+                flushed_len: 0,
+                flushed_packets: 0,
+                buffered_packets: 0,
             });
         }
         Ok(self.current.as_mut().expect("just opened"))
     }
 
-    /// Flushes the open file; a failure is logged once until a flush works
-    /// again (a full disk fails every flush).
-    fn flush(&mut self) {
-        use std::io::Write as _;
+    /// Flushes the open file: its packets are then on disk.
+    pub fn flush(&mut self) {
+        use std::io::{Seek as _, Write as _};
         let Some(file) = &mut self.current else {
             return;
         };
-        match file.writer.get_mut().flush() {
-            Ok(()) => self.failing = false,
-            Err(error) => {
-                let path = file.path.clone();
-                self.failed(&path, &error);
+        let buffer = file.writer.get_mut();
+        let flushed = buffer
+            .flush()
+            .and_then(|()| buffer.get_mut().stream_position());
+        match flushed {
+            Ok(len) => {
+                file.flushed_len = len;
+                file.flushed_packets += file.buffered_packets;
+                self.packets += file.buffered_packets;
+                file.buffered_packets = 0;
+                if self.failing {
+                    self.failing = false;
+                    log::info!(
+                        "evidence capture: writing again into {} ({} captured packets lost so far)",
+                        file.path.display(),
+                        self.lost
+                    );
+                }
             }
+            Err(error) => self.failed(&error, 0),
         }
     }
 
-    /// Logs a failed write to `place`, once until a flush works again.
-    fn failed(&mut self, place: &Path, error: &std::io::Error) {
+    /// A write (of `unbuffered` packets no buffer took) or a flush failed: the
+    /// open file is cut back to its last whole packet (removed if it holds
+    /// none), so it stays readable, its buffered packets are lost (and
+    /// counted), and the next packet opens a new file. Logged once until a
+    /// write works again.
+    fn failed(&mut self, error: &std::io::Error, unbuffered: u64) {
+        let mut lost = unbuffered;
+        let mut place = self.dir.clone();
+        if let Some(file) = self.current.take() {
+            lost += file.buffered_packets;
+            place = file.path.clone();
+            // The buffered bytes are dropped unwritten.
+            let (inner, _) = file.writer.into_inner().into_parts();
+            let tidied = if file.flushed_packets == 0 {
+                drop(inner);
+                self.files -= 1;
+                std::fs::remove_file(&file.path)
+            } else {
+                inner.set_len(file.flushed_len)
+            };
+            if let Err(tidy_error) = tidied {
+                log::warn!(
+                    "evidence capture: cannot cut {} back to its last whole packet: {tidy_error}",
+                    file.path.display()
+                );
+            }
+        }
+        self.lost += lost;
         if !self.failing {
             log::error!(
-                "evidence capture: cannot write to {}: {error} (packets are still counted)",
-                place.display()
+                "evidence capture: cannot write to {}: {error}; {} captured packet(s) lost so far (still counted), the file cut back to its last whole packet; a new file follows once writing works",
+                place.display(),
+                self.lost
             );
         }
         self.failing = true;
@@ -307,7 +383,7 @@ mod tests {
     fn files_written(rotate_after: Option<Duration>) -> u64 {
         let folder =
             crate::test_support::TempFolder::new(&format!("evidence-{}", rotate_after.is_some()));
-        let mut writer = EvidenceWriter::new(folder.0.clone(), 64, rotate_after);
+        let mut writer = EvidenceWriter::new(folder.0.clone(), rotate_after);
         let mut record: CaptureRecord = bytemuck::Zeroable::zeroed();
         record.len = 60;
         record.frame_len = 60;

@@ -592,6 +592,9 @@ struct Daemon {
     learning: Option<(crate::learn::Learner, crate::learn::LearnMaps)>,
     exporter: Option<crate::ipfix::Exporter>,
     evidence: Option<crate::evidence::Evidence>,
+    /// CLOCK_MONOTONIC when the last drain started: a snapshot cut after it
+    /// counts the packets captured before, which its evidence file holds.
+    drain_started_monotonic_ns: u64,
     /// Feeds a reload replaced during this run: the exit report lists them
     /// before those in force, as they named endpoints in part of it.
     replaced_feeds: Vec<crate::feeds::FeedOrigin>,
@@ -626,6 +629,7 @@ impl Daemon {
         // Read before the drain: once the drain is folded in whole, the
         // program may recycle flow-cache slots idle since before it.
         let drain_started_tick = self.tick_counter.now();
+        self.drain_started_monotonic_ns = drain::monotonic_now_ns();
         let result = drain::drain_into(
             &self.sensor.counters,
             services,
@@ -844,11 +848,13 @@ impl Daemon {
             );
             self.write_snapshots(attempt);
         }
-        // Capture files follow the snapshots' intervals.
-        self.capture();
+        // Capture files follow the snapshots' intervals: a packet captured
+        // after the drain the cut holds goes into the next file, as its
+        // count goes into the next snapshot.
         if let Some(evidence) = &mut self.evidence {
-            evidence.rotate();
+            evidence.rotate_at(self.drain_started_monotonic_ns);
         }
+        self.capture();
         self.publish();
     }
 }
@@ -1057,6 +1063,7 @@ pub fn run_config(mut config: RunConfig) -> Result<Report, RunError> {
             learning,
             exporter,
             replaced_feeds: Vec::new(),
+            drain_started_monotonic_ns: 0,
         };
         daemon.publish();
         if daemon.sensor.adopted && daemon.exporter.is_some() {

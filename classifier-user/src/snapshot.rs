@@ -80,19 +80,25 @@ impl SnapshotError {
 /// system says only "File exists" or "Not a directory"), the error says
 /// which.
 pub fn create_folder(dir: &Path) -> Result<(), SnapshotError> {
+    create_folder_explained(dir).map_err(|source| SnapshotError {
+        path: dir.to_path_buf(),
+        source,
+    })
+}
+
+/// `create_dir_all`, whose error says which of `dir` and its parents is a
+/// file or a symbolic link to nothing, where the system would say only
+/// "File exists" or "Not a directory" (also for evidence folders).
+pub fn create_folder_explained(dir: &Path) -> std::io::Result<()> {
     let Err(source) = std::fs::create_dir_all(dir) else {
         return Ok(());
     };
     // The nearest of `dir` and its parents that is there is the one in the way.
-    let source = dir
+    Err(dir
         .ancestors()
         .find(|path| std::fs::symlink_metadata(path).is_ok())
         .and_then(|path| not_a_folder(dir, path))
-        .map_or(source, std::io::Error::other);
-    Err(SnapshotError {
-        path: dir.to_path_buf(),
-        source,
-    })
+        .map_or(source, std::io::Error::other))
 }
 
 /// What `path` (`dir` or one of its parents, which is there) is when it
