@@ -1196,18 +1196,6 @@ fn add(record: &mut FlowRecord, sample: &FlowSample, gain: Gain, clock: FlowCloc
     record.tcp_flags |= sample.tcp_flags;
 }
 
-/// CLOCK_MONOTONIC now, in nanoseconds: the clock the program stamps
-/// captured packets with.
-pub fn monotonic_now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into a valid timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
-}
-
 /// Nanoseconds to add to a CLOCK_MONOTONIC time to get Unix time, now.
 pub fn monotonic_to_unix_ns() -> i128 {
     let read = |clock| {

@@ -89,8 +89,11 @@ pub fn configure(pin_dir: &Path, settings: Option<&CaptureSettings>) -> Result<(
 pub struct Evidence {
     ring: RingBuf<MapData>,
     writer: EvidenceWriter,
-    /// See [`Evidence::rotate_at`].
-    rotate_at_monotonic_ns: Option<u64>,
+    /// Records read since the snapshot interval being counted began.
+    records_in_interval: u64,
+    /// Records the file of the snapshot just cut still waits for (see
+    /// [`Evidence::close_after`]).
+    owed_to_closing_file: Option<u64>,
 }
 
 impl Evidence {
@@ -109,7 +112,8 @@ impl Evidence {
         Ok(Self {
             ring,
             writer: EvidenceWriter::new(settings.dir.clone(), settings.rotate_after),
-            rotate_at_monotonic_ns: None,
+            records_in_interval: 0,
+            owed_to_closing_file: None,
         })
     }
 
@@ -131,12 +135,8 @@ impl Evidence {
                 bytemuck::pod_read_unaligned(&item[..size_of::<CaptureRecord>()]);
             drop(item);
             read += 1;
-            if self
-                .rotate_at_monotonic_ns
-                .is_some_and(|at| record.time_ns >= at)
-            {
-                self.rotate_at_monotonic_ns = None;
-                self.writer.close();
+            if self.owed_to_closing_file.is_none() {
+                self.records_in_interval += 1;
             }
             let unix_ns =
                 i64::try_from(i128::from(record.time_ns) + monotonic_to_unix_ns).unwrap_or(0);
@@ -144,23 +144,55 @@ impl Evidence {
                 .name(u32::from(record.service))
                 .unwrap_or("unknown");
             self.writer.write(&record, service, unix_ns);
+            if let Some(owed) = &mut self.owed_to_closing_file {
+                *owed -= 1;
+                if *owed == 0 {
+                    self.owed_to_closing_file = None;
+                    self.writer.close();
+                }
+            }
         }
         self.writer.flush();
         read
     }
 
+    /// Closes the file at exit; says how many packets were lost in all, if
+    /// any were (the last failure's log line may be older than more).
+    pub fn finish(&mut self) {
+        self.rotate();
+        if self.writer.lost > 0 {
+            log::warn!(
+                "evidence capture: {} captured packets could not be written in this run (see the errors above); they are counted in captured",
+                self.writer.lost
+            );
+        }
+    }
+
     /// Closes the current file; the next packet starts a new one.
     pub fn rotate(&mut self) {
-        self.rotate_at_monotonic_ns = None;
+        self.owed_to_closing_file = None;
         self.writer.close();
     }
 
-    /// Closes the current file before the first packet captured at or
-    /// after `monotonic_ns` (CLOCK_MONOTONIC, the program's clock): a
-    /// snapshot cut's drain started then, so its count holds the packets
-    /// before, and the file that goes with it holds them too.
-    pub fn rotate_at(&mut self, monotonic_ns: u64) {
-        self.rotate_at_monotonic_ns = Some(monotonic_ns);
+    /// A snapshot was cut that counts `counted` captured packets: its file
+    /// closes once it holds that many (the ring hands packets over in the
+    /// order the program took them, and the count is of those it handed
+    /// over), so each file holds what its snapshot counts, also when
+    /// packets captured after the cut's drain are already waiting.
+    pub fn close_after(&mut self, counted: u64) {
+        if self.owed_to_closing_file.take().is_some() {
+            // The last file still waited for packets that never came.
+            self.writer.close();
+        }
+        let owed = counted.saturating_sub(self.records_in_interval);
+        // Read already but not counted (a race of nanoseconds): the next
+        // interval's.
+        self.records_in_interval = self.records_in_interval.saturating_sub(counted);
+        if owed == 0 {
+            self.writer.close();
+        } else {
+            self.owed_to_closing_file = Some(owed);
+        }
     }
 
     /// Files written so far.

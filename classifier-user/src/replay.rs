@@ -127,16 +127,22 @@ fn shorten_ike_message(cut: &mut [u8], ip: usize, old_end: usize, new_end: usize
         return;
     }
     let payload = udp + 8;
-    let marker =
-        usize::from(ports.contains(&4500) && cut.get(payload..payload + 4) == Some(&[0; 4])) * 4;
-    let length_at = payload + marker + IKE_LENGTH_AT;
-    let Some(field) = cut.get(length_at..length_at + 4) else {
-        return;
-    };
-    let length = u32::from_be_bytes([field[0], field[1], field[2], field[3]]) as usize;
-    if old_end.checked_sub(payload + marker) == Some(length) {
-        let shortened = u32::try_from(new_end - payload - marker).unwrap_or(u32::MAX);
-        cut[length_at..length_at + 4].copy_from_slice(&shortened.to_be_bytes());
+    // Where the program looks for the header, in its order: at the
+    // payload on port 500, behind the non-ESP marker on 4500.
+    let on_500 = ports.contains(&500).then_some(payload);
+    let behind_marker = (ports.contains(&4500) && cut.get(payload..payload + 4) == Some(&[0; 4]))
+        .then_some(payload + 4);
+    for ike in on_500.into_iter().chain(behind_marker) {
+        let length_at = ike + IKE_LENGTH_AT;
+        let Some(field) = cut.get(length_at..length_at + 4) else {
+            continue;
+        };
+        let length = u32::from_be_bytes([field[0], field[1], field[2], field[3]]) as usize;
+        if old_end.checked_sub(ike) == Some(length) {
+            let shortened = u32::try_from(new_end - ike).unwrap_or(u32::MAX);
+            cut[length_at..length_at + 4].copy_from_slice(&shortened.to_be_bytes());
+            return;
+        }
     }
 }
 

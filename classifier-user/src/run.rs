@@ -592,9 +592,6 @@ struct Daemon {
     learning: Option<(crate::learn::Learner, crate::learn::LearnMaps)>,
     exporter: Option<crate::ipfix::Exporter>,
     evidence: Option<crate::evidence::Evidence>,
-    /// CLOCK_MONOTONIC when the last drain started: a snapshot cut after it
-    /// counts the packets captured before, which its evidence file holds.
-    drain_started_monotonic_ns: u64,
     /// Feeds a reload replaced during this run: the exit report lists them
     /// before those in force, as they named endpoints in part of it.
     replaced_feeds: Vec<crate::feeds::FeedOrigin>,
@@ -629,7 +626,6 @@ impl Daemon {
         // Read before the drain: once the drain is folded in whole, the
         // program may recycle flow-cache slots idle since before it.
         let drain_started_tick = self.tick_counter.now();
-        self.drain_started_monotonic_ns = drain::monotonic_now_ns();
         let result = drain::drain_into(
             &self.sensor.counters,
             services,
@@ -839,6 +835,7 @@ impl Daemon {
     /// Cuts a snapshot ending at `end_unix_ns` and writes it (`attempt`:
     /// `Now`, or `Last` at exit).
     fn cut_snapshot(&mut self, end_unix_ns: i64, attempt: WriteAttempt) {
+        let captured = self.ledger.totals_since_mark().capture_records;
         if let Some(snapshots) = &mut self.snapshots {
             snapshots.cut_with_learning(
                 &mut self.ledger,
@@ -848,11 +845,10 @@ impl Daemon {
             );
             self.write_snapshots(attempt);
         }
-        // Capture files follow the snapshots' intervals: a packet captured
-        // after the drain the cut holds goes into the next file, as its
-        // count goes into the next snapshot.
+        // Capture files follow the snapshots' intervals: each holds the
+        // packets its snapshot counts.
         if let Some(evidence) = &mut self.evidence {
-            evidence.rotate_at(self.drain_started_monotonic_ns);
+            evidence.close_after(captured);
         }
         self.capture();
         self.publish();
@@ -1063,7 +1059,6 @@ pub fn run_config(mut config: RunConfig) -> Result<Report, RunError> {
             learning,
             exporter,
             replaced_feeds: Vec::new(),
-            drain_started_monotonic_ns: 0,
         };
         daemon.publish();
         if daemon.sensor.adopted && daemon.exporter.is_some() {
@@ -1247,18 +1242,19 @@ fn finish(mut daemon: Daemon, config: &RunConfig, start_unix_ns: i64) -> Result<
     // for them to be sent), the last captured packets to their file.
     daemon.export(config.pseudonymizer.as_ref());
     daemon.capture();
-    if let Some(evidence) = &mut daemon.evidence {
-        evidence.rotate();
-        if config.keep_attached
-            && let Err(error) = crate::evidence::configure(&daemon.sensor.dir, None)
-        {
-            log::warn!("cannot turn evidence capture off: {error}");
-        }
+    if daemon.evidence.is_some()
+        && config.keep_attached
+        && let Err(error) = crate::evidence::configure(&daemon.sensor.dir, None)
+    {
+        log::warn!("cannot turn evidence capture off: {error}");
     }
     // A wall clock stepped back past the start never ends the report
     // before it began (the last snapshot clamps the same way).
     let end_unix_ns = snapshot::now_unix_ns().max(start_unix_ns);
     daemon.cut_snapshot(end_unix_ns, WriteAttempt::Last);
+    if let Some(evidence) = &mut daemon.evidence {
+        evidence.finish();
+    }
     let unwritten = daemon.snapshots.as_ref().map_or(0, Snapshotter::pending);
     // Waited for last: the report and the last snapshot end when counting
     // did, not after the wait.
