@@ -1373,7 +1373,11 @@ fn check_last_written(folder: &Path, mut check: ChainCheck) -> ChainCheck {
     let ChainCheck::Intact { notes, .. } = &mut check else {
         return check;
     };
-    let Some(last) = crate::snapshot::last_written(folder) else {
+    let Some(crate::snapshot::LastWritten {
+        snapshot: last,
+        follows,
+    }) = crate::snapshot::last_written(folder)
+    else {
         return check;
     };
     match std::fs::read(folder.join(&last.file)) {
@@ -1390,10 +1394,36 @@ fn check_last_written(folder: &Path, mut check: ChainCheck) -> ChainCheck {
                 };
             }
         }
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => notes.push(format!(
-            "{}, the last snapshot written here, is not in the folder (moved away or deleted)",
-            last.file
-        )),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            // Its link to the one before is in the record: that one is
+            // checked as the gone file would have checked it.
+            let mut note = format!(
+                "{}, the last snapshot written here, is not in the folder (moved away or deleted)",
+                last.file
+            );
+            if let Some(previous) = follows {
+                match std::fs::read(folder.join(&previous.file)) {
+                    Ok(bytes) => {
+                        let found = crate::feeds::sha256_hex(&bytes);
+                        if found != previous.sha256 {
+                            return ChainCheck::Broken {
+                                file: previous.file,
+                                problem: format!(
+                                    "{}, the last snapshot written here (gone; its writer's record, {}), names it with sha256 {}, found {found} (edited since?)",
+                                    last.file,
+                                    crate::snapshot::STATE_FILE,
+                                    previous.sha256
+                                ),
+                            };
+                        }
+                    }
+                    Err(_) => {
+                        note.push_str(&format!("; nor is {}, the one it follows", previous.file))
+                    }
+                }
+            }
+            notes.push(note);
+        }
         Err(error) => notes.push(format!(
             "{}, the last snapshot written here, cannot be read: {error}",
             last.file

@@ -359,11 +359,19 @@ pub fn open_counters_at(pin_path: &Path) -> Result<PinnedCounters, PinError> {
     })
 }
 
-/// The interface set's folder `pin_path` names (itself, or the one set
-/// folder under it).
+/// The interface set's folder `pin_path` names (itself, also spelled with
+/// the interface's dot, or the one set folder under it).
 pub fn find_set(pin_path: &Path) -> Result<PathBuf, PinError> {
     if pin_path.join(META).exists() {
         return Ok(pin_path.to_path_buf());
+    }
+    if let Some(name) = pin_path.file_name().and_then(|name| name.to_str())
+        && name.contains('.')
+    {
+        let spelled = pin_path.with_file_name(pin_name(name));
+        if spelled.join(META).exists() {
+            return Ok(spelled);
+        }
     }
     let Ok(entries) = std::fs::read_dir(pin_path) else {
         return Err(PinError::NothingPinned(pin_path.to_path_buf()));

@@ -171,7 +171,7 @@ pub enum ReplayError {
     #[error("{second}: the same file as {first}: its frames would be counted twice")]
     SameFileTwice { first: String, second: String },
     #[error(
-        "--snapshot-dir {dir}: its snapshots run to {end} ({file}), past the capture's first frame at {first_frame}: this capture's snapshots would overlap them (counted twice in `classifier report`); replay into another folder, or remove those snapshots"
+        "--snapshot-dir {dir}: its snapshots run to {end} ({file}), past the capture's first frame at {first_frame}: this capture's snapshots would overlap them (counted twice in `classifier report`); replay into another folder, or remove those snapshots and the folder's .classifier-state.json, which records the last one"
     )]
     SnapshotsOverlap {
         dir: String,
@@ -512,14 +512,6 @@ pub fn pcap(args: &PcapArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     bar.finish_and_clear();
     let elapsed = started.elapsed().as_secs_f64();
-    for (file, tail) in frames.cut_tails() {
-        log::warn!(
-            "{}: the file ends inside a record ({} bytes of it, as when a capture is stopped mid-write); the {} frames before it are counted, that record is not",
-            files[file],
-            tail.bytes,
-            tail.frames_before
-        );
-    }
 
     if replay.progress.first_ns.is_none() {
         return Err(ReplayError::Empty(
@@ -530,6 +522,16 @@ pub fn pcap(args: &PcapArgs) -> Result<(), Box<dyn std::error::Error>> {
                 .join(", "),
         )
         .into());
+    }
+    // After the check for no frames at all: a file cut inside its first
+    // record has none to count.
+    for (file, tail) in frames.cut_tails() {
+        log::warn!(
+            "{}: the file ends inside a record ({} bytes of it, as when a capture is stopped mid-write); the {} frames before it are counted, that record is not",
+            files[file],
+            tail.bytes,
+            tail.frames_before
+        );
     }
     let (earliest_ns, latest_ns) = (replay.progress.earliest_ns, replay.progress.latest_ns);
     replay.drain()?;

@@ -873,13 +873,31 @@ fn write_snapshot_once(dir: &Path, name: &str, text: &str) -> std::io::Result<()
 /// The snapshot the writer of `dir` (a daemon or a replay) last wrote
 /// whole, with the SHA-256 it wrote: its state file's, when the marker says
 /// that write finished.
-pub fn last_written(dir: &Path) -> Option<PreviousSnapshot> {
+pub fn last_written(dir: &Path) -> Option<LastWritten> {
     let state = read_state(dir)?;
     let marker = std::fs::read_to_string(dir.join(WRITTEN_MARKER)).ok()?;
-    (marker == state.snapshot_file).then_some(PreviousSnapshot {
-        file: state.snapshot_file,
-        sha256: state.snapshot_sha256,
+    if marker != state.snapshot_file {
+        return None;
+    }
+    // The state keeps the snapshot's text: its link to the one before.
+    let follows = serde_json::from_str::<Report>(&state.snapshot)
+        .ok()
+        .and_then(|report| report.snapshot?.previous);
+    Some(LastWritten {
+        snapshot: PreviousSnapshot {
+            file: state.snapshot_file,
+            sha256: state.snapshot_sha256,
+        },
+        follows,
     })
+}
+
+/// What a snapshot folder's state file says of the last snapshot written.
+pub struct LastWritten {
+    /// Its name and SHA-256.
+    pub snapshot: PreviousSnapshot,
+    /// The snapshot it names as its previous (name and SHA-256), if any.
+    pub follows: Option<PreviousSnapshot>,
 }
 
 /// The snapshot the state file holds, when the marker says it was never
@@ -1155,8 +1173,13 @@ mod tests {
         let mut daemon = Daemon::start("verify-last", start);
         daemon.run(3, 1_000_000_000);
         let snapshots = &mut daemon.snapshotter;
-        snapshots.cut(&mut daemon.ledger, start + 3_000_000_000, None);
-        snapshots.cut(&mut daemon.ledger, start + 5_000_000_000, None);
+        for end_seconds in [2, 3, 5] {
+            snapshots.cut(
+                &mut daemon.ledger,
+                start + end_seconds * 1_000_000_000,
+                None,
+            );
+        }
         assert!(snapshots.write_pending(WriteAttempt::Now));
         let folder = daemon._folder.0.clone();
         let check = || {
@@ -1165,11 +1188,15 @@ mod tests {
                 .clone()
         };
         assert!(
-            matches!(check(), ChainCheck::Intact { snapshots: 2, ref notes, .. } if notes.is_empty())
+            matches!(check(), ChainCheck::Intact { snapshots: 3, ref notes, .. } if notes.is_empty())
         );
 
         // No later link covers the last file: the state file's record does.
-        let last = last_written(&folder).unwrap();
+        let LastWritten {
+            snapshot: last,
+            follows,
+        } = last_written(&folder).unwrap();
+        let follows = follows.expect("the second follows the first");
         let path = folder.join(&last.file);
         let text = std::fs::read_to_string(&path).unwrap();
         std::fs::write(&path, text.replacen("\"packets\": ", "\"packets\": 1", 1)).unwrap();
@@ -1188,7 +1215,7 @@ mod tests {
         // Gone (a pipeline moved it, or it was deleted): a note.
         std::fs::remove_file(&path).unwrap();
         let ChainCheck::Intact {
-            snapshots: 1,
+            snapshots: 2,
             notes,
             ..
         } = check()
@@ -1200,6 +1227,41 @@ mod tests {
             [format!(
                 "{}, the last snapshot written here, is not in the folder (moved away or deleted)",
                 last.file
+            )]
+        );
+
+        // Gone, and the one before it edited: the record of the gone one's
+        // link shows it.
+        let before = folder.join(&follows.file);
+        let text = std::fs::read_to_string(&before).unwrap();
+        std::fs::write(&before, text.replacen("\"packets\": ", "\"packets\": 1", 1)).unwrap();
+        let ChainCheck::Broken { file, problem } = check() else {
+            panic!("an edit before a gone last snapshot passed");
+        };
+        assert_eq!(file, follows.file);
+        assert!(
+            problem.starts_with(&format!(
+                "{}, the last snapshot written here (gone; its writer's record, .classifier-state.json), names it with sha256 {}, found ",
+                last.file, follows.sha256
+            )),
+            "{problem}"
+        );
+
+        // Both gone: the note says so.
+        std::fs::remove_file(&before).unwrap();
+        let ChainCheck::Intact {
+            snapshots: 1,
+            notes,
+            ..
+        } = check()
+        else {
+            panic!("{:?}", check());
+        };
+        assert_eq!(
+            notes,
+            [format!(
+                "{}, the last snapshot written here, is not in the folder (moved away or deleted); nor is {}, the one it follows",
+                last.file, follows.file
             )]
         );
     }

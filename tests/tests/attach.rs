@@ -191,6 +191,15 @@ fn an_interface_whose_name_has_a_dot_is_pinned_and_adopted() {
         set.join(format!("link-{}", dotted.replace('.', ":")))
             .exists()
     );
+    // `stats` finds the set by the interface's own name too.
+    let by_name = pins.path.join(&dotted);
+    let output = std::process::Command::new(classifier_binary())
+        .args(["stats", "--json", "--pin-path", text(&by_name)])
+        .output()
+        .expect("classifier stats");
+    assert!(output.status.success(), "{output:?}");
+    let stats: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(stats["totals"]["matched"], 5, "{stats}");
 
     // Counted while no daemon runs, then by the daemon that adopts it.
     link.send(&vec![frame.clone(); 5]).expect("send");
