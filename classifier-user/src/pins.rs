@@ -359,6 +359,12 @@ pub fn open_counters_at(pin_path: &Path) -> Result<PinnedCounters, PinError> {
     })
 }
 
+/// Whether `dir` holds a complete set of pins (its `META`): a folder
+/// removed by hand holds none.
+pub fn is_pinned(dir: &Path) -> bool {
+    dir.join(META).exists()
+}
+
 /// The interface set's folder `pin_path` names (itself, also spelled with
 /// the interface's dot, or the one set folder under it).
 pub fn find_set(pin_path: &Path) -> Result<PathBuf, PinError> {

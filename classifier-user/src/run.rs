@@ -1223,7 +1223,16 @@ fn abandon(mut sensor: PinnedSensor, config: &RunConfig) {
 /// writes the partial snapshot, removes the pins, builds the report.
 fn finish(mut daemon: Daemon, config: &RunConfig, start_unix_ns: i64) -> Result<Report, RunError> {
     daemon.notifier.stopping();
-    if config.keep_attached {
+    // Pins removed by hand keep nothing attached: the program goes with
+    // this daemon's descriptors.
+    let pins_gone = !pins::is_pinned(&daemon.sensor.dir);
+    let keep_attached = config.keep_attached && !pins_gone;
+    if config.keep_attached && pins_gone {
+        log::warn!(
+            "--keep-attached, but the pins under {} are gone (removed by hand?): nothing keeps the program attached, so it detaches when this daemon exits; final drain",
+            daemon.sensor.dir.display()
+        );
+    } else if keep_attached {
         log::info!(
             "leaving the program attached and pinned under {} (the next run adopts it); final drain",
             daemon.sensor.dir.display()
@@ -1243,7 +1252,7 @@ fn finish(mut daemon: Daemon, config: &RunConfig, start_unix_ns: i64) -> Result<
     daemon.export(config.pseudonymizer.as_ref());
     daemon.capture();
     if daemon.evidence.is_some()
-        && config.keep_attached
+        && keep_attached
         && let Err(error) = crate::evidence::configure(&daemon.sensor.dir, None)
     {
         log::warn!("cannot turn evidence capture off: {error}");
@@ -1290,7 +1299,7 @@ fn finish(mut daemon: Daemon, config: &RunConfig, start_unix_ns: i64) -> Result<
     if let Some(pseudonymizer) = &config.pseudonymizer {
         pseudonymizer.apply(&mut report);
     }
-    if unwritten > 0 && config.keep_attached {
+    if unwritten > 0 && keep_attached {
         // The program keeps counting; the state file holds the first cut
         // not written (the next daemon writes it first) or the last one
         // written (it resumes from there): either way nothing is lost.

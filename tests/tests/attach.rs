@@ -214,6 +214,25 @@ fn an_interface_whose_name_has_a_dot_is_pinned_and_adopted() {
     let (report, _) = second.stop(libc::SIGTERM);
     assert_eq!(services(&report)["alpha"]["packets"], 15, "{report}");
     assert!(!set.exists(), "pins removed after a plain SIGTERM");
+
+    // `--keep-attached`, but the pins removed by hand: nothing keeps the
+    // program attached, and the daemon says so instead of claiming it left
+    // it attached.
+    let third = Daemon::start(&link, &feed, &[&args[..], &["--keep-attached"]].concat());
+    std::fs::remove_dir_all(&set).expect("remove the pins by hand");
+    let (_, log) = third.stop(libc::SIGTERM);
+    assert!(
+        log.iter().any(|line| line.contains(&format!(
+            "--keep-attached, but the pins under {} are gone (removed by hand?): nothing keeps the program attached, so it detaches when this daemon exits",
+            set.display()
+        ))),
+        "{log:#?}"
+    );
+    assert!(
+        !log.iter()
+            .any(|line| line.contains("leaving the program attached"))
+    );
+    assert!(!shown(&link).contains("prog/xdp"), "{}", shown(&link));
     drop(pins);
     let _ = std::fs::remove_dir_all(dir);
 }
