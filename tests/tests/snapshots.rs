@@ -525,11 +525,18 @@ fn a_full_disk_or_a_removed_folder_delays_snapshots_and_loses_no_count() {
     daemon.wait_for("created it again");
     daemon.wait_for("wrote snapshot");
     link.send(&sent.round(5)).expect("send");
-    daemon.wait_for("wrote snapshot");
-    daemon.wait_for("wrote snapshot");
-    let mut reports = read_snapshots(&moved);
-    reports.extend(read_snapshots(&snapshots));
-    assert_eq!(counted(&reports), sent);
+    // Until a snapshot holds round 5 (a "wrote snapshot" line read now may
+    // be one written before it was sent).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut reports = read_snapshots(&moved);
+        reports.extend(read_snapshots(&snapshots));
+        if counted(&reports) == sent || Instant::now() > deadline {
+            assert_eq!(counted(&reports), sent);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     // The disk full at exit: the last snapshot cannot be written, which is
     // said once, not as a retry; the report still holds every count and
