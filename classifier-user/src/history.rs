@@ -1380,10 +1380,9 @@ fn check_last_written(folder: &Path, mut check: ChainCheck) -> ChainCheck {
     else {
         return check;
     };
-    match std::fs::read(folder.join(&last.file)) {
-        Ok(bytes) => {
-            let found = crate::feeds::sha256_hex(&bytes);
-            if found != last.sha256 {
+    match differing_sha256(folder, &last) {
+        Ok(found) => {
+            if let Some(found) = found {
                 return ChainCheck::Broken {
                     file: last.file,
                     problem: format!(
@@ -1402,10 +1401,9 @@ fn check_last_written(folder: &Path, mut check: ChainCheck) -> ChainCheck {
                 last.file
             );
             if let Some(previous) = follows {
-                match std::fs::read(folder.join(&previous.file)) {
-                    Ok(bytes) => {
-                        let found = crate::feeds::sha256_hex(&bytes);
-                        if found != previous.sha256 {
+                match differing_sha256(folder, &previous) {
+                    Ok(found) => {
+                        if let Some(found) = found {
                             return ChainCheck::Broken {
                                 file: previous.file,
                                 problem: format!(
@@ -1430,6 +1428,16 @@ fn check_last_written(folder: &Path, mut check: ChainCheck) -> ChainCheck {
         )),
     }
     check
+}
+
+/// The SHA-256 of the file `link` names in `folder` when it is not the one
+/// `link` records (`None` when it is).
+fn differing_sha256(
+    folder: &Path,
+    link: &crate::report::PreviousSnapshot,
+) -> io::Result<Option<String>> {
+    let found = crate::feeds::sha256_hex(&std::fs::read(folder.join(&link.file))?);
+    Ok((found != link.sha256).then_some(found))
 }
 
 /// Checks one folder's files, in name order, and stops at the first break.
