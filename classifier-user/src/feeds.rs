@@ -41,11 +41,14 @@ pub enum FeedError {
     #[error("--watch {value}: {problem}")]
     WatchArgument { value: String, problem: LineProblem },
     #[error(
-        "--pseudonymize-key: the endpoint {endpoint} ({service}) overlaps the watched {watched}: \
-         its addresses would appear as endpoints without pseudonyms; \
+        "--pseudonymize-key: {listed_at}the endpoint {endpoint} ({service}) overlaps the watched \
+         {watched}: its addresses would appear as endpoints without pseudonyms; \
          take it out of the feed or the watched set"
     )]
     WatchedEndpoint {
+        /// `file: line N: `, or empty when the feed's file has changed
+        /// since it was loaded.
+        listed_at: String,
         endpoint: IpNet,
         service: String,
         watched: IpNet,
@@ -54,21 +57,23 @@ pub enum FeedError {
 
 /// Refuses, for pseudonymized output, an endpoint prefix that overlaps a
 /// watched one: an address in both would be reported as an endpoint, where
-/// only watched addresses get pseudonyms.
+/// only watched addresses get pseudonyms. The error names the file and line
+/// that listed the endpoint.
 pub fn refuse_watched_endpoints(
     watched: &WatchedSet,
     feed: &EndpointFeed,
 ) -> Result<(), FeedError> {
-    let watched: Vec<IpNet> = watched.all().collect();
-    for endpoint in &feed.endpoints {
-        if let Some(net) = watched
-            .iter()
-            .find(|net| net.contains(&endpoint.net) || endpoint.net.contains(*net))
-        {
+    for net in watched.all() {
+        if let Some(endpoint) = feed.first_overlapping(net) {
+            let listed_at = feed
+                .where_listed(endpoint.net)
+                .map(|(origin, line)| format!("{origin}: line {line}: "))
+                .unwrap_or_default();
             return Err(FeedError::WatchedEndpoint {
+                listed_at,
                 endpoint: endpoint.net,
                 service: endpoint.service.clone(),
-                watched: *net,
+                watched: net,
             });
         }
     }
@@ -593,6 +598,47 @@ impl EndpointFeed {
         names.into_iter().map(str::to_string).collect()
     }
 
+    /// An endpoint prefix that contains `net` or lies inside it, if any.
+    /// `endpoints` is sorted (family, network address, length), so the
+    /// prefixes inside `net` start where `net` would be, and the ones
+    /// containing it are found by their exact value, one length at a time.
+    pub fn first_overlapping(&self, net: IpNet) -> Option<&Endpoint> {
+        let net = net.trunc();
+        let containing = (0..=net.prefix_len()).find_map(|length| {
+            let shorter = IpNet::new(net.addr(), length).ok()?.trunc();
+            let at = self
+                .endpoints
+                .binary_search_by(|e| e.net.cmp(&shorter))
+                .ok()?;
+            Some(&self.endpoints[at])
+        });
+        let inside = || {
+            let at = self.endpoints.partition_point(|e| e.net < net);
+            self.endpoints.get(at).filter(|e| net.contains(&e.net))
+        };
+        containing.or_else(inside)
+    }
+
+    /// The file and line that first listed `net` (the listing that won it),
+    /// read again from the feed's files: the feed keeps no line numbers, to
+    /// keep a million-prefix feed small. `None` when a file has changed
+    /// since it was loaded, or cannot be read.
+    pub fn where_listed(&self, net: IpNet) -> Option<(String, u64)> {
+        self.origins.iter().find_map(|origin| {
+            let text = if origin.name == BUNDLED_ENDPOINTS_NAME {
+                BUNDLED_ENDPOINTS.to_string()
+            } else {
+                std::fs::read_to_string(&origin.name).ok()?
+            };
+            if sha256_hex(text.as_bytes()) != origin.sha256 {
+                return None;
+            }
+            let rows = parse_endpoint_rows(&origin.name, &text).ok()?;
+            let row = rows.iter().find(|row| row.endpoint.net == net)?;
+            Some((origin.name.clone(), row.line))
+        })
+    }
+
     pub fn count(&self, v4: bool) -> usize {
         self.endpoints
             .iter()
@@ -910,6 +956,99 @@ mod tests {
         );
         assert_eq!(feed.endpoints.len(), 4);
         assert_eq!(feed.services(), ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn overlapping_endpoints_are_found_as_a_scan_of_every_pair_finds_them() {
+        let net = |text: &str| text.parse::<IpNet>().unwrap();
+        let endpoint = |text: &str| Endpoint {
+            net: net(text),
+            service: "s".into(),
+        };
+        let feed = EndpointFeed::from_endpoints(
+            [
+                "10.0.0.0/8",
+                "10.1.2.0/24",
+                "10.1.2.128/25",
+                "11.0.0.1/32",
+                "192.168.0.0/16",
+                "2001:db8::/32",
+                "2001:db8:1::/48",
+            ]
+            .map(endpoint),
+        );
+        let scanned = |watched: IpNet| {
+            feed.endpoints
+                .iter()
+                .any(|e| e.net.contains(&watched) || watched.contains(&e.net))
+        };
+        let probes = [
+            "0.0.0.0/0",
+            "10.1.2.3/32",
+            "10.1.0.0/16",
+            "11.0.0.0/24",
+            "11.0.0.2/31",
+            "11.0.0.0/31",
+            "12.0.0.0/8",
+            "192.167.255.0/24",
+            "192.168.255.255/32",
+            "192.169.0.0/16",
+            "9.255.255.255/32",
+            "2001:db8:1:2::/64",
+            "2001:db9::/32",
+            "2001::/16",
+            "::/0",
+            "2002::/16",
+        ];
+        for probe in probes.map(net) {
+            let found = feed.first_overlapping(probe);
+            assert_eq!(found.is_some(), scanned(probe), "{probe}");
+            if let Some(found) = found {
+                assert!(
+                    found.net.contains(&probe) || probe.contains(&found.net),
+                    "{probe}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_watched_endpoint_is_refused_naming_the_file_and_line_that_listed_it() {
+        let dir = std::env::temp_dir().join(format!("classifier-feeds-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let first = dir.join("first.csv");
+        let second = dir.join("second.csv");
+        std::fs::write(&first, "cidr,service\n10.0.0.0/8,a\n").unwrap();
+        std::fs::write(
+            &second,
+            "cidr,service\n# kp\n\n1.1.1.1,b\n175.45.177.0/24,c\n",
+        )
+        .unwrap();
+        let feed = EndpointFeed::from_arguments(&[first.clone(), second.clone()]).unwrap();
+        let watched = WatchedSet::from_arguments(&[], &[]).unwrap();
+        let error = refuse_watched_endpoints(&watched, &feed)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with(&format!(
+                "--pseudonymize-key: {}: line 5: the endpoint 175.45.177.0/24 (c) overlaps \
+                 the watched 175.45.176.0/22:",
+                second.display()
+            )),
+            "{error}"
+        );
+        // Changed since it was loaded: the line is no longer known.
+        std::fs::write(&second, "cidr,service\n175.45.177.0/24,c\n").unwrap();
+        let error = refuse_watched_endpoints(&watched, &feed)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("--pseudonymize-key: the endpoint 175.45.177.0/24 (c)"),
+            "{error}"
+        );
+        let elsewhere = WatchedSet::from_arguments(&["172.16.0.0/12".into()], &[]).unwrap();
+        assert!(refuse_watched_endpoints(&elsewhere, &feed).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

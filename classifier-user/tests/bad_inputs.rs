@@ -630,7 +630,9 @@ fn cases(f: &Fixtures) -> Vec<Case> {
                 &good_key,
             ],
             1,
-            "classifier: --pseudonymize-key: the endpoint 175.45.177.0/24 (alpha) overlaps the watched 175.45.176.0/22: its addresses would appear as endpoints without pseudonyms",
+            &format!(
+                "classifier: --pseudonymize-key: {watched_endpoint}: line 2: the endpoint 175.45.177.0/24 (alpha) overlaps the watched 175.45.176.0/22: its addresses would appear as endpoints without pseudonyms"
+            ),
             "175.45.177.0/24",
         ),
         case(
