@@ -1023,6 +1023,10 @@ pub fn run_config(mut config: RunConfig) -> Result<Report, RunError> {
             ),
             Err(error) => log::warn!("cannot drop capabilities: {error}"),
         }
+        if let Err(error) = check_folders_writable(&config) {
+            abandon(sensor, &config);
+            return Err(error);
+        }
         let exporter = match &config.ipfix {
             Some((targets, interval, domain)) => match crate::ipfix::Exporter::new(targets, *domain) {
                 Ok(exporter) => {
@@ -1209,6 +1213,24 @@ fn poll_ring(
 /// Gives up before counting: a program this daemon loaded is detached and
 /// its pins removed (unless `--keep-attached`); an adopted one is left as
 /// it was found.
+/// Refuses a snapshot or capture folder this process can no longer write
+/// into, now that its capabilities are dropped: every snapshot and capture
+/// would fail until the operator read the log.
+fn check_folders_writable(config: &RunConfig) -> Result<(), RunError> {
+    if let Some((dir, _)) = &config.snapshots {
+        crate::snapshot::check_writable(dir).map_err(|source| SnapshotError::new(dir, source))?;
+    }
+    if let Some(settings) = &config.capture {
+        crate::snapshot::check_writable(&settings.dir).map_err(|source| {
+            crate::evidence::EvidenceError::Dir {
+                dir: settings.dir.clone(),
+                source,
+            }
+        })?;
+    }
+    Ok(())
+}
+
 fn abandon(mut sensor: PinnedSensor, config: &RunConfig) {
     if sensor.adopted || config.keep_attached {
         return;

@@ -101,6 +101,34 @@ pub fn create_folder_explained(dir: &Path) -> std::io::Result<()> {
         .map_or(source, std::io::Error::other))
 }
 
+/// Whether this process can create files in `dir`, tried by creating one
+/// and removing it (permissions alone do not tell: a read-only mount, an
+/// ACL, capabilities). The daemon asks once it has dropped its
+/// capabilities, as root keeps no `CAP_DAC_OVERRIDE`: a folder it could
+/// write into while loading may be closed to it from then on.
+pub fn check_writable(dir: &Path) -> std::io::Result<()> {
+    let probe = dir.join(format!(".classifier-write-check-{}", std::process::id()));
+    let created = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe);
+    match created {
+        Ok(_) => std::fs::remove_file(&probe),
+        Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
+            // SAFETY: geteuid has no preconditions and cannot fail.
+            let uid = unsafe { libc::geteuid() };
+            Err(std::io::Error::other(format!(
+                "cannot create a file in it: {error}; once attached the daemon keeps no \
+                 CAP_DAC_OVERRIDE, so the folder's own permissions must let uid {uid} write \
+                 into it (chown or chmod it, or choose another folder)"
+            )))
+        }
+        Err(error) => Err(std::io::Error::other(format!(
+            "cannot create a file in it: {error}"
+        ))),
+    }
+}
+
 /// What `path` (`dir` or one of its parents, which is there) is when it
 /// is not a folder; `None` when it is one, or cannot be told.
 fn not_a_folder(dir: &Path, path: &Path) -> Option<String> {

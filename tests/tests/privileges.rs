@@ -4,9 +4,14 @@
 //! without CAP_PERFMON the verifier refuses the program (it computes the
 //! frame length as `data_end - data`, a pointer subtraction the verifier
 //! allows only with CAP_PERFMON): the daemon exits non-zero with the
-//! verifier's log, leaving no pin and no attachment.
+//! verifier's log, leaving no pin and no attachment. A snapshot or
+//! capture folder the daemon can no longer write into once its
+//! capabilities are dropped is refused at start the same way.
 
-use std::{os::unix::fs::PermissionsExt, path::Path};
+use std::{
+    os::unix::fs::{PermissionsExt, chown},
+    path::Path,
+};
 
 use classifier_tests::{
     daemon::{Daemon, TestMount, services, temp_dir, write_feed},
@@ -215,6 +220,104 @@ fn a_program_the_verifier_refuses_leaves_no_pin_and_no_attachment() {
         .expect("ip link show");
     let shown = String::from_utf8_lossy(&shown.stdout);
     assert!(!shown.contains("xdp"), "no XDP program attached: {shown}");
+    drop(pins);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Runs `classifier run` on `link` as root with `args`, expecting it to
+/// exit at start; its stderr. Asserts it left no pin and no attachment.
+/// One still running after 30 s is stopped (SIGTERM) and fails the test.
+fn refused_at_start(link: &VethLink, pins: &Path, feed: &Path, args: &[&str]) -> String {
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", &link.sensor.name])
+        .arg(classifier_tests::classifier_binary())
+        .args(["run", "--iface", &link.sensor_iface])
+        .args(["--metrics-addr", "off", "--stats-socket", "off"])
+        .args(["--endpoints", text(feed), "--pin-path", text(pins)])
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run classifier");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().expect("wait").is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let still_running = child.try_wait().expect("wait").is_none();
+    if still_running {
+        // `ip netns exec` execs the daemon: the child is the daemon.
+        // SAFETY: a plain signal to the child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    }
+    let output = child.wait_with_output().expect("wait");
+    let error = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!still_running, "still running after 30 s: {error}");
+    assert_eq!(output.status.code(), Some(1), "{error}");
+    assert!(
+        !pins.join(&link.sensor_iface).exists(),
+        "no pin left behind"
+    );
+    let shown = std::process::Command::new("ip")
+        .args(["-n", &link.sensor.name, "link", "show", &link.sensor_iface])
+        .output()
+        .expect("ip link show");
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(!shown.contains("xdp"), "no XDP program attached: {shown}");
+    error
+}
+
+#[test]
+fn a_folder_closed_to_the_daemon_once_its_capabilities_are_dropped_is_refused_at_start() {
+    if !require_root() {
+        return;
+    }
+    let dir = temp_dir("caps-folders");
+    let feed = write_feed(&dir);
+    let pins = TestMount::bpf(&dir.join("bpf"));
+    let link = VethLink::create("capsdirs").expect("namespaces and veth");
+
+    // Another user's folder: root wrote into it through CAP_DAC_OVERRIDE,
+    // which the daemon drops once attached.
+    let snapshots = dir.join("snapshots");
+    std::fs::create_dir(&snapshots).expect("folder");
+    std::fs::set_permissions(&snapshots, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    chown(&snapshots, Some(65534), Some(65534)).expect("chown");
+    let error = refused_at_start(
+        &link,
+        &pins.path,
+        &feed,
+        &["--snapshot-dir", text(&snapshots)],
+    );
+    assert!(
+        error.contains(&format!(
+            "classifier: snapshot folder {}: cannot create a file in it: Permission denied (os error 13); once attached the daemon keeps no CAP_DAC_OVERRIDE, so the folder's own permissions must let uid 0 write into it",
+            snapshots.display()
+        )),
+        "{error}"
+    );
+    assert_eq!(std::fs::read_dir(&snapshots).expect("folder").count(), 0);
+
+    // A read-only file system.
+    let evidence = TestMount::tmpfs(&dir.join("evidence"), 1 << 20);
+    let remounted = std::process::Command::new("mount")
+        .args(["-o", "remount,ro", text(&evidence.path)])
+        .status()
+        .expect("mount");
+    assert!(remounted.success());
+    let error = refused_at_start(
+        &link,
+        &pins.path,
+        &feed,
+        &["--capture-dir", text(&evidence.path)],
+    );
+    assert!(
+        error.contains(&format!(
+            "classifier: --capture-dir {}: cannot create a file in it: Read-only file system (os error 30)",
+            evidence.path.display()
+        )),
+        "{error}"
+    );
+    drop(evidence);
     drop(pins);
     let _ = std::fs::remove_dir_all(dir);
 }
