@@ -19,7 +19,7 @@
 //! | 152 | flowStartMilliseconds | 8 |
 //! | 153 | flowEndMilliseconds | 8 |
 //! | 61 | flowDirection (0 ingress: to the watched host; 1 egress: from it) | 1 |
-//! | 96 | applicationName (the service, NUL-padded) | 32 |
+//! | 96 | applicationName (the service) | variable: a length byte, then the name |
 //!
 //! The flow table keeps the endpoint's port only, so the watched host's
 //! port is exported as 0. Template 256 is IPv4, 257 IPv6. Over UDP the
@@ -63,8 +63,10 @@ const TEMPLATE_V4: u16 = 256;
 const TEMPLATE_V6: u16 = 257;
 const HEADER_LEN: usize = 16;
 const SET_HEADER_LEN: usize = 4;
-/// Bytes of applicationName in a record.
-const NAME_LEN: usize = 32;
+/// Most bytes of applicationName in a record (service names are shorter).
+const NAME_LEN: usize = crate::feeds::MAX_SERVICE_NAME;
+/// A template field's length for a variable-length element (RFC 7011 §7).
+const VARIABLE_LENGTH: u16 = 65535;
 /// Exports waiting for a collector's thread; one further behind loses the
 /// newest export.
 pub const QUEUED_EXPORTS: usize = 4;
@@ -86,12 +88,25 @@ fn fields(v6: bool) -> [(u16, u16); 12] {
         (152, 8),
         (153, 8),
         (61, 1),
-        (96, NAME_LEN as u16),
+        (96, VARIABLE_LENGTH),
     ]
 }
 
-fn record_len(v6: bool) -> usize {
-    fields(v6).iter().map(|(_, len)| usize::from(*len)).sum()
+/// The name as a record carries it: at most [`NAME_LEN`] bytes.
+fn application_name(record: &FlowExport) -> &[u8] {
+    let bytes = record.service.as_bytes();
+    &bytes[..bytes.len().min(NAME_LEN)]
+}
+
+/// A record's bytes: the fixed-length fields, then the name's length byte
+/// and the name.
+fn record_len(record: &FlowExport) -> usize {
+    let fixed: usize = fields(record.source.is_ipv6())
+        .iter()
+        .filter(|(_, len)| *len != VARIABLE_LENGTH)
+        .map(|(_, len)| usize::from(*len))
+        .sum();
+    fixed + 1 + application_name(record).len()
 }
 
 /// Where to send: `HOST:PORT` (UDP), `udp://HOST:PORT` or `tcp://HOST:PORT`.
@@ -187,7 +202,7 @@ pub fn encode(
         let v6 = record.source.is_ipv6();
         let template = if v6 { TEMPLATE_V6 } else { TEMPLATE_V4 };
         let needs_set = open_set.is_none_or(|(_, id)| id != template);
-        let extra = record_len(v6) + if needs_set { SET_HEADER_LEN } else { 0 };
+        let extra = record_len(record) + if needs_set { SET_HEADER_LEN } else { 0 };
         if message.len() + extra > MAX_MESSAGE && records_in_message > 0 {
             close_set(&mut message, open_set.take());
             messages.push(finish_message(message, export_time, first_sequence, domain));
@@ -269,11 +284,10 @@ fn write_record(message: &mut Vec<u8>, record: &FlowExport) {
         message.extend_from_slice(&value.to_be_bytes());
     }
     message.push(record.direction);
-    let mut name = [0u8; NAME_LEN];
-    let bytes = record.service.as_bytes();
-    let len = bytes.len().min(NAME_LEN);
-    name[..len].copy_from_slice(&bytes[..len]);
-    message.extend_from_slice(&name);
+    // Variable length (RFC 7011 §7): under 255 bytes, one length byte.
+    let name = application_name(record);
+    message.push(name.len() as u8);
+    message.extend_from_slice(name);
 }
 
 /// A socket, opened on first use (UDP: bound to the collector's family;
@@ -741,17 +755,26 @@ mod tests {
         assert_eq!(template_len, 4 + 2 * (4 + 12 * 4));
         let v4 = 16 + template_len;
         assert_eq!(u16_at(message, v4), 256);
+        let (v4_len, v6_len) = (record_len(&records[0]), record_len(&records[2]));
+        // 4 and 16 bytes of addresses, 1 + 2 + 2 + 5 * 8 + 1 of the others,
+        // then the name's length byte and "hotspot-shield".
         assert_eq!(
-            usize::from(u16_at(message, v4 + 2)),
-            4 + 2 * record_len(false)
+            (v4_len, v6_len),
+            (4 * 2 + 46 + 1 + 14, 16 * 2 + 46 + 1 + 14)
         );
-        let v6 = v4 + 4 + 2 * record_len(false);
+        assert_eq!(usize::from(u16_at(message, v4 + 2)), 4 + 2 * v4_len);
+        let v6 = v4 + 4 + 2 * v4_len;
         assert_eq!(u16_at(message, v6), 257);
-        assert_eq!(usize::from(u16_at(message, v6 + 2)), 4 + record_len(true));
-        assert_eq!(v6 + 4 + record_len(true), message.len());
-        // The first record's packets (after addresses, protocol, ports).
+        assert_eq!(usize::from(u16_at(message, v6 + 2)), 4 + v6_len);
+        assert_eq!(v6 + 4 + v6_len, message.len());
+        // The first record's packets (after addresses, protocol, ports),
+        // and its name: no padding.
         let first = v4 + 4;
         assert_eq!(&message[first + 13..first + 21], &3u64.to_be_bytes());
+        assert_eq!(&message[first + 54..first + v4_len], b"\x0ehotspot-shield");
+        // The templates give the name's length as variable.
+        let name_field = 16 + 4 + 4 + 11 * 4;
+        assert_eq!(&message[name_field..name_field + 4], &[0, 96, 255, 255]);
     }
 
     #[test]
@@ -766,7 +789,8 @@ mod tests {
         for message in &messages {
             assert!(message.len() <= MAX_MESSAGE);
             assert_eq!(&message[8..12], &expected_sequence.to_be_bytes());
-            let in_message = (message.len() - HEADER_LEN - SET_HEADER_LEN) / record_len(false);
+            let in_message =
+                (message.len() - HEADER_LEN - SET_HEADER_LEN) / record_len(&records[0]);
             expected_sequence += in_message as u32;
         }
         assert_eq!(expected_sequence, 100);
