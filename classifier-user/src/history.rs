@@ -51,8 +51,13 @@ pub enum HistoryError {
         #[source]
         problem: FileProblem,
     },
-    #[error("no snapshot files (classifier-*.json) found in {paths}")]
-    NoSnapshots { paths: String },
+    #[error("no snapshot files (classifier-*.json) found in {paths}{written_before}")]
+    NoSnapshots {
+        paths: String,
+        /// What the state files of the folders named say was written
+        /// there (a pipeline took every file away), or empty.
+        written_before: String,
+    },
     #[error(
         "{paths} holds only merged reports ({merged} without a snapshot section), which a folder read skips: name them as files to merge them"
     )]
@@ -486,9 +491,29 @@ fn collect_files(paths: &[PathBuf]) -> Result<Vec<FoundFile>, HistoryError> {
     if files.is_empty() {
         return Err(HistoryError::NoSnapshots {
             paths: join_paths(paths),
+            written_before: written_before(paths),
         });
     }
     Ok(files)
+}
+
+/// For folders without snapshot files whose state file records one as
+/// written: "; DIR's state file records FILE as the last snapshot written
+/// there (moved away or deleted?)", for each.
+fn written_before(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .filter(|path| path.is_dir())
+        .filter_map(|folder| {
+            let last = crate::snapshot::last_written(folder)?;
+            Some(format!(
+                "; {}'s {} records {} as the last snapshot written there (moved away or deleted?)",
+                folder.display(),
+                crate::snapshot::STATE_FILE,
+                last.snapshot.file
+            ))
+        })
+        .collect()
 }
 
 /// A file to read, and whether a folder scan found it (rather than the

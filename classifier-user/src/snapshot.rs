@@ -1292,6 +1292,30 @@ mod tests {
                 last.file, follows.file
             )]
         );
+
+        // Every file gone: the error names the last one written.
+        for entry in std::fs::read_dir(&folder).unwrap() {
+            let path = entry.unwrap().path();
+            if path
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("classifier-")
+            {
+                std::fs::remove_file(path).unwrap();
+            }
+        }
+        let error = verify_paths(std::slice::from_ref(&folder))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            error,
+            format!(
+                "no snapshot files (classifier-*.json) found in {0}; {0}'s .classifier-state.json records {1} as the last snapshot written there (moved away or deleted?)",
+                folder.display(),
+                last.file
+            )
+        );
     }
 
     fn rfc3339(unix_ns: i64) -> String {
