@@ -620,11 +620,12 @@ impl EndpointFeed {
     }
 
     /// The file and line that first listed `net` (the listing that won it),
-    /// read again from the feed's files: the feed keeps no line numbers, to
-    /// keep a million-prefix feed small. `None` when a file has changed
-    /// since it was loaded, or cannot be read.
+    /// read again from the feed's files in order: the feed keeps no line
+    /// numbers, to keep a million-prefix feed small. `None` when a file up
+    /// to that one has changed since it was loaded, or cannot be read
+    /// again (an earlier file may have been the one).
     pub fn where_listed(&self, net: IpNet) -> Option<(String, u64)> {
-        self.origins.iter().find_map(|origin| {
+        for origin in &self.origins {
             let text = if origin.name == BUNDLED_ENDPOINTS_NAME {
                 BUNDLED_ENDPOINTS.to_string()
             } else {
@@ -634,9 +635,11 @@ impl EndpointFeed {
                 return None;
             }
             let rows = parse_endpoint_rows(&origin.name, &text).ok()?;
-            let row = rows.iter().find(|row| row.endpoint.net == net)?;
-            Some((origin.name.clone(), row.line))
-        })
+            if let Some(row) = rows.iter().find(|row| row.endpoint.net == net) {
+                return Some((origin.name.clone(), row.line));
+            }
+        }
+        None
     }
 
     pub fn count(&self, v4: bool) -> usize {
@@ -1014,10 +1017,9 @@ mod tests {
 
     #[test]
     fn a_watched_endpoint_is_refused_naming_the_file_and_line_that_listed_it() {
-        let dir = std::env::temp_dir().join(format!("classifier-feeds-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let first = dir.join("first.csv");
-        let second = dir.join("second.csv");
+        let folder = crate::test_support::TempFolder::new("watched-endpoint");
+        let first = folder.file("first.csv");
+        let second = folder.file("second.csv");
         std::fs::write(&first, "cidr,service\n10.0.0.0/8,a\n").unwrap();
         std::fs::write(
             &second,
@@ -1048,7 +1050,18 @@ mod tests {
         );
         let elsewhere = WatchedSet::from_arguments(&["172.16.0.0/12".into()], &[]).unwrap();
         assert!(refuse_watched_endpoints(&elsewhere, &feed).is_ok());
-        std::fs::remove_dir_all(&dir).unwrap();
+
+        // The first file listed it and has changed since: the second file,
+        // which lists it too, is not named in its place.
+        std::fs::write(&first, "cidr,service\n175.45.177.0/24,c\n").unwrap();
+        std::fs::write(&second, "cidr,service\n175.45.177.0/24,d\n").unwrap();
+        let feed = EndpointFeed::from_arguments(&[first.clone(), second.clone()]).unwrap();
+        assert_eq!(
+            feed.where_listed("175.45.177.0/24".parse().unwrap()),
+            Some((first.display().to_string(), 2))
+        );
+        std::fs::write(&first, "cidr,service\n# edited\n175.45.177.0/24,c\n").unwrap();
+        assert_eq!(feed.where_listed("175.45.177.0/24".parse().unwrap()), None);
     }
 
     #[test]

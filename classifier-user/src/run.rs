@@ -1210,9 +1210,6 @@ fn poll_ring(
     }
 }
 
-/// Gives up before counting: a program this daemon loaded is detached and
-/// its pins removed (unless `--keep-attached`); an adopted one is left as
-/// it was found.
 /// Refuses a snapshot or capture folder this process can no longer write
 /// into, now that its capabilities are dropped: every snapshot and capture
 /// would fail until the operator read the log.
@@ -1231,6 +1228,9 @@ fn check_folders_writable(config: &RunConfig) -> Result<(), RunError> {
     Ok(())
 }
 
+/// Gives up before counting: a program this daemon loaded is detached and
+/// its pins removed (unless `--keep-attached`); an adopted one is left as
+/// it was found.
 fn abandon(mut sensor: PinnedSensor, config: &RunConfig) {
     if sensor.adopted || config.keep_attached {
         return;

@@ -107,13 +107,28 @@ pub fn create_folder_explained(dir: &Path) -> std::io::Result<()> {
 /// capabilities, as root keeps no `CAP_DAC_OVERRIDE`: a folder it could
 /// write into while loading may be closed to it from then on.
 pub fn check_writable(dir: &Path) -> std::io::Result<()> {
-    let probe = dir.join(format!(".classifier-write-check-{}", std::process::id()));
+    // Named as a temporary, so a daemon killed between the two steps leaves
+    // a file the next start removes (and reuses if it has the same pid).
+    let probe = dir.join(format!(
+        ".classifier-write-check.tmp-{}",
+        std::process::id()
+    ));
     let created = std::fs::OpenOptions::new()
         .write(true)
-        .create_new(true)
+        .create(true)
+        .truncate(true)
         .open(&probe);
     match created {
-        Ok(_) => std::fs::remove_file(&probe),
+        Ok(_) => match std::fs::remove_file(&probe) {
+            // Taken away already (a pipeline that moves every file).
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                Err(std::io::Error::other(format!(
+                    "created {} but cannot remove it: {error}",
+                    probe.display()
+                )))
+            }
+            _ => Ok(()),
+        },
         Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
             // SAFETY: geteuid has no preconditions and cannot fail.
             let uid = unsafe { libc::geteuid() };
@@ -1192,6 +1207,32 @@ mod tests {
         snapshots.cut(&mut daemon.ledger, start + 5_000_000_000, None);
         assert!(snapshots.write_pending(WriteAttempt::Now));
         assert_eq!(snapshots.take_persisted_recycle_tick(), Some(9));
+    }
+
+    #[test]
+    fn the_write_check_leaves_nothing_behind_and_reuses_a_leftover_probe() {
+        let folder = crate::test_support::TempFolder::new("write-check");
+        check_writable(&folder.0).unwrap();
+        assert_eq!(std::fs::read_dir(&folder.0).unwrap().count(), 0);
+        // A daemon of the same pid killed between the two steps.
+        let leftover = folder.file(&format!(
+            ".classifier-write-check.tmp-{}",
+            std::process::id()
+        ));
+        std::fs::write(&leftover, b"").unwrap();
+        check_writable(&folder.0).unwrap();
+        assert_eq!(std::fs::read_dir(&folder.0).unwrap().count(), 0);
+        // Any other leftover is a temporary the snapshot writer removes.
+        std::fs::write(folder.file(".classifier-write-check.tmp-1"), b"").unwrap();
+        remove_stale_temporaries(&folder.0);
+        assert_eq!(std::fs::read_dir(&folder.0).unwrap().count(), 0);
+        let error = check_writable(&folder.file("missing"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("cannot create a file in it: No such file"),
+            "{error}"
+        );
     }
 
     #[test]

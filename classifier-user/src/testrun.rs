@@ -127,20 +127,20 @@ pub fn load_parse_and_count_xdp(
     both_addresses: bool,
 ) -> io::Result<(OwnedFd, OwnedFd)> {
     let counters = create_per_cpu_array(4, 16, 1)?;
-    // The prefix as a 32-bit load of the frame's four address bytes reads
-    // it on this little-endian machine.
-    let prefix = u32::from_le_bytes(watched.network().octets()) as i32;
-    let mask = u32::from_le_bytes(watched.netmask().octets()) as i32;
+    // Loads read the frame's bytes in the machine's byte order.
+    let prefix = u32::from_ne_bytes(watched.network().octets()) as i32;
+    let mask = u32::from_ne_bytes(watched.netmask().octets()) as i32;
+    let ipv4 = i32::from(u16::from_ne_bytes([0x08, 0x00]));
     let map = u32::try_from(counters.as_raw_fd()).map_err(io::Error::other)? as i32;
     // (instruction, whether it jumps to `pass`, the second-to-last one)
     let mut code = vec![
-        (insn(0x61, 2, 1, 0, 0), false),     // r2 = ctx->data
-        (insn(0x61, 3, 1, 4, 0), false),     // r3 = ctx->data_end
-        (insn(0xbf, 4, 2, 0, 0), false),     // r4 = r2
-        (insn(0x07, 4, 0, 0, 34), false),    // r4 += 14 + 20
-        (insn(0x2d, 4, 3, 0, 0), true),      // if r4 > r3 goto pass
-        (insn(0x69, 4, 2, 12, 0), false),    // r4 = the ethertype, frame order
-        (insn(0x55, 4, 0, 0, 0x0008), true), // if r4 != htons(0x0800) goto pass
+        (insn(0x61, 2, 1, 0, 0), false),   // r2 = ctx->data
+        (insn(0x61, 3, 1, 4, 0), false),   // r3 = ctx->data_end
+        (insn(0xbf, 4, 2, 0, 0), false),   // r4 = r2
+        (insn(0x07, 4, 0, 0, 34), false),  // r4 += 14 + 20
+        (insn(0x2d, 4, 3, 0, 0), true),    // if r4 > r3 goto pass
+        (insn(0x69, 4, 2, 12, 0), false),  // r4 = the ethertype, frame order
+        (insn(0x55, 4, 0, 0, ipv4), true), // if r4 != htons(0x0800) goto pass
     ];
     let address_offsets: &[i16] = if both_addresses { &[26, 30] } else { &[26] };
     for offset in address_offsets {
@@ -207,7 +207,8 @@ fn insn(code: u8, dst: u8, src: u8, offset: i16, imm: i32) -> u64 {
         | u64::from(imm as u32) << 32
 }
 
-/// Loads an XDP program given as raw BPF instructions (no map references).
+/// Loads an XDP program given as raw BPF instructions (map references by
+/// descriptor, which must stay open until it returns).
 pub(crate) fn load_xdp_instructions(instructions: &[u64]) -> io::Result<OwnedFd> {
     let license = c"GPL";
     // SAFETY: as above.
