@@ -1011,6 +1011,7 @@ fn merge(snapshots: &[&Snapshot]) -> Result<Report, HistoryError> {
     let mut services: BTreeMap<String, ServiceRow> = BTreeMap::new();
     let mut flows: BTreeMap<FlowId, FlowRow> = BTreeMap::new();
     let mut merged_from: Vec<MergedPart> = Vec::new();
+    let mut learning = MergedLearning::default();
 
     for (index, snapshot) in snapshots.iter().enumerate() {
         let overflow = |counter: String| HistoryError::CountOverflow {
@@ -1054,6 +1055,9 @@ fn merge(snapshots: &[&Snapshot]) -> Result<Report, HistoryError> {
         for flow in &report.flows {
             add_flow(&mut flows, flow).map_err(overflow)?;
         }
+        if let Some(add) = &report.learning {
+            add_learning(&mut learning, add, report).map_err(overflow)?;
+        }
     }
 
     let mut flows: Vec<FlowRow> = flows.into_values().collect();
@@ -1092,8 +1096,83 @@ fn merge(snapshots: &[&Snapshot]) -> Result<Report, HistoryError> {
         flows,
         snapshot: None,
         merged_from,
-        learning: None,
+        learning: learning.finish(),
     })
+}
+
+/// The learning sections of the snapshots merged: counts summed over
+/// their intervals, the domain feeds of all, and the endpoints still
+/// learned at the end of each sensor's latest snapshot.
+#[derive(Default)]
+struct MergedLearning {
+    sum: Option<crate::report::Learning>,
+    /// Per sensor and interfaces: the end of its latest snapshot read, and
+    /// the endpoints it held then.
+    latest: BTreeMap<(String, Vec<String>), (String, Vec<crate::learn::LearnedEndpoint>)>,
+}
+
+fn add_learning(
+    merged: &mut MergedLearning,
+    add: &crate::report::Learning,
+    report: &Report,
+) -> Result<(), String> {
+    let sum = merged.sum.get_or_insert_with(|| crate::report::Learning {
+        domain_feeds: Vec::new(),
+        stats: crate::learn::LearnStats::default(),
+        handed_over: 0,
+        ring_drops: 0,
+        throttled: 0,
+        endpoints: Vec::new(),
+    });
+    add_named(
+        "learning",
+        [
+            (&mut sum.handed_over, add.handed_over, "handed_over"),
+            (&mut sum.ring_drops, add.ring_drops, "ring_drops"),
+            (&mut sum.throttled, add.throttled, "throttled"),
+        ],
+    )?;
+    sum.stats = sum.stats.plus(&add.stats);
+    for feed in &add.domain_feeds {
+        if !sum.domain_feeds.contains(feed) {
+            sum.domain_feeds.push(feed.clone());
+        }
+    }
+    let sensor = (report.sensor.clone(), report.interfaces.clone());
+    let later = merged
+        .latest
+        .get(&sensor)
+        .is_none_or(|(end, _)| parse_time(&report.end) >= parse_time(end));
+    if later {
+        merged
+            .latest
+            .insert(sensor, (report.end.clone(), add.endpoints.clone()));
+    }
+    Ok(())
+}
+
+impl MergedLearning {
+    fn finish(self) -> Option<crate::report::Learning> {
+        let mut learning = self.sum?;
+        let mut endpoints: BTreeMap<(String, IpAddr), crate::learn::LearnedEndpoint> =
+            BTreeMap::new();
+        for endpoint in self
+            .latest
+            .into_values()
+            .flat_map(|(_, endpoints)| endpoints)
+        {
+            let key = (endpoint.service.clone(), endpoint.address);
+            // Two sensors that learned it: the later expiry.
+            let keep = endpoints
+                .get(&key)
+                .is_none_or(|kept| parse_time(&endpoint.expires_at) > parse_time(&kept.expires_at));
+            if keep {
+                endpoints.insert(key, endpoint);
+            }
+        }
+        learning.endpoints = endpoints.into_values().collect();
+        Some(learning)
+    }
 }
 
 /// How an overflow error names the files merged before the one that

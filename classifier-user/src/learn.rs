@@ -497,7 +497,8 @@ fn from_dns() -> String {
     "dns".into()
 }
 
-/// Counts of what learning did, cumulative.
+/// Counts of what learning did: cumulative in the learner and the exit
+/// report, over its interval in a snapshot.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LearnStats {
     /// DNS responses to watched hosts read.
@@ -529,6 +530,36 @@ pub struct LearnStats {
     /// services (and never to appear as endpoints under pseudonyms).
     #[serde(default)]
     pub skipped_watched: u64,
+}
+
+impl LearnStats {
+    /// Each count less `earlier`'s: what was done since then.
+    pub fn since(&self, earlier: &LearnStats) -> LearnStats {
+        self.zip_with(earlier, u64::saturating_sub)
+    }
+
+    /// Each count plus `other`'s (merging snapshots' intervals).
+    pub fn plus(&self, other: &LearnStats) -> LearnStats {
+        self.zip_with(other, u64::saturating_add)
+    }
+
+    fn zip_with(&self, other: &LearnStats, f: impl Fn(u64, u64) -> u64) -> LearnStats {
+        LearnStats {
+            dns_responses: f(self.dns_responses, other.dns_responses),
+            dns_unparsed: f(self.dns_unparsed, other.dns_unparsed),
+            dns_matched: f(self.dns_matched, other.dns_matched),
+            learned: f(self.learned, other.learned),
+            renewed: f(self.renewed, other.renewed),
+            skipped_shared_hosting: f(self.skipped_shared_hosting, other.skipped_shared_hosting),
+            skipped_capacity: f(self.skipped_capacity, other.skipped_capacity),
+            expired: f(self.expired, other.expired),
+            tcp_segments: f(self.tcp_segments, other.tcp_segments),
+            tls_flows_named: f(self.tls_flows_named, other.tls_flows_named),
+            streams_dropped: f(self.streams_dropped, other.streams_dropped),
+            inherited: f(self.inherited, other.inherited),
+            skipped_watched: f(self.skipped_watched, other.skipped_watched),
+        }
+    }
 }
 
 /// A change the kernel's `LEARNED` map must take.

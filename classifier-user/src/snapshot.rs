@@ -244,6 +244,9 @@ pub struct Snapshotter {
     pub last_write_unix_seconds: Option<f64>,
     /// Learning's state, copied into the next snapshot cut.
     learning: Option<crate::report::Learning>,
+    /// The learner's cumulative counts at the last cut: a snapshot carries
+    /// those of its interval.
+    learn_stats_at_cut: crate::learn::LearnStats,
     /// Held while the daemon runs: one writer per folder.
     _lock: std::fs::File,
 }
@@ -474,6 +477,7 @@ impl Snapshotter {
             write_failures: 0,
             last_write_unix_seconds: None,
             learning: None,
+            learn_stats_at_cut: crate::learn::LearnStats::default(),
         };
         Ok(Resumed {
             snapshotter,
@@ -537,7 +541,13 @@ impl Snapshotter {
         recycle_tick: Option<u64>,
         learner: Option<&crate::learn::Learner>,
     ) {
-        self.learning = learner.map(|learner| learner.report(&ledger.totals_since_mark()));
+        self.learning = learner.map(|learner| {
+            let mut learning = learner.report(&ledger.totals_since_mark());
+            let cumulative = learning.stats;
+            learning.stats = cumulative.since(&self.learn_stats_at_cut);
+            self.learn_stats_at_cut = cumulative;
+            learning
+        });
         self.cut(ledger, end_unix_ns, recycle_tick);
     }
 

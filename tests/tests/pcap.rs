@@ -3,7 +3,7 @@
 //! (raw IP, pcapng) are read and classified; snapshots follow the capture's
 //! clock; bad files are refused with file and frame named.
 
-use std::path::Path;
+use std::{collections::BTreeMap, path::Path};
 
 use classifier_tests::{
     classifier_binary,
@@ -113,6 +113,7 @@ fn snapshots_of_a_pcap_follow_the_capture_clock() {
     assert!((5..=6).contains(&files.len()), "{files:?}");
     let mut packets = 0;
     let mut handed_over = 0;
+    let mut learn_stats: BTreeMap<String, u64> = BTreeMap::new();
     let mut previous_end = Value::Null;
     let mut last_learning = Value::Null;
     for file in &files {
@@ -123,6 +124,10 @@ fn snapshots_of_a_pcap_follow_the_capture_clock() {
         handed_over += snapshot["learning"]["handed_over"]
             .as_u64()
             .unwrap_or_else(|| panic!("{}: no learning section", file.display()));
+        // Its counts are its interval's: they add up to the report's.
+        for (name, count) in snapshot["learning"]["stats"].as_object().expect("stats") {
+            *learn_stats.entry(name.clone()).or_default() += count.as_u64().expect("a count");
+        }
         if !previous_end.is_null() {
             assert_eq!(snapshot["start"], previous_end);
         }
@@ -136,6 +141,15 @@ fn snapshots_of_a_pcap_follow_the_capture_clock() {
         Some(handed_over)
     );
     assert_eq!(last_learning["endpoints"], report["learning"]["endpoints"]);
+    let report_stats: BTreeMap<String, u64> =
+        serde_json::from_value(report["learning"]["stats"].clone()).expect("stats");
+    assert_eq!(learn_stats, report_stats);
+    assert!(report_stats["tls_flows_named"] > 0, "{report_stats:?}");
+    // `classifier report` over the snapshots has the same learning section.
+    let output = classifier(&["report", text(&snapshots), "--format", "json"]);
+    assert!(output.status.success(), "{output:?}");
+    let merged: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(merged["learning"], report["learning"]);
     assert_eq!(
         previous_end, report["end"],
         "the last snapshot ends at the last frame"
