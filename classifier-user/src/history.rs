@@ -501,9 +501,14 @@ fn collect_files(paths: &[PathBuf]) -> Result<Vec<FoundFile>, HistoryError> {
 /// written: "; DIR's state file records FILE as the last snapshot written
 /// there (moved away or deleted?)", for each.
 fn written_before(paths: &[PathBuf]) -> String {
-    paths
+    // `dir/` and `dir` name one folder, said once, without the slash.
+    let folders: BTreeSet<PathBuf> = paths
         .iter()
         .filter(|path| path.is_dir())
+        .map(|path| path.components().collect())
+        .collect();
+    folders
+        .iter()
         .filter_map(|folder| {
             let last = crate::snapshot::last_written(folder)?;
             Some(format!(
@@ -1123,6 +1128,7 @@ fn add_learning(
         ring_drops: 0,
         throttled: 0,
         endpoints: Vec::new(),
+        stats_per_interval: true,
     });
     add_named(
         "learning",
@@ -1132,7 +1138,18 @@ fn add_learning(
             (&mut sum.throttled, add.throttled, "throttled"),
         ],
     )?;
-    sum.stats = sum.stats.plus(&add.stats);
+    if add.stats_per_interval {
+        sum.stats = sum
+            .stats
+            .checked_plus(&add.stats)
+            .ok_or_else(|| "learning.stats".to_string())?;
+    } else {
+        log::warn!(
+            "a snapshot of {} ending {} counts learning from its daemon's start (written before counts were per interval): its learning counts are left out",
+            report.sensor,
+            report.end
+        );
+    }
     for feed in &add.domain_feeds {
         if !sum.domain_feeds.contains(feed) {
             sum.domain_feeds.push(feed.clone());
@@ -1875,6 +1892,65 @@ mod tests {
             .iter()
             .find(|row| row.service == name)
             .unwrap()
+    }
+
+    #[test]
+    fn learning_sections_merge_counts_per_interval_and_the_latest_endpoints() {
+        let endpoint = |address: &str, expires_at: &str| crate::learn::LearnedEndpoint {
+            address: address.parse().unwrap(),
+            service: "psiphon".into(),
+            domain: "psiphon.ca".into(),
+            name: "a.psiphon.ca".into(),
+            watched: "175.45.176.1".parse().unwrap(),
+            resolver: "175.45.176.53".parse().unwrap(),
+            how: "dns".into(),
+            learned_at: "2026-11-24T19:30:00Z".into(),
+            expires_at: expires_at.into(),
+            expires_at_unix_ns: 0,
+        };
+        let learning = |learned: u64, per_interval: bool, endpoints| crate::report::Learning {
+            domain_feeds: vec![("domains.txt".into(), "ab".into())],
+            stats: crate::learn::LearnStats {
+                learned,
+                ..Default::default()
+            },
+            handed_over: learned * 2,
+            ring_drops: 0,
+            throttled: 0,
+            endpoints,
+            stats_per_interval: per_interval,
+        };
+        let mut reports = three_hours();
+        // Written before counts were per interval: its counts are left out.
+        reports[0].learning = Some(learning(
+            5,
+            false,
+            vec![endpoint("192.0.2.1", "2026-11-24T21:00:00Z")],
+        ));
+        reports[1].learning = Some(learning(
+            2,
+            true,
+            vec![endpoint("192.0.2.2", "2026-11-24T22:00:00Z")],
+        ));
+        reports[2].learning = Some(learning(
+            3,
+            true,
+            vec![endpoint("192.0.2.3", "2026-11-24T23:00:00Z")],
+        ));
+        let folder = TempFolder::new("merge-learning");
+        write_chain(&folder, reports);
+        let merged = merge_folder(&folder, &TimeRange::default()).report;
+        let learning = merged.learning.expect("a learning section");
+        assert_eq!(learning.stats.learned, 5);
+        assert_eq!(learning.handed_over, 20);
+        assert!(learning.stats_per_interval);
+        assert_eq!(learning.domain_feeds.len(), 1);
+        let addresses: Vec<String> = learning
+            .endpoints
+            .iter()
+            .map(|e| e.address.to_string())
+            .collect();
+        assert_eq!(addresses, ["192.0.2.3"], "the latest snapshot's endpoints");
     }
 
     fn merge_folder(folder: &TempFolder, range: &TimeRange) -> MergedHistory {

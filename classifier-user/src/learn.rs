@@ -538,9 +538,17 @@ impl LearnStats {
         self.zip_with(earlier, u64::saturating_sub)
     }
 
-    /// Each count plus `other`'s (merging snapshots' intervals).
-    pub fn plus(&self, other: &LearnStats) -> LearnStats {
-        self.zip_with(other, u64::saturating_add)
+    /// Each count plus `other`'s (merging snapshots' intervals); `None`
+    /// when one would pass 2^64-1.
+    pub fn checked_plus(&self, other: &LearnStats) -> Option<LearnStats> {
+        let overflowed = std::cell::Cell::new(false);
+        let sum = self.zip_with(other, |a, b| {
+            a.checked_add(b).unwrap_or_else(|| {
+                overflowed.set(true);
+                u64::MAX
+            })
+        });
+        (!overflowed.get()).then_some(sum)
     }
 
     fn zip_with(&self, other: &LearnStats, f: impl Fn(u64, u64) -> u64) -> LearnStats {
@@ -634,6 +642,7 @@ impl Learner {
             ring_drops: totals.learn_drops,
             throttled: totals.learn_throttled,
             endpoints: self.endpoints(),
+            stats_per_interval: false,
         }
     }
 

@@ -94,6 +94,11 @@ pub struct Learning {
     pub throttled: u64,
     /// Endpoints learned and not expired, by service then address.
     pub endpoints: Vec<crate::learn::LearnedEndpoint>,
+    /// Whether `stats` count the report's own span, as snapshots' do from
+    /// this version on (and merged reports'): older snapshots counted from
+    /// their daemon's start, and a merged report leaves their counts out.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stats_per_interval: bool,
 }
 
 /// How many rows `top_sources` and `top_endpoints` keep.

@@ -101,22 +101,29 @@ pub fn create_folder_explained(dir: &Path) -> std::io::Result<()> {
         .map_or(source, std::io::Error::other))
 }
 
+/// The name of [`check_writable`]'s file, less the pid it ends with.
+const WRITE_PROBE: &str = ".classifier-write-check.tmp-";
+
 /// Whether this process can create files in `dir`, tried by creating one
 /// and removing it (permissions alone do not tell: a read-only mount, an
 /// ACL, capabilities). The daemon asks once it has dropped its
 /// capabilities, as root keeps no `CAP_DAC_OVERRIDE`: a folder it could
 /// write into while loading may be closed to it from then on.
 pub fn check_writable(dir: &Path) -> std::io::Result<()> {
-    // Named as a temporary, so a daemon killed between the two steps leaves
-    // a file the next start removes (and reuses if it has the same pid).
-    let probe = dir.join(format!(
-        ".classifier-write-check.tmp-{}",
-        std::process::id()
-    ));
+    // A probe a killed daemon left (the snapshot writer's sweep of
+    // temporaries covers only its own folder) goes first; then a new one,
+    // never through a link someone put under its name.
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.filter_map(Result::ok) {
+            if entry.file_name().to_string_lossy().starts_with(WRITE_PROBE) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+    let probe = dir.join(format!("{WRITE_PROBE}{}", std::process::id()));
     let created = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .open(&probe);
     match created {
         Ok(_) => match std::fs::remove_file(&probe) {
@@ -545,6 +552,7 @@ impl Snapshotter {
             let mut learning = learner.report(&ledger.totals_since_mark());
             let cumulative = learning.stats;
             learning.stats = cumulative.since(&self.learn_stats_at_cut);
+            learning.stats_per_interval = true;
             self.learn_stats_at_cut = cumulative;
             learning
         });
@@ -1220,22 +1228,24 @@ mod tests {
     }
 
     #[test]
-    fn the_write_check_leaves_nothing_behind_and_reuses_a_leftover_probe() {
+    fn the_write_check_leaves_nothing_behind_and_clears_leftover_probes() {
         let folder = crate::test_support::TempFolder::new("write-check");
         check_writable(&folder.0).unwrap();
         assert_eq!(std::fs::read_dir(&folder.0).unwrap().count(), 0);
-        // A daemon of the same pid killed between the two steps.
-        let leftover = folder.file(&format!(
-            ".classifier-write-check.tmp-{}",
-            std::process::id()
-        ));
-        std::fs::write(&leftover, b"").unwrap();
+        // Daemons killed between the two steps, one of the same pid; and
+        // a link planted under the name, which is removed, not followed.
+        let target = folder.file("target");
+        std::fs::write(&target, b"kept").unwrap();
+        let own = folder.file(&format!("{WRITE_PROBE}{}", std::process::id()));
+        std::os::unix::fs::symlink(&target, own).unwrap();
+        std::fs::write(folder.file(&format!("{WRITE_PROBE}1")), b"").unwrap();
         check_writable(&folder.0).unwrap();
-        assert_eq!(std::fs::read_dir(&folder.0).unwrap().count(), 0);
-        // Any other leftover is a temporary the snapshot writer removes.
-        std::fs::write(folder.file(".classifier-write-check.tmp-1"), b"").unwrap();
-        remove_stale_temporaries(&folder.0);
-        assert_eq!(std::fs::read_dir(&folder.0).unwrap().count(), 0);
+        let left: Vec<_> = std::fs::read_dir(&folder.0)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["target"]);
+        assert_eq!(std::fs::read(&target).unwrap(), b"kept");
         let error = check_writable(&folder.file("missing"))
             .unwrap_err()
             .to_string();
