@@ -727,6 +727,23 @@ pub fn merge_paths(paths: &[PathBuf], range: &TimeRange) -> Result<MergedHistory
             .or_default()
             .push(snapshot);
     }
+    let cumulative: Vec<&Snapshot> = used
+        .iter()
+        .filter(|s| {
+            s.report
+                .learning
+                .as_ref()
+                .is_some_and(|l| !l.stats_per_interval)
+        })
+        .collect();
+    if let (Some(first), Some(last)) = (cumulative.first(), cumulative.last()) {
+        log::warn!(
+            "{} snapshot(s) ({} .. {}) count learning from their daemon's start (written before those counts were per interval): their learning counts are left out",
+            cumulative.len(),
+            first.path.display(),
+            last.path.display()
+        );
+    }
     let by_sensor = sensors
         .into_values()
         .map(|own| merge(&own))
@@ -1111,6 +1128,9 @@ fn merge(snapshots: &[&Snapshot]) -> Result<Report, HistoryError> {
 #[derive(Default)]
 struct MergedLearning {
     sum: Option<crate::report::Learning>,
+    /// Whether any snapshot's learning counts were summed (none: the
+    /// counts are unknown, not zero).
+    counted: bool,
     /// Per sensor and interfaces: the end of its latest snapshot read, and
     /// the endpoints it held then.
     latest: BTreeMap<(String, Vec<String>), (String, Vec<crate::learn::LearnedEndpoint>)>,
@@ -1138,17 +1158,14 @@ fn add_learning(
             (&mut sum.throttled, add.throttled, "throttled"),
         ],
     )?;
+    // Older snapshots' counts ran from their daemon's start: left out
+    // (`merge_paths` says so once).
     if add.stats_per_interval {
         sum.stats = sum
             .stats
             .checked_plus(&add.stats)
             .ok_or_else(|| "learning.stats".to_string())?;
-    } else {
-        log::warn!(
-            "a snapshot of {} ending {} counts learning from its daemon's start (written before counts were per interval): its learning counts are left out",
-            report.sensor,
-            report.end
-        );
+        merged.counted = true;
     }
     for feed in &add.domain_feeds {
         if !sum.domain_feeds.contains(feed) {
@@ -1171,6 +1188,7 @@ fn add_learning(
 impl MergedLearning {
     fn finish(self) -> Option<crate::report::Learning> {
         let mut learning = self.sum?;
+        learning.stats_per_interval = self.counted;
         let mut endpoints: BTreeMap<(String, IpAddr), crate::learn::LearnedEndpoint> =
             BTreeMap::new();
         for endpoint in self
@@ -1940,17 +1958,30 @@ mod tests {
         let folder = TempFolder::new("merge-learning");
         write_chain(&folder, reports);
         let merged = merge_folder(&folder, &TimeRange::default()).report;
-        let learning = merged.learning.expect("a learning section");
-        assert_eq!(learning.stats.learned, 5);
-        assert_eq!(learning.handed_over, 20);
-        assert!(learning.stats_per_interval);
-        assert_eq!(learning.domain_feeds.len(), 1);
-        let addresses: Vec<String> = learning
+        let section = merged.learning.expect("a learning section");
+        assert_eq!(section.stats.learned, 5);
+        assert_eq!(section.handed_over, 20);
+        assert!(section.stats_per_interval);
+        assert_eq!(section.domain_feeds.len(), 1);
+        let addresses: Vec<String> = section
             .endpoints
             .iter()
             .map(|e| e.address.to_string())
             .collect();
         assert_eq!(addresses, ["192.0.2.3"], "the latest snapshot's endpoints");
+
+        // Only older snapshots: the counts are unknown, and say so.
+        let mut reports = three_hours();
+        reports[0].learning = Some(learning(5, false, Vec::new()));
+        let folder = TempFolder::new("merge-learning-old");
+        write_chain(&folder, reports);
+        let merged = merge_folder(&folder, &TimeRange::default()).report;
+        assert!(
+            !merged
+                .learning
+                .expect("a learning section")
+                .stats_per_interval
+        );
     }
 
     fn merge_folder(folder: &TempFolder, range: &TimeRange) -> MergedHistory {
