@@ -933,17 +933,25 @@ fn write_snapshot_once(dir: &Path, name: &str, text: &str) -> std::io::Result<()
 
 /// The snapshot the writer of `dir` (a daemon or a replay) last wrote
 /// whole, with the SHA-256 it wrote: its state file's, when the marker says
-/// that write finished.
+/// that write finished, else the one the state's unwritten cut follows.
 pub fn last_written(dir: &Path) -> Option<LastWritten> {
     let state = read_state(dir)?;
     let marker = std::fs::read_to_string(dir.join(WRITTEN_MARKER)).ok()?;
-    if marker != state.snapshot_file {
-        return None;
-    }
     // The state keeps the snapshot's text: its link to the one before.
     let follows = serde_json::from_str::<Report>(&state.snapshot)
         .ok()
         .and_then(|report| report.snapshot?.previous);
+    if marker != state.snapshot_file {
+        // The cut it holds was not written whole (the daemon died between
+        // the writes): the last written is the one that cut follows, whose
+        // SHA-256 its link records.
+        return follows
+            .filter(|previous| previous.file == marker)
+            .map(|snapshot| LastWritten {
+                snapshot,
+                follows: None,
+            });
+    }
     Some(LastWritten {
         snapshot: PreviousSnapshot {
             file: state.snapshot_file,
@@ -1286,6 +1294,13 @@ mod tests {
             follows,
         } = last_written(&folder).unwrap();
         let follows = follows.expect("the second follows the first");
+        // A cut in the state but not in its file (the daemon died between
+        // the two writes): the last written is the one it follows.
+        std::fs::write(folder.join(WRITTEN_MARKER), &follows.file).unwrap();
+        let interrupted = last_written(&folder).unwrap();
+        assert_eq!(interrupted.snapshot, follows);
+        assert!(interrupted.follows.is_none());
+        std::fs::write(folder.join(WRITTEN_MARKER), &last.file).unwrap();
         let path = folder.join(&last.file);
         let text = std::fs::read_to_string(&path).unwrap();
         std::fs::write(&path, text.replacen("\"packets\": ", "\"packets\": 1", 1)).unwrap();
