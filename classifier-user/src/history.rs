@@ -1078,7 +1078,7 @@ fn merge(snapshots: &[&Snapshot]) -> Result<Report, HistoryError> {
             add_flow(&mut flows, flow).map_err(overflow)?;
         }
         if let Some(add) = &report.learning {
-            add_learning(&mut learning, add, report).map_err(overflow)?;
+            learning.add(add, report).map_err(overflow)?;
         }
     }
 
@@ -1136,56 +1136,53 @@ struct MergedLearning {
     latest: BTreeMap<(String, Vec<String>), (String, Vec<crate::learn::LearnedEndpoint>)>,
 }
 
-fn add_learning(
-    merged: &mut MergedLearning,
-    add: &crate::report::Learning,
-    report: &Report,
-) -> Result<(), String> {
-    let sum = merged.sum.get_or_insert_with(|| crate::report::Learning {
-        domain_feeds: Vec::new(),
-        stats: crate::learn::LearnStats::default(),
-        handed_over: 0,
-        ring_drops: 0,
-        throttled: 0,
-        endpoints: Vec::new(),
-        stats_per_interval: true,
-    });
-    add_named(
-        "learning",
-        [
-            (&mut sum.handed_over, add.handed_over, "handed_over"),
-            (&mut sum.ring_drops, add.ring_drops, "ring_drops"),
-            (&mut sum.throttled, add.throttled, "throttled"),
-        ],
-    )?;
-    // Older snapshots' counts ran from their daemon's start: left out
-    // (`merge_paths` says so once).
-    if add.stats_per_interval {
-        sum.stats = sum
-            .stats
-            .checked_plus(&add.stats)
-            .ok_or_else(|| "learning.stats".to_string())?;
-        merged.counted = true;
-    }
-    for feed in &add.domain_feeds {
-        if !sum.domain_feeds.contains(feed) {
-            sum.domain_feeds.push(feed.clone());
-        }
-    }
-    let sensor = (report.sensor.clone(), report.interfaces.clone());
-    let later = merged
-        .latest
-        .get(&sensor)
-        .is_none_or(|(end, _)| parse_time(&report.end) >= parse_time(end));
-    if later {
-        merged
-            .latest
-            .insert(sensor, (report.end.clone(), add.endpoints.clone()));
-    }
-    Ok(())
-}
-
 impl MergedLearning {
+    /// Adds one report's learning section.
+    fn add(&mut self, add: &crate::report::Learning, report: &Report) -> Result<(), String> {
+        let sum = self.sum.get_or_insert_with(|| crate::report::Learning {
+            domain_feeds: Vec::new(),
+            stats: crate::learn::LearnStats::default(),
+            handed_over: 0,
+            ring_drops: 0,
+            throttled: 0,
+            endpoints: Vec::new(),
+            stats_per_interval: true,
+        });
+        add_named(
+            "learning",
+            [
+                (&mut sum.handed_over, add.handed_over, "handed_over"),
+                (&mut sum.ring_drops, add.ring_drops, "ring_drops"),
+                (&mut sum.throttled, add.throttled, "throttled"),
+            ],
+        )?;
+        // Older snapshots' counts ran from their daemon's start: left out
+        // (`merge_paths` says so once).
+        if add.stats_per_interval {
+            sum.stats = sum
+                .stats
+                .checked_plus(&add.stats)
+                .ok_or_else(|| "learning.stats".to_string())?;
+            self.counted = true;
+        }
+        for feed in &add.domain_feeds {
+            if !sum.domain_feeds.contains(feed) {
+                sum.domain_feeds.push(feed.clone());
+            }
+        }
+        let sensor = (report.sensor.clone(), report.interfaces.clone());
+        let later = self
+            .latest
+            .get(&sensor)
+            .is_none_or(|(end, _)| parse_time(&report.end) >= parse_time(end));
+        if later {
+            self.latest
+                .insert(sensor, (report.end.clone(), add.endpoints.clone()));
+        }
+        Ok(())
+    }
+
+    /// The merged section; `None` when no report had one.
     fn finish(self) -> Option<crate::report::Learning> {
         let mut learning = self.sum?;
         learning.stats_per_interval = self.counted;

@@ -1301,9 +1301,13 @@ mod tests {
         assert_eq!(interrupted.snapshot, follows);
         assert!(interrupted.follows.is_none());
         std::fs::write(folder.join(WRITTEN_MARKER), &last.file).unwrap();
+        // An edit that keeps the file valid JSON.
+        let edit = |path: &Path| {
+            let text = std::fs::read_to_string(path).unwrap();
+            std::fs::write(path, text.replacen("\"packets\": ", "\"packets\": 1", 1)).unwrap();
+        };
         let path = folder.join(&last.file);
-        let text = std::fs::read_to_string(&path).unwrap();
-        std::fs::write(&path, text.replacen("\"packets\": ", "\"packets\": 1", 1)).unwrap();
+        edit(&path);
         let ChainCheck::Broken { file, problem } = check() else {
             panic!("an edited last snapshot passed");
         };
@@ -1337,8 +1341,7 @@ mod tests {
         // Gone, and the one before it edited: the record of the gone one's
         // link shows it.
         let before = folder.join(&follows.file);
-        let text = std::fs::read_to_string(&before).unwrap();
-        std::fs::write(&before, text.replacen("\"packets\": ", "\"packets\": 1", 1)).unwrap();
+        edit(&before);
         let ChainCheck::Broken { file, problem } = check() else {
             panic!("an edit before a gone last snapshot passed");
         };

@@ -210,16 +210,7 @@ fn a_program_the_verifier_refuses_leaves_no_pin_and_no_attachment() {
         error.contains("pointer arithmetic with it prohibited for !root"),
         "{error}"
     );
-    assert!(
-        !pins.path.join(&link.sensor_iface).exists(),
-        "no pin left behind"
-    );
-    let shown = std::process::Command::new("ip")
-        .args(["-n", &link.sensor.name, "link", "show", &link.sensor_iface])
-        .output()
-        .expect("ip link show");
-    let shown = String::from_utf8_lossy(&shown.stdout);
-    assert!(!shown.contains("xdp"), "no XDP program attached: {shown}");
+    assert_nothing_left(&link, &pins.path);
     drop(pins);
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -253,6 +244,13 @@ fn refused_at_start(link: &VethLink, pins: &Path, feed: &Path, args: &[&str]) ->
     let error = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(!still_running, "still running after 30 s: {error}");
     assert_eq!(output.status.code(), Some(1), "{error}");
+    assert_nothing_left(link, pins);
+    error
+}
+
+/// Asserts that no pin of `link`'s interface is left under `pins` and
+/// that no XDP program is attached to it.
+fn assert_nothing_left(link: &VethLink, pins: &Path) {
     assert!(
         !pins.join(&link.sensor_iface).exists(),
         "no pin left behind"
@@ -263,7 +261,6 @@ fn refused_at_start(link: &VethLink, pins: &Path, feed: &Path, args: &[&str]) ->
         .expect("ip link show");
     let shown = String::from_utf8_lossy(&shown.stdout);
     assert!(!shown.contains("xdp"), "no XDP program attached: {shown}");
-    error
 }
 
 #[test]
