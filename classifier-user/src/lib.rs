@@ -25,6 +25,7 @@ pub mod object_file;
 pub mod pins;
 pub mod privileges;
 pub mod pseudonym;
+pub mod recipe;
 pub mod replay;
 pub mod report;
 pub mod run;

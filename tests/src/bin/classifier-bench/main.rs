@@ -6,11 +6,13 @@
 //!
 //! Modules: `workload` (feeds and frames), `stream` (stream mode), `live`
 //! (veth frames per second), `host` (drain, daemon memory), `peers`
-//! (xdp-filter, ndpiReader).
+//! (xdp-filter, ndpiReader), `recipes` (issue 6's recipes, the floors of
+//! our paths).
 
 mod host;
 mod live;
 mod peers;
+mod recipes;
 mod stream;
 mod workload;
 
@@ -31,6 +33,7 @@ use classifier_user::{
     loader::{AttachMode, Capacities, ProgramSetup, Sensor, Verdict, interface_index},
     testrun::{attach_xdp_link, load_constant_xdp, program_fd, run_repeated},
 };
+use recipes::{MATCH_RECIPE_CASE, RECIPE_CASE, match_recipe_floor, recipe_floor};
 use workload::{
     KNOWN_FLOW_CASE, MATCH_CASE, NEW_FLOW_CASE, NEW_FLOW_TABLE_CASE, NEW_FLOW_WARM_CASE,
     WATCHED_TCP_CASE, cases, random_feed, random_unwatched_frames, stream_cases, stream_length,
@@ -390,6 +393,31 @@ fn main() -> Result<()> {
             both.ours.ratio,
         ));
     }
+    if options.wants(MATCH_RECIPE_CASE) {
+        let recipe = match_recipe_floor(floor.as_fd(), program_fd(&sensor)?, &options)?;
+        figures.insert("match_recipe_ratio", recipe.known.recipe.ratio);
+        figures.insert("match_vs_recipe_ratio", recipe.known.ours.ratio);
+        figures.insert("new_flow_recipe_ratio", recipe.new_flow.ratio);
+        figures.insert("nonendpoint_recipe_ratio", recipe.non_endpoint.recipe.ratio);
+        figures.insert(
+            "nonendpoint_vs_recipe_ratio",
+            recipe.non_endpoint.ours.ratio,
+        );
+        notes.push(format!(
+            "The match path's floor on this machine: issue 6's design for it (parse and compare the source with one watched prefix; add to one per-CPU totals value; the destination's entry in a first level by its top 18 bits, its /24's 256-bit leaf, its rank by a software popcount, its service; add to the service's per-CPU counters; hash the 5-tuple into a direct-mapped per-CPU flow cache, compare, add and stamp), in BPF instructions written by hand, on the 64-byte match frame: {:.1} ns against {:.1} ns for the empty program, {:.3} x a known flow's packet; every packet a new flow (claiming a slot whatever it holds): {:.1} ns against {:.1} ns, {:.3} x (each counted every packet it ran on). Ours on the same frame: {:.3} x the recipe's known flow. The same program on the 64-byte watched -> non-endpoint frame (counted in its totals, then no entry in the first level): {:.1} ns against {:.1} ns, {:.3} x; ours {:.3} x it.",
+            recipe.known.recipe.ours_ns,
+            recipe.known.recipe.floor_ns,
+            recipe.known.recipe.ratio,
+            recipe.new_flow.ours_ns,
+            recipe.new_flow.floor_ns,
+            recipe.new_flow.ratio,
+            recipe.known.ours.ratio,
+            recipe.non_endpoint.recipe.ours_ns,
+            recipe.non_endpoint.recipe.floor_ns,
+            recipe.non_endpoint.recipe.ratio,
+            recipe.non_endpoint.ours.ratio,
+        ));
+    }
     let ratio_of = |rows: &[Row], prefix: &str, bytes: usize| {
         rows.iter()
             .find(|r| r.case.starts_with(prefix) && r.bytes == bytes)
@@ -663,56 +691,6 @@ fn markdown(
 
 /// The rows measured on the bundled feed.
 const BUNDLED_GROUP: &str = "bundled feed (33,401 prefixes), 1 watched prefix";
-
-/// The name `--only` picks the recipe's measurement by.
-const RECIPE_CASE: &str = "a non-watched: the recipe";
-
-/// The recipe against the empty program, and ours against the recipe.
-struct RecipeCost {
-    recipe: Measurement,
-    ours: Measurement,
-}
-
-/// Issue 6's recipe for the non-watched path ("parsing plus one per-CPU
-/// array update"), hand-written in raw BPF
-/// (`testrun::load_parse_and_count_xdp`), measured on the 64-byte
-/// non-watched frame against the empty program and against ours: what the
-/// non-watched path costs at the least on this machine, so the 1.10 target
-/// can be read against it. Checks that the recipe counted every packet it
-/// ran on, with its bytes.
-fn recipe_floor(
-    floor: BorrowedFd<'_>,
-    ours: BorrowedFd<'_>,
-    both_addresses: bool,
-    options: &Options,
-) -> Result<RecipeCost> {
-    use aya::maps::{Map, MapData, PerCpuArray};
-    let frame = cases(64).swap_remove(0).1;
-    let prefix = "175.45.176.0/22".parse().expect("a prefix");
-    let (recipe, counters) =
-        classifier_user::testrun::load_parse_and_count_xdp(prefix, both_addresses)
-            .context("load the recipe program")?;
-    let recipe_vs_empty = measure(floor, recipe.as_fd(), &frame, options)?;
-    let ours_vs_recipe = measure(recipe.as_fd(), ours, &frame, options)?;
-    let counters: PerCpuArray<MapData, [u64; 2]> =
-        PerCpuArray::try_from(Map::PerCpuArray(MapData::from_fd(counters)?))?;
-    let (packets, bytes) = counters
-        .get(&0, 0)?
-        .iter()
-        .fold((0, 0), |(p, b), [packets, bytes]| (p + packets, b + bytes));
-    // Its runs: the warm-up and two per round as `ours`, then two per
-    // round as the floor.
-    let runs = 1000 + 4 * options.rounds() as u64 * u64::from(options.repeat());
-    ensure!(
-        packets == runs && bytes == runs * frame.len() as u64,
-        "the recipe program ran {runs} times on a {}-byte frame but counted {packets} packets and {bytes} bytes",
-        frame.len()
-    );
-    Ok(RecipeCost {
-        recipe: recipe_vs_empty,
-        ours: ours_vs_recipe,
-    })
-}
 
 /// [`NEW_FLOW_WARM_CASE`]: the match frame, repeated, into a program set
 /// up to count every matched packet as a new flow, with every cache slot

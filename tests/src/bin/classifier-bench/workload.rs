@@ -86,7 +86,7 @@ pub fn cases(size: usize) -> Vec<(&'static str, Vec<u8>)> {
             sized(FrameSpec::udp("192.0.2.1", "198.18.0.1", 40000, 443)),
         ),
         (
-            "b watched -> non-endpoint",
+            NON_ENDPOINT_CASE,
             sized(FrameSpec::udp(watched4, "198.18.0.1", 40000, 443)),
         ),
         (
@@ -248,6 +248,8 @@ pub fn stream_cases(
 
 /// A watched source to a feed's endpoint, the flow known.
 pub const MATCH_CASE: &str = "c watched -> endpoint";
+/// A watched source's UDP packet to an address no feed names.
+pub const NON_ENDPOINT_CASE: &str = "b watched -> non-endpoint";
 /// The match frame repeated into a program set up to count every matched
 /// packet as a new flow, with every cache slot recyclable: a new flow's
 /// first packet with the program's code and data warm.
