@@ -1096,6 +1096,7 @@ fn merge(snapshots: &[&Snapshot]) -> Result<Report, HistoryError> {
     let start = snapshots.iter().map(|s| s.start).min();
     let end = snapshots.iter().map(|s| s.end).max();
     let sensors: Vec<String> = sensors.into_iter().collect();
+    let learning = learning.finish(merged_from.len());
 
     Ok(Report {
         schema: SCHEMA.to_string(),
@@ -1118,7 +1119,7 @@ fn merge(snapshots: &[&Snapshot]) -> Result<Report, HistoryError> {
         flows,
         snapshot: None,
         merged_from,
-        learning: learning.finish(),
+        learning,
     })
 }
 
@@ -1131,6 +1132,9 @@ struct MergedLearning {
     /// Whether any snapshot's learning counts were summed (none: the
     /// counts are unknown, not zero).
     counted: bool,
+    /// Snapshots whose learning counts were summed (a merged report given
+    /// as input adds those its own counts cover).
+    counted_snapshots: u64,
     /// Per sensor and interfaces: the end of its latest snapshot read, and
     /// the endpoints it held then.
     latest: BTreeMap<(String, Vec<String>), (String, Vec<crate::learn::LearnedEndpoint>)>,
@@ -1147,6 +1151,7 @@ impl MergedLearning {
             throttled: 0,
             endpoints: Vec::new(),
             stats_per_interval: true,
+            stats_cover_snapshots: None,
         });
         add_named(
             "learning",
@@ -1164,6 +1169,8 @@ impl MergedLearning {
                 .checked_plus(&add.stats)
                 .ok_or_else(|| "learning.stats".to_string())?;
             self.counted = true;
+            let parts = report.merged_from.len().max(1) as u64;
+            self.counted_snapshots += add.stats_cover_snapshots.unwrap_or(parts);
         }
         for feed in &add.domain_feeds {
             if !sum.domain_feeds.contains(feed) {
@@ -1182,10 +1189,13 @@ impl MergedLearning {
         Ok(())
     }
 
-    /// The merged section; `None` when no report had one.
-    fn finish(self) -> Option<crate::report::Learning> {
+    /// The merged section of a merge of `snapshots`; `None` when no
+    /// report had one.
+    fn finish(self, snapshots: usize) -> Option<crate::report::Learning> {
         let mut learning = self.sum?;
         learning.stats_per_interval = self.counted;
+        learning.stats_cover_snapshots =
+            (self.counted_snapshots < snapshots as u64).then_some(self.counted_snapshots);
         let mut endpoints: BTreeMap<(String, IpAddr), crate::learn::LearnedEndpoint> =
             BTreeMap::new();
         for endpoint in self
@@ -1934,6 +1944,7 @@ mod tests {
             throttled: 0,
             endpoints,
             stats_per_interval: per_interval,
+            stats_cover_snapshots: None,
         };
         let mut reports = three_hours();
         // Written before counts were per interval: its counts are left out.
@@ -1955,10 +1966,19 @@ mod tests {
         let folder = TempFolder::new("merge-learning");
         write_chain(&folder, reports);
         let merged = merge_folder(&folder, &TimeRange::default()).report;
-        let section = merged.learning.expect("a learning section");
+        let section = merged.learning.as_ref().expect("a learning section");
         assert_eq!(section.stats.learned, 5);
         assert_eq!(section.handed_over, 20);
         assert!(section.stats_per_interval);
+        // The older snapshot's counts are left out: they cover 2 of 3.
+        assert_eq!(section.stats_cover_snapshots, Some(2));
+        assert!(
+            merged.render(crate::report::ReportFormat::Table).contains(
+                "the counts below cover 2 of the 3 snapshots merged (the others had learning off"
+            ),
+            "{}",
+            merged.render(crate::report::ReportFormat::Table)
+        );
         assert_eq!(section.domain_feeds.len(), 1);
         let addresses: Vec<String> = section
             .endpoints
@@ -1973,11 +1993,25 @@ mod tests {
         let folder = TempFolder::new("merge-learning-old");
         write_chain(&folder, reports);
         let merged = merge_folder(&folder, &TimeRange::default()).report;
+        let section = merged.learning.expect("a learning section");
+        assert!(!section.stats_per_interval);
+        assert_eq!(section.stats_cover_snapshots, Some(0));
+
+        // Learning on in every snapshot: their counts cover all, unsaid.
+        let mut reports = three_hours();
+        for (report, learned) in reports.iter_mut().zip([1, 2, 3]) {
+            report.learning = Some(learning(learned, true, Vec::new()));
+        }
+        let folder = TempFolder::new("merge-learning-all");
+        write_chain(&folder, reports);
+        let merged = merge_folder(&folder, &TimeRange::default()).report;
+        let section = merged.learning.as_ref().expect("a learning section");
+        assert_eq!(section.stats.learned, 6);
+        assert_eq!(section.stats_cover_snapshots, None);
         assert!(
             !merged
-                .learning
-                .expect("a learning section")
-                .stats_per_interval
+                .render(crate::report::ReportFormat::Table)
+                .contains("the counts below cover")
         );
     }
 

@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 
 use crate::{
     history::{Interval, MergedHistory},
-    report::{Report, TopRow, rfc3339},
+    report::{Learning, Report, TopRow, rfc3339},
 };
 
 /// Okabe–Ito, then grey for "other".
@@ -66,6 +66,9 @@ pub fn render(history: &MergedHistory) -> String {
         "Endpoint",
         &report.top_endpoints,
     );
+    if let Some(learning) = &report.learning {
+        learning_section(&mut page, learning, report.merged_from.len());
+    }
     totals_section(&mut page, history);
     if !history.by_sensor.is_empty() {
         by_sensor_section(&mut page, &history.by_sensor);
@@ -611,47 +614,49 @@ fn totals_section(page: &mut String, history: &MergedHistory) {
     let table = &report.flow_table;
     let counts = &history.counts;
     page.push_str("<section>\n<h2>Totals and coverage</h2>\n<table id=\"totals\">\n");
-    for (field, label, value) in [
-        ("packets", "Packets", totals.packets),
-        ("bytes", "Bytes", totals.bytes),
-        ("ipv4", "IPv4 packets", totals.ipv4),
-        ("ipv6", "IPv6 packets", totals.ipv6),
-        ("other", "Other packets", totals.other),
-        ("malformed", "Malformed packets", totals.malformed),
-        ("watched", "Packets of watched addresses", totals.watched),
-        (
-            "matched",
-            "Matched packets (watched and endpoint)",
-            totals.matched,
-        ),
-    ] {
-        let _ = writeln!(page, "<tr><th>{label}</th>{}</tr>", number(field, value));
-    }
+    count_rows(
+        page,
+        &[
+            ("packets", "Packets", totals.packets),
+            ("bytes", "Bytes", totals.bytes),
+            ("ipv4", "IPv4 packets", totals.ipv4),
+            ("ipv6", "IPv6 packets", totals.ipv6),
+            ("other", "Other packets", totals.other),
+            ("malformed", "Malformed packets", totals.malformed),
+            ("watched", "Packets of watched addresses", totals.watched),
+            (
+                "matched",
+                "Matched packets (watched and endpoint)",
+                totals.matched,
+            ),
+        ],
+    );
     page.push_str("</table>\n<table id=\"coverage\">\n");
-    for (field, label, value) in [
-        ("drains", "Drains", table.drains),
-        ("inserts", "Flow-table inserts", table.inserts),
-        ("evictions", "Flow-table evictions", table.evictions),
-        (
-            "insert_failures",
-            "Flow-table insert failures",
-            table.insert_failures,
-        ),
-        ("snapshots", "Snapshots used", counts.used as u64),
-        ("restarts", "Daemon restarts", counts.restarts),
-        (
-            "duplicates",
-            "Identical copies skipped",
-            counts.duplicates as u64,
-        ),
-        (
-            "overlapping",
-            "Overlapping snapshots skipped",
-            counts.overlapping as u64,
-        ),
-    ] {
-        let _ = writeln!(page, "<tr><th>{label}</th>{}</tr>", number(field, value));
-    }
+    count_rows(
+        page,
+        &[
+            ("drains", "Drains", table.drains),
+            ("inserts", "Flow-table inserts", table.inserts),
+            ("evictions", "Flow-table evictions", table.evictions),
+            (
+                "insert_failures",
+                "Flow-table insert failures",
+                table.insert_failures,
+            ),
+            ("snapshots", "Snapshots used", counts.used as u64),
+            ("restarts", "Daemon restarts", counts.restarts),
+            (
+                "duplicates",
+                "Identical copies skipped",
+                counts.duplicates as u64,
+            ),
+            (
+                "overlapping",
+                "Overlapping snapshots skipped",
+                counts.overlapping as u64,
+            ),
+        ],
+    );
     let _ = writeln!(
         page,
         "<tr><th>Seconds without a counting program</th><td class=\"n\" data-field=\"gap_seconds\">{:.1}</td></tr>",
@@ -671,6 +676,115 @@ fn totals_section(page: &mut String, history: &MergedHistory) {
         );
     }
     page.push_str("</table>\n</section>\n");
+}
+
+/// What learning did over the `snapshots` merged, and the endpoints it
+/// held at the end of each sensor's latest one (`MergedLearning`).
+fn learning_section(page: &mut String, learning: &Learning, snapshots: usize) {
+    page.push_str("<section>\n<h2>Learning</h2>\n<table id=\"learning\">\n");
+    count_rows(
+        page,
+        &[
+            (
+                "handed_over",
+                "Packets handed over to learn from",
+                learning.handed_over,
+            ),
+            (
+                "ring_drops",
+                "Not handed over: ring buffer full",
+                learning.ring_drops,
+            ),
+            (
+                "throttled",
+                "Not handed over: over the rate",
+                learning.throttled,
+            ),
+        ],
+    );
+    let s = &learning.stats;
+    if let Some(covered) = learning.stats_cover_snapshots
+        && learning.stats_per_interval
+    {
+        let _ = writeln!(
+            page,
+            "<tr><th>Snapshots the counts below cover</th><td class=\"n\" \
+             data-field=\"stats_cover_snapshots\">{covered}</td></tr>\n\
+             <tr><th>Snapshots merged</th>{}</tr>",
+            number("snapshots_merged", snapshots as u64)
+        );
+    }
+    if learning.stats_per_interval {
+        count_rows(
+            page,
+            &[
+                (
+                    "dns_responses",
+                    "DNS responses to watched hosts",
+                    s.dns_responses,
+                ),
+                ("dns_unparsed", "DNS responses unreadable", s.dns_unparsed),
+                (
+                    "dns_matched",
+                    "DNS responses for listed domains",
+                    s.dns_matched,
+                ),
+                ("tcp_segments", "TCP segments read", s.tcp_segments),
+                ("tls_flows_named", "Flows named by TLS", s.tls_flows_named),
+                ("learned", "Addresses learned", s.learned),
+                ("renewed", "Addresses learned again", s.renewed),
+                ("expired", "Addresses expired", s.expired),
+                (
+                    "skipped_shared_hosting",
+                    "Not learned: shared hosting or CDN",
+                    s.skipped_shared_hosting,
+                ),
+                ("skipped_watched", "Not learned: watched", s.skipped_watched),
+                (
+                    "skipped_capacity",
+                    "Not learned: table full",
+                    s.skipped_capacity,
+                ),
+            ],
+        );
+    } else {
+        // Older snapshots counted from their daemon's start: not summed.
+        page.push_str(
+            "<tr><th>DNS responses, TLS names, addresses learned</th>\
+             <td>not known: the snapshots predate per-interval learning counts</td></tr>\n",
+        );
+    }
+    let feeds: Vec<String> = learning
+        .domain_feeds
+        .iter()
+        .map(|(name, sha256)| format!("{name} (SHA-256 {sha256})"))
+        .collect();
+    let _ = writeln!(
+        page,
+        "<tr><th>Domain feeds</th><td>{}</td></tr>\n</table>",
+        escape(&feeds.join(", "))
+    );
+    if !learning.endpoints.is_empty() {
+        page.push_str(
+            "<table id=\"learned-endpoints\">\n<tr><th>Endpoint</th><th>Service</th><th>Name</th>\
+             <th>Learned from</th><th>Asked by</th><th>Answered by</th><th>Until</th></tr>\n",
+        );
+        for endpoint in &learning.endpoints {
+            let _ = writeln!(
+                page,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape(&endpoint.address.to_string()),
+                escape(&endpoint.service),
+                escape(&endpoint.name),
+                escape(&endpoint.how),
+                escape(&endpoint.watched.to_string()),
+                escape(&endpoint.resolver.to_string()),
+                seconds(Some(&endpoint.expires_at)),
+            );
+        }
+        page.push_str("</table>\n");
+    }
+    page.push_str("</section>\n");
 }
 
 /// `--by-sensor`: each sensor's own totals; the merged figures above
@@ -702,6 +816,13 @@ fn by_sensor_section(page: &mut String, sensors: &[Report]) {
         );
     }
     page.push_str("</table>\n</section>\n");
+}
+
+/// Table rows of counts: a label, and the number with its field name.
+fn count_rows(page: &mut String, rows: &[(&str, &str, u64)]) {
+    for (field, label, value) in rows {
+        let _ = writeln!(page, "<tr><th>{label}</th>{}</tr>", number(field, *value));
+    }
 }
 
 fn number(field: &str, value: u64) -> String {
@@ -836,6 +957,69 @@ mod tests {
             plain.contains("</td></tr>\n</table>\n<h2>Feeds</h2>"),
             "{plain}"
         );
+    }
+
+    #[test]
+    fn the_learning_section_gives_its_counts_and_endpoints_or_says_they_are_unknown() {
+        let endpoint = crate::learn::LearnedEndpoint {
+            address: "198.51.100.7".parse().unwrap(),
+            service: "hotspot-shield".into(),
+            domain: "hotspotshield.com".into(),
+            name: "api.hotspotshield.com".into(),
+            watched: "175.45.176.9".parse().unwrap(),
+            resolver: "175.45.176.1".parse().unwrap(),
+            how: "dns".into(),
+            learned_at: "2026-11-24T19:10:00Z".into(),
+            expires_at: "2026-11-24T20:10:00Z".into(),
+            expires_at_unix_ns: 0,
+        };
+        let mut learning = Learning {
+            domain_feeds: vec![("vpn-domains.csv".into(), "ab12".into())],
+            stats: crate::learn::LearnStats {
+                dns_responses: 12,
+                learned: 3,
+                ..Default::default()
+            },
+            handed_over: 40,
+            ring_drops: 1,
+            throttled: 2,
+            endpoints: vec![endpoint],
+            stats_per_interval: true,
+            stats_cover_snapshots: None,
+        };
+        let mut page = String::new();
+        learning_section(&mut page, &learning, 3);
+        for expected in [
+            "data-field=\"handed_over\">40<",
+            "data-field=\"ring_drops\">1<",
+            "data-field=\"throttled\">2<",
+            "data-field=\"dns_responses\">12<",
+            "data-field=\"learned\">3<",
+            "vpn-domains.csv (SHA-256 ab12)",
+            "<tr><td>198.51.100.7</td><td>hotspot-shield</td><td>api.hotspotshield.com</td>\
+             <td>dns</td><td>175.45.176.9</td><td>175.45.176.1</td><td>2026-11-24 20:10:00</td></tr>",
+        ] {
+            assert!(page.contains(expected), "{expected} in {page}");
+        }
+        assert!(!page.contains("stats_cover_snapshots"), "{page}");
+        learning.stats_cover_snapshots = Some(2);
+        let mut page = String::new();
+        learning_section(&mut page, &learning, 3);
+        assert!(
+            page.contains("data-field=\"stats_cover_snapshots\">2<"),
+            "{page}"
+        );
+        assert!(
+            page.contains("data-field=\"snapshots_merged\">3<"),
+            "{page}"
+        );
+        learning.stats_per_interval = false;
+        learning.stats_cover_snapshots = Some(0);
+        let mut page = String::new();
+        learning_section(&mut page, &learning, 3);
+        assert!(!page.contains("dns_responses"), "{page}");
+        assert!(page.contains("not known"), "{page}");
+        assert!(page.contains("data-field=\"handed_over\">40<"), "{page}");
     }
 
     #[test]

@@ -643,6 +643,7 @@ impl Learner {
             throttled: totals.learn_throttled,
             endpoints: self.endpoints(),
             stats_per_interval: false,
+            stats_cover_snapshots: None,
         }
     }
 

@@ -99,6 +99,11 @@ pub struct Learning {
     /// their daemon's start, and a merged report leaves their counts out.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stats_per_interval: bool,
+    /// In a merged report whose `stats` sum fewer snapshots than it
+    /// merged (`merged_from`; the others had learning off, or counted from
+    /// their daemon's start): how many they sum. Absent when they sum all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats_cover_snapshots: Option<u64>,
 }
 
 /// How many rows `top_sources` and `top_endpoints` keep.
@@ -617,6 +622,13 @@ impl Report {
                 "\nlearning: {} packets handed over ({} dropped, ring buffer full; {} over the rate)",
                 learning.handed_over, learning.ring_drops, learning.throttled
             );
+            if let Some(covered) = learning.stats_cover_snapshots {
+                let _ = writeln!(
+                    out,
+                    "  the counts below cover {covered} of the {} snapshots merged (the others had learning off or counted from their daemon's start)",
+                    self.merged_from.len()
+                );
+            }
             let _ = writeln!(
                 out,
                 "  {} DNS responses to watched hosts ({} unreadable, {} for listed domains); {} addresses learned, {} renewed, {} expired; not learned: {} in shared hosting or CDNs, {} over capacity",

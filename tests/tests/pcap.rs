@@ -155,6 +155,18 @@ fn snapshots_of_a_pcap_follow_the_capture_clock() {
         .and_then(|learning| learning.remove("stats_per_interval"));
     assert_eq!(per_interval, Some(Value::Bool(true)), "{merged_learning}");
     assert_eq!(merged_learning, report["learning"]);
+    // And so does the HTML report.
+    let output = classifier(&["report", text(&snapshots), "--format", "html"]);
+    assert!(output.status.success(), "{output:?}");
+    let page = String::from_utf8(output.stdout).expect("UTF-8");
+    for (field, count) in [
+        ("handed_over", handed_over),
+        ("tls_flows_named", report_stats["tls_flows_named"]),
+        ("tcp_segments", report_stats["tcp_segments"]),
+    ] {
+        let cell = format!("data-field=\"{field}\">{count}<");
+        assert!(page.contains(&cell), "{cell} not in the HTML report");
+    }
     assert_eq!(
         previous_end, report["end"],
         "the last snapshot ends at the last frame"
