@@ -1993,9 +1993,15 @@ mod tests {
         let folder = TempFolder::new("merge-learning-old");
         write_chain(&folder, reports);
         let merged = merge_folder(&folder, &TimeRange::default()).report;
+        let table = merged.render(crate::report::ReportFormat::Table);
         let section = merged.learning.expect("a learning section");
         assert!(!section.stats_per_interval);
         assert_eq!(section.stats_cover_snapshots, Some(0));
+        assert!(
+            table.contains("DNS, TLS and address counts not known")
+                && !table.contains("DNS responses to watched hosts"),
+            "{table}"
+        );
 
         // Learning on in every snapshot: their counts cover all, unsaid.
         let mut reports = three_hours();

@@ -710,7 +710,7 @@ fn learning_section(page: &mut String, learning: &Learning, snapshots: usize) {
             page,
             "<tr><th>Snapshots the counts below cover</th><td class=\"n\" \
              data-field=\"stats_cover_snapshots\">{covered}</td></tr>\n\
-             <tr><th>Snapshots merged</th>{}</tr>",
+             <tr><th>Snapshots merged (each part of a merged report given)</th>{}</tr>",
             number("snapshots_merged", snapshots as u64)
         );
     }

@@ -104,8 +104,8 @@ pub const MATCH_RECIPE_SERVICES: u32 = 1024;
 /// drain has read the flow there), and there is no IPv6, no VLAN, no
 /// direction, no learning. `endpoint` (with `service`) is the one address
 /// the table lists. With `new_flow_every_packet` the flow key's second word
-/// takes the CPU's packet count, so every packet is a new flow. It returns
-/// XDP_PASS.
+/// is XORed with the CPU's packet count, so every packet is a new flow. It
+/// returns XDP_PASS.
 pub fn load_match_recipe_xdp(
     watched: ipnet::Ipv4Net,
     endpoint: Ipv4Addr,
@@ -224,7 +224,9 @@ pub fn load_match_recipe_xdp(
         .jump(JEQ_K, 0, 0, 0, PASS)
         .add_to(0, 0, Operand::Constant(1))
         .add_to(0, 8, Operand::Register(7));
-    // The flow. r9 = its slot.
+    // The flow. r9 = its slot. (A multiply's 32-bit immediate is sign
+    // extended: the factors are 0xffff_ffff_9e37_79b1 and
+    // 0xffff_ffff_85eb_ca77, odd, which is all the hash needs.)
     code.op(LDX_DW, 2, 10, KEY_WORD, 0)
         .op(MOV_X, 3, 6, 0, 0)
         .op(MUL_K, 3, 0, 0, 0x9e37_79b1_u32 as i32)
@@ -446,7 +448,8 @@ impl Program {
     }
 
     fn label(&mut self, label: &'static str) -> &mut Self {
-        self.labels.insert(label, self.slots.len());
+        let earlier = self.labels.insert(label, self.slots.len());
+        assert!(earlier.is_none(), "the label {label} is placed twice");
         self
     }
 
@@ -485,7 +488,7 @@ impl Program {
         self.op(STX_DW, base, 1, offset, 0)
     }
 
-    /// `register` = the number of its bits set (r1 to r3 clobbered), as
+    /// `register` = the number of its bits set (r1 and r2 clobbered), as
     /// software must: BPF has no popcount instruction.
     fn popcount(&mut self, register: u8) -> &mut Self {
         let x = register;
@@ -522,12 +525,16 @@ impl Program {
     }
 
     /// The instructions, each jump's offset counting the instructions
-    /// after it up to its label.
+    /// after it up to its label (negative for a label before it).
     fn finish(mut self) -> Vec<u64> {
         for (at, label) in &self.jumps {
-            let target = self.labels[label];
-            let offset = (target - at - 1) as u16;
-            self.slots[*at] |= u64::from(offset) << 16;
+            let target = *self
+                .labels
+                .get(label)
+                .unwrap_or_else(|| panic!("a jump to {label}, which is never placed"));
+            let offset = i16::try_from(target as i64 - *at as i64 - 1)
+                .unwrap_or_else(|_| panic!("a jump to {label} farther than BPF can jump"));
+            self.slots[*at] |= u64::from(offset as u16) << 16;
         }
         self.slots
     }
@@ -550,6 +557,14 @@ mod tests {
         // Past the move and both slots of the wide load.
         assert_eq!((slots[0] >> 16) as u16, 3);
         assert_eq!(slots[0] & 0xff, u64::from(JEQ_K));
+
+        // Back to a label before the jump: back past the jump itself too.
+        let mut code = Program::default();
+        code.label(PASS)
+            .op(MOV_K, 0, 0, 0, 1)
+            .jump(JA, 0, 0, 0, PASS);
+        let slots = code.finish();
+        assert_eq!((slots[1] >> 16) as u16 as i16, -2);
     }
 
     #[test]

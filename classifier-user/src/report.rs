@@ -622,25 +622,36 @@ impl Report {
                 "\nlearning: {} packets handed over ({} dropped, ring buffer full; {} over the rate)",
                 learning.handed_over, learning.ring_drops, learning.throttled
             );
-            if let Some(covered) = learning.stats_cover_snapshots {
+            match learning.stats_cover_snapshots {
+                Some(0) => {
+                    let _ = writeln!(
+                        out,
+                        "  DNS, TLS and address counts not known: the snapshots merged counted them from their daemon's start"
+                    );
+                }
+                Some(covered) => {
+                    let _ = writeln!(
+                        out,
+                        "  the counts below cover {covered} of the {} snapshots merged (the others had learning off or counted from their daemon's start)",
+                        self.merged_from.len()
+                    );
+                }
+                None => {}
+            }
+            if learning.stats_cover_snapshots != Some(0) {
                 let _ = writeln!(
                     out,
-                    "  the counts below cover {covered} of the {} snapshots merged (the others had learning off or counted from their daemon's start)",
-                    self.merged_from.len()
+                    "  {} DNS responses to watched hosts ({} unreadable, {} for listed domains); {} addresses learned, {} renewed, {} expired; not learned: {} in shared hosting or CDNs, {} over capacity",
+                    s.dns_responses,
+                    s.dns_unparsed,
+                    s.dns_matched,
+                    s.learned,
+                    s.renewed,
+                    s.expired,
+                    s.skipped_shared_hosting,
+                    s.skipped_capacity
                 );
             }
-            let _ = writeln!(
-                out,
-                "  {} DNS responses to watched hosts ({} unreadable, {} for listed domains); {} addresses learned, {} renewed, {} expired; not learned: {} in shared hosting or CDNs, {} over capacity",
-                s.dns_responses,
-                s.dns_unparsed,
-                s.dns_matched,
-                s.learned,
-                s.renewed,
-                s.expired,
-                s.skipped_shared_hosting,
-                s.skipped_capacity
-            );
             let owed: Vec<String> = self
                 .services
                 .iter()

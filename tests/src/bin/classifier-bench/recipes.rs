@@ -178,7 +178,8 @@ struct Expected {
     bytes: usize,
     /// Runs on a frame to the recipe's endpoint.
     matched: u64,
-    /// Flow-cache slots claimed.
+    /// Flow-cache slots claimed (one for a known flow: the bench runs
+    /// on one CPU, `pin_to_cpu`, so the flow has one slot).
     claims: u64,
     /// Packets in the flow cache's slots, when known.
     in_flows: Option<u64>,
@@ -187,7 +188,8 @@ struct Expected {
 /// That the match recipe counted what `expected` says.
 fn check_match_counts(recipe: MatchRecipe, expected: Expected) -> Result<()> {
     let [packets, bytes, claims] = per_cpu_sum::<3>(recipe.totals, 0)?;
-    let [matched, _] = per_cpu_sum::<2>(recipe.service_counters, RECIPE_SERVICE.into())?;
+    let [matched, matched_bytes] =
+        per_cpu_sum::<2>(recipe.service_counters, RECIPE_SERVICE.into())?;
     let flows: PerCpuArray<MapData, [u64; BUCKET_WORDS]> =
         PerCpuArray::try_from(Map::PerCpuArray(MapData::from_fd(recipe.flows)?))?;
     let mut in_flows = 0;
@@ -201,9 +203,10 @@ fn check_match_counts(recipe: MatchRecipe, expected: Expected) -> Result<()> {
         packets == expected.runs
             && bytes == expected.runs * expected.bytes as u64
             && matched == expected.matched
+            && matched_bytes == expected.matched * expected.bytes as u64
             && claims == expected.claims
             && expected.in_flows.is_none_or(|wanted| in_flows == wanted),
-        "the match recipe counted {packets} packets and {bytes} bytes, {matched} in its service, {in_flows} in its flow cache and {claims} slots claimed; expected {expected:?}"
+        "the match recipe counted {packets} packets and {bytes} bytes, {matched} packets and {matched_bytes} bytes in its service, {in_flows} in its flow cache and {claims} slots claimed; expected {expected:?}"
     );
     Ok(())
 }
