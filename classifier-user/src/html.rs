@@ -704,17 +704,25 @@ fn learning_section(page: &mut String, learning: &Learning, snapshots: usize) {
     );
     let s = &learning.stats;
     if let Some(covered) = learning.stats_cover_snapshots
-        && learning.stats_per_interval
+        && !learning.stats_unknown()
     {
-        let _ = writeln!(
+        count_rows(
             page,
-            "<tr><th>Snapshots the counts below cover</th><td class=\"n\" \
-             data-field=\"stats_cover_snapshots\">{covered}</td></tr>\n\
-             <tr><th>Snapshots merged (each part of a merged report given)</th>{}</tr>",
-            number("snapshots_merged", snapshots as u64)
+            &[
+                (
+                    "stats_cover_snapshots",
+                    "Snapshots the counts below cover",
+                    covered,
+                ),
+                (
+                    "snapshots_merged",
+                    "Snapshots merged (each part of a merged report given)",
+                    snapshots as u64,
+                ),
+            ],
         );
     }
-    if learning.stats_per_interval {
+    if !learning.stats_unknown() {
         count_rows(
             page,
             &[

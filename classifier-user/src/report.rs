@@ -106,6 +106,14 @@ pub struct Learning {
     pub stats_cover_snapshots: Option<u64>,
 }
 
+impl Learning {
+    /// Whether `stats` are unknown: a merged report whose snapshots all
+    /// counted from their daemon's start (their counts are left out).
+    pub fn stats_unknown(&self) -> bool {
+        self.stats_cover_snapshots == Some(0)
+    }
+}
+
 /// How many rows `top_sources` and `top_endpoints` keep.
 pub const TOP_ROWS: usize = 10;
 
@@ -638,7 +646,7 @@ impl Report {
                 }
                 None => {}
             }
-            if learning.stats_cover_snapshots != Some(0) {
+            if !learning.stats_unknown() {
                 let _ = writeln!(
                     out,
                     "  {} DNS responses to watched hosts ({} unreadable, {} for listed domains); {} addresses learned, {} renewed, {} expired; not learned: {} in shared hosting or CDNs, {} over capacity",

@@ -36,8 +36,8 @@ use classifier_user::{
 use recipes::{MATCH_RECIPE_CASE, RECIPE_CASE, match_recipe_floor, recipe_floor};
 use workload::{
     KNOWN_FLOW_CASE, MATCH_CASE, NEW_FLOW_CASE, NEW_FLOW_TABLE_CASE, NEW_FLOW_WARM_CASE,
-    WATCHED_TCP_CASE, cases, random_feed, random_unwatched_frames, stream_cases, stream_length,
-    watched,
+    WATCHED_TCP_CASE, case_frame, cases, random_feed, random_unwatched_frames, stream_cases,
+    stream_length, watched,
 };
 
 const XDP_DROP: u32 = 1;
@@ -711,11 +711,7 @@ fn new_flows_warm(
         },
     )?;
     sensor.allow_recycling(u64::MAX)?;
-    let frame = cases(64)
-        .into_iter()
-        .find(|(case, _)| *case == MATCH_CASE)
-        .context("the match case")?
-        .1;
+    let frame = case_frame(64, MATCH_CASE)?;
     let cost = measure(floor, program_fd(&sensor)?, &frame, options)?;
     let totals = classifier_user::drain::read(&sensor)?.totals;
     ensure!(

@@ -13,7 +13,9 @@ use classifier_user::recipe::{
 
 use crate::{
     Measurement, Options, measure,
-    workload::{MATCH_CASE, NON_ENDPOINT_CASE, cases},
+    workload::{
+        ENDPOINT_V4, MATCH_CASE, NON_ENDPOINT_CASE, NON_WATCHED_CASE, WATCHED_V4, case_frame,
+    },
 };
 
 /// The name `--only` picks the non-watched recipe's measurement by.
@@ -29,7 +31,7 @@ pub struct RecipeCost {
 
 /// The watched prefix of the bench's frames.
 fn watched_prefix() -> ipnet::Ipv4Net {
-    "175.45.176.0/22".parse().expect("a prefix")
+    WATCHED_V4.parse().expect("a prefix")
 }
 
 /// Runs of the program measured as `ours` by [`measure`]: the warm-up and
@@ -54,7 +56,7 @@ pub fn recipe_floor(
     both_addresses: bool,
     options: &Options,
 ) -> Result<RecipeCost> {
-    let frame = cases(64).swap_remove(0).1;
+    let frame = case_frame(64, NON_WATCHED_CASE)?;
     let (recipe, counters) = load_parse_and_count_xdp(watched_prefix(), both_addresses)
         .context("load the recipe program")?;
     let recipe_vs_empty = measure(floor, recipe.as_fd(), &frame, options)?;
@@ -101,16 +103,9 @@ pub fn match_recipe_floor(
     ours: BorrowedFd<'_>,
     options: &Options,
 ) -> Result<MatchRecipeCost> {
-    let frame_of = |wanted: &str| {
-        cases(64)
-            .into_iter()
-            .find(|(case, _)| *case == wanted)
-            .map(|(_, frame)| frame)
-            .with_context(|| format!("the case {wanted}"))
-    };
-    let matched = frame_of(MATCH_CASE)?;
-    let non_endpoint = frame_of(NON_ENDPOINT_CASE)?;
-    let endpoint = "203.0.113.77".parse().expect("an address");
+    let matched = case_frame(64, MATCH_CASE)?;
+    let non_endpoint = case_frame(64, NON_ENDPOINT_CASE)?;
+    let endpoint = ENDPOINT_V4.parse().expect("an address");
     let load = |new_flow_every_packet| {
         load_match_recipe_xdp(
             watched_prefix(),

@@ -55,11 +55,14 @@ pub fn random_feed(v4: usize, v6: usize, seed: u64) -> EndpointFeed {
     EndpointFeed::from_endpoints(endpoints)
 }
 
+/// The first watched prefix of [`watched`], which the frames' watched
+/// IPv4 address is in.
+pub const WATCHED_V4: &str = "175.45.176.0/22";
+/// The IPv4 endpoint the match frames go to ([`random_feed`] lists it).
+pub const ENDPOINT_V4: &str = "203.0.113.77";
+
 pub fn watched(count: usize) -> WatchedSet {
-    let mut prefixes = vec![
-        "175.45.176.0/22".to_string(),
-        "2001:db8:aa::/48".to_string(),
-    ];
+    let mut prefixes = vec![WATCHED_V4.to_string(), "2001:db8:aa::/48".to_string()];
     prefixes.extend((1..count).map(|i| format!("100.{}.{}.0/24", 64 + i / 256, i % 256)));
     WatchedSet::from_arguments(&prefixes, &[]).expect("valid watched set")
 }
@@ -75,14 +78,23 @@ fn built_at(spec: FrameSpec, size: usize) -> Vec<u8> {
 /// payload (the learning code counts such segments).
 pub const WATCHED_TCP_CASE: &str = "b watched -> non-endpoint, a TCP segment with payload";
 
+/// The frame of the case named `name`, at a given size.
+pub fn case_frame(size: usize, name: &str) -> anyhow::Result<Vec<u8>> {
+    cases(size)
+        .into_iter()
+        .find(|(case, _)| *case == name)
+        .map(|(_, frame)| frame)
+        .ok_or_else(|| anyhow::anyhow!("no case {name}"))
+}
+
 /// The frames of each case, at a given size.
 pub fn cases(size: usize) -> Vec<(&'static str, Vec<u8>)> {
     let sized = |spec: FrameSpec| built_at(spec, size);
     let watched4 = "175.45.177.10";
-    let endpoint4 = "203.0.113.77";
+    let endpoint4 = ENDPOINT_V4;
     vec![
         (
-            "a non-watched",
+            NON_WATCHED_CASE,
             sized(FrameSpec::udp("192.0.2.1", "198.18.0.1", 40000, 443)),
         ),
         (
@@ -248,6 +260,8 @@ pub fn stream_cases(
 
 /// A watched source to a feed's endpoint, the flow known.
 pub const MATCH_CASE: &str = "c watched -> endpoint";
+/// An unwatched UDP packet: most of a link's traffic.
+pub const NON_WATCHED_CASE: &str = "a non-watched";
 /// A watched source's UDP packet to an address no feed names.
 pub const NON_ENDPOINT_CASE: &str = "b watched -> non-endpoint";
 /// The match frame repeated into a program set up to count every matched
