@@ -28,17 +28,26 @@ use anyhow::{Context, Result, ensure};
 use classifier_tests::netns::VethLink;
 use classifier_user::{
     bpf_sys::{ProgramImage, program_image},
+    drain,
     feedcheck::grouped,
     feeds::EndpointFeed,
+    flow_clock::{FlowClock, TickCounter},
     loader::{AttachMode, Capacities, ProgramSetup, Sensor, Verdict, interface_index},
     testrun::{attach_xdp_link, load_constant_xdp, program_fd, run_repeated},
 };
-use recipes::{MATCH_RECIPE_CASE, RECIPE_CASE, match_recipe_floor, recipe_floor};
+use recipes::{
+    MATCH_RECIPE_CASE, RECIPE_CASE, StreamFlows, match_recipe_floor, recipe_floor,
+    stream_recipe_floor,
+};
 use workload::{
     KNOWN_FLOW_CASE, MATCH_CASE, NEW_FLOW_CASE, NEW_FLOW_TABLE_CASE, NEW_FLOW_WARM_CASE,
     WATCHED_TCP_CASE, case_frame, cases, random_feed, random_unwatched_frames, stream_cases,
     stream_length, watched,
 };
+
+/// The pause before each drain between stream-mode rounds of new flows, so
+/// the flows before it age past the recycling margin.
+const DRAIN_PAUSE: std::time::Duration = std::time::Duration::from_millis(30);
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -68,12 +77,26 @@ struct Options {
     /// too, so a partial run does not overwrite BENCHMARKS.md.
     #[arg(long)]
     only: Option<String>,
+    /// Stream-mode rounds, each its own stream of frames (default 5, 1
+    /// with --quick): more rounds, a steadier median.
+    #[arg(long)]
+    stream_rounds: Option<usize>,
+    /// Flow-cache slots per CPU of the programs the feed-size setups load,
+    /// stream mode's included (default the daemon's, 16,384; for measuring
+    /// what the cache's size costs).
+    #[arg(long)]
+    flow_cache_slots: Option<u32>,
 }
 
 impl Options {
     /// Warm-mode rounds per case.
     fn rounds(&self) -> usize {
         if self.quick { 1 } else { 15 }
+    }
+
+    /// Stream-mode rounds.
+    fn stream_rounds(&self) -> usize {
+        self.stream_rounds.unwrap_or(if self.quick { 1 } else { 5 })
     }
 
     /// Warm-mode repeats per test run.
@@ -490,11 +513,16 @@ fn main() -> Result<()> {
         "1m"
     };
     let mut match_cost: BTreeMap<&str, f64> = BTreeMap::new();
+    let mut stream_floors: Vec<(&str, Measurement, Measurement)> = Vec::new();
     for (prefixes, label) in sizes {
         let feed = random_feed(*prefixes, 100_000, 42);
         for watched_count in [1, 256] {
             let started = Instant::now();
-            let mut sensor = Sensor::load(&watched(watched_count), &feed, Capacities::default())?;
+            let mut capacities = Capacities::default();
+            if let Some(slots) = options.flow_cache_slots {
+                capacities.flow_cache_slots = slots;
+            }
+            let mut sensor = Sensor::load(&watched(watched_count), &feed, capacities)?;
             let load_s = started.elapsed().as_secs_f64();
             if *label == "1m" && watched_count == 1 {
                 figures.insert("load_1m_s", load_s);
@@ -550,16 +578,57 @@ fn main() -> Result<()> {
                     };
                     rows.push(Row {
                         group: format!(
-                            "{prefixes} IPv4 + 100,000 IPv6 random prefixes, 1 watched, stream mode"
+                            "{prefixes} IPv4 + 100,000 IPv6 random prefixes, 1 watched, stream mode{}",
+                            options.flow_cache_slots.map_or(String::new(), |slots| format!(
+                                ", a flow cache of {slots} slots per CPU (not 16,384)"
+                            ))
                         ),
                         case: case.into(),
                         bytes: streams[0][0].len(),
                         cost,
                     });
+                    let flows = match case {
+                        NEW_FLOW_CASE => StreamFlows::New,
+                        KNOWN_FLOW_CASE => StreamFlows::Known,
+                        _ => continue,
+                    };
+                    // Attached beside ours, on the namespace's loopback.
+                    let loopback = interface_index("lo").context("no loopback interface")?;
+                    let mut ledger = drain::Ledger::default();
+                    let clock = FlowClock::kernel()?;
+                    let recipe =
+                        stream_recipe_floor(floor.as_fd(), &streams, flows, loopback, || {
+                            drain::read_into(&sensor, &mut ledger, clock)?;
+                            Ok(())
+                        })?;
+                    stream_floors.push((case, cost, recipe));
                 }
                 sensor.detach_all();
             }
         }
+    }
+    for (case, ours, recipe) in &stream_floors {
+        figures.insert(
+            if *case == NEW_FLOW_CASE {
+                "new_flow_stream_recipe_ratio"
+            } else {
+                "known_flow_stream_recipe_ratio"
+            },
+            recipe.ratio,
+        );
+        notes.push(format!(
+            "Stream mode's floor ({case}): the match recipe above on the same frames, attached beside ours and its flow cache read from userspace before each round as the drain reads ours: {:.0} ns against {:.0} ns for the empty program, {:.3} x; ours {:.0} ns, {:.3} x (counted: every frame in its totals and service, {}).",
+            recipe.ours_ns,
+            recipe.floor_ns,
+            recipe.ratio,
+            ours.ours_ns,
+            ours.ratio,
+            if *case == NEW_FLOW_CASE {
+                "a slot claimed for each"
+            } else {
+                "one slot claimed, holding them all"
+            },
+        ));
     }
     if let (Some(small), Some(large)) = (match_cost.get("1k"), match_cost.get(largest)) {
         figures.insert(
@@ -658,9 +727,10 @@ fn markdown(
     );
     let _ = writeln!(
         out,
-        "- method: BPF_PROG_TEST_RUN in one process pinned to CPU 0, the empty XDP_PASS program and ours alternating (empty, ours, ours, empty per round), the ratio the median of the rounds' ratios. Warm mode: the same frame repeated {} times per run (so the flow entry exists), timed by the thread's CPU time, {} rounds. Stream mode: a different frame per run (random addresses, or a new flow each), both programs attached to a veth so runs skip the XDP dispatcher update, timed by the kernel, summed over the stream.\n",
+        "- method: BPF_PROG_TEST_RUN in one process pinned to CPU 0, the empty XDP_PASS program and ours alternating (empty, ours, ours, empty per round), the ratio the median of the rounds' ratios. Warm mode: the same frame repeated {} times per run (so the flow entry exists), timed by the thread's CPU time, {} rounds. Stream mode: a different frame per run (random addresses, or a new flow each), both programs attached to a veth so runs skip the XDP dispatcher update, timed by the kernel, summed over the stream, {} rounds (each its own stream).\n",
         options.repeat(),
-        options.rounds()
+        options.rounds(),
+        options.stream_rounds()
     );
     let _ = writeln!(
         out,
@@ -739,15 +809,14 @@ fn new_flows_between_drains(
     sensor: &mut Sensor,
     streams: &[Vec<Vec<u8>>],
 ) -> Result<(Measurement, String)> {
-    use classifier_user::{drain, flow_clock::TickCounter};
     let ours = program_fd(sensor)?.try_clone_to_owned()?;
     let ticks = TickCounter::load()?;
-    let clock = classifier_user::flow_clock::FlowClock::kernel()?;
+    let clock = FlowClock::kernel()?;
     let mut ledger = drain::Ledger::default();
     drain::read_into(sensor, &mut ledger, clock)?;
     let before = ledger.kernel_totals;
     let cost = stream::compare_stream_with(floor, ours.as_fd(), streams, || {
-        std::thread::sleep(std::time::Duration::from_millis(30));
+        std::thread::sleep(DRAIN_PAUSE);
         let started = ticks.now()?;
         drain::read_into(sensor, &mut ledger, clock)?;
         sensor.allow_recycling(started)?;

@@ -12,7 +12,7 @@ use classifier_user::recipe::{
 };
 
 use crate::{
-    Measurement, Options, measure,
+    Measurement, Options, measure, stream,
     workload::{
         ENDPOINT_V4, MATCH_CASE, NON_ENDPOINT_CASE, NON_WATCHED_CASE, WATCHED_V4, case_frame,
     },
@@ -163,6 +163,80 @@ pub fn match_recipe_floor(
         new_flow,
         non_endpoint: non_endpoint_cost,
     })
+}
+
+/// What a stream-mode case's frames ask of the match recipe.
+#[derive(Clone, Copy, PartialEq)]
+pub enum StreamFlows {
+    /// Every frame a flow of its own.
+    New,
+    /// The same flow's frame in every run.
+    Known,
+}
+
+/// The match recipe on a stream-mode case's frames (each run one frame),
+/// against the empty program: what those frames cost at the least when
+/// each run finds the program's code and data cold. The recipe is attached
+/// to `if_index` while it runs (as ours is to the sensor's veth). Between
+/// rounds of new flows it gets what ours gets: a pause, its flow cache read
+/// from userspace (as the drain reads ours), then `ours_drain` (the same
+/// work on the machine's caches as ours sees). Checks that it counted every
+/// frame in its totals and its service, and claimed a slot for every new
+/// flow (one for a known flow).
+pub fn stream_recipe_floor(
+    floor: BorrowedFd<'_>,
+    streams: &[Vec<Vec<u8>>],
+    flows: StreamFlows,
+    if_index: u32,
+    mut ours_drain: impl FnMut() -> Result<()>,
+) -> Result<Measurement> {
+    let recipe = load_match_recipe_xdp(
+        watched_prefix(),
+        ENDPOINT_V4.parse().expect("an address"),
+        RECIPE_SERVICE,
+        false,
+    )
+    .context("load the match recipe program")?;
+    let _attached = classifier_user::testrun::attach_xdp_link(recipe.program.as_fd(), if_index)
+        .context("attach the match recipe program")?;
+    let cache: PerCpuArray<MapData, [u64; BUCKET_WORDS]> = PerCpuArray::try_from(
+        Map::PerCpuArray(MapData::from_fd(recipe.flows.try_clone()?)?),
+    )?;
+    let cost = stream::compare_stream_with(floor, recipe.program.as_fd(), streams, || {
+        if flows == StreamFlows::Known {
+            return Ok(());
+        }
+        std::thread::sleep(crate::DRAIN_PAUSE);
+        for bucket in 0..MATCH_RECIPE_BUCKETS {
+            cache.get(&bucket, 0)?;
+        }
+        ours_drain()
+    })?;
+    let frames: Vec<&Vec<u8>> = streams.iter().flatten().collect();
+    let runs = frames.len() as u64;
+    let bytes = frames.first().map_or(0, |frame| frame.len());
+    ensure!(
+        frames.iter().all(|frame| frame.len() == bytes),
+        "a stream's frames differ in length"
+    );
+    let expected = match flows {
+        StreamFlows::New => Expected {
+            runs,
+            bytes,
+            matched: runs,
+            claims: runs,
+            in_flows: None,
+        },
+        StreamFlows::Known => Expected {
+            runs,
+            bytes,
+            matched: runs,
+            claims: 1,
+            in_flows: Some(runs),
+        },
+    };
+    check_match_counts(recipe, expected)?;
+    Ok(cost)
 }
 
 /// What a match recipe should have counted.

@@ -202,7 +202,7 @@ pub fn stream_cases(
     options: &Options,
     feed: &EndpointFeed,
 ) -> Vec<(&'static str, Vec<Vec<Vec<u8>>>)> {
-    let rounds = if options.quick { 1 } else { 5 };
+    let rounds = options.stream_rounds();
     let per_round = stream_length(options);
     let v4: Vec<Ipv4Net> = feed
         .endpoints
