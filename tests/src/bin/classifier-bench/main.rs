@@ -617,7 +617,12 @@ fn main() -> Result<()> {
             recipe.ratio,
         );
         notes.push(format!(
-            "Stream mode's floor ({case}): the match recipe above on the same frames, attached beside ours and its flow cache read from userspace before each round as the drain reads ours: {:.0} ns against {:.0} ns for the empty program, {:.3} x; ours {:.0} ns, {:.3} x (counted: every frame in its totals and service, {}).",
+            "Stream mode's floor ({case}): the match recipe above on the same frames, attached beside ours{}: {:.0} ns against {:.0} ns for the empty program, {:.3} x; ours {:.0} ns, {:.3} x (counted: every frame in its totals and service, {}).",
+            if *case == NEW_FLOW_CASE {
+                ", with the same pause between rounds as ours, its flow cache read from userspace as the drain reads ours, then a drain of ours"
+            } else {
+                ""
+            },
             recipe.ours_ns,
             recipe.floor_ns,
             recipe.ratio,
