@@ -79,12 +79,13 @@ struct Options {
     only: Option<String>,
     /// Stream-mode rounds, each its own stream of frames (default 5, 1
     /// with --quick): more rounds, a steadier median.
-    #[arg(long)]
-    stream_rounds: Option<usize>,
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    stream_rounds: Option<u16>,
     /// Flow-cache slots per CPU of the programs the feed-size setups load,
-    /// stream mode's included (default the daemon's, 16,384; for measuring
-    /// what the cache's size costs).
-    #[arg(long)]
+    /// stream mode's included (default the daemon's, 16,384; rounded up to
+    /// a power of two as `classifier run` does; for measuring what the
+    /// cache's size costs).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
     flow_cache_slots: Option<u32>,
 }
 
@@ -96,7 +97,8 @@ impl Options {
 
     /// Stream-mode rounds.
     fn stream_rounds(&self) -> usize {
-        self.stream_rounds.unwrap_or(if self.quick { 1 } else { 5 })
+        self.stream_rounds
+            .map_or(if self.quick { 1 } else { 5 }, usize::from)
     }
 
     /// Warm-mode repeats per test run.
@@ -580,7 +582,8 @@ fn main() -> Result<()> {
                         group: format!(
                             "{prefixes} IPv4 + 100,000 IPv6 random prefixes, 1 watched, stream mode{}",
                             options.flow_cache_slots.map_or(String::new(), |slots| format!(
-                                ", a flow cache of {slots} slots per CPU (not 16,384)"
+                                ", a flow cache of {} slots per CPU (not 16,384)",
+                                slots.next_power_of_two()
                             ))
                         ),
                         case: case.into(),
