@@ -214,13 +214,18 @@ pub fn stream_cases(
         .collect();
     let mut random = Random(7);
     let mut next_flow = 0u32;
+    // The known flow first, while the flow cache holds only the warm
+    // cases' flows, so that its flow has a cache slot: after the cold
+    // match case every slot holds a flow no drain has read, and the known
+    // flow would live in the LRU table. The LRU case comes after the cold
+    // match case, which leaves it those held slots.
     let mut streams = vec![
+        (KNOWN_FLOW_CASE, Vec::new()),
         ("a non-watched (cold: random addresses)", Vec::new()),
         (
             "c watched -> endpoint (cold: random feed addresses)",
             Vec::new(),
         ),
-        (KNOWN_FLOW_CASE, Vec::new()),
         (NEW_FLOW_TABLE_CASE, Vec::new()),
         (NEW_FLOW_CASE, Vec::new()),
     ];
@@ -249,9 +254,9 @@ pub fn stream_cases(
         for _ in 0..NEW_FLOWS_PER_DRAIN.min(per_round) {
             drained_new_flows.push(new_flow_frame(&mut next_flow));
         }
-        streams[0].1.push(cold_a);
-        streams[1].1.push(cold_c);
-        streams[2].1.push(vec![known_flow.clone(); per_round]);
+        streams[0].1.push(vec![known_flow.clone(); per_round]);
+        streams[1].1.push(cold_a);
+        streams[2].1.push(cold_c);
         streams[3].1.push(new_flows);
         streams[4].1.push(drained_new_flows);
     }
@@ -268,10 +273,11 @@ pub const NON_ENDPOINT_CASE: &str = "b watched -> non-endpoint";
 /// packet as a new flow, with every cache slot recyclable: a new flow's
 /// first packet with the program's code and data warm.
 pub const NEW_FLOW_WARM_CASE: &str = "c new flow every packet, warm (claims a drained slot)";
-/// A known flow's packet in stream mode: the same frame in every run, so
-/// what sets it apart from the warm match rows is what each run finds
-/// cold (the program's code and data after the syscall), the part of the
-/// new-flow rows that is not the new flow.
+/// A known flow's packet in stream mode: the same frame in every run, its
+/// flow in a cache slot (measured first of the stream cases), so what sets
+/// it apart from the warm match rows is what each run finds cold (the
+/// program's code and data after the syscall), the part of the new-flow
+/// rows that is not the new flow.
 pub const KNOWN_FLOW_CASE: &str = "c known flow, the same frame every run (what a run finds cold)";
 /// The first packet of a new flow whose cache slot is held by a flow no
 /// drain has read: it goes to the LRU table (a lookup miss and an insert
